@@ -1,0 +1,5 @@
+pub mod kernel_lock;
+pub mod vm_build;
+pub mod vm_probe;
+pub mod vm_reset;
+pub mod vm_run;

@@ -1,0 +1,16 @@
+//! `cargo xtask vm-probe`: re-run the KVM probe and cache its verdict.
+
+use crate::image;
+use crate::kernel::Source;
+use crate::util::Result;
+
+pub fn run() -> Result<i32> {
+    let img = image::build(&Source::Debian)?;
+    let rec = crate::accel::probe(&img)?;
+    println!(
+        "accelerator for --accel auto: {} ({})",
+        if rec.kvm_works { "kvm" } else { "tcg" },
+        rec.reason
+    );
+    Ok(0)
+}

@@ -1,0 +1,288 @@
+//! Guest image assembly: kernel part + initramfs.
+//!
+//! The initramfs is two concatenated newc archives: a base archive (busybox and its applet
+//! links, /init, the modules with a modules.dep) and a guest archive (the workspace's static
+//! guest binaries). Each is cached under its own input hash, so rebuilding the agent only
+//! rewrites the small guest archive; the kernel part is never touched by it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpio::CpioWriter;
+use crate::kernel::{Kernel, Source};
+use crate::recipe::{Recipe, RECIPE};
+use crate::store::{self, FileSum, HasFiles};
+use crate::util::{key_of, root, sha256_bytes, sha256_file, Result};
+use crate::{deps, elf, procs};
+
+/// Bumped when the initramfs layout changes.
+const FORMAT: u32 = 1;
+/// Host triple of the guest binaries (the only one installable here).
+pub const GUEST_TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageManifest {
+    pub format: u32,
+    /// sha256 over (boot kernel sha256, initrd sha256, cmdline): what was booted, exactly.
+    pub image_hash: String,
+    pub kernel_key: String,
+    pub kernel_release: String,
+    pub kernel_source: String,
+    pub boot_kind: String,
+    pub cmdline: String,
+    pub guest_binaries: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FileSum>,
+}
+
+impl HasFiles for ImageManifest {
+    fn files(&self) -> &BTreeMap<String, FileSum> {
+        &self.files
+    }
+    fn files_mut(&mut self) -> &mut BTreeMap<String, FileSum> {
+        &mut self.files
+    }
+}
+
+pub struct Image {
+    pub kernel: Kernel,
+    pub dir: PathBuf,
+    pub manifest: ImageManifest,
+}
+
+impl Image {
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd.cpio")
+    }
+    pub fn hash(&self) -> &str {
+        &self.manifest.image_hash
+    }
+}
+
+/// Builds (or reuses) the image for `source`. Verifies every cached file it returns.
+pub fn build(source: &Source) -> Result<Image> {
+    deps::ensure(deps::needs(source))?;
+    let _lock = store::lock(Duration::from_secs(1800))?;
+    let recipe = Recipe::load()?;
+    let kernel = crate::kernel::prepare(source, &recipe)?;
+    let guest = build_guest_binaries(&recipe)?;
+    let busybox = deps::busybox()?;
+    let init_path = Recipe::dir().join(&recipe.init);
+    let init =
+        std::fs::read(&init_path).map_err(|e| format!("read {}: {e}", init_path.display()))?;
+    let recipe_text =
+        std::fs::read(root().join(RECIPE)).map_err(|e| format!("read {RECIPE}: {e}"))?;
+    let kernel_sum = &kernel
+        .manifest
+        .files
+        .get("kernel")
+        .ok_or("kernel manifest lacks the kernel file")?
+        .sha256;
+
+    let busybox_bytes =
+        std::fs::read(&busybox).map_err(|e| format!("read {}: {e}", busybox.display()))?;
+    let base_key = key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        ("kernel", kernel.manifest.key.as_bytes()),
+        ("busybox", sha256_bytes(&busybox_bytes).as_bytes()),
+        ("init", &init),
+        ("recipe", &recipe_text),
+    ]);
+    let mut guest_sums = BTreeMap::new();
+    let mut guest_bytes = Vec::new();
+    for (name, path) in &guest {
+        let data = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        guest_sums.insert(name.clone(), sha256_bytes(&data));
+        guest_bytes.push((name.clone(), data));
+    }
+    let guest_list = serde_json::to_vec(&guest_sums).unwrap();
+    let key = key_of(&[("base", base_key.as_bytes()), ("guest", &guest_list)]);
+    let (dir, manifest) = store::cached_dir(&store::dir().join("images"), &key, "image", |tmp| {
+        let base = base_archive(&base_key, &kernel, &busybox_bytes, &init)?;
+        let mut initrd =
+            std::fs::read(&base).map_err(|e| format!("read {}: {e}", base.display()))?;
+        let mut w = CpioWriter::new(Vec::new());
+        for (name, data) in &guest_bytes {
+            w.file(&format!("bin/{name}"), 0o755, data)
+                .map_err(|e| e.to_string())?;
+        }
+        initrd.extend(w.finish().map_err(|e| e.to_string())?);
+        std::fs::write(tmp.join("initrd.cpio"), &initrd)
+            .map_err(|e| format!("write initrd: {e}"))?;
+        let image_hash = key_of(&[
+            ("kernel", kernel_sum.as_bytes()),
+            ("initrd", sha256_bytes(&initrd).as_bytes()),
+            ("cmdline", recipe.cmdline.as_bytes()),
+        ]);
+        Ok(ImageManifest {
+            format: FORMAT,
+            image_hash,
+            kernel_key: kernel.manifest.key.clone(),
+            kernel_release: kernel.manifest.release.clone(),
+            kernel_source: kernel.manifest.source.clone(),
+            boot_kind: kernel.manifest.boot_kind.clone(),
+            cmdline: recipe.cmdline.clone(),
+            guest_binaries: guest_sums.clone(),
+            files: BTreeMap::new(),
+        })
+    })?;
+    Ok(Image {
+        kernel,
+        dir,
+        manifest,
+    })
+}
+
+/// The cached base archive (busybox, /init, /etc, modules).
+fn base_archive(key: &str, kernel: &Kernel, busybox: &[u8], init: &[u8]) -> Result<PathBuf> {
+    let bases = store::dir().join("bases");
+    let path = bases.join(format!("{key}.cpio"));
+    let sum_path = bases.join(format!("{key}.sha256"));
+    if let (Ok(want), Ok((have, _))) = (std::fs::read_to_string(&sum_path), sha256_file(&path)) {
+        if want.trim() == have {
+            return Ok(path);
+        }
+        eprintln!(
+            "xtask: cached base archive {} is damaged; rebuilding it",
+            path.display()
+        );
+    }
+    if !elf::is_static(busybox)? {
+        return Err("the host busybox is dynamically linked; install busybox-static (apt-get install busybox-static)".into());
+    }
+    let applets = procs::run_ok(
+        Command::new(deps::busybox()?).arg("--list"),
+        Duration::from_secs(10),
+        "busybox --list",
+    )?
+    .stdout;
+    let e = |e: std::io::Error| e.to_string();
+    let mut w = CpioWriter::new(Vec::new());
+    for d in ["dev", "proc", "sys", "tmp", "run", "root", "etc", "usr"] {
+        w.dir(d, 0o755).map_err(e)?;
+    }
+    w.file("bin/busybox", 0o755, busybox).map_err(e)?;
+    for a in applets
+        .split_whitespace()
+        .filter(|a| *a != "busybox" && !a.contains('/'))
+    {
+        w.symlink(&format!("bin/{a}"), "busybox").map_err(e)?;
+    }
+    for (link, target) in [
+        ("sbin", "bin"),
+        ("usr/bin", "../bin"),
+        ("usr/sbin", "../bin"),
+    ] {
+        w.symlink(link, target).map_err(e)?;
+    }
+    w.file("init", 0o755, init).map_err(e)?;
+    w.file(
+        "etc/boot-modules",
+        0o644,
+        kernel.manifest.load_at_boot.join("\n").as_bytes(),
+    )
+    .map_err(e)?;
+    w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
+        .map_err(e)?;
+    w.file("etc/group", 0o644, b"root:x:0:\n").map_err(e)?;
+    let moddir = format!("lib/modules/{}", kernel.manifest.release);
+    w.dir(&moddir, 0o755).map_err(e)?;
+    for m in &kernel.manifest.modules {
+        let data = std::fs::read(kernel.dir.join("modules").join(&m.path))
+            .map_err(|err| format!("read module {}: {err}", m.path))?;
+        w.file(&format!("{moddir}/{}", m.path), 0o644, &data)
+            .map_err(e)?;
+    }
+    w.file(
+        &format!("{moddir}/modules.dep"),
+        0o644,
+        kernel.modules_dep().as_bytes(),
+    )
+    .map_err(e)?;
+    let bytes = w.finish().map_err(e)?;
+    crate::util::write_atomic(&path, &bytes)?;
+    crate::util::write_atomic(&sum_path, sha256_bytes(&bytes).as_bytes())?;
+    Ok(path)
+}
+
+/// Builds the recipe's guest binaries statically (crt-static) in their own target dir, so the
+/// host build's cache is untouched. Returns (binary name, path).
+pub fn build_guest_binaries(recipe: &Recipe) -> Result<Vec<(String, PathBuf)>> {
+    let target = crate::util::target_dir().join("guest");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TRIPLE,
+            "--target-dir",
+        ])
+        .arg(&target)
+        // An explicit --target keeps these flags off build scripts and proc macros.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+        .env_remove("RUSTFLAGS");
+    for b in &recipe.guest_binaries {
+        cmd.args(["-p", &b.package, "--bin", &b.bin]);
+    }
+    let spinner = crate::ui::spinner("building static guest binaries (cargo build --release)");
+    let t = Instant::now();
+    let out = procs::run(
+        &mut cmd,
+        Duration::from_secs(1800),
+        "cargo build (guest binaries)",
+    );
+    spinner.finish_and_clear();
+    let out = out?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the guest binaries failed:\n{}",
+            procs::tail(&out.stderr, 40)
+        ));
+    }
+    if t.elapsed() > Duration::from_secs(2) {
+        eprintln!(
+            "xtask: guest binaries built in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let mut bins = Vec::new();
+    for b in &recipe.guest_binaries {
+        let p = target.join(GUEST_TRIPLE).join("release").join(&b.bin);
+        let head = std::fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+        if !elf::is_static(&head)? {
+            return Err(format!(
+                "{} is not statically linked; the guest has no libc",
+                p.display()
+            ));
+        }
+        bins.push((b.bin.clone(), p));
+    }
+    Ok(bins)
+}
+
+pub fn describe(image: &Image) -> String {
+    format!(
+        "image {} (kernel {} from {}, boot {}, initrd {})",
+        &image.hash()[..16],
+        image.manifest.kernel_release,
+        image.manifest.kernel_source,
+        image.manifest.boot_kind,
+        human_size(
+            image
+                .manifest
+                .files
+                .get("initrd.cpio")
+                .map(|f| f.size)
+                .unwrap_or(0)
+        )
+    )
+}
+
+fn human_size(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}

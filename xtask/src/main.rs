@@ -1,0 +1,68 @@
+//! `cargo xtask`: the orchestrator. A thin dispatcher; each command lives in `cmd/`.
+
+mod accel;
+mod agent;
+mod cmd;
+mod cpio;
+mod deps;
+mod elf;
+mod image;
+mod kernel;
+mod procs;
+mod qemu;
+mod recipe;
+mod runs;
+mod store;
+mod ui;
+mod util;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "VM-driven integration tests for ublk servers",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build (or verify the cached) guest image: kernel + initramfs with ublk_drv and the agent
+    VmBuild(cmd::vm_build::Args),
+    /// Boot a fresh VM, run one command in it, exit with its status (124 timeout, 125 infra error)
+    VmRun(cmd::vm_run::Args),
+    /// Kill VMs a previous xtask left running, remove stale state, re-verify the image
+    VmReset,
+    /// Re-probe whether KVM works on this host and cache the verdict for --accel auto
+    VmProbe,
+    /// Show the locked guest kernel package; --upgrade locks the newest
+    KernelLock(cmd::kernel_lock::Args),
+}
+
+fn main() {
+    procs::install();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::VmBuild(a) => cmd::vm_build::run(a),
+        Cmd::VmRun(a) => cmd::vm_run::run(a),
+        Cmd::VmReset => cmd::vm_reset::run(),
+        Cmd::VmProbe => cmd::vm_probe::run(),
+        Cmd::KernelLock(a) => cmd::kernel_lock::run(a),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match procs::interrupted() {
+                Some(sig) => 128 + sig,
+                None => 1,
+            }
+        }
+    };
+    std::process::exit(code);
+}

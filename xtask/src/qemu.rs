@@ -1,0 +1,181 @@
+//! QEMU command lines and the pid files that let `vm-reset` find VMs a crashed xtask left.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::Image;
+use crate::util::{target_dir, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// Default run limits are written for KVM; software emulation is this much slower.
+    pub fn timeout_scale(self) -> u64 {
+        match self {
+            Accel::Kvm => 1,
+            Accel::Tcg => 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub accel: Accel,
+}
+
+/// Where one VM's host-side endpoints live.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// Short directory for the unix sockets (sun_path is limited to 108 bytes).
+    pub sock_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn agent_sock(&self) -> PathBuf {
+        self.sock_dir.join("agent.sock")
+    }
+    pub fn serial_sock(&self) -> PathBuf {
+        self.sock_dir.join("serial.sock")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.run_dir.join("serial.log")
+    }
+}
+
+/// Every QEMU option, one place. The serial console is a socket (so the host can later send
+/// SysRq over it) whose output QEMU also logs to serial.log; the agent port waits for the host
+/// to connect before the guest starts, so no agent output can be lost.
+pub fn command_line(qemu: &Path, image: &Image, cfg: &VmConfig, paths: &Paths) -> Vec<String> {
+    let (accel, cpu) = match cfg.accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let mut v: Vec<String> = vec![qemu.display().to_string()];
+    let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ]);
+    push(&["-machine", "q35", "-accel", accel, "-cpu", cpu]);
+    push(&[
+        "-smp",
+        &cfg.cpus.to_string(),
+        "-m",
+        &format!("{}M", cfg.memory_mib),
+    ]);
+    push(&["-kernel", &image.kernel.boot_file().display().to_string()]);
+    push(&["-initrd", &image.initrd().display().to_string()]);
+    push(&["-append", &image.manifest.cmdline]);
+    let serial = format!(
+        "socket,id=ser0,path={},server=on,wait=off,telnet=on,logfile={},logappend=on",
+        paths.serial_sock().display(),
+        paths.serial_log().display()
+    );
+    push(&["-chardev", &serial, "-serial", "chardev:ser0"]);
+    let agent = format!(
+        "socket,id=agent0,path={},server=on,wait=on",
+        paths.agent_sock().display()
+    );
+    push(&["-device", "virtio-serial-pci,id=vser0", "-chardev", &agent]);
+    push(&[
+        "-device",
+        &format!(
+            "virtserialport,bus=vser0.0,chardev=agent0,name={}",
+            vm_agent::PORT_NAME
+        ),
+    ]);
+    v
+}
+
+/// A pid file for one running QEMU: enough to find and kill exactly that process later.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PidFile {
+    pub pid: i32,
+    /// /proc/PID/stat start time: a recycled pid never matches.
+    pub start_ticks: u64,
+    pub run_dir: PathBuf,
+    pub sock_dir: PathBuf,
+}
+
+pub fn state_dir() -> PathBuf {
+    target_dir().join("vm-state")
+}
+
+impl PidFile {
+    pub fn path(pid: i32) -> PathBuf {
+        state_dir().join(format!("qemu-{pid}.json"))
+    }
+
+    pub fn write(&self) -> Result<()> {
+        crate::util::write_atomic(
+            &PidFile::path(self.pid),
+            serde_json::to_string_pretty(self).unwrap().as_bytes(),
+        )
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(PidFile::path(self.pid));
+        let _ = std::fs::remove_dir_all(&self.sock_dir);
+    }
+
+    pub fn load_all() -> Vec<(PathBuf, Option<PidFile>)> {
+        let Ok(rd) = std::fs::read_dir(state_dir()) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| {
+                let pf = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok());
+                (p, pf)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_roundtrip() {
+        let pf = PidFile {
+            pid: 42,
+            start_ticks: 7,
+            run_dir: "/r".into(),
+            sock_dir: "/s".into(),
+        };
+        let text = serde_json::to_string(&pf).unwrap();
+        assert_eq!(serde_json::from_str::<PidFile>(&text).unwrap(), pf);
+        assert!(PidFile::path(42).ends_with("vm-state/qemu-42.json"));
+    }
+
+    #[test]
+    fn tcg_runs_get_longer_default_limits() {
+        assert!(Accel::Tcg.timeout_scale() > Accel::Kvm.timeout_scale());
+        assert_eq!(Accel::Kvm.name(), "kvm");
+    }
+}

@@ -1,0 +1,274 @@
+//! Small helpers shared by the commands: paths, hashing, sizes, time stamps, quoting.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+pub type Result<T, E = String> = std::result::Result<T, E>;
+
+/// The workspace root (the directory holding the top-level Cargo.toml).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// `target/` of the workspace, honouring CARGO_TARGET_DIR like cargo does.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                root().join(d)
+            }
+        }
+        _ => root().join("target"),
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// Streams a file through SHA-256; returns (hex digest, size).
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex(&h.finalize()), size))
+}
+
+/// Hashes a list of labelled parts unambiguously (length-prefixed), for cache keys.
+pub fn key_of(parts: &[(&str, &[u8])]) -> String {
+    let mut h = Sha256::new();
+    for (label, data) in parts {
+        h.update((label.len() as u64).to_le_bytes());
+        h.update(label.as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    hex(&h.finalize())
+}
+
+/// Parses "512M", "1G", "1GiB", "2048" (MiB when no unit, like QEMU's -m). Returns MiB.
+pub fn parse_mib(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number with an optional unit, e.g. 512M or 2G")
+    })?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1,
+        "g" | "gb" | "gib" => 1024,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unit must be M or G (e.g. 512M, 2G)"
+            ))
+        }
+    };
+    let mib = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))?;
+    if !(128..=65536).contains(&mib) {
+        return Err(format!(
+            "invalid memory size {s:?}: must be between 128M and 64G"
+        ));
+    }
+    Ok(mib)
+}
+
+/// UTC "YYYYMMDD-HHMMSS" for run directory names (no timezone database in a test VM host).
+pub fn timestamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, mo, d) = civil_from_days((secs / 86400) as i64);
+    let s = secs % 86400;
+    format!(
+        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// RFC 3339 UTC time for JSON reports.
+pub fn rfc3339_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, mo, d) = civil_from_days((secs / 86400) as i64);
+    let s = secs % 86400;
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil conversion.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (
+        if m <= 2 {
+            era * 400 + yoe + 1
+        } else {
+            era * 400 + yoe
+        },
+        m,
+        d,
+    )
+}
+
+/// Quotes one argument for display as a copy-pastable POSIX shell word.
+pub fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+pub fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
+    args.iter()
+        .map(|a| shell_quote(a.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A name usable as a directory component: alphanumerics and '-', at most 40 chars.
+pub fn slug(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
+    let out = out.trim_matches('-');
+    let out: String = out.chars().take(40).collect();
+    if out.is_empty() {
+        "run".into()
+    } else {
+        out.trim_end_matches('-').to_string()
+    }
+}
+
+/// Writes a file atomically (temp file + rename) so readers never see a partial file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Looks a program up in PATH.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_mib("512M").unwrap(), 512);
+        assert_eq!(parse_mib("2G").unwrap(), 2048);
+        assert_eq!(parse_mib("1GiB").unwrap(), 1024);
+        assert_eq!(parse_mib("1024").unwrap(), 1024);
+        assert!(parse_mib("1T").unwrap_err().contains("unit"));
+        assert!(parse_mib("abc").unwrap_err().contains("invalid size"));
+        assert!(parse_mib("16M").unwrap_err().contains("between"));
+        assert!(parse_mib("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20779), (2026, 11, 21));
+        assert_eq!(civil_from_days(11016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn quoting_and_slugs() {
+        assert_eq!(shell_join(&["sh", "-c", "exit 7"]), "sh -c 'exit 7'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(slug("cat /proc/version"), "cat-proc-version");
+        assert_eq!(slug("///"), "run");
+    }
+
+    #[test]
+    fn keys_are_unambiguous() {
+        assert_ne!(key_of(&[("a", b"bc")]), key_of(&[("ab", b"c")]));
+        assert_ne!(key_of(&[("a", b"b"), ("c", b"")]), key_of(&[("a", b"bc")]));
+        assert_eq!(key_of(&[("a", b"b")]), key_of(&[("a", b"b")]));
+    }
+}

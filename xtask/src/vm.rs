@@ -1,0 +1,275 @@
+//! One VM's life: start QEMU in its own process group, connect to the agent, run commands
+//! under deadlines, explain how it ended, and kill it. Dropping a `Vm` always kills QEMU.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_agent::Kind;
+
+use crate::agent::{wait, Agent, Event};
+use crate::image::Image;
+use crate::procs::{self, Group};
+use crate::qemu::{command_line, Paths, PidFile, VmConfig};
+use crate::util::shell_join;
+
+/// Why a VM session did not produce a normal command result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The deadline passed (while booting or running).
+    Timeout(String),
+    /// The platform broke: QEMU crashed, the guest kernel panicked, the agent vanished.
+    Infra(String),
+    /// xtask received this signal; the VM was killed.
+    Interrupted(i32),
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit status as the agent reported it (>= 0 exit code, < 0 killed by signal -n).
+    Exited(i32),
+    Failed(Failure),
+}
+
+pub struct Vm {
+    qemu: Group,
+    pidfile: PidFile,
+    pub agent: Arc<Agent>,
+    pub paths: Paths,
+    /// QEMU start to agent READY.
+    pub boot_s: f64,
+    /// The agent's READY text (protocol, kernel release, guest uptime).
+    pub ready: String,
+}
+
+static SOCK_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Vm {
+    /// Boots a fresh VM from `image`; its files go to `run_dir`. Fails at `deadline`.
+    pub fn boot(
+        image: &Image,
+        cfg: &VmConfig,
+        run_dir: &Path,
+        deadline: Instant,
+    ) -> Result<Vm, Failure> {
+        let infra = |m: String| Failure::Infra(m);
+        let qemu_bin = crate::deps::qemu().map_err(infra)?;
+        let sock_dir = std::env::temp_dir().join(format!(
+            "ublk-vm-{}-{}",
+            std::process::id(),
+            SOCK_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&sock_dir);
+        std::fs::create_dir_all(&sock_dir)
+            .map_err(|e| infra(format!("create {}: {e}", sock_dir.display())))?;
+        let paths = Paths {
+            sock_dir,
+            run_dir: run_dir.to_path_buf(),
+        };
+        let argv = command_line(&qemu_bin, image, cfg, &paths);
+        std::fs::write(run_dir.join("qemu-cmdline.txt"), shell_join(&argv) + "\n")
+            .map_err(|e| infra(format!("write qemu-cmdline.txt: {e}")))?;
+        let stderr = File::create(run_dir.join("qemu-stderr.log"))
+            .map_err(|e| infra(format!("create qemu-stderr.log: {e}")))?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let start = Instant::now();
+        let mut qemu = Group::spawn(&mut cmd).map_err(|e| match procs::interrupted() {
+            Some(sig) => Failure::Interrupted(sig),
+            None => infra(format!("cannot start {}: {e}", argv[0])),
+        })?;
+        let pid = qemu.pid() as i32;
+        let pidfile = PidFile {
+            pid,
+            start_ticks: procs::start_time(pid).unwrap_or(0),
+            run_dir: run_dir.to_path_buf(),
+            sock_dir: paths.sock_dir.clone(),
+        };
+        if let Err(e) = pidfile.write() {
+            eprintln!("xtask: warning: {e} (vm-reset will not know about this VM)");
+        }
+        // QEMU creates the socket, then waits for us before starting the guest.
+        let stream = loop {
+            if let Some(sig) = procs::interrupted() {
+                pidfile.remove();
+                return Err(Failure::Interrupted(sig));
+            }
+            if let Some(status) = qemu.try_wait() {
+                pidfile.remove();
+                let log =
+                    std::fs::read_to_string(run_dir.join("qemu-stderr.log")).unwrap_or_default();
+                return Err(infra(format!(
+                    "QEMU exited at start ({status}):\n{}",
+                    procs::tail(&log, 10)
+                )));
+            }
+            if let Ok(s) = UnixStream::connect(paths.agent_sock()) {
+                break s;
+            }
+            if Instant::now() > deadline {
+                pidfile.remove();
+                return Err(Failure::Timeout(
+                    "QEMU did not open its agent socket in time".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let transcript = File::create(run_dir.join("agent-transcript.log"))
+            .map_err(|e| infra(format!("create agent-transcript.log: {e}")))?;
+        let agent = Arc::new(Agent::new(stream, transcript).map_err(infra)?);
+        let mut vm = Vm {
+            qemu,
+            pidfile,
+            agent,
+            paths,
+            boot_s: 0.0,
+            ready: String::new(),
+        };
+        match vm.agent.hello(deadline) {
+            Ok(text) => {
+                vm.boot_s = start.elapsed().as_secs_f64();
+                vm.ready = text;
+                Ok(vm)
+            }
+            Err(why) if Instant::now() >= deadline => Err(Failure::Timeout(format!(
+                "the guest did not reach its agent within {:.1} s ({why}); see {}",
+                start.elapsed().as_secs_f64(),
+                vm.paths.serial_log().display()
+            ))),
+            Err(why) => Err(vm.diagnose(&why)),
+        }
+    }
+
+    /// Runs `argv` in the guest, streaming its output to `out`/`err`, until it exits or `deadline`.
+    /// With `stdin`, xtask's stdin is forwarded; otherwise the command's stdin is empty.
+    pub fn run(
+        &mut self,
+        argv: &[String],
+        stdin: bool,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+        deadline: Instant,
+    ) -> Outcome {
+        let (id, rx) = match self.agent.exec(argv) {
+            Ok(x) => x,
+            Err(why) => return Outcome::Failed(self.diagnose(&why)),
+        };
+        if stdin {
+            let agent = self.agent.clone();
+            // Detached: a read of our stdin cannot be bounded, and nothing waits for this thread.
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; vm_agent::CHUNK];
+                let mut input = std::io::stdin().lock();
+                loop {
+                    match input.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if agent.stdin(id, &buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = agent.stdin(id, &[]);
+            });
+        } else if let Err(why) = self.agent.stdin(id, &[]) {
+            return Outcome::Failed(self.diagnose(&why));
+        }
+        loop {
+            let tick = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            match wait(&rx, tick) {
+                Some(Event::Frame(f)) => match f.kind {
+                    Kind::Stdout => {
+                        let _ = out.write_all(&f.payload).and_then(|_| out.flush());
+                    }
+                    Kind::Stderr => {
+                        let _ = err.write_all(&f.payload).and_then(|_| err.flush());
+                    }
+                    Kind::Exit => {
+                        self.agent.close(id);
+                        return Outcome::Exited(f.payload_i32().unwrap_or(-1));
+                    }
+                    Kind::Error => {
+                        self.agent.close(id);
+                        return Outcome::Failed(Failure::Infra(format!(
+                            "the agent could not run the command: {}",
+                            String::from_utf8_lossy(&f.payload)
+                        )));
+                    }
+                    _ => {}
+                },
+                Some(Event::Lost(why)) => return Outcome::Failed(self.diagnose(&why)),
+                None => {
+                    if let Some(sig) = procs::interrupted() {
+                        return Outcome::Failed(Failure::Interrupted(sig));
+                    }
+                    if Instant::now() >= deadline {
+                        self.agent.note("deadline reached");
+                        return Outcome::Failed(Failure::Timeout(String::new()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Explains a lost agent connection: interrupt, kernel panic, agent exit, or QEMU crash.
+    pub fn diagnose(&mut self, why: &str) -> Failure {
+        if let Some(sig) = procs::interrupted() {
+            return Failure::Interrupted(sig);
+        }
+        let status = self.qemu.wait_for(Duration::from_secs(3));
+        let serial = std::fs::read_to_string(self.paths.serial_log()).unwrap_or_default();
+        if let Some(line) = serial
+            .lines()
+            .find(|l| l.contains("Kernel panic - not syncing"))
+        {
+            return Failure::Infra(format!("guest kernel panic: {}", line.trim()));
+        }
+        if let Some(line) = serial.lines().find(|l| l.contains("init: vm-agent exited")) {
+            return Failure::Infra(format!(
+                "the guest agent died ({}); the VM powered off",
+                line.trim()
+            ));
+        }
+        match status {
+            Some(st) => {
+                let log = std::fs::read_to_string(self.paths.run_dir.join("qemu-stderr.log"))
+                    .unwrap_or_default();
+                Failure::Infra(
+                    format!(
+                        "QEMU exited unexpectedly ({st}); {why}\n{}",
+                        procs::tail(&log, 10)
+                    )
+                    .trim_end()
+                    .to_string(),
+                )
+            }
+            None => Failure::Infra(format!("{why} while QEMU kept running")),
+        }
+    }
+
+    pub fn qemu_pid(&self) -> i32 {
+        self.pidfile.pid
+    }
+
+    /// Kills QEMU (its whole process group) and removes its pid file and sockets.
+    pub fn kill(&mut self) {
+        self.qemu.kill();
+        self.pidfile.remove();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
