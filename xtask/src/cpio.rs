@@ -127,7 +127,7 @@ pub(crate) mod tests {
         let total = b.len();
         loop {
             while b.first() == Some(&0)
-                && (total - b.len()) % 4 == 0
+                && (total - b.len()).is_multiple_of(4)
                 && !b.starts_with(MAGIC.as_bytes())
             {
                 b = &b[4.min(b.len())..];

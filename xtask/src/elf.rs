@@ -10,13 +10,20 @@ const PT_NOTE: u32 = 4;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(b: &[u8], off: usize) -> Option<usize> {
-    usize::try_from(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?)).ok()
+    usize::try_from(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
+    .ok()
 }
 
 fn check_header(b: &[u8]) -> Result<()> {
@@ -43,8 +50,8 @@ fn program_headers(b: &[u8]) -> Result<Vec<(u32, usize, usize)>> {
                 .ok_or_else(bad)?;
             Ok((
                 u32_at(b, p).ok_or_else(bad)?,
-                u64_at(b, p + 8).ok_or_else(bad)?,
-                u64_at(b, p + 32).ok_or_else(bad)?,
+                u64_at(b, p.checked_add(8).ok_or_else(bad)?).ok_or_else(bad)?,
+                u64_at(b, p.checked_add(32).ok_or_else(bad)?).ok_or_else(bad)?,
             ))
         })
         .collect()
@@ -69,11 +76,18 @@ pub fn has_pvh_note(b: &[u8]) -> Result<bool> {
             let namesz = u32_at(seg, p).unwrap() as usize;
             let descsz = u32_at(seg, p + 4).unwrap() as usize;
             let ntype = u32_at(seg, p + 8).unwrap();
-            let name = seg.get(p + 12..p + 12 + namesz).unwrap_or(&[]);
+            let name = seg
+                .get(p + 12..)
+                .and_then(|s| s.get(..namesz))
+                .unwrap_or(&[]);
             if ntype == XEN_ELFNOTE_PHYS32_ENTRY && name.starts_with(b"Xen") {
                 return Ok(true);
             }
-            p += 12 + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
+            let step = namesz
+                .div_ceil(4)
+                .saturating_mul(4)
+                .saturating_add(descsz.div_ceil(4).saturating_mul(4));
+            p = p.saturating_add(12).saturating_add(step);
         }
     }
     Ok(false)
@@ -93,8 +107,8 @@ pub fn section<'a>(b: &'a [u8], want: &str) -> Result<Option<&'a [u8]>> {
             .ok_or_else(bad)?;
         Ok((
             u32_at(b, p).ok_or_else(bad)?,
-            u64_at(b, p + 0x18).ok_or_else(bad)?,
-            u64_at(b, p + 0x20).ok_or_else(bad)?,
+            u64_at(b, p.checked_add(0x18).ok_or_else(bad)?).ok_or_else(bad)?,
+            u64_at(b, p.checked_add(0x20).ok_or_else(bad)?).ok_or_else(bad)?,
         ))
     };
     if shstrndx >= shnum {

@@ -194,6 +194,7 @@ impl Drop for Group {
 }
 
 /// Output of a bounded command.
+#[derive(Debug)]
 pub struct Output {
     pub status: ExitStatus,
     pub stdout: String,

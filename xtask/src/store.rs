@@ -191,7 +191,7 @@ pub fn cached_kernel(key: &str, build: impl FnOnce(&Path) -> Result<Manifest>) -
 mod tests {
     use super::*;
 
-    #[derive(Serialize, Deserialize)]
+    #[derive(Debug, Serialize, Deserialize)]
     struct M {
         files: BTreeMap<String, FileSum>,
     }
@@ -209,7 +209,7 @@ mod tests {
         let parent = std::env::temp_dir().join(format!("xtask-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&parent);
         let mut builds = 0;
-        let mut get = |builds: &mut i32| {
+        let get = |builds: &mut i32| {
             cached_dir(&parent, "k1", "test", |tmp| {
                 *builds += 1;
                 std::fs::write(tmp.join("a"), b"hello world").unwrap();

@@ -30,8 +30,8 @@ type Writer = Arc<Mutex<File>>;
 struct State {
     /// Process group of each running `Exec`, for `Signal`.
     pgids: HashMap<u32, i32>,
-    /// Stdin of each running `Exec`, fed by `PutData`.
-    stdins: HashMap<u32, ChildStdin>,
+    /// Stdin feeder of each running `Exec`, fed by `PutData`; dropping it closes the stdin.
+    stdins: HashMap<u32, mpsc::Sender<Vec<u8>>>,
     /// Files being written by `PutFile`.
     puts: HashMap<u32, File>,
 }
@@ -108,10 +108,9 @@ fn handle(frame: Frame, writer: &Writer, state: &Arc<Mutex<State>>) {
     match frame.kind {
         Kind::Hello => send(writer, Frame::new(Kind::Ready, 0, ready_text())),
         Kind::Exec => match decode_argv(&frame.payload) {
-            Ok(argv) => {
-                let (w, s) = (writer.clone(), state.clone());
-                thread::spawn(move || exec(id, argv, &w, &s));
-            }
+            // Spawned here, in the reader loop, so the child's stdin is registered before the
+            // next frame (its PutData) is read.
+            Ok(argv) => exec(id, argv, writer, state),
             Err(e) => send(writer, Frame::new(Kind::Error, id, e)),
         },
         Kind::Signal => {
@@ -164,11 +163,8 @@ fn put_data(id: u32, data: &[u8], writer: &Writer, state: &Arc<Mutex<State>>) {
         }
     } else if data.is_empty() {
         st.stdins.remove(&id); // drop = EOF on the command's stdin
-    } else if let Some(stdin) = st.stdins.get_mut(&id) {
-        // A command that stopped reading its stdin must not wedge the agent's reader loop.
-        if stdin.write_all(data).is_err() {
-            st.stdins.remove(&id);
-        }
+    } else if let Some(feeder) = st.stdins.get(&id) {
+        let _ = feeder.send(data.to_vec());
     }
 }
 
@@ -238,6 +234,7 @@ fn spawn(argv: &[Vec<u8>]) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+/// Starts the command and registers it; a thread waits for it and sends `Exit`.
 fn exec(id: u32, argv: Vec<Vec<u8>>, writer: &Writer, state: &Arc<Mutex<State>>) {
     let mut child = match spawn(&argv) {
         Ok(c) => c,
@@ -262,50 +259,68 @@ fn exec(id: u32, argv: Vec<Vec<u8>>, writer: &Writer, state: &Arc<Mutex<State>>)
     {
         let mut st = state.lock().unwrap();
         st.pgids.insert(id, child.id() as i32);
-        st.stdins.insert(id, child.stdin.take().unwrap());
+        st.stdins
+            .insert(id, feed_stdin(child.stdin.take().unwrap()));
     }
-    let (done_tx, done_rx) = mpsc::channel();
-    let out = forward(
-        child.stdout.take().unwrap(),
-        Kind::Stdout,
-        id,
-        writer.clone(),
-        done_tx.clone(),
-    );
-    let err = forward(
-        child.stderr.take().unwrap(),
-        Kind::Stderr,
-        id,
-        writer.clone(),
-        done_tx,
-    );
-    let status = child.wait();
-    // Let the output drain so it precedes Exit; a background child holding the pipes open
-    // gets OUTPUT_GRACE, not forever.
-    let deadline = Instant::now() + OUTPUT_GRACE;
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
+    let (writer, state) = (writer.clone(), state.clone());
+    thread::spawn(move || {
+        let (done_tx, done_rx) = mpsc::channel();
+        let out = forward(
+            child.stdout.take().unwrap(),
+            Kind::Stdout,
+            id,
+            writer.clone(),
+            done_tx.clone(),
+        );
+        let err = forward(
+            child.stderr.take().unwrap(),
+            Kind::Stderr,
+            id,
+            writer.clone(),
+            done_tx,
+        );
+        let status = child.wait();
+        // Let the output drain so it precedes Exit; a background child holding the pipes open
+        // gets OUTPUT_GRACE, not forever.
+        let deadline = Instant::now() + OUTPUT_GRACE;
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                break;
+            }
         }
-    }
-    drop((out, err)); // detached if still running
-    {
-        let mut st = state.lock().unwrap();
-        st.pgids.remove(&id);
-        st.stdins.remove(&id);
-    }
-    let code = match status {
-        Ok(s) => s.code().unwrap_or_else(|| -s.signal().unwrap_or(0)),
-        Err(e) => {
-            send(
-                writer,
-                Frame::new(Kind::Stderr, id, format!("vm-agent: wait failed: {e}\n")),
-            );
-            126
+        drop((out, err)); // detached if still running
+        {
+            let mut st = state.lock().unwrap();
+            st.pgids.remove(&id);
+            st.stdins.remove(&id);
         }
-    };
-    send(writer, Frame::exit(id, code));
+        let code = match status {
+            Ok(s) => s.code().unwrap_or_else(|| -s.signal().unwrap_or(0)),
+            Err(e) => {
+                send(
+                    &writer,
+                    Frame::new(Kind::Stderr, id, format!("vm-agent: wait failed: {e}\n")),
+                );
+                126
+            }
+        };
+        send(&writer, Frame::exit(id, code));
+    });
+}
+
+/// A command that does not read its stdin must not wedge the reader loop: a thread per
+/// command does the (blocking) writes.
+fn feed_stdin(mut stdin: ChildStdin) -> mpsc::Sender<Vec<u8>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    thread::spawn(move || {
+        for chunk in rx {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 fn forward(

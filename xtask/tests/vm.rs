@@ -1,0 +1,386 @@
+//! Integration tests that boot real VMs through the `xtask` binary, as a user would.
+//! They need QEMU and the Debian kernel; xtask installs what is missing when run as root
+//! (as `.ci/run` does), so these tests never skip. VMs run one at a time: two emulated
+//! guests on a 2-core host would distort each other's timing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wait_timeout::ChildExt;
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Bound on any single xtask invocation in these tests (first one may build the image).
+const LIMIT: Duration = Duration::from_secs(900);
+
+fn xtask() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.current_dir(root());
+    c
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn finish(mut child: Child, limit: Duration) -> Output {
+    match child.wait_timeout(limit).unwrap() {
+        Some(_) => child.wait_with_output().unwrap(),
+        None => {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "xtask did not finish within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    let child = xtask()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, LIMIT)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The run directory xtask printed, and its result.json.
+fn result_of(o: &Output) -> (PathBuf, Value) {
+    let err = stderr(o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("vm-run: ") && l.contains(" | wall "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
+    let dir = PathBuf::from(line.rsplit(" | ").next().unwrap().trim());
+    let text = std::fs::read_to_string(dir.join("result.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+fn alive(pid: i64) -> bool {
+    // A zombie has exited; only its parent's bookkeeping remains.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn assert_qemu_gone(result: &Value) {
+    let pid = result["qemu_pid"].as_i64().expect("qemu_pid recorded");
+    assert!(!alive(pid), "QEMU {pid} outlived its xtask");
+    assert!(
+        !root()
+            .join(format!("target/vm-state/qemu-{pid}.json"))
+            .exists(),
+        "pid file of QEMU {pid} left behind"
+    );
+}
+
+#[test]
+fn runs_a_command_in_a_612_guest_and_records_the_run() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-run", "--", "cat", "/proc/version"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("Linux version 6.12."),
+        "not a 6.12 guest: {out}"
+    );
+    let (dir, r) = result_of(&o);
+    assert_eq!(r["verdict"], "pass");
+    assert_eq!(r["exit_status"], 0);
+    let boot = r["boot_s"].as_f64().unwrap();
+    assert!(boot > 0.0 && boot < r["wall_s"].as_f64().unwrap());
+    assert!(["kvm", "tcg"].contains(&r["accelerator"].as_str().unwrap()));
+    assert_eq!(r["image_hash"].as_str().unwrap().len(), 64);
+    for f in [
+        "serial.log",
+        "qemu-cmdline.txt",
+        "agent-transcript.log",
+        "result.json",
+        "dmesg.txt",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+    let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap();
+    assert!(
+        serial.contains("init: ready at"),
+        "serial log lacks init output:\n{serial}"
+    );
+    assert!(std::fs::read_to_string(dir.join("agent-transcript.log"))
+        .unwrap()
+        .contains("Exec id=1"));
+    assert!(std::fs::read_to_string(dir.join("qemu-cmdline.txt"))
+        .unwrap()
+        .contains("-no-reboot"));
+    // The accelerator verdict is cached for later runs.
+    let probe: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("target/vm-images/accel-probe.json"))
+            .unwrap_or_else(|_| "{}".into()),
+    )
+    .unwrap();
+    if r["accelerator_reason"].as_str().unwrap().contains("probe") {
+        assert_eq!(
+            probe["kvm_works"].as_bool().unwrap(),
+            r["accelerator"] == "kvm"
+        );
+    }
+    assert_qemu_gone(&r);
+}
+
+#[test]
+fn exit_status_ublk_control_and_signals_reach_the_host() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-run", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert_eq!(result_of(&o).1["verdict"], "fail");
+
+    // ublk_drv is loaded before the command runs; a missing device must fail (the test can fail).
+    let o = run(&[
+        "vm-run",
+        "--",
+        "sh",
+        "-c",
+        "test -c /dev/ublk-control && grep -q '^ublk_drv ' /proc/modules && ! test -e /dev/no-such",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let o = run(&[
+        "vm-run",
+        "--",
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; kill -9 $$",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "to-stdout\n");
+    assert!(stderr(&o).contains("to-stderr\n"));
+
+    let o = run(&["vm-run", "--", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot run 'no-such-command'"));
+}
+
+#[test]
+fn timeout_kills_the_vm_and_exits_124() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Instant::now();
+    let o = run(&["vm-run", "--timeout", "10", "--", "sleep", "600"]);
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("timed out after 10 s") && err.contains("serial.log"),
+        "{err}"
+    );
+    let (_, r) = result_of(&o);
+    assert_eq!(r["verdict"], "timeout");
+    assert!(r["exit_status"].is_null());
+    assert_qemu_gone(&r);
+}
+
+#[test]
+fn sigterm_mid_run_takes_qemu_down() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let marker = format!("sigterm-test-{}", std::process::id());
+    let child = xtask()
+        .args([
+            "vm-run",
+            "--name",
+            &marker,
+            "--",
+            "sh",
+            "-c",
+            "echo guest-started; sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the guest command runs: its run dir's transcript shows the Exec.
+    let runs = root().join("target/vm-runs");
+    let t = Instant::now();
+    let dir = loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the guest never started"
+        );
+        let found = std::fs::read_dir(&runs).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with(&marker))
+        });
+        if let Some(d) = found {
+            if std::fs::read_to_string(d.join("agent-transcript.log"))
+                .unwrap_or_default()
+                .contains("guest-started")
+            {
+                break d;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let o = finish(child, Duration::from_secs(30));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "xtask took {:?} to stop after SIGTERM",
+        t.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["verdict"], "interrupted");
+    assert_qemu_gone(&r);
+}
+
+#[test]
+fn guest_kernel_panic_is_an_infra_error() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&[
+        "vm-run",
+        "--",
+        "sh",
+        "-c",
+        "echo c > /proc/sysrq-trigger; sleep 600",
+    ]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    let (_, r) = result_of(&o);
+    assert_eq!(r["verdict"], "infra-error");
+    assert!(
+        r["reason"].as_str().unwrap().contains("Kernel panic"),
+        "{r}"
+    );
+    assert_qemu_gone(&r);
+}
+
+#[test]
+fn files_and_stdin_cross_the_channel() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = std::env::temp_dir().join(format!("xtask-copy-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(tmp.join("blob"), &payload).unwrap();
+    let host_sum = Command::new("md5sum")
+        .arg(tmp.join("blob"))
+        .output()
+        .unwrap();
+    let host_sum = String::from_utf8_lossy(&host_sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let spec = format!("{}:/root/blob", tmp.join("blob").display());
+    let mut child = xtask()
+        .args([
+            "vm-run",
+            "-i",
+            "--copy-in",
+            &spec,
+            "--copy-out",
+            "/tmp/out.txt",
+            "--",
+            "sh",
+            "-c",
+            "md5sum /root/blob; cat > /tmp/out.txt",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from host stdin\n")
+        .unwrap();
+    let o = finish(child, LIMIT);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(&host_sum),
+        "guest md5 {out} != host {host_sum}"
+    );
+    let (dir, _) = result_of(&o);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("files/tmp_out.txt")).unwrap(),
+        "from host stdin\n"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn damaged_cache_is_rebuilt_not_booted_and_rebuild_is_noop() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let initrd = PathBuf::from(
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("initrd"))
+            .unwrap()
+            .trim(),
+    );
+    let mtime = std::fs::metadata(&initrd).unwrap().modified().unwrap();
+    // Unchanged inputs: nothing is rewritten.
+    let o = run(&["vm-build"]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::metadata(&initrd).unwrap().modified().unwrap(),
+        mtime,
+        "vm-build rewrote an unchanged image"
+    );
+    assert!(!stderr(&o).contains("damaged"));
+    // Truncate the cached initramfs: detected by checksum and rebuilt.
+    let len = std::fs::metadata(&initrd).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&initrd)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let o = run(&["vm-run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is damaged"), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&initrd).unwrap().len(), len);
+}
+
+#[test]
+fn bad_input_gets_one_clear_error() {
+    let o = run(&["vm-run", "--memory", "lots", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--memory: invalid size \"lots\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["vm-run", "--kernel", "/no/such/tree", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no such file or directory"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["vm-run", "--cpus", "0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "clap usage errors exit 2");
+    let o = run(&["vm-run"]);
+    assert_eq!(o.status.code(), Some(2));
+}
