@@ -96,7 +96,7 @@ pub fn choose(choice: Choice, image: &Image) -> Result<(Accel, String)> {
             Ok((
                 accel,
                 format!(
-                    "{} (KVM probe of {}, cached; re-probe with `cargo xtask vm-probe`)",
+                    "{}; cached probe of {}, redo: cargo xtask vm-probe",
                     rec.reason, rec.probed_at
                 ),
             ))
@@ -123,15 +123,12 @@ pub fn probe(image: &Image) -> Result<ProbeRecord> {
             match Vm::boot(image, &cfg, &run.path, start + PROBE_LIMIT) {
                 Ok(vm) => (
                     true,
-                    format!("KVM works: probe guest ready in {:.2} s", vm.boot_s),
+                    format!("KVM probe passed: guest ready in {:.2} s", vm.boot_s),
                 ),
                 Err(crate::vm::Failure::Interrupted(sig)) => {
                     return Err(format!("interrupted by {}", crate::procs::signal_name(sig)))
                 }
-                Err(f) => (
-                    false,
-                    format!("KVM does not work here, using TCG: {}", describe(&f)),
-                ),
+                Err(f) => (false, format!("KVM probe failed: {}", describe(&f))),
             }
         }
     };

@@ -64,8 +64,9 @@ impl Image {
 
 /// Builds (or reuses) the image for `source`. Verifies every cached file it returns.
 pub fn build(source: &Source) -> Result<Image> {
-    deps::ensure(deps::needs(source))?;
+    // One process at a time installs packages and builds: parallel test runs share the cache.
     let _lock = store::lock(Duration::from_secs(1800))?;
+    deps::ensure(deps::needs(source))?;
     let recipe = Recipe::load()?;
     let kernel = crate::kernel::prepare(source, &recipe)?;
     let guest = build_guest_binaries(&recipe)?;
@@ -267,22 +268,15 @@ pub fn build_guest_binaries(recipe: &Recipe) -> Result<Vec<(String, PathBuf)>> {
 
 pub fn describe(image: &Image) -> String {
     format!(
-        "image {} (kernel {} from {}, boot {}, initrd {})",
+        "image {} | kernel {} ({}, {})",
         &image.hash()[..16],
         image.manifest.kernel_release,
-        image.manifest.kernel_source,
+        image
+            .manifest
+            .kernel_source
+            .split_whitespace()
+            .next()
+            .unwrap_or("?"),
         image.manifest.boot_kind,
-        human_size(
-            image
-                .manifest
-                .files
-                .get("initrd.cpio")
-                .map(|f| f.size)
-                .unwrap_or(0)
-        )
     )
-}
-
-fn human_size(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
 }

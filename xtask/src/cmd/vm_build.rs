@@ -23,7 +23,12 @@ pub fn run(args: Args) -> Result<i32> {
         img.kernel.manifest.modules.len(),
         img.kernel.manifest.load_at_boot.join(" ")
     );
-    println!("  initrd  {}", img.initrd().display());
+    println!(
+        "  initrd  {} ({:.1} MiB)",
+        img.initrd().display(),
+        img.manifest.files["initrd.cpio"].size as f64 / 1048576.0
+    );
+    println!("  source  {}", img.manifest.kernel_source);
     println!("  hash    {}", img.hash());
     eprintln!("vm-build: ready in {:.2} s", t.elapsed().as_secs_f64());
     Ok(0)

@@ -12,7 +12,7 @@ pub fn run() -> Result<i32> {
     let mut stale = 0;
     for (path, pf) in PidFile::load_all() {
         match pf {
-            Some(pf) if same_process(pf.pid, pf.start_ticks) => {
+            Some(pf) if same_process(pf.pid, pf.start_ticks) && !is_zombie(pf.pid) => {
                 // QEMU leads its own process group: kill the group.
                 // SAFETY: kill(2) on a process we started and identified by pid + start time.
                 unsafe { libc::kill(-pf.pid, libc::SIGKILL) };
@@ -50,4 +50,11 @@ pub fn run() -> Result<i32> {
     let img = image::build(&Source::Debian)?;
     println!("vm-reset: verified {}", image::describe(&img));
     Ok(0)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
