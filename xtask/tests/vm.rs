@@ -336,8 +336,8 @@ fn damaged_cache_is_rebuilt_not_booted_and_rebuild_is_noop() {
     let initrd = PathBuf::from(
         out.lines()
             .find_map(|l| l.trim().strip_prefix("initrd"))
-            .unwrap()
-            .trim(),
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap(),
     );
     let mtime = std::fs::metadata(&initrd).unwrap().modified().unwrap();
     // Unchanged inputs: nothing is rewritten.
