@@ -1,0 +1,397 @@
+//! The sans-IO queue core: one queue's per-tag state machine and request handling.
+//!
+//! No syscalls: completion events go in, commands to submit come out, and the data of a
+//! request moves between the tag's I/O buffer and a [`Backing`] store. The daemon drives it
+//! with io_uring; the simulator drives the very same code against a model kernel.
+//!
+//! Per tag there are exactly three states, the fewest the protocol allows:
+//!
+//! ```text
+//!             new(): FETCH_REQ
+//!   ┌──────────────► InKernel ──── completion(-ENODEV) ───► Aborted (final)
+//!   │                   │
+//!   │ COMMIT_AND_FETCH  │ completion(0): descriptor holds a request
+//!   │   (with result)   ▼
+//!   └────────────── Serving   (a stalled tag stays here: fault injection)
+//! ```
+//!
+//! Construction emits the FETCH_REQ of every tag, so no tag can be served, and START_DEV
+//! cannot be meaningful, before all fetches exist. A completion for a tag that is not
+//! `InKernel` is a protocol violation and an error, never a silent recovery.
+
+use crate::sys::{self, ublksrv_io_desc};
+
+/// Bytes per sector in descriptors (always 512, whatever the logical block size).
+pub const SECTOR: u64 = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TagState {
+    /// A FETCH_REQ or COMMIT_AND_FETCH_REQ for this tag is with the kernel.
+    InKernel = 0,
+    /// The kernel handed us a request; we own the tag until we commit.
+    Serving = 1,
+    /// The kernel aborted the tag (device going away); it is never fetched again.
+    Aborted = 2,
+}
+
+impl TagState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TagState::InKernel => "in-kernel",
+            TagState::Serving => "serving",
+            TagState::Aborted => "aborted",
+        }
+    }
+}
+
+/// What the executor must submit for a tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Fetch { tag: u16 },
+    CommitAndFetch { tag: u16, result: i32 },
+}
+
+/// Everything the core does, reported to an [`Observer`] (tracing, state publication, checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Fetch {
+        tag: u16,
+    },
+    Request {
+        tag: u16,
+        op: u8,
+        flags: u32,
+        sector: u64,
+        sectors: u32,
+    },
+    Commit {
+        tag: u16,
+        result: i32,
+    },
+    Abort {
+        tag: u16,
+    },
+    /// Fault injection held the tag's request: it will never be committed.
+    Stall {
+        tag: u16,
+    },
+}
+
+pub trait Observer {
+    fn event(&mut self, q_id: u16, event: &Event);
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {
+    fn event(&mut self, _: u16, _: &Event) {}
+}
+
+/// The store behind the device. Offsets and lengths are always validated by the core first.
+pub trait Backing {
+    fn len(&self) -> u64;
+    fn read(&self, offset: u64, dst: &mut [u8]);
+    fn write(&mut self, offset: u64, src: &[u8]);
+    fn zero(&mut self, offset: u64, len: u64);
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Vec-backed store (tests, simulator).
+pub struct VecBacking(pub Vec<u8>);
+
+impl Backing for VecBacking {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read(&self, offset: u64, dst: &mut [u8]) {
+        let o = offset as usize;
+        dst.copy_from_slice(&self.0[o..o + dst.len()]);
+    }
+    fn write(&mut self, offset: u64, src: &[u8]) {
+        let o = offset as usize;
+        self.0[o..o + src.len()].copy_from_slice(src);
+    }
+    fn zero(&mut self, offset: u64, len: u64) {
+        self.0[offset as usize..(offset + len) as usize].fill(0);
+    }
+}
+
+/// Fault injection for the platform's own tests; `None` in normal operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Tag `tag` serves `after` requests normally, then never commits the next one.
+    StallTag { tag: u16, after: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub q_id: u16,
+    pub depth: u16,
+    /// Size of each tag's I/O buffer: the largest request the kernel may send.
+    pub max_io_bytes: u32,
+    /// Device size in 512-byte sectors.
+    pub dev_sectors: u64,
+    pub fault: Option<Fault>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoreError {
+    /// The kernel completed a command for a tag in the wrong state.
+    Protocol {
+        q_id: u16,
+        tag: u16,
+        state: TagState,
+        result: i32,
+    },
+    /// The kernel rejected a command (negative result other than abort): a server bug.
+    Rejected { q_id: u16, tag: u16, result: i32 },
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::Protocol {
+                q_id,
+                tag,
+                state,
+                result,
+            } => {
+                write!(f, "queue {q_id} tag {tag}: completion (result {result}) while the tag is {}; the kernel and the server disagree", state.name())
+            }
+            CoreError::Rejected { q_id, tag, result } => {
+                write!(
+                    f,
+                    "queue {q_id} tag {tag}: the kernel rejected our command with {result} ({})",
+                    errno_name(-result)
+                )
+            }
+        }
+    }
+}
+
+/// Per-queue counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    pub write_zeroes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Requests answered with an error (invalid descriptor, unsupported op).
+    pub errors: u64,
+}
+
+pub struct QueueCore {
+    cfg: QueueConfig,
+    states: Vec<TagState>,
+    /// Requests served per tag (for fault injection and the state dump).
+    served: Vec<u64>,
+    live: u16,
+    stats: Stats,
+}
+
+impl QueueCore {
+    /// Creates the queue and emits the FETCH_REQ of every tag into `out`.
+    pub fn new(cfg: QueueConfig, out: &mut Vec<Command>, obs: &mut impl Observer) -> QueueCore {
+        assert!(
+            cfg.depth > 0 && u32::from(cfg.depth) <= sys::UBLK_MAX_QUEUE_DEPTH,
+            "queue depth {} out of range",
+            cfg.depth
+        );
+        assert!(
+            u32::from(cfg.q_id) < sys::UBLK_MAX_NR_QUEUES,
+            "queue id {} out of range",
+            cfg.q_id
+        );
+        assert!(
+            cfg.max_io_bytes as u64 >= SECTOR && cfg.max_io_bytes <= 1 << sys::UBLK_IO_BUF_BITS,
+            "I/O buffer size {} out of range",
+            cfg.max_io_bytes
+        );
+        for tag in 0..cfg.depth {
+            out.push(Command::Fetch { tag });
+            obs.event(cfg.q_id, &Event::Fetch { tag });
+        }
+        let depth = cfg.depth as usize;
+        QueueCore {
+            live: cfg.depth,
+            states: vec![TagState::InKernel; depth],
+            served: vec![0; depth],
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn q_id(&self) -> u16 {
+        self.cfg.q_id
+    }
+    pub fn depth(&self) -> u16 {
+        self.cfg.depth
+    }
+    pub fn state(&self, tag: u16) -> TagState {
+        self.states[tag as usize]
+    }
+    pub fn served(&self, tag: u16) -> u64 {
+        self.served[tag as usize]
+    }
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+    /// True once every tag was aborted: the queue is done.
+    pub fn all_aborted(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Handles the completion of `tag`'s outstanding command. `desc` is the tag's descriptor
+    /// (read by the executor from the shared descriptor area) and `buf` the tag's I/O buffer.
+    /// At most one command is pushed to `out`.
+    pub fn on_completion(
+        &mut self,
+        tag: u16,
+        result: i32,
+        desc: &ublksrv_io_desc,
+        buf: &mut [u8],
+        backing: &mut impl Backing,
+        out: &mut Vec<Command>,
+        obs: &mut impl Observer,
+    ) -> Result<(), CoreError> {
+        let q_id = self.cfg.q_id;
+        let t = tag as usize;
+        assert!(
+            t < self.states.len(),
+            "queue {q_id}: completion for tag {tag} beyond depth {}",
+            self.cfg.depth
+        );
+        let state = self.states[t];
+        if state != TagState::InKernel {
+            return Err(CoreError::Protocol {
+                q_id,
+                tag,
+                state,
+                result,
+            });
+        }
+        match result {
+            sys::UBLK_IO_RES_ABORT => {
+                self.states[t] = TagState::Aborted;
+                self.live -= 1;
+                obs.event(q_id, &Event::Abort { tag });
+                Ok(())
+            }
+            sys::UBLK_IO_RES_OK => {
+                self.states[t] = TagState::Serving;
+                obs.event(
+                    q_id,
+                    &Event::Request {
+                        tag,
+                        op: desc.op(),
+                        flags: desc.flags(),
+                        sector: desc.start_sector,
+                        sectors: desc.nr_sectors,
+                    },
+                );
+                let stall = matches!(self.cfg.fault, Some(Fault::StallTag { tag: ft, after }) if ft == tag && self.served[t] == after);
+                self.served[t] += 1;
+                if stall {
+                    obs.event(q_id, &Event::Stall { tag });
+                    return Ok(());
+                }
+                let res = self.serve(desc, buf, backing);
+                self.commit(tag, res, out, obs);
+                Ok(())
+            }
+            _ => Err(CoreError::Rejected { q_id, tag, result }),
+        }
+    }
+
+    fn commit(&mut self, tag: u16, result: i32, out: &mut Vec<Command>, obs: &mut impl Observer) {
+        debug_assert_eq!(self.states[tag as usize], TagState::Serving);
+        self.states[tag as usize] = TagState::InKernel;
+        out.push(Command::CommitAndFetch { tag, result });
+        obs.event(self.cfg.q_id, &Event::Commit { tag, result });
+    }
+
+    /// Validates and executes one request; returns the result to commit (bytes or -errno).
+    /// An invalid descriptor gets -EIO and touches no memory.
+    fn serve(&mut self, desc: &ublksrv_io_desc, buf: &mut [u8], backing: &mut impl Backing) -> i32 {
+        let op = desc.op();
+        let bytes = desc.nr_sectors as u64 * SECTOR;
+        let in_range = desc
+            .start_sector
+            .checked_add(desc.nr_sectors as u64)
+            .is_some_and(|end| end <= self.cfg.dev_sectors && end * SECTOR <= backing.len());
+        let offset = desc.start_sector.wrapping_mul(SECTOR);
+        let res = match op {
+            sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
+                if !in_range || bytes > self.cfg.max_io_bytes as u64 || bytes > buf.len() as u64 {
+                    -libc::EIO
+                } else {
+                    let data = &mut buf[..bytes as usize];
+                    if op == sys::UBLK_IO_OP_READ {
+                        backing.read(offset, data);
+                        self.stats.reads += 1;
+                        self.stats.read_bytes += bytes;
+                    } else {
+                        backing.write(offset, data);
+                        self.stats.writes += 1;
+                        self.stats.write_bytes += bytes;
+                    }
+                    bytes as i32
+                }
+            }
+            sys::UBLK_IO_OP_FLUSH => {
+                // Memory is its own stable storage: nothing to write back.
+                self.stats.flushes += 1;
+                0
+            }
+            sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
+                if !in_range {
+                    -libc::EIO
+                } else {
+                    // Discarded ranges read back as zeroes: deterministic for verification.
+                    backing.zero(offset, bytes);
+                    if op == sys::UBLK_IO_OP_DISCARD {
+                        self.stats.discards += 1;
+                    } else {
+                        self.stats.write_zeroes += 1;
+                    }
+                    0
+                }
+            }
+            _ => -libc::EOPNOTSUPP,
+        };
+        if res < 0 {
+            self.stats.errors += 1;
+        }
+        res
+    }
+}
+
+/// Short errno names for messages.
+pub fn errno_name(e: i32) -> &'static str {
+    match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::EACCES => "EACCES",
+        libc::ENOMEM => "ENOMEM",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ETIME => "ETIME",
+        libc::EAGAIN => "EAGAIN",
+        libc::EBADF => "EBADF",
+        _ => "errno",
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
