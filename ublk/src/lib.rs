@@ -3,5 +3,10 @@
 //! See ARCHITECTURE.md at the workspace root.
 
 pub mod core;
+pub mod ctrl;
+pub mod io;
+pub mod mem;
 pub mod rng;
+pub mod server;
 pub mod sys;
+pub mod trace;

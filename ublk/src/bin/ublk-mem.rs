@@ -1,1 +1,177 @@
-fn main() {}
+//! ublk-mem: a memory-backed ublk block device server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ublk::core::Fault;
+use ublk::server::{self, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "ublk-mem",
+    version,
+    about = "Memory-backed ublk block device (runs in the foreground)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a device and serve it until SIGINT/SIGTERM; prints /dev/ublkbN once it is ready
+    Add {
+        /// Device size, e.g. 256MiB, 1GiB, 4096 (bytes)
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        #[arg(long, default_value_t = 128)]
+        depth: u16,
+        #[arg(long, default_value_t = 4096)]
+        block_size: u32,
+        /// Largest single request in bytes
+        #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+        max_io: u64,
+        /// Device id (default: the kernel picks one)
+        #[arg(long)]
+        id: Option<u32>,
+        /// Record every queue's tag events to PREFIX.q<N> (format: ublk/TRACE.md)
+        #[arg(long, value_name = "PREFIX")]
+        trace: Option<PathBuf>,
+        /// Where SIGUSR1 writes the per-tag state dump (default: stderr)
+        #[arg(long, value_name = "PATH")]
+        state_file: Option<PathBuf>,
+        /// Print the ready line as JSON
+        #[arg(long)]
+        json: bool,
+        /// Fault injection for tests: stall-tag=Q:T:after=N (tag T of queue Q never completes its (N+1)th request)
+        #[arg(long, value_parser = parse_fault)]
+        fault: Option<(u16, Fault)>,
+    },
+    /// List ublk devices
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and delete devices
+    Del {
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<u32>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 256MiB, 1GiB, 65536)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_fault(s: &str) -> Result<(u16, Fault), String> {
+    let bad = || format!("{s:?}: expected stall-tag=Q:T:after=N, e.g. stall-tag=0:5:after=100");
+    let spec = s.strip_prefix("stall-tag=").ok_or_else(bad)?;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [q, t, after] = parts[..] else {
+        return Err(bad());
+    };
+    let after = after.strip_prefix("after=").ok_or_else(bad)?;
+    Ok((
+        q.parse().map_err(|_| bad())?,
+        Fault::StallTag {
+            tag: t.parse().map_err(|_| bad())?,
+            after: after.parse().map_err(|_| bad())?,
+        },
+    ))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Add {
+            size,
+            queues,
+            depth,
+            block_size,
+            max_io,
+            id,
+            trace,
+            state_file,
+            json,
+            fault,
+        } => {
+            let max_io_bytes =
+                u32::try_from(max_io).map_err(|_| "--max-io is too large".to_string());
+            max_io_bytes.and_then(|max_io_bytes| {
+                server::serve(&Options {
+                    size,
+                    queues,
+                    depth,
+                    block_size,
+                    max_io_bytes,
+                    id,
+                    trace,
+                    state_file,
+                    json,
+                    fault,
+                })
+            })
+        }
+        Cmd::List { json } => server::list(json),
+        Cmd::Del { id, all } => {
+            let ids = if all {
+                ublk::ctrl::list_ids()
+            } else {
+                id.into_iter().collect()
+            };
+            server::delete(&ids)
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ublk-mem: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_faults() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(
+            parse_fault("stall-tag=1:5:after=100").unwrap(),
+            (1, Fault::StallTag { tag: 5, after: 100 })
+        );
+        assert!(parse_fault("stall-tag=1:5")
+            .unwrap_err()
+            .contains("expected stall-tag"));
+        assert!(parse_fault("boom").is_err());
+    }
+}

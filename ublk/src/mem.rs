@@ -1,0 +1,154 @@
+//! The memory target's store: a memfd (shared memory that a later user-recovery process can
+//! re-attach to), mapped once. Every queue thread gets a [`MemView`] of the same mapping.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::core::Backing;
+
+pub struct SharedMem {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    len: u64,
+}
+
+// SAFETY: the mapping lives as long as SharedMem; concurrent access goes through MemView,
+// whose byte copies race only where the block layer itself allows overlapping I/O.
+unsafe impl Send for SharedMem {}
+unsafe impl Sync for SharedMem {}
+
+impl SharedMem {
+    pub fn new(len: u64) -> Result<SharedMem, String> {
+        assert!(len > 0);
+        // SAFETY: plain syscalls with checked results.
+        unsafe {
+            let fd = libc::memfd_create(c"ublk-mem".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
+                return Err(format!(
+                    "sizing the {len}-byte memory store: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            );
+            if ptr == libc::MAP_FAILED {
+                return Err(format!(
+                    "mapping the {len}-byte memory store: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(SharedMem {
+                fd,
+                ptr: ptr as *mut u8,
+                len,
+            })
+        }
+    }
+
+    pub fn view(&self) -> MemView {
+        MemView {
+            ptr: self.ptr,
+            len: self.len,
+        }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; no MemView outlives the queues that use it.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len as usize) };
+    }
+}
+
+/// A queue thread's handle on the shared store.
+#[derive(Clone, Copy)]
+pub struct MemView {
+    ptr: *mut u8,
+    len: u64,
+}
+
+// SAFETY: see SharedMem.
+unsafe impl Send for MemView {}
+
+impl Backing for MemView {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, offset: u64, dst: &mut [u8]) {
+        assert!(
+            offset
+                .checked_add(dst.len() as u64)
+                .is_some_and(|e| e <= self.len),
+            "read outside the store"
+        );
+        // SAFETY: bounds checked above (and validated by the core before that).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.add(offset as usize),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
+    }
+    fn write(&mut self, offset: u64, src: &[u8]) {
+        assert!(
+            offset
+                .checked_add(src.len() as u64)
+                .is_some_and(|e| e <= self.len),
+            "write outside the store"
+        );
+        // SAFETY: bounds checked above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset as usize), src.len())
+        }
+    }
+    fn zero(&mut self, offset: u64, len: u64) {
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "zero outside the store"
+        );
+        // SAFETY: bounds checked above.
+        unsafe { std::ptr::write_bytes(self.ptr.add(offset as usize), 0, len as usize) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_store_roundtrip() {
+        let m = SharedMem::new(1 << 20).unwrap();
+        let mut v = m.view();
+        let w = m.view();
+        v.write(4096, b"hello");
+        let mut out = [0u8; 5];
+        w.read(4096, &mut out);
+        assert_eq!(&out, b"hello");
+        v.zero(4096, 2);
+        w.read(4096, &mut out);
+        assert_eq!(&out, b"\0\0llo");
+        assert_eq!(w.len(), 1 << 20);
+        assert!(m.fd() >= 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn out_of_bounds_is_caught_even_if_the_core_missed_it() {
+        let m = SharedMem::new(4096).unwrap();
+        m.view().write(4095, b"xy");
+    }
+}

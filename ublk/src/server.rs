@@ -1,0 +1,544 @@
+//! Device lifecycle of a ublk-mem server, synchronous and in protocol order:
+//!
+//! GET_FEATURES → ADD_DEV → SET_PARAMS → open /dev/ublkcN → one thread per queue (pin, map
+//! descriptors, submit every FETCH_REQ, report ready) → START_DEV → serve until a signal →
+//! STOP_DEV → queues see aborts → close → DEL_DEV. Every step is bounded; any failure after
+//! ADD_DEV still deletes the device. SIGINT/SIGTERM shut down within SHUTDOWN_BUDGET.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use crate::core::{Fault, TagState};
+use crate::ctrl::{self, Control};
+use crate::io::{run_queue, QueueExit, QueueShared, QueueSpec};
+use crate::mem::SharedMem;
+use crate::sys;
+
+/// SIGTERM to exit: STOP_DEV, drain, DEL_DEV all fit in this.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1800);
+const READY_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub size: u64,
+    pub queues: u16,
+    pub depth: u16,
+    pub block_size: u32,
+    pub max_io_bytes: u32,
+    pub id: Option<u32>,
+    pub trace: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
+    pub json: bool,
+    /// (queue, fault)
+    pub fault: Option<(u16, Fault)>,
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.block_size != 512 && self.block_size != 4096 {
+            return Err(format!(
+                "--block-size must be 512 or 4096, not {}",
+                self.block_size
+            ));
+        }
+        if self.size == 0 || self.size % self.block_size as u64 != 0 {
+            return Err(format!(
+                "--size {} is not a positive multiple of the block size {}",
+                self.size, self.block_size
+            ));
+        }
+        if self.queues == 0 || self.queues as u32 > sys::UBLK_MAX_NR_QUEUES {
+            return Err(format!("--queues must be 1..={}", sys::UBLK_MAX_NR_QUEUES));
+        }
+        if self.depth == 0 || self.depth as u32 > sys::UBLK_MAX_QUEUE_DEPTH {
+            return Err(format!("--depth must be 1..={}", sys::UBLK_MAX_QUEUE_DEPTH));
+        }
+        if self.max_io_bytes < self.block_size
+            || self.max_io_bytes % 4096 != 0
+            || self.max_io_bytes > 1 << sys::UBLK_IO_BUF_BITS
+        {
+            return Err(format!(
+                "max I/O size {} must be a multiple of 4096 between the block size and 32 MiB",
+                self.max_io_bytes
+            ));
+        }
+        if let Some((q, Fault::StallTag { tag, .. })) = self.fault {
+            if q >= self.queues || tag >= self.depth {
+                return Err(format!(
+                    "--fault stall-tag={q}:{tag}: queue must be < {} and tag < {}",
+                    self.queues, self.depth
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a memory-backed device in the foreground until SIGINT/SIGTERM (or until the device is
+/// stopped from outside). Prints the block device path once it is ready.
+pub fn serve(opts: &Options) -> Result<(), String> {
+    opts.validate()?;
+    let signals = block_signals();
+    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+    let mem = SharedMem::new(opts.size)?;
+    let want = sys::UBLK_F_CMD_IOCTL_ENCODE & ctl.features;
+    let info = sys::ublksrv_ctrl_dev_info {
+        nr_hw_queues: opts.queues,
+        queue_depth: opts.depth,
+        max_io_buf_bytes: opts.max_io_bytes,
+        flags: want,
+        ..Default::default()
+    };
+    let info = ctl.add_dev(opts.id, &info).map_err(|e| e.to_string())?;
+    let dev_id = info.dev_id;
+    // From here on, the device exists: every path out deletes it.
+    let result = run_device(&mut ctl, &mem, opts, &info, &signals);
+    let del = if result.as_ref().is_ok_and(|r| r.stopped_outside) {
+        Ok(()) // whoever stopped it deletes it
+    } else {
+        // A fresh, short-bounded ring: the shutdown budget must hold even if DEL_DEV hangs.
+        Control::open(Duration::from_secs(1))
+            .and_then(|mut c| c.del_dev(dev_id))
+            .or_else(|e| {
+                if matches!(e, ctrl::Error::NoDevice { .. }) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+    };
+    match (result, del) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Ok(_), Err(e)) => Err(format!("device {dev_id} stopped, but DEL_DEV failed: {e}")),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(d)) => Err(format!("{e}; also DEL_DEV failed: {d}")),
+    }
+}
+
+struct RunOutcome {
+    stopped_outside: bool,
+}
+
+fn run_device(
+    ctl: &mut Control,
+    mem: &SharedMem,
+    opts: &Options,
+    info: &sys::ublksrv_ctrl_dev_info,
+    signals: &libc::sigset_t,
+) -> Result<RunOutcome, String> {
+    let dev_id = info.dev_id;
+    // Honour what the kernel granted, not what we asked for.
+    let (queues, depth, max_io) = (
+        info.nr_hw_queues,
+        info.queue_depth,
+        info.max_io_buf_bytes.min(opts.max_io_bytes),
+    );
+    if queues != opts.queues || depth != opts.depth {
+        eprintln!("ublk-mem: the kernel adjusted the device to {queues} queue(s) of depth {depth}");
+    }
+    let bs_shift = opts.block_size.trailing_zeros() as u8;
+    let dev_sectors = opts.size / 512;
+    let params = sys::ublk_params {
+        types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
+        basic: sys::ublk_param_basic {
+            // A volatile cache with FUA makes the kernel send FLUSH and FUA: both paths get exercised.
+            attrs: sys::UBLK_ATTR_VOLATILE_CACHE | sys::UBLK_ATTR_FUA,
+            logical_bs_shift: bs_shift,
+            physical_bs_shift: bs_shift,
+            io_opt_shift: bs_shift,
+            io_min_shift: bs_shift,
+            max_sectors: max_io / 512,
+            dev_sectors,
+            ..Default::default()
+        },
+        discard: sys::ublk_param_discard {
+            discard_granularity: opts.block_size,
+            max_discard_sectors: u32::MAX >> 9,
+            max_write_zeroes_sectors: u32::MAX >> 9,
+            max_discard_segments: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ctl.set_params(dev_id, &params).map_err(|e| e.to_string())?;
+    let cdev = open_cdev(dev_id)?;
+    let ioctl_encode = info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
+
+    let epoch = Instant::now();
+    let stop_at = Arc::new(AtomicU64::new(0));
+    let shared: Vec<Arc<QueueShared>> = (0..queues)
+        .map(|q| Arc::new(QueueShared::new(q, depth)))
+        .collect();
+    let (ready_tx, ready_rx) = mpsc::channel::<(u16, Result<(), String>)>();
+    let (done_tx, done_rx) = mpsc::channel::<Result<QueueExit, String>>();
+    let cdev = Arc::new(cdev);
+    for q in 0..queues {
+        let cpus = ctl.get_queue_affinity(dev_id, q).unwrap_or_default();
+        let spec = QueueSpec {
+            dev_id,
+            q_id: q,
+            depth,
+            max_io_bytes: max_io,
+            dev_sectors,
+            ioctl_encode,
+            cpus,
+            fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
+            trace: opts
+                .trace
+                .as_ref()
+                .map(|p| PathBuf::from(format!("{}.q{q}", p.display()))),
+        };
+        let (cdev, sh, stop, view, rtx, dtx) = (
+            cdev.clone(),
+            shared[q as usize].clone(),
+            stop_at.clone(),
+            mem.view(),
+            ready_tx.clone(),
+            done_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("ublk-q{q}"))
+            .spawn(move || {
+                let r = run_queue(&cdev, &spec, view, &sh, &stop, epoch, |r| {
+                    let _ = rtx.send((q, r));
+                });
+                let _ = dtx.send(r);
+            })
+            .map_err(|e| format!("spawn queue thread: {e}"))?;
+    }
+    drop((ready_tx, done_tx));
+    // START_DEV only after every queue has submitted all of its FETCH_REQs.
+    let deadline = Instant::now() + READY_LIMIT;
+    for _ in 0..queues {
+        match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((_, Ok(()))) => {}
+            Ok((q, Err(e))) => return Err(format!("queue {q} failed to start: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "queues not ready within {} s",
+                    READY_LIMIT.as_secs()
+                ))
+            }
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    ctl.start_dev(dev_id, pid).map_err(|e| e.to_string())?;
+    announce(opts, dev_id, queues, depth, pid);
+
+    // Serve until a signal, or until every queue ended (the device was stopped from outside).
+    let mut finished = 0usize;
+    let mut failures = Vec::new();
+    let stopped_outside = loop {
+        match wait_signal(signals, Duration::from_millis(100)) {
+            Some(libc::SIGUSR1) => dump_state(opts, dev_id, pid, &shared),
+            Some(_) => break false,
+            None => {}
+        }
+        while let Ok(r) = done_rx.try_recv() {
+            finished += 1;
+            if let Err(e) = r {
+                failures.push(e);
+            }
+        }
+        if !failures.is_empty() || finished == queues as usize {
+            break failures.is_empty();
+        }
+    };
+    // Shutdown, bounded: STOP_DEV aborts every fetched tag; queues drain; then DEL_DEV.
+    let start = Instant::now();
+    let budget = |frac: u32| SHUTDOWN_BUDGET * frac / 10;
+    stop_at.store(
+        (epoch.elapsed() + budget(6)).as_millis() as u64,
+        Ordering::SeqCst,
+    );
+    let mut errors = failures;
+    if finished < queues as usize {
+        let mut quick = Control::open(budget(4)).map_err(|e| e.to_string())?;
+        if let Err(e) = quick.stop_dev(dev_id) {
+            if !matches!(e, ctrl::Error::NoDevice { .. }) {
+                errors.push(format!("STOP_DEV: {e}"));
+            }
+        }
+        while finished < queues as usize {
+            let left = budget(8).saturating_sub(start.elapsed());
+            match done_rx.recv_timeout(left) {
+                Ok(Ok(exit)) => {
+                    finished += 1;
+                    if let Some(why) = exit.early {
+                        errors.push(format!("queue {}: {why}", exit.q_id));
+                    }
+                }
+                Ok(Err(e)) => {
+                    finished += 1;
+                    errors.push(e);
+                }
+                Err(_) => {
+                    errors.push(format!(
+                        "{} queue thread(s) did not finish in time",
+                        queues as usize - finished
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(p) = &opts.state_file {
+        // A last snapshot helps explain a shutdown that went wrong.
+        if !errors.is_empty() {
+            dump_state(
+                &Options {
+                    state_file: Some(p.clone()),
+                    ..opts.clone()
+                },
+                dev_id,
+                pid,
+                &shared,
+            );
+        }
+    }
+    drop(cdev); // DEL_DEV waits for /dev/ublkcN to be closed (by us and every queue thread)
+    if errors.is_empty() {
+        Ok(RunOutcome {
+            stopped_outside: stopped_outside && finished == queues as usize,
+        })
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+fn open_cdev(dev_id: u32) -> Result<File, String> {
+    let path = format!("/dev/ublkc{dev_id}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => return Ok(f),
+            // devtmpfs creates the node asynchronously after ADD_DEV.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(format!("open {path}: {e}")),
+        }
+    }
+}
+
+fn announce(opts: &Options, dev_id: u32, queues: u16, depth: u16, pid: i32) {
+    let bdev = format!("/dev/ublkb{dev_id}");
+    if opts.json {
+        let v = serde_json::json!({
+            "dev_id": dev_id, "block_device": bdev, "char_device": format!("/dev/ublkc{dev_id}"),
+            "size": opts.size, "block_size": opts.block_size, "queues": queues, "depth": depth, "pid": pid,
+        });
+        println!("{v}");
+    } else {
+        println!("{bdev}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Blocks the daemon's signals in every thread (inherited by threads spawned later), so the
+/// main thread can take them synchronously with sigtimedwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: building and applying a signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: waiting for signals of our blocked set.
+    let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (s > 0).then_some(s)
+}
+
+/// Per-queue, per-tag state as JSON, read from the queues' published atomics.
+pub fn state_json(dev_id: u32, pid: i32, shared: &[Arc<QueueShared>]) -> serde_json::Value {
+    let queues: Vec<serde_json::Value> = shared
+        .iter()
+        .map(|q| {
+            let tags: Vec<serde_json::Value> = (0..q.states.len())
+                .map(|t| {
+                    let last = q.last_req[t].load(Ordering::Relaxed);
+                    let mut v = serde_json::json!({"tag": t, "state": q.state(t).name(), "served": q.served[t].load(Ordering::Relaxed)});
+                    if last != u64::MAX {
+                        v["last"] = serde_json::json!({
+                            "op": op_name((last & 0xff) as u8), "flags": (last >> 8) & 0xff_ffff,
+                            "sector": q.last_sector[t].load(Ordering::Relaxed), "sectors": last >> 32,
+                        });
+                    }
+                    v
+                })
+                .collect();
+            let serving: Vec<usize> = (0..q.states.len()).filter(|t| q.state(*t) == TagState::Serving).collect();
+            serde_json::json!({
+                "q_id": q.q_id, "completions": q.completions.load(Ordering::Relaxed),
+                "finished": q.finished.load(Ordering::Relaxed), "serving_tags": serving, "tags": tags,
+            })
+        })
+        .collect();
+    serde_json::json!({"dev_id": dev_id, "pid": pid, "queues": queues})
+}
+
+fn dump_state(opts: &Options, dev_id: u32, pid: i32, shared: &[Arc<QueueShared>]) {
+    let text = serde_json::to_string_pretty(&state_json(dev_id, pid, shared)).unwrap() + "\n";
+    match &opts.state_file {
+        Some(p) => {
+            let tmp = p.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, p)) {
+                eprintln!("ublk-mem: cannot write state dump {}: {e}", p.display());
+            }
+        }
+        None => eprint!("{text}"),
+    }
+}
+
+pub fn op_name(op: u8) -> &'static str {
+    match op {
+        sys::UBLK_IO_OP_READ => "read",
+        sys::UBLK_IO_OP_WRITE => "write",
+        sys::UBLK_IO_OP_FLUSH => "flush",
+        sys::UBLK_IO_OP_DISCARD => "discard",
+        sys::UBLK_IO_OP_WRITE_ZEROES => "write-zeroes",
+        _ => "other",
+    }
+}
+
+/// `ublk-mem list`: one line (or JSON object) per device.
+pub fn list(json: bool) -> Result<(), String> {
+    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+    for id in ctrl::list_ids() {
+        let info = match ctl.get_dev_info(id) {
+            Ok(i) => i,
+            Err(ctrl::Error::NoDevice { .. }) => continue, // deleted meanwhile
+            Err(e) => return Err(e.to_string()),
+        };
+        let size = ctl
+            .get_params(id)
+            .map(|p| p.basic.dev_sectors * 512)
+            .unwrap_or(0);
+        let state = match info.state {
+            sys::UBLK_S_DEV_LIVE => "live",
+            sys::UBLK_S_DEV_QUIESCED => "quiesced",
+            _ => "dead",
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"dev_id": id, "state": state, "queues": info.nr_hw_queues, "depth": info.queue_depth, "size": size, "pid": info.ublksrv_pid, "flags": sys::feature_names(info.flags)})
+            );
+        } else {
+            println!(
+                "ublk{id}: {state}, {} queue(s) x depth {}, {} MiB, server pid {}, flags {}",
+                info.nr_hw_queues,
+                info.queue_depth,
+                size >> 20,
+                info.ublksrv_pid,
+                sys::feature_names(info.flags).join(",")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ublk-mem del`: STOP_DEV then DEL_DEV (the owning server, if alive, sees aborts and exits).
+pub fn delete(ids: &[u32]) -> Result<(), String> {
+    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+    for &id in ids {
+        ctl.get_dev_info(id).map_err(|e| e.to_string())?;
+        match ctl.stop_dev(id) {
+            Ok(()) | Err(ctrl::Error::NoDevice { .. }) => {}
+            Err(e) => return Err(format!("ublk{id}: {e}")),
+        }
+        ctl.del_dev(id).map_err(|e| format!("ublk{id}: {e}"))?;
+        println!("deleted ublk{id}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            size: 256 << 20,
+            queues: 2,
+            depth: 64,
+            block_size: 4096,
+            max_io_bytes: 512 << 10,
+            id: None,
+            trace: None,
+            state_file: None,
+            json: false,
+            fault: None,
+        }
+    }
+
+    #[test]
+    fn validation_explains_bad_options() {
+        assert!(opts().validate().is_ok());
+        let e = Options {
+            size: (256 << 20) + 512,
+            ..opts()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("multiple of the block size 4096"), "{e}");
+        assert!(Options {
+            block_size: 1024,
+            ..opts()
+        }
+        .validate()
+        .unwrap_err()
+        .contains("512 or 4096"));
+        assert!(Options {
+            queues: 0,
+            ..opts()
+        }
+        .validate()
+        .is_err());
+        assert!(Options {
+            depth: 5000,
+            ..opts()
+        }
+        .validate()
+        .is_err());
+        let e = Options {
+            fault: Some((2, Fault::StallTag { tag: 0, after: 1 })),
+            ..opts()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("queue must be < 2"), "{e}");
+    }
+
+    #[test]
+    fn state_json_names_serving_tags() {
+        let q = Arc::new(QueueShared::new(0, 4));
+        q.states[2].store(TagState::Serving as u8, Ordering::Relaxed);
+        q.last_req[2].store(
+            sys::UBLK_IO_OP_WRITE as u64 | (16u64 << 32),
+            Ordering::Relaxed,
+        );
+        q.last_sector[2].store(800, Ordering::Relaxed);
+        let v = state_json(7, 42, &[q]);
+        assert_eq!(v["queues"][0]["serving_tags"], serde_json::json!([2]));
+        assert_eq!(v["queues"][0]["tags"][2]["last"]["op"], "write");
+        assert_eq!(v["queues"][0]["tags"][2]["last"]["sectors"], 16);
+        assert_eq!(v["queues"][0]["tags"][0]["state"], "in-kernel");
+    }
+}
