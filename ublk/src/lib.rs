@@ -10,3 +10,4 @@ pub mod rng;
 pub mod server;
 pub mod sys;
 pub mod trace;
+pub mod util;

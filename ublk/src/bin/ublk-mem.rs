@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ublk::core::Fault;
 use ublk::server::{self, Options};
+use ublk::util::parse_size;
 
 #[derive(Parser)]
 #[command(
@@ -62,28 +63,6 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 256MiB, 1GiB, 65536)"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_fault(s: &str) -> Result<(u16, Fault), String> {
@@ -159,12 +138,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_faults() {
-        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("12XB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("lots").is_err());
+    fn faults() {
         assert_eq!(
             parse_fault("stall-tag=1:5:after=100").unwrap(),
             (1, Fault::StallTag { tag: 5, after: 100 })
