@@ -22,7 +22,7 @@ pub struct Header {
 /// Fills `buf` (a multiple of BLOCK, starting at device byte `offset`) with write `seq`.
 pub fn fill(buf: &mut [u8], offset: u64, seed: u64, seq: u64) {
     assert!(
-        buf.len() % BLOCK == 0 && offset % BLOCK as u64 == 0,
+        buf.len().is_multiple_of(BLOCK) && offset.is_multiple_of(BLOCK as u64),
         "blocks are 4 KiB aligned"
     );
     for (i, block) in buf.chunks_exact_mut(BLOCK).enumerate() {

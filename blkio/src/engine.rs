@@ -81,6 +81,9 @@ impl Drop for Slots {
     }
 }
 
+/// Called with every finished request and its data; an error stops the run.
+pub type Complete<'a> = dyn FnMut(&Op, &[u8]) -> Result<(), String> + 'a;
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
     pub ops: u64,
@@ -98,7 +101,7 @@ pub fn run(
     max_len: usize,
     deadline: Instant,
     prepare: &mut dyn FnMut(&Op, &mut [u8]),
-    complete: &mut dyn FnMut(&Op, &[u8]) -> Result<(), String>,
+    complete: &mut Complete,
 ) -> Result<Stats, String> {
     assert!(qd > 0 && qd <= 4096);
     let mut ring = IoUring::new((qd as u32).next_power_of_two())

@@ -82,6 +82,17 @@ enum Cmd {
         #[arg(long, value_parser = parse_size)]
         len: u64,
     },
+    /// Discard a byte range (BLKDISCARD), or zero it (BLKZEROOUT: write-zeroes) with --zeroout
+    Discard {
+        #[arg(long)]
+        dev: String,
+        #[arg(long, value_parser = parse_size)]
+        offset: u64,
+        #[arg(long, value_parser = parse_size)]
+        len: u64,
+        #[arg(long)]
+        zeroout: bool,
+    },
     /// Random 4 KiB (or --bs) reads or writes for --seconds; prints IOPS
     Bench {
         #[command(flatten)]
@@ -270,7 +281,7 @@ fn md5_hex(parts: impl Iterator<Item = [u8; 16]>) -> String {
 
 fn zeroes(c: &Common, offset: u64, len: u64) -> Result<(), String> {
     let f = engine::open(&c.dev, false)?;
-    if offset % BLOCK as u64 != 0 || len % BLOCK as u64 != 0 || len == 0 {
+    if !offset.is_multiple_of(BLOCK as u64) || !len.is_multiple_of(BLOCK as u64) || len == 0 {
         return Err("--offset and --len must be multiples of 4 KiB".into());
     }
     let chunk = 1 << 20;
@@ -300,10 +311,39 @@ fn zeroes(c: &Common, offset: u64, len: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn discard(dev: &str, offset: u64, len: u64, zeroout: bool) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    // _IO(0x12, 119) and _IO(0x12, 127) from linux/fs.h.
+    const BLKDISCARD: libc::c_ulong = 0x1277;
+    const BLKZEROOUT: libc::c_ulong = 0x127f;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("open {dev}: {e}"))?;
+    let range = [offset, len];
+    let (req, name) = if zeroout {
+        (BLKZEROOUT, "BLKZEROOUT")
+    } else {
+        (BLKDISCARD, "BLKDISCARD")
+    };
+    // SAFETY: both ioctls read a u64[2] (start, length).
+    if unsafe { libc::ioctl(f.as_raw_fd(), req, range.as_ptr()) } != 0 {
+        return Err(format!(
+            "{name} {offset}+{len} on {dev}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    println!(
+        "{}: {len} bytes at offset {offset}",
+        if zeroout { "zeroout" } else { "discard" }
+    );
+    Ok(())
+}
+
 fn bench(c: &Common, rw: Rw, bs: u64, seconds: u64, seed: u64) -> Result<(), String> {
     let f = engine::open(&c.dev, rw == Rw::Randwrite)?;
     let size = engine::size_of(&f)?;
-    if bs == 0 || bs % 512 != 0 || bs > size {
+    if bs == 0 || !bs.is_multiple_of(512) || bs > size {
         return Err(format!(
             "--bs {bs} must be a multiple of 512 no larger than the device"
         ));
@@ -365,6 +405,12 @@ fn main() -> ExitCode {
             seconds,
             seed,
         } => bench(&c, rw, bs, seconds, seed),
+        Cmd::Discard {
+            dev,
+            offset,
+            len,
+            zeroout,
+        } => discard(&dev, offset, len, zeroout),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

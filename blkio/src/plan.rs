@@ -35,14 +35,18 @@ pub struct PlanSpec {
 impl PlanSpec {
     pub fn validate(&self) -> Result<(), String> {
         let b = BLOCK as u64;
-        if self.min == 0 || self.min % b != 0 || self.max % b != 0 || self.min > self.max {
+        if self.min == 0
+            || !self.min.is_multiple_of(b)
+            || !self.max.is_multiple_of(b)
+            || self.min > self.max
+        {
             return Err(format!(
                 "block sizes must be multiples of 4 KiB with min <= max (got {}..{})",
                 self.min, self.max
             ));
         }
-        if self.span % b != 0
-            || self.bytes % b != 0
+        if !self.span.is_multiple_of(b)
+            || !self.bytes.is_multiple_of(b)
             || self.bytes > self.span
             || self.max > self.span
         {

@@ -250,6 +250,8 @@ impl QueueCore {
     /// Handles the completion of `tag`'s outstanding command. `desc` is the tag's descriptor
     /// (read by the executor from the shared descriptor area) and `buf` the tag's I/O buffer.
     /// At most one command is pushed to `out`.
+    // Every input of the sans-IO boundary is an explicit argument, on purpose.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_completion(
         &mut self,
         tag: u16,
@@ -307,6 +309,19 @@ impl QueueCore {
             }
             _ => Err(CoreError::Rejected { q_id, tag, result }),
         }
+    }
+
+    /// Shutdown: fails every request still held (stalled by fault injection) with -EIO, so
+    /// STOP_DEV can drain the device. Returns how many were released.
+    pub fn release_held(&mut self, out: &mut Vec<Command>, obs: &mut impl Observer) -> usize {
+        let held: Vec<u16> = (0..self.cfg.depth)
+            .filter(|t| self.states[*t as usize] == TagState::Serving)
+            .collect();
+        for &tag in &held {
+            self.stats.errors += 1;
+            self.commit(tag, -libc::EIO, out, obs);
+        }
+        held.len()
     }
 
     fn commit(&mut self, tag: u16, result: i32, out: &mut Vec<Command>, obs: &mut impl Observer) {

@@ -363,6 +363,7 @@ pub fn run_queue(
         .sec(POLL.as_secs())
         .nsec(POLL.subsec_nanos());
     let args = types::SubmitArgs::new().timespec(&ts);
+    let mut stopping = false;
     let early = loop {
         match ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -397,6 +398,13 @@ pub fn run_queue(
             break None;
         }
         let stop = stop_at.load(Ordering::Relaxed);
+        if stop != 0 && !stopping {
+            // Shutting down: a request held by fault injection must not keep STOP_DEV waiting.
+            stopping = true;
+            if core.release_held(&mut cmds, &mut obs) > 0 {
+                push(&mut ring, &mut cmds, &bufs)?;
+            }
+        }
         if stop != 0 && epoch.elapsed().as_millis() as u64 >= stop {
             let held: Vec<u16> = (0..spec.depth)
                 .filter(|t| core.state(*t) != TagState::Aborted)

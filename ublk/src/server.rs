@@ -44,7 +44,7 @@ impl Options {
                 self.block_size
             ));
         }
-        if self.size == 0 || self.size % self.block_size as u64 != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(self.block_size as u64) {
             return Err(format!(
                 "--size {} is not a positive multiple of the block size {}",
                 self.size, self.block_size
@@ -57,7 +57,7 @@ impl Options {
             return Err(format!("--depth must be 1..={}", sys::UBLK_MAX_QUEUE_DEPTH));
         }
         if self.max_io_bytes < self.block_size
-            || self.max_io_bytes % 4096 != 0
+            || !self.max_io_bytes.is_multiple_of(4096)
             || self.max_io_bytes > 1 << sys::UBLK_IO_BUF_BITS
         {
             return Err(format!(

@@ -1,0 +1,78 @@
+//! Shared helpers of the VM integration tests: run the xtask binary as a user would, with a
+//! bound on every invocation, and read back what it recorded.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use wait_timeout::ChildExt;
+
+/// VMs run one at a time: two emulated guests on a 2-core host would distort each other.
+pub static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Bound on any single xtask invocation in these tests (first one may build the image).
+pub const LIMIT: Duration = Duration::from_secs(900);
+
+pub fn xtask() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.current_dir(root());
+    c
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn finish(mut child: Child, limit: Duration) -> Output {
+    match child.wait_timeout(limit).unwrap() {
+        Some(_) => child.wait_with_output().unwrap(),
+        None => {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "xtask did not finish within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let child = xtask()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, LIMIT)
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The run directory xtask printed, and its result.json.
+pub fn result_of(o: &Output) -> (PathBuf, Value) {
+    let err = stderr(o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("vm-run: ") && l.contains(" | wall "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{err}"));
+    let dir = PathBuf::from(line.rsplit(" | ").next().unwrap().trim());
+    let text = std::fs::read_to_string(dir.join("result.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+pub fn alive(pid: i64) -> bool {
+    // A zombie has exited; only its parent's bookkeeping remains.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
