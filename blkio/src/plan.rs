@@ -1,5 +1,5 @@
-//! Seeded workload plans: which extents are written, in which order, with which sequence
-//! numbers — and therefore what the device must contain afterwards (the reference model).
+//! Seeded write plans: which extents are written, in which order, with which sequence
+//! numbers. Reproducible from the spec alone.
 
 use crate::block::BLOCK;
 use crate::rng::Rng;
@@ -8,8 +8,10 @@ use crate::rng::Rng;
 pub enum Pattern {
     /// Back to back from offset 0.
     Sequential,
-    /// Non-overlapping extents at shuffled positions across the whole span.
+    /// Extents at shuffled positions across the whole span (non-overlapping unless --overlap).
     Scattered,
+    /// Uniformly random aligned offsets: overlaps happen by chance.
+    Random,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,13 +26,20 @@ pub struct Extent {
 pub struct PlanSpec {
     pub seed: u64,
     pub pattern: Pattern,
-    /// Total bytes to write.
+    /// Stop after this many bytes (0: no byte limit).
     pub bytes: u64,
+    /// Stop after this many writes (0: no count limit).
+    pub count: u64,
     /// Device bytes the extents may cover.
     pub span: u64,
     pub min: u64,
     pub max: u64,
+    /// Scattered: re-write ranges overlapping earlier writes (about one write in five).
+    pub overlap: bool,
 }
+
+/// Hard cap on the number of writes in one plan (bounds memory and time).
+pub const MAX_WRITES: u64 = 10_000_000;
 
 impl PlanSpec {
     pub fn validate(&self) -> Result<(), String> {
@@ -45,13 +54,27 @@ impl PlanSpec {
                 self.min, self.max
             ));
         }
-        if !self.span.is_multiple_of(b)
-            || !self.bytes.is_multiple_of(b)
-            || self.bytes > self.span
-            || self.max > self.span
-        {
+        if self.span == 0 || !self.span.is_multiple_of(b) || self.max > self.span {
             return Err(format!(
-                "--bytes {} must fit in --span {} and both be multiples of 4 KiB",
+                "the span {} must be a multiple of 4 KiB and hold the largest write {}",
+                self.span, self.max
+            ));
+        }
+        if !self.bytes.is_multiple_of(b) {
+            return Err(format!(
+                "--bytes {} must be a multiple of 4 KiB",
+                self.bytes
+            ));
+        }
+        if self.bytes == 0 && self.count == 0 {
+            return Err("give --bytes or --count (or both)".into());
+        }
+        if self.count > MAX_WRITES {
+            return Err(format!("--count is limited to {MAX_WRITES}"));
+        }
+        if self.pattern != Pattern::Random && !self.overlap && self.bytes > self.span {
+            return Err(format!(
+                "--bytes {} exceeds the span {} (use --pattern random or --overlap to write more)",
                 self.bytes, self.span
             ));
         }
@@ -65,62 +88,77 @@ pub fn writes(spec: &PlanSpec) -> Vec<Extent> {
     let mut rng = Rng::new(spec.seed);
     let b = BLOCK as u64;
     let size = |rng: &mut Rng| rng.range(spec.min / b, spec.max / b) * b;
-    let mut out = Vec::new();
+    let blocks = spec.span / b;
+    let mut out: Vec<Extent> = Vec::new();
+    let mut total = 0u64;
+    let done = |out: &Vec<Extent>, total: u64| {
+        (spec.bytes > 0 && total >= spec.bytes)
+            || (spec.count > 0 && out.len() as u64 >= spec.count)
+            || out.len() as u64 >= MAX_WRITES
+    };
+    let push = |out: &mut Vec<Extent>, total: &mut u64, offset: u64, len: u64| {
+        let len = if spec.bytes > 0 {
+            len.min(spec.bytes - *total)
+        } else {
+            len
+        };
+        out.push(Extent {
+            offset,
+            len,
+            seq: out.len() as u64 + 1,
+        });
+        *total += len;
+    };
     match spec.pattern {
         Pattern::Sequential => {
             let mut off = 0;
-            while off < spec.bytes {
-                let len = size(&mut rng).min(spec.bytes - off);
-                out.push(Extent {
-                    offset: off,
-                    len,
-                    seq: 0,
-                });
-                off += len;
+            while !done(&out, total) {
+                let len = size(&mut rng).min(spec.span - off);
+                push(&mut out, &mut total, off, len);
+                off = (off + len) % spec.span;
+            }
+        }
+        Pattern::Random => {
+            while !done(&out, total) {
+                let len = size(&mut rng);
+                let off = rng.below(blocks - len / b + 1) * b;
+                push(&mut out, &mut total, off, len);
             }
         }
         Pattern::Scattered => {
-            // Cut the whole span into mixed-size extents, shuffle them, take enough to write.
-            let mut cuts = Vec::new();
-            let mut off = 0;
-            while off < spec.span {
-                let len = size(&mut rng).min(spec.span - off);
-                cuts.push(Extent {
-                    offset: off,
-                    len,
-                    seq: 0,
-                });
-                off += len;
-            }
-            for i in (1..cuts.len()).rev() {
-                cuts.swap(i, rng.below(i as u64 + 1) as usize);
-            }
-            let mut total = 0;
-            for e in cuts {
-                if total >= spec.bytes {
-                    break;
+            // Cut the span into mixed-size extents and shuffle them; repeat with a new cut when
+            // a limit asks for more than one pass.
+            while !done(&out, total) {
+                let mut cuts = Vec::new();
+                let mut off = 0;
+                while off < spec.span {
+                    let len = size(&mut rng).min(spec.span - off);
+                    cuts.push((off, len));
+                    off += len;
                 }
-                let len = e.len.min(spec.bytes - total);
-                out.push(Extent { len, ..e });
-                total += len;
+                for i in (1..cuts.len()).rev() {
+                    cuts.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                for (off, len) in cuts {
+                    if done(&out, total) {
+                        break;
+                    }
+                    if spec.overlap && !out.is_empty() && rng.chance(20) {
+                        // Straddle an earlier write: start inside it, run past its end.
+                        let prev = out[rng.below(out.len() as u64) as usize];
+                        let start = prev.offset + rng.below(prev.len / b) * b;
+                        let len = size(&mut rng).min(spec.span - start);
+                        push(&mut out, &mut total, start, len);
+                        if done(&out, total) {
+                            break;
+                        }
+                    }
+                    push(&mut out, &mut total, off, len);
+                }
             }
         }
-    }
-    for (i, e) in out.iter_mut().enumerate() {
-        e.seq = i as u64 + 1;
     }
     out
-}
-
-/// For every 4 KiB block of the span, the seq of the write that must be there (0 = none).
-pub fn expected_map(spec: &PlanSpec, writes: &[Extent]) -> Vec<u64> {
-    let mut map = vec![0u64; (spec.span / BLOCK as u64) as usize];
-    for e in writes {
-        for blk in e.offset / BLOCK as u64..(e.offset + e.len) / BLOCK as u64 {
-            map[blk as usize] = map[blk as usize].max(e.seq);
-        }
-    }
-    map
 }
 
 #[cfg(test)]
@@ -132,10 +170,21 @@ mod tests {
             seed: 1,
             pattern,
             bytes: 64 << 20,
+            count: 0,
             span: 256 << 20,
             min: 4096,
             max: 512 << 10,
+            overlap: false,
         }
+    }
+
+    fn overlaps(w: &[Extent]) -> usize {
+        let mut sorted = w.to_vec();
+        sorted.sort_by_key(|e| e.offset);
+        sorted
+            .windows(2)
+            .filter(|p| p[0].offset + p[0].len > p[1].offset)
+            .count()
     }
 
     #[test]
@@ -143,11 +192,7 @@ mod tests {
         let s = spec(Pattern::Scattered);
         let w = writes(&s);
         assert_eq!(w.iter().map(|e| e.len).sum::<u64>(), s.bytes);
-        let mut sorted = w.clone();
-        sorted.sort_by_key(|e| e.offset);
-        for p in sorted.windows(2) {
-            assert!(p[0].offset + p[0].len <= p[1].offset, "overlap: {p:?}");
-        }
+        assert_eq!(overlaps(&w), 0);
         assert!(
             w.windows(2)
                 .filter(|p| p[1].offset == p[0].offset + p[0].len)
@@ -160,15 +205,36 @@ mod tests {
             "sizes not mixed"
         );
         assert!(
-            sorted.last().unwrap().offset > 200 << 20,
+            w.iter().map(|e| e.offset).max().unwrap() > 200 << 20,
             "not spread over the span"
         );
         assert_eq!(writes(&s), w, "plans are reproducible from the seed");
-        let map = expected_map(&s, &w);
-        assert_eq!(
-            map.iter().filter(|m| **m > 0).count() as u64 * 4096,
-            s.bytes
-        );
+        assert!(w.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+    }
+
+    #[test]
+    fn overlap_and_random_patterns_overlap_and_respect_counts() {
+        let s = PlanSpec {
+            count: 10_000,
+            bytes: 0,
+            overlap: true,
+            max: 64 << 10,
+            ..spec(Pattern::Scattered)
+        };
+        let w = writes(&s);
+        assert_eq!(w.len(), 10_000);
+        assert!(overlaps(&w) > 500, "only {} overlaps", overlaps(&w));
+        assert!(w.iter().all(|e| e.offset + e.len <= s.span
+            && e.offset % 4096 == 0
+            && e.len % 4096 == 0
+            && e.len > 0));
+        let r = writes(&PlanSpec {
+            count: 2000,
+            bytes: 0,
+            ..spec(Pattern::Random)
+        });
+        assert_eq!(r.len(), 2000);
+        assert!(r.iter().all(|e| e.offset + e.len <= 256 << 20));
     }
 
     #[test]
@@ -187,6 +253,15 @@ mod tests {
             ..spec(Pattern::Scattered)
         }
         .validate()
-        .is_err());
+        .unwrap_err()
+        .contains("exceeds the span"));
+        assert!(PlanSpec {
+            bytes: 0,
+            count: 0,
+            ..spec(Pattern::Random)
+        }
+        .validate()
+        .unwrap_err()
+        .contains("--count"));
     }
 }

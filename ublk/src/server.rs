@@ -268,9 +268,14 @@ fn run_device(
             match done_rx.recv_timeout(left) {
                 Ok(Ok(exit)) => {
                     finished += 1;
-                    if let Some(why) = exit.early {
+                    if let Some(why) = &exit.early {
                         errors.push(format!("queue {}: {why}", exit.q_id));
                     }
+                    let s = exit.stats;
+                    eprintln!(
+                        "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors",
+                        exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors
+                    );
                 }
                 Ok(Err(e)) => {
                     finished += 1;

@@ -12,6 +12,7 @@ mod procs;
 mod qemu;
 mod recipe;
 mod runs;
+mod scenario;
 mod store;
 mod ui;
 mod util;
@@ -36,6 +37,18 @@ enum Cmd {
     VmBuild(cmd::vm_build::Args),
     /// Boot a fresh VM, run one command in it, exit with its status (124 timeout, 125 infra error)
     VmRun(cmd::vm_run::Args),
+    /// Run YAML scenarios, each in a fresh VM (all of scenarios/ by default)
+    VmE2e(cmd::vm_e2e::Args),
+    /// Run the simple-e2e scenario
+    VmSimpleE2e {
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_name = "debian|host|PATH")]
+        kernel: Option<String>,
+    },
+    /// Scenario files: check them without a VM
+    #[command(subcommand)]
+    Scenario(cmd::scenario::Cmd),
     /// Kill VMs a previous xtask left running, remove stale state, re-verify the image
     VmReset,
     /// Re-probe whether KVM works on this host and cache the verdict for --accel auto
@@ -50,6 +63,17 @@ fn main() {
     let result = match cli.command {
         Cmd::VmBuild(a) => cmd::vm_build::run(a),
         Cmd::VmRun(a) => cmd::vm_run::run(a),
+        Cmd::VmE2e(a) => cmd::vm_e2e::run(a),
+        Cmd::VmSimpleE2e { seed, kernel } => cmd::vm_e2e::run(cmd::vm_e2e::Args {
+            names: vec!["simple-e2e".into()],
+            repeat: 1,
+            jobs: 1,
+            seed,
+            kernel,
+            accel: accel::Choice::Auto,
+            bisect_exit_codes: false,
+        }),
+        Cmd::Scenario(c) => cmd::scenario::run(c),
         Cmd::VmReset => cmd::vm_reset::run(),
         Cmd::VmProbe => cmd::vm_probe::run(),
         Cmd::KernelLock(a) => cmd::kernel_lock::run(a),

@@ -1,0 +1,149 @@
+//! The reference model: what every 4 KiB block of the span must hold after a run.
+//!
+//! Built while writing, at submission time: a block's expected write is the last one
+//! submitted over it, and if other writes over that block were still in flight at that
+//! moment, the device may legally hold any of them (the kernel may complete concurrent
+//! overlapping writes in any order). Those blocks accept a set of writes, so overlapping
+//! in-flight writes never cause false reports, while everything else is exact.
+
+use std::collections::HashMap;
+
+use crate::block::BLOCK;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    pub seed: u64,
+    pub span: u64,
+    /// Per block: seq of the last write submitted over it (0 = never written).
+    pub last: Vec<u64>,
+    /// Blocks that may also hold other writes that were in flight with the last one.
+    pub also: HashMap<u64, Vec<u64>>,
+}
+
+const MAGIC: &[u8; 8] = b"BLKIOMD1";
+
+impl Model {
+    pub fn new(seed: u64, span: u64) -> Model {
+        Model {
+            seed,
+            span,
+            last: vec![0; (span / BLOCK as u64) as usize],
+            also: HashMap::new(),
+        }
+    }
+
+    /// Records write `seq` over `offset..offset+len`, submitted while `inflight` writes
+    /// (seq, offset, len) had not completed.
+    pub fn submit(&mut self, seq: u64, offset: u64, len: u64, inflight: &[(u64, u64, u64)]) {
+        let b = BLOCK as u64;
+        for blk in offset / b..(offset + len) / b {
+            let at = blk * b;
+            let racing: Vec<u64> = inflight
+                .iter()
+                .filter(|(s, o, l)| *s != seq && *o <= at && at < o + l)
+                .map(|(s, _, _)| *s)
+                .collect();
+            if racing.is_empty() {
+                self.also.remove(&blk);
+            } else {
+                self.also.insert(blk, racing);
+            }
+            self.last[blk as usize] = seq;
+        }
+    }
+
+    /// Writes that block `blk` may hold (empty = must be zeroes).
+    pub fn allowed(&self, blk: u64) -> Vec<u64> {
+        let last = self.last[blk as usize];
+        if last == 0 {
+            return Vec::new();
+        }
+        let mut v = vec![last];
+        if let Some(a) = self.also.get(&blk) {
+            v.extend(a);
+        }
+        v
+    }
+
+    pub fn written_blocks(&self) -> usize {
+        self.last.iter().filter(|s| **s > 0).count()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        let mut put = |v: u64| out.extend_from_slice(&v.to_le_bytes());
+        put(self.seed);
+        put(self.span);
+        for s in &self.last {
+            put(*s);
+        }
+        let mut also: Vec<(&u64, &Vec<u64>)> = self.also.iter().collect();
+        also.sort();
+        put(also.iter().map(|(_, v)| v.len() as u64).sum());
+        for (blk, seqs) in also {
+            for s in seqs {
+                put(*blk);
+                put(*s);
+            }
+        }
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Model, String> {
+        let bad = || "not a blkio model file (or truncated)".to_string();
+        if b.len() < 24 || &b[..8] != MAGIC {
+            return Err(bad());
+        }
+        let word = |i: usize| -> Result<u64, String> {
+            Ok(u64::from_le_bytes(
+                b.get(i * 8..i * 8 + 8).ok_or_else(bad)?.try_into().unwrap(),
+            ))
+        };
+        let (seed, span) = (word(1)?, word(2)?);
+        let n = (span / BLOCK as u64) as usize;
+        if !span.is_multiple_of(BLOCK as u64) || b.len() < (3 + n + 1) * 8 {
+            return Err(bad());
+        }
+        let last = (0..n).map(|i| word(3 + i)).collect::<Result<Vec<_>, _>>()?;
+        let nalso = word(3 + n)? as usize;
+        let mut also: HashMap<u64, Vec<u64>> = HashMap::new();
+        for k in 0..nalso {
+            let blk = word(4 + n + 2 * k)?;
+            if blk as usize >= n {
+                return Err(bad());
+            }
+            also.entry(blk).or_default().push(word(5 + n + 2 * k)?);
+        }
+        Ok(Model {
+            seed,
+            span,
+            last,
+            also,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_overlaps_allow_either_write() {
+        let mut m = Model::new(9, 64 * 1024);
+        m.submit(1, 0, 16384, &[]);
+        // Write 2 overlaps blocks 2-3 of write 1 while write 1 is still in flight.
+        m.submit(2, 8192, 16384, &[(1, 0, 16384)]);
+        assert_eq!(m.allowed(0), vec![1]);
+        assert_eq!(m.allowed(2), vec![2, 1]);
+        assert_eq!(m.allowed(4), vec![2]);
+        assert_eq!(m.allowed(9), Vec::<u64>::new());
+        // A later write with nothing in flight makes the block exact again.
+        m.submit(3, 8192, 4096, &[]);
+        assert_eq!(m.allowed(2), vec![3]);
+        let back = Model::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.written_blocks(), 6);
+        assert!(Model::from_bytes(b"junk").is_err());
+        assert!(Model::from_bytes(&m.to_bytes()[..40]).is_err());
+    }
+}

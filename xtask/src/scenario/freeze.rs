@@ -1,0 +1,321 @@
+//! Freeze-frames: when a step hangs, capture why before the VM dies. Every probe has its own
+//! timeout, so collecting can never hang; if the agent itself is stuck, SysRq t/w go in over
+//! the serial console and the kernel's answer lands in the serial log.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::vm::Vm;
+
+/// Budget of each probe.
+const PROBE: Duration = Duration::from_secs(3);
+
+/// What the freeze-frame found, for assertions and the summary.
+#[derive(Debug, Default)]
+pub struct FreezeFrame {
+    pub dir: PathBuf,
+    /// "d0 queue 0 tag 5: serving read sector 8 (+8)" or "ublkb0 hctx0: tag 5 in flight (READ)".
+    pub stuck_tags: Vec<String>,
+    /// "pid 123 dd (D): io_schedule <- ..." — tasks in uninterruptible sleep.
+    pub blocked_tasks: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// A live daemon the freeze-frame should ask for its state.
+pub struct DaemonRef<'a> {
+    pub name: &'a str,
+    pub exec_id: u32,
+    pub pid: i32,
+    pub state_file: &'a str,
+}
+
+pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeFrame {
+    let _ = std::fs::create_dir_all(dir);
+    let mut ff = FreezeFrame {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let agent_ok = vm
+        .agent
+        .run_capture(&["true"], Instant::now() + Duration::from_secs(2))
+        .is_ok();
+    if !agent_ok {
+        ff.notes.push("the guest agent did not answer within 2 s: SysRq t/w sent over the serial console (see serial.log)".into());
+        sysrq(vm, &mut ff);
+        write_summary(&ff, why, "");
+        return ff;
+    }
+    for d in daemons {
+        daemon_dump(vm, d, dir, &mut ff);
+    }
+    let inflight = probe(
+        vm,
+        dir,
+        "inflight",
+        "for f in /sys/block/ublkb*/inflight; do [ -e \"$f\" ] && echo \"$f: $(cat $f)\"; done",
+    );
+    let _ = inflight;
+    let debugfs = probe(
+        vm,
+        dir,
+        "blk-mq-debugfs",
+        "for h in /sys/kernel/debug/block/ublkb*/hctx*; do [ -d \"$h\" ] || continue; for f in busy tags dispatch; do echo \"== $h/$f\"; cat $h/$f 2>&1; done; done",
+    );
+    for (hctx, line) in busy_requests(&debugfs) {
+        ff.stuck_tags.push(format!("{hctx}: {line}"));
+    }
+    let blocked = probe(
+        vm,
+        dir,
+        "blocked-tasks",
+        "for p in /proc/[0-9]*; do s=$(awk '/^State:/{print $2}' $p/status 2>/dev/null); [ \"$s\" = D ] || continue; echo \"== pid ${p#/proc/} $(cat $p/comm) state D\"; cat $p/stack 2>&1; done",
+    );
+    ff.blocked_tasks = blocked_tasks(&blocked);
+    for d in daemons {
+        let threads = probe(
+            vm,
+            dir,
+            &format!("daemon-{}-threads", d.name),
+            &format!("for t in /proc/{}/task/*; do echo \"== tid ${{t##*/}} $(cat $t/comm) $(awk '/^State:/{{print $2, $3}}' $t/status)\"; cat $t/stack 2>&1; done", d.pid),
+        );
+        if let Some(state) = threads.lines().find(|l| l.starts_with("== tid")) {
+            ff.notes.push(format!(
+                "daemon {} (pid {}) main thread: {}",
+                d.name,
+                d.pid,
+                state.trim_start_matches("== ")
+            ));
+        }
+    }
+    let dmesg = probe(vm, dir, "dmesg", "dmesg | tail -n 200");
+    let tail: Vec<&str> = dmesg
+        .lines()
+        .rev()
+        .take(15)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    write_summary(&ff, why, &tail.join("\n"));
+    ff
+}
+
+/// Runs one shell probe (bounded) and saves its output; returns the output.
+fn probe(vm: &Vm, dir: &Path, name: &str, script: &str) -> String {
+    let out = match vm
+        .agent
+        .run_capture(&["sh", "-c", script], Instant::now() + PROBE)
+    {
+        Ok((_, out, err)) => {
+            String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err)
+        }
+        Err(e) => format!("probe failed: {e}\n"),
+    };
+    let _ = std::fs::write(dir.join(format!("{name}.txt")), &out);
+    out
+}
+
+fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
+    let _ = vm
+        .agent
+        .run_capture(&["rm", "-f", d.state_file], Instant::now() + PROBE);
+    if vm.agent.signal(d.exec_id, libc::SIGUSR1).is_err() {
+        ff.notes
+            .push(format!("daemon {}: could not send SIGUSR1", d.name));
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let dump = loop {
+        if let Ok(data) = vm
+            .agent
+            .get_file(d.state_file, 16 << 20, Instant::now() + PROBE)
+        {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) {
+                break Some((v, data));
+            }
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let Some((v, raw)) = dump else {
+        let state = vm.agent.run_capture(
+            &[
+                "sh",
+                "-c",
+                &format!("awk '/^State:/{{print $2, $3}}' /proc/{}/status", d.pid),
+            ],
+            Instant::now() + PROBE,
+        );
+        let state = state
+            .map(|(_, o, _)| String::from_utf8_lossy(&o).trim().to_string())
+            .unwrap_or_default();
+        ff.notes.push(format!(
+            "daemon {} (pid {}) did not answer SIGUSR1 within 2 s; process state: {}",
+            d.name,
+            d.pid,
+            if state.is_empty() { "gone" } else { &state }
+        ));
+        return;
+    };
+    let _ = std::fs::write(dir.join(format!("daemon-{}-state.json", d.name)), raw);
+    for q in v["queues"].as_array().into_iter().flatten() {
+        for tag in q["serving_tags"].as_array().into_iter().flatten() {
+            let t = tag.as_u64().unwrap_or(0) as usize;
+            let last = &q["tags"][t]["last"];
+            ff.stuck_tags.push(format!(
+                "{} queue {} tag {t}: held by the daemon, serving {} sector {} (+{})",
+                d.name,
+                q["q_id"],
+                last["op"].as_str().unwrap_or("?"),
+                last["sector"],
+                last["sectors"]
+            ));
+        }
+    }
+}
+
+/// (hctx path, request line) for every request blk-mq lists as busy.
+pub fn busy_requests(debugfs: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in debugfs.lines() {
+        if let Some(path) = line.strip_prefix("== ") {
+            current = path
+                .strip_suffix("/busy")
+                .map(|p| p.trim_start_matches("/sys/kernel/debug/block/").to_string());
+            continue;
+        }
+        if let (Some(h), true) = (&current, line.contains(".tag=")) {
+            let tag = line
+                .split(".tag=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit() && c != '-').next())
+                .unwrap_or("?");
+            let op = line
+                .split(".op=")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .unwrap_or("?");
+            out.push((h.clone(), format!("tag {tag} in flight ({op})")));
+        }
+    }
+    out
+}
+
+/// One line per D-state task: "pid N comm (D): top frames".
+pub fn blocked_tasks(probe: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = probe.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(head) = l.strip_prefix("== pid ") else {
+            continue;
+        };
+        let mut frames = Vec::new();
+        while let Some(f) = lines.peek() {
+            if f.starts_with("== ") {
+                break;
+            }
+            let f = lines.next().unwrap();
+            if let Some(sym) = f.split_whitespace().nth(1) {
+                frames.push(sym.split('+').next().unwrap_or(sym).to_string());
+            }
+        }
+        let interesting: Vec<&String> = frames
+            .iter()
+            .filter(|f| !f.starts_with("__schedule") && *f != "schedule")
+            .take(4)
+            .collect();
+        out.push(format!(
+            "pid {}: {}",
+            head.replace(" state D", " (D)"),
+            interesting
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" <- ")
+        ));
+    }
+    out
+}
+
+fn sysrq(vm: &Vm, ff: &mut FreezeFrame) {
+    // Telnet IAC BREAK becomes a serial break; the next key is the SysRq command.
+    let sent = UnixStream::connect(vm.paths.serial_sock()).and_then(|mut s| {
+        s.set_write_timeout(Some(Duration::from_secs(1)))?;
+        for key in [b't', b'w'] {
+            s.write_all(&[0xff, 0xf3])?;
+            std::thread::sleep(Duration::from_millis(100));
+            s.write_all(&[key])?;
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        Ok(())
+    });
+    if let Err(e) = sent {
+        ff.notes
+            .push(format!("SysRq over the serial console failed: {e}"));
+        return;
+    }
+    let serial = std::fs::read_to_string(vm.paths.serial_log()).unwrap_or_default();
+    for l in serial.lines().filter(|l| l.contains("state:D")) {
+        ff.blocked_tasks.push(l.trim().to_string());
+    }
+}
+
+fn write_summary(ff: &FreezeFrame, why: &str, dmesg_tail: &str) {
+    let mut s = format!("freeze-frame: {why}\n\nstuck tags:\n");
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "  (none found)\n".to_string()
+        } else {
+            v.iter().map(|x| format!("  {x}\n")).collect()
+        }
+    };
+    s += &list(&ff.stuck_tags);
+    s += "\nblocked tasks (D state):\n";
+    s += &list(&ff.blocked_tasks);
+    if !ff.notes.is_empty() {
+        s += "\nnotes:\n";
+        s += &list(&ff.notes);
+    }
+    s += "\nlast kernel messages:\n";
+    s += dmesg_tail;
+    s += "\n";
+    let _ = std::fs::write(ff.dir.join("summary.txt"), s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_blk_mq_busy_lists() {
+        let text = "== /sys/kernel/debug/block/ublkb0/hctx0/busy\n\
+000000003d9a3b2f {.op=READ, .cmd_flags=, .rq_flags=STARTED|IO_STAT, .state=in_flight, .tag=0, .internal_tag=-1}\n\
+== /sys/kernel/debug/block/ublkb0/hctx0/tags\nnr_tags=1\n== /sys/kernel/debug/block/ublkb0/hctx1/busy\n";
+        assert_eq!(
+            busy_requests(text),
+            vec![(
+                "ublkb0/hctx0".to_string(),
+                "tag 0 in flight (READ)".to_string()
+            )]
+        );
+        assert!(busy_requests("").is_empty());
+    }
+
+    #[test]
+    fn summarises_blocked_tasks() {
+        let text = "== pid 140 dd state D\n[<0>] __schedule+0x3c0/0xb20\n[<0>] schedule+0x27/0xf0\n[<0>] io_schedule+0x46/0x70\n[<0>] blkdev_direct_IO+0x4e0/0x7b0\n\
+== pid 141 kworker/1:2 state D\n[<0>] msleep+0x2b/0x40\n";
+        assert_eq!(
+            blocked_tasks(text),
+            vec![
+                "pid 140 dd (D): io_schedule <- blkdev_direct_IO".to_string(),
+                "pid 141 kworker/1:2 (D): msleep".to_string()
+            ]
+        );
+    }
+}

@@ -1,0 +1,153 @@
+use super::*;
+
+const GOOD: &str = "\
+name: demo
+description: a demo
+timeout: 60
+device:
+  size: 64MiB
+  queues: 2
+steps:
+  - start: {name: d0}
+    timeout: 20
+  - io: {device: d0, bytes: 8MiB, pattern: random, background: load}
+    timeout: 30
+  - wait: {job: load, expect: pass}
+    timeout: 30
+  - signal: {device: d0, signal: TERM}
+    timeout: 5
+  - check: {}
+    timeout: 10
+";
+
+fn err(text: &str) -> String {
+    let e = Scenario::parse(text, Path::new("scenarios/demo.yaml")).unwrap_err();
+    assert!(!e.contains('\n'), "errors are one line: {e}");
+    e
+}
+
+#[test]
+fn a_good_scenario_parses() {
+    let s = Scenario::parse(GOOD, Path::new("x.yaml")).unwrap();
+    assert_eq!(s.steps.len(), 5);
+    assert_eq!(s.device.size, Some(Size(64 << 20)));
+    let Kind::Io(io) = &s.steps[1].kind else {
+        panic!()
+    };
+    assert_eq!(
+        (io.pattern, io.bytes, io.write, io.verify),
+        (Pattern::Random, Some(Size(8 << 20)), true, true)
+    );
+    assert_eq!(s.steps[3].timeout, Secs(5));
+}
+
+#[test]
+fn misspelt_field_names_file_line_column() {
+    let e = err(&GOOD.replace("bytes: 8MiB", "byts: 8MiB"));
+    assert!(e.starts_with("scenarios/demo.yaml:10:"), "{e}");
+    assert!(e.contains("unknown field `byts`"), "{e}");
+    let e = err(&GOOD.replace("description:", "descripton:"));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:2:1: unknown field `descripton`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_names_file_line_column() {
+    let e = err(&GOOD.replace("queues: 2", "queues: two"));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:6:11: device.queues: invalid type"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("bytes: 8MiB", "bytes: 8XB"));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:10:") && e.contains("unknown unit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_timeout_names_the_step() {
+    let e = err(&GOOD.replace(
+        "  - wait: {job: load, expect: pass}\n    timeout: 30\n",
+        "  - wait: {job: load, expect: pass}\n",
+    ));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:") && e.contains("missing field `timeout`"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("timeout: 60\n", ""));
+    assert!(e.contains("missing field `timeout`"), "{e}");
+}
+
+#[test]
+fn unknown_step_kind_and_zero_or_two_kinds() {
+    let e = err(&GOOD.replace("  - check: {}", "  - sleep: 3"));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:16:5: steps[4]: unknown field `sleep`, expected one of"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("  - check: {}\n    timeout: 10", "  - timeout: 10"));
+    assert!(
+        e.contains("exactly one kind") && e.contains("found none"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("  - check: {}", "  - check: {}\n    reset: {}"));
+    assert!(
+        e.contains("found reset and check") || e.contains("found check and reset"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cross_references_name_the_step_line() {
+    let e = err(&GOOD.replace("signal: {device: d0", "signal: {device: d9"));
+    assert_eq!(
+        e,
+        "scenarios/demo.yaml:14:3: steps[3]: signal: device `d9` is not started by an earlier step"
+    );
+    let e = err(&GOOD.replace("job: load", "job: lode"));
+    assert!(
+        e.starts_with(
+            "scenarios/demo.yaml:12:3: steps[2]: wait: no earlier background job named `lode`"
+        ),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("    timeout: 5\n", "    timeout: 500\n"));
+    assert!(e.contains("exceeds the scenario's timeout"), "{e}");
+    let e = err(&GOOD.replace("timeout: 60", "timeout: 0"));
+    assert!(e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn bad_enums_and_faults() {
+    let e = err(&GOOD.replace("signal: TERM", "signal: HUP"));
+    assert!(e.contains("unknown variant `HUP`"), "{e}");
+    let e = err(&GOOD.replace(
+        "start: {name: d0}",
+        "start: {name: d0, fault: stall-tag=0:0}",
+    ));
+    assert!(e.contains("expected stall-tag=Q:T:after=N"), "{e}");
+    let e = err(&GOOD.replace("pattern: random", "pattern: zigzag"));
+    assert!(e.contains("unknown variant `zigzag`"), "{e}");
+}
+
+#[test]
+fn garbage_never_panics() {
+    for text in [
+        "",
+        ":",
+        "- - -",
+        "name: [",
+        "steps: 3",
+        "\u{0}",
+        "name: x\nsteps:\n  - {timeout: 1, start: {}, io: 3}",
+    ] {
+        let _ = Scenario::parse(text, Path::new("g.yaml"));
+    }
+    // Every truncation of a good file is handled.
+    for n in 0..GOOD.len() {
+        let _ = Scenario::parse(&GOOD[..n], Path::new("g.yaml"));
+    }
+}

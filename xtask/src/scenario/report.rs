@@ -1,0 +1,191 @@
+//! Reports of a vm-e2e session: the terminal table, JUnit XML for CI, JSON for tools.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::run::Outcome;
+use crate::runs::Verdict;
+
+#[derive(Serialize)]
+pub struct Session<'a> {
+    pub started_at: String,
+    pub seed: u64,
+    pub commit: String,
+    pub image_hash: String,
+    pub accelerator: String,
+    pub jobs: usize,
+    pub repeat: u32,
+    pub wall_s: f64,
+    pub runs: &'a [Outcome],
+    /// Per scenario: failed runs / runs.
+    pub flaky: BTreeMap<String, (u32, u32)>,
+    pub reproduce: String,
+}
+
+pub fn failures_by_scenario(runs: &[Outcome]) -> BTreeMap<String, (u32, u32)> {
+    let mut m: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for r in runs {
+        let e = m.entry(r.scenario.clone()).or_default();
+        e.1 += 1;
+        if r.verdict != Verdict::Pass {
+            e.0 += 1;
+        }
+    }
+    m
+}
+
+pub fn table(runs: &[Outcome]) -> String {
+    let mut s = format!(
+        "{:<20} {:>4} {:<12} {:>10} {:>8}  {}\n",
+        "scenario", "run", "verdict", "duration", "boot", "details"
+    );
+    for r in runs {
+        let boot = r
+            .boot_s
+            .map(|b| format!("{b:.2} s"))
+            .unwrap_or_else(|| "-".into());
+        let details = match (&r.failed_step, &r.reason) {
+            (Some(step), Some(why)) => format!("{step}: {why}"),
+            (None, Some(why)) => why.clone(),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} {:>4} {:<12} {:>8.1} s {:>8}  {}",
+            r.scenario,
+            r.run,
+            r.verdict.name(),
+            r.duration_s,
+            boot,
+            details
+        );
+    }
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".into(),
+            '<' => "&lt;".into(),
+            '>' => "&gt;".into(),
+            '"' => "&quot;".into(),
+            '\'' => "&apos;".into(),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => " ".into(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+pub fn junit(session: &Session) -> String {
+    let failures = session
+        .runs
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Fail | Verdict::Timeout))
+        .count();
+    let errors = session
+        .runs
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::InfraError | Verdict::Interrupted))
+        .count();
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        s,
+        "<testsuites><testsuite name=\"vm-e2e\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\" timestamp=\"{}\">",
+        session.runs.len(),
+        session.wall_s,
+        xml_escape(&session.started_at)
+    );
+    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.seed, xml_escape(&session.commit), session.image_hash);
+    for r in session.runs {
+        let _ = write!(
+            s,
+            "  <testcase classname=\"vm-e2e\" name=\"{}#{}\" time=\"{:.3}\">",
+            xml_escape(&r.scenario),
+            r.run,
+            r.duration_s
+        );
+        let msg = xml_escape(r.reason.as_deref().unwrap_or(""));
+        match r.verdict {
+            Verdict::Pass => {}
+            Verdict::Fail | Verdict::Timeout => {
+                let _ = write!(
+                    s,
+                    "<failure type=\"{}\" message=\"{msg}\">run dir: {}</failure>",
+                    r.verdict.name(),
+                    xml_escape(&r.run_dir.display().to_string())
+                );
+            }
+            Verdict::InfraError | Verdict::Interrupted => {
+                let _ = write!(
+                    s,
+                    "<error type=\"{}\" message=\"{msg}\">run dir: {}</error>",
+                    r.verdict.name(),
+                    xml_escape(&r.run_dir.display().to_string())
+                );
+            }
+        }
+        s += "</testcase>\n";
+    }
+    s += "</testsuite></testsuites>\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(name: &str, run: u32, verdict: Verdict, reason: Option<&str>) -> Outcome {
+        Outcome {
+            scenario: name.into(),
+            run,
+            verdict,
+            reason: reason.map(|s| s.to_string()),
+            failed_step: reason.map(|_| "steps[2] io".to_string()),
+            duration_s: 12.5,
+            boot_s: Some(2.4),
+            seed: 7,
+            run_dir: "/t/r".into(),
+            freeze_frame: None,
+        }
+    }
+
+    #[test]
+    fn junit_and_flakiness() {
+        let runs = vec![
+            outcome("a", 1, Verdict::Pass, None),
+            outcome("a", 2, Verdict::Timeout, Some("hung <here> & \"there\"")),
+            outcome("b", 1, Verdict::InfraError, Some("qemu")),
+        ];
+        let flaky = failures_by_scenario(&runs);
+        assert_eq!(flaky["a"], (1, 2));
+        assert_eq!(flaky["b"], (1, 1));
+        let s = Session {
+            started_at: "2026-11-21T00:00:00Z".into(),
+            seed: 7,
+            commit: "abc".into(),
+            image_hash: "h".into(),
+            accelerator: "tcg".into(),
+            jobs: 2,
+            repeat: 2,
+            wall_s: 30.0,
+            runs: &runs,
+            flaky,
+            reproduce: String::new(),
+        };
+        let x = junit(&s);
+        assert!(x.contains("tests=\"3\" failures=\"1\" errors=\"1\""), "{x}");
+        assert!(
+            x.contains("message=\"hung &lt;here&gt; &amp; &quot;there&quot;\""),
+            "{x}"
+        );
+        assert!(x.contains("<error type=\"infra-error\""));
+        let t = table(&runs);
+        assert!(
+            t.contains("timeout") && t.contains("steps[2] io: hung"),
+            "{t}"
+        );
+    }
+}
