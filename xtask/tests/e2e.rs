@@ -1,0 +1,172 @@
+//! `cargo xtask vm-e2e` end to end: the shipped scenarios pass; a failing and a hanging
+//! fixture scenario are reported as such (with a freeze-frame); bad files are rejected
+//! without a VM, with file:line:column.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+/// The e2e session directory printed on the last line, and its summary.json.
+fn summary(o: &std::process::Output) -> (PathBuf, Value) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("reports: "))
+        .unwrap_or_else(|| panic!("no reports line:\n{out}\n{}", stderr(o)));
+    let dir = PathBuf::from(line.rsplit("reports: ").next().unwrap().trim());
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    (dir, v)
+}
+
+#[test]
+fn the_four_scenarios_pass() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-e2e", "-j", "2", "--seed", "20261121"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let (dir, v) = summary(&o);
+    let runs = v["runs"].as_array().unwrap();
+    let mut names: Vec<&str> = runs
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["freeze-frame", "reset", "scattered-writes", "simple-e2e"]
+    );
+    assert!(runs
+        .iter()
+        .all(|r| r["verdict"] == "pass" && r["seed"] == 20261121));
+    assert_eq!(v["image_hash"].as_str().unwrap().len(), 64);
+    assert!(v["reproduce"].as_str().unwrap().contains("--seed 20261121"));
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("tests=\"4\" failures=\"0\" errors=\"0\""),
+        "{junit}"
+    );
+    // The freeze-frame scenario left two summaries that name the stuck tag and the blocked dd.
+    let ff = runs
+        .iter()
+        .find(|r| r["scenario"] == "freeze-frame")
+        .unwrap();
+    let run_dir = PathBuf::from(ff["run_dir"].as_str().unwrap());
+    for step in ["freeze-frame-01", "freeze-frame-05"] {
+        let s = std::fs::read_to_string(run_dir.join(step).join("summary.txt")).unwrap();
+        assert!(s.contains("tag") && s.contains("in flight"), "{step}: {s}");
+        assert!(s.contains("dd (D)"), "{step}: {s}");
+    }
+    let stuck = std::fs::read_to_string(run_dir.join("freeze-frame-01/summary.txt")).unwrap();
+    assert!(
+        stuck.contains("stalled queue 0 tag 0: held by the daemon"),
+        "{stuck}"
+    );
+    let stopped = std::fs::read_to_string(run_dir.join("freeze-frame-05/summary.txt")).unwrap();
+    assert!(stopped.contains("T (stopped)"), "{stopped}");
+}
+
+#[test]
+fn failures_and_hangs_are_reported_not_hidden() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let fixtures = root().join("xtask/tests/scenarios");
+    let fails = fixtures.join("fails.yaml").display().to_string();
+    let hangs = fixtures.join("hangs.yaml").display().to_string();
+    let o = run(&["vm-e2e", "-j", "2", "--repeat", "2", &fails, &hangs]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains("fails: 2 of 2 runs failed") && out.contains("hangs: 2 of 2 runs failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("reproduce with: cargo xtask vm-e2e fails hangs --seed"),
+        "{out}"
+    );
+    let (dir, v) = summary(&o);
+    for r in v["runs"].as_array().unwrap() {
+        match r["scenario"].as_str().unwrap() {
+            "fails" => {
+                assert_eq!(r["verdict"], "fail");
+                assert!(
+                    r["reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("exited 3, expected 0"),
+                    "{r}"
+                );
+                assert!(
+                    r["failed_step"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("steps[1] shell"),
+                    "{r}"
+                );
+            }
+            "hangs" => {
+                assert_eq!(r["verdict"], "timeout");
+                let ff = PathBuf::from(r["freeze_frame"].as_str().expect("freeze-frame recorded"));
+                let s = std::fs::read_to_string(ff.join("summary.txt")).unwrap();
+                assert!(s.contains("d0 queue 0 tag 0: held by the daemon"), "{s}");
+            }
+            other => panic!("unexpected scenario {other}"),
+        }
+    }
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("tests=\"4\" failures=\"4\""), "{junit}");
+}
+
+#[test]
+fn scenario_check_rejects_bad_files_with_a_location() {
+    let dir = std::env::temp_dir().join(format!("xtask-scn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(root().join("scenarios/simple-e2e.yaml")).unwrap();
+    let cases = [
+        (
+            "misspelt",
+            good.replace("queues: 2", "queus: 2"),
+            "unknown field `queus`",
+        ),
+        (
+            "wrong-type",
+            good.replace("bytes: 32MiB", "bytes: [32]"),
+            "invalid type",
+        ),
+        (
+            "no-timeout",
+            good.replacen("    timeout: 20\n", "", 1),
+            "missing field `timeout`",
+        ),
+        (
+            "unknown-kind",
+            good.replace("  - check: {}", "  - snooze: {}"),
+            "unknown field `snooze`",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let o = run(&["scenario", "check", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        let line = err.lines().next().unwrap_or("");
+        assert_eq!(err.lines().count(), 1, "{name}: one line expected: {err}");
+        let prefix = format!("{}:", path.display());
+        let loc: Vec<&str> = line
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{name}: {line}"))
+            .splitn(3, ':')
+            .collect();
+        assert!(
+            loc[0].parse::<u32>().is_ok() && loc[1].parse::<u32>().is_ok(),
+            "{name}: no line:column in {line}"
+        );
+        assert!(line.contains(want), "{name}: {line}");
+    }
+    let o = run(&["scenario", "check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
