@@ -93,13 +93,17 @@ pub struct Stats {
 
 /// Runs `ops` with up to `qd` in flight. `prepare` fills a write's buffer before submission;
 /// `complete` sees every finished request with its data (reads: what the device returned).
-/// Stops at the first failed request, or at `deadline` with the in-flight list.
+/// Stops at the first failed request, or at `deadline` with the in-flight list. With
+/// `spread`, every submission round runs on the next CPU, so blk-mq maps the rounds to
+/// different hardware queues (every ublk queue gets requests).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     file: &File,
     ops: &mut dyn Iterator<Item = Op>,
     qd: usize,
     max_len: usize,
     deadline: Instant,
+    spread: bool,
     prepare: &mut dyn FnMut(&Op, &mut [u8]),
     complete: &mut Complete,
 ) -> Result<Stats, String> {
@@ -112,6 +116,10 @@ pub fn run(
     let start = Instant::now();
     let mut stats = Stats::default();
     let mut exhausted = false;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut rounds = 0usize;
     loop {
         while !exhausted && !free.is_empty() {
             let Some(op) = ops.next() else {
@@ -153,6 +161,10 @@ pub fn run(
                 qd - free.len(),
                 stuck.join(", ")
             ));
+        }
+        if spread {
+            rounds += 1;
+            pin_to(rounds % cpus);
         }
         let wait = left.min(Duration::from_secs(1));
         let ts = types::Timespec::new()
@@ -198,6 +210,15 @@ pub fn run(
     }
     stats.elapsed = start.elapsed();
     Ok(stats)
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: applying a one-CPU affinity mask to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Size of a block device or file in bytes.

@@ -175,21 +175,6 @@ fn report(what: &str, st: &engine::Stats) {
     );
 }
 
-fn online_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: applying a one-CPU affinity mask to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn write(
     c: &Common,
     p: &PlanArgs,
@@ -201,7 +186,6 @@ fn write(
     let plan = plan::writes(&s);
     let model = std::cell::RefCell::new(Model::new(s.seed, s.span));
     let inflight = std::cell::RefCell::new(Vec::<(u64, u64, u64)>::with_capacity(c.qd));
-    let cpus = online_cpus();
     let mut ops = plan.iter().map(|e| Op {
         kind: Kind::Write,
         offset: e.offset,
@@ -214,10 +198,8 @@ fn write(
         c.qd,
         s.max as usize,
         deadline(c),
+        spread,
         &mut |op, buf| {
-            if spread {
-                pin_to((op.seq as usize / 8) % cpus);
-            }
             block::fill(buf, op.offset, s.seed, op.seq);
             let mut infl = inflight.borrow_mut();
             model.borrow_mut().submit(op.seq, op.offset, op.len, &infl);
@@ -319,6 +301,7 @@ fn verify(
         c.qd,
         chunk as usize,
         deadline(c),
+        false,
         &mut |_, _| {},
         &mut |op, data| {
             for (i, blk) in data.chunks_exact(BLOCK).enumerate() {
@@ -425,6 +408,7 @@ fn zeroes(c: &Common, offset: u64, len: u64) -> Result<(), String> {
         c.qd,
         chunk as usize,
         deadline(c),
+        false,
         &mut |_, _| {},
         &mut |op, data| match data.iter().position(|b| *b != 0) {
             None => Ok(()),
@@ -501,6 +485,7 @@ fn bench(c: &Common, rw: Rw, bs: u64, seconds: u64, seed: u64) -> Result<(), Str
         c.qd,
         bs as usize,
         limit,
+        false,
         &mut |_, buf| buf.fill(0xa5),
         &mut |_, _| Ok(()),
     )?;

@@ -19,10 +19,33 @@
 //! cannot be meaningful, before all fetches exist. A completion for a tag that is not
 //! `InKernel` is a protocol violation and an error, never a silent recovery.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::planted::{self, Bug};
 use crate::sys::{self, ublksrv_io_desc};
 
 /// Bytes per sector in descriptors (always 512, whatever the logical block size).
 pub const SECTOR: u64 = 512;
+/// Data moves between the tag buffer and the store in segments of this size.
+pub const SEGMENT: usize = 4096;
+
+/// The order of device bring-up. The kernel's START_DEV waits until every tag's FETCH_REQ has
+/// arrived, so the fetches must come first; the daemon and the simulator both follow this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bringup {
+    /// Create every queue (each submits the FETCH_REQ of all its tags) and wait until ready.
+    FetchAll,
+    /// Send START_DEV.
+    StartDev,
+}
+
+pub fn bringup() -> [Bringup; 2] {
+    if planted::active(Bug::StartBeforeFetch) {
+        return [Bringup::StartDev, Bringup::FetchAll];
+    }
+    [Bringup::FetchAll, Bringup::StartDev]
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -135,6 +158,8 @@ pub struct QueueConfig {
     /// Device size in 512-byte sectors.
     pub dev_sectors: u64,
     pub fault: Option<Fault>,
+    /// Device-wide count of requests being served (shared by every queue).
+    pub inflight: Arc<AtomicU64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +218,10 @@ pub struct QueueCore {
     served: Vec<u64>,
     live: u16,
     stats: Stats,
+    /// Shutdown began: held requests were released.
+    stopping: bool,
+    /// Planted RacyInflight: a counter value loaded at one event, stored at the next.
+    deferred_store: Option<u64>,
 }
 
 impl QueueCore {
@@ -223,6 +252,8 @@ impl QueueCore {
             states: vec![TagState::InKernel; depth],
             served: vec![0; depth],
             stats: Stats::default(),
+            stopping: false,
+            deferred_store: None,
             cfg,
         }
     }
@@ -303,17 +334,32 @@ impl QueueCore {
                     obs.event(q_id, &Event::Stall { tag });
                     return Ok(());
                 }
+                if self.stopping && planted::active(Bug::ShutdownNoCommit) {
+                    return Ok(()); // "shutting down: ignore new work" -- STOP_DEV then waits forever
+                }
                 let res = self.serve(desc, buf, backing);
+                if planted::active(Bug::LostCompletion)
+                    && (self.stats.reads + self.stats.writes) % 97 == 96
+                {
+                    self.states[t] = TagState::InKernel; // believes it committed; the kernel never hears
+                    self.inflight_add(-1);
+                    return Ok(());
+                }
                 self.commit(tag, res, out, obs);
+                if planted::active(Bug::TagReuse) && self.served[t] == 3 {
+                    out.push(Command::Fetch { tag }); // re-fetch while the commit is outstanding
+                }
                 Ok(())
             }
             _ => Err(CoreError::Rejected { q_id, tag, result }),
         }
     }
 
-    /// Shutdown: fails every request still held (stalled by fault injection) with -EIO, so
-    /// STOP_DEV can drain the device. Returns how many were released.
-    pub fn release_held(&mut self, out: &mut Vec<Command>, obs: &mut impl Observer) -> usize {
+    /// Shutdown begins (STOP_DEV is being sent): fails every request still held (stalled by
+    /// fault injection) with -EIO so STOP_DEV can drain, and keeps serving whatever still
+    /// arrives. Returns how many held requests were released.
+    pub fn begin_shutdown(&mut self, out: &mut Vec<Command>, obs: &mut impl Observer) -> usize {
+        self.stopping = true;
         let held: Vec<u16> = (0..self.cfg.depth)
             .filter(|t| self.states[*t as usize] == TagState::Serving)
             .collect();
@@ -324,9 +370,33 @@ impl QueueCore {
         held.len()
     }
 
+    /// Device-wide in-flight accounting (an atomic add; split into load and deferred store
+    /// when RacyInflight is planted).
+    fn inflight_add(&mut self, delta: i64) {
+        let c = &self.cfg.inflight;
+        if planted::active(Bug::RacyInflight) {
+            if let Some(v) = self.deferred_store.take() {
+                c.store(v, Ordering::SeqCst);
+            }
+            self.deferred_store = Some(c.load(Ordering::SeqCst).wrapping_add_signed(delta));
+        } else if delta >= 0 {
+            c.fetch_add(delta as u64, Ordering::SeqCst);
+        } else {
+            c.fetch_sub(delta.unsigned_abs(), Ordering::SeqCst);
+        }
+    }
+
+    /// Makes any deferred counter update visible (the executor calls it when idle).
+    pub fn settle(&mut self) {
+        if let Some(v) = self.deferred_store.take() {
+            self.cfg.inflight.store(v, Ordering::SeqCst);
+        }
+    }
+
     fn commit(&mut self, tag: u16, result: i32, out: &mut Vec<Command>, obs: &mut impl Observer) {
         debug_assert_eq!(self.states[tag as usize], TagState::Serving);
         self.states[tag as usize] = TagState::InKernel;
+        self.inflight_add(-1);
         out.push(Command::CommitAndFetch { tag, result });
         obs.event(self.cfg.q_id, &Event::Commit { tag, result });
     }
@@ -346,13 +416,24 @@ impl QueueCore {
                 if !in_range || bytes > self.cfg.max_io_bytes as u64 || bytes > buf.len() as u64 {
                     -libc::EIO
                 } else {
-                    let data = &mut buf[..bytes as usize];
-                    if op == sys::UBLK_IO_OP_READ {
-                        backing.read(offset, data);
+                    let read = op == sys::UBLK_IO_OP_READ;
+                    for (i, seg) in buf[..bytes as usize].chunks_mut(SEGMENT).enumerate() {
+                        let n = if planted::active(Bug::SegmentOffset) {
+                            i.saturating_sub(1)
+                        } else {
+                            i
+                        };
+                        let at = offset + (n * SEGMENT) as u64;
+                        if read {
+                            backing.read(at, seg);
+                        } else {
+                            backing.write(at, seg);
+                        }
+                    }
+                    if read {
                         self.stats.reads += 1;
                         self.stats.read_bytes += bytes;
                     } else {
-                        backing.write(offset, data);
                         self.stats.writes += 1;
                         self.stats.write_bytes += bytes;
                     }

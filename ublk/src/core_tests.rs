@@ -24,6 +24,7 @@ fn setup(fault: Option<Fault>) -> (QueueCore, VecBacking, Vec<Command>, Recorder
             max_io_bytes: MAX_IO,
             dev_sectors: SECTORS,
             fault,
+            inflight: Default::default(),
         },
         &mut out,
         &mut rec,

@@ -11,6 +11,7 @@ use std::io::{BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
@@ -35,6 +36,8 @@ pub struct QueueSpec {
     pub fault: Option<Fault>,
     /// Trace file for this queue (see TRACE.md).
     pub trace: Option<PathBuf>,
+    /// Device-wide in-flight request count, shared by the queues.
+    pub inflight: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a queue publishes for the state dump: written by the queue thread with relaxed
@@ -318,6 +321,7 @@ pub fn run_queue(
         max_io_bytes: spec.max_io_bytes,
         dev_sectors: spec.dev_sectors,
         fault: spec.fault,
+        inflight: spec.inflight.clone(),
     };
     let mut cmds: Vec<Command> = Vec::with_capacity(spec.depth as usize);
     let mut core = QueueCore::new(cfg, &mut cmds, &mut obs);
@@ -401,7 +405,7 @@ pub fn run_queue(
         if stop != 0 && !stopping {
             // Shutting down: a request held by fault injection must not keep STOP_DEV waiting.
             stopping = true;
-            if core.release_held(&mut cmds, &mut obs) > 0 {
+            if core.begin_shutdown(&mut cmds, &mut obs) > 0 {
                 push(&mut ring, &mut cmds, &bufs)?;
             }
         }

@@ -6,6 +6,7 @@ pub mod core;
 pub mod ctrl;
 pub mod io;
 pub mod mem;
+pub mod planted;
 pub mod rng;
 pub mod server;
 pub mod sys;

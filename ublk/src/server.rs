@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::core::{Fault, TagState};
+use crate::core::{Bringup, Fault, TagState};
 use crate::ctrl::{self, Control};
 use crate::io::{run_queue, QueueExit, QueueShared, QueueSpec};
 use crate::mem::SharedMem;
@@ -175,58 +175,67 @@ fn run_device(
     let (ready_tx, ready_rx) = mpsc::channel::<(u16, Result<(), String>)>();
     let (done_tx, done_rx) = mpsc::channel::<Result<QueueExit, String>>();
     let cdev = Arc::new(cdev);
-    for q in 0..queues {
-        let cpus = ctl.get_queue_affinity(dev_id, q).unwrap_or_default();
-        let spec = QueueSpec {
-            dev_id,
-            q_id: q,
-            depth,
-            max_io_bytes: max_io,
-            dev_sectors,
-            ioctl_encode,
-            cpus,
-            fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
-            trace: opts
-                .trace
-                .as_ref()
-                .map(|p| PathBuf::from(format!("{}.q{q}", p.display()))),
-        };
-        let (cdev, sh, stop, view, rtx, dtx) = (
-            cdev.clone(),
-            shared[q as usize].clone(),
-            stop_at.clone(),
-            mem.view(),
-            ready_tx.clone(),
-            done_tx.clone(),
-        );
-        std::thread::Builder::new()
-            .name(format!("ublk-q{q}"))
-            .spawn(move || {
-                let r = run_queue(&cdev, &spec, view, &sh, &stop, epoch, |r| {
-                    let _ = rtx.send((q, r));
-                });
-                let _ = dtx.send(r);
-            })
-            .map_err(|e| format!("spawn queue thread: {e}"))?;
-    }
-    drop((ready_tx, done_tx));
-    // START_DEV only after every queue has submitted all of its FETCH_REQs.
-    let deadline = Instant::now() + READY_LIMIT;
-    for _ in 0..queues {
-        match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok((_, Ok(()))) => {}
-            Ok((q, Err(e))) => return Err(format!("queue {q} failed to start: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "queues not ready within {} s",
-                    READY_LIMIT.as_secs()
-                ))
-            }
-        }
-    }
+    let inflight = Arc::new(AtomicU64::new(0));
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    ctl.start_dev(dev_id, pid).map_err(|e| e.to_string())?;
+    // The kernel's START_DEV waits for every FETCH_REQ: the shared bring-up order says so.
+    for step in crate::core::bringup() {
+        match step {
+            Bringup::FetchAll => {
+                for q in 0..queues {
+                    let cpus = ctl.get_queue_affinity(dev_id, q).unwrap_or_default();
+                    let spec = QueueSpec {
+                        dev_id,
+                        q_id: q,
+                        depth,
+                        max_io_bytes: max_io,
+                        dev_sectors,
+                        ioctl_encode,
+                        cpus,
+                        fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
+                        trace: opts
+                            .trace
+                            .as_ref()
+                            .map(|p| PathBuf::from(format!("{}.q{q}", p.display()))),
+                        inflight: inflight.clone(),
+                    };
+                    let (cdev, sh, stop, view, rtx, dtx) = (
+                        cdev.clone(),
+                        shared[q as usize].clone(),
+                        stop_at.clone(),
+                        mem.view(),
+                        ready_tx.clone(),
+                        done_tx.clone(),
+                    );
+                    std::thread::Builder::new()
+                        .name(format!("ublk-q{q}"))
+                        .spawn(move || {
+                            let r = run_queue(&cdev, &spec, view, &sh, &stop, epoch, |r| {
+                                let _ = rtx.send((q, r));
+                            });
+                            let _ = dtx.send(r);
+                        })
+                        .map_err(|e| format!("spawn queue thread: {e}"))?;
+                }
+                let deadline = Instant::now() + READY_LIMIT;
+                for _ in 0..queues {
+                    match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    {
+                        Ok((_, Ok(()))) => {}
+                        Ok((q, Err(e))) => return Err(format!("queue {q} failed to start: {e}")),
+                        Err(_) => {
+                            return Err(format!(
+                                "queues not ready within {} s",
+                                READY_LIMIT.as_secs()
+                            ))
+                        }
+                    }
+                }
+            }
+            Bringup::StartDev => ctl.start_dev(dev_id, pid).map_err(|e| e.to_string())?,
+        }
+    }
+    drop((ready_tx, done_tx));
     announce(opts, dev_id, queues, depth, pid);
 
     // Serve until a signal, or until every queue ended (the device was stopped from outside).
@@ -234,7 +243,7 @@ fn run_device(
     let mut failures = Vec::new();
     let stopped_outside = loop {
         match wait_signal(signals, Duration::from_millis(100)) {
-            Some(libc::SIGUSR1) => dump_state(opts, dev_id, pid, &shared),
+            Some(libc::SIGUSR1) => dump_state(opts, dev_id, pid, &shared, &inflight),
             Some(_) => break false,
             None => {}
         }
@@ -302,6 +311,7 @@ fn run_device(
                 dev_id,
                 pid,
                 &shared,
+                &inflight,
             );
         }
     }
@@ -371,7 +381,12 @@ fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<i32> {
 }
 
 /// Per-queue, per-tag state as JSON, read from the queues' published atomics.
-pub fn state_json(dev_id: u32, pid: i32, shared: &[Arc<QueueShared>]) -> serde_json::Value {
+pub fn state_json(
+    dev_id: u32,
+    pid: i32,
+    shared: &[Arc<QueueShared>],
+    inflight: &AtomicU64,
+) -> serde_json::Value {
     let queues: Vec<serde_json::Value> = shared
         .iter()
         .map(|q| {
@@ -395,11 +410,18 @@ pub fn state_json(dev_id: u32, pid: i32, shared: &[Arc<QueueShared>]) -> serde_j
             })
         })
         .collect();
-    serde_json::json!({"dev_id": dev_id, "pid": pid, "queues": queues})
+    serde_json::json!({"dev_id": dev_id, "pid": pid, "inflight": inflight.load(Ordering::Relaxed), "queues": queues})
 }
 
-fn dump_state(opts: &Options, dev_id: u32, pid: i32, shared: &[Arc<QueueShared>]) {
-    let text = serde_json::to_string_pretty(&state_json(dev_id, pid, shared)).unwrap() + "\n";
+fn dump_state(
+    opts: &Options,
+    dev_id: u32,
+    pid: i32,
+    shared: &[Arc<QueueShared>],
+    inflight: &AtomicU64,
+) {
+    let text =
+        serde_json::to_string_pretty(&state_json(dev_id, pid, shared, inflight)).unwrap() + "\n";
     match &opts.state_file {
         Some(p) => {
             let tmp = p.with_extension("tmp");
@@ -540,7 +562,8 @@ mod tests {
             Ordering::Relaxed,
         );
         q.last_sector[2].store(800, Ordering::Relaxed);
-        let v = state_json(7, 42, &[q]);
+        let v = state_json(7, 42, &[q], &AtomicU64::new(1));
+        assert_eq!(v["inflight"], 1);
         assert_eq!(v["queues"][0]["serving_tags"], serde_json::json!([2]));
         assert_eq!(v["queues"][0]["tags"][2]["last"]["op"], "write");
         assert_eq!(v["queues"][0]["tags"][2]["last"]["sectors"], 16);

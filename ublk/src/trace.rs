@@ -134,6 +134,7 @@ mod tests {
             cpus: vec![],
             fault: None,
             trace: None,
+            inflight: Default::default(),
         };
         let events = [
             Event::Fetch { tag: 0 },

@@ -96,12 +96,13 @@ pub fn run(args: Args) -> Result<i32> {
     );
     let mut handles = Vec::new();
     for _ in 0..(args.jobs as usize).min(total) {
-        let (queue, scenarios, tx, images, kernel) = (
+        let (queue, scenarios, tx, images, kernel, commit) = (
             queue.clone(),
             scenarios.clone(),
             tx.clone(),
             images.clone(),
             args.kernel.clone(),
+            commit.clone(),
         );
         // Each worker owns its VMs for their whole life (QEMU's parent-death signal is tied
         // to the thread that started it).
@@ -130,11 +131,17 @@ pub fn run(args: Args) -> Result<i32> {
                     seed,
                     run_dir: PathBuf::new(),
                     freeze_frame: None,
+                    image_hash: img.hash().to_string(),
                 },
             };
+            let record = serde_json::json!({
+                "outcome": &outcome,
+                "commit": &commit,
+                "reproduce": format!("cargo xtask vm-e2e {} --seed {seed}", sc.name),
+            });
             let _ = write_atomic(
                 &outcome.run_dir.join("scenario-result.json"),
-                serde_json::to_string_pretty(&outcome).unwrap().as_bytes(),
+                serde_json::to_string_pretty(&record).unwrap().as_bytes(),
             );
             if tx.send(outcome).is_err() {
                 break;

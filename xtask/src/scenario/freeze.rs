@@ -117,30 +117,31 @@ fn probe(vm: &Vm, dir: &Path, name: &str, script: &str) -> String {
     out
 }
 
-fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
+/// Asks a daemon for its state dump (SIGUSR1) and reads it back: (parsed, raw). Bounded.
+pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(serde_json::Value, Vec<u8>)> {
     let _ = vm
         .agent
         .run_capture(&["rm", "-f", d.state_file], Instant::now() + PROBE);
-    if vm.agent.signal(d.exec_id, libc::SIGUSR1).is_err() {
-        ff.notes
-            .push(format!("daemon {}: could not send SIGUSR1", d.name));
-        return;
-    }
+    vm.agent.signal(d.exec_id, libc::SIGUSR1).ok()?;
     let deadline = Instant::now() + Duration::from_secs(2);
-    let dump = loop {
+    loop {
         if let Ok(data) = vm
             .agent
             .get_file(d.state_file, 16 << 20, Instant::now() + PROBE)
         {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) {
-                break Some((v, data));
+                return Some((v, data));
             }
         }
         if Instant::now() > deadline {
-            break None;
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
+    let dump = daemon_state(vm, d);
     let Some((v, raw)) = dump else {
         let state = vm.agent.run_capture(
             &[

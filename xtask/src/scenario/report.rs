@@ -149,6 +149,7 @@ mod tests {
             seed: 7,
             run_dir: "/t/r".into(),
             freeze_frame: None,
+            image_hash: "h".into(),
         }
     }
 

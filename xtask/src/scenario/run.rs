@@ -34,6 +34,8 @@ pub struct Outcome {
     pub seed: u64,
     pub run_dir: PathBuf,
     pub freeze_frame: Option<PathBuf>,
+    /// What booted, exactly (with the seed and the session's commit: enough to reproduce).
+    pub image_hash: String,
 }
 
 /// A command running in the guest, with its output going to a log file.
@@ -130,6 +132,7 @@ pub fn run(sc: &Scenario, image: &Image, accel: Accel, seed: u64, run: u32, dir:
         seed,
         run_dir: dir.to_path_buf(),
         freeze_frame: None,
+        image_hash: image.hash().to_string(),
     };
     let finish = |mut out: Outcome, verdict, reason: String| {
         out.verdict = verdict;
@@ -383,6 +386,9 @@ impl Runner<'_> {
                         tail_of(&self.dir.join("steps").join(log_name("")), 6)
                     )));
                 }
+                if io.spread && io.write {
+                    self.check_every_queue_served(&io.device)?;
+                }
                 Ok(())
             }
             Kind::Shell(sh) => {
@@ -594,6 +600,33 @@ impl Runner<'_> {
                 trace,
             },
         );
+        Ok(())
+    }
+
+    /// `spread` promises requests on every queue: the daemon's own counters must show it.
+    fn check_every_queue_served(&self, device: &str) -> Result<(), StepError> {
+        let d = &self.daemons[device];
+        let r = DaemonRef {
+            name: device,
+            exec_id: d.job.id,
+            pid: d.pid,
+            state_file: &d.state_file,
+        };
+        let (v, _) = freeze::daemon_state(&self.vm, &r)
+            .ok_or_else(|| StepError::Fail(format!("daemon `{device}` did not answer SIGUSR1")))?;
+        let idle: Vec<String> = v["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|q| q["completions"].as_u64().unwrap_or(0) == 0)
+            .map(|q| q["q_id"].to_string())
+            .collect();
+        if !idle.is_empty() {
+            return Err(StepError::Fail(format!(
+                "spread I/O left queue(s) {} of `{device}` without a single request",
+                idle.join(", ")
+            )));
+        }
         Ok(())
     }
 

@@ -1,0 +1,77 @@
+//! Planted bugs: test-only switches that reintroduce each bug class the predecessor shipped,
+//! so the simulator can prove it catches them. Compiled to constant `false` unless the
+//! `planted-bugs` feature is on (only the simulator enables it; the guest build of the
+//! daemon never does). The switch is per thread, so parallel tests do not interfere.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Bug {
+    None = 0,
+    /// The bring-up sends START_DEV before the queues submitted their FETCH_REQs.
+    StartBeforeFetch = 1,
+    /// Data of the second and later segments of a request goes to the wrong offset.
+    SegmentOffset = 2,
+    /// A tag gets a new FETCH_REQ while its COMMIT_AND_FETCH_REQ is still outstanding.
+    TagReuse = 3,
+    /// Every 97th request is never committed (a lost completion).
+    LostCompletion = 4,
+    /// Once shutdown starts, requests are dropped instead of committed: STOP_DEV waits forever.
+    ShutdownNoCommit = 5,
+    /// The device-wide in-flight counter is updated with a split load/store across events.
+    RacyInflight = 6,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 6] = [
+        Bug::StartBeforeFetch,
+        Bug::SegmentOffset,
+        Bug::TagReuse,
+        Bug::LostCompletion,
+        Bug::ShutdownNoCommit,
+        Bug::RacyInflight,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::None => "none",
+            Bug::StartBeforeFetch => "start-before-fetch",
+            Bug::SegmentOffset => "segment-offset",
+            Bug::TagReuse => "tag-reuse",
+            Bug::LostCompletion => "lost-completion",
+            Bug::ShutdownNoCommit => "shutdown-no-commit",
+            Bug::RacyInflight => "racy-inflight",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Bug> {
+        Bug::ALL
+            .into_iter()
+            .chain([Bug::None])
+            .find(|b| b.name() == s)
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<Bug> = const { std::cell::Cell::new(Bug::None) };
+}
+
+/// Is `bug` planted (on this thread)? Always false without the feature.
+#[inline(always)]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        ACTIVE.with(|a| a.get() == bug)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Plants `bug` on this thread (Bug::None removes it).
+#[cfg(feature = "planted-bugs")]
+pub fn plant(bug: Bug) {
+    ACTIVE.with(|a| a.set(bug));
+}
