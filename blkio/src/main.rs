@@ -507,6 +507,9 @@ fn bench(c: &Common, rw: Rw, bs: u64, seconds: u64, seed: u64) -> Result<(), Str
 }
 
 fn main() -> ExitCode {
+    // Behave like other command-line tools when piped into `head`: die quietly on SIGPIPE.
+    // SAFETY: restoring the default disposition of one signal before any output.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let r = match Cli::parse().cmd {
         Cmd::Write {
             c,

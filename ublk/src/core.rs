@@ -300,6 +300,9 @@ impl QueueCore {
             "queue {q_id}: completion for tag {tag} beyond depth {}",
             self.cfg.depth
         );
+        if let Some(v) = self.deferred_store.take() {
+            self.cfg.inflight.store(v, Ordering::SeqCst);
+        }
         let state = self.states[t];
         if state != TagState::InKernel {
             return Err(CoreError::Protocol {
@@ -318,6 +321,7 @@ impl QueueCore {
             }
             sys::UBLK_IO_RES_OK => {
                 self.states[t] = TagState::Serving;
+                self.inflight_add(1);
                 obs.event(
                     q_id,
                     &Event::Request {

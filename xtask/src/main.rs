@@ -46,6 +46,8 @@ enum Cmd {
         #[arg(long, value_name = "debian|host|PATH")]
         kernel: Option<String>,
     },
+    /// The simulator: `cargo xtask sim explore|replay|bench ...`
+    Sim(cmd::sim::Args),
     /// Scenario files: check them without a VM
     #[command(subcommand)]
     Scenario(cmd::scenario::Cmd),
@@ -74,6 +76,7 @@ fn main() {
             bisect_exit_codes: false,
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),
+        Cmd::Sim(a) => cmd::sim::run(a),
         Cmd::VmReset => cmd::vm_reset::run(),
         Cmd::VmProbe => cmd::vm_probe::run(),
         Cmd::KernelLock(a) => cmd::kernel_lock::run(a),
