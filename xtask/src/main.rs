@@ -2,6 +2,7 @@
 
 mod accel;
 mod agent;
+mod bisect;
 mod cmd;
 mod cpio;
 mod deps;
