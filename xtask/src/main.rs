@@ -47,6 +47,8 @@ enum Cmd {
         #[arg(long, value_name = "debian|host|PATH")]
         kernel: Option<String>,
     },
+    /// Flaky-aware bisection: repeated runs per commit, fresh worktrees, a stated confidence
+    Bisect(cmd::bisect::Args),
     /// The simulator: `cargo xtask sim explore|replay|bench ...`
     Sim(cmd::sim::Args),
     /// Scenario files: check them without a VM
@@ -78,6 +80,7 @@ fn main() {
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),
         Cmd::Sim(a) => cmd::sim::run(a),
+        Cmd::Bisect(a) => cmd::bisect::run(a),
         Cmd::VmReset => cmd::vm_reset::run(),
         Cmd::VmProbe => cmd::vm_probe::run(),
         Cmd::KernelLock(a) => cmd::kernel_lock::run(a),

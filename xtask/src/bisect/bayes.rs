@@ -10,7 +10,7 @@
 
 /// Failures to see at the bad end before bisecting (the estimate of p they give makes passes
 /// count for what they are worth).
-const WARMUP_FAILURES: u32 = 5;
+pub const WARMUP_FAILURES: u32 = 5;
 
 /// p grid: 2%..100%.
 const P_STEPS: usize = 50;
@@ -33,16 +33,22 @@ impl Bayes {
         let w = 1.0 / ((n - 1) * P_STEPS) as f64;
         let mut post = vec![vec![w; P_STEPS]; n];
         post[0] = vec![0.0; P_STEPS];
-        Bayes { n, ps, post, runs: vec![0; n], fails: vec![0; n] }
-    }
-
-    pub fn len(&self) -> usize {
-        self.n
+        Bayes {
+            n,
+            ps,
+            post,
+            runs: vec![0; n],
+            fails: vec![0; n],
+        }
     }
 
     /// Records one run at commit `i` (1..n: the good end is never tested, it is the prior).
     pub fn observe(&mut self, i: usize, failed: bool) {
-        assert!((1..self.n).contains(&i), "commit index {i} out of 1..{}", self.n);
+        assert!(
+            (1..self.n).contains(&i),
+            "commit index {i} out of 1..{}",
+            self.n
+        );
         self.runs[i] += 1;
         self.fails[i] += failed as u32;
         let mut total = 0.0;
@@ -86,7 +92,11 @@ impl Bayes {
     /// The most likely first bad commit and its probability.
     pub fn best(&self) -> (usize, f64) {
         let m = self.marginal();
-        let (k, p) = m.iter().enumerate().skip(1).fold((1, 0.0), |acc, (k, p)| if *p > acc.1 { (k, *p) } else { acc });
+        let (k, p) =
+            m.iter().enumerate().skip(1).fold(
+                (1, 0.0),
+                |acc, (k, p)| if *p > acc.1 { (k, *p) } else { acc },
+            );
         (k, p)
     }
 
@@ -137,44 +147,82 @@ fn entropy(v: &[f64]) -> f64 {
     v.iter().filter(|x| **x > 0.0).map(|x| -x * x.ln()).sum()
 }
 
-/// Drives a bisection to a verdict with `test(i) -> failed`. Returns (named K, confidence,
-/// total runs). `warmup`: runs at the bad end first to estimate p (until WARMUP_FAILURES failures).
-pub fn bisect(n: usize, confidence: f64, max_runs_per_commit: u32, mut test: impl FnMut(usize) -> Option<bool>) -> Result<(usize, f64, u32), String> {
-    let mut b = Bayes::new(n);
-    let bad = n - 1;
-    let mut total = 0u32;
-    // Estimate the failure rate at the bad end first.
-    while b.fails[bad] < WARMUP_FAILURES && b.runs[bad] < max_runs_per_commit {
-        if let Some(f) = test(bad) {
-            b.observe(bad, f);
-            total += 1;
+/// What to do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Run the test once more at this commit.
+    Test(usize),
+    /// The first bad commit, with its posterior probability.
+    Done(usize, f64),
+    /// No verdict is reachable within the limits.
+    GiveUp(String),
+}
+
+impl Bayes {
+    /// The rule, in one place: first WARMUP_FAILURES failures at the bad end (the estimate of
+    /// p), then stop at `confidence`, else test the most informative runnable commit.
+    /// `runnable(i)` excludes commits that cannot run (at their cap, unbuildable, skipping).
+    pub fn decide(
+        &self,
+        confidence: f64,
+        max_runs_per_commit: u32,
+        runnable: impl Fn(usize) -> bool,
+    ) -> Decision {
+        let bad = self.n - 1;
+        if self.fails[bad] < WARMUP_FAILURES
+            && self.runs[bad] < max_runs_per_commit
+            && runnable(bad)
+        {
+            return Decision::Test(bad);
         }
-    }
-    if b.fails[bad] == 0 {
-        return Err(format!("the bad commit never failed in {} runs: nothing to bisect (raise --max-runs-per-commit?)", b.runs[bad]));
-    }
-    let limit = max_runs_per_commit * n as u32;
-    loop {
-        let (k, p) = b.best();
+        if self.fails[bad] == 0 {
+            return Decision::GiveUp(format!("the bad commit never failed in {} runs: nothing to bisect (raise --max-runs-per-commit?)", self.runs[bad]));
+        }
+        let (k, p) = self.best();
         if p >= confidence {
-            return Ok((k, p, total));
+            return Decision::Done(k, p);
         }
-        if total >= limit {
-            return Err(format!("no verdict after {total} runs: best guess commit index {k} at {:.0}%", p * 100.0));
+        match self.next(|i| self.runs[i] < max_runs_per_commit && runnable(i)) {
+            Some(i) => Decision::Test(i),
+            None => Decision::GiveUp(format!(
+                "every testable commit reached its run limit; best guess is index {k} at {:.0}%",
+                p * 100.0
+            )),
         }
-        let Some(i) = b.next(|i| b.runs[i] < max_runs_per_commit) else {
-            return Err(format!("every commit reached --max-runs-per-commit; best guess index {k} at {:.0}%", p * 100.0));
-        };
-        if let Some(f) = test(i) {
-            b.observe(i, f);
-            total += 1;
+    }
+}
+
+/// Drives a bisection in-process (tests, and the comparison with the fixed policy) with `test(i) -> Some(failed)` (None = skipped run).
+/// Returns (first bad index, confidence, runs).
+#[cfg(test)]
+pub fn bisect(
+    n: usize,
+    confidence: f64,
+    max_runs_per_commit: u32,
+    mut test: impl FnMut(usize) -> Option<bool>,
+) -> Result<(usize, f64, u32), String> {
+    let mut b = Bayes::new(n);
+    let mut skips = vec![0u32; n];
+    loop {
+        match b.decide(confidence, max_runs_per_commit, |i| skips[i] < 3) {
+            Decision::Done(k, p) => return Ok((k, p, b.runs.iter().sum())),
+            Decision::GiveUp(e) => return Err(e),
+            Decision::Test(i) => match test(i) {
+                Some(f) => b.observe(i, f),
+                None => skips[i] += 1,
+            },
         }
     }
 }
 
 /// The baseline the issue compares against: binary search with a fixed number of runs per
 /// commit (a commit is bad if any run fails).
-pub fn fixed_policy(n: usize, runs_per_commit: u32, mut test: impl FnMut(usize) -> bool) -> (usize, u32) {
+#[cfg(test)]
+pub fn fixed_policy(
+    n: usize,
+    runs_per_commit: u32,
+    mut test: impl FnMut(usize) -> bool,
+) -> (usize, u32) {
     let (mut good, mut bad) = (0usize, n - 1);
     let mut total = 0;
     while bad - good > 1 {
@@ -213,10 +261,16 @@ mod tests {
     fn a_failure_bounds_k_and_passes_only_shift_mass() {
         let mut b = Bayes::new(8);
         b.observe(3, true);
-        assert!(b.marginal()[4..].iter().all(|m| *m == 0.0), "K > 3 is impossible after a failure at 3");
+        assert!(
+            b.marginal()[4..].iter().all(|m| *m == 0.0),
+            "K > 3 is impossible after a failure at 3"
+        );
         b.observe(2, false);
         let m = b.marginal();
-        assert!(m[1] > 0.0 && m[2] > 0.0, "one pass at 2 must not rule out K <= 2: {m:?}");
+        assert!(
+            m[1] > 0.0 && m[2] > 0.0,
+            "one pass at 2 must not rule out K <= 2: {m:?}"
+        );
         assert!((m.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     }
 
@@ -246,8 +300,14 @@ mod tests {
         }
         let (mean_b, mean_f) = (runs_bayes as f64 / 100.0, runs_fixed as f64 / 100.0);
         println!("bayes: {ok_bayes}/100 correct, mean {mean_b:.1} runs; fixed 20/commit: {ok_fixed}/100 correct, mean {mean_f:.1} runs");
-        assert!(ok_bayes >= 95, "bayes named K in only {ok_bayes}/100 trials");
-        assert!(ok_bayes >= ok_fixed, "bayes {ok_bayes} less accurate than fixed {ok_fixed}");
+        assert!(
+            ok_bayes >= 95,
+            "bayes named K in only {ok_bayes}/100 trials"
+        );
+        assert!(
+            ok_bayes >= ok_fixed,
+            "bayes {ok_bayes} less accurate than fixed {ok_fixed}"
+        );
         assert!(mean_b < mean_f, "bayes used {mean_b} runs, fixed {mean_f}");
     }
 }

@@ -1,3 +1,4 @@
+pub mod bisect;
 pub mod kernel_lock;
 pub mod scenario;
 pub mod sim;

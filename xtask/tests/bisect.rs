@@ -1,0 +1,126 @@
+//! `cargo xtask bisect` on a synthetic repository: 64 commits, commit 37 makes the test fail
+//! with probability 0.3 (never before). The flakiness is a deterministic function of the run
+//! number bisect passes in BISECT_RUN, so this test itself is not flaky.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn names_the_commit_that_made_a_test_flaky_and_resumes() {
+    let repo = std::env::temp_dir().join(format!("xtask-bisect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let mut hashes = Vec::new();
+    for i in 0..64 {
+        std::fs::write(repo.join("version"), format!("{i}\n")).unwrap();
+        git(&repo, &["add", "version"]);
+        git(&repo, &["commit", "-q", "-m", &format!("commit {i}")]);
+        hashes.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    // Fails 30% of runs from commit 37 on: run number hashed to 0..99, fail below 30.
+    let test = "[ \"$(cat version)\" -lt 37 ] || [ $(( (BISECT_RUN * 2654435761 + 12345) % 100 )) -ge 30 ]";
+    let args = [
+        "bisect",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--good",
+        &hashes[0],
+        "--bad",
+        &hashes[63],
+        "--cmd",
+        test,
+        "--confidence",
+        "0.99",
+        "--max-runs-per-commit",
+        "60",
+    ];
+    let o = run(&args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!("first bad commit: {} commit 37", hashes[37])),
+        "{out}"
+    );
+    let runs: u32 = out
+        .lines()
+        .find_map(|l| l.split(", ").nth(1)?.strip_suffix(" runs")?.parse().ok())
+        .expect("runs in the report");
+    assert!(runs < 20 * 64, "used {runs} runs");
+    // The user's tree is untouched and every worktree is gone.
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    assert_eq!(git(&repo, &["worktree", "list"]).lines().count(), 1);
+    // --resume replays the log: same verdict, no new runs needed.
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let o = run(&resumed);
+    let again = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{again}\n{}", stderr(&o));
+    assert!(
+        again.contains(&format!("first bad commit: {}", hashes[37])),
+        "{again}"
+    );
+    assert!(
+        again.contains(&format!(", {runs} runs")),
+        "resume re-ran tests:\n{again}"
+    );
+    std::fs::remove_dir_all(&repo).unwrap();
+}
+
+#[test]
+fn a_bad_end_that_never_fails_is_an_error() {
+    let repo = std::env::temp_dir().join(format!("xtask-bisect-nf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let mut hashes = Vec::new();
+    for i in 0..4 {
+        std::fs::write(repo.join("f"), format!("{i}")).unwrap();
+        git(&repo, &["add", "f"]);
+        git(&repo, &["commit", "-q", "-m", &format!("c{i}")]);
+        hashes.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    let o = run(&[
+        "bisect",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--good",
+        &hashes[0],
+        "--bad",
+        &hashes[3],
+        "--cmd",
+        "true",
+        "--max-runs-per-commit",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("never failed in 8 runs"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&repo).unwrap();
+}
