@@ -10,7 +10,7 @@
 
 /// Failures to see at the bad end before bisecting (the estimate of p they give makes passes
 /// count for what they are worth).
-pub const WARMUP_FAILURES: u32 = 5;
+pub const WARMUP_FAILURES: u32 = 2;
 
 /// p grid: 2%..100%.
 const P_STEPS: usize = 50;
@@ -290,7 +290,7 @@ mod tests {
             let mut rng = Rng::new(1000 + trial);
             let k = rng.range(1, 63) as usize;
             let mut flaky = |i: usize| i >= k && rng.chance(30);
-            let (found, _, runs) = bisect(64, 0.995, 60, |i| Some(flaky(i))).unwrap();
+            let (found, _, runs) = bisect(64, 0.99, 60, |i| Some(flaky(i))).unwrap();
             ok_bayes += (found == k) as u32;
             runs_bayes += runs as u64;
             let mut rng = Rng::new(5000 + trial);

@@ -72,12 +72,20 @@ pub fn run(args: Args) -> Result<i32> {
     if !(0.5..1.0).contains(&args.confidence) {
         return Err("--confidence must be in [0.5, 1)".into());
     }
-    let test = match (&args.scenario, &args.sim, &args.cmd) {
-        (Some(s), None, None) => format!("cargo xtask vm-e2e {s} --bisect-exit-codes -j 1"),
-        (None, Some(s), None) => format!("cargo run --quiet --release -p sim -- {s}"),
-        (None, None, Some(c)) => c.clone(),
+    // (build, test) commands, run in the candidate's worktree.
+    let (build, test) = match (&args.scenario, &args.sim, &args.cmd) {
+        (Some(s), None, None) => (
+            Some("cargo build --quiet -p xtask".to_string()),
+            format!("cargo xtask vm-e2e {s} --bisect-exit-codes -j 1"),
+        ),
+        (None, Some(s), None) => (
+            Some("cargo build --quiet --release -p sim".to_string()),
+            format!("cargo run --quiet --release -p sim -- {s}"),
+        ),
+        (None, None, Some(c)) => (None, c.clone()),
         _ => return Err("give exactly one of --scenario, --sim or --cmd".into()),
     };
+    let build = args.build.clone().or(build);
     let repo = args.repo.clone().unwrap_or_else(root);
     let git = |a: &[&str]| -> Result<String> {
         let o = procs::run_ok(
@@ -208,7 +216,7 @@ pub fn run(args: Args) -> Result<i32> {
             p * 100.0,
             b.p_mean()
         ));
-        if let Err(e) = prepare(&repo, &dir, &mut cands[i], args.build.as_deref()) {
+        if let Err(e) = prepare(&repo, &dir, &mut cands[i], build.as_deref()) {
             pb.println(format!("skip {}: {e}", &cands[i].hash[..12]));
             cands[i].built = Some(false);
             if i == bad_i {
@@ -224,12 +232,19 @@ pub fn run(args: Args) -> Result<i32> {
             Duration::from_secs(args.timeout),
             total,
         );
-        for (r, secs) in results {
-            let _ = writeln!(
-                log,
-                "{}",
-                serde_json::json!({"commit": cands[i].hash, "result": match r { RunResult::Pass => "pass", RunResult::Fail => "fail", RunResult::Skip => "skip" }, "secs": secs})
-            );
+        for (r, secs, evidence) in results {
+            let name = match r {
+                RunResult::Pass => "pass",
+                RunResult::Fail => "fail",
+                RunResult::Skip => "skip",
+            };
+            let mut rec =
+                serde_json::json!({"commit": cands[i].hash, "result": name, "secs": secs});
+            if r != RunResult::Pass {
+                // The evidence of a failure stays next to the verdict it fed.
+                rec["output_tail"] = evidence.into();
+            }
+            let _ = writeln!(log, "{rec}");
             match r {
                 RunResult::Skip => cands[i].skips += 1,
                 r => {
@@ -334,46 +349,54 @@ fn prepare(repo: &Path, dir: &Path, c: &mut Candidate, build: Option<&str>) -> R
     Ok(())
 }
 
-/// `sh -c CMD` in the worktree with the shared target dir and a per-run seed.
+/// `sh -c CMD` in the worktree, with the worktree's own target directory (a shared one lets
+/// cargo run a binary built from another candidate: exactly the wrong-commit trap) and the
+/// run number in BISECT_RUN.
 fn shell(cmd: &str, wt: &Path, run: u32) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
         .arg(cmd)
         .current_dir(wt)
-        .env("CARGO_TARGET_DIR", target_dir().join("bisect-target"))
+        .env_remove("CARGO_TARGET_DIR")
         .env("BISECT_RUN", run.to_string());
     c
 }
 
-/// `jobs` runs of the test in parallel; (result, seconds) each.
+/// `jobs` runs of the test in parallel; (result, seconds, tail of the output) each.
 fn run_tests(
     wt: &Path,
     test: &str,
     jobs: u32,
     limit: Duration,
     base: u32,
-) -> Vec<(RunResult, f64)> {
+) -> Vec<(RunResult, f64, String)> {
     let handles: Vec<_> = (0..jobs)
         .map(|j| {
             let (wt, test) = (wt.to_path_buf(), test.to_string());
             std::thread::spawn(move || {
                 let t = Instant::now();
-                let r = match procs::run(&mut shell(&test, &wt, base + j), limit, "bisect test") {
-                    Ok(o) => match o.status.code() {
-                        Some(0) => RunResult::Pass,
-                        Some(125) => RunResult::Skip,
-                        Some(c) if (1..128).contains(&c) => RunResult::Fail,
-                        _ => RunResult::Fail, // killed by a signal
-                    },
-                    Err(e) if e.contains("no result after") => RunResult::Fail, // a timeout is a failure
-                    Err(_) => RunResult::Skip,
-                };
-                (r, t.elapsed().as_secs_f64())
+                let (r, out) =
+                    match procs::run(&mut shell(&test, &wt, base + j), limit, "bisect test") {
+                        Ok(o) => {
+                            let out = procs::tail(&format!("{}{}", o.stdout, o.stderr), 12);
+                            match o.status.code() {
+                                Some(0) => (RunResult::Pass, out),
+                                Some(125) => (RunResult::Skip, out),
+                                _ => (RunResult::Fail, out), // 1-127, or killed by a signal
+                            }
+                        }
+                        Err(e) if e.contains("no result after") => (RunResult::Fail, e), // a timeout is a failure
+                        Err(e) => (RunResult::Skip, e),
+                    };
+                (r, t.elapsed().as_secs_f64(), out)
             })
         })
         .collect();
     handles
         .into_iter()
-        .map(|h| h.join().unwrap_or((RunResult::Skip, 0.0)))
+        .map(|h| {
+            h.join()
+                .unwrap_or((RunResult::Skip, 0.0, "test thread panicked".into()))
+        })
         .collect()
 }
