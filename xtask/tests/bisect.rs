@@ -10,6 +10,7 @@ use std::process::Command;
 use common::*;
 
 fn git(dir: &Path, args: &[&str]) -> String {
+    // Identity for commits in scratch repositories (a CI machine may have none configured).
     let o = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -123,4 +124,64 @@ fn a_bad_end_that_never_fails_is_an_error() {
         stderr(&o)
     );
     std::fs::remove_dir_all(&repo).unwrap();
+}
+
+/// Real commits: a scratch clone of this repository gets five commits, one of which plants a
+/// tag-reuse bug in the queue core; `bisect --sim` must name that commit.
+#[test]
+fn real_commits_with_a_planted_bug_are_bisected_by_the_simulator() {
+    let scratch = std::env::temp_dir().join(format!("xtask-bisect-real-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let o = Command::new("git")
+        .args(["clone", "-q"])
+        .arg(root())
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let base = git(&scratch, &["rev-parse", "HEAD"]);
+    let commit = |msg: &str, edit: &dyn Fn()| {
+        edit();
+        git(&scratch, &["commit", "-q", "-am", msg]);
+        git(&scratch, &["rev-parse", "HEAD"])
+    };
+    let append = |file: &str, text: &str| {
+        let p = scratch.join(file);
+        let mut s = std::fs::read_to_string(&p).unwrap();
+        s.push_str(text);
+        std::fs::write(&p, s).unwrap();
+    };
+    commit("docs: note 1", &|| append("sim/README.md", "\nnote 1\n"));
+    commit("docs: note 2", &|| append("sim/README.md", "\nnote 2\n"));
+    let planted = commit("core: re-arm tags early", &|| {
+        let p = scratch.join("ublk/src/core.rs");
+        let s = std::fs::read_to_string(&p).unwrap();
+        let old = "if planted::active(Bug::TagReuse) && self.served[t] == 3 {";
+        assert!(s.contains(old), "the planting site moved; update this test");
+        std::fs::write(&p, s.replace(old, "if self.served[t] == 3 {")).unwrap();
+    });
+    commit("blkio: comment", &|| {
+        append("blkio/src/lib.rs", "\n// a comment\n")
+    });
+    commit("readme: note", &|| append("README.md", "\nnote\n"));
+    let o = run(&[
+        "bisect",
+        "--repo",
+        scratch.to_str().unwrap(),
+        "--good",
+        &base,
+        "--bad",
+        "HEAD",
+        "--sim",
+        "explore --seeds 50",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!(
+            "first bad commit: {planted} core: re-arm tags early"
+        )),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
 }
