@@ -37,7 +37,6 @@ pub struct Failure {
     pub seed: u64,
     pub violation: Violation,
     pub requests: usize,
-    pub steps: u64,
 }
 
 /// Runs one schedule to completion (or to the first violation). Returns (steps, requests done).
@@ -105,59 +104,36 @@ pub fn run_seed(spec: &Spec, seed: u64) -> Result<(u64, u64), Failure> {
         seed,
         violation,
         requests: spec.requests,
-        steps: 0,
     })
 }
 
-/// Shrinks a failure: the fewest requests (same seed and scheduler) that still fail the same way.
+/// Shrinks a failure: the fewest requests (same seed and scheduler) that still fail the same
+/// check. Tries half, three quarters, then one fewer; at most 64 rounds of 3 runs.
 pub fn shrink(spec: &Spec, f: &Failure) -> Failure {
     let kind = f.violation.kind();
+    let attempt = |n: usize| match run(
+        config(spec, f.seed),
+        requests(spec, f.seed, n),
+        spec.scheduler,
+        f.seed,
+    ) {
+        Err(v) if v.kind() == kind => Some(Failure {
+            seed: f.seed,
+            violation: v,
+            requests: n,
+        }),
+        _ => None,
+    };
     let mut best = f.clone();
-    let mut n = f.requests;
-    // Bounded: at most ~2 log2(n) + 32 attempts.
     for _ in 0..64 {
-        if n <= 1 {
-            break;
-        }
-        let cand = if n > 16 { n / 2 } else { n - 1 };
-        match run(
-            config(spec, f.seed),
-            requests(spec, f.seed, cand),
-            spec.scheduler,
-            f.seed,
-        ) {
-            Err(v) if v.kind() == kind => {
-                best = Failure {
-                    seed: f.seed,
-                    violation: v,
-                    requests: cand,
-                    steps: 0,
-                };
-                n = cand;
-            }
-            _ => {
-                if n <= 16 {
-                    break;
-                }
-                // Halving lost it: step down linearly from here instead.
-                n = n * 3 / 4;
-                match run(
-                    config(spec, f.seed),
-                    requests(spec, f.seed, n),
-                    spec.scheduler,
-                    f.seed,
-                ) {
-                    Err(v) if v.kind() == kind => {
-                        best = Failure {
-                            seed: f.seed,
-                            violation: v,
-                            requests: n,
-                            steps: 0,
-                        }
-                    }
-                    _ => break,
-                }
-            }
+        let n = best.requests;
+        match [n / 2, n * 3 / 4, n.saturating_sub(1)]
+            .into_iter()
+            .filter(|c| (1..n).contains(c))
+            .find_map(attempt)
+        {
+            Some(smaller) => best = smaller,
+            None => break,
         }
     }
     best
