@@ -25,20 +25,98 @@ pub fn write_header(w: &mut impl Write, s: &QueueSpec) -> io::Result<()> {
     )
 }
 
-/// One line per event; `write!` into a BufWriter allocates nothing.
+/// One line per event, formatted by hand into a stack buffer: this runs for every tag event
+/// of a traced device, so it must cost next to nothing (no `fmt` machinery, no allocation).
 pub fn write_event(w: &mut impl Write, e: &Event) -> io::Result<()> {
+    let mut line = Line::default();
     match *e {
-        Event::Fetch { tag } => writeln!(w, "F {tag}"),
+        Event::Fetch { tag } => line.kind(b'F').num(tag as u64),
         Event::Request {
             tag,
             op,
             flags,
             sector,
             sectors,
-        } => writeln!(w, "R {tag} {op} {flags:x} {sector} {sectors}"),
-        Event::Commit { tag, result } => writeln!(w, "C {tag} {result}"),
-        Event::Abort { tag } => writeln!(w, "A {tag}"),
-        Event::Stall { tag } => writeln!(w, "S {tag}"),
+        } => line
+            .kind(b'R')
+            .num(tag as u64)
+            .num(op as u64)
+            .hex(flags as u64)
+            .num(sector)
+            .num(sectors as u64),
+        Event::Commit { tag, result } => line.kind(b'C').num(tag as u64).signed(result as i64),
+        Event::Abort { tag } => line.kind(b'A').num(tag as u64),
+        Event::Stall { tag } => line.kind(b'S').num(tag as u64),
+    };
+    line.buf[line.len] = b'\n';
+    w.write_all(&line.buf[..line.len + 1])
+}
+
+/// A trace line under construction: "K n n n\n" fits easily in 96 bytes.
+struct Line {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            buf: [0; 96],
+            len: 0,
+        }
+    }
+}
+
+impl Line {
+    fn kind(&mut self, k: u8) -> &mut Line {
+        self.buf[0] = k;
+        self.len = 1;
+        self
+    }
+
+    fn digits(&mut self, mut v: u64, radix: u64) -> &mut Line {
+        self.buf[self.len] = b' ';
+        self.len += 1;
+        let mut tmp = [0u8; 20];
+        let mut n = 0;
+        loop {
+            tmp[n] = b"0123456789abcdef"[(v % radix) as usize];
+            n += 1;
+            v /= radix;
+            if v == 0 {
+                break;
+            }
+        }
+        for i in (0..n).rev() {
+            self.buf[self.len] = tmp[i];
+            self.len += 1;
+        }
+        self
+    }
+
+    fn num(&mut self, v: u64) -> &mut Line {
+        self.digits(v, 10)
+    }
+
+    fn hex(&mut self, v: u64) -> &mut Line {
+        self.digits(v, 16)
+    }
+
+    fn signed(&mut self, v: i64) -> &mut Line {
+        if v >= 0 {
+            return self.num(v as u64);
+        }
+        self.digits(v.unsigned_abs(), 10);
+        // Insert the sign after the separating space.
+        let start = self.buf[..self.len]
+            .iter()
+            .rposition(|b| *b == b' ')
+            .unwrap()
+            + 1;
+        self.buf.copy_within(start..self.len, start + 1);
+        self.buf[start] = b'-';
+        self.len += 1;
+        self
     }
 }
 
@@ -127,7 +205,7 @@ mod tests {
         let spec = QueueSpec {
             dev_id: 3,
             q_id: 1,
-            depth: 4,
+            depth: u16::MAX,
             max_io_bytes: 65536,
             dev_sectors: 2048,
             ioctl_encode: true,
@@ -150,6 +228,17 @@ mod tests {
                 result: 4096,
             },
             Event::Commit { tag: 0, result: -5 },
+            Event::Commit {
+                tag: 65534,
+                result: i32::MIN,
+            },
+            Event::Request {
+                tag: 1,
+                op: 255,
+                flags: 0xff_ffff,
+                sector: u64::MAX,
+                sectors: u32::MAX,
+            },
             Event::Stall { tag: 3 },
             Event::Abort { tag: 2 },
         ];
@@ -164,7 +253,7 @@ mod tests {
             Header {
                 dev: 3,
                 queue: 1,
-                depth: 4,
+                depth: u16::MAX,
                 dev_sectors: 2048,
                 max_io_bytes: 65536
             }
