@@ -120,6 +120,32 @@ fn failures_and_hangs_are_reported_not_hidden() {
 }
 
 #[test]
+fn a_frozen_agent_gets_sysrq_over_the_serial_console() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let fixture = root()
+        .join("xtask/tests/scenarios/agent-stuck.yaml")
+        .display()
+        .to_string();
+    let o = run(&["vm-e2e", "-j", "1", &fixture]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let r = &v["runs"][0];
+    assert_eq!(r["verdict"], "timeout", "{r}");
+    let ff = PathBuf::from(r["freeze_frame"].as_str().expect("freeze-frame recorded"));
+    let s = std::fs::read_to_string(ff.join("summary.txt")).unwrap();
+    assert!(s.contains("SysRq t/w sent over the serial console"), "{s}");
+    let serial =
+        std::fs::read_to_string(PathBuf::from(r["run_dir"].as_str().unwrap()).join("serial.log"))
+            .unwrap();
+    assert!(
+        serial.contains("sysrq: Show State") && serial.contains("sysrq: Show Blocked State"),
+        "the kernel never answered the SysRq:\n{}",
+        &serial[serial.len().saturating_sub(2000)..]
+    );
+}
+
+#[test]
 fn scenario_check_rejects_bad_files_with_a_location() {
     let dir = std::env::temp_dir().join(format!("xtask-scn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
