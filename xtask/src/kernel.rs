@@ -173,7 +173,7 @@ pub fn prepare(source: &Source, recipe: &Recipe) -> Result<Kernel> {
             })
         }
         Source::Path(p) => {
-            let (bz, modroot) = locate_tree(p)?;
+            let (bz, tree) = locate_tree(p)?;
             let data = std::fs::read(&bz).map_err(|e| format!("read {}: {e}", bz.display()))?;
             let release = bzimage_release(&data).ok_or_else(|| {
                 format!(
@@ -181,6 +181,10 @@ pub fn prepare(source: &Source, recipe: &Recipe) -> Result<Kernel> {
                     bz.display()
                 )
             })?;
+            // Modules installed under lib/modules/<release> keep their layout; a build tree is
+            // searched as it is.
+            let installed = tree.join("lib/modules").join(&release);
+            let modroot = if installed.is_dir() { installed } else { tree };
             // Hash the modules we would take too, so a rebuilt module invalidates the cache.
             let index = ModuleIndex::scan(&modroot)?;
             let mut parts = vec![format!("{}", crate::util::sha256_bytes(&data))];
@@ -231,6 +235,20 @@ fn locate_tree(p: &Path) -> Result<(PathBuf, PathBuf)> {
         if p.join(cand).is_file() {
             return Ok((p.join(cand), p.to_path_buf()));
         }
+    }
+    // An installed tree (INSTALL_PATH/INSTALL_MOD_PATH, an unpacked package): boot/vmlinuz-<release>.
+    let boot: Vec<PathBuf> = std::fs::read_dir(p.join("boot"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    if let [one] = boot.as_slice() {
+        return Ok((one.clone(), p.to_path_buf()));
     }
     Err(format!("--kernel {}: no arch/x86/boot/bzImage, bzImage or vmlinuz inside; build the kernel first (make bzImage modules)", p.display()))
 }

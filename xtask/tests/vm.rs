@@ -319,3 +319,50 @@ fn bad_input_gets_one_clear_error() {
     let o = run(&["vm-run"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `--kernel PATH` with an installed tree (boot/vmlinuz-<release> + lib/modules/<release>), here
+/// the locked Debian package unpacked by hand, as a kernel developer's INSTALL_PATH would be.
+#[test]
+fn kernel_path_provider_boots_an_installed_tree() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Make sure the default image (and so the downloaded .deb) exists.
+    let o = run(&["vm-build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let downloads = root().join("target/vm-images/downloads");
+    let deb = std::fs::read_dir(&downloads)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("the locked .deb is cached");
+    let tree = std::env::temp_dir().join(format!("xtask-kernel-tree-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tree);
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    let o = run(&[
+        "vm-run",
+        "--kernel",
+        tree.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "uname -r; test -c /dev/ublk-control && ls /lib/modules/$(uname -r)/kernel/drivers/block/",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.starts_with("6.12.") && out.contains("ublk_drv.ko"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("(path, vmlinux)"),
+        "not booted from the path provider: {}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&tree).unwrap();
+}
