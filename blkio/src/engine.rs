@@ -167,19 +167,8 @@ pub fn run(
             pin_to(rounds % cpus);
         }
         let wait = left.min(Duration::from_secs(1));
-        let ts = types::Timespec::new()
-            .sec(wait.as_secs())
-            .nsec(wait.subsec_nanos());
-        match ring
-            .submitter()
-            .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
-        {
-            Ok(_) => {}
-            Err(e)
-                if e.raw_os_error() == Some(libc::ETIME)
-                    || e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return Err(format!("io_uring_enter: {e}")),
-        }
+        ublk::uring::enter_bounded(&ring.submitter(), wait)
+            .map_err(|e| format!("io_uring_enter: {e}"))?;
         let done: Vec<(usize, i32)> = ring
             .completion()
             .map(|c| (c.user_data() as usize, c.result()))

@@ -196,19 +196,11 @@ impl Control {
                     after: self.timeout,
                 });
             }
-            let ts = types::Timespec::new()
-                .sec(left.as_secs())
-                .nsec(left.subsec_nanos());
-            match self
-                .ring
-                .submitter()
-                .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
-            {
-                Ok(_) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ETIME)
-                        || e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => return Err(Error::Other(format!("{name}: io_uring_enter: {e}"))),
+            if let Err(e) = crate::uring::enter_bounded(&self.ring.submitter(), left) {
+                // The command may still be in the kernel: same rule as a timeout.
+                self.poisoned = true;
+                std::mem::forget(heap);
+                return Err(Error::Other(format!("{name}: io_uring_enter: {e}")));
             }
         };
         if let Some(b) = buf {

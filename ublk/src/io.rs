@@ -363,18 +363,10 @@ pub fn run_queue(
     ready(Ok(()));
 
     let mut completions: Vec<(u16, i32)> = Vec::with_capacity(spec.depth as usize);
-    let ts = types::Timespec::new()
-        .sec(POLL.as_secs())
-        .nsec(POLL.subsec_nanos());
-    let args = types::SubmitArgs::new().timespec(&ts);
     let mut stopping = false;
     let early = loop {
-        match ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if e.raw_os_error() == Some(libc::ETIME)
-                    || e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => break Some(format!("io_uring_enter: {e}")),
+        if let Err(e) = crate::uring::enter_bounded(&ring.submitter(), POLL) {
+            break Some(format!("io_uring_enter: {e}"));
         }
         completions.clear();
         completions.extend(

@@ -11,4 +11,5 @@ pub mod rng;
 pub mod server;
 pub mod sys;
 pub mod trace;
+pub mod uring;
 pub mod util;
