@@ -29,19 +29,25 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-#[test]
-fn names_the_commit_that_made_a_test_flaky_and_resumes() {
-    let repo = std::env::temp_dir().join(format!("xtask-bisect-{}", std::process::id()));
+/// A fresh repository of `n` commits; commit i writes "i" to the file `version`.
+fn synthetic_repo(name: &str, n: usize) -> (std::path::PathBuf, Vec<String>) {
+    let repo = std::env::temp_dir().join(format!("xtask-bisect-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
     let mut hashes = Vec::new();
-    for i in 0..64 {
+    for i in 0..n {
         std::fs::write(repo.join("version"), format!("{i}\n")).unwrap();
         git(&repo, &["add", "version"]);
         git(&repo, &["commit", "-q", "-m", &format!("commit {i}")]);
         hashes.push(git(&repo, &["rev-parse", "HEAD"]));
     }
+    (repo, hashes)
+}
+
+#[test]
+fn names_the_commit_that_made_a_test_flaky_and_resumes() {
+    let (repo, hashes) = synthetic_repo("flaky", 64);
     // Fails 30% of runs from commit 37 on: run number hashed to 0..99, fail below 30.
     let test = "[ \"$(cat version)\" -lt 37 ] || [ $(( (BISECT_RUN * 2654435761 + 12345) % 100 )) -ge 30 ]";
     let args = [
@@ -93,17 +99,7 @@ fn names_the_commit_that_made_a_test_flaky_and_resumes() {
 
 #[test]
 fn a_bad_end_that_never_fails_is_an_error() {
-    let repo = std::env::temp_dir().join(format!("xtask-bisect-nf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&repo);
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    let mut hashes = Vec::new();
-    for i in 0..4 {
-        std::fs::write(repo.join("f"), format!("{i}")).unwrap();
-        git(&repo, &["add", "f"]);
-        git(&repo, &["commit", "-q", "-m", &format!("c{i}")]);
-        hashes.push(git(&repo, &["rev-parse", "HEAD"]));
-    }
+    let (repo, hashes) = synthetic_repo("never", 4);
     let o = run(&[
         "bisect",
         "--repo",
