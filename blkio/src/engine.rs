@@ -91,6 +91,9 @@ pub struct Stats {
     pub elapsed: Duration,
 }
 
+/// Most requests in flight (`--qd`).
+pub const MAX_QD: usize = 4096;
+
 /// Runs `ops` with up to `qd` in flight. `prepare` fills a write's buffer before submission;
 /// `complete` sees every finished request with its data (reads: what the device returned).
 /// Stops at the first failed request, or at `deadline` with the in-flight list. With
@@ -107,7 +110,7 @@ pub fn run(
     prepare: &mut dyn FnMut(&Op, &mut [u8]),
     complete: &mut Complete,
 ) -> Result<Stats, String> {
-    assert!(qd > 0 && qd <= 4096);
+    assert!(qd > 0 && qd <= MAX_QD, "qd {qd} outside 1..={MAX_QD}");
     let mut ring = IoUring::new((qd as u32).next_power_of_two())
         .map_err(|e| format!("io_uring setup: {e}"))?;
     let mut slots = Slots::new(qd, max_len)?;

@@ -30,7 +30,7 @@ struct Common {
     #[arg(long)]
     dev: String,
     /// Requests in flight
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = parse_qd)]
     qd: usize,
     /// Hard limit for the whole command; in-flight requests at the limit are reported as a hang
     #[arg(long, default_value_t = 300)]
@@ -52,13 +52,23 @@ struct PlanArgs {
     /// Device bytes the writes spread over [default: the device size]
     #[arg(long, value_parser = parse_size)]
     span: Option<u64>,
-    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    #[arg(long, default_value_t = plan::DEFAULT_MIN, value_parser = parse_size)]
     min: u64,
-    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    #[arg(long, default_value_t = plan::DEFAULT_MAX, value_parser = parse_size)]
     max: u64,
     /// Scattered: also re-write ranges overlapping earlier writes
     #[arg(long)]
     overlap: bool,
+}
+
+fn parse_qd(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=engine::MAX_QD).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a queue depth in 1..={}",
+            engine::MAX_QD
+        )),
+    }
 }
 
 #[derive(Subcommand)]

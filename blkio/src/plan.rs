@@ -38,6 +38,10 @@ pub struct PlanSpec {
     pub overlap: bool,
 }
 
+/// Smallest and largest write unless told otherwise (`--min`, `--max`).
+pub const DEFAULT_MIN: u64 = 4 << 10;
+pub const DEFAULT_MAX: u64 = 512 << 10;
+
 /// Hard cap on the number of writes in one plan (bounds memory and time).
 pub const MAX_WRITES: u64 = 10_000_000;
 

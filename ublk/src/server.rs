@@ -21,6 +21,27 @@ use crate::sys;
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1800);
 const READY_LIMIT: Duration = Duration::from_secs(10);
 
+/// Largest single request ublk-mem accepts unless told otherwise (`--max-io`).
+pub const DEFAULT_MAX_IO_BYTES: u32 = 512 << 10;
+
+/// Parses ublk-mem's `--fault` syntax: `stall-tag=Q:T:after=N` → (queue, fault).
+pub fn parse_fault(s: &str) -> Result<(u16, Fault), String> {
+    let bad = || format!("{s:?}: expected stall-tag=Q:T:after=N, e.g. stall-tag=0:5:after=100");
+    let spec = s.strip_prefix("stall-tag=").ok_or_else(bad)?;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [q, t, after] = parts[..] else {
+        return Err(bad());
+    };
+    let after = after.strip_prefix("after=").ok_or_else(bad)?;
+    Ok((
+        q.parse().map_err(|_| bad())?,
+        Fault::StallTag {
+            tag: t.parse().map_err(|_| bad())?,
+            after: after.parse().map_err(|_| bad())?,
+        },
+    ))
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub size: u64,
@@ -513,6 +534,18 @@ mod tests {
             json: false,
             fault: None,
         }
+    }
+
+    #[test]
+    fn faults() {
+        assert_eq!(
+            parse_fault("stall-tag=1:5:after=100").unwrap(),
+            (1, Fault::StallTag { tag: 5, after: 100 })
+        );
+        assert!(parse_fault("stall-tag=1:5")
+            .unwrap_err()
+            .contains("expected stall-tag"));
+        assert!(parse_fault("boom").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,7 @@ pub struct Agent {
 /// Human-readable log of every frame, with time since connect.
 pub struct Transcript {
     file: File,
+    path: PathBuf,
     start: Instant,
 }
 
@@ -50,7 +52,7 @@ impl Transcript {
             .flat_map(|c| c.escape_debug())
             .collect();
         let more = if f.payload.len() > 96 { "..." } else { "" };
-        let _ = writeln!(
+        let r = writeln!(
             self.file,
             "{:9.3} {dir} {:?} id={} len={} \"{preview}{more}\"",
             self.start.elapsed().as_secs_f64(),
@@ -58,20 +60,22 @@ impl Transcript {
             f.id,
             f.payload.len()
         );
+        crate::runs::record(&self.path, r);
     }
 
     pub fn note(&mut self, msg: &str) {
-        let _ = writeln!(
+        let r = writeln!(
             self.file,
             "{:9.3} -- {msg}",
             self.start.elapsed().as_secs_f64()
         );
+        crate::runs::record(&self.path, r);
     }
 }
 
 impl Agent {
     /// Wraps a connected stream and starts the reader thread.
-    pub fn new(stream: UnixStream, transcript: File) -> Result<Agent> {
+    pub fn new(stream: UnixStream, transcript: File, transcript_path: &Path) -> Result<Agent> {
         stream
             .set_write_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
@@ -81,6 +85,7 @@ impl Agent {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let transcript = Arc::new(Mutex::new(Transcript {
             file: transcript,
+            path: transcript_path.to_path_buf(),
             start: Instant::now(),
         }));
         let (ready_tx, ready) = mpsc::channel();
@@ -122,6 +127,11 @@ impl Agent {
 
     pub fn note(&self, msg: &str) {
         self.transcript.lock().unwrap().note(msg);
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn lost(&self) -> Option<String> {
+        self.routes.lock().unwrap().lost.clone()
     }
 
     fn send(&self, f: Frame) -> Result<()> {

@@ -7,7 +7,10 @@ mod cmd;
 mod cpio;
 mod deps;
 mod elf;
+#[cfg(test)]
+mod fuzz_tests;
 mod image;
+mod input;
 mod kernel;
 mod procs;
 mod qemu;

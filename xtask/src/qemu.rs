@@ -31,6 +31,9 @@ impl Accel {
     }
 }
 
+/// Most virtual CPUs a VM gets (`--cpus`, a scenario's `vm.cpus`).
+pub const MAX_CPUS: u32 = 64;
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub cpus: u32,

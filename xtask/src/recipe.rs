@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::input::{self, key_position, located};
 use crate::util::{root, Result};
 
 pub const RECIPE: &str = "vm-images/recipe.yaml";
@@ -57,22 +58,8 @@ pub struct KernelLock {
     pub sha256: String,
 }
 
-/// Formats a serde_yaml error as `file:line:column: message`.
-pub fn yaml_error(path: &Path, e: &serde_yaml::Error) -> String {
-    let msg = e.to_string();
-    // serde_yaml appends " at line L column C"; we lead with the location instead.
-    let msg = match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg,
-    };
-    match e.location() {
-        Some(l) => format!("{}:{}:{}: {msg}", path.display(), l.line(), l.column()),
-        None => format!("{}: {msg}", path.display()),
-    }
-}
-
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+    input::read(path)
 }
 
 impl Recipe {
@@ -82,28 +69,33 @@ impl Recipe {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Recipe> {
-        let r: Recipe = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
-        let fail = |m: String| Err(format!("{}: {m}", path.display()));
+        let r: Recipe = input::parse(text, path)?;
+        let fail = |key: &str, m: String| Err(located(path, key_position(text, &[key]), &m));
         if r.version != 1 {
-            return fail(format!(
+            let m = format!(
                 "version {} is not supported (this xtask reads version 1)",
                 r.version
-            ));
+            );
+            return fail("version", m);
         }
-        for m in r.modules.iter().chain(&r.boot_modules) {
-            if m.is_empty()
-                || !m
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return fail(format!("bad module name {m:?}"));
+        for (key, list) in [("modules", &r.modules), ("boot_modules", &r.boot_modules)] {
+            let bad = |m: &String| {
+                m.is_empty()
+                    || !m
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            if let Some(m) = list.iter().find(|m| bad(m)) {
+                return fail(key, format!("bad module name {m:?}"));
             }
         }
         if let Some(m) = r.boot_modules.iter().find(|m| !r.modules.contains(m)) {
-            return fail(format!("boot module {m:?} is not listed under modules"));
+            let m = format!("boot module {m:?} is not listed under modules");
+            return fail("boot_modules", m);
         }
         if !r.guest_binaries.iter().any(|b| b.bin == "vm-agent") {
-            return fail("guest_binaries must include vm-agent (the host talks to it)".into());
+            let m = "guest_binaries must include vm-agent (the host talks to it)".to_string();
+            return fail("guest_binaries", m);
         }
         Ok(r)
     }
@@ -126,41 +118,29 @@ impl KernelLock {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<KernelLock> {
-        let l: KernelLock = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
-        let fail = |m: String| {
-            Err(format!(
-                "{}: {m}; regenerate it with `cargo xtask kernel-lock --upgrade`",
-                path.display()
-            ))
+        let l: KernelLock = input::parse(text, path)?;
+        let fail = |key: &str, m: String| {
+            let m = format!("{m}; regenerate it with `cargo xtask kernel-lock --upgrade`");
+            Err(located(path, key_position(text, &[key]), &m))
         };
         if !l.package.starts_with("linux-image-") {
-            return fail(format!(
-                "package {:?} is not a linux-image-* package",
-                l.package
-            ));
+            let m = format!("package {:?} is not a linux-image-* package", l.package);
+            return fail("package", m);
         }
         if l.version.is_empty() || l.version.contains(char::is_whitespace) {
-            return fail(format!("bad version {:?}", l.version));
+            return fail("version", format!("bad version {:?}", l.version));
         }
-        if l.sha256.len() != 64
-            || !l
-                .sha256
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        {
-            return fail(format!(
-                "sha256 {:?} is not 64 lowercase hex digits",
-                l.sha256
-            ));
+        let hex = |c: char| c.is_ascii_hexdigit() && !c.is_ascii_uppercase();
+        if l.sha256.len() != 64 || !l.sha256.chars().all(hex) {
+            let m = format!("sha256 {:?} is not 64 lowercase hex digits", l.sha256);
+            return fail("sha256", m);
         }
         if !l.filename.ends_with(".deb") || l.filename.contains('/') {
-            return fail(format!(
-                "filename {:?} is not a plain .deb file name",
-                l.filename
-            ));
+            let m = format!("filename {:?} is not a plain .deb file name", l.filename);
+            return fail("filename", m);
         }
         if l.size == 0 {
-            return fail("size is 0".into());
+            return fail("size", "size is 0".into());
         }
         Ok(l)
     }

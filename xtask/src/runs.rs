@@ -1,10 +1,78 @@
-//! Per-run artifact directories under `target/vm-runs/<timestamp>-<name>/` and result.json.
+//! Per-run artifact directories under `target/vm-runs/<timestamp>-<name>/` (or
+//! `$UBLK_VM_RUNS_DIR`), result.json, and the bookkeeping that keeps evidence honest: every
+//! evidence write that fails is recorded, and a run whose evidence is incomplete says so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use crate::util::{slug, target_dir, timestamp, write_atomic, Result};
+
+/// Where run and session directories go.
+pub fn runs_dir() -> PathBuf {
+    match std::env::var_os("UBLK_VM_RUNS_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => target_dir().join("vm-runs"),
+    }
+}
+
+/// Evidence writes that failed, by path (all runs of this process; bounded).
+static WRITE_ERRORS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+const MAX_WRITE_ERRORS: usize = 1000;
+
+/// Records the result of writing evidence to `path`; errors are kept for `evidence_errors`.
+pub fn record<T>(path: &Path, r: std::io::Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut errs = WRITE_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+            if errs.len() < MAX_WRITE_ERRORS {
+                errs.push((path.to_path_buf(), e.to_string()));
+            }
+            None
+        }
+    }
+}
+
+/// Writes an evidence file, recording a failure.
+pub fn save(path: &Path, data: impl AsRef<[u8]>) {
+    record(path, std::fs::write(path, data));
+}
+
+/// Why the evidence under `dir` is incomplete, if it is: a recorded write error, or a file
+/// system with no space left (QEMU's own logs fail silently then).
+pub fn evidence_errors(dir: &Path) -> Option<String> {
+    let errs = WRITE_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    let mine: Vec<&(PathBuf, String)> = errs.iter().filter(|(p, _)| p.starts_with(dir)).collect();
+    if let Some((path, why)) = mine.first() {
+        let rel = path.strip_prefix(dir).unwrap_or(path).display();
+        return Some(format!(
+            "{} evidence write(s) failed, first {rel}: {why}",
+            mine.len()
+        ));
+    }
+    match free_bytes(dir) {
+        Some(free) if free < LOW_SPACE_BYTES => Some(format!(
+            "the file system of {} is full ({free} bytes free): its logs may be cut short",
+            dir.display()
+        )),
+        _ => None,
+    }
+}
+
+/// Below this, a run's logs (QEMU writes serial.log itself) cannot be trusted to be whole.
+const LOW_SPACE_BYTES: u64 = 64 << 10;
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st) == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+}
 
 pub struct RunDir {
     pub path: PathBuf,
@@ -13,7 +81,7 @@ pub struct RunDir {
 impl RunDir {
     /// Creates a new, unique run directory (a numeric suffix if the second is already taken).
     pub fn create(name: &str) -> Result<RunDir> {
-        let base = target_dir().join("vm-runs");
+        let base = runs_dir();
         std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
         let stem = format!("{}-{}", timestamp(), slug(name));
         for n in 0..1000 {

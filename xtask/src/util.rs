@@ -211,8 +211,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         path.file_name().unwrap().to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+    let result = std::fs::write(&tmp, data)
+        .map_err(|e| format!("write {}: {e}", path.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp); // never leave a .tmp file behind
+    }
+    result
 }
 
 pub fn is_root() -> bool {

@@ -123,9 +123,10 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let transcript = File::create(run_dir.join("agent-transcript.log"))
-            .map_err(|e| infra(format!("create agent-transcript.log: {e}")))?;
-        let agent = Arc::new(Agent::new(stream, transcript).map_err(infra)?);
+        let transcript_path = run_dir.join("agent-transcript.log");
+        let transcript = File::create(&transcript_path)
+            .map_err(|e| infra(format!("create {}: {e}", transcript_path.display())))?;
+        let agent = Arc::new(Agent::new(stream, transcript, &transcript_path).map_err(infra)?);
         let mut vm = Vm {
             qemu,
             pidfile,
@@ -219,6 +220,19 @@ impl Vm {
                 }
             }
         }
+    }
+
+    /// None while the VM runs; otherwise why it is gone (interrupt, panic, QEMU exit, agent
+    /// lost), so a step is never blamed for its VM's death.
+    pub fn gone(&mut self) -> Option<Failure> {
+        if let Some(sig) = procs::interrupted() {
+            return Some(Failure::Interrupted(sig));
+        }
+        let lost = self.agent.lost();
+        if lost.is_none() && self.qemu.try_wait().is_none() {
+            return None;
+        }
+        Some(self.diagnose(&lost.unwrap_or_else(|| "QEMU exited".into())))
     }
 
     /// Explains a lost agent connection: interrupt, kernel panic, agent exit, or QEMU crash.

@@ -262,6 +262,36 @@ fn files_and_stdin_cross_the_channel() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
+/// A --copy-out file the guest lacks, or a --copy-in path it cannot write, is the caller's
+/// mistake: exit 1 / 2 with the reason, never a pass (0) and never "could not test" (125).
+#[test]
+fn copy_flags_the_guest_cannot_honour_are_user_errors() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-run", "--copy-out", "/no/such/file", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (_, r) = result_of(&o);
+    assert_eq!(r["verdict"], "fail");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--copy-out /no/such/file"),
+        "{r}"
+    );
+    let host = std::env::temp_dir().join(format!("xtask-ci-{}", std::process::id()));
+    std::fs::write(&host, b"x").unwrap();
+    let spec = format!("{}:/proc/no-such-dir/f", host.display());
+    let o = run(&["vm-run", "--copy-in", &spec, "--", "true"]);
+    std::fs::remove_file(&host).unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the guest could not write /proc/no-such-dir/f"),
+        "{}",
+        stderr(&o)
+    );
+    assert_qemu_gone(&result_of(&o).1);
+}
+
 #[test]
 fn damaged_cache_is_rebuilt_not_booted_and_rebuild_is_noop() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,10 +330,18 @@ fn damaged_cache_is_rebuilt_not_booted_and_rebuild_is_noop() {
 
 #[test]
 fn bad_input_gets_one_clear_error() {
+    // Bad flag values are usage errors: exit 2, as the README says, with clap's one message.
     let o = run(&["vm-run", "--memory", "lots", "--", "true"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("--memory: invalid size \"lots\""),
+        stderr(&o).contains("'--memory <MEMORY>': invalid size \"lots\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["vm-run", "--copy-in", "/no/such/file", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/no/such/file: No such file"),
         "{}",
         stderr(&o)
     );

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ublk::core::Fault;
 use ublk::server::{self, Options};
 use ublk::util::parse_size;
 
@@ -33,7 +32,7 @@ enum Cmd {
         #[arg(long, default_value_t = 4096)]
         block_size: u32,
         /// Largest single request in bytes
-        #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+        #[arg(long, default_value_t = server::DEFAULT_MAX_IO_BYTES.into(), value_parser = parse_size)]
         max_io: u64,
         /// Device id (default: the kernel picks one)
         #[arg(long)]
@@ -48,8 +47,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Fault injection for tests: stall-tag=Q:T:after=N (tag T of queue Q never completes its (N+1)th request)
-        #[arg(long, value_parser = parse_fault)]
-        fault: Option<(u16, Fault)>,
+        #[arg(long, value_parser = server::parse_fault)]
+        fault: Option<(u16, ublk::core::Fault)>,
     },
     /// List ublk devices
     List {
@@ -63,23 +62,6 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
-}
-
-fn parse_fault(s: &str) -> Result<(u16, Fault), String> {
-    let bad = || format!("{s:?}: expected stall-tag=Q:T:after=N, e.g. stall-tag=0:5:after=100");
-    let spec = s.strip_prefix("stall-tag=").ok_or_else(bad)?;
-    let parts: Vec<&str> = spec.split(':').collect();
-    let [q, t, after] = parts[..] else {
-        return Err(bad());
-    };
-    let after = after.strip_prefix("after=").ok_or_else(bad)?;
-    Ok((
-        q.parse().map_err(|_| bad())?,
-        Fault::StallTag {
-            tag: t.parse().map_err(|_| bad())?,
-            after: after.parse().map_err(|_| bad())?,
-        },
-    ))
 }
 
 fn main() -> ExitCode {
@@ -130,22 +112,5 @@ fn main() -> ExitCode {
             eprintln!("ublk-mem: error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn faults() {
-        assert_eq!(
-            parse_fault("stall-tag=1:5:after=100").unwrap(),
-            (1, Fault::StallTag { tag: 5, after: 100 })
-        );
-        assert!(parse_fault("stall-tag=1:5")
-            .unwrap_err()
-            .contains("expected stall-tag"));
-        assert!(parse_fault("boom").is_err());
     }
 }

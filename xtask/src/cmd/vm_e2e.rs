@@ -1,8 +1,11 @@
 //! `cargo xtask vm-e2e [NAME...]`: every scenario (or those named), each run in a fresh VM,
-//! up to -j at once, with a progress bar, a table, JUnit XML and JSON. Exit 0 only if all pass.
+//! up to -j at once, with a progress bar, a table, JUnit XML and JSON.
+//!
+//! Exit codes: 0 every run passed; 1 a run failed or timed out; 125 no run failed but some
+//! could not be tested (infra errors, evidence that could not be written); 128+n interrupted.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,11 +15,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::accel::{self, Choice};
 use crate::image::{self, Image};
 use crate::kernel::Source;
-use crate::runs::{RunDir, Verdict};
+use crate::qemu::Accel;
+use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::scenario::model::Scenario;
 use crate::scenario::report::{self, Session};
 use crate::scenario::run::{self, Outcome};
-use crate::util::{rfc3339_now, target_dir, timestamp, write_atomic, Result};
+use crate::util::{rfc3339_now, write_atomic, Result};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -36,36 +40,23 @@ pub struct Args {
     pub kernel: Option<String>,
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
-    /// Exit like `git bisect run` expects: 0 all pass, 1 a failure or timeout, 125 infra error only
+    /// Accepted for older command lines: the exit codes always follow `git bisect run`
+    /// (0 pass, 1 fail or timeout, 125 could not test)
     #[arg(long)]
     pub bisect_exit_codes: bool,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let files = crate::scenario::resolve(&args.names)?;
-    if files.is_empty() {
-        return Err("no scenarios found in scenarios/".into());
-    }
-    let scenarios: Vec<Scenario> = files
-        .iter()
-        .map(|f| Scenario::load(f))
-        .collect::<Result<_>>()?;
+    let scenarios = load_scenarios(&args.names)?;
     let seed = args.seed.unwrap_or_else(random_seed);
     let started_at = rfc3339_now();
     let t0 = Instant::now();
-    // One image per kernel provider in use, built before any VM starts.
-    let mut images: BTreeMap<String, Arc<Image>> = BTreeMap::new();
-    for sc in &scenarios {
-        let k = args
-            .kernel
-            .clone()
-            .or(sc.vm.kernel.clone())
-            .unwrap_or_else(|| "debian".into());
-        if !images.contains_key(&k) {
-            images.insert(k.clone(), Arc::new(image::build(&Source::parse(&k))?));
-        }
-    }
-    let first = images.values().next().unwrap().clone();
+    let images = build_images(&scenarios, &args.kernel)?;
+    let first = images
+        .values()
+        .next()
+        .expect("one image per kernel in use")
+        .clone();
     let (accel, accel_reason) = accel::choose(args.accel, &first)?;
     let commit = git_commit();
     eprintln!(
@@ -79,112 +70,16 @@ pub fn run(args: Args) -> Result<i32> {
         image::describe(&first),
         accel.name()
     );
-
-    let mut work: Vec<(usize, u32)> = Vec::new();
-    for r in 1..=args.repeat {
-        for i in 0..scenarios.len() {
-            work.push((i, r));
-        }
-    }
-    let total = work.len();
-    let queue = Arc::new(Mutex::new(work.into_iter()));
-    let scenarios = Arc::new(scenarios);
-    let (tx, rx) = mpsc::channel::<Outcome>();
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed}] {msg}").unwrap(),
-    );
-    let mut handles = Vec::new();
-    for _ in 0..(args.jobs as usize).min(total) {
-        let (queue, scenarios, tx, images, kernel, commit) = (
-            queue.clone(),
-            scenarios.clone(),
-            tx.clone(),
-            images.clone(),
-            args.kernel.clone(),
-            commit.clone(),
-        );
-        // Each worker owns its VMs for their whole life (QEMU's parent-death signal is tied
-        // to the thread that started it).
-        handles.push(std::thread::spawn(move || loop {
-            let next = queue.lock().unwrap().next();
-            let Some((i, r)) = next else { break };
-            if crate::procs::interrupted().is_some() {
-                break;
-            }
-            let sc = &scenarios[i];
-            let k = kernel
-                .clone()
-                .or(sc.vm.kernel.clone())
-                .unwrap_or_else(|| "debian".into());
-            let img = images[&k].clone();
-            let outcome = match RunDir::create(&format!("{}-r{r}", sc.name)) {
-                Ok(dir) => run::run(sc, &img, accel, seed, r, &dir.path),
-                Err(e) => Outcome {
-                    scenario: sc.name.clone(),
-                    run: r,
-                    verdict: Verdict::InfraError,
-                    reason: Some(e),
-                    failed_step: None,
-                    duration_s: 0.0,
-                    boot_s: None,
-                    seed,
-                    run_dir: PathBuf::new(),
-                    freeze_frame: None,
-                    image_hash: img.hash().to_string(),
-                },
-            };
-            let record = serde_json::json!({
-                "outcome": &outcome,
-                "commit": &commit,
-                "reproduce": format!("cargo xtask vm-e2e {} --seed {seed}", sc.name),
-            });
-            let _ = write_atomic(
-                &outcome.run_dir.join("scenario-result.json"),
-                serde_json::to_string_pretty(&record).unwrap().as_bytes(),
-            );
-            if tx.send(outcome).is_err() {
-                break;
-            }
-        }));
-    }
-    drop(tx);
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    while outcomes.len() < total {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(o) => {
-                let line = format!(
-                    "{:<12} {} #{} in {:.1} s{}",
-                    o.verdict.name(),
-                    o.scenario,
-                    o.run,
-                    o.duration_s,
-                    o.reason
-                        .as_ref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                );
-                // A hidden bar (not a terminal, e.g. CI) swallows println: print plainly then.
-                if pb.is_hidden() {
-                    eprintln!("vm-e2e: {line}");
-                } else {
-                    pb.println(line);
-                }
-                pb.inc(1);
-                outcomes.push(o);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => pb.tick(),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    pb.finish_and_clear();
-    for h in handles {
-        let _ = h.join();
-    }
+    let plan = Plan {
+        scenarios: Arc::new(scenarios),
+        images,
+        kernel: args.kernel.clone(),
+        accel,
+        seed,
+        commit: commit.clone(),
+    };
+    let mut outcomes = run_all(&plan, args.repeat, args.jobs as usize);
     outcomes.sort_by(|a, b| (a.scenario.as_str(), a.run).cmp(&(b.scenario.as_str(), b.run)));
-    let wall_s = t0.elapsed().as_secs_f64();
-    let flaky = report::failures_by_scenario(&outcomes);
-    let names: Vec<&str> = flaky.keys().map(|s| s.as_str()).collect();
     let session = Session {
         started_at,
         seed,
@@ -193,60 +88,280 @@ pub fn run(args: Args) -> Result<i32> {
         accelerator: accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        wall_s,
+        wall_s: t0.elapsed().as_secs_f64(),
+        flaky: report::tally(&outcomes),
+        reproduce: reproduce(&plan, &outcomes),
         runs: &outcomes,
-        flaky: flaky.clone(),
-        reproduce: format!("cargo xtask vm-e2e {} --seed {seed}", names.join(" ")),
     };
-    let dir = target_dir()
-        .join("vm-runs")
-        .join(format!("{}-e2e", timestamp()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    write_atomic(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&session).unwrap().as_bytes(),
-    )?;
-    write_atomic(&dir.join("junit.xml"), report::junit(&session).as_bytes())?;
-
-    println!("{}", report::table(&outcomes));
-    if args.repeat > 1 {
-        for (name, (failed, runs)) in &flaky {
-            println!(
-                "{name}: {failed} of {runs} runs failed{}",
-                if *failed > 0 && failed < runs {
-                    " (FLAKY)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    let passed = outcomes
-        .iter()
-        .filter(|o| o.verdict == Verdict::Pass)
-        .count();
-    println!(
-        "vm-e2e: {passed}/{total} passed in {wall_s:.1} s (seed {seed}); reports: {}",
-        dir.display()
-    );
-    if passed < total {
-        println!("vm-e2e: reproduce with: {}", session.reproduce);
-    }
+    let reports = write_reports(&session);
+    print_summary(&session, &reports);
     if let Some(sig) = crate::procs::interrupted() {
         return Ok(128 + sig);
     }
-    let code = if passed == total && outcomes.len() == total {
-        0
-    } else if args.bisect_exit_codes
-        && outcomes
-            .iter()
-            .all(|o| matches!(o.verdict, Verdict::Pass | Verdict::InfraError))
-    {
-        125
+    Ok(match reports {
+        Err(_) => EXIT_INFRA,
+        Ok(_) => exit_code(&outcomes),
+    })
+}
+
+/// Every run's inputs, shared by the workers.
+struct Plan {
+    scenarios: Arc<Vec<Scenario>>,
+    images: BTreeMap<String, Arc<Image>>,
+    kernel: Option<String>,
+    accel: Accel,
+    seed: u64,
+    commit: String,
+}
+
+impl Plan {
+    fn kernel_of(&self, sc: &Scenario) -> String {
+        kernel_of(&self.kernel, sc)
+    }
+}
+
+fn kernel_of(cli: &Option<String>, sc: &Scenario) -> String {
+    cli.clone()
+        .or(sc.vm.kernel.clone())
+        .unwrap_or_else(|| "debian".into())
+}
+
+/// The scenarios named (or all), each name used once.
+fn load_scenarios(names: &[String]) -> Result<Vec<Scenario>> {
+    let files = crate::scenario::resolve(names)?;
+    if files.is_empty() {
+        return Err("no scenarios found in scenarios/".into());
+    }
+    let scenarios: Vec<Scenario> = files
+        .iter()
+        .map(|f| Scenario::load(f))
+        .collect::<Result<_>>()?;
+    let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for sc in &scenarios {
+        if let Some(other) = seen.insert(&sc.name, &sc.source) {
+            if std::fs::canonicalize(other).ok() == std::fs::canonicalize(&sc.source).ok() {
+                return Err(format!(
+                    "{} is named twice on the command line",
+                    sc.source.display()
+                ));
+            }
+            return Err(format!(
+                "{} and {} are both named `{}`: results would merge; give one another `name:`",
+                other.display(),
+                sc.source.display(),
+                sc.name
+            ));
+        }
+    }
+    Ok(scenarios)
+}
+
+/// One image per kernel provider in use, built before any VM starts.
+fn build_images(
+    scenarios: &[Scenario],
+    kernel: &Option<String>,
+) -> Result<BTreeMap<String, Arc<Image>>> {
+    let mut images = BTreeMap::new();
+    for sc in scenarios {
+        let k = kernel_of(kernel, sc);
+        if !images.contains_key(&k) {
+            images.insert(k.clone(), Arc::new(image::build(&Source::parse(&k))?));
+        }
+    }
+    Ok(images)
+}
+
+/// Runs every (scenario, repeat) on `jobs` worker threads; prints each verdict as it lands.
+fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
+    let work: Vec<(usize, u32)> = (1..=repeat)
+        .flat_map(|r| (0..plan.scenarios.len()).map(move |i| (i, r)))
+        .collect();
+    let total = work.len();
+    let queue = Mutex::new(work.into_iter());
+    let (tx, rx) = mpsc::channel::<Outcome>();
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed}] {msg}")
+            .expect("a valid template"),
+    );
+    let mut outcomes = Vec::new();
+    // Each worker owns its VMs for their whole life (QEMU's parent-death signal is tied to
+    // the thread that started it); scoped threads end before this returns.
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(total) {
+            let tx = tx.clone();
+            let queue = &queue;
+            s.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((i, r)) = next else { break };
+                if crate::procs::interrupted().is_some() || tx.send(one_run(plan, i, r)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        while outcomes.len() < total {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(o) => {
+                    let line = format!(
+                        "{:<12} {} #{} in {:.1} s{}",
+                        o.verdict.name(),
+                        o.scenario,
+                        o.run,
+                        o.duration_s,
+                        o.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                    // A hidden bar (not a terminal, e.g. CI) swallows println: print plainly.
+                    if pb.is_hidden() {
+                        eprintln!("vm-e2e: {line}");
+                    } else {
+                        pb.println(line);
+                    }
+                    pb.inc(1);
+                    outcomes.push(o);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => pb.tick(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        pb.finish_and_clear();
+    });
+    outcomes
+}
+
+/// One scenario run (with its boot retry), its evidence checked and its record written.
+fn one_run(plan: &Plan, i: usize, r: u32) -> Outcome {
+    let sc = &plan.scenarios[i];
+    let img = &plan.images[&plan.kernel_of(sc)];
+    let mut outcome = run::run(sc, img, plan.accel, plan.seed, r, |attempt| {
+        let suffix = if attempt == 1 {
+            String::new()
+        } else {
+            "-retry".into()
+        };
+        RunDir::create(&format!("{}-r{r}{suffix}", sc.name)).map(|d| d.path)
+    });
+    let record = serde_json::json!({
+        "outcome": &outcome,
+        "commit": &plan.commit,
+        "reproduce": format!("cargo xtask vm-e2e {} --seed {}", sc.cli_name(), plan.seed),
+    });
+    let path = outcome.run_dir.join("scenario-result.json");
+    if let Err(e) = write_atomic(
+        &path,
+        serde_json::to_string_pretty(&record).unwrap().as_bytes(),
+    ) {
+        runs::record::<()>(&path, Err(std::io::Error::other(e)));
+    }
+    if let Some(why) = runs::evidence_errors(&outcome.run_dir) {
+        mark_incomplete(&mut outcome, &why);
+    }
+    outcome
+}
+
+/// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
+/// not test"); any other verdict stands, with the gap named.
+fn mark_incomplete(o: &mut Outcome, why: &str) {
+    if o.verdict == Verdict::Pass {
+        o.verdict = Verdict::InfraError;
+        o.reason = Some(format!("passed, but its evidence is incomplete: {why}"));
     } else {
-        1
+        let r = o.reason.take().unwrap_or_default();
+        o.reason = Some(format!("{r}; evidence incomplete: {why}"));
+    }
+}
+
+/// The command that reruns what did not pass (or everything), with the same seed.
+fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
+    let failed = |sc: &&Scenario| {
+        outcomes.iter().any(|o| {
+            o.scenario == sc.name
+                && matches!(
+                    o.verdict,
+                    Verdict::Fail | Verdict::Timeout | Verdict::InfraError
+                )
+        })
     };
-    Ok(code)
+    let mut names: Vec<String> = plan
+        .scenarios
+        .iter()
+        .filter(failed)
+        .map(|s| s.cli_name())
+        .collect();
+    if names.is_empty() {
+        names = plan.scenarios.iter().map(|s| s.cli_name()).collect();
+    }
+    let kernel = plan
+        .kernel
+        .as_ref()
+        .map(|k| format!(" --kernel {}", crate::util::shell_quote(k)))
+        .unwrap_or_default();
+    let names: Vec<String> = names.iter().map(|n| crate::util::shell_quote(n)).collect();
+    format!(
+        "cargo xtask vm-e2e {}{kernel} --seed {}",
+        names.join(" "),
+        plan.seed
+    )
+}
+
+/// summary.json and junit.xml in a session directory of their own.
+fn write_reports(session: &Session) -> Result<PathBuf> {
+    let dir = RunDir::create("e2e")?.path;
+    let json = serde_json::to_string_pretty(session).expect("the session serialises");
+    write_atomic(&dir.join("summary.json"), json.as_bytes())?;
+    write_atomic(&dir.join("junit.xml"), report::junit(session).as_bytes())?;
+    Ok(dir)
+}
+
+fn print_summary(session: &Session, reports: &Result<PathBuf>) {
+    println!("{}", report::table(session.runs));
+    if session.repeat > 1 {
+        for (name, t) in &session.flaky {
+            println!("{name}: {}", t.describe());
+        }
+    }
+    let total = session.runs.len();
+    let passed = session
+        .runs
+        .iter()
+        .filter(|o| o.verdict == Verdict::Pass)
+        .count();
+    let retried = session
+        .runs
+        .iter()
+        .filter(|o| o.first_attempt.is_some())
+        .count();
+    if retried > 0 {
+        println!("vm-e2e: {retried} run(s) got a second VM after the first died before its first step (both attempts recorded)");
+    }
+    let (wall_s, seed) = (session.wall_s, session.seed);
+    match reports {
+        Ok(dir) => println!(
+            "vm-e2e: {passed}/{total} passed in {wall_s:.1} s (seed {seed}); reports: {}",
+            dir.display()
+        ),
+        Err(e) => println!(
+            "vm-e2e: {passed}/{total} passed in {wall_s:.1} s (seed {seed}); the reports could not be written ({e}): free space under {} and rerun",
+            runs::runs_dir().display()
+        ),
+    }
+    if passed < total {
+        println!("vm-e2e: reproduce with: {}", session.reproduce);
+    }
+}
+
+fn exit_code(outcomes: &[Outcome]) -> i32 {
+    let any = |v: &[Verdict]| outcomes.iter().any(|o| v.contains(&o.verdict));
+    if any(&[Verdict::Fail, Verdict::Timeout]) {
+        1
+    } else if any(&[Verdict::InfraError, Verdict::Interrupted]) {
+        EXIT_INFRA
+    } else {
+        0
+    }
 }
 
 fn random_seed() -> u64 {
@@ -268,5 +383,51 @@ fn git_commit() -> String {
     match out {
         Ok(o) if o.status.success() => o.stdout.trim().to_string(),
         _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_files_with_one_name_are_refused() {
+        let dir = std::env::temp_dir().join(format!("xtask-dup-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("b")).unwrap();
+        let text = "name: same\ndescription: d\ntimeout: 5\nsteps: [{check: {}, timeout: 1}]\n";
+        std::fs::write(dir.join("a.yaml"), text).unwrap();
+        std::fs::write(dir.join("b/a.yaml"), text).unwrap();
+        let a = dir.join("a.yaml").display().to_string();
+        let b = dir.join("b/a.yaml").display().to_string();
+        let e = load_scenarios(&[a.clone(), b]).unwrap_err();
+        assert!(e.contains("are both named `same`"), "{e}");
+        let e = load_scenarios(&[a.clone(), a]).unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn exit_codes_follow_git_bisect_run() {
+        let sc: Scenario = serde_yaml::from_str(
+            "name: t\ndescription: d\ntimeout: 5\nsteps: [{check: {}, timeout: 1}]",
+        )
+        .unwrap();
+        let o = |v| {
+            let mut o = Outcome::new(&sc, 1, 1, Path::new("d"), "h");
+            o.verdict = v;
+            o
+        };
+        use Verdict::*;
+        assert_eq!(exit_code(&[o(Pass), o(Pass)]), 0);
+        assert_eq!(exit_code(&[o(Pass), o(InfraError)]), 125);
+        assert_eq!(exit_code(&[o(Fail), o(InfraError)]), 1);
+        assert_eq!(exit_code(&[o(Timeout)]), 1);
+        let mut p = o(Pass);
+        mark_incomplete(&mut p, "disk full");
+        assert_eq!((p.verdict, exit_code(&[p.clone()])), (InfraError, 125));
+        let mut f = o(Fail);
+        mark_incomplete(&mut f, "disk full");
+        assert_eq!(f.verdict, Fail);
+        assert!(f.reason.unwrap().contains("evidence incomplete: disk full"));
     }
 }

@@ -3,11 +3,13 @@
 use std::time::{Duration, Instant};
 
 use crate::accel::{self, Choice};
-use crate::image;
+use std::path::{Path, PathBuf};
+
+use crate::image::{self, Image};
 use crate::kernel::Source;
 use crate::procs::signal_name;
 use crate::qemu::VmConfig;
-use crate::runs::{RunDir, RunResult, Verdict, EXIT_INFRA, EXIT_TIMEOUT};
+use crate::runs::{self, RunDir, RunResult, Verdict, EXIT_INFRA, EXIT_TIMEOUT};
 use crate::util::{parse_mib, rfc3339_now, shell_join, Result};
 use crate::vm::{Failure, Outcome, Vm};
 
@@ -22,11 +24,11 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
     /// Virtual CPUs
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=crate::qemu::MAX_CPUS as i64))]
     pub cpus: u32,
     /// Guest memory, e.g. 512M or 2G
-    #[arg(long, default_value = "1G")]
-    pub memory: String,
+    #[arg(long, default_value = "1G", value_parser = parse_memory)]
+    pub memory: u64,
     /// Accelerator: auto uses KVM only if a probe VM proved it works here
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
@@ -37,8 +39,8 @@ pub struct Args {
     #[arg(long)]
     pub name: Option<String>,
     /// Copy a host file into the guest before the command: HOST_PATH[:GUEST_PATH] (default /tmp/NAME)
-    #[arg(long, value_name = "HOST[:GUEST]")]
-    pub copy_in: Vec<String>,
+    #[arg(long, value_name = "HOST[:GUEST]", value_parser = parse_copy_in)]
+    pub copy_in: Vec<CopyIn>,
     /// Copy a guest file out after the command, into the run directory's files/
     #[arg(long, value_name = "GUEST_PATH")]
     pub copy_out: Vec<String>,
@@ -51,15 +53,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let memory_mib = parse_mib(&args.memory).map_err(|e| format!("--memory: {e}"))?;
     if args.command[0].is_empty() || args.command.iter().any(|a| a.contains('\0')) {
         return Err("the guest command must be non-empty and contain no NUL bytes".into());
     }
-    let copy_in = args
-        .copy_in
-        .iter()
-        .map(|s| parse_copy_in(s))
-        .collect::<Result<Vec<_>>>()?;
     let image = image::build(&Source::parse(&args.kernel))?;
     let (accel, accel_reason) = accel::choose(args.accel, &image)?;
     let timeout_s = args
@@ -74,55 +70,128 @@ pub fn run(args: Args) -> Result<i32> {
     let run = RunDir::create(&name)?;
     let cfg = VmConfig {
         cpus: args.cpus,
-        memory_mib,
+        memory_mib: args.memory,
         accel,
     };
     let started_at = rfc3339_now();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(timeout_s);
-
-    let (outcome, boot_s, qemu_pid) = match Vm::boot(&image, &cfg, &run.path, deadline) {
-        Err(f) => (Outcome::Failed(f), None, None),
-        Ok(mut vm) => {
-            let outcome = match copy_files_in(&vm, &copy_in, deadline) {
-                Err(e) => Outcome::Failed(Failure::Infra(e)),
-                Ok(()) => vm.run(
-                    &args.command,
-                    args.stdin,
-                    &mut std::io::stdout(),
-                    &mut std::io::stderr(),
-                    deadline,
-                ),
-            };
-            if matches!(outcome, Outcome::Exited(_)) {
-                copy_files_out(&vm, &args.copy_out, &run.path, deadline);
-            }
-            // Keep the guest's whole kernel log as evidence while the agent still answers.
-            if matches!(
-                outcome,
-                Outcome::Exited(_) | Outcome::Failed(Failure::Timeout(_))
-            ) {
-                save_dmesg(&vm, &run.path);
-            }
-            vm.kill();
-            (outcome, Some(vm.boot_s), Some(vm.qemu_pid()))
-        }
+    let session = execute(&args, &image, &cfg, &run.path, deadline);
+    let ended = judge(&session.outcome, &session.user_error, timeout_s);
+    let result = RunResult {
+        name,
+        command: args.command.clone(),
+        verdict: ended.verdict,
+        exit_status: ended.exit_status,
+        exit_code: ended.exit_code,
+        reason: ended.reason,
+        accelerator: accel.name().into(),
+        accelerator_reason: accel_reason,
+        boot_s: session.boot_s,
+        wall_s: start.elapsed().as_secs_f64(),
+        timeout_s,
+        image_hash: image.hash().to_string(),
+        kernel_release: image.manifest.kernel_release.clone(),
+        cpus: cfg.cpus,
+        memory_mib: cfg.memory_mib,
+        started_at,
+        qemu_pid: session.qemu_pid,
+        run_dir: run.path.clone(),
     };
-    let wall_s = start.elapsed().as_secs_f64();
-    let serial = run.path.join("serial.log");
-    let (verdict, exit_status, exit_code, reason) = match &outcome {
+    Ok(record(result, &args.command))
+}
+
+/// What happened in the VM.
+struct Session {
+    outcome: Outcome,
+    /// A flag the guest could not honour (a --copy-in path it cannot write, a --copy-out file
+    /// it does not have): the user's mistake, not the platform's.
+    user_error: Option<(i32, String)>,
+    boot_s: Option<f64>,
+    qemu_pid: Option<i32>,
+}
+
+/// Boots, copies in, runs, copies out, saves the kernel log, kills the VM.
+fn execute(args: &Args, image: &Image, cfg: &VmConfig, dir: &Path, deadline: Instant) -> Session {
+    let mut vm = match Vm::boot(image, cfg, dir, deadline) {
+        Err(f) => {
+            return Session {
+                outcome: Outcome::Failed(f),
+                user_error: None,
+                boot_s: None,
+                qemu_pid: None,
+            }
+        }
+        Ok(vm) => vm,
+    };
+    let mut user_error = None;
+    let mut outcome = match copy_files_in(&vm, &args.copy_in, deadline) {
+        Err(e) => match vm.gone() {
+            Some(f) => Outcome::Failed(f),
+            None => {
+                user_error = Some((2, e));
+                Outcome::Exited(0)
+            }
+        },
+        Ok(()) => vm.run(
+            &args.command,
+            args.stdin,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+            deadline,
+        ),
+    };
+    if user_error.is_none() && matches!(outcome, Outcome::Exited(_)) {
+        if let Err(e) = copy_files_out(&mut vm, &args.copy_out, dir, deadline) {
+            match vm.gone() {
+                Some(f) => outcome = Outcome::Failed(f),
+                None => user_error = Some((1, e)),
+            }
+        }
+    }
+    // Keep the guest's whole kernel log as evidence while the agent still answers.
+    if matches!(
+        outcome,
+        Outcome::Exited(_) | Outcome::Failed(Failure::Timeout(_))
+    ) {
+        save_dmesg(&vm, dir);
+    }
+    vm.kill();
+    Session {
+        outcome,
+        user_error,
+        boot_s: Some(vm.boot_s),
+        qemu_pid: Some(vm.qemu_pid()),
+    }
+}
+
+struct Ended {
+    verdict: Verdict,
+    exit_status: Option<i32>,
+    exit_code: i32,
+    reason: Option<String>,
+}
+
+/// The verdict and exit code of a session.
+fn judge(outcome: &Outcome, user_error: &Option<(i32, String)>, timeout_s: u64) -> Ended {
+    let ended = |verdict, exit_status, exit_code, reason| Ended {
+        verdict,
+        exit_status,
+        exit_code,
+        reason,
+    };
+    match outcome {
         Outcome::Exited(status) => {
             let code = vm_agent::exit_code(*status);
-            (
-                if code == 0 {
-                    Verdict::Pass
-                } else {
-                    Verdict::Fail
-                },
-                Some(code),
-                code,
-                None,
-            )
+            match user_error {
+                // The command's own failure is the better answer; the user error is printed.
+                Some((_, e)) if code != 0 => {
+                    ended(Verdict::Fail, Some(code), code, Some(e.clone()))
+                }
+                Some((exit, e)) => ended(Verdict::Fail, Some(code), *exit, Some(e.clone())),
+                None if code == 0 => ended(Verdict::Pass, Some(0), 0, None),
+                None => ended(Verdict::Fail, Some(code), code, None),
+            }
         }
         Outcome::Failed(Failure::Timeout(why)) => {
             let mut msg =
@@ -130,15 +199,15 @@ pub fn run(args: Args) -> Result<i32> {
             if !why.is_empty() {
                 msg = format!("{msg}: {why}");
             }
-            (Verdict::Timeout, None, EXIT_TIMEOUT, Some(msg))
+            ended(Verdict::Timeout, None, EXIT_TIMEOUT, Some(msg))
         }
-        Outcome::Failed(Failure::Infra(why)) => (
+        Outcome::Failed(Failure::Infra(why)) => ended(
             Verdict::InfraError,
             None,
             EXIT_INFRA,
             Some(format!("infra error: {why}")),
         ),
-        Outcome::Failed(Failure::Interrupted(sig)) => (
+        Outcome::Failed(Failure::Interrupted(sig)) => ended(
             Verdict::Interrupted,
             None,
             128 + sig,
@@ -147,50 +216,52 @@ pub fn run(args: Args) -> Result<i32> {
                 signal_name(*sig)
             )),
         ),
+    }
+}
+
+/// Writes result.json and prints the summary; returns the exit code. Evidence that could not
+/// be written turns a pass into "could not test" (125).
+fn record(mut result: RunResult, command: &[String]) -> i32 {
+    let incomplete = runs::evidence_errors(&result.run_dir);
+    let written = result.write();
+    let problem = match (&written, incomplete) {
+        (Err(e), _) => Some(format!("result.json could not be written ({e})")),
+        (Ok(()), Some(why)) => Some(why),
+        _ => None,
     };
-    let result = RunResult {
-        name,
-        command: args.command.clone(),
-        verdict,
-        exit_status,
-        exit_code,
-        reason: reason.clone(),
-        accelerator: accel.name().into(),
-        accelerator_reason: accel_reason,
-        boot_s,
-        wall_s,
-        timeout_s,
-        image_hash: image.hash().to_string(),
-        kernel_release: image.manifest.kernel_release.clone(),
-        cpus: cfg.cpus,
-        memory_mib,
-        started_at,
-        qemu_pid,
-        run_dir: run.path.clone(),
-    };
-    result.write()?;
-    let boot = boot_s
+    if let Some(why) = &problem {
+        eprintln!(
+            "vm-run: the run's evidence is incomplete: {why}; free space under {} and rerun",
+            runs::runs_dir().display()
+        );
+        if result.verdict == Verdict::Pass {
+            result.exit_code = EXIT_INFRA;
+        }
+    }
+    let boot = result
+        .boot_s
         .map(|b| format!("{b:.2} s"))
         .unwrap_or_else(|| "-".into());
-    let status = match exit_status {
-        Some(c) => format!(" (exit {c})"),
-        None => String::new(),
-    };
+    let status = result
+        .exit_status
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
     eprintln!(
-        "vm-run: {}{status} | accel {} | boot {boot} | wall {wall_s:.2} s | {}",
-        verdict.name(),
-        accel.name(),
-        run.path.display()
+        "vm-run: {}{status} | accel {} | boot {boot} | wall {:.2} s | {}",
+        result.verdict.name(),
+        result.accelerator,
+        result.wall_s,
+        result.run_dir.display()
     );
-    if let Some(r) = reason {
+    if let Some(r) = &result.reason {
         eprintln!("vm-run: {r}");
         eprintln!(
             "vm-run: command: {}; serial log: {}",
-            shell_join(&args.command),
-            serial.display()
+            shell_join(command),
+            result.run_dir.join("serial.log").display()
         );
     }
-    Ok(exit_code)
+    result.exit_code
 }
 
 fn save_dmesg(vm: &Vm, dir: &std::path::Path) {
@@ -198,43 +269,61 @@ fn save_dmesg(vm: &Vm, dir: &std::path::Path) {
         .agent
         .run_capture(&["dmesg"], Instant::now() + DMESG_BUDGET)
     {
-        Ok((_, out, _)) => {
-            let _ = std::fs::write(dir.join("dmesg.txt"), out);
-        }
+        Ok((_, out, _)) => runs::save(&dir.join("dmesg.txt"), out),
         Err(e) => vm.agent.note(&format!("dmesg not saved: {e}")),
     }
 }
 
-/// (host path, guest path, mode) of one --copy-in.
-fn parse_copy_in(spec: &str) -> Result<(std::path::PathBuf, String, u32)> {
+fn parse_memory(s: &str) -> Result<u64> {
+    parse_mib(s)
+}
+
+/// One --copy-in: a readable host file and where it goes in the guest.
+#[derive(Clone, Debug)]
+pub struct CopyIn {
+    host: PathBuf,
+    guest: String,
+    mode: u32,
+}
+
+/// HOST[:GUEST], checked at parse time: bad values are usage errors (exit 2).
+fn parse_copy_in(spec: &str) -> Result<CopyIn> {
     use std::os::unix::fs::PermissionsExt;
     let (host, guest) = match spec.split_once(':') {
         Some((h, g)) if g.starts_with('/') => (h.to_string(), g.to_string()),
-        Some(_) => return Err(format!("--copy-in {spec}: the guest path must be absolute")),
+        Some(_) => return Err(format!("{spec}: the guest path must be absolute")),
         None => {
-            let name = std::path::Path::new(spec)
+            let name = Path::new(spec)
                 .file_name()
-                .ok_or_else(|| format!("--copy-in {spec}: not a file path"))?;
+                .ok_or_else(|| format!("{spec}: not a file path"))?;
             (spec.to_string(), format!("/tmp/{}", name.to_string_lossy()))
         }
     };
-    let meta = std::fs::metadata(&host).map_err(|e| format!("--copy-in {spec}: {host}: {e}"))?;
+    let meta = std::fs::metadata(&host).map_err(|e| format!("{host}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("--copy-in {spec}: {host} is not a regular file"));
+        return Err(format!("{host} is not a regular file"));
     }
-    Ok((host.into(), guest, meta.permissions().mode() & 0o7777))
+    let mode = meta.permissions().mode() & 0o7777;
+    Ok(CopyIn {
+        host: host.into(),
+        guest,
+        mode,
+    })
 }
 
-fn copy_files_in(
-    vm: &Vm,
-    files: &[(std::path::PathBuf, String, u32)],
-    deadline: Instant,
-) -> Result<()> {
-    for (host, guest, mode) in files {
-        let data = std::fs::read(host).map_err(|e| format!("read {}: {e}", host.display()))?;
+fn copy_files_in(vm: &Vm, files: &[CopyIn], deadline: Instant) -> Result<()> {
+    for c in files {
+        let data = std::fs::read(&c.host)
+            .map_err(|e| format!("--copy-in: read {}: {e}", c.host.display()))?;
         vm.agent
-            .put_file(guest, *mode, &data, deadline)
-            .map_err(|e| format!("copying {} to the guest's {guest}: {e}", host.display()))?;
+            .put_file(&c.guest, c.mode, &data, deadline)
+            .map_err(|e| {
+                format!(
+                    "--copy-in {}: the guest could not write {}: {e}",
+                    c.host.display(),
+                    c.guest
+                )
+            })?;
     }
     Ok(())
 }
@@ -242,20 +331,21 @@ fn copy_files_in(
 /// Largest file --copy-out fetches (a bound on host memory).
 const COPY_OUT_LIMIT: usize = 256 << 20;
 
-fn copy_files_out(vm: &Vm, files: &[String], run_dir: &std::path::Path, deadline: Instant) {
+/// Fetches each --copy-out file into the run directory's files/. A file the guest does not
+/// have is an error (the caller asked for it); a VM that died meanwhile is the caller's to judge.
+fn copy_files_out(vm: &mut Vm, files: &[String], run_dir: &Path, deadline: Instant) -> Result<()> {
     for guest in files {
         let dest = run_dir
             .join("files")
             .join(guest.trim_start_matches('/').replace('/', "_"));
-        match vm.agent.get_file(guest, COPY_OUT_LIMIT, deadline) {
-            Ok(data) => {
-                let _ = std::fs::create_dir_all(dest.parent().unwrap());
-                match std::fs::write(&dest, data) {
-                    Ok(()) => eprintln!("vm-run: copied {guest} to {}", dest.display()),
-                    Err(e) => eprintln!("vm-run: warning: write {}: {e}", dest.display()),
-                }
-            }
-            Err(e) => eprintln!("vm-run: warning: could not copy {guest} out: {e}"),
+        let data = vm
+            .agent
+            .get_file(guest, COPY_OUT_LIMIT, deadline)
+            .map_err(|e| format!("--copy-out {guest}: {e}"))?;
+        runs::record(&dest, std::fs::create_dir_all(run_dir.join("files")));
+        if runs::record(&dest, std::fs::write(&dest, data)).is_some() {
+            eprintln!("vm-run: copied {guest} to {}", dest.display());
         }
     }
+    Ok(())
 }

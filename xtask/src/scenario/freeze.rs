@@ -32,7 +32,7 @@ pub struct DaemonRef<'a> {
 }
 
 pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeFrame {
-    let _ = std::fs::create_dir_all(dir);
+    crate::runs::record(dir, std::fs::create_dir_all(dir));
     let mut ff = FreezeFrame {
         dir: dir.to_path_buf(),
         ..Default::default()
@@ -113,7 +113,7 @@ fn probe(vm: &Vm, dir: &Path, name: &str, script: &str) -> String {
         }
         Err(e) => format!("probe failed: {e}\n"),
     };
-    let _ = std::fs::write(dir.join(format!("{name}.txt")), &out);
+    crate::runs::save(&dir.join(format!("{name}.txt")), &out);
     out
 }
 
@@ -162,7 +162,7 @@ fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
         ));
         return;
     };
-    let _ = std::fs::write(dir.join(format!("daemon-{}-state.json", d.name)), raw);
+    crate::runs::save(&dir.join(format!("daemon-{}-state.json", d.name)), raw);
     for q in v["queues"].as_array().into_iter().flatten() {
         for tag in q["serving_tags"].as_array().into_iter().flatten() {
             let t = tag.as_u64().unwrap_or(0) as usize;
@@ -285,7 +285,7 @@ fn write_summary(ff: &FreezeFrame, why: &str, dmesg_tail: &str) {
     s += "\nlast kernel messages:\n";
     s += dmesg_tail;
     s += "\n";
-    let _ = std::fs::write(ff.dir.join("summary.txt"), s);
+    crate::runs::save(&ff.dir.join("summary.txt"), s);
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod model;
 pub mod report;
 pub mod run;
 pub mod splat;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 

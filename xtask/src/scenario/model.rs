@@ -3,11 +3,11 @@
 //! name file:line:column; cross-references (devices, background jobs) are checked after
 //! parsing and name the step's line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::recipe::yaml_error;
+use crate::input::{self, key_position, located};
 use crate::util::Result;
 
 /// Limits that keep a scenario bounded whatever its author writes.
@@ -30,6 +30,9 @@ pub struct Scenario {
     #[serde(default)]
     pub expect_splats: Vec<String>,
     pub steps: Vec<Step>,
+    /// The file it was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,8 +101,17 @@ struct StepRaw {
     signal: Option<Signal>,
     expect_timeout: Option<ExpectTimeout>,
     wait: Option<Wait>,
+    #[serde(default, deserialize_with = "present")]
     reset: Option<Reset>,
+    #[serde(default, deserialize_with = "present")]
     check: Option<Check>,
+}
+
+/// A kind without options may be written `check:` (null) as well as `check: {}`.
+fn present<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
 }
 
 impl<'de> Deserialize<'de> for Step {
@@ -291,13 +303,39 @@ pub struct Secs(pub u64);
 
 impl<'de> Deserialize<'de> for Secs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Secs, D::Error> {
-        let v = u64::deserialize(d)?;
-        if v == 0 || v > MAX_TIMEOUT_S {
-            return Err(serde::de::Error::custom(format!(
-                "timeout {v} s is out of range (1..={MAX_TIMEOUT_S} seconds)"
-            )));
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a whole number of seconds in 1..={MAX_TIMEOUT_S}")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Secs, E> {
+                if v == 0 || v > MAX_TIMEOUT_S {
+                    return Err(E::custom(format!(
+                        "timeout {v} s is out of range (1..={MAX_TIMEOUT_S} seconds)"
+                    )));
+                }
+                Ok(Secs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Secs, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "timeout {v} s is out of range (1..={MAX_TIMEOUT_S} seconds)"
+                    ))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Secs, E> {
+                if v.fract() == 0.0 && v.abs() <= MAX_TIMEOUT_S as f64 {
+                    // -0, 5.0: whole numbers written as floats.
+                    return self.visit_i64(v as i64);
+                }
+                Err(E::custom(format!(
+                    "timeout {v} is not a whole number of seconds in 1..={MAX_TIMEOUT_S}"
+                )))
+            }
         }
-        Ok(Secs(v))
+        d.deserialize_any(V)
     }
 }
 
@@ -327,6 +365,14 @@ impl<'de> Deserialize<'de> for Size {
                     .map(Size)
                     .map_err(|_| E::custom(format!("invalid size {v}: must not be negative")))
             }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Size, E> {
+                if v.fract() == 0.0 && (0.0..9.0e15).contains(&v.abs()) {
+                    return Ok(Size(v.abs() as u64)); // -0 or 4096.0
+                }
+                Err(E::custom(format!(
+                    "invalid size {v}: a whole number of bytes or a size such as 64MiB"
+                )))
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Size, E> {
                 parse_size(v).map(Size).map_err(E::custom)
             }
@@ -344,145 +390,291 @@ pub struct FaultSpec(pub String);
 impl<'de> Deserialize<'de> for FaultSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<FaultSpec, D::Error> {
         let s = String::deserialize(d)?;
-        let ok = s.strip_prefix("stall-tag=").and_then(|rest| {
-            let p: Vec<&str> = rest.split(':').collect();
-            let [q, t, after] = p[..] else { return None };
-            let after = after.strip_prefix("after=")?;
-            (q.parse::<u16>().is_ok() && t.parse::<u16>().is_ok() && after.parse::<u64>().is_ok())
-                .then_some(())
-        });
-        match ok {
-            Some(()) => Ok(FaultSpec(s)),
-            None => Err(serde::de::Error::custom(format!(
-                "bad fault {s:?}: expected stall-tag=Q:T:after=N"
-            ))),
-        }
+        ublk::server::parse_fault(&s).map_err(serde::de::Error::custom)?;
+        Ok(FaultSpec(s))
     }
+}
+
+impl FaultSpec {
+    pub fn parsed(&self) -> (u16, ublk::core::Fault) {
+        ublk::server::parse_fault(&self.0).expect("checked when deserialized")
+    }
+}
+
+/// Limits a scenario's VM shares with `vm-run`'s flags.
+pub const MAX_CPUS: u32 = crate::qemu::MAX_CPUS;
+
+/// What a `start` step asks of its server: the step's values over the scenario's `device:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceParams {
+    pub size_bytes: u64,
+    pub queues: u16,
+    pub depth: u16,
+    pub block_size: u32,
 }
 
 impl Scenario {
     /// Parses and validates a scenario file's text.
     pub fn parse(text: &str, path: &Path) -> Result<Scenario> {
-        let s: Scenario = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
-        s.validate(text, path)?;
+        let mut s: Scenario = input::parse(text, path)?;
+        s.source = path.to_path_buf();
+        Checker::new(&s, text, path).run()?;
         Ok(s)
     }
 
     pub fn load(path: &Path) -> Result<Scenario> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        Scenario::parse(&text, path)
+        Scenario::parse(&input::read(path)?, path)
     }
 
-    fn validate(&self, text: &str, path: &Path) -> Result<()> {
-        let at = |i: usize, msg: String| {
-            let (line, col) = step_position(text, i).unwrap_or((1, 1));
-            Err(format!(
-                "{}:{line}:{col}: steps[{i}]: {msg}",
-                path.display()
-            ))
-        };
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!(
-                "{}: name {:?} must be non-empty letters, digits, '-' or '_'",
-                path.display(),
-                self.name
-            ));
+    pub fn device_params(&self, s: &Start) -> DeviceParams {
+        let d = &self.device;
+        DeviceParams {
+            size_bytes: s.size.or(d.size).map_or(256 << 20, |v| v.0),
+            queues: s.queues.or(d.queues).unwrap_or(1),
+            depth: s.depth.or(d.depth).unwrap_or(64),
+            block_size: s.block_size.or(d.block_size).unwrap_or(4096),
         }
-        if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
-            return Err(format!(
-                "{}: a scenario needs 1..={MAX_STEPS} steps",
-                path.display()
-            ));
+    }
+
+    pub fn memory_mib(&self) -> u64 {
+        let m = self.vm.memory.as_deref().map(crate::util::parse_mib);
+        m.map_or(1024, |r| r.expect("validated"))
+    }
+
+    pub fn cpus(&self) -> u32 {
+        self.vm.cpus.unwrap_or(2)
+    }
+
+    /// How to name this scenario on a command line: its name if `scenarios/<name>.yaml` is
+    /// where it came from, else its path.
+    pub fn cli_name(&self) -> String {
+        let shipped = crate::util::root()
+            .join("scenarios")
+            .join(format!("{}.yaml", self.name));
+        let same = std::fs::canonicalize(&self.source).ok() == std::fs::canonicalize(&shipped).ok();
+        if same {
+            self.name.clone()
+        } else {
+            self.source.display().to_string()
         }
-        let mut devices: Vec<&str> = Vec::new();
-        let mut jobs: Vec<&str> = Vec::new();
-        for (i, step) in self.steps.iter().enumerate() {
-            if step.timeout.0 > self.timeout.0 {
-                return at(
-                    i,
-                    format!(
-                        "timeout {} s exceeds the scenario's timeout {} s",
-                        step.timeout.0, self.timeout.0
-                    ),
-                );
-            }
-            let io_checks = |io: &Io, devices: &Vec<&str>| -> std::result::Result<(), String> {
-                if !devices.contains(&io.device.as_str()) {
-                    return Err(format!(
-                        "io: device `{}` is not started by an earlier step",
-                        io.device
-                    ));
-                }
-                if io.write && io.bytes.is_none() && io.count.is_none() {
-                    return Err("io: a write needs `bytes` or `count`".into());
-                }
-                if !io.write && !io.verify {
-                    return Err("io: nothing to do (write and verify are both false)".into());
-                }
-                Ok(())
-            };
-            match &step.kind {
-                Kind::Start(s) => {
-                    if devices.contains(&s.name.as_str()) {
-                        return at(i, format!("start: device `{}` is already started", s.name));
-                    }
-                    devices.push(&s.name);
-                }
-                Kind::Io(io) => {
-                    io_checks(io, &devices).or_else(|m| at(i, m))?;
-                    if let Some(j) = &io.background {
-                        jobs.push(j);
-                    }
-                }
-                Kind::Shell(sh) => {
-                    if let Some(j) = &sh.background {
-                        jobs.push(j);
-                    }
-                }
-                Kind::Signal(sg) => {
-                    if !devices.contains(&sg.device.as_str()) {
-                        return at(
-                            i,
-                            format!(
-                                "signal: device `{}` is not started by an earlier step",
-                                sg.device
-                            ),
-                        );
-                    }
-                    if sg.signal.ends_daemon() {
-                        devices.retain(|d| *d != sg.device);
-                    }
-                }
-                Kind::ExpectTimeout(e) => match (&e.shell, &e.io) {
-                    (Some(_), None) => {}
-                    (None, Some(io)) => io_checks(io, &devices).or_else(|m| at(i, m))?,
-                    _ => {
-                        return at(
-                            i,
-                            "expect_timeout needs exactly one of `shell` or `io`".into(),
-                        )
-                    }
-                },
-                Kind::Wait(w) => {
-                    if !jobs.contains(&w.job.as_str()) {
-                        return at(
-                            i,
-                            format!("wait: no earlier background job named `{}`", w.job),
-                        );
-                    }
-                }
-                Kind::Reset(_) => devices.clear(),
-                Kind::Check(_) => {}
-            }
+    }
+}
+
+/// The checks that need the whole file: limits shared with the CLIs, cross-references.
+struct Checker<'a> {
+    sc: &'a Scenario,
+    text: &'a str,
+    path: &'a Path,
+    /// Running devices by name, with their size.
+    devices: Vec<(&'a str, u64)>,
+    jobs: Vec<&'a str>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(sc: &'a Scenario, text: &'a str, path: &'a Path) -> Checker<'a> {
+        Checker {
+            sc,
+            text,
+            path,
+            devices: Vec::new(),
+            jobs: Vec::new(),
+        }
+    }
+
+    fn at_key(&self, keys: &[&str], msg: &str) -> String {
+        located(self.path, key_position(self.text, keys), msg)
+    }
+
+    fn at_step(&self, i: usize, msg: &str) -> String {
+        let pos =
+            step_position(self.text, i).unwrap_or_else(|| key_position(self.text, &["steps"]));
+        located(self.path, pos, &format!("steps[{i}]: {msg}"))
+    }
+
+    fn run(mut self) -> Result<()> {
+        self.header()?;
+        for (i, step) in self.sc.steps.iter().enumerate() {
+            self.step(step).map_err(|m| self.at_step(i, &m))?;
         }
         Ok(())
     }
+
+    fn header(&self) -> Result<()> {
+        let sc = self.sc;
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if sc.name.is_empty() || sc.name.len() > 64 || !sc.name.chars().all(name_ok) {
+            let m = format!(
+                "name {:?} must be 1..=64 letters, digits, '-' or '_'",
+                sc.name
+            );
+            return Err(self.at_key(&["name"], &m));
+        }
+        if sc.steps.is_empty() || sc.steps.len() > MAX_STEPS {
+            let m = format!(
+                "a scenario needs 1..={MAX_STEPS} steps; this one has {}",
+                sc.steps.len()
+            );
+            return Err(self.at_key(&["steps"], &m));
+        }
+        if let Some(c) = sc.vm.cpus.filter(|c| !(1..=MAX_CPUS).contains(c)) {
+            let m = format!("vm.cpus {c} is out of range (1..={MAX_CPUS})");
+            return Err(self.at_key(&["vm", "cpus"], &m));
+        }
+        if let Some(Err(e)) = sc.vm.memory.as_deref().map(crate::util::parse_mib) {
+            return Err(self.at_key(&["vm", "memory"], &format!("vm.memory: {e}")));
+        }
+        let defaults = Start {
+            name: String::new(),
+            size: None,
+            queues: None,
+            depth: None,
+            block_size: None,
+            fault: None,
+            trace: false,
+        };
+        server_options(sc.device_params(&defaults), None)
+            .map_err(|(key, e)| self.at_key(&["device", key], &format!("device.{key}: {e}")))
+    }
+
+    fn step(&mut self, step: &'a Step) -> std::result::Result<(), String> {
+        if step.timeout.0 > self.sc.timeout.0 {
+            return Err(format!(
+                "timeout {} s exceeds the scenario's timeout {} s",
+                step.timeout.0, self.sc.timeout.0
+            ));
+        }
+        match &step.kind {
+            Kind::Start(s) => {
+                if self.device(&s.name).is_some() {
+                    return Err(format!("start: device `{}` is already started", s.name));
+                }
+                let p = self.sc.device_params(s);
+                server_options(p, s.fault.as_ref())
+                    .map_err(|(key, e)| format!("start: {key}: {e}"))?;
+                self.devices.push((&s.name, p.size_bytes));
+            }
+            Kind::Io(io) => {
+                self.io(io)?;
+                self.jobs.extend(io.background.as_deref());
+            }
+            Kind::Shell(sh) => self.jobs.extend(sh.background.as_deref()),
+            Kind::Signal(sg) => {
+                if self.device(&sg.device).is_none() {
+                    return Err(format!(
+                        "signal: device `{}` is not started by an earlier step",
+                        sg.device
+                    ));
+                }
+                if sg.signal.ends_daemon() {
+                    self.devices.retain(|(d, _)| *d != sg.device);
+                }
+            }
+            Kind::ExpectTimeout(e) => match (&e.shell, &e.io) {
+                (Some(_), None) => {}
+                (None, Some(io)) => self.io(io)?,
+                _ => return Err("expect_timeout needs exactly one of `shell` or `io`".into()),
+            },
+            Kind::Wait(w) => {
+                if !self.jobs.contains(&w.job.as_str()) {
+                    return Err(format!("wait: no earlier background job named `{}`", w.job));
+                }
+            }
+            Kind::Reset(_) => self.devices.clear(),
+            Kind::Check(_) => {}
+        }
+        Ok(())
+    }
+
+    fn device(&self, name: &str) -> Option<u64> {
+        self.devices
+            .iter()
+            .find(|(d, _)| *d == name)
+            .map(|(_, s)| *s)
+    }
+
+    /// The same limits blkio's own flags have.
+    fn io(&self, io: &Io) -> std::result::Result<(), String> {
+        let Some(span) = self.device(&io.device) else {
+            return Err(format!(
+                "io: device `{}` is not started by an earlier step",
+                io.device
+            ));
+        };
+        if !io.write && !io.verify {
+            return Err("io: nothing to do (write and verify are both false)".into());
+        }
+        if let Some(qd) = io
+            .qd
+            .filter(|q| !(1..=blkio::engine::MAX_QD).contains(&(*q as usize)))
+        {
+            return Err(format!(
+                "io: qd {qd} is out of range (1..={})",
+                blkio::engine::MAX_QD
+            ));
+        }
+        if !io.write {
+            return Ok(());
+        }
+        if io.bytes.is_none() && io.count.is_none() {
+            return Err("io: a write needs `bytes` or `count`".into());
+        }
+        let spec = blkio::plan::PlanSpec {
+            seed: 0,
+            pattern: match io.pattern {
+                Pattern::Sequential => blkio::plan::Pattern::Sequential,
+                Pattern::Scattered => blkio::plan::Pattern::Scattered,
+                Pattern::Random => blkio::plan::Pattern::Random,
+            },
+            bytes: io.bytes.map_or(0, |b| b.0),
+            count: io.count.unwrap_or(0),
+            span,
+            min: io.min.map_or(blkio::plan::DEFAULT_MIN, |m| m.0),
+            max: io.max.map_or(blkio::plan::DEFAULT_MAX, |m| m.0),
+            overlap: io.overlap,
+        };
+        spec.validate().map_err(|e| format!("io: {e}"))
+    }
+}
+
+/// ublk-mem's own validation of a device, so `scenario check` rejects what it would; the
+/// error names the scenario key (`block_size`), not ublk-mem's flag (`--block-size`).
+fn server_options(
+    p: DeviceParams,
+    fault: Option<&FaultSpec>,
+) -> std::result::Result<(), (&'static str, String)> {
+    let r = ublk::server::Options {
+        size: p.size_bytes,
+        queues: p.queues,
+        depth: p.depth,
+        block_size: p.block_size,
+        max_io_bytes: ublk::server::DEFAULT_MAX_IO_BYTES,
+        id: None,
+        trace: None,
+        state_file: None,
+        json: false,
+        fault: fault.map(FaultSpec::parsed),
+    }
+    .validate();
+    r.map_err(|e| {
+        let keys = [
+            ("--block-size", "block_size"),
+            ("--size", "size"),
+            ("--queues", "queues"),
+            ("--depth", "depth"),
+            ("--fault", "fault"),
+        ];
+        let (flag, key) = keys
+            .iter()
+            .find(|(f, _)| e.contains(f))
+            .copied()
+            .unwrap_or(("", "size"));
+        let e = if flag.is_empty() {
+            e
+        } else {
+            e.replace(&format!("{flag} "), "")
+        };
+        (key, e)
+    })
 }
 
 /// (line, column) of the `-` that starts step `index` under `steps:` (1-based).

@@ -151,3 +151,121 @@ fn garbage_never_panics() {
         let _ = Scenario::parse(&GOOD[..n], Path::new("g.yaml"));
     }
 }
+
+/// Limits shared with ublk-mem's and blkio's flags and with `vm-run`: what cannot run is
+/// rejected by `scenario check`, at the line that says it.
+#[test]
+fn values_no_vm_could_run_are_rejected_where_written() {
+    let cases: [(&str, &str, &str); 10] = [
+        (
+            "queues: 2",
+            "queues: 0",
+            "demo.yaml:6:3: device.queues: must be 1..=",
+        ),
+        (
+            "size: 64MiB",
+            "size: 0",
+            "demo.yaml:5:3: device.size: 0 is not a positive multiple",
+        ),
+        (
+            "start: {name: d0}",
+            "start: {name: d0, depth: 0}",
+            "demo.yaml:8:3: steps[0]: start: depth: must be 1..=",
+        ),
+        (
+            "start: {name: d0}",
+            "start: {name: d0, block_size: 0}",
+            "steps[0]: start: block_size: must be 512 or 4096",
+        ),
+        (
+            "start: {name: d0}",
+            "start: {name: d0, fault: stall-tag=5:0:after=1}",
+            "steps[0]: start: fault: stall-tag=5:0: queue must be < 2",
+        ),
+        (
+            "bytes: 8MiB,",
+            "bytes: 8MiB, min: 64KiB, max: 4KiB,",
+            "demo.yaml:10:3: steps[1]: io: block sizes must be multiples of 4 KiB with min <= max",
+        ),
+        (
+            "bytes: 8MiB,",
+            "bytes: 8MiB, qd: 0,",
+            "steps[1]: io: qd 0 is out of range",
+        ),
+        (
+            "timeout: 60\n",
+            "timeout: 60\nvm: {memory: 10Q}\n",
+            "demo.yaml:4:6: vm.memory: invalid size \"10Q\"",
+        ),
+        (
+            "timeout: 60\n",
+            "timeout: 60\nvm: {cpus: 0}\n",
+            "demo.yaml:4:6: vm.cpus 0 is out of range (1..=64)",
+        ),
+        (
+            "timeout: 60\n",
+            "timeout: 60\nvm:\n  cpus: 9999\n",
+            "demo.yaml:5:3: vm.cpus 9999 is out of range",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let e = err(&GOOD.replacen(from, to, 1));
+        assert!(e.contains(want), "{to}: {e}");
+        assert!(e.starts_with("scenarios/demo.yaml:"), "{e}");
+    }
+    let e = err(&GOOD.replace(
+        "bytes: 8MiB, pattern: random",
+        "bytes: 1GiB, pattern: sequential",
+    ));
+    assert!(e.contains("exceeds the span"), "{e}");
+}
+
+#[test]
+fn whole_file_errors_have_a_location_too() {
+    let e = err(&GOOD.replace("name: demo", "name: \"two words\""));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:1:1: name \"two words\" must be"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{}steps: []\n",
+        &GOOD[..GOOD.find("steps:").unwrap()]
+    ));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:7:1: a scenario needs 1..="),
+        "{e}"
+    );
+    let e = err(&format!("{GOOD}---\n{GOOD}"));
+    assert!(
+        e.starts_with("scenarios/demo.yaml:18:1: only one YAML document"),
+        "{e}"
+    );
+    let e = err("");
+    assert!(e.starts_with("scenarios/demo.yaml:1:1: "), "{e}");
+    let dir = std::env::temp_dir().join(format!("xtask-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("u.yaml"), b"name: caf\xe9\n").unwrap();
+    let e = Scenario::load(&dir.join("u.yaml")).unwrap_err();
+    assert!(
+        e.ends_with("u.yaml:1:10: not valid UTF-8 text (save the file as UTF-8)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn option_less_kinds_may_be_null_and_minus_zero_is_a_number() {
+    let s = Scenario::parse(
+        &GOOD.replace("  - check: {}", "  - check:"),
+        Path::new("x.yaml"),
+    )
+    .unwrap();
+    assert!(matches!(s.steps[4].kind, Kind::Check(_)));
+    let e = err(&GOOD.replace("    timeout: 5\n", "    timeout: -0\n"));
+    assert!(
+        e.contains("steps[3].timeout: timeout 0 s is out of range"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("    timeout: 5\n", "    timeout: 2.5\n"));
+    assert!(e.contains("not a whole number of seconds"), "{e}");
+}

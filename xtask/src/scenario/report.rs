@@ -18,19 +18,54 @@ pub struct Session<'a> {
     pub jobs: usize,
     pub repeat: u32,
     pub wall_s: f64,
-    pub runs: &'a [Outcome],
-    /// Per scenario: failed runs / runs.
-    pub flaky: BTreeMap<String, (u32, u32)>,
+    /// Per scenario: how its runs ended (flakiness is `failed` of `runs`).
+    pub flaky: BTreeMap<String, Tally>,
     pub reproduce: String,
+    pub runs: &'a [Outcome],
 }
 
-pub fn failures_by_scenario(runs: &[Outcome]) -> BTreeMap<String, (u32, u32)> {
-    let mut m: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+/// How a scenario's runs ended. Only runs that judged the code under test (pass, fail,
+/// timeout) count toward flakiness; infra errors and interrupts are counted apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Runs that failed or timed out.
+    pub failed: u32,
+    /// Runs that passed, failed or timed out.
+    pub runs: u32,
+    pub infra_errors: u32,
+    pub interrupted: u32,
+}
+
+impl Tally {
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} of {} runs failed", self.failed, self.runs);
+        if self.failed > 0 && self.failed < self.runs {
+            s += " (FLAKY)";
+        }
+        for (n, what) in [
+            (self.infra_errors, "could not test (infra-error)"),
+            (self.interrupted, "interrupted"),
+        ] {
+            if n > 0 {
+                s += &format!("; {n} {what}");
+            }
+        }
+        s
+    }
+}
+
+pub fn tally(runs: &[Outcome]) -> BTreeMap<String, Tally> {
+    let mut m: BTreeMap<String, Tally> = BTreeMap::new();
     for r in runs {
-        let e = m.entry(r.scenario.clone()).or_default();
-        e.1 += 1;
-        if r.verdict != Verdict::Pass {
-            e.0 += 1;
+        let t = m.entry(r.scenario.clone()).or_default();
+        match r.verdict {
+            Verdict::Pass => t.runs += 1,
+            Verdict::Fail | Verdict::Timeout => {
+                t.runs += 1;
+                t.failed += 1;
+            }
+            Verdict::InfraError => t.infra_errors += 1,
+            Verdict::Interrupted => t.interrupted += 1,
         }
     }
     m
@@ -85,15 +120,12 @@ pub fn junit(session: &Session) -> String {
         .iter()
         .filter(|r| matches!(r.verdict, Verdict::Fail | Verdict::Timeout))
         .count();
-    let errors = session
-        .runs
-        .iter()
-        .filter(|r| matches!(r.verdict, Verdict::InfraError | Verdict::Interrupted))
-        .count();
+    let count = |v: Verdict| session.runs.iter().filter(|r| r.verdict == v).count();
+    let (errors, skipped) = (count(Verdict::InfraError), count(Verdict::Interrupted));
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
-        "<testsuites><testsuite name=\"vm-e2e\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\" timestamp=\"{}\">",
+        "<testsuites><testsuite name=\"vm-e2e\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{:.3}\" timestamp=\"{}\">",
         session.runs.len(),
         session.wall_s,
         xml_escape(&session.started_at)
@@ -118,7 +150,11 @@ pub fn junit(session: &Session) -> String {
                     xml_escape(&r.run_dir.display().to_string())
                 );
             }
-            Verdict::InfraError | Verdict::Interrupted => {
+            // An interrupt says nothing about the code under test.
+            Verdict::Interrupted => {
+                let _ = write!(s, "<skipped message=\"{msg}\"/>");
+            }
+            Verdict::InfraError => {
                 let _ = write!(
                     s,
                     "<error type=\"{}\" message=\"{msg}\">run dir: {}</error>",
@@ -150,6 +186,7 @@ mod tests {
             run_dir: "/t/r".into(),
             freeze_frame: None,
             image_hash: "h".into(),
+            first_attempt: None,
         }
     }
 
@@ -159,10 +196,24 @@ mod tests {
             outcome("a", 1, Verdict::Pass, None),
             outcome("a", 2, Verdict::Timeout, Some("hung <here> & \"there\"")),
             outcome("b", 1, Verdict::InfraError, Some("qemu")),
+            outcome("b", 2, Verdict::Interrupted, Some("interrupted by SIGINT")),
+            outcome("b", 3, Verdict::Pass, None),
         ];
-        let flaky = failures_by_scenario(&runs);
-        assert_eq!(flaky["a"], (1, 2));
-        assert_eq!(flaky["b"], (1, 1));
+        let flaky = tally(&runs);
+        assert_eq!(flaky["a"].describe(), "1 of 2 runs failed (FLAKY)");
+        assert_eq!(
+            flaky["b"],
+            Tally {
+                failed: 0,
+                runs: 1,
+                infra_errors: 1,
+                interrupted: 1
+            }
+        );
+        assert_eq!(
+            flaky["b"].describe(),
+            "0 of 1 runs failed; 1 could not test (infra-error); 1 interrupted"
+        );
         let s = Session {
             started_at: "2026-11-21T00:00:00Z".into(),
             seed: 7,
@@ -177,7 +228,14 @@ mod tests {
             reproduce: String::new(),
         };
         let x = junit(&s);
-        assert!(x.contains("tests=\"3\" failures=\"1\" errors=\"1\""), "{x}");
+        assert!(
+            x.contains("tests=\"5\" failures=\"1\" errors=\"1\" skipped=\"1\""),
+            "{x}"
+        );
+        assert!(
+            x.contains("<skipped message=\"interrupted by SIGINT\"/>"),
+            "{x}"
+        );
         assert!(
             x.contains("message=\"hung &lt;here&gt; &amp; &quot;there&quot;\""),
             "{x}"
