@@ -5,22 +5,10 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
 
 use common::*;
-use serde_json::Value;
-
-/// The e2e session directory printed on the last line, and its summary.json.
-fn summary(o: &std::process::Output) -> (PathBuf, Value) {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let line = out
-        .lines()
-        .find(|l| l.contains("reports: "))
-        .unwrap_or_else(|| panic!("no reports line:\n{out}\n{}", stderr(o)));
-    let dir = PathBuf::from(line.rsplit("reports: ").next().unwrap().trim());
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    (dir, v)
-}
 
 #[test]
 fn the_four_scenarios_pass() {
@@ -82,8 +70,11 @@ fn failures_and_hangs_are_reported_not_hidden() {
         out.contains("fails: 2 of 2 runs failed") && out.contains("hangs: 2 of 2 runs failed"),
         "{out}"
     );
+    // Scenarios given as paths are reproduced by path (a name would not be found).
     assert!(
-        out.contains("reproduce with: cargo xtask vm-e2e fails hangs --seed"),
+        out.contains(&format!(
+            "reproduce with: cargo xtask vm-e2e {fails} {hangs} --seed"
+        )),
         "{out}"
     );
     let (dir, v) = summary(&o);
@@ -264,4 +255,155 @@ fn scenario_check_survives_line_mutations() {
         "only {rejected} of {total} mutants were rejected"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn fixture(name: &str) -> String {
+    root()
+        .join(format!("xtask/tests/scenarios/{name}.yaml"))
+        .display()
+        .to_string()
+}
+
+/// SIGINT while one run is in a shell step and another in an expect_timeout step: both are
+/// `interrupted` (not fail, not infra-error), JUnit skips them, xtask exits 130, no QEMU stays.
+#[test]
+fn ctrl_c_mid_step_is_interrupted_wherever_it_lands() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let since = SystemTime::now();
+    let child = xtask()
+        .args([
+            "vm-e2e",
+            "-j",
+            "2",
+            &fixture("long-step"),
+            &fixture("long-hang"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(300);
+    let t = "agent-transcript.log";
+    wait_for_run("long-step-r1", t, "long-step-started", since, limit);
+    wait_for_run("long-hang-r1", t, "long-hang-started", since, limit);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = finish(child, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let (dir, v) = summary(&o);
+    for name in ["long-step", "long-hang"] {
+        let r = run_of(&v, name);
+        assert_eq!(r["verdict"], "interrupted", "{r}");
+        assert_eq!(r["reason"], "interrupted by SIGINT", "{r}");
+    }
+    assert_eq!(v["flaky"]["long-hang"]["failed"], 0);
+    assert_eq!(v["flaky"]["long-hang"]["interrupted"], 1);
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("failures=\"0\" errors=\"0\" skipped=\"2\""),
+        "{junit}"
+    );
+    assert_no_vm_left(since);
+}
+
+/// A guest panic during an expect_timeout step and QEMU killed from outside during a TERM
+/// step: both infra-error (exit 125), each with the VM's own explanation.
+#[test]
+fn a_vm_lost_mid_step_is_infra_error_not_fail() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let since = SystemTime::now();
+    let child = xtask()
+        .args([
+            "vm-e2e",
+            "-j",
+            "2",
+            &fixture("lost-vm-panic"),
+            &fixture("lost-vm-kill"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // steps[2] done: the TERM step to the stopped daemon is waiting (60 s limit).
+    let limit = Duration::from_secs(300);
+    let dir = wait_for_run(
+        "lost-vm-kill-r1",
+        "steps.log",
+        "steps[2] shell: ok",
+        since,
+        limit,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = qemu_pid_of(&dir);
+    // SAFETY: killing the QEMU our child started for this run.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let o = finish(child, Duration::from_secs(300));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(125), "{out}\n{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let panic = run_of(&v, "lost-vm-panic");
+    assert_eq!(panic["verdict"], "infra-error", "{panic}");
+    assert!(
+        panic["reason"]
+            .as_str()
+            .unwrap()
+            .contains("guest kernel panic"),
+        "{panic}"
+    );
+    assert!(
+        panic["failed_step"]
+            .as_str()
+            .unwrap()
+            .starts_with("steps[2] expect_timeout"),
+        "{panic}"
+    );
+    let killed = run_of(&v, "lost-vm-kill");
+    assert_eq!(killed["verdict"], "infra-error", "{killed}");
+    assert!(
+        killed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("QEMU exited unexpectedly (signal: 9"),
+        "{killed}"
+    );
+    assert!(
+        killed["failed_step"]
+            .as_str()
+            .unwrap()
+            .starts_with("steps[3] signal"),
+        "{killed}"
+    );
+    assert_no_vm_left(since);
+}
+
+fn qemu_pid_of(run_dir: &std::path::Path) -> i32 {
+    for e in std::fs::read_dir(root().join("target/vm-state"))
+        .unwrap()
+        .flatten()
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap_or_default())
+                .unwrap_or_default();
+        if v["run_dir"].as_str() == Some(&run_dir.display().to_string()) {
+            return v["pid"].as_i64().unwrap() as i32;
+        }
+    }
+    panic!("no pid file for {}", run_dir.display());
+}
+
+/// No pid file of a VM started since `since` remains (every QEMU was killed and reaped).
+fn assert_no_vm_left(since: SystemTime) {
+    for e in std::fs::read_dir(root().join("target/vm-state"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let fresh = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= since);
+        assert!(!fresh, "pid file {} left behind", e.path().display());
+    }
 }

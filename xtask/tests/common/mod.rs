@@ -76,3 +76,63 @@ pub fn alive(pid: i64) -> bool {
         .map(|s| !s.contains(") Z "))
         .unwrap_or(false)
 }
+
+/// The newest run directory whose name ends with `suffix`, created at or after `since`, once
+/// its `file` (e.g. agent-transcript.log, steps.log) contains `needle`. Panics after `limit`.
+pub fn wait_for_run(
+    suffix: &str,
+    file: &str,
+    needle: &str,
+    since: std::time::SystemTime,
+    limit: Duration,
+) -> PathBuf {
+    let runs = root().join("target/vm-runs");
+    let t = std::time::Instant::now();
+    loop {
+        assert!(
+            t.elapsed() < limit,
+            "no run *{suffix} showed {needle:?} within {limit:?}"
+        );
+        let found = std::fs::read_dir(&runs).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(suffix))
+                .filter(|p| {
+                    p.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|m| m >= since)
+                })
+                .find(|p| {
+                    std::fs::read_to_string(p.join(file))
+                        .unwrap_or_default()
+                        .contains(needle)
+                })
+        });
+        if let Some(d) = found {
+            return d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The session directory vm-e2e printed on its last line, and its summary.json.
+pub fn summary(o: &Output) -> (PathBuf, Value) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("reports: "))
+        .unwrap_or_else(|| panic!("no reports line:\n{out}\n{}", stderr(o)));
+    let dir = PathBuf::from(line.rsplit("reports: ").next().unwrap().trim());
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+/// summary.json's run of `scenario`.
+pub fn run_of<'a>(summary: &'a Value, scenario: &str) -> &'a Value {
+    summary["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scenario"] == scenario)
+        .unwrap_or_else(|| panic!("no run of {scenario} in {summary}"))
+}
