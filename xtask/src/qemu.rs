@@ -119,6 +119,12 @@ pub struct PidFile {
     pub start_ticks: u64,
     pub run_dir: PathBuf,
     pub sock_dir: PathBuf,
+    /// The xtask that started it (pid + start time): the VM is orphaned once that process is
+    /// gone. Pid files without an owner (older xtasks) count as orphaned.
+    #[serde(default)]
+    pub owner_pid: i32,
+    #[serde(default)]
+    pub owner_start_ticks: u64,
 }
 
 pub fn state_dir() -> PathBuf {
@@ -126,6 +132,24 @@ pub fn state_dir() -> PathBuf {
 }
 
 impl PidFile {
+    /// A pid file for QEMU `pid`, owned by this process.
+    pub fn new(pid: i32, run_dir: &Path, sock_dir: &Path) -> PidFile {
+        let me = std::process::id() as i32;
+        PidFile {
+            pid,
+            start_ticks: crate::procs::start_time(pid).unwrap_or(0),
+            run_dir: run_dir.to_path_buf(),
+            sock_dir: sock_dir.to_path_buf(),
+            owner_pid: me,
+            owner_start_ticks: crate::procs::start_time(me).unwrap_or(0),
+        }
+    }
+
+    /// Whether the xtask that started this VM is gone (so nothing will ever kill it).
+    pub fn orphaned(&self) -> bool {
+        self.owner_pid <= 0 || !crate::procs::same_process(self.owner_pid, self.owner_start_ticks)
+    }
+
     pub fn path(pid: i32) -> PathBuf {
         state_dir().join(format!("qemu-{pid}.json"))
     }
@@ -165,15 +189,16 @@ mod tests {
 
     #[test]
     fn pid_file_roundtrip() {
-        let pf = PidFile {
-            pid: 42,
-            start_ticks: 7,
-            run_dir: "/r".into(),
-            sock_dir: "/s".into(),
-        };
+        let pf = PidFile::new(42, Path::new("/r"), Path::new("/s"));
+        assert!(!pf.orphaned(), "this test process owns it");
         let text = serde_json::to_string(&pf).unwrap();
         assert_eq!(serde_json::from_str::<PidFile>(&text).unwrap(), pf);
         assert!(PidFile::path(42).ends_with("vm-state/qemu-42.json"));
+        // Older pid files have no owner: orphaned.
+        let old: PidFile =
+            serde_json::from_str(r#"{"pid":1,"start_ticks":2,"run_dir":"/r","sock_dir":"/s"}"#)
+                .unwrap();
+        assert!(old.orphaned());
     }
 
     #[test]

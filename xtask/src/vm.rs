@@ -88,12 +88,7 @@ impl Vm {
             None => infra(format!("cannot start {}: {e}", argv[0])),
         })?;
         let pid = qemu.pid() as i32;
-        let pidfile = PidFile {
-            pid,
-            start_ticks: procs::start_time(pid).unwrap_or(0),
-            run_dir: run_dir.to_path_buf(),
-            sock_dir: paths.sock_dir.clone(),
-        };
+        let pidfile = PidFile::new(pid, run_dir, &paths.sock_dir);
         if let Err(e) = pidfile.write() {
             eprintln!("xtask: warning: {e} (vm-reset will not know about this VM)");
         }

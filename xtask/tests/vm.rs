@@ -292,6 +292,80 @@ fn copy_flags_the_guest_cannot_honour_are_user_errors() {
     assert_qemu_gone(&result_of(&o).1);
 }
 
+/// vm-reset kills a VM whose xtask is gone and leaves a running xtask's VM alone.
+#[test]
+fn vm_reset_takes_only_what_is_orphaned() {
+    use std::os::unix::process::CommandExt;
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let since = std::time::SystemTime::now();
+    let live = xtask()
+        .args([
+            "vm-run",
+            "--name",
+            "reset-live",
+            "--",
+            "sh",
+            "-c",
+            "echo live-vm-up; sleep 15; echo still-here",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_run(
+        "reset-live",
+        "agent-transcript.log",
+        "live-vm-up",
+        since,
+        LIMIT,
+    );
+    // An orphan: a process group whose pid file names an owner that has exited.
+    let mut orphan = Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_owner = gone.id();
+    gone.wait().unwrap();
+    let opid = orphan.id() as i32;
+    let pf = serde_json::json!({
+        "pid": opid, "start_ticks": start_ticks(opid), "run_dir": "/nonexistent/orphan-run",
+        "sock_dir": std::env::temp_dir().join(format!("xtask-orphan-{opid}")),
+        "owner_pid": dead_owner, "owner_start_ticks": 1,
+    });
+    std::fs::write(
+        root().join(format!("target/vm-state/qemu-{opid}.json")),
+        pf.to_string(),
+    )
+    .unwrap();
+    let o = run(&["vm-reset"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!("killed orphaned QEMU pid {opid}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("left QEMU pid") && out.contains("still runs it"),
+        "{out}"
+    );
+    let status = orphan.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    let o = finish(live, LIMIT);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the live VM was harmed: {}",
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("still-here"));
+}
+
 #[test]
 fn damaged_cache_is_rebuilt_not_booted_and_rebuild_is_noop() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

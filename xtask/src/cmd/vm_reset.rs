@@ -1,5 +1,7 @@
-//! `cargo xtask vm-reset`: kill VMs this project left running (found by pid file, checked by
-//! start time so a recycled pid is never touched), clear stale state, re-verify the image.
+//! `cargo xtask vm-reset`: kill VMs a crashed xtask left running and clear its stale state —
+//! only what is orphaned. A VM is orphaned when the xtask that started it (its pid file names
+//! the owner by pid + start time) is gone; a running xtask's VMs and half-built cache entries
+//! are left alone. Then the image is verified.
 
 use crate::image;
 use crate::kernel::Source;
@@ -8,48 +10,82 @@ use crate::qemu::PidFile;
 use crate::util::Result;
 
 pub fn run() -> Result<i32> {
-    let mut killed = 0;
-    let mut stale = 0;
-    for (path, pf) in PidFile::load_all() {
-        match pf {
-            Some(pf) if same_process(pf.pid, pf.start_ticks) && !is_zombie(pf.pid) => {
-                // QEMU leads its own process group: kill the group.
-                // SAFETY: kill(2) on a process we started and identified by pid + start time.
-                unsafe { libc::kill(-pf.pid, libc::SIGKILL) };
-                println!(
-                    "vm-reset: killed QEMU pid {} (run {})",
-                    pf.pid,
-                    pf.run_dir.display()
-                );
-                killed += 1;
-                pf.remove();
-            }
-            Some(pf) => {
-                pf.remove();
-                stale += 1;
-            }
-            None => {
-                let _ = std::fs::remove_file(&path);
-                stale += 1;
-            }
-        }
-    }
-    // Half-built cache entries from an interrupted build.
-    for sub in ["kernels", "images"] {
-        if let Ok(rd) = std::fs::read_dir(crate::store::dir().join(sub)) {
-            for e in rd
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
-            {
-                let _ = std::fs::remove_dir_all(e.path());
-                stale += 1;
-            }
-        }
-    }
-    println!("vm-reset: {killed} VM(s) killed, {stale} stale state file(s) removed");
+    let vms = reap_orphaned_vms();
+    let tmp = remove_orphaned_builds();
+    println!(
+        "vm-reset: {} orphaned VM(s) killed, {} stale state file(s) removed, {} live VM(s) of running xtasks left alone, {tmp} half-built cache entr(ies) removed",
+        vms.killed, vms.stale, vms.live
+    );
     let img = image::build(&Source::Debian)?;
     println!("vm-reset: verified {}", image::describe(&img));
     Ok(0)
+}
+
+#[derive(Default)]
+struct Reaped {
+    killed: u32,
+    stale: u32,
+    live: u32,
+}
+
+fn reap_orphaned_vms() -> Reaped {
+    let mut r = Reaped::default();
+    for (path, pf) in PidFile::load_all() {
+        let Some(pf) = pf else {
+            let _ = std::fs::remove_file(&path);
+            r.stale += 1;
+            continue;
+        };
+        let running = same_process(pf.pid, pf.start_ticks) && !is_zombie(pf.pid);
+        if running && !pf.orphaned() {
+            println!(
+                "vm-reset: left QEMU pid {} alone: xtask pid {} still runs it (run {})",
+                pf.pid,
+                pf.owner_pid,
+                pf.run_dir.display()
+            );
+            r.live += 1;
+            continue;
+        }
+        if running {
+            // QEMU leads its own process group: kill the group.
+            // SAFETY: kill(2) on a process identified by pid + start time, whose owner is gone.
+            unsafe { libc::kill(-pf.pid, libc::SIGKILL) };
+            println!(
+                "vm-reset: killed orphaned QEMU pid {} (run {})",
+                pf.pid,
+                pf.run_dir.display()
+            );
+            r.killed += 1;
+        } else {
+            r.stale += 1;
+        }
+        pf.remove();
+    }
+    r
+}
+
+/// `.tmp-<key>-<pid>` build directories whose building xtask is gone.
+fn remove_orphaned_builds() -> u32 {
+    let mut removed = 0;
+    for sub in ["kernels", "images"] {
+        let Ok(rd) = std::fs::read_dir(crate::store::dir().join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".tmp-") else {
+                continue;
+            };
+            let builder = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive =
+                builder.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 fn is_zombie(pid: i32) -> bool {

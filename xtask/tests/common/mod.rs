@@ -136,3 +136,10 @@ pub fn run_of<'a>(summary: &'a Value, scenario: &str) -> &'a Value {
         .find(|r| r["scenario"] == scenario)
         .unwrap_or_else(|| panic!("no run of {scenario} in {summary}"))
 }
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks), as xtask's pid files record it.
+pub fn start_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
