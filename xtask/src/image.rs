@@ -51,6 +51,7 @@ pub struct Image {
     pub kernel: Kernel,
     pub dir: PathBuf,
     pub manifest: ImageManifest,
+    verified: store::Verified,
 }
 
 impl Image {
@@ -60,80 +61,137 @@ impl Image {
     pub fn hash(&self) -> &str {
         &self.manifest.image_hash
     }
+
+    /// Before every boot: every file QEMU reads (kernel, initrd) and both manifests (the
+    /// command line comes from one) still hold what was verified.
+    pub fn recheck(&self) -> Result<()> {
+        self.kernel
+            .verified
+            .recheck()
+            .and_then(|()| self.verified.recheck())
+            .map_err(|e| {
+                format!("the guest image is damaged: {e}; `cargo xtask vm-build` rebuilds it")
+            })
+    }
 }
 
-/// Builds (or reuses) the image for `source`. Verifies every cached file it returns.
+/// The image hash covers the kernel, the initrd and the command line: a manifest whose
+/// command line or sums were edited no longer matches it and is never booted.
+fn consistent(
+    m: &ImageManifest,
+    kernel_sum: &str,
+    cmdline: &str,
+) -> std::result::Result<(), String> {
+    let initrd = &m
+        .files
+        .get("initrd.cpio")
+        .ok_or("the manifest lists no initrd.cpio")?
+        .sha256;
+    if m.cmdline != cmdline {
+        return Err(format!(
+            "its command line {:?} is not the recipe's",
+            m.cmdline
+        ));
+    }
+    if image_hash(kernel_sum, initrd, &m.cmdline) != m.image_hash {
+        return Err("its image_hash does not cover its kernel, initrd and command line".into());
+    }
+    Ok(())
+}
+
+fn image_hash(kernel_sum: &str, initrd_sum: &str, cmdline: &str) -> String {
+    key_of(&[
+        ("kernel", kernel_sum.as_bytes()),
+        ("initrd", initrd_sum.as_bytes()),
+        ("cmdline", cmdline.as_bytes()),
+    ])
+}
+
+/// What the initramfs is made of (everything but the kernel part).
+struct Inputs {
+    busybox: Vec<u8>,
+    init: Vec<u8>,
+    recipe_text: Vec<u8>,
+    /// (binary name, bytes) of each static guest binary.
+    guest: Vec<(String, Vec<u8>)>,
+}
+
+fn inputs(recipe: &Recipe) -> Result<Inputs> {
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
+    let mut guest = Vec::new();
+    for (name, path) in build_guest_binaries(recipe)? {
+        guest.push((name, read(&path)?));
+    }
+    Ok(Inputs {
+        busybox: read(&deps::busybox()?)?,
+        init: read(&Recipe::dir().join(&recipe.init))?,
+        recipe_text: read(&root().join(RECIPE))?,
+        guest,
+    })
+}
+
+/// Builds (or reuses) the image for `source`. Verifies every cached file it returns, the base
+/// archive included (even when the image that contains it is cached).
 pub fn build(source: &Source) -> Result<Image> {
     // One process at a time installs packages and builds: parallel test runs share the cache.
     let _lock = store::lock(Duration::from_secs(1800))?;
     deps::ensure(deps::needs(source))?;
     let recipe = Recipe::load()?;
     let kernel = crate::kernel::prepare(source, &recipe)?;
-    let guest = build_guest_binaries(&recipe)?;
-    let busybox = deps::busybox()?;
-    let init_path = Recipe::dir().join(&recipe.init);
-    let init =
-        std::fs::read(&init_path).map_err(|e| format!("read {}: {e}", init_path.display()))?;
-    let recipe_text =
-        std::fs::read(root().join(RECIPE)).map_err(|e| format!("read {RECIPE}: {e}"))?;
-    let kernel_sum = &kernel
+    let input = inputs(&recipe)?;
+    let kernel_sum = kernel
         .manifest
         .files
         .get("kernel")
         .ok_or("kernel manifest lacks the kernel file")?
-        .sha256;
-
-    let busybox_bytes =
-        std::fs::read(&busybox).map_err(|e| format!("read {}: {e}", busybox.display()))?;
+        .sha256
+        .clone();
     let base_key = key_of(&[
         ("format", &FORMAT.to_le_bytes()),
         ("kernel", kernel.manifest.key.as_bytes()),
-        ("busybox", sha256_bytes(&busybox_bytes).as_bytes()),
-        ("init", &init),
-        ("recipe", &recipe_text),
+        ("busybox", sha256_bytes(&input.busybox).as_bytes()),
+        ("init", &input.init),
+        ("recipe", &input.recipe_text),
     ]);
-    let mut guest_sums = BTreeMap::new();
-    let mut guest_bytes = Vec::new();
-    for (name, path) in &guest {
-        let data = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        guest_sums.insert(name.clone(), sha256_bytes(&data));
-        guest_bytes.push((name.clone(), data));
-    }
-    let guest_list = serde_json::to_vec(&guest_sums).unwrap();
+    let base = base_archive(&base_key, &kernel, &input.busybox, &input.init)?;
+    let guest_sums: BTreeMap<String, String> = input
+        .guest
+        .iter()
+        .map(|(n, d)| (n.clone(), sha256_bytes(d)))
+        .collect();
+    let guest_list = serde_json::to_vec(&guest_sums).expect("a map serialises");
     let key = key_of(&[("base", base_key.as_bytes()), ("guest", &guest_list)]);
-    let (dir, manifest) = store::cached_dir(&store::dir().join("images"), &key, "image", |tmp| {
-        let base = base_archive(&base_key, &kernel, &busybox_bytes, &init)?;
-        let mut initrd =
-            std::fs::read(&base).map_err(|e| format!("read {}: {e}", base.display()))?;
-        let mut w = CpioWriter::new(Vec::new());
-        for (name, data) in &guest_bytes {
-            w.file(&format!("bin/{name}"), 0o755, data)
-                .map_err(|e| e.to_string())?;
-        }
-        initrd.extend(w.finish().map_err(|e| e.to_string())?);
-        std::fs::write(tmp.join("initrd.cpio"), &initrd)
-            .map_err(|e| format!("write initrd: {e}"))?;
-        let image_hash = key_of(&[
-            ("kernel", kernel_sum.as_bytes()),
-            ("initrd", sha256_bytes(&initrd).as_bytes()),
-            ("cmdline", recipe.cmdline.as_bytes()),
-        ]);
-        Ok(ImageManifest {
-            format: FORMAT,
-            image_hash,
-            kernel_key: kernel.manifest.key.clone(),
-            kernel_release: kernel.manifest.release.clone(),
-            kernel_source: kernel.manifest.source.clone(),
-            boot_kind: kernel.manifest.boot_kind.clone(),
-            cmdline: recipe.cmdline.clone(),
-            guest_binaries: guest_sums.clone(),
-            files: BTreeMap::new(),
-        })
-    })?;
+    let check = |m: &ImageManifest| consistent(m, &kernel_sum, &recipe.cmdline);
+    let (dir, manifest, verified) =
+        store::cached_dir(&store::dir().join("images"), &key, "image", check, |tmp| {
+            let mut initrd =
+                std::fs::read(&base).map_err(|e| format!("read {}: {e}", base.display()))?;
+            let mut w = CpioWriter::new(Vec::new());
+            for (name, data) in &input.guest {
+                w.file(&format!("bin/{name}"), 0o755, data)
+                    .map_err(|e| e.to_string())?;
+            }
+            initrd.extend(w.finish().map_err(|e| e.to_string())?);
+            std::fs::write(tmp.join("initrd.cpio"), &initrd)
+                .map_err(|e| format!("write initrd: {e}"))?;
+            Ok(ImageManifest {
+                format: FORMAT,
+                image_hash: image_hash(&kernel_sum, &sha256_bytes(&initrd), &recipe.cmdline),
+                kernel_key: kernel.manifest.key.clone(),
+                kernel_release: kernel.manifest.release.clone(),
+                kernel_source: kernel.manifest.source.clone(),
+                boot_kind: kernel.manifest.boot_kind.clone(),
+                cmdline: recipe.cmdline.clone(),
+                guest_binaries: guest_sums.clone(),
+                files: BTreeMap::new(),
+            })
+        })?;
     Ok(Image {
         kernel,
         dir,
         manifest,
+        verified,
     })
 }
 

@@ -69,6 +69,8 @@ pub struct Manifest {
 pub struct Kernel {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// What was verified, for the check before every boot.
+    pub verified: store::Verified,
 }
 
 impl Kernel {
@@ -594,6 +596,7 @@ mod tests {
                 load_at_boot: vec![],
                 files: BTreeMap::new(),
             },
+            verified: store::Verified::nothing(),
         };
         assert_eq!(
             k.modules_dep(),

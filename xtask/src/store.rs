@@ -4,9 +4,14 @@
 //! directory and renamed into place (never half-written), with a `manifest.json` that lists
 //! the sha256 and size of every file. Entries are verified before use; a damaged entry is
 //! reported, removed and rebuilt, never booted. One process builds at a time (flock).
+//!
+//! Verification does not stop at the first use: `Verified` keeps each file's stat stamp from
+//! the moment its hash was checked, and `recheck` (before every boot) re-hashes any file whose
+//! stamp moved — any write changes ctime, so an unchanged stamp means unchanged content.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -114,14 +119,91 @@ pub fn verify(root: &Path, files: &BTreeMap<String, FileSum>) -> std::result::Re
     Ok(())
 }
 
+/// A file's identity and times when its content was last hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+pub fn stamp(path: &Path) -> Result<Stamp> {
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+    })
+}
+
+/// The files of a verified cache entry (manifest.json included, by its bytes), with the stamps
+/// they had when verified.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    dir: PathBuf,
+    files: Vec<(String, FileSum, Stamp)>,
+}
+
+impl Verified {
+    /// Nothing verified (tests that never boot).
+    #[cfg(test)]
+    pub fn nothing() -> Verified {
+        Verified {
+            dir: PathBuf::new(),
+            files: Vec::new(),
+        }
+    }
+
+    fn capture(dir: &Path, files: &BTreeMap<String, FileSum>) -> Result<Verified> {
+        let mut all: Vec<(String, FileSum)> =
+            files.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let (sha256, size) = sha256_file(&dir.join("manifest.json"))?;
+        all.push(("manifest.json".into(), FileSum { sha256, size }));
+        let files = all
+            .into_iter()
+            .map(|(rel, sum)| Ok((rel.clone(), sum, stamp(&dir.join(&rel))?)))
+            .collect::<Result<_>>()?;
+        Ok(Verified {
+            dir: dir.to_path_buf(),
+            files,
+        })
+    }
+
+    /// Err names the first file whose content differs from what was verified.
+    pub fn recheck(&self) -> std::result::Result<(), String> {
+        for (rel, sum, was) in &self.files {
+            let p = self.dir.join(rel);
+            if stamp(&p).as_ref() == Ok(was) {
+                continue;
+            }
+            let (now, size) = sha256_file(&p)?;
+            if now != sum.sha256 || size != sum.size {
+                return Err(format!(
+                    "{} changed after it was verified (sha256 {} instead of {})",
+                    p.display(),
+                    &now[..16],
+                    &sum.sha256[..16]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Builds (or reuses) a content-addressed directory `<parent>/<key>`. `build` fills a fresh
 /// temporary directory and returns the manifest (without file sums; they are added here).
+/// `check` vets a loaded manifest's own fields (e.g. that its hash covers its command line).
 pub fn cached_dir<M>(
     parent: &Path,
     key: &str,
     what: &str,
+    check: impl Fn(&M) -> std::result::Result<(), String>,
     build: impl FnOnce(&Path) -> Result<M>,
-) -> Result<(PathBuf, M)>
+) -> Result<(PathBuf, M, Verified)>
 where
     M: Serialize + for<'de> Deserialize<'de> + HasFiles,
 {
@@ -132,8 +214,11 @@ where
             .ok()
             .and_then(|t| serde_json::from_str::<M>(&t).ok());
         match loaded {
-            Some(m) => match verify(&final_dir, m.files()) {
-                Ok(()) => return Ok((final_dir, m)),
+            Some(m) => match verify(&final_dir, m.files()).and_then(|()| check(&m)) {
+                Ok(()) => {
+                    let v = Verified::capture(&final_dir, m.files())?;
+                    return Ok((final_dir, m, v));
+                }
                 Err(why) => eprintln!(
                     "xtask: cached {what} {} is damaged ({why}); rebuilding it",
                     final_dir.display()
@@ -165,7 +250,10 @@ where
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    Ok((final_dir, result?))
+    let m = result?;
+    check(&m).map_err(|e| format!("the freshly built {what} fails its own check: {e}"))?;
+    let v = Verified::capture(&final_dir, m.files())?;
+    Ok((final_dir, m, v))
 }
 
 pub trait HasFiles {
@@ -183,8 +271,13 @@ impl HasFiles for Manifest {
 }
 
 pub fn cached_kernel(key: &str, build: impl FnOnce(&Path) -> Result<Manifest>) -> Result<Kernel> {
-    let (dir, manifest) = cached_dir(&dir().join("kernels"), key, "kernel", build)?;
-    Ok(Kernel { dir, manifest })
+    let (dir, manifest, verified) =
+        cached_dir(&dir().join("kernels"), key, "kernel", |_| Ok(()), build)?;
+    Ok(Kernel {
+        dir,
+        manifest,
+        verified,
+    })
 }
 
 #[cfg(test)]
@@ -210,18 +303,25 @@ mod tests {
         let _ = std::fs::remove_dir_all(&parent);
         let mut builds = 0;
         let get = |builds: &mut i32| {
-            cached_dir(&parent, "k1", "test", |tmp| {
-                *builds += 1;
-                std::fs::write(tmp.join("a"), b"hello world").unwrap();
-                std::fs::create_dir(tmp.join("sub")).unwrap();
-                std::fs::write(tmp.join("sub/b"), b"second").unwrap();
-                Ok(M {
-                    files: BTreeMap::new(),
-                })
-            })
+            cached_dir(
+                &parent,
+                "k1",
+                "test",
+                |_| Ok(()),
+                |tmp| {
+                    *builds += 1;
+                    std::fs::write(tmp.join("a"), b"hello world").unwrap();
+                    std::fs::create_dir(tmp.join("sub")).unwrap();
+                    std::fs::write(tmp.join("sub/b"), b"second").unwrap();
+                    Ok(M {
+                        files: BTreeMap::new(),
+                    })
+                },
+            )
             .unwrap()
         };
-        let (d, m) = get(&mut builds);
+        let (d, m, v) = get(&mut builds);
+        v.recheck().unwrap();
         assert_eq!(builds, 1);
         assert_eq!(m.files.len(), 2);
         get(&mut builds);
@@ -236,11 +336,40 @@ mod tests {
         std::fs::remove_file(d.join("a")).unwrap();
         get(&mut builds);
         assert_eq!(builds, 4);
+        // A file rewritten after verification is caught before use, even at the same size;
+        // one merely touched (same content) is not.
+        std::fs::write(d.join("a"), b"hello world").unwrap();
+        v.recheck().unwrap();
+        std::fs::write(d.join("a"), b"hello WORLD").unwrap();
+        assert!(v
+            .recheck()
+            .unwrap_err()
+            .contains("changed after it was verified"));
+        std::fs::write(d.join("a"), b"hello world").unwrap();
+        // So is a manifest edited by hand.
+        let text = std::fs::read_to_string(d.join("manifest.json")).unwrap();
+        std::fs::write(
+            d.join("manifest.json"),
+            text.replace("\"size\": 6", "\"size\": 7"),
+        )
+        .unwrap();
+        assert!(v.recheck().unwrap_err().contains("manifest.json changed"));
+        std::fs::write(d.join("manifest.json"), text).unwrap();
+        // A manifest that fails its own check is not used: it is removed and rebuilt.
+        let e = cached_dir::<M>(
+            &parent,
+            "k1",
+            "test",
+            |_| Err("bad".into()),
+            |_| Err("rebuilding".into()),
+        )
+        .unwrap_err();
+        assert_eq!(e, "rebuilding");
         // A failed build leaves nothing behind.
-        let e = cached_dir::<M>(&parent, "k2", "test", |_| Err("boom".into())).unwrap_err();
+        let e =
+            cached_dir::<M>(&parent, "k2", "test", |_| Ok(()), |_| Err("boom".into())).unwrap_err();
         assert_eq!(e, "boom");
-        assert!(!parent.join("k2").exists());
-        assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0);
         std::fs::remove_dir_all(&parent).unwrap();
     }
 }

@@ -59,6 +59,7 @@ impl Vm {
         deadline: Instant,
     ) -> Result<Vm, Failure> {
         let infra = |m: String| Failure::Infra(m);
+        image.recheck().map_err(infra)?;
         let qemu_bin = crate::deps::qemu().map_err(infra)?;
         let sock_dir = std::env::temp_dir().join(format!(
             "ublk-vm-{}-{}",

@@ -407,3 +407,64 @@ fn assert_no_vm_left(since: SystemTime) {
         assert!(!fresh, "pid file {} left behind", e.path().display());
     }
 }
+
+/// A cached image file rewritten between two runs of one session is not booted: the second
+/// run is infra-error naming the file (and its retry too), never a pass on a different image.
+#[test]
+fn an_image_changed_between_repeats_is_never_booted() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let since = SystemTime::now();
+    let child = xtask()
+        .args(["vm-e2e", "-j", "1", "--repeat", "2", &fixture("short")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = "agent-transcript.log";
+    let run1 = wait_for_run(
+        "short-r1",
+        t,
+        "short-started",
+        since,
+        Duration::from_secs(300),
+    );
+    let cmdline = std::fs::read_to_string(run1.join("qemu-cmdline.txt")).unwrap();
+    let initrd = cmdline
+        .split_whitespace()
+        .skip_while(|w| *w != "-initrd")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    // Flip one byte in the middle (same size, new ctime), and put it back afterwards.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&initrd)
+        .unwrap();
+    let mid = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(mid)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(mid)).unwrap();
+    f.write_all(&[!b[0]]).unwrap();
+    let o = finish(child, Duration::from_secs(300));
+    f.seek(SeekFrom::Start(mid)).unwrap();
+    f.write_all(&b).unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(125), "{out}\n{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs[0]["verdict"], "pass", "{}", runs[0]);
+    assert_eq!(runs[1]["verdict"], "infra-error", "{}", runs[1]);
+    let why = runs[1]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("initrd.cpio changed after it was verified"),
+        "{why}"
+    );
+    assert!(
+        !runs[1]["first_attempt"].is_null(),
+        "a VM that never booted gets its one retry"
+    );
+}

@@ -432,6 +432,68 @@ fn bad_input_gets_one_clear_error() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// Every file that reaches QEMU is verified: a hand-edited image manifest (QEMU's -append comes
+/// from it) is rebuilt rather than booted, and a damaged base archive is reported and rebuilt
+/// even when the image that contains it is cached.
+#[test]
+fn manifests_and_base_archive_are_verified_too() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let initrd = PathBuf::from(
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("initrd"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap(),
+    );
+    let manifest = initrd.with_file_name("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("panic=-1"), "{text}");
+    std::fs::write(&manifest, text.replace("panic=-1", "panic=,1")).unwrap();
+    let o = run(&["vm-run", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is damaged (its command line"),
+        "{}",
+        stderr(&o)
+    );
+    let (dir, _) = result_of(&o);
+    let booted = std::fs::read_to_string(dir.join("qemu-cmdline.txt")).unwrap();
+    assert!(
+        booted.contains("panic=-1") && !booted.contains("panic=,1"),
+        "{booted}"
+    );
+    // The base archive (an input of the cached image).
+    let bases = root().join("target/vm-images/bases");
+    let base = std::fs::read_dir(&bases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cpio"))
+        .max_by_key(|p| p.metadata().unwrap().modified().unwrap())
+        .unwrap();
+    let len = base.metadata().unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&base)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let o = run(&["vm-build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("base archive") && stderr(&o).contains("is damaged"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        base.metadata().unwrap().len(),
+        len,
+        "the base archive was not rebuilt"
+    );
+}
+
 /// `--kernel PATH` with an installed tree (boot/vmlinuz-<release> + lib/modules/<release>), here
 /// the locked Debian package unpacked by hand, as a kernel developer's INSTALL_PATH would be.
 #[test]
