@@ -81,8 +81,13 @@ pub struct RunDir {
 impl RunDir {
     /// Creates a new, unique run directory (a numeric suffix if the second is already taken).
     pub fn create(name: &str) -> Result<RunDir> {
-        let base = runs_dir();
-        std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
+        RunDir::create_in(&runs_dir(), name)
+    }
+
+    /// Creates `<base>/<timestamp>-<name>[-N]`, never one that exists (sessions finishing in
+    /// the same second get their own).
+    pub fn create_in(base: &Path, name: &str) -> Result<RunDir> {
+        std::fs::create_dir_all(base).map_err(|e| format!("create {}: {e}", base.display()))?;
         let stem = format!("{}-{}", timestamp(), slug(name));
         for n in 0..1000 {
             let path = if n == 0 {
@@ -162,5 +167,36 @@ impl RunResult {
             &self.run_dir.join("result.json"),
             (serde_json::to_string_pretty(self).unwrap() + "\n").as_bytes(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_created_in_the_same_second_are_distinct() {
+        let base = std::env::temp_dir().join(format!("xtask-runs-{}", std::process::id()));
+        let dirs: Vec<PathBuf> = (0..5)
+            .map(|_| RunDir::create_in(&base, "e2e").unwrap().path)
+            .collect();
+        let unique: std::collections::BTreeSet<&PathBuf> = dirs.iter().collect();
+        assert_eq!(unique.len(), 5, "{dirs:?}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn failed_evidence_writes_are_reported_for_their_run_only() {
+        let dir = std::env::temp_dir().join(format!("xtask-ev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(evidence_errors(&dir), None);
+        save(&dir.join("no-such-subdir/dmesg.txt"), b"x");
+        let e = evidence_errors(&dir).unwrap();
+        assert!(
+            e.contains("1 evidence write(s) failed, first no-such-subdir/dmesg.txt"),
+            "{e}"
+        );
+        assert_eq!(evidence_errors(&dir.with_extension("other")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

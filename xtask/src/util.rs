@@ -273,6 +273,21 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_atomic_write_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-wa-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("target-is-a-dir")).unwrap();
+        // The rename onto a non-empty directory fails after the temp file was written.
+        std::fs::write(dir.join("target-is-a-dir/x"), b"").unwrap();
+        assert!(write_atomic(&dir.join("target-is-a-dir"), b"data").is_err());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["target-is-a-dir"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn keys_are_unambiguous() {
         assert_ne!(key_of(&[("a", b"bc")]), key_of(&[("ab", b"c")]));
         assert_ne!(key_of(&[("a", b"b"), ("c", b"")]), key_of(&[("a", b"bc")]));

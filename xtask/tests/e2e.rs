@@ -468,3 +468,65 @@ fn an_image_changed_between_repeats_is_never_booted() {
         "a VM that never booted gets its one retry"
     );
 }
+
+/// Evidence on a full file system: a run that passed cannot be trusted without its evidence,
+/// so vm-e2e and vm-run exit 125 ("could not test") and say why; no temp file stays behind.
+/// Needs root to mount a small tmpfs (CI runs as root, privileged).
+#[test]
+fn a_full_disk_is_could_not_test() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Build the image first: only the evidence goes to the small file system.
+    let o = run(&["vm-build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = std::env::temp_dir().join(format!("xtask-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        m.status.success(),
+        "mounting a tmpfs needs root: {}",
+        String::from_utf8_lossy(&m.stderr)
+    );
+    let env_run = |args: &[&str]| {
+        let child = xtask()
+            .args(args)
+            .env("UBLK_VM_RUNS_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        finish(child, LIMIT)
+    };
+    let e2e = env_run(&["vm-e2e", "--bisect-exit-codes", &fixture("short")]);
+    let vmrun = env_run(&["vm-run", "--", "true"]);
+    let mut leftovers = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().contains(".tmp-") {
+                leftovers.push(e.path());
+            }
+        }
+    }
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    let out = String::from_utf8_lossy(&e2e.stdout).into_owned();
+    assert_eq!(e2e.status.code(), Some(125), "{out}\n{}", stderr(&e2e));
+    assert!(
+        out.contains("evidence is incomplete") || out.contains("could not be written"),
+        "{out}"
+    );
+    assert_eq!(vmrun.status.code(), Some(125), "{}", stderr(&vmrun));
+    assert!(
+        stderr(&vmrun).contains("the run's evidence is incomplete"),
+        "{}",
+        stderr(&vmrun)
+    );
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
