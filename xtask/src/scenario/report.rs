@@ -81,11 +81,17 @@ pub fn table(runs: &[Outcome]) -> String {
             .boot_s
             .map(|b| format!("{b:.2} s"))
             .unwrap_or_else(|| "-".into());
-        let details = match (&r.failed_step, &r.reason) {
+        let mut details = match (&r.failed_step, &r.reason) {
             (Some(step), Some(why)) => format!("{step}: {why}"),
             (None, Some(why)) => why.clone(),
             _ => String::new(),
         };
+        if let Some(a) = &r.first_attempt {
+            let first = a.reason.lines().next().unwrap_or_default();
+            details = format!("{details} [second VM; the first died at boot: {first}]")
+                .trim_start()
+                .to_string();
+        }
         let _ = writeln!(
             s,
             "{:<20} {:>4} {:<12} {:>8.1} s {:>8}  {}",
