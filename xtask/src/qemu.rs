@@ -61,13 +61,26 @@ impl Paths {
     }
 }
 
+/// TCG's vCPU threading. `single` runs every vCPU on one host thread: with `multi`, QEMU's
+/// translated code can lag a kernel text patch made on another vCPU, and the Debian 6.12
+/// guest then oopses ("Oops: int3" in sched_clock_cpu while late initcalls enable the
+/// sched_clock static keys) in about 1 % of boots. `UBLK_VM_TCG_THREAD=multi` trades that for
+/// speed.
+pub fn tcg_thread() -> &'static str {
+    match std::env::var("UBLK_VM_TCG_THREAD").as_deref() {
+        Ok("multi") => "multi",
+        _ => "single",
+    }
+}
+
 /// Every QEMU option, one place. The serial console is a socket (so the host can later send
 /// SysRq over it) whose output QEMU also logs to serial.log; the agent port waits for the host
 /// to connect before the guest starts, so no agent output can be lost.
 pub fn command_line(qemu: &Path, image: &Image, cfg: &VmConfig, paths: &Paths) -> Vec<String> {
+    let tcg = format!("tcg,thread={}", tcg_thread());
     let (accel, cpu) = match cfg.accel {
         Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => ("tcg", "max"),
+        Accel::Tcg => (tcg.as_str(), "max"),
     };
     let mut v: Vec<String> = vec![qemu.display().to_string()];
     let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
