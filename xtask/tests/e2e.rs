@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -270,19 +269,13 @@ fn fixture(name: &str) -> String {
 fn ctrl_c_mid_step_is_interrupted_wherever_it_lands() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let since = SystemTime::now();
-    let child = xtask()
-        .args([
-            "vm-e2e",
-            "-j",
-            "2",
-            &fixture("long-step"),
-            &fixture("long-hang"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&[
+        "vm-e2e",
+        "-j",
+        "2",
+        &fixture("long-step"),
+        &fixture("long-hang"),
+    ]);
     let limit = Duration::from_secs(300);
     let t = "agent-transcript.log";
     wait_for_run("long-step-r1", t, "long-step-started", since, limit);
@@ -313,19 +306,13 @@ fn ctrl_c_mid_step_is_interrupted_wherever_it_lands() {
 fn a_vm_lost_mid_step_is_infra_error_not_fail() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let since = SystemTime::now();
-    let child = xtask()
-        .args([
-            "vm-e2e",
-            "-j",
-            "2",
-            &fixture("lost-vm-panic"),
-            &fixture("lost-vm-kill"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&[
+        "vm-e2e",
+        "-j",
+        "2",
+        &fixture("lost-vm-panic"),
+        &fixture("lost-vm-kill"),
+    ]);
     // steps[2] done: the TERM step to the stopped daemon is waiting (60 s limit).
     let limit = Duration::from_secs(300);
     let dir = wait_for_run(
@@ -415,13 +402,7 @@ fn an_image_changed_between_repeats_is_never_booted() {
     use std::io::{Read, Seek, SeekFrom, Write};
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let since = SystemTime::now();
-    let child = xtask()
-        .args(["vm-e2e", "-j", "1", "--repeat", "2", &fixture("short")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&["vm-e2e", "-j", "1", "--repeat", "2", &fixture("short")]);
     let t = "agent-transcript.log";
     let run1 = wait_for_run(
         "short-r1",
@@ -491,15 +472,10 @@ fn a_full_disk_is_could_not_test() {
         String::from_utf8_lossy(&m.stderr)
     );
     let env_run = |args: &[&str]| {
-        let child = xtask()
-            .args(args)
-            .env("UBLK_VM_RUNS_DIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        finish(child, LIMIT)
+        finish(
+            spawn_env(args, &[("UBLK_VM_RUNS_DIR", dir.as_os_str())]),
+            LIMIT,
+        )
     };
     let e2e = env_run(&["vm-e2e", "--bisect-exit-codes", &fixture("short")]);
     let vmrun = env_run(&["vm-run", "--", "true"]);

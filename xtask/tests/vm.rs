@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -132,21 +131,15 @@ fn timeout_kills_the_vm_and_exits_124() {
 fn sigterm_mid_run_takes_qemu_down() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let marker = format!("sigterm-test-{}", std::process::id());
-    let child = xtask()
-        .args([
-            "vm-run",
-            "--name",
-            &marker,
-            "--",
-            "sh",
-            "-c",
-            "echo guest-started; sleep 600",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&[
+        "vm-run",
+        "--name",
+        &marker,
+        "--",
+        "sh",
+        "-c",
+        "echo guest-started; sleep 600",
+    ]);
     // Wait until the guest command runs: its run dir's transcript shows the Exec.
     let runs = root().join("target/vm-runs");
     let t = Instant::now();
@@ -298,21 +291,15 @@ fn vm_reset_takes_only_what_is_orphaned() {
     use std::os::unix::process::CommandExt;
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let since = std::time::SystemTime::now();
-    let live = xtask()
-        .args([
-            "vm-run",
-            "--name",
-            "reset-live",
-            "--",
-            "sh",
-            "-c",
-            "echo live-vm-up; sleep 15; echo still-here",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let live = spawn(&[
+        "vm-run",
+        "--name",
+        "reset-live",
+        "--",
+        "sh",
+        "-c",
+        "echo live-vm-up; sleep 15; echo still-here",
+    ]);
     wait_for_run(
         "reset-live",
         "agent-transcript.log",
@@ -369,15 +356,7 @@ fn vm_reset_takes_only_what_is_orphaned() {
 #[test]
 fn damaged_cache_is_rebuilt_not_booted_and_rebuild_is_noop() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let o = run(&["vm-build"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let initrd = PathBuf::from(
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix("initrd"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap(),
-    );
+    let initrd = built_initrd();
     let mtime = std::fs::metadata(&initrd).unwrap().modified().unwrap();
     // Unchanged inputs: nothing is rewritten.
     let o = run(&["vm-build"]);
@@ -438,15 +417,7 @@ fn bad_input_gets_one_clear_error() {
 #[test]
 fn manifests_and_base_archive_are_verified_too() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let o = run(&["vm-build"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let initrd = PathBuf::from(
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix("initrd"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap(),
-    );
+    let initrd = built_initrd();
     let manifest = initrd.with_file_name("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
     assert!(text.contains("panic=-1"), "{text}");

@@ -43,15 +43,38 @@ pub fn finish(mut child: Child, limit: Duration) -> Output {
     }
 }
 
-pub fn run(args: &[&str]) -> Output {
-    let child = xtask()
-        .args(args)
+/// Starts xtask with `args` and extra environment, output captured, stdin empty.
+pub fn spawn_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Child {
+    let mut c = xtask();
+    c.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    finish(child, LIMIT)
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+pub fn spawn(args: &[&str]) -> Child {
+    spawn_env(args, &[])
+}
+
+pub fn run(args: &[&str]) -> Output {
+    finish(spawn(args), LIMIT)
+}
+
+/// `vm-build`s the default image; the path of its initrd.cpio.
+pub fn built_initrd() -> PathBuf {
+    let o = run(&["vm-build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    PathBuf::from(
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("initrd"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no initrd line in:\n{out}")),
+    )
 }
 
 pub fn stderr(o: &Output) -> String {
