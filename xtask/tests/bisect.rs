@@ -157,7 +157,7 @@ fn real_commits_with_a_planted_bug_are_bisected_by_the_simulator() {
         std::fs::write(&p, s.replace(old, "if self.served[t] == 3 {")).unwrap();
     });
     commit("blkio: comment", &|| {
-        append("blkio/src/lib.rs", "\n// a comment\n")
+        append("vm-images/blkio/src/lib.rs", "\n// a comment\n")
     });
     commit("readme: note", &|| append("README.md", "\nnote\n"));
     let o = run(&[
