@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::recipe::{KernelLock, Recipe};
+use crate::image::recipe::{KernelLock, Recipe};
 use crate::scenario::model::Scenario;
 use crate::util::root;
 
@@ -103,7 +103,7 @@ fn shipped_scenarios_survive_mutation() {
 
 #[test]
 fn recipe_and_lock_survive_mutation() {
-    let recipe = std::fs::read_to_string(root().join(crate::recipe::RECIPE)).unwrap();
+    let recipe = std::fs::read_to_string(root().join(crate::image::recipe::RECIPE)).unwrap();
     fuzz("recipe.yaml", &recipe, |t, p| {
         Recipe::parse(t, p).map(|_| ())
     });

@@ -1,23 +1,14 @@
 //! `cargo xtask`: the orchestrator. A thin dispatcher; each command lives in `cmd/`.
 
-mod accel;
-mod agent;
 mod bisect;
 mod cmd;
-mod cpio;
-mod deps;
-mod elf;
 #[cfg(test)]
 mod fuzz_tests;
+mod host;
 mod image;
 mod input;
-mod kernel;
-mod procs;
-mod qemu;
-mod recipe;
 mod runs;
 mod scenario;
-mod store;
 mod ui;
 mod util;
 mod vm;
@@ -66,7 +57,7 @@ enum Cmd {
 }
 
 fn main() {
-    procs::install();
+    host::procs::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::VmBuild(a) => cmd::vm_build::run(a),
@@ -78,7 +69,7 @@ fn main() {
             jobs: 1,
             seed,
             kernel,
-            accel: accel::Choice::Auto,
+            accel: vm::accel::Choice::Auto,
             bisect_exit_codes: false,
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),
@@ -92,7 +83,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            match procs::interrupted() {
+            match host::procs::interrupted() {
                 Some(sig) => 128 + sig,
                 None => 1,
             }

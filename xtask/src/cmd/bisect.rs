@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bisect::bayes::{Bayes, Decision};
-use crate::procs;
+use crate::host::procs;
 use crate::util::{key_of, root, target_dir, Result};
 
 #[derive(clap::Args, Debug)]

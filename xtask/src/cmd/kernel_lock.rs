@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::procs;
-use crate::recipe::{KernelLock, Recipe};
+use crate::host::procs;
+use crate::image::recipe::{KernelLock, Recipe};
 use crate::util::{is_root, Result};
 
 #[derive(clap::Args, Debug)]

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::procs::{self, Group};
+use crate::host::procs::{self, Group};
 use crate::util::{root, target_dir, Result};
 
 /// A sim run is bounded by its own arguments; this only guarantees nothing runs forever.

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::image;
-use crate::kernel::Source;
+use crate::image::kernel::Source;
 use crate::util::Result;
 
 #[derive(clap::Args, Debug)]

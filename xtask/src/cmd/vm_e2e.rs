@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::accel::{self, Choice};
+use crate::image::kernel::Source;
 use crate::image::{self, Image};
-use crate::kernel::Source;
-use crate::qemu::Accel;
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::scenario::model::Scenario;
 use crate::scenario::report::{self, Session};
 use crate::scenario::run::{self, Outcome};
 use crate::util::{rfc3339_now, write_atomic, Result};
+use crate::vm::accel::{self, Choice};
+use crate::vm::qemu::Accel;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let reports = write_reports(&session);
     print_summary(&session, &reports);
-    if let Some(sig) = crate::procs::interrupted() {
+    if let Some(sig) = crate::host::procs::interrupted() {
         return Ok(128 + sig);
     }
     Ok(match reports {
@@ -194,7 +194,9 @@ fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
             s.spawn(move || loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some((i, r)) = next else { break };
-                if crate::procs::interrupted().is_some() || tx.send(one_run(plan, i, r)).is_err() {
+                if crate::host::procs::interrupted().is_some()
+                    || tx.send(one_run(plan, i, r)).is_err()
+                {
                     break;
                 }
             });
@@ -373,7 +375,7 @@ fn random_seed() -> u64 {
 }
 
 fn git_commit() -> String {
-    let out = crate::procs::run(
+    let out = crate::host::procs::run(
         std::process::Command::new("git")
             .current_dir(crate::util::root())
             .args(["describe", "--always", "--dirty", "--abbrev=12"]),

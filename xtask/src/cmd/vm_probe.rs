@@ -1,12 +1,12 @@
 //! `cargo xtask vm-probe`: re-run the KVM probe and cache its verdict.
 
 use crate::image;
-use crate::kernel::Source;
+use crate::image::kernel::Source;
 use crate::util::Result;
 
 pub fn run() -> Result<i32> {
     let img = image::build(&Source::Debian)?;
-    let rec = crate::accel::probe(&img)?;
+    let rec = crate::vm::accel::probe(&img)?;
     println!(
         "accelerator for --accel auto: {} ({})",
         if rec.kvm_works { "kvm" } else { "tcg" },

@@ -3,11 +3,11 @@
 //! the owner by pid + start time) is gone; a running xtask's VMs and half-built cache entries
 //! are left alone. Then the image is verified.
 
+use crate::host::procs::same_process;
 use crate::image;
-use crate::kernel::Source;
-use crate::procs::same_process;
-use crate::qemu::PidFile;
+use crate::image::kernel::Source;
 use crate::util::Result;
+use crate::vm::qemu::PidFile;
 
 pub fn run() -> Result<i32> {
     let vms = reap_orphaned_vms();
@@ -69,7 +69,7 @@ fn reap_orphaned_vms() -> Reaped {
 fn remove_orphaned_builds() -> u32 {
     let mut removed = 0;
     for sub in ["kernels", "images"] {
-        let Ok(rd) = std::fs::read_dir(crate::store::dir().join(sub)) else {
+        let Ok(rd) = std::fs::read_dir(crate::image::store::dir().join(sub)) else {
             continue;
         };
         for e in rd.flatten() {

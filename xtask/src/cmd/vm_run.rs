@@ -2,15 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::accel::{self, Choice};
+use crate::vm::accel::{self, Choice};
 use std::path::{Path, PathBuf};
 
+use crate::host::procs::signal_name;
+use crate::image::kernel::Source;
 use crate::image::{self, Image};
-use crate::kernel::Source;
-use crate::procs::signal_name;
-use crate::qemu::VmConfig;
 use crate::runs::{self, RunDir, RunResult, Verdict, EXIT_INFRA, EXIT_TIMEOUT};
 use crate::util::{parse_mib, rfc3339_now, shell_join, Result};
+use crate::vm::qemu::VmConfig;
 use crate::vm::{Failure, Outcome, Vm};
 
 /// Default limit for a whole run (boot + command) under KVM; TCG scales it.
@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
     /// Virtual CPUs
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=crate::qemu::MAX_CPUS as i64))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=crate::vm::qemu::MAX_CPUS as i64))]
     pub cpus: u32,
     /// Guest memory, e.g. 512M or 2G
     #[arg(long, default_value = "1G", value_parser = parse_memory)]

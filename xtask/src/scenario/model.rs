@@ -402,7 +402,7 @@ impl FaultSpec {
 }
 
 /// Limits a scenario's VM shares with `vm-run`'s flags.
-pub const MAX_CPUS: u32 = crate::qemu::MAX_CPUS;
+pub const MAX_CPUS: u32 = crate::vm::qemu::MAX_CPUS;
 
 /// What a `start` step asks of its server: the step's values over the scenario's `device:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

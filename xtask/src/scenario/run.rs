@@ -16,10 +16,10 @@ use serde::Serialize;
 use super::freeze;
 use super::model::Scenario;
 use super::steps::{Runner, StepError};
+use crate::host::procs::{interrupted, signal_name};
 use crate::image::Image;
-use crate::procs::{interrupted, signal_name};
-use crate::qemu::{Accel, VmConfig};
 use crate::runs::Verdict;
+use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::{Failure, Vm};
 
 #[derive(Debug, Clone, Serialize)]

@@ -14,8 +14,8 @@ use vm_agent::Kind as Frame;
 use super::freeze::{self, DaemonRef, FreezeFrame};
 use super::model::{self, Expect, Kind, Name, Scenario, Step};
 use super::splat;
-use crate::agent::{wait, Event};
 use crate::runs;
+use crate::vm::agent::{wait, Event};
 use crate::vm::Vm;
 
 /// A command running in the guest, with its output going to a log file.
@@ -593,5 +593,5 @@ impl<'a> Runner<'a> {
 
 fn tail_of(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    crate::procs::tail(&text, n).replace('\n', " | ")
+    crate::host::procs::tail(&text, n).replace('\n', " | ")
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::kernel::Source;
+use crate::host::procs;
+use crate::image::elf;
+use crate::image::kernel::Source;
 use crate::util::{is_root, which, Result};
-use crate::{elf, procs};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Need {

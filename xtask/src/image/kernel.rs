@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::{KernelLock, Recipe};
+use crate::host::procs;
+use crate::image::recipe::{KernelLock, Recipe};
+use crate::image::{elf, store};
 use crate::util::{key_of, sha256_file, Result};
-use crate::{elf, procs, store};
 
 /// Bumped when the layout or processing of the kernel part changes.
 const FORMAT: u32 = 1;

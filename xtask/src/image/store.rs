@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::{Kernel, Manifest};
+use crate::image::kernel::{Kernel, Manifest};
 use crate::util::{sha256_file, target_dir, write_atomic, Result};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,8 +62,11 @@ pub fn lock(limit: Duration) -> Result<StoreLock> {
             eprintln!("xtask: waiting for another xtask that is building the guest image ...");
             told = true;
         }
-        if let Some(sig) = crate::procs::interrupted() {
-            return Err(format!("interrupted by {}", crate::procs::signal_name(sig)));
+        if let Some(sig) = crate::host::procs::interrupted() {
+            return Err(format!(
+                "interrupted by {}",
+                crate::host::procs::signal_name(sig)
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }

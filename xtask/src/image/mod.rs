@@ -5,6 +5,12 @@
 //! guest binaries). Each is cached under its own input hash, so rebuilding the agent only
 //! rewrites the small guest archive; the kernel part is never touched by it.
 
+pub mod cpio;
+pub mod elf;
+pub mod kernel;
+pub mod recipe;
+pub mod store;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpio::CpioWriter;
-use crate::kernel::{Kernel, Source};
-use crate::recipe::{Recipe, RECIPE};
-use crate::store::{self, FileSum, HasFiles};
+use crate::host::{deps, procs};
 use crate::util::{key_of, root, sha256_bytes, sha256_file, Result};
-use crate::{deps, elf, procs};
+use cpio::CpioWriter;
+use kernel::{Kernel, Source};
+use recipe::{Recipe, RECIPE};
+use store::{FileSum, HasFiles};
 
 /// Bumped when the initramfs layout changes.
 const FORMAT: u32 = 1;
@@ -138,7 +144,7 @@ pub fn build(source: &Source) -> Result<Image> {
     let _lock = store::lock(Duration::from_secs(1800))?;
     deps::ensure(deps::needs(source))?;
     let recipe = Recipe::load()?;
-    let kernel = crate::kernel::prepare(source, &recipe)?;
+    let kernel = crate::image::kernel::prepare(source, &recipe)?;
     let input = inputs(&recipe)?;
     let kernel_sum = kernel
         .manifest

@@ -150,17 +150,18 @@ impl PidFile {
         let me = std::process::id() as i32;
         PidFile {
             pid,
-            start_ticks: crate::procs::start_time(pid).unwrap_or(0),
+            start_ticks: crate::host::procs::start_time(pid).unwrap_or(0),
             run_dir: run_dir.to_path_buf(),
             sock_dir: sock_dir.to_path_buf(),
             owner_pid: me,
-            owner_start_ticks: crate::procs::start_time(me).unwrap_or(0),
+            owner_start_ticks: crate::host::procs::start_time(me).unwrap_or(0),
         }
     }
 
     /// Whether the xtask that started this VM is gone (so nothing will ever kill it).
     pub fn orphaned(&self) -> bool {
-        self.owner_pid <= 0 || !crate::procs::same_process(self.owner_pid, self.owner_start_ticks)
+        self.owner_pid <= 0
+            || !crate::host::procs::same_process(self.owner_pid, self.owner_start_ticks)
     }
 
     pub fn path(pid: i32) -> PathBuf {

@@ -1,6 +1,10 @@
 //! One VM's life: start QEMU in its own process group, connect to the agent, run commands
 //! under deadlines, explain how it ended, and kill it. Dropping a `Vm` always kills QEMU.
 
+pub mod accel;
+pub mod agent;
+pub mod qemu;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use vm_agent::Kind;
 
-use crate::agent::{wait, Agent, Event};
+use crate::host::procs::{self, Group};
 use crate::image::Image;
-use crate::procs::{self, Group};
-use crate::qemu::{command_line, Paths, PidFile, VmConfig};
 use crate::util::shell_join;
+use agent::{wait, Agent, Event};
+use qemu::{command_line, Paths, PidFile, VmConfig};
 
 /// Why a VM session did not produce a normal command result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +64,7 @@ impl Vm {
     ) -> Result<Vm, Failure> {
         let infra = |m: String| Failure::Infra(m);
         image.recheck().map_err(infra)?;
-        let qemu_bin = crate::deps::qemu().map_err(infra)?;
+        let qemu_bin = crate::host::deps::qemu().map_err(infra)?;
         let sock_dir = std::env::temp_dir().join(format!(
             "ublk-vm-{}-{}",
             std::process::id(),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::image::Image;
-use crate::qemu::{Accel, VmConfig};
 use crate::util::{key_of, rfc3339_now, Result};
+use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::Vm;
 
 /// A KVM guest reaches its agent in well under a second; TCG needs ~2.5 s, so anything slower
@@ -33,7 +33,7 @@ pub struct ProbeRecord {
 }
 
 fn cache_path() -> PathBuf {
-    crate::store::dir().join("accel-probe.json")
+    crate::image::store::dir().join("accel-probe.json")
 }
 
 /// Identifies "this host" for the probe cache: hostname, host kernel, CPU, QEMU binary.
@@ -44,7 +44,7 @@ fn host_id() -> String {
         .find(|l| l.starts_with("model name"))
         .unwrap_or("")
         .to_string();
-    let qemu = crate::deps::qemu().ok().and_then(|p| {
+    let qemu = crate::host::deps::qemu().ok().and_then(|p| {
         std::fs::metadata(&p)
             .ok()
             .map(|m| format!("{}:{}:{:?}", p.display(), m.len(), m.modified().ok()))
@@ -126,7 +126,10 @@ pub fn probe(image: &Image) -> Result<ProbeRecord> {
                     format!("KVM probe passed: guest ready in {:.2} s", vm.boot_s),
                 ),
                 Err(crate::vm::Failure::Interrupted(sig)) => {
-                    return Err(format!("interrupted by {}", crate::procs::signal_name(sig)))
+                    return Err(format!(
+                        "interrupted by {}",
+                        crate::host::procs::signal_name(sig)
+                    ))
                 }
                 Err(f) => (false, format!("KVM probe failed: {}", describe(&f))),
             }
