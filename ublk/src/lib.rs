@@ -2,6 +2,7 @@
 //! per-queue core (`core`) and its io_uring executor (`io`), and the memory target (`mem`).
 //! See ARCHITECTURE.md at the workspace root.
 
+pub mod contract;
 pub mod core;
 pub mod ctrl;
 pub mod io;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::contract;
 use crate::core::{Bringup, Fault, TagState};
 use crate::ctrl::{self, Control};
 use crate::io::{run_queue, QueueExit, QueueShared, QueueSpec};
@@ -364,11 +365,20 @@ fn open_cdev(dev_id: u32) -> Result<File, String> {
 fn announce(opts: &Options, dev_id: u32, queues: u16, depth: u16, pid: i32) {
     let bdev = format!("/dev/ublkb{dev_id}");
     if opts.json {
-        let v = serde_json::json!({
-            "dev_id": dev_id, "block_device": bdev, "char_device": format!("/dev/ublkc{dev_id}"),
-            "size": opts.size, "block_size": opts.block_size, "queues": queues, "depth": depth, "pid": pid,
-        });
-        println!("{v}");
+        let ready = contract::Ready {
+            dev_id,
+            block_device: bdev,
+            char_device: format!("/dev/ublkc{dev_id}"),
+            size: opts.size,
+            block_size: opts.block_size,
+            queues,
+            depth,
+            pid,
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&ready).expect("plain data serialises")
+        );
     } else {
         println!("{bdev}");
     }
@@ -401,37 +411,47 @@ fn wait_signal(set: &libc::sigset_t, limit: Duration) -> Option<i32> {
     (s > 0).then_some(s)
 }
 
-/// Per-queue, per-tag state as JSON, read from the queues' published atomics.
-pub fn state_json(
+/// Per-queue, per-tag state, read from the queues' published atomics.
+pub fn state_dump(
     dev_id: u32,
     pid: i32,
     shared: &[Arc<QueueShared>],
     inflight: &AtomicU64,
-) -> serde_json::Value {
-    let queues: Vec<serde_json::Value> = shared
-        .iter()
-        .map(|q| {
-            let tags: Vec<serde_json::Value> = (0..q.states.len())
-                .map(|t| {
-                    let last = q.last_req[t].load(Ordering::Relaxed);
-                    let mut v = serde_json::json!({"tag": t, "state": q.state(t).name(), "served": q.served[t].load(Ordering::Relaxed)});
-                    if last != u64::MAX {
-                        v["last"] = serde_json::json!({
-                            "op": op_name((last & 0xff) as u8), "flags": (last >> 8) & 0xff_ffff,
-                            "sector": q.last_sector[t].load(Ordering::Relaxed), "sectors": last >> 32,
-                        });
-                    }
-                    v
-                })
-                .collect();
-            let serving: Vec<usize> = (0..q.states.len()).filter(|t| q.state(*t) == TagState::Serving).collect();
-            serde_json::json!({
-                "q_id": q.q_id, "completions": q.completions.load(Ordering::Relaxed),
-                "finished": q.finished.load(Ordering::Relaxed), "serving_tags": serving, "tags": tags,
+) -> contract::StateDump {
+    let queue = |q: &Arc<QueueShared>| {
+        let tags = (0..q.states.len())
+            .map(|t| {
+                let last = q.last_req[t].load(Ordering::Relaxed);
+                contract::TagDump {
+                    tag: t as u16,
+                    state: q.state(t).name().to_string(),
+                    served: q.served[t].load(Ordering::Relaxed),
+                    last: (last != u64::MAX).then(|| contract::LastRequest {
+                        op: op_name((last & 0xff) as u8).to_string(),
+                        flags: (last >> 8) & 0xff_ffff,
+                        sector: q.last_sector[t].load(Ordering::Relaxed),
+                        sectors: last >> 32,
+                    }),
+                }
             })
-        })
-        .collect();
-    serde_json::json!({"dev_id": dev_id, "pid": pid, "inflight": inflight.load(Ordering::Relaxed), "queues": queues})
+            .collect();
+        contract::QueueDump {
+            q_id: q.q_id,
+            completions: q.completions.load(Ordering::Relaxed),
+            finished: q.finished.load(Ordering::Relaxed),
+            serving_tags: (0..q.states.len())
+                .filter(|t| q.state(*t) == TagState::Serving)
+                .map(|t| t as u16)
+                .collect(),
+            tags,
+        }
+    };
+    contract::StateDump {
+        dev_id,
+        pid,
+        inflight: inflight.load(Ordering::Relaxed),
+        queues: shared.iter().map(queue).collect(),
+    }
 }
 
 fn dump_state(
@@ -441,8 +461,8 @@ fn dump_state(
     shared: &[Arc<QueueShared>],
     inflight: &AtomicU64,
 ) {
-    let text =
-        serde_json::to_string_pretty(&state_json(dev_id, pid, shared, inflight)).unwrap() + "\n";
+    let dump = state_dump(dev_id, pid, shared, inflight);
+    let text = serde_json::to_string_pretty(&dump).expect("plain data serialises") + "\n";
     match &opts.state_file {
         Some(p) => {
             let tmp = p.with_extension("tmp");
@@ -484,9 +504,21 @@ pub fn list(json: bool) -> Result<(), String> {
             _ => "dead",
         };
         if json {
+            let d = contract::Device {
+                dev_id: id,
+                state: state.to_string(),
+                queues: info.nr_hw_queues,
+                depth: info.queue_depth,
+                size,
+                pid: info.ublksrv_pid,
+                flags: sys::feature_names(info.flags)
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+            };
             println!(
                 "{}",
-                serde_json::json!({"dev_id": id, "state": state, "queues": info.nr_hw_queues, "depth": info.queue_depth, "size": size, "pid": info.ublksrv_pid, "flags": sys::feature_names(info.flags)})
+                serde_json::to_string(&d).expect("plain data serialises")
             );
         } else {
             println!(
@@ -587,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn state_json_names_serving_tags() {
+    fn state_dump_names_serving_tags() {
         let q = Arc::new(QueueShared::new(0, 4));
         q.states[2].store(TagState::Serving as u8, Ordering::Relaxed);
         q.last_req[2].store(
@@ -595,11 +627,21 @@ mod tests {
             Ordering::Relaxed,
         );
         q.last_sector[2].store(800, Ordering::Relaxed);
-        let v = state_json(7, 42, &[q], &AtomicU64::new(1));
-        assert_eq!(v["inflight"], 1);
-        assert_eq!(v["queues"][0]["serving_tags"], serde_json::json!([2]));
-        assert_eq!(v["queues"][0]["tags"][2]["last"]["op"], "write");
-        assert_eq!(v["queues"][0]["tags"][2]["last"]["sectors"], 16);
-        assert_eq!(v["queues"][0]["tags"][0]["state"], "in-kernel");
+        let d = state_dump(7, 42, &[q], &AtomicU64::new(1));
+        assert_eq!(d.inflight, 1);
+        assert_eq!(d.queues[0].serving_tags, [2]);
+        let last = d.queues[0].tags[2].last.as_ref().unwrap();
+        assert_eq!(
+            (last.op.as_str(), last.sector, last.sectors),
+            ("write", 800, 16)
+        );
+        assert_eq!(d.queues[0].tags[0].state, "in-kernel");
+        assert!(d.queues[0].tags[0].last.is_none());
+        // What the host reads back is what was written.
+        let text = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            serde_json::from_str::<contract::StateDump>(&text).unwrap(),
+            d
+        );
     }
 }

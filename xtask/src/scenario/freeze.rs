@@ -7,6 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ublk::contract::StateDump;
+
 use crate::vm::Vm;
 
 /// Budget of each probe.
@@ -118,7 +120,7 @@ fn probe(vm: &Vm, dir: &Path, name: &str, script: &str) -> String {
 }
 
 /// Asks a daemon for its state dump (SIGUSR1) and reads it back: (parsed, raw). Bounded.
-pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(serde_json::Value, Vec<u8>)> {
+pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(StateDump, Vec<u8>)> {
     let _ = vm
         .agent
         .run_capture(&["rm", "-f", d.state_file], Instant::now() + PROBE);
@@ -129,7 +131,7 @@ pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(serde_json::Value, Vec<u8
             .agent
             .get_file(d.state_file, 16 << 20, Instant::now() + PROBE)
         {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) {
+            if let Ok(v) = serde_json::from_slice::<StateDump>(&data) {
                 return Some((v, data));
             }
         }
@@ -163,17 +165,15 @@ fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
         return;
     };
     crate::runs::save(&dir.join(format!("daemon-{}-state.json", d.name)), raw);
-    for q in v["queues"].as_array().into_iter().flatten() {
-        for tag in q["serving_tags"].as_array().into_iter().flatten() {
-            let t = tag.as_u64().unwrap_or(0) as usize;
-            let last = &q["tags"][t]["last"];
+    for q in &v.queues {
+        for &t in &q.serving_tags {
+            let last = q.tags.get(t as usize).and_then(|tag| tag.last.as_ref());
+            let what = last.map_or("an unknown request".to_string(), |l| {
+                format!("{} sector {} (+{})", l.op, l.sector, l.sectors)
+            });
             ff.stuck_tags.push(format!(
-                "{} queue {} tag {t}: held by the daemon, serving {} sector {} (+{})",
-                d.name,
-                q["q_id"],
-                last["op"].as_str().unwrap_or("?"),
-                last["sector"],
-                last["sectors"]
+                "{} queue {} tag {t}: held by the daemon, serving {what}",
+                d.name, q.q_id
             ));
         }
     }

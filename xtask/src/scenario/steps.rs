@@ -466,12 +466,13 @@ impl<'a> Runner<'a> {
             });
         }
         let first = String::from_utf8_lossy(&line);
-        let v: serde_json::Value = serde_json::from_str(first.lines().next().unwrap_or(""))
+        let ready: ublk::contract::Ready = serde_json::from_str(first.lines().next().unwrap_or(""))
             .map_err(|e| {
-                StepError::Fail(format!("ublk-mem's ready line is not JSON ({e}): {first}"))
+                StepError::Fail(format!(
+                    "ublk-mem's ready line is not its contract ({e}): {first}"
+                ))
             })?;
-        let bdev = v["block_device"].as_str().unwrap_or_default().to_string();
-        let pid = v["pid"].as_i64().unwrap_or(0) as i32;
+        let (bdev, pid) = (ready.block_device, ready.pid);
         self.daemons.insert(
             s.name.clone(),
             Daemon {
@@ -496,12 +497,11 @@ impl<'a> Runner<'a> {
         };
         let (v, _) = freeze::daemon_state(&self.vm, &r)
             .ok_or_else(|| StepError::Fail(format!("daemon `{device}` did not answer SIGUSR1")))?;
-        let idle: Vec<String> = v["queues"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|q| q["completions"].as_u64().unwrap_or(0) == 0)
-            .map(|q| q["q_id"].to_string())
+        let idle: Vec<String> = v
+            .queues
+            .iter()
+            .filter(|q| q.completions == 0)
+            .map(|q| q.q_id.to_string())
             .collect();
         if !idle.is_empty() {
             return Err(StepError::Fail(format!(
