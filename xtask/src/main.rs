@@ -9,6 +9,8 @@ mod image;
 mod input;
 mod runs;
 mod scenario;
+#[cfg(test)]
+mod tidy_tests;
 mod ui;
 mod util;
 mod vm;
@@ -21,7 +23,7 @@ use clap::{Parser, Subcommand};
     about = "VM-driven integration tests for ublk servers",
     version
 )]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }

@@ -73,6 +73,19 @@ pub enum Kind {
     Check(Check),
 }
 
+/// Every step kind, in the order the docs list them. `Kind::name` is exhaustive over the enum
+/// and `tidy_tests.rs` holds this list, the parser and scenarios/README.md to each other.
+pub const KINDS: [&str; 8] = [
+    "start",
+    "io",
+    "shell",
+    "signal",
+    "expect_timeout",
+    "wait",
+    "reset",
+    "check",
+];
+
 impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
@@ -129,8 +142,13 @@ impl<'de> Deserialize<'de> for Step {
         if kinds.len() != 1 {
             let found: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
             return Err(serde::de::Error::custom(format!(
-                "a step needs exactly one kind (start, io, shell, signal, expect_timeout, wait, reset, check); found {}",
-                if found.is_empty() { "none".to_string() } else { found.join(" and ") }
+                "a step needs exactly one kind ({}); found {}",
+                KINDS.join(", "),
+                if found.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.join(" and ")
+                }
             )));
         }
         Ok(Step {

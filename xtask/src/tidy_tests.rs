@@ -1,0 +1,94 @@
+//! Docs that drift from code fail the build (after rust-analyzer's tidy.rs): the step kinds in
+//! scenarios/README.md are the parser's, every command is in README.md's command table, and
+//! every long flag of every command is documented somewhere a user reads.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use clap::CommandFactory;
+
+use crate::scenario::model::{Scenario, KINDS};
+use crate::util::root;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The first column of the markdown table that follows `heading`, as `code` names.
+fn table_names(text: &str, heading: &str) -> Vec<String> {
+    let after = text
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"))
+        .1;
+    after
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            let cell = l.split('|').nth(1)?.trim();
+            let name = cell.strip_prefix('`')?.split('`').next()?;
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn step_kinds_in_the_docs_are_the_parsers() {
+    let documented = table_names(&read("scenarios/README.md"), "### Step kinds");
+    assert_eq!(documented, KINDS, "scenarios/README.md's step kinds table");
+    // Every listed kind parses (and to itself): the list is the parser's, not a wish.
+    for kind in KINDS {
+        let body = match kind {
+            "start" => "{}".to_string(),
+            "io" => "{bytes: 4KiB}".into(),
+            "shell" => "{run: 'true'}".into(),
+            "signal" => "{signal: TERM}".into(),
+            "expect_timeout" => "{shell: 'sleep 9'}".into(),
+            "wait" => "{job: j, expect: pass}".into(),
+            _ => "{}".into(),
+        };
+        let pre = match kind {
+            "io" | "signal" | "expect_timeout" => "  - {start: {}, timeout: 1}\n",
+            "wait" => {
+                "  - {start: {}, timeout: 1}\n  - {shell: {run: x, background: j}, timeout: 1}\n"
+            }
+            _ => "",
+        };
+        let text = format!(
+            "name: t\ndescription: d\ntimeout: 9\nsteps:\n{pre}  - {{{kind}: {body}, timeout: 1}}\n"
+        );
+        let sc = Scenario::parse(&text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sc.steps.last().unwrap().kind.name(), kind);
+    }
+}
+
+#[test]
+fn every_command_and_flag_is_documented() {
+    let readme = read("README.md");
+    let docs = [
+        readme.clone(),
+        read("sim/README.md"),
+        read("scenarios/README.md"),
+        read("vm-images/README.md"),
+    ]
+    .join("\n");
+    let cli = crate::Cli::command();
+    let mut missing = BTreeSet::new();
+    for sub in cli.get_subcommands() {
+        let name = sub.get_name();
+        if !readme.contains(&format!("cargo xtask {name}")) {
+            missing.insert(format!("command `cargo xtask {name}` (README.md)"));
+        }
+        let mut cmds = vec![sub];
+        cmds.extend(sub.get_subcommands());
+        for c in cmds {
+            for a in c.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                if long != "help" && !docs.contains(&format!("--{long}")) {
+                    missing.insert(format!("`{name} --{long}`"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "undocumented: {missing:?}");
+}
