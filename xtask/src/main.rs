@@ -9,6 +9,7 @@ mod image;
 mod input;
 mod runs;
 mod scenario;
+mod server;
 #[cfg(test)]
 mod tidy_tests;
 mod ui;
@@ -47,6 +48,8 @@ enum Cmd {
     Bisect(cmd::bisect::Args),
     /// The simulator: `cargo xtask sim explore|replay|bench ...`
     Sim(cmd::sim::Args),
+    /// Server profiles: list the built-in ones, or check profile files without a VM
+    Servers(cmd::servers::Args),
     /// Scenario files: check them without a VM
     #[command(subcommand)]
     Scenario(cmd::scenario::Cmd),
@@ -73,8 +76,10 @@ fn main() {
             kernel,
             accel: vm::accel::Choice::Auto,
             bisect_exit_codes: false,
+            server: Vec::new(),
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),
+        Cmd::Servers(a) => cmd::servers::run(a),
         Cmd::Sim(a) => cmd::sim::run(a),
         Cmd::Bisect(a) => cmd::bisect::run(a),
         Cmd::VmReset => cmd::vm_reset::run(),

@@ -116,6 +116,8 @@ pub enum Verdict {
     InfraError,
     /// xtask itself was interrupted (SIGINT/SIGTERM); says nothing about the code under test.
     Interrupted,
+    /// Not run, with the reason (e.g. the server lacks a capability the scenario needs).
+    Skip,
 }
 
 impl Verdict {
@@ -126,6 +128,7 @@ impl Verdict {
             Verdict::Timeout => "timeout",
             Verdict::InfraError => "infra-error",
             Verdict::Interrupted => "interrupted",
+            Verdict::Skip => "skip",
         }
     }
 }

@@ -48,7 +48,7 @@ fn step_kinds_in_the_docs_are_the_parsers() {
             _ => "{}".into(),
         };
         let pre = match kind {
-            "io" | "signal" | "expect_timeout" => "  - {start: {}, timeout: 1}\n",
+            "io" | "signal" | "expect_timeout" | "stop" => "  - {start: {}, timeout: 1}\n",
             "wait" => {
                 "  - {start: {}, timeout: 1}\n  - {shell: {run: x, background: j}, timeout: 1}\n"
             }

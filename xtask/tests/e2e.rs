@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use common::*;
 
 #[test]
-fn the_four_scenarios_pass() {
+fn the_shipped_scenarios_pass() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let o = run(&["vm-e2e", "-j", "2", "--seed", "20261121"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -24,36 +24,43 @@ fn the_four_scenarios_pass() {
     names.sort();
     assert_eq!(
         names,
-        ["freeze-frame", "reset", "scattered-writes", "simple-e2e"]
+        [
+            "reset",
+            "scattered-writes",
+            "simple-e2e",
+            "stalled-tag",
+            "stopped-server"
+        ]
     );
     assert!(runs
         .iter()
-        .all(|r| r["verdict"] == "pass" && r["seed"] == 20261121));
+        .all(|r| r["verdict"] == "pass" && r["seed"] == 20261121 && r["server"] == "ublk-mem"));
     assert_eq!(v["image_hash"].as_str().unwrap().len(), 64);
     assert!(v["reproduce"].as_str().unwrap().contains("--seed 20261121"));
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(
-        junit.contains("tests=\"4\" failures=\"0\" errors=\"0\""),
+        junit.contains("tests=\"5\" failures=\"0\" errors=\"0\""),
         "{junit}"
     );
-    // The freeze-frame scenario left two summaries that name the stuck tag and the blocked dd.
-    let ff = runs
-        .iter()
-        .find(|r| r["scenario"] == "freeze-frame")
-        .unwrap();
-    let run_dir = PathBuf::from(ff["run_dir"].as_str().unwrap());
-    for step in ["freeze-frame-01", "freeze-frame-05"] {
+    // Both hang scenarios left summaries that name the stuck tag and the blocked dd.
+    for (scenario, step) in [
+        ("stalled-tag", "freeze-frame-01"),
+        ("stopped-server", "freeze-frame-02"),
+    ] {
+        let r = run_of(&v, scenario);
+        let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
         let s = std::fs::read_to_string(run_dir.join(step).join("summary.txt")).unwrap();
         assert!(s.contains("tag") && s.contains("in flight"), "{step}: {s}");
         assert!(s.contains("dd (D)"), "{step}: {s}");
+        if scenario == "stalled-tag" {
+            assert!(
+                s.contains("stalled queue 0 tag 0: held by the daemon"),
+                "{s}"
+            );
+        } else {
+            assert!(s.contains("T (stopped)"), "{s}");
+        }
     }
-    let stuck = std::fs::read_to_string(run_dir.join("freeze-frame-01/summary.txt")).unwrap();
-    assert!(
-        stuck.contains("stalled queue 0 tag 0: held by the daemon"),
-        "{stuck}"
-    );
-    let stopped = std::fs::read_to_string(run_dir.join("freeze-frame-05/summary.txt")).unwrap();
-    assert!(stopped.contains("T (stopped)"), "{stopped}");
 }
 
 #[test]
@@ -505,4 +512,149 @@ fn a_full_disk_is_could_not_test() {
         stderr(&vmrun)
     );
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+/// Writes a server profile into `dir` and returns its path.
+fn profile(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &p,
+        format!("name: {name}\ndescription: test fixture\n{body}"),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+/// Other servers through their profiles: a daemonizing one the platform finds through the
+/// kernel and stops with its own command, and a user's own static binary that prints only its
+/// device path. simple-e2e and stopped-server pass on both; stalled-tag (fault injection) is a
+/// skip with its reason, never a pass.
+#[test]
+fn other_servers_run_the_suite_through_their_profiles() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    built_initrd(); // builds the static guest binaries
+    let dir = std::env::temp_dir().join(format!("xtask-srv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let guest = root().join("target/guest/x86_64-unknown-linux-gnu/release/ublk-mem");
+    std::fs::copy(&guest, dir.join("my-server")).unwrap();
+    let mine = profile(
+        &dir,
+        "my-server",
+        "binary: {path: ./my-server}\nadd:\n  argv: [my-server, add, --size, '{size}', --queues, '{queues}', --depth, '{depth}']\n  mode: foreground\n  ready: path\nstop: {signal: TERM}\nstorage: memory\n",
+    );
+    let daemon = root().join("xtask/tests/servers/ublk-mem-daemon.yaml");
+    let servers = format!("{mine},{}", daemon.display());
+    let o = run(&[
+        "vm-e2e",
+        "-j",
+        "2",
+        "--server",
+        &servers,
+        "simple-e2e",
+        "stopped-server",
+        "stalled-tag",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let (dir_s, v) = summary(&o);
+    for r in v["runs"].as_array().unwrap() {
+        let (sc, server) = (
+            r["scenario"].as_str().unwrap(),
+            r["server"].as_str().unwrap(),
+        );
+        assert!(["my-server", "ublk-mem-daemon"].contains(&server), "{r}");
+        if sc == "stalled-tag" {
+            assert_eq!(r["verdict"], "skip", "{r}");
+            let why = r["reason"].as_str().unwrap();
+            assert!(
+                why.contains("lacks fault-injection (steps[0] start.fault)"),
+                "{why}"
+            );
+        } else {
+            assert_eq!(r["verdict"], "pass", "{r}");
+        }
+    }
+    assert_eq!(v["runs"].as_array().unwrap().len(), 6);
+    assert!(
+        out.contains("simple-e2e@my-server") && out.contains("4/6 passed, 2 skipped"),
+        "{out}"
+    );
+    let junit = std::fs::read_to_string(dir_s.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("failures=\"0\" errors=\"0\" skipped=\"2\""),
+        "{junit}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Servers that misbehave end in a verdict with evidence, within the step's limit + 10 s: one
+/// that never becomes ready (timeout, freeze-frame), one that exits at once (fail, its output),
+/// one whose stop command hangs (timeout at the stop step, freeze-frame).
+#[test]
+fn misbehaving_servers_end_in_verdicts_with_evidence() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let since = SystemTime::now();
+    let dir = std::env::temp_dir().join(format!("xtask-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tail = "  mode: foreground\n  ready: json\nstop: {signal: TERM}\nstorage: memory\n";
+    let never = profile(
+        &dir,
+        "never-ready",
+        &format!("binary: {{builtin: ublk-mem}}\nadd:\n  argv: [sh, -c, 'sleep 1000']\n{tail}"),
+    );
+    let exits = profile(&dir, "exits-at-once", &format!("binary: {{builtin: ublk-mem}}\nadd:\n  argv: [sh, -c, 'echo no such device >&2; exit 3']\n{tail}"));
+    let stuck_stop = "stop: {command: [sh, -c, 'sleep 1000']}\nstorage: memory\n";
+    let deaf = profile(
+        &dir,
+        "hangs-on-stop",
+        &format!("binary: {{builtin: ublk-mem}}\nadd:\n  argv: [ublk-mem, add, --json, --size, '{{size}}', --queues, '{{queues}}']\n  mode: foreground\n  ready: json\n{stuck_stop}"),
+    );
+    let servers = format!("{never},{exits},{deaf}");
+    let o = run(&["vm-e2e", "-j", "2", "--server", &servers, "simple-e2e"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let by = |s: &str| {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["server"] == s)
+            .unwrap()
+            .clone()
+    };
+    let r = by("never-ready");
+    assert_eq!(r["verdict"], "timeout", "{r}");
+    assert!(
+        r["failed_step"]
+            .as_str()
+            .unwrap()
+            .starts_with("steps[0] start"),
+        "{r}"
+    );
+    assert!(!r["freeze_frame"].is_null(), "{r}");
+    // start's limit is 20 s; boot comes on top.
+    assert!(
+        r["duration_s"].as_f64().unwrap() < r["boot_s"].as_f64().unwrap() + 30.0,
+        "{r}"
+    );
+    let r = by("exits-at-once");
+    assert_eq!(r["verdict"], "fail", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("exited 3 before the device was ready") && why.contains("no such device"),
+        "{why}"
+    );
+    let r = by("hangs-on-stop");
+    assert_eq!(r["verdict"], "timeout", "{r}");
+    assert!(
+        r["failed_step"]
+            .as_str()
+            .unwrap()
+            .starts_with("steps[3] stop"),
+        "{r}"
+    );
+    assert!(!r["freeze_frame"].is_null(), "{r}");
+    assert_no_vm_left(since);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,7 @@
 pub mod bisect;
 pub mod kernel_lock;
 pub mod scenario;
+pub mod servers;
 pub mod sim;
 pub mod vm_build;
 pub mod vm_e2e;

@@ -18,6 +18,7 @@ use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::scenario::model::Scenario;
 use crate::scenario::report::{self, Session};
 use crate::scenario::run::{self, Outcome};
+use crate::server::{self, Profile};
 use crate::util::{rfc3339_now, write_atomic, Result};
 use crate::vm::accel::{self, Choice};
 use crate::vm::qemu::Accel;
@@ -40,6 +41,10 @@ pub struct Args {
     pub kernel: Option<String>,
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
+    /// Server(s) to test: built-in profile names or profile paths, comma-separated; every
+    /// scenario runs against each (default: each scenario's `server:`, else ublk-mem)
+    #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Accepted for older command lines: the exit codes always follow `git bisect run`
     /// (0 pass, 1 fail or timeout, 125 could not test)
     #[arg(long)]
@@ -70,8 +75,11 @@ pub fn run(args: Args) -> Result<i32> {
         image::describe(&first),
         accel.name()
     );
+    let servers = load_servers(&args.server, &scenarios)?;
     let plan = Plan {
         scenarios: Arc::new(scenarios),
+        servers,
+        cli_servers: args.server.clone(),
         images,
         kernel: args.kernel.clone(),
         accel,
@@ -107,6 +115,10 @@ pub fn run(args: Args) -> Result<i32> {
 /// Every run's inputs, shared by the workers.
 struct Plan {
     scenarios: Arc<Vec<Scenario>>,
+    /// Profiles by the name or path they were asked for with.
+    servers: BTreeMap<String, Profile>,
+    /// `--server`, if given: every scenario runs against each.
+    cli_servers: Vec<String>,
     images: BTreeMap<String, Arc<Image>>,
     kernel: Option<String>,
     accel: Accel,
@@ -118,6 +130,37 @@ impl Plan {
     fn kernel_of(&self, sc: &Scenario) -> String {
         kernel_of(&self.kernel, sc)
     }
+
+    /// The servers scenario `sc` runs against (keys of `servers`).
+    fn servers_of(&self, sc: &Scenario) -> Vec<String> {
+        servers_of(&self.cli_servers, sc)
+    }
+}
+
+fn servers_of(cli: &[String], sc: &Scenario) -> Vec<String> {
+    if !cli.is_empty() {
+        return cli.to_vec();
+    }
+    vec![sc
+        .server
+        .clone()
+        .unwrap_or_else(|| server::DEFAULT.to_string())]
+}
+
+/// Every profile in use, loaded (and checked) before any VM starts.
+fn load_servers(cli: &[String], scenarios: &[Scenario]) -> Result<BTreeMap<String, Profile>> {
+    let recipe = crate::image::recipe::Recipe::load()?;
+    let mut out = BTreeMap::new();
+    for sc in scenarios {
+        for key in servers_of(cli, sc) {
+            if !out.contains_key(&key) {
+                let p = Profile::resolve(&key)?;
+                p.check_builtin(&recipe)?;
+                out.insert(key.clone(), p);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn kernel_of(cli: &Option<String>, sc: &Scenario) -> String {
@@ -171,11 +214,15 @@ fn build_images(
     Ok(images)
 }
 
-/// Runs every (scenario, repeat) on `jobs` worker threads; prints each verdict as it lands.
+/// Runs every (scenario, server, repeat) on `jobs` worker threads; prints each verdict as it
+/// lands.
 fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
-    let work: Vec<(usize, u32)> = (1..=repeat)
-        .flat_map(|r| (0..plan.scenarios.len()).map(move |i| (i, r)))
-        .collect();
+    let mut work: Vec<(usize, String, u32)> = Vec::new();
+    for r in 1..=repeat {
+        for (i, sc) in plan.scenarios.iter().enumerate() {
+            work.extend(plan.servers_of(sc).into_iter().map(|s| (i, s, r)));
+        }
+    }
     let total = work.len();
     let queue = Mutex::new(work.into_iter());
     let (tx, rx) = mpsc::channel::<Outcome>();
@@ -193,9 +240,9 @@ fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
             let queue = &queue;
             s.spawn(move || loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some((i, r)) = next else { break };
+                let Some((i, server, r)) = next else { break };
                 if crate::host::procs::interrupted().is_some()
-                    || tx.send(one_run(plan, i, r)).is_err()
+                    || tx.send(one_run(plan, i, &server, r)).is_err()
                 {
                     break;
                 }
@@ -235,16 +282,25 @@ fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
 }
 
 /// One scenario run (with its boot retry), its evidence checked and its record written.
-fn one_run(plan: &Plan, i: usize, r: u32) -> Outcome {
+fn one_run(plan: &Plan, i: usize, server: &str, r: u32) -> Outcome {
     let sc = &plan.scenarios[i];
-    let img = &plan.images[&plan.kernel_of(sc)];
-    let mut outcome = run::run(sc, img, plan.accel, plan.seed, r, |attempt| {
-        let suffix = if attempt == 1 {
-            String::new()
-        } else {
-            "-retry".into()
-        };
-        RunDir::create(&format!("{}-r{r}{suffix}", sc.name)).map(|d| d.path)
+    let profile = &plan.servers[server];
+    let job = run::Job {
+        sc,
+        server: profile,
+        image: &plan.images[&plan.kernel_of(sc)],
+        accel: plan.accel,
+        seed: plan.seed,
+        run: r,
+    };
+    let label = if profile.name == server::DEFAULT {
+        sc.name.clone()
+    } else {
+        format!("{}-{}", sc.name, profile.name)
+    };
+    let mut outcome = run::run(&job, |attempt| {
+        let suffix = if attempt == 1 { "" } else { "-retry" };
+        RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
     });
     let record = serde_json::json!({
         "outcome": &outcome,
@@ -296,11 +352,17 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
     if names.is_empty() {
         names = plan.scenarios.iter().map(|s| s.cli_name()).collect();
     }
-    let kernel = plan
+    let mut kernel = plan
         .kernel
         .as_ref()
         .map(|k| format!(" --kernel {}", crate::util::shell_quote(k)))
         .unwrap_or_default();
+    if !plan.cli_servers.is_empty() {
+        kernel += &format!(
+            " --server {}",
+            crate::util::shell_quote(&plan.cli_servers.join(","))
+        );
+    }
     let names: Vec<String> = names.iter().map(|n| crate::util::shell_quote(n)).collect();
     format!(
         "cargo xtask vm-e2e {}{kernel} --seed {}",
@@ -326,11 +388,13 @@ fn print_summary(session: &Session, reports: &Result<PathBuf>) {
         }
     }
     let total = session.runs.len();
-    let passed = session
-        .runs
-        .iter()
-        .filter(|o| o.verdict == Verdict::Pass)
-        .count();
+    let count = |v: Verdict| session.runs.iter().filter(|o| o.verdict == v).count();
+    let (passed, skipped) = (count(Verdict::Pass), count(Verdict::Skip));
+    let skipped = if skipped > 0 {
+        format!(", {skipped} skipped")
+    } else {
+        String::new()
+    };
     let retried = session
         .runs
         .iter()
@@ -342,15 +406,19 @@ fn print_summary(session: &Session, reports: &Result<PathBuf>) {
     let (wall_s, seed) = (session.wall_s, session.seed);
     match reports {
         Ok(dir) => println!(
-            "vm-e2e: {passed}/{total} passed in {wall_s:.1} s (seed {seed}); reports: {}",
+            "vm-e2e: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); reports: {}",
             dir.display()
         ),
         Err(e) => println!(
-            "vm-e2e: {passed}/{total} passed in {wall_s:.1} s (seed {seed}); the reports could not be written ({e}): free space under {} and rerun",
+            "vm-e2e: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); the reports could not be written ({e}): free space under {} and rerun",
             runs::runs_dir().display()
         ),
     }
-    if passed < total {
+    if session
+        .runs
+        .iter()
+        .any(|o| !matches!(o.verdict, Verdict::Pass | Verdict::Skip))
+    {
         println!("vm-e2e: reproduce with: {}", session.reproduce);
     }
 }

@@ -25,12 +25,36 @@ pub struct FreezeFrame {
     pub notes: Vec<String>,
 }
 
-/// A live daemon the freeze-frame should ask for its state.
+/// A live server the freeze-frame looks at: its threads (by pid) always; its own state dump
+/// only if its profile has one.
 pub struct DaemonRef<'a> {
     pub name: &'a str,
-    pub exec_id: u32,
+    /// The agent request that runs it (foreground servers): signals go to its process group.
+    pub exec_id: Option<u32>,
     pub pid: i32,
-    pub state_file: &'a str,
+    pub state_file: Option<&'a str>,
+}
+
+/// Sends `sig` to a server: through the agent to a foreground server's process group, else
+/// with kill(1) to the pid the kernel reported. Bounded.
+pub fn signal_server(vm: &Vm, d: &DaemonRef, sig: i32) -> Result<(), String> {
+    match d.exec_id {
+        Some(id) => vm.agent.signal(id, sig),
+        None => {
+            let cmd = format!("kill -{sig} {}", d.pid);
+            match vm
+                .agent
+                .run_capture(&["sh", "-c", &cmd], Instant::now() + PROBE)
+            {
+                Ok((0, _, _)) => Ok(()),
+                Ok((st, _, err)) => Err(format!(
+                    "{cmd} exited {st}: {}",
+                    String::from_utf8_lossy(&err).trim()
+                )),
+                Err(e) => Err(e),
+            }
+        }
+    }
 }
 
 pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeFrame {
@@ -72,7 +96,9 @@ pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeF
         vm,
         dir,
         "blocked-tasks",
-        "for p in /proc/[0-9]*; do s=$(awk '/^State:/{print $2}' $p/status 2>/dev/null); [ \"$s\" = D ] || continue; echo \"== pid ${p#/proc/} $(cat $p/comm) state D\"; cat $p/stack 2>&1; done",
+        // One grep over every task, not a process per task: under TCG, with other VMs busy,
+        // a fork per task ran past the probe's budget.
+        "for f in $(grep -l '^State:[[:space:]]*D' /proc/[0-9]*/status 2>/dev/null); do p=${f%/status}; echo \"== pid ${p#/proc/} $(cat $p/comm) state D\"; cat $p/stack 2>&1; done",
     );
     ff.blocked_tasks = blocked_tasks(&blocked);
     for d in daemons {
@@ -120,16 +146,18 @@ fn probe(vm: &Vm, dir: &Path, name: &str, script: &str) -> String {
 }
 
 /// Asks a daemon for its state dump (SIGUSR1) and reads it back: (parsed, raw). Bounded.
+/// None if it has none, or did not answer.
 pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(StateDump, Vec<u8>)> {
+    let state_file = d.state_file?;
     let _ = vm
         .agent
-        .run_capture(&["rm", "-f", d.state_file], Instant::now() + PROBE);
-    vm.agent.signal(d.exec_id, libc::SIGUSR1).ok()?;
+        .run_capture(&["rm", "-f", state_file], Instant::now() + PROBE);
+    signal_server(vm, d, libc::SIGUSR1).ok()?;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         if let Ok(data) = vm
             .agent
-            .get_file(d.state_file, 16 << 20, Instant::now() + PROBE)
+            .get_file(state_file, 16 << 20, Instant::now() + PROBE)
         {
             if let Ok(v) = serde_json::from_slice::<StateDump>(&data) {
                 return Some((v, data));
@@ -143,6 +171,13 @@ pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(StateDump, Vec<u8>)> {
 }
 
 fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
+    if d.state_file.is_none() {
+        ff.notes.push(format!(
+            "server {} (pid {}) has no state dump: stuck tags come from the kernel side only",
+            d.name, d.pid
+        ));
+        return;
+    }
     let dump = daemon_state(vm, d);
     let Some((v, raw)) = dump else {
         let state = vm.agent.run_capture(

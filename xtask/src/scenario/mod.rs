@@ -1,6 +1,7 @@
 //! YAML scenarios: the format (`model`), the runner, freeze-frames and reports.
 
 pub mod freeze;
+pub mod lifecycle;
 pub mod model;
 pub mod report;
 pub mod run;

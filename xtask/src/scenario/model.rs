@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::input::{self, key_position, located};
+use crate::server::Capability;
 use crate::util::Result;
 
 /// Limits that keep a scenario bounded whatever its author writes.
@@ -29,6 +30,11 @@ pub struct Scenario {
     /// Kernel log lines matching any of these substrings are expected, not failures.
     #[serde(default)]
     pub expect_splats: Vec<String>,
+    /// Server this scenario runs against unless `--server` says otherwise (default ublk-mem).
+    pub server: Option<String>,
+    /// What the server must support beyond what the steps already imply (see `needs`).
+    #[serde(default)]
+    pub requires: Vec<Capability>,
     pub steps: Vec<Step>,
     /// The file it was read from.
     #[serde(skip)]
@@ -64,6 +70,7 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub enum Kind {
     Start(Start),
+    Stop(StopStep),
     Io(Io),
     Shell(Shell),
     Signal(Signal),
@@ -75,8 +82,9 @@ pub enum Kind {
 
 /// Every step kind, in the order the docs list them. `Kind::name` is exhaustive over the enum
 /// and `tidy_tests.rs` holds this list, the parser and scenarios/README.md to each other.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "start",
+    "stop",
     "io",
     "shell",
     "signal",
@@ -90,6 +98,7 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Start(_) => "start",
+            Kind::Stop(_) => "stop",
             Kind::Io(_) => "io",
             Kind::Shell(_) => "shell",
             Kind::Signal(_) => "signal",
@@ -109,6 +118,7 @@ struct StepRaw {
     #[serde(default)]
     label: Option<String>,
     start: Option<Start>,
+    stop: Option<StopStep>,
     io: Option<Io>,
     shell: Option<Shell>,
     signal: Option<Signal>,
@@ -132,6 +142,7 @@ impl<'de> Deserialize<'de> for Step {
         let r = StepRaw::deserialize(d)?;
         let mut kinds: Vec<Kind> = Vec::new();
         kinds.extend(r.start.map(Kind::Start));
+        kinds.extend(r.stop.map(Kind::Stop));
         kinds.extend(r.io.map(Kind::Io));
         kinds.extend(r.shell.map(Kind::Shell));
         kinds.extend(r.signal.map(Kind::Signal));
@@ -174,6 +185,15 @@ pub struct Start {
     /// Record the tag trace (saved with the run's artifacts).
     #[serde(default)]
     pub trace: bool,
+}
+
+/// Ends a server the way its profile says (a signal, or its own command); it must exit in
+/// time (a foreground server with status 0) and take its device with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopStep {
+    #[serde(default = "default_device")]
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -454,6 +474,41 @@ impl Scenario {
         }
     }
 
+    /// What a server must support to run this scenario: `requires` plus what the steps imply
+    /// (a fault, a trace, data verification, a SIGUSR1 state dump), each with why.
+    pub fn needs(&self) -> Vec<(Capability, String)> {
+        let mut v: Vec<(Capability, String)> = self
+            .requires
+            .iter()
+            .map(|c| (*c, "requires".to_string()))
+            .collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = format!("steps[{i}] {}", step.kind.name());
+            let io_needs = |io: &Io| {
+                io.verify
+                    .then(|| (Capability::StoresData, format!("{at} verifies data")))
+            };
+            match &step.kind {
+                Kind::Start(s) => {
+                    v.extend(
+                        s.fault
+                            .as_ref()
+                            .map(|_| (Capability::FaultInjection, format!("{at}.fault"))),
+                    );
+                    v.extend(s.trace.then(|| (Capability::Trace, format!("{at}.trace"))));
+                }
+                Kind::Io(io) => v.extend(io_needs(io)),
+                Kind::ExpectTimeout(ExpectTimeout { io: Some(io), .. }) => v.extend(io_needs(io)),
+                Kind::Signal(sg) if sg.signal == Sig::Usr1 => v.push((
+                    Capability::StateDump,
+                    format!("{at} USR1 asks for a state dump"),
+                )),
+                _ => {}
+            }
+        }
+        v
+    }
+
     pub fn memory_mib(&self) -> u64 {
         let m = self.vm.memory.as_deref().map(crate::util::parse_mib);
         m.map_or(1024, |r| r.expect("validated"))
@@ -576,6 +631,15 @@ impl<'a> Checker<'a> {
                 self.jobs.extend(io.background.as_deref());
             }
             Kind::Shell(sh) => self.jobs.extend(sh.background.as_deref()),
+            Kind::Stop(st) => {
+                if self.device(&st.device).is_none() {
+                    return Err(format!(
+                        "stop: device `{}` is not started by an earlier step",
+                        st.device
+                    ));
+                }
+                self.devices.retain(|(d, _)| *d != st.device);
+            }
             Kind::Signal(sg) => {
                 if self.device(&sg.device).is_none() {
                     return Err(format!(

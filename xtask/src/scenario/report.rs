@@ -34,6 +34,7 @@ pub struct Tally {
     pub runs: u32,
     pub infra_errors: u32,
     pub interrupted: u32,
+    pub skipped: u32,
 }
 
 impl Tally {
@@ -45,6 +46,7 @@ impl Tally {
         for (n, what) in [
             (self.infra_errors, "could not test (infra-error)"),
             (self.interrupted, "interrupted"),
+            (self.skipped, "skipped"),
         ] {
             if n > 0 {
                 s += &format!("; {n} {what}");
@@ -57,7 +59,7 @@ impl Tally {
 pub fn tally(runs: &[Outcome]) -> BTreeMap<String, Tally> {
     let mut m: BTreeMap<String, Tally> = BTreeMap::new();
     for r in runs {
-        let t = m.entry(r.scenario.clone()).or_default();
+        let t = m.entry(r.label()).or_default();
         match r.verdict {
             Verdict::Pass => t.runs += 1,
             Verdict::Fail | Verdict::Timeout => {
@@ -66,6 +68,7 @@ pub fn tally(runs: &[Outcome]) -> BTreeMap<String, Tally> {
             }
             Verdict::InfraError => t.infra_errors += 1,
             Verdict::Interrupted => t.interrupted += 1,
+            Verdict::Skip => t.skipped += 1,
         }
     }
     m
@@ -73,7 +76,7 @@ pub fn tally(runs: &[Outcome]) -> BTreeMap<String, Tally> {
 
 pub fn table(runs: &[Outcome]) -> String {
     let mut s = format!(
-        "{:<20} {:>4} {:<12} {:>10} {:>8}  {}\n",
+        "{:<32} {:>4} {:<12} {:>10} {:>8}  {}\n",
         "scenario", "run", "verdict", "duration", "boot", "details"
     );
     for r in runs {
@@ -94,8 +97,8 @@ pub fn table(runs: &[Outcome]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<20} {:>4} {:<12} {:>8.1} s {:>8}  {}",
-            r.scenario,
+            "{:<32} {:>4} {:<12} {:>8.1} s {:>8}  {}",
+            r.label(),
             r.run,
             r.verdict.name(),
             r.duration_s,
@@ -127,7 +130,8 @@ pub fn junit(session: &Session) -> String {
         .filter(|r| matches!(r.verdict, Verdict::Fail | Verdict::Timeout))
         .count();
     let count = |v: Verdict| session.runs.iter().filter(|r| r.verdict == v).count();
-    let (errors, skipped) = (count(Verdict::InfraError), count(Verdict::Interrupted));
+    let errors = count(Verdict::InfraError);
+    let skipped = count(Verdict::Interrupted) + count(Verdict::Skip);
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
@@ -141,7 +145,7 @@ pub fn junit(session: &Session) -> String {
         let _ = write!(
             s,
             "  <testcase classname=\"vm-e2e\" name=\"{}#{}\" time=\"{:.3}\">",
-            xml_escape(&r.scenario),
+            xml_escape(&r.label()),
             r.run,
             r.duration_s
         );
@@ -156,8 +160,8 @@ pub fn junit(session: &Session) -> String {
                     xml_escape(&r.run_dir.display().to_string())
                 );
             }
-            // An interrupt says nothing about the code under test.
-            Verdict::Interrupted => {
+            // An interrupt or a skip says nothing about the code under test.
+            Verdict::Interrupted | Verdict::Skip => {
                 let _ = write!(s, "<skipped message=\"{msg}\"/>");
             }
             Verdict::InfraError => {
@@ -182,6 +186,7 @@ mod tests {
     fn outcome(name: &str, run: u32, verdict: Verdict, reason: Option<&str>) -> Outcome {
         Outcome {
             scenario: name.into(),
+            server: "ublk-mem".into(),
             run,
             verdict,
             reason: reason.map(|s| s.to_string()),
@@ -204,6 +209,7 @@ mod tests {
             outcome("b", 1, Verdict::InfraError, Some("qemu")),
             outcome("b", 2, Verdict::Interrupted, Some("interrupted by SIGINT")),
             outcome("b", 3, Verdict::Pass, None),
+            outcome("b", 4, Verdict::Skip, Some("server x lacks trace")),
         ];
         let flaky = tally(&runs);
         assert_eq!(flaky["a"].describe(), "1 of 2 runs failed (FLAKY)");
@@ -213,12 +219,13 @@ mod tests {
                 failed: 0,
                 runs: 1,
                 infra_errors: 1,
-                interrupted: 1
+                interrupted: 1,
+                skipped: 1,
             }
         );
         assert_eq!(
             flaky["b"].describe(),
-            "0 of 1 runs failed; 1 could not test (infra-error); 1 interrupted"
+            "0 of 1 runs failed; 1 could not test (infra-error); 1 interrupted; 1 skipped"
         );
         let s = Session {
             started_at: "2026-11-21T00:00:00Z".into(),
@@ -235,7 +242,7 @@ mod tests {
         };
         let x = junit(&s);
         assert!(
-            x.contains("tests=\"5\" failures=\"1\" errors=\"1\" skipped=\"1\""),
+            x.contains("tests=\"6\" failures=\"1\" errors=\"1\" skipped=\"2\""),
             "{x}"
         );
         assert!(

@@ -19,12 +19,15 @@ use super::steps::{Runner, StepError};
 use crate::host::procs::{interrupted, signal_name};
 use crate::image::Image;
 use crate::runs::Verdict;
+use crate::server::Profile;
 use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::{Failure, Vm};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub scenario: String,
+    /// The server profile it ran against.
+    pub server: String,
     pub run: u32,
     pub verdict: Verdict,
     pub reason: Option<String>,
@@ -53,6 +56,7 @@ impl Outcome {
     pub fn new(sc: &Scenario, run: u32, seed: u64, dir: &Path, image_hash: &str) -> Outcome {
         Outcome {
             scenario: sc.name.clone(),
+            server: String::new(),
             run,
             verdict: Verdict::Pass,
             reason: None,
@@ -67,6 +71,15 @@ impl Outcome {
         }
     }
 
+    /// The scenario's name, with `@server` unless it ran against the default server.
+    pub fn label(&self) -> String {
+        if self.server.is_empty() || self.server == crate::server::DEFAULT {
+            self.scenario.clone()
+        } else {
+            format!("{}@{}", self.scenario, self.server)
+        }
+    }
+
     fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {
         self.verdict = verdict;
         self.reason = reason;
@@ -75,26 +88,47 @@ impl Outcome {
     }
 }
 
-/// Runs the scenario, with at most one retry for a VM that died before the first step.
-/// `dir_for(attempt)` makes the run directory of attempt 1 or 2.
-pub fn run(
-    sc: &Scenario,
-    image: &Image,
-    accel: Accel,
-    seed: u64,
-    run: u32,
-    dir_for: impl Fn(u32) -> Result<PathBuf, String>,
-) -> Outcome {
-    retry_once(|attempt| match dir_for(attempt) {
-        Ok(dir) => run_once(sc, image, accel, seed, run, &dir),
+/// What one run is made of.
+pub struct Job<'a> {
+    pub sc: &'a Scenario,
+    pub server: &'a Profile,
+    pub image: &'a Image,
+    pub accel: Accel,
+    pub seed: u64,
+    pub run: u32,
+}
+
+/// Runs the scenario, with at most one retry for a VM that died before the first step; a
+/// scenario the server cannot run is a skip (no VM). `dir_for(attempt)` makes the run
+/// directory of attempt 1 or 2.
+pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outcome {
+    let mut out = Outcome::new(job.sc, job.run, job.seed, Path::new(""), job.image.hash());
+    out.server = job.server.name.clone();
+    if let Some(why) = skip_reason(job.sc, job.server) {
+        return out.finish(Instant::now(), Verdict::Skip, Some(why));
+    }
+    let mut out = retry_once(|attempt| match dir_for(attempt) {
+        Ok(dir) => run_once(job, &dir),
         Err(e) => {
-            let out = Outcome::new(sc, run, seed, Path::new(""), image.hash());
+            let out = Outcome::new(job.sc, job.run, job.seed, Path::new(""), job.image.hash());
             (
                 out.finish(Instant::now(), Verdict::InfraError, Some(e)),
                 false,
             )
         }
-    })
+    });
+    out.server = job.server.name.clone();
+    out
+}
+
+/// Why `server` cannot run `sc` (the first capability it lacks, and which step needs it).
+pub fn skip_reason(sc: &Scenario, server: &Profile) -> Option<String> {
+    let (cap, why) = sc.needs().into_iter().find(|(c, _)| !server.has(*c))?;
+    Some(format!(
+        "server {} lacks {} ({why})",
+        server.name,
+        cap.name()
+    ))
 }
 
 /// The retry rule, apart from VMs: `attempt(n)` returns the outcome and whether the first
@@ -115,14 +149,15 @@ pub fn retry_once(mut attempt: impl FnMut(u32) -> (Outcome, bool)) -> Outcome {
 }
 
 /// One attempt in one fresh VM; true if the first step started.
-fn run_once(
-    sc: &Scenario,
-    image: &Image,
-    accel: Accel,
-    seed: u64,
-    run: u32,
-    dir: &Path,
-) -> (Outcome, bool) {
+fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
+    let Job {
+        sc,
+        image,
+        accel,
+        seed,
+        run,
+        ..
+    } = *job;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(sc.timeout.0);
     let mut out = Outcome::new(sc, run, seed, dir, image.hash());
@@ -140,7 +175,10 @@ fn run_once(
         }
     };
     out.boot_s = Some(vm.boot_s);
-    let mut r = Runner::new(sc, vm, dir, seed);
+    if let Err(why) = install_server(&vm, job.server, deadline) {
+        return (out.finish(start, Verdict::Fail, Some(why)), false);
+    }
+    let mut r = Runner::new(sc, job.server, vm, dir, seed);
     let result = run_steps(&mut r, deadline, &mut out);
     if out.freeze_frame.is_none() {
         out.freeze_frame = r.freeze.as_ref().map(|f| f.dir.clone());
@@ -230,6 +268,27 @@ fn classify(r: &mut Runner, label: &str, e: StepError, out: &mut Outcome) -> (Ve
             )
         }
     }
+}
+
+/// Copies a server given as a host binary into the guest's /bin (static binaries only).
+fn install_server(vm: &Vm, server: &Profile, deadline: Instant) -> Result<(), String> {
+    let Some(host) = server.host_binary() else {
+        return Ok(());
+    };
+    let what = format!("server {} binary {}", server.name, host.display());
+    let data = std::fs::read(&host).map_err(|e| format!("{what}: {e}"))?;
+    if !crate::image::elf::is_static(&data)? {
+        return Err(format!(
+            "{what} is dynamically linked; the guest has no libc: build it static (Rust: -C target-feature=+crt-static, Go: CGO_ENABLED=0, C: -static)"
+        ));
+    }
+    let name = host
+        .file_name()
+        .ok_or_else(|| format!("{what}: no file name"))?;
+    let guest = format!("/bin/{}", name.to_string_lossy());
+    vm.agent
+        .put_file(&guest, 0o755, &data, deadline)
+        .map_err(|e| format!("{what}: copying it to the guest's {guest}: {e}"))
 }
 
 fn failure_verdict(f: &Failure) -> (Verdict, String) {

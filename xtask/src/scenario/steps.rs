@@ -12,26 +12,28 @@ use std::time::{Duration, Instant};
 use vm_agent::Kind as Frame;
 
 use super::freeze::{self, DaemonRef, FreezeFrame};
+use super::lifecycle::Daemon;
 use super::model::{self, Expect, Kind, Name, Scenario, Step};
 use super::splat;
 use crate::runs;
+use crate::server::Profile;
 use crate::vm::agent::{wait, Event};
 use crate::vm::Vm;
 
 /// A command running in the guest, with its output going to a log file.
 pub struct Job {
-    id: u32,
+    pub id: u32,
     rx: Receiver<Event>,
     log: File,
     log_path: PathBuf,
-    status: Option<i32>,
-    lost: Option<String>,
+    pub status: Option<i32>,
+    pub lost: Option<String>,
 }
 
 impl Job {
     /// Pumps events until `deadline`, or until `until` (shown each stdout chunk) says stop.
     /// Returns true once the job has ended.
-    fn pump(&mut self, deadline: Instant, mut until: impl FnMut(&[u8]) -> bool) -> bool {
+    pub fn pump(&mut self, deadline: Instant, mut until: impl FnMut(&[u8]) -> bool) -> bool {
         if self.status.is_some() || self.lost.is_some() {
             return true;
         }
@@ -67,14 +69,6 @@ impl Job {
     }
 }
 
-pub struct Daemon {
-    job: Job,
-    pid: i32,
-    bdev: String,
-    state_file: String,
-    trace: Option<(String, u16)>,
-}
-
 /// Why a step did not pass.
 pub enum StepError {
     Fail(String),
@@ -84,6 +78,9 @@ pub enum StepError {
 
 pub struct Runner<'a> {
     pub sc: &'a Scenario,
+    pub server: &'a Profile,
+    /// The id the next `start` passes as `{dev_id}`.
+    pub next_dev_id: u32,
     pub vm: Vm,
     pub dir: PathBuf,
     pub seed: u64,
@@ -94,13 +91,15 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(sc: &'a Scenario, vm: Vm, dir: &Path, seed: u64) -> Runner<'a> {
+    pub fn new(sc: &'a Scenario, server: &'a Profile, vm: Vm, dir: &Path, seed: u64) -> Runner<'a> {
         runs::record(
             &dir.join("steps"),
             std::fs::create_dir_all(dir.join("steps")),
         );
         Runner {
             sc,
+            server,
+            next_dev_id: 0,
             vm,
             dir: dir.to_path_buf(),
             seed,
@@ -120,7 +119,7 @@ impl<'a> Runner<'a> {
         runs::record(&path, f.and_then(|mut f| writeln!(f, "{line}")));
     }
 
-    fn exec(&self, argv: &[String], log_name: &str) -> Result<Job, StepError> {
+    pub(super) fn exec(&self, argv: &[String], log_name: &str) -> Result<Job, StepError> {
         let log_path = self.dir.join("steps").join(log_name);
         let log = File::create(&log_path)
             .map_err(|e| StepError::Infra(format!("create {}: {e}", log_path.display())))?;
@@ -137,7 +136,12 @@ impl<'a> Runner<'a> {
     }
 
     /// Waits for a job to exit; Hang at the deadline.
-    fn finish_job(&self, job: &mut Job, deadline: Instant, what: &str) -> Result<i32, StepError> {
+    pub(super) fn finish_job(
+        &self,
+        job: &mut Job,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<i32, StepError> {
         if !job.pump(deadline, |_| false) {
             return Err(StepError::Hang(format!(
                 "{what} did not finish within its timeout"
@@ -152,13 +156,8 @@ impl<'a> Runner<'a> {
     pub fn daemon_refs(&self) -> Vec<DaemonRef<'_>> {
         self.daemons
             .iter()
-            .filter(|(_, d)| d.job.status.is_none())
-            .map(|(n, d)| DaemonRef {
-                name: n,
-                exec_id: d.job.id,
-                pid: d.pid,
-                state_file: &d.state_file,
-            })
+            .filter(|(_, d)| d.running())
+            .map(|(n, d)| d.as_ref(n))
             .collect()
     }
 
@@ -167,7 +166,7 @@ impl<'a> Runner<'a> {
         let mut exports: Vec<String> = self
             .daemons
             .iter()
-            .filter(|(_, d)| d.job.status.is_none())
+            .filter(|(_, d)| d.running())
             .map(|(n, d)| format!("export DEV_{}={};", n.replace('-', "_"), d.bdev))
             .collect();
         exports.sort();
@@ -232,6 +231,7 @@ impl<'a> Runner<'a> {
         let log_name = format!("{i:02}-{}.log", step.kind.name());
         match &step.kind {
             Kind::Start(s) => self.start(s, deadline, &log_name),
+            Kind::Stop(st) => self.stop(&st.device, deadline, &log_name),
             Kind::Io(io) => self.io(io, deadline, &log_name),
             Kind::Shell(sh) => self.shell(sh, deadline, &log_name),
             Kind::Wait(w) => self.wait(w, deadline),
@@ -301,41 +301,6 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn signal(&mut self, sg: &model::Signal, deadline: Instant) -> Result<(), StepError> {
-        let d = self
-            .daemons
-            .get_mut(&sg.device)
-            .ok_or_else(|| StepError::Fail(format!("device `{}` is not running", sg.device)))?;
-        self.vm
-            .agent
-            .signal(d.job.id, sg.signal.number())
-            .map_err(StepError::Infra)?;
-        if !sg.signal.ends_daemon() {
-            return Ok(());
-        }
-        if !d.job.pump(deadline, |_| false) {
-            return Err(StepError::Hang(format!(
-                "daemon `{}` still running after SIG{:?}",
-                sg.device, sg.signal
-            )));
-        }
-        if let Some(why) = &d.job.lost {
-            return Err(StepError::Infra(format!("daemon `{}`: {why}", sg.device)));
-        }
-        let status = d.job.status.expect("an ended job has a status or a loss");
-        let want = match sg.signal {
-            model::Sig::Kill => 128 + libc::SIGKILL,
-            _ => sg.expect_exit.unwrap_or(0),
-        };
-        if status != want {
-            return Err(StepError::Fail(format!(
-                "daemon `{}` exited {status} after SIG{:?}, expected {want}",
-                sg.device, sg.signal
-            )));
-        }
-        Ok(())
-    }
-
     fn expect_timeout(
         &mut self,
         i: usize,
@@ -392,11 +357,7 @@ impl<'a> Runner<'a> {
         if let Some(first) = found.first() {
             return Err(StepError::Fail(format!("kernel splat: {first}")));
         }
-        let live = self
-            .daemons
-            .values()
-            .filter(|d| d.job.status.is_none())
-            .count();
+        let live = self.daemons.values().filter(|d| d.running()).count();
         let listing = "ls /dev/ublkb* /dev/ublkc* 2>/dev/null; true";
         let mut job = self.exec(&["sh".into(), "-c".into(), listing.into()], log_name)?;
         self.finish_job(&mut job, deadline, "device listing")?;
@@ -415,87 +376,19 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    fn start(
-        &mut self,
-        s: &model::Start,
-        deadline: Instant,
-        log_name: &str,
-    ) -> Result<(), StepError> {
-        let p = self.sc.device_params(s);
-        let (size, queues, depth, bs) = (p.size_bytes, p.queues, p.depth, p.block_size);
-        let state_file = format!("/run/ublk-{}.state.json", s.name);
-        let mut argv: Vec<String> = ["ublk-mem", "add", "--json", "--state-file", &state_file]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        argv.extend([
-            "--size".into(),
-            size.to_string(),
-            "--queues".into(),
-            queues.to_string(),
-            "--depth".into(),
-            depth.to_string(),
-            "--block-size".into(),
-            bs.to_string(),
-        ]);
-        if let Some(f) = &s.fault {
-            argv.extend(["--fault".into(), f.0.clone()]);
-        }
-        let trace = s
-            .trace
-            .then(|| (format!("/run/ublk-{}.trace", s.name), queues));
-        if let Some((t, _)) = &trace {
-            argv.extend(["--trace".into(), t.clone()]);
-        }
-        let mut job = self.exec(&argv, log_name)?;
-        let mut line = Vec::new();
-        let ready = !job.pump(deadline, |chunk| {
-            line.extend_from_slice(chunk);
-            line.contains(&b'\n') && line.starts_with(b"{")
-        });
-        if !ready {
-            let log = tail_of(&self.dir.join("steps").join(log_name), 6);
-            return Err(match (job.status, job.lost.clone()) {
-                (Some(st), _) => StepError::Fail(format!(
-                    "ublk-mem exited {st} before the device was ready: {log}"
-                )),
-                (None, Some(why)) => StepError::Infra(why),
-                (None, None) => {
-                    StepError::Hang(format!("ublk-mem not ready within the step timeout: {log}"))
-                }
-            });
-        }
-        let first = String::from_utf8_lossy(&line);
-        let ready: ublk::contract::Ready = serde_json::from_str(first.lines().next().unwrap_or(""))
-            .map_err(|e| {
-                StepError::Fail(format!(
-                    "ublk-mem's ready line is not its contract ({e}): {first}"
-                ))
-            })?;
-        let (bdev, pid) = (ready.block_device, ready.pid);
-        self.daemons.insert(
-            s.name.clone(),
-            Daemon {
-                job,
-                pid,
-                bdev,
-                state_file,
-                trace,
-            },
-        );
-        Ok(())
-    }
-
-    /// `spread` promises requests on every queue: the daemon's own counters must show it.
+    /// `spread` promises requests on every queue: the server's own counters must show it. The
+    /// kernel keeps no per-queue count, so a server without a state dump is not checked (the
+    /// steps log says so).
     fn check_every_queue_served(&self, device: &str) -> Result<(), StepError> {
         let d = &self.daemons[device];
-        let r = DaemonRef {
-            name: device,
-            exec_id: d.job.id,
-            pid: d.pid,
-            state_file: &d.state_file,
-        };
-        let (v, _) = freeze::daemon_state(&self.vm, &r)
+        if d.state_file.is_none() {
+            self.log(&format!(
+                "spread: per-queue counts of `{device}` not checked: server {} has no state dump",
+                self.server.name
+            ));
+            return Ok(());
+        }
+        let (v, _) = freeze::daemon_state(&self.vm, &d.as_ref(device))
             .ok_or_else(|| StepError::Fail(format!("daemon `{device}` did not answer SIGUSR1")))?;
         let idle: Vec<String> = v
             .queues
@@ -509,40 +402,6 @@ impl<'a> Runner<'a> {
                 idle.join(", ")
             )));
         }
-        Ok(())
-    }
-
-    /// Stops every daemon, deletes every device, reloads ublk_drv, and checks the state is clean.
-    fn reset(&mut self, deadline: Instant, log_name: &str) -> Result<(), StepError> {
-        for (name, d) in self
-            .daemons
-            .iter_mut()
-            .filter(|(_, d)| d.job.status.is_none())
-        {
-            let _ = self.vm.agent.signal(d.job.id, libc::SIGCONT);
-            let _ = self.vm.agent.signal(d.job.id, libc::SIGTERM);
-            if !d.job.pump(deadline, |_| false) {
-                return Err(StepError::Hang(format!(
-                    "reset: daemon `{name}` did not exit after SIGTERM"
-                )));
-            }
-        }
-        let script = "set -e\n\
-            ublk-mem del --all\n\
-            rmmod ublk_drv\n\
-            modprobe ublk_drv\n\
-            if ls /dev/ublkb* /dev/ublkc* 2>/dev/null; then echo 'leftover ublk devices after reset'; exit 1; fi\n\
-            test -c /dev/ublk-control\n\
-            echo reset: clean";
-        let mut job = self.exec(&["sh".into(), "-c".into(), script.into()], log_name)?;
-        let status = self.finish_job(&mut job, deadline, "reset")?;
-        if status != 0 {
-            return Err(StepError::Fail(format!(
-                "reset failed: {}",
-                tail_of(&self.dir.join("steps").join(log_name), 6)
-            )));
-        }
-        self.daemons.retain(|_, d| d.job.status.is_none());
         Ok(())
     }
 
@@ -571,7 +430,9 @@ impl<'a> Runner<'a> {
     pub fn save_artifacts(&mut self) {
         let until = Instant::now() + Duration::from_millis(200);
         for (name, d) in self.daemons.iter_mut() {
-            d.job.pump(until.max(Instant::now()), |_| false);
+            if d.mode == crate::server::Mode::Foreground {
+                d.job.pump(until.max(Instant::now()), |_| false);
+            }
             if let Some((prefix, queues)) = &d.trace {
                 for q in 0..*queues {
                     let path = format!("{prefix}.q{q}");
@@ -591,7 +452,7 @@ impl<'a> Runner<'a> {
     }
 }
 
-fn tail_of(path: &Path, n: usize) -> String {
+pub fn tail_of(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     crate::host::procs::tail(&text, n).replace('\n', " | ")
 }

@@ -1,0 +1,392 @@
+//! A server's life in a scenario, through its profile (`server::Profile`): `start` adds a
+//! device — a foreground server keeps running as the agent job that started it, a daemonizing
+//! one's `add` exits 0 — and the platform learns the device and the server's pid from the ready
+//! line or from the kernel (`ublk-mem list --json`, GET_DEV_INFO on /dev/ublk-control, for any
+//! server). `stop`, `signal` and `reset` end servers the way their profile says.
+
+use std::time::{Duration, Instant};
+
+use ublk::contract;
+
+use super::freeze::{self, DaemonRef};
+use super::model::{self, Sig};
+use super::steps::{tail_of, Job, Runner, StepError};
+use crate::server::{Mode, Ready, Stop, Storage, Vars};
+
+pub struct Daemon {
+    /// The `add` command: the server itself in foreground mode; in daemon mode it has exited.
+    pub job: Job,
+    pub mode: Mode,
+    pub pid: i32,
+    pub bdev: String,
+    /// The values its argv was rendered with (the stop command uses them too).
+    pub vars: Vars,
+    pub state_file: Option<String>,
+    pub trace: Option<(String, u16)>,
+    /// Daemon mode: the server was seen to exit.
+    pub ended: bool,
+}
+
+impl Daemon {
+    pub fn running(&self) -> bool {
+        match self.mode {
+            Mode::Foreground => self.job.status.is_none() && self.job.lost.is_none(),
+            Mode::Daemon => !self.ended,
+        }
+    }
+
+    pub fn as_ref<'a>(&'a self, name: &'a str) -> DaemonRef<'a> {
+        DaemonRef {
+            name,
+            exec_id: (self.mode == Mode::Foreground).then_some(self.job.id),
+            pid: self.pid,
+            state_file: self.state_file.as_deref(),
+        }
+    }
+}
+
+/// How often the kernel's device list is polled while waiting.
+const POLL: Duration = Duration::from_millis(100);
+
+impl Runner<'_> {
+    pub(super) fn start(
+        &mut self,
+        s: &model::Start,
+        deadline: Instant,
+        log_name: &str,
+    ) -> Result<(), StepError> {
+        let p = self.sc.device_params(s);
+        let profile = self.server;
+        let vars = Vars {
+            size: p.size_bytes,
+            queues: p.queues,
+            depth: p.depth,
+            block_size: p.block_size,
+            dev_id: self.next_dev_id,
+            backing_file: format!("/run/ublk-{}.img", s.name),
+            fault: s.fault.as_ref().map(|f| f.0.clone()).unwrap_or_default(),
+            trace: format!("/run/ublk-{}.trace", s.name),
+            state_file: format!("/run/ublk-{}.state.json", s.name),
+        };
+        self.next_dev_id += 1;
+        if profile.storage == Storage::File {
+            let mk = format!("truncate -s {} {}", vars.size, vars.backing_file);
+            let mut job = self.exec(
+                &["sh".into(), "-c".into(), mk],
+                &format!("{log_name}.backing"),
+            )?;
+            if self.finish_job(&mut job, deadline, "creating the backing file")? != 0 {
+                return Err(StepError::Infra(format!(
+                    "could not create {}",
+                    vars.backing_file
+                )));
+            }
+        }
+        let mut argv = vars.render(&profile.add.argv);
+        let has_dump = profile.options.state_file.is_some();
+        let opts = &profile.options;
+        let extra = [
+            (s.fault.is_some(), &opts.fault),
+            (s.trace, &opts.trace),
+            (has_dump, &opts.state_file),
+        ];
+        for (wanted, template) in extra {
+            if let (true, Some(t)) = (wanted, template) {
+                argv.extend(vars.render(t));
+            }
+        }
+        let mut job = self.exec(&argv, log_name)?;
+        let what = &profile.name;
+        let (dev_id, pid) = match (profile.add.mode, profile.add.ready) {
+            (Mode::Foreground, Ready::Json) => {
+                let r = self.ready_line(&mut job, deadline, log_name, what)?;
+                let ready: contract::Ready = serde_json::from_str(&r).map_err(|e| {
+                    StepError::Fail(format!(
+                        "{what}'s ready line is not a ublk::contract::Ready ({e}): {r}"
+                    ))
+                })?;
+                (ready.dev_id, ready.pid)
+            }
+            (Mode::Foreground, Ready::Path) => {
+                let r = self.ready_line(&mut job, deadline, log_name, what)?;
+                let id = r
+                    .trim()
+                    .strip_prefix("/dev/ublkb")
+                    .and_then(|n| n.parse::<u32>().ok());
+                let id = id.ok_or_else(|| {
+                    StepError::Fail(format!("{what}'s first line is not /dev/ublkbN: {r:?}"))
+                })?;
+                (id, self.live_device(id, deadline, &mut job, what)?.pid)
+            }
+            (Mode::Foreground, Ready::Kernel) => {
+                let id = vars.dev_id;
+                (id, self.live_device(id, deadline, &mut job, what)?.pid)
+            }
+            (Mode::Daemon, _) => {
+                let status = self.finish_job(&mut job, deadline, &format!("{what} add"))?;
+                if status != 0 {
+                    let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+                    return Err(StepError::Fail(format!(
+                        "`{}` exited {status}: {log}",
+                        argv.join(" ")
+                    )));
+                }
+                let id = vars.dev_id;
+                (id, self.live_device(id, deadline, &mut job, what)?.pid)
+            }
+        };
+        let daemon = Daemon {
+            job,
+            mode: profile.add.mode,
+            pid,
+            bdev: format!("/dev/ublkb{dev_id}"),
+            state_file: has_dump.then(|| vars.state_file.clone()),
+            trace: s.trace.then(|| (vars.trace.clone(), p.queues)),
+            vars,
+            ended: false,
+        };
+        self.daemons.insert(s.name.clone(), daemon);
+        Ok(())
+    }
+
+    /// The first stdout line of a foreground server, or why there is none.
+    fn ready_line(
+        &self,
+        job: &mut Job,
+        deadline: Instant,
+        log_name: &str,
+        what: &str,
+    ) -> Result<String, StepError> {
+        let mut line = Vec::new();
+        let mut ready = false;
+        job.pump(deadline, |chunk| {
+            line.extend_from_slice(chunk);
+            ready = line.contains(&b'\n');
+            ready
+        });
+        if ready {
+            let text = String::from_utf8_lossy(&line);
+            return Ok(text.lines().next().unwrap_or_default().to_string());
+        }
+        let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+        Err(match (job.status, job.lost.clone()) {
+            (Some(st), _) => StepError::Fail(format!(
+                "{what} exited {st} before the device was ready: {log}"
+            )),
+            (None, Some(why)) => StepError::Infra(why),
+            (None, None) => {
+                StepError::Hang(format!("{what} not ready within the step timeout: {log}"))
+            }
+        })
+    }
+
+    /// Device `id` as the kernel reports it, once live and served (a server pid set).
+    fn live_device(
+        &self,
+        id: u32,
+        deadline: Instant,
+        job: &mut Job,
+        what: &str,
+    ) -> Result<contract::Device, StepError> {
+        loop {
+            if let Some(d) = self.devices()?.into_iter().find(|d| d.dev_id == id) {
+                if d.state == "live" && d.pid > 0 {
+                    return Ok(d);
+                }
+            }
+            // A foreground server that died will never bring the device up.
+            if job.pump(Instant::now() + POLL, |_| false) && job.status.is_some_and(|s| s != 0) {
+                return Err(StepError::Fail(format!(
+                    "{what} exited {} before device {id} was live",
+                    job.status.unwrap_or(-1)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::Hang(format!(
+                    "device {id} of {what} was not live within the step timeout"
+                )));
+            }
+        }
+    }
+
+    /// Every ublk device the kernel knows, whoever created it.
+    pub(super) fn devices(&self) -> Result<Vec<contract::Device>, StepError> {
+        let (status, out, err) = self
+            .vm
+            .agent
+            .run_capture(
+                &["ublk-mem", "list", "--json"],
+                Instant::now() + Duration::from_secs(5),
+            )
+            .map_err(StepError::Infra)?;
+        if status != 0 {
+            let err = String::from_utf8_lossy(&err);
+            return Err(StepError::Infra(format!(
+                "ublk-mem list exited {status}: {}",
+                err.trim()
+            )));
+        }
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| StepError::Infra(format!("ublk-mem list: {e}: {l}")))
+            })
+            .collect()
+    }
+
+    /// The `stop` step: the profile's way to end the server; it must end in time.
+    pub(super) fn stop(
+        &mut self,
+        device: &str,
+        deadline: Instant,
+        log_name: &str,
+    ) -> Result<(), StepError> {
+        let how = self.server.stop.clone();
+        match how {
+            Stop::Signal(sig) => {
+                self.send(device, libc::SIGCONT)?;
+                self.send(device, sig.number())?;
+            }
+            Stop::Command(template) => {
+                let argv = self.daemon(device)?.vars.render(&template);
+                let mut job = self.exec(&argv, log_name)?;
+                let status = self.finish_job(&mut job, deadline, &argv.join(" "))?;
+                if status != 0 {
+                    let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+                    return Err(StepError::Fail(format!(
+                        "`{}` exited {status}: {log}",
+                        argv.join(" ")
+                    )));
+                }
+            }
+        }
+        let status = self.await_end(device, deadline, "stop")?;
+        match status {
+            Some(st) if st != 0 => Err(StepError::Fail(format!(
+                "server `{device}` exited {st} on stop, expected 0"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `signal` step.
+    pub(super) fn signal(
+        &mut self,
+        sg: &model::Signal,
+        deadline: Instant,
+    ) -> Result<(), StepError> {
+        self.send(&sg.device, sg.signal.number())?;
+        if !sg.signal.ends_daemon() {
+            return Ok(());
+        }
+        let status = self.await_end(&sg.device, deadline, &format!("SIG{:?}", sg.signal))?;
+        let want = match sg.signal {
+            Sig::Kill => 128 + libc::SIGKILL,
+            _ => sg.expect_exit.unwrap_or(0),
+        };
+        match status {
+            // A daemonized server is not our child: its exit status is unknowable.
+            None => Ok(()),
+            Some(st) if st == want => Ok(()),
+            Some(st) => Err(StepError::Fail(format!(
+                "daemon `{}` exited {st} after SIG{:?}, expected {want}",
+                sg.device, sg.signal
+            ))),
+        }
+    }
+
+    fn daemon(&self, name: &str) -> Result<&Daemon, StepError> {
+        self.daemons
+            .get(name)
+            .filter(|d| d.running())
+            .ok_or_else(|| StepError::Fail(format!("device `{name}` is not running")))
+    }
+
+    fn send(&self, name: &str, sig: i32) -> Result<(), StepError> {
+        let d = self.daemon(name)?;
+        freeze::signal_server(&self.vm, &d.as_ref(name), sig).map_err(StepError::Infra)
+    }
+
+    /// Waits until the server has exited: Some(status) for a foreground server (our child),
+    /// None for a daemon (seen gone from /proc).
+    fn await_end(
+        &mut self,
+        name: &str,
+        deadline: Instant,
+        after: &str,
+    ) -> Result<Option<i32>, StepError> {
+        let (mode, pid) = {
+            let d = self.daemon(name)?;
+            (d.mode, d.pid)
+        };
+        if mode == Mode::Daemon {
+            let probe = format!("test -e /proc/{pid}");
+            loop {
+                let (st, _, _) = self
+                    .vm
+                    .agent
+                    .run_capture(
+                        &["sh", "-c", &probe],
+                        Instant::now() + Duration::from_secs(5),
+                    )
+                    .map_err(StepError::Infra)?;
+                if st != 0 {
+                    self.daemons.get_mut(name).expect("checked above").ended = true;
+                    return Ok(None);
+                }
+                if Instant::now() >= deadline {
+                    return Err(StepError::Hang(format!(
+                        "server `{name}` (pid {pid}) still running after {after}"
+                    )));
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        let d = self.daemons.get_mut(name).expect("checked above");
+        if !d.job.pump(deadline, |_| false) {
+            return Err(StepError::Hang(format!(
+                "daemon `{name}` still running after {after}"
+            )));
+        }
+        if let Some(why) = &d.job.lost {
+            return Err(StepError::Infra(format!("daemon `{name}`: {why}")));
+        }
+        Ok(d.job.status)
+    }
+
+    /// Stops every server, deletes every device, reloads ublk_drv, and checks the state is clean.
+    pub(super) fn reset(&mut self, deadline: Instant, log_name: &str) -> Result<(), StepError> {
+        let mut running: Vec<String> = self
+            .daemons
+            .iter()
+            .filter(|(_, d)| d.running())
+            .map(|(n, _)| n.clone())
+            .collect();
+        running.sort();
+        for name in running {
+            self.stop(&name, deadline, &format!("{log_name}.stop-{name}"))
+                .map_err(|e| match e {
+                    StepError::Hang(m) => StepError::Hang(format!("reset: {m}")),
+                    other => other,
+                })?;
+        }
+        let script = "set -e\n\
+            ublk-mem del --all\n\
+            rmmod ublk_drv\n\
+            modprobe ublk_drv\n\
+            if ls /dev/ublkb* /dev/ublkc* 2>/dev/null; then echo 'leftover ublk devices after reset'; exit 1; fi\n\
+            test -c /dev/ublk-control\n\
+            echo reset: clean";
+        let mut job = self.exec(&["sh".into(), "-c".into(), script.into()], log_name)?;
+        let status = self.finish_job(&mut job, deadline, "reset")?;
+        if status != 0 {
+            return Err(StepError::Fail(format!(
+                "reset failed: {}",
+                tail_of(&self.dir.join("steps").join(log_name), 6)
+            )));
+        }
+        self.daemons.retain(|_, d| d.running());
+        Ok(())
+    }
+}

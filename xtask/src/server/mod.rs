@@ -1,0 +1,441 @@
+//! Server profiles: how the platform runs one ublk server in the guest (format in
+//! vm-images/servers/README.md). A profile says where the binary comes from, the argv that
+//! adds a device (a template), how the platform learns the device is ready, how to stop the
+//! server, whether it stores data, and what else it supports. Scenarios stay server-neutral:
+//! what a scenario needs (`Capability`) is checked against what a profile claims, and a
+//! scenario a server cannot run is a `skip` with the reason.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::input::{self, key_position, located};
+use crate::util::{root, Result};
+
+/// The built-in profiles' folder.
+pub const DIR: &str = "vm-images/servers";
+/// The server every scenario runs against unless told otherwise.
+pub const DEFAULT: &str = "ublk-mem";
+
+/// What a scenario may need from a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    /// Reads return what was written (memory or a backing file): data verification works.
+    StoresData,
+    /// `start: {fault: ...}` (ublk-mem's stall-tag syntax).
+    FaultInjection,
+    /// SIGUSR1 writes a `ublk::contract::StateDump` to the `{state_file}` it was given.
+    StateDump,
+    /// `start: {trace: true}` (ublk/TRACE.md).
+    Trace,
+    Discard,
+    WriteZeroes,
+    Flush,
+}
+
+impl Capability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::StoresData => "stores-data",
+            Capability::FaultInjection => "fault-injection",
+            Capability::StateDump => "state-dump",
+            Capability::Trace => "trace",
+            Capability::Discard => "discard",
+            Capability::WriteZeroes => "write-zeroes",
+            Capability::Flush => "flush",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub binary: Binary,
+    pub add: Add,
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub stop: Stop,
+    pub storage: Storage,
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Extra argv for optional features, each with its capability.
+    #[serde(default)]
+    pub options: Options,
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Where the server's binary comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Binary {
+    /// One of the image's guest binaries (vm-images/recipe.yaml).
+    Builtin(String),
+    /// A static binary on the host (relative paths are relative to the profile), copied into
+    /// the guest's /usr/local/bin before the first step.
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Add {
+    /// The command that adds one device; `{size}`, `{queues}`, `{depth}`, `{block_size}`,
+    /// `{dev_id}`, `{backing_file}` (storage: file) are filled in.
+    pub argv: Vec<String>,
+    pub mode: Mode,
+    pub ready: Ready,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The server keeps running in the foreground; it is stopped by `stop`.
+    Foreground,
+    /// `add` exits 0 once the device is up and the server runs on in the background.
+    Daemon,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    /// The first stdout line is a `ublk::contract::Ready` JSON object.
+    Json,
+    /// The first stdout line is the block device path, /dev/ublkbN.
+    Path,
+    /// Nothing useful on stdout: the device is the one with `{dev_id}`, found live through
+    /// /dev/ublk-control (GET_DEV_INFO), whose server pid the kernel knows.
+    Kernel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Stop {
+    /// A signal to the server process (its whole process group in foreground mode).
+    Signal(crate::scenario::model::Sig),
+    /// The server's own command (e.g. `[rublk, del, -n, "{dev_id}"]`).
+    Command(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    Memory,
+    /// A backing file: the platform creates `{backing_file}` (tmpfs, the device's size).
+    File,
+    /// Reads return zeroes or garbage (a null target): no data verification.
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// With fault-injection: e.g. [--fault, "{fault}"].
+    pub fault: Option<Vec<String>>,
+    /// With trace: e.g. [--trace, "{trace}"].
+    pub trace: Option<Vec<String>>,
+    /// With state-dump: e.g. [--state-file, "{state_file}"].
+    pub state_file: Option<Vec<String>>,
+}
+
+/// Values for an argv template.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    pub size: u64,
+    pub queues: u16,
+    pub depth: u16,
+    pub block_size: u32,
+    pub dev_id: u32,
+    pub backing_file: String,
+    pub fault: String,
+    pub trace: String,
+    pub state_file: String,
+}
+
+const PLACEHOLDERS: [&str; 9] = [
+    "size",
+    "queues",
+    "depth",
+    "block_size",
+    "dev_id",
+    "backing_file",
+    "fault",
+    "trace",
+    "state_file",
+];
+
+impl Vars {
+    fn get(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "size" => self.size.to_string(),
+            "queues" => self.queues.to_string(),
+            "depth" => self.depth.to_string(),
+            "block_size" => self.block_size.to_string(),
+            "dev_id" => self.dev_id.to_string(),
+            "backing_file" => self.backing_file.clone(),
+            "fault" => self.fault.clone(),
+            "trace" => self.trace.clone(),
+            "state_file" => self.state_file.clone(),
+            _ => return None,
+        })
+    }
+
+    /// The template with every `{name}` replaced (names were checked when the profile loaded).
+    pub fn render(&self, template: &[String]) -> Vec<String> {
+        template
+            .iter()
+            .map(|arg| {
+                let mut out = arg.clone();
+                for key in PLACEHOLDERS {
+                    let pat = format!("{{{key}}}");
+                    if out.contains(&pat) {
+                        out = out.replace(&pat, &self.get(key).unwrap_or_default());
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+impl Profile {
+    /// A built-in profile by name, or a profile file by path.
+    pub fn resolve(name_or_path: &str) -> Result<Profile> {
+        let p = Path::new(name_or_path);
+        if name_or_path.ends_with(".yaml") || name_or_path.contains('/') {
+            return Profile::load(p);
+        }
+        let builtin = root().join(DIR).join(format!("{name_or_path}.yaml"));
+        if builtin.is_file() {
+            return Profile::load(&builtin);
+        }
+        Err(format!(
+            "no server named {name_or_path:?}; built in: {} (or give a profile's path)",
+            builtin_names().join(", ")
+        ))
+    }
+
+    pub fn load(path: &Path) -> Result<Profile> {
+        Profile::parse(&input::read(path)?, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Profile> {
+        let mut p: Profile = input::parse(text, path)?;
+        p.source = path.to_path_buf();
+        p.check()
+            .map_err(|(keys, m)| located(path, key_position(text, &keys), &m))?;
+        Ok(p)
+    }
+
+    pub fn has(&self, c: Capability) -> bool {
+        c == Capability::StoresData && self.storage != Storage::None
+            || self.capabilities.contains(&c)
+    }
+
+    /// A built-in binary must be one of the image's guest binaries.
+    pub fn check_builtin(&self, recipe: &crate::image::recipe::Recipe) -> Result<()> {
+        match &self.binary {
+            Binary::Builtin(b) if !recipe.guest_binaries.iter().any(|g| &g.bin == b) => {
+                Err(format!(
+                    "{}: binary {{builtin: {b}}} is not a guest binary of vm-images/recipe.yaml",
+                    self.source.display()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// One line for listings.
+    pub fn describe(&self) -> String {
+        let caps: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
+        format!(
+            "{}: {} [{:?}, ready {:?}, storage {:?}; {}]",
+            self.name,
+            self.description,
+            self.add.mode,
+            self.add.ready,
+            self.storage,
+            if caps.is_empty() {
+                "no extras".to_string()
+            } else {
+                caps.join(", ")
+            }
+        )
+    }
+
+    /// The host file to copy into the guest, if the binary is not built in.
+    pub fn host_binary(&self) -> Option<PathBuf> {
+        match &self.binary {
+            Binary::Builtin(_) => None,
+            Binary::Path(p) if p.is_absolute() => Some(p.clone()),
+            Binary::Path(p) => Some(self.source.parent().unwrap_or(Path::new(".")).join(p)),
+        }
+    }
+
+    /// Semantic checks, with the keys that locate each error.
+    fn check(&self) -> std::result::Result<(), (Vec<&'static str>, String)> {
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.name.is_empty() || !self.name.chars().all(name_ok) {
+            return Err((
+                vec!["name"],
+                format!("name {:?} must be letters, digits, '-' or '_'", self.name),
+            ));
+        }
+        if self.add.argv.is_empty() || self.add.argv[0].is_empty() {
+            return Err((
+                vec!["add", "argv"],
+                "add.argv needs at least the program".into(),
+            ));
+        }
+        let mut templates: Vec<(&'static str, &Vec<String>)> = vec![("add", &self.add.argv)];
+        if let Stop::Command(c) = &self.stop {
+            if c.is_empty() {
+                return Err((
+                    vec!["stop"],
+                    "stop.command needs at least the program".into(),
+                ));
+            }
+            templates.push(("stop", c));
+        }
+        for (opt, cap) in [
+            (&self.options.fault, Capability::FaultInjection),
+            (&self.options.trace, Capability::Trace),
+            (&self.options.state_file, Capability::StateDump),
+        ] {
+            match opt {
+                Some(t) => templates.push(("options", t)),
+                None if self.capabilities.contains(&cap) => {
+                    let m = format!("capability {} needs its argv under options", cap.name());
+                    return Err((vec!["capabilities"], m));
+                }
+                None => {}
+            }
+        }
+        for (key, t) in templates {
+            for arg in t {
+                check_placeholders(arg).map_err(|m| (vec![key], m))?;
+                if arg.contains("{backing_file}") && self.storage != Storage::File {
+                    return Err((vec![key], "{backing_file} needs `storage: file`".into()));
+                }
+            }
+        }
+        let uses_id = self.add.argv.iter().any(|a| a.contains("{dev_id}"));
+        if self.add.ready == Ready::Kernel && !uses_id {
+            let m = "ready: kernel finds the device by its id: add.argv must pass {dev_id}";
+            return Err((vec!["add", "ready"], m.into()));
+        }
+        if self.add.mode == Mode::Daemon && self.add.ready != Ready::Kernel {
+            let m = "mode: daemon needs ready: kernel (a daemon's output ends when `add` exits)";
+            return Err((vec!["add", "mode"], m.into()));
+        }
+        if let (Mode::Daemon, Stop::Signal(_)) = (self.add.mode, &self.stop) {
+            // Fine: the kernel knows the daemon's pid.
+        }
+        Ok(())
+    }
+}
+
+fn check_placeholders(arg: &str) -> std::result::Result<(), String> {
+    let mut rest = arg;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i + 1..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{arg:?}: an unclosed {{"))?;
+        let key = &after[..end];
+        if !PLACEHOLDERS.contains(&key) {
+            return Err(format!(
+                "{arg:?}: unknown placeholder {{{key}}}; known: {}",
+                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(" ")
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+/// Names of the built-in profiles.
+pub fn builtin_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join(DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "yaml")
+                .then(|| p.file_stem().map(|s| s.to_string_lossy().into_owned()))?
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_load() {
+        for name in builtin_names() {
+            let p = Profile::resolve(&name).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p.name, name);
+        }
+        let m = Profile::resolve(DEFAULT).unwrap();
+        assert!(m.has(Capability::StoresData) && m.has(Capability::FaultInjection));
+        assert!(Profile::resolve("no-such")
+            .unwrap_err()
+            .contains("built in: "));
+    }
+
+    fn err(text: &str) -> String {
+        Profile::parse(text, Path::new("p.yaml")).unwrap_err()
+    }
+
+    const GOOD: &str = "name: s\ndescription: d\nbinary: {path: ./s}\nadd:\n  argv: [s, add, -n, '{dev_id}', -f, '{backing_file}']\n  mode: daemon\n  ready: kernel\nstop: {command: [s, del, -n, '{dev_id}']}\nstorage: file\n";
+
+    #[test]
+    fn a_daemonizing_file_backed_server_parses() {
+        let p = Profile::parse(GOOD, Path::new("/x/p.yaml")).unwrap();
+        assert_eq!(p.host_binary().unwrap(), Path::new("/x/./s"));
+        let v = Vars {
+            dev_id: 3,
+            backing_file: "/run/f".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            v.render(&p.add.argv),
+            ["s", "add", "-n", "3", "-f", "/run/f"]
+        );
+        assert!(p.has(Capability::StoresData) && !p.has(Capability::StateDump));
+    }
+
+    #[test]
+    fn profile_errors_are_located() {
+        let e = err(&GOOD.replace("mode: daemon", "mode: demon"));
+        assert!(
+            e.starts_with("p.yaml:6:9: add.mode: unknown variant `demon`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("'{dev_id}', -f", "'{devid}', -f"));
+        assert!(
+            e.starts_with("p.yaml:4:1: ") && e.contains("unknown placeholder {devid}"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("storage: file", "storage: memory"));
+        assert!(e.contains("{backing_file} needs `storage: file`"), "{e}");
+        let e = err(&GOOD.replace("ready: kernel", "ready: json"));
+        assert!(
+            e.starts_with("p.yaml:6:3: mode: daemon needs ready: kernel"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}capabilities: [trace]\n"));
+        assert!(
+            e.contains("capability trace needs its argv under options"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}capabilities: [teleport]\n"));
+        assert!(e.contains("unknown variant `teleport`"), "{e}");
+    }
+}
