@@ -26,7 +26,8 @@ pub fn run(args: Args) -> Result<i32> {
     let recipe = Recipe::load()?;
     let mut bad = 0;
     for f in &files {
-        match Profile::load(f).and_then(|p| p.check_builtin(&recipe).map(|()| p)) {
+        let loaded = Profile::load(f).and_then(|mut p| p.prepare(&recipe).map(|()| p));
+        match loaded {
             Ok(p) => println!("ok   {}", p.describe()),
             Err(e) => {
                 bad += 1;

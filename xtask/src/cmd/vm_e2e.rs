@@ -154,8 +154,8 @@ fn load_servers(cli: &[String], scenarios: &[Scenario]) -> Result<BTreeMap<Strin
     for sc in scenarios {
         for key in servers_of(cli, sc) {
             if !out.contains_key(&key) {
-                let p = Profile::resolve(&key)?;
-                p.check_builtin(&recipe)?;
+                let mut p = Profile::resolve(&key)?;
+                p.prepare(&recipe)?;
                 out.insert(key.clone(), p);
             }
         }

@@ -61,19 +61,57 @@ pub fn ensure(needs: Vec<Need>) -> Result<()> {
         return Ok(());
     }
     let pkgs = plan(&missing, is_root(), which("apt-get").is_some())?;
+    apt_install(&pkgs)?;
+    if let Some(n) = missing.iter().find(|n| !(n.present)()) {
+        return Err(format!(
+            "{} is still missing after installing {}",
+            n.what, n.package
+        ));
+    }
+    Ok(())
+}
+
+/// Debian packages by name (e.g. what a server profile's build needs), installed if missing.
+pub fn ensure_packages(pkgs: &[String]) -> Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .map(|p| p.as_str())
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() || which("apt-get").is_none() {
+        return Err(format!(
+            "missing host packages: {}. Run:\n    sudo apt-get install -y --no-install-recommends {}",
+            missing.join(" "),
+            missing.join(" ")
+        ));
+    }
+    apt_install(&missing)
+}
+
+fn installed(pkg: &str) -> bool {
+    let out = procs::run(
+        Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]),
+        Duration::from_secs(30),
+        "dpkg-query",
+    );
+    out.is_ok_and(|o| o.stdout.contains("install ok installed"))
+}
+
+/// apt-get install, with one `apt-get update` if the first attempt fails.
+fn apt_install(pkgs: &[&str]) -> Result<()> {
     let command = format!(
         "apt-get install -y --no-install-recommends {}",
         pkgs.join(" ")
     );
-    eprintln!(
-        "xtask: installing missing host packages: {}",
-        pkgs.join(" ")
-    );
+    eprintln!("xtask: installing missing host packages: {}", pkgs.join(" "));
     let install = || {
         let mut cmd = Command::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&pkgs);
+            .args(pkgs);
         procs::run(&mut cmd, Duration::from_secs(900), &command)
     };
     let mut out = install()?;
@@ -90,12 +128,6 @@ pub fn ensure(needs: Vec<Need>) -> Result<()> {
         return Err(format!(
             "{command} failed:\n{}",
             procs::tail(&out.stderr, 20)
-        ));
-    }
-    if let Some(n) = missing.iter().find(|n| !(n.present)()) {
-        return Err(format!(
-            "{} is still missing after installing {}",
-            n.what, n.package
         ));
     }
     Ok(())

@@ -270,21 +270,15 @@ fn classify(r: &mut Runner, label: &str, e: StepError, out: &mut Outcome) -> (Ve
     }
 }
 
-/// Copies a server given as a host binary into the guest's /bin (static binaries only).
+/// Copies a server's host binary (a path or a crate build, checked static by
+/// `Profile::prepare`) into the guest's /bin.
 fn install_server(vm: &Vm, server: &Profile, deadline: Instant) -> Result<(), String> {
-    let Some(host) = server.host_binary() else {
+    let Some(host) = &server.host_binary else {
         return Ok(());
     };
     let what = format!("server {} binary {}", server.name, host.display());
-    let data = std::fs::read(&host).map_err(|e| format!("{what}: {e}"))?;
-    if !crate::image::elf::is_static(&data)? {
-        return Err(format!(
-            "{what} is dynamically linked; the guest has no libc: build it static (Rust: -C target-feature=+crt-static, Go: CGO_ENABLED=0, C: -static)"
-        ));
-    }
-    let name = host
-        .file_name()
-        .ok_or_else(|| format!("{what}: no file name"))?;
+    let data = std::fs::read(host).map_err(|e| format!("{what}: {e}"))?;
+    let name = host.file_name().ok_or_else(|| format!("{what}: no file name"))?;
     let guest = format!("/bin/{}", name.to_string_lossy());
     vm.agent
         .put_file(&guest, 0o755, &data, deadline)

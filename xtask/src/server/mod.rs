@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::input::{self, key_position, located};
+
+pub mod build;
 use crate::util::{root, Result};
 
 /// The built-in profiles' folder.
@@ -66,6 +68,9 @@ pub struct Profile {
     pub options: Options,
     #[serde(skip)]
     pub source: PathBuf,
+    /// The host file copied into the guest's /bin, once `prepare` found or built it.
+    #[serde(skip)]
+    pub host_binary: Option<PathBuf>,
 }
 
 /// Where the server's binary comes from.
@@ -75,8 +80,11 @@ pub enum Binary {
     /// One of the image's guest binaries (vm-images/recipe.yaml).
     Builtin(String),
     /// A static binary on the host (relative paths are relative to the profile), copied into
-    /// the guest's /usr/local/bin before the first step.
+    /// the guest's /bin before the first step.
     Path(PathBuf),
+    /// A crate from the Rust registry at an exact version, built static on first use and
+    /// cached (`server/build.rs`), then copied in like a path.
+    Crate(build::CrateSpec),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,19 +242,6 @@ impl Profile {
             || self.capabilities.contains(&c)
     }
 
-    /// A built-in binary must be one of the image's guest binaries.
-    pub fn check_builtin(&self, recipe: &crate::image::recipe::Recipe) -> Result<()> {
-        match &self.binary {
-            Binary::Builtin(b) if !recipe.guest_binaries.iter().any(|g| &g.bin == b) => {
-                Err(format!(
-                    "{}: binary {{builtin: {b}}} is not a guest binary of vm-images/recipe.yaml",
-                    self.source.display()
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// One line for listings.
     pub fn describe(&self) -> String {
         let caps: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
@@ -265,13 +260,32 @@ impl Profile {
         )
     }
 
-    /// The host file to copy into the guest, if the binary is not built in.
-    pub fn host_binary(&self) -> Option<PathBuf> {
-        match &self.binary {
-            Binary::Builtin(_) => None,
-            Binary::Path(p) if p.is_absolute() => Some(p.clone()),
-            Binary::Path(p) => Some(self.source.parent().unwrap_or(Path::new(".")).join(p)),
+    /// Finds (or builds) the host binary to copy into the guest, and checks it can run there.
+    /// Built-in binaries must be guest binaries of the recipe.
+    pub fn prepare(&mut self, recipe: &crate::image::recipe::Recipe) -> Result<()> {
+        let path = match &self.binary {
+            Binary::Builtin(b) => {
+                if !recipe.guest_binaries.iter().any(|g| &g.bin == b) {
+                    return Err(format!(
+                        "{}: binary {{builtin: {b}}} is not a guest binary of vm-images/recipe.yaml",
+                        self.source.display()
+                    ));
+                }
+                return Ok(());
+            }
+            Binary::Path(p) if p.is_absolute() => p.clone(),
+            Binary::Path(p) => self.source.parent().unwrap_or(Path::new(".")).join(p),
+            Binary::Crate(spec) => build::crate_binary(spec)?,
+        };
+        let what = format!("server {}: binary {}", self.name, path.display());
+        let data = std::fs::read(&path).map_err(|e| format!("{what}: {e}"))?;
+        if !crate::image::elf::is_static(&data).map_err(|e| format!("{what}: {e}"))? {
+            return Err(format!(
+                "{what} is dynamically linked; the guest has no libc: build it static (Rust: -C target-feature=+crt-static, Go: CGO_ENABLED=0, C: -static)"
+            ));
         }
+        self.host_binary = Some(path);
+        Ok(())
     }
 
     /// Semantic checks, with the keys that locate each error.
@@ -330,8 +344,8 @@ impl Profile {
             let m = "mode: daemon needs ready: kernel (a daemon's output ends when `add` exits)";
             return Err((vec!["add", "mode"], m.into()));
         }
-        if let (Mode::Daemon, Stop::Signal(_)) = (self.add.mode, &self.stop) {
-            // Fine: the kernel knows the daemon's pid.
+        if let Binary::Crate(spec) = &self.binary {
+            spec.check().map_err(|m| (vec!["binary"], m))?;
         }
         Ok(())
     }
@@ -398,7 +412,7 @@ mod tests {
     #[test]
     fn a_daemonizing_file_backed_server_parses() {
         let p = Profile::parse(GOOD, Path::new("/x/p.yaml")).unwrap();
-        assert_eq!(p.host_binary().unwrap(), Path::new("/x/./s"));
+        assert!(matches!(&p.binary, Binary::Path(b) if b == Path::new("./s")));
         let v = Vars {
             dev_id: 3,
             backing_file: "/run/f".into(),
