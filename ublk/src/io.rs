@@ -270,6 +270,7 @@ pub fn run_queue(
     epoch: Instant,
     ready: impl FnOnce(Result<(), String>),
 ) -> Result<QueueExit, String> {
+    crate::planted::plant_from_env();
     let setup = || -> Result<_, String> {
         if let Err(e) = pin(&spec.cpus) {
             eprintln!(

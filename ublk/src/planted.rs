@@ -75,3 +75,16 @@ pub fn active(bug: Bug) -> bool {
 pub fn plant(bug: Bug) {
     ACTIVE.with(|a| a.set(bug));
 }
+
+/// Plants the bug named by `UBLK_MEM_PLANT` on this thread: how a test builds a misbehaving
+/// ublk-mem (`--features planted-bugs`) to prove the platform catches a server that corrupts
+/// data. Without the feature there is nothing to plant and the variable means nothing.
+pub fn plant_from_env() {
+    #[cfg(feature = "planted-bugs")]
+    if let Some(bug) = std::env::var("UBLK_MEM_PLANT")
+        .ok()
+        .and_then(|s| Bug::parse(&s))
+    {
+        plant(bug);
+    }
+}

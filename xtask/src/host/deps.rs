@@ -106,7 +106,10 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
         "apt-get install -y --no-install-recommends {}",
         pkgs.join(" ")
     );
-    eprintln!("xtask: installing missing host packages: {}", pkgs.join(" "));
+    eprintln!(
+        "xtask: installing missing host packages: {}",
+        pkgs.join(" ")
+    );
     let install = || {
         let mut cmd = Command::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive")

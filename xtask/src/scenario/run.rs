@@ -278,11 +278,28 @@ fn install_server(vm: &Vm, server: &Profile, deadline: Instant) -> Result<(), St
     };
     let what = format!("server {} binary {}", server.name, host.display());
     let data = std::fs::read(host).map_err(|e| format!("{what}: {e}"))?;
-    let name = host.file_name().ok_or_else(|| format!("{what}: no file name"))?;
+    let name = host
+        .file_name()
+        .ok_or_else(|| format!("{what}: no file name"))?;
     let guest = format!("/bin/{}", name.to_string_lossy());
     vm.agent
         .put_file(&guest, 0o755, &data, deadline)
-        .map_err(|e| format!("{what}: copying it to the guest's {guest}: {e}"))
+        .map_err(|e| format!("{what}: copying it to the guest's {guest}: {e}"))?;
+    for lib in &server.host_libs {
+        let data = std::fs::read(lib).map_err(|e| format!("{what}: {}: {e}", lib.display()))?;
+        let dir = lib
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        vm.agent
+            .run_capture(&["mkdir", "-p", &dir], deadline)
+            .map_err(|e| format!("{what}: mkdir {dir} in the guest: {e}"))?;
+        let guest = lib.display().to_string();
+        vm.agent
+            .put_file(&guest, 0o755, &data, deadline)
+            .map_err(|e| format!("{what}: copying {guest} to the guest: {e}"))?;
+    }
+    Ok(())
 }
 
 fn failure_verdict(f: &Failure) -> (Verdict, String) {

@@ -58,13 +58,30 @@ impl HasFiles for BuildManifest {
 impl CrateSpec {
     pub fn check(&self) -> std::result::Result<(), String> {
         let exact = self.version.split('.').count() == 3
-            && self.version.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+            && self
+                .version
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
         if !exact {
-            return Err(format!("version {:?} must be exact (e.g. 0.2.15): builds are pinned", self.version));
+            return Err(format!(
+                "version {:?} must be exact (e.g. 0.2.15): builds are pinned",
+                self.version
+            ));
         }
-        let word = |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c));
-        if let Some(bad) = [&self.name, &self.bin].into_iter().chain(&self.features).chain(&self.host_packages).find(|s| !word(s)) {
-            return Err(format!("{bad:?} is not a plain crate, binary, feature or package name"));
+        let word = |s: &String| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c))
+        };
+        if let Some(bad) = [&self.name, &self.bin]
+            .into_iter()
+            .chain(&self.features)
+            .chain(&self.host_packages)
+            .find(|s| !word(s))
+        {
+            return Err(format!(
+                "{bad:?} is not a plain crate, binary, feature or package name"
+            ));
         }
         Ok(())
     }
@@ -73,19 +90,27 @@ impl CrateSpec {
 /// The static binary of a crate-built server: cached, or built now.
 pub fn crate_binary(spec: &CrateSpec) -> Result<PathBuf> {
     let key = key_of(&[
-        ("spec", serde_json::to_string(spec).expect("plain data").as_bytes()),
+        (
+            "spec",
+            serde_json::to_string(spec).expect("plain data").as_bytes(),
+        ),
         ("target", GUEST_TRIPLE.as_bytes()),
         ("rustflags", b"-Ctarget-feature=+crt-static"),
     ]);
     let parent = target_dir().join("servers");
     let _lock = store::lock(BUILD_LIMIT)?;
     let check = |m: &BuildManifest| {
-        (m.spec == *spec).then_some(()).ok_or_else(|| "its spec differs".to_string())
+        (m.spec == *spec)
+            .then_some(())
+            .ok_or_else(|| "its spec differs".to_string())
     };
     let what = format!("server build {} {}", spec.name, spec.version);
     let (dir, _, _) = store::cached_dir(&parent, &key, &what, check, |tmp| {
         build(spec, tmp, &parent.join("build"))?;
-        Ok(BuildManifest { spec: spec.clone(), files: BTreeMap::new() })
+        Ok(BuildManifest {
+            spec: spec.clone(),
+            files: BTreeMap::new(),
+        })
     })?;
     Ok(dir.join("bin").join(&spec.bin))
 }
@@ -94,15 +119,22 @@ fn build(spec: &CrateSpec, root: &Path, target_dir: &Path) -> Result<()> {
     deps::ensure_packages(&spec.host_packages)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["install", "--locked", "--version", &spec.version, "--target", GUEST_TRIPLE])
-        .arg("--root")
-        .arg(root)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .args(["--bin", &spec.bin])
-        // An explicit --target keeps these flags off build scripts and proc macros.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
-        .env_remove("RUSTFLAGS");
+    cmd.args([
+        "install",
+        "--locked",
+        "--version",
+        &spec.version,
+        "--target",
+        GUEST_TRIPLE,
+    ])
+    .arg("--root")
+    .arg(root)
+    .arg("--target-dir")
+    .arg(target_dir)
+    .args(["--bin", &spec.bin])
+    // An explicit --target keeps these flags off build scripts and proc macros.
+    .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+    .env_remove("RUSTFLAGS");
     if !spec.default_features {
         cmd.arg("--no-default-features");
     }
@@ -110,10 +142,17 @@ fn build(spec: &CrateSpec, root: &Path, target_dir: &Path) -> Result<()> {
         cmd.args(["--features", &spec.features.join(",")]);
     }
     cmd.arg(&spec.name);
-    let msg = format!("building server {} {} (cargo install, first use only)", spec.name, spec.version);
+    let msg = format!(
+        "building server {} {} (cargo install, first use only)",
+        spec.name, spec.version
+    );
     let spinner = crate::ui::spinner(&msg);
     let t = Instant::now();
-    let out = procs::run(&mut cmd, BUILD_LIMIT, &format!("cargo install {}", spec.name));
+    let out = procs::run(
+        &mut cmd,
+        BUILD_LIMIT,
+        &format!("cargo install {}", spec.name),
+    );
     spinner.finish_and_clear();
     let out = out?;
     if !out.status.success() {
@@ -129,6 +168,11 @@ fn build(spec: &CrateSpec, root: &Path, target_dir: &Path) -> Result<()> {
     if !elf::is_static(&data)? {
         return Err(format!("{} is not statically linked", bin.display()));
     }
-    eprintln!("xtask: built server {} {} in {:.0} s", spec.name, spec.version, t.elapsed().as_secs_f64());
+    eprintln!(
+        "xtask: built server {} {} in {:.0} s",
+        spec.name,
+        spec.version,
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -71,6 +71,10 @@ pub struct Profile {
     /// The host file copied into the guest's /bin, once `prepare` found or built it.
     #[serde(skip)]
     pub host_binary: Option<PathBuf>,
+    /// A dynamically linked binary's shared-library closure (loader included), copied into
+    /// the guest at the same paths.
+    #[serde(skip)]
+    pub host_libs: Vec<PathBuf>,
 }
 
 /// Where the server's binary comes from.
@@ -280,9 +284,7 @@ impl Profile {
         let what = format!("server {}: binary {}", self.name, path.display());
         let data = std::fs::read(&path).map_err(|e| format!("{what}: {e}"))?;
         if !crate::image::elf::is_static(&data).map_err(|e| format!("{what}: {e}"))? {
-            return Err(format!(
-                "{what} is dynamically linked; the guest has no libc: build it static (Rust: -C target-feature=+crt-static, Go: CGO_ENABLED=0, C: -static)"
-            ));
+            self.host_libs = shared_closure(&path).map_err(|e| format!("{what}: {e}"))?;
         }
         self.host_binary = Some(path);
         Ok(())
@@ -349,6 +351,30 @@ impl Profile {
         }
         Ok(())
     }
+}
+
+/// The shared libraries (and the loader) a dynamic binary needs, as the host's loader resolves
+/// them (`ldd`, bounded). A library the host cannot find is an error naming it.
+fn shared_closure(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = crate::host::procs::run_ok(
+        std::process::Command::new("ldd").arg(bin),
+        std::time::Duration::from_secs(30),
+        "ldd",
+    )?;
+    let mut libs = Vec::new();
+    for line in out.stdout.lines() {
+        if line.contains("not found") {
+            return Err(format!("needs a library the host lacks: {}", line.trim()));
+        }
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x..)" or "/lib64/ld-linux-x86-64.so.2 (0x..)"
+        if let Some(p) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    if libs.is_empty() {
+        return Err(format!("ldd found no libraries: {}", out.stdout.trim()));
+    }
+    Ok(libs)
 }
 
 fn check_placeholders(arg: &str) -> std::result::Result<(), String> {
