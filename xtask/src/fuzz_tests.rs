@@ -1,5 +1,5 @@
-//! Seeded mutations of every file format xtask reads (the shipped scenarios, the image recipe,
-//! the kernel lock) fed to their parsers: no panic, a `file:line:column` on every error, and
+//! Seeded mutations of every file format xtask reads (the shipped scenarios, the server
+//! profiles, the image recipe, the kernel lock) fed to their parsers: no panic, a `file:line:column` on every error, and
 //! well under a second each. Byte-level edits here; `tests/e2e.rs` mutates whole lines and
 //! goes through the `scenario check` command line.
 
@@ -98,6 +98,17 @@ fn shipped_scenarios_survive_mutation() {
         let text = std::fs::read_to_string(&f).unwrap();
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         fuzz(&name, &text, |t, p| Scenario::parse(t, p).map(|_| ()));
+    }
+}
+
+#[test]
+fn server_profiles_survive_mutation() {
+    for name in crate::server::builtin_names() {
+        let path = root().join(crate::server::DIR).join(format!("{name}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        fuzz(&format!("{name}.yaml"), &text, |t, p| {
+            crate::server::Profile::parse(t, p).map(|_| ())
+        });
     }
 }
 

@@ -92,3 +92,21 @@ fn every_command_and_flag_is_documented() {
     }
     assert!(missing.is_empty(), "undocumented: {missing:?}");
 }
+
+#[test]
+fn built_in_servers_in_the_docs_are_the_profiles() {
+    let mut documented = table_names(&read("vm-images/servers/README.md"), "| built-in |");
+    documented.sort();
+    assert_eq!(
+        documented,
+        crate::server::builtin_names(),
+        "vm-images/servers/README.md's table"
+    );
+    let readme = read("README.md");
+    for name in crate::server::builtin_names() {
+        assert!(
+            readme.contains(&format!("| `{name}`")),
+            "README.md's servers table lacks {name}"
+        );
+    }
+}

@@ -739,6 +739,17 @@ fn a_users_dynamic_server_and_a_corrupting_one() {
     };
     let dynamic = profile(&dir, "dynamic", &body("none"));
     let corrupting = profile(&dir, "corrupting", &body("segment-offset"));
+    // vm-run --server puts it (and its libraries) into the guest too.
+    let o = run(&[
+        "vm-run",
+        "--server",
+        &dynamic,
+        "--",
+        "ublk-mem-planted",
+        "--version",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ublk-mem "));
     let servers = format!("{dynamic},{corrupting}");
     let o = run(&[
         "vm-e2e",
@@ -761,9 +772,14 @@ fn a_users_dynamic_server_and_a_corrupting_one() {
             ("corrupting", "scattered-writes") => {
                 assert_eq!(r["verdict"], "fail", "{r}");
                 let why = r["reason"].as_str().unwrap();
+                // Block-level diagnosis: which blocks, and lost / stale / misplaced / corrupt.
+                let kinds = [
+                    "the write was lost",
+                    "stale data",
+                    "data landed at the wrong offset",
+                ];
                 assert!(
-                    why.contains("MISMATCH offset")
-                        && why.contains("data landed at the wrong offset"),
+                    why.contains("MISMATCH offset") && kinds.iter().any(|k| why.contains(k)),
                     "{why}"
                 );
             }

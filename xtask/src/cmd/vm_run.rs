@@ -9,6 +9,7 @@ use crate::host::procs::signal_name;
 use crate::image::kernel::Source;
 use crate::image::{self, Image};
 use crate::runs::{self, RunDir, RunResult, Verdict, EXIT_INFRA, EXIT_TIMEOUT};
+use crate::server::Profile;
 use crate::util::{parse_mib, rfc3339_now, shell_join, Result};
 use crate::vm::qemu::VmConfig;
 use crate::vm::{Failure, Outcome, Vm};
@@ -44,6 +45,10 @@ pub struct Args {
     /// Copy a guest file out after the command, into the run directory's files/
     #[arg(long, value_name = "GUEST_PATH")]
     pub copy_out: Vec<String>,
+    /// Put a server in the guest's /bin first (built-in profile name or profile path; a
+    /// crate server is built on first use, a dynamic one brings its shared libraries)
+    #[arg(long, value_name = "NAME|PATH")]
+    pub server: Option<String>,
     /// Forward xtask's stdin to the guest command (otherwise it reads an empty stdin)
     #[arg(short = 'i', long)]
     pub stdin: bool,
@@ -57,6 +62,14 @@ pub fn run(args: Args) -> Result<i32> {
         return Err("the guest command must be non-empty and contain no NUL bytes".into());
     }
     let image = image::build(&Source::parse(&args.kernel))?;
+    let server = match &args.server {
+        Some(s) => {
+            let mut p = Profile::resolve(s)?;
+            p.prepare(&image::recipe::Recipe::load()?)?;
+            Some(p)
+        }
+        None => None,
+    };
     let (accel, accel_reason) = accel::choose(args.accel, &image)?;
     let timeout_s = args
         .timeout
@@ -76,7 +89,7 @@ pub fn run(args: Args) -> Result<i32> {
     let started_at = rfc3339_now();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(timeout_s);
-    let session = execute(&args, &image, &cfg, &run.path, deadline);
+    let session = execute(&args, server.as_ref(), &image, &cfg, &run.path, deadline);
     let ended = judge(&session.outcome, &session.user_error, timeout_s);
     let result = RunResult {
         name,
@@ -112,7 +125,14 @@ struct Session {
 }
 
 /// Boots, copies in, runs, copies out, saves the kernel log, kills the VM.
-fn execute(args: &Args, image: &Image, cfg: &VmConfig, dir: &Path, deadline: Instant) -> Session {
+fn execute(
+    args: &Args,
+    server: Option<&Profile>,
+    image: &Image,
+    cfg: &VmConfig,
+    dir: &Path,
+    deadline: Instant,
+) -> Session {
     let mut vm = match Vm::boot(image, cfg, dir, deadline) {
         Err(f) => {
             return Session {
@@ -125,7 +145,8 @@ fn execute(args: &Args, image: &Image, cfg: &VmConfig, dir: &Path, deadline: Ins
         Ok(vm) => vm,
     };
     let mut user_error = None;
-    let mut outcome = match copy_files_in(&vm, &args.copy_in, deadline) {
+    let installed = server.map_or(Ok(()), |p| p.install(&vm, deadline));
+    let mut outcome = match installed.and_then(|()| copy_files_in(&vm, &args.copy_in, deadline)) {
         Err(e) => match vm.gone() {
             Some(f) => Outcome::Failed(f),
             None => {

@@ -175,7 +175,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         }
     };
     out.boot_s = Some(vm.boot_s);
-    if let Err(why) = install_server(&vm, job.server, deadline) {
+    if let Err(why) = job.server.install(&vm, deadline) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
     }
     let mut r = Runner::new(sc, job.server, vm, dir, seed);
@@ -268,38 +268,6 @@ fn classify(r: &mut Runner, label: &str, e: StepError, out: &mut Outcome) -> (Ve
             )
         }
     }
-}
-
-/// Copies a server's host binary (a path or a crate build, checked static by
-/// `Profile::prepare`) into the guest's /bin.
-fn install_server(vm: &Vm, server: &Profile, deadline: Instant) -> Result<(), String> {
-    let Some(host) = &server.host_binary else {
-        return Ok(());
-    };
-    let what = format!("server {} binary {}", server.name, host.display());
-    let data = std::fs::read(host).map_err(|e| format!("{what}: {e}"))?;
-    let name = host
-        .file_name()
-        .ok_or_else(|| format!("{what}: no file name"))?;
-    let guest = format!("/bin/{}", name.to_string_lossy());
-    vm.agent
-        .put_file(&guest, 0o755, &data, deadline)
-        .map_err(|e| format!("{what}: copying it to the guest's {guest}: {e}"))?;
-    for lib in &server.host_libs {
-        let data = std::fs::read(lib).map_err(|e| format!("{what}: {}: {e}", lib.display()))?;
-        let dir = lib
-            .parent()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default();
-        vm.agent
-            .run_capture(&["mkdir", "-p", &dir], deadline)
-            .map_err(|e| format!("{what}: mkdir {dir} in the guest: {e}"))?;
-        let guest = lib.display().to_string();
-        vm.agent
-            .put_file(&guest, 0o755, &data, deadline)
-            .map_err(|e| format!("{what}: copying {guest} to the guest: {e}"))?;
-    }
-    Ok(())
 }
 
 fn failure_verdict(f: &Failure) -> (Verdict, String) {

@@ -246,6 +246,44 @@ impl Profile {
             || self.capabilities.contains(&c)
     }
 
+    /// Copies the server's host binary (a path or a crate build, found by `prepare`) into the
+    /// guest's /bin, and a dynamic binary's shared libraries to the same paths. Bounded.
+    pub fn install(&self, vm: &crate::vm::Vm, deadline: std::time::Instant) -> Result<()> {
+        let Some(host) = &self.host_binary else {
+            return Ok(());
+        };
+        let what = format!("server {} binary {}", self.name, host.display());
+        let name = host
+            .file_name()
+            .ok_or_else(|| format!("{what}: no file name"))?;
+        let mut files = vec![(host.clone(), format!("/bin/{}", name.to_string_lossy()))];
+        files.extend(
+            self.host_libs
+                .iter()
+                .map(|l| (l.clone(), l.display().to_string())),
+        );
+        for (from, to) in files {
+            let data =
+                std::fs::read(&from).map_err(|e| format!("{what}: {}: {e}", from.display()))?;
+            let dir = Path::new(&to)
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            vm.agent
+                .run_capture(&["mkdir", "-p", &dir], deadline)
+                .map_err(|e| format!("{what}: mkdir {dir} in the guest: {e}"))?;
+            vm.agent
+                .put_file(&to, 0o755, &data, deadline)
+                .map_err(|e| {
+                    format!(
+                        "{what}: copying {} to the guest's {to}: {e}",
+                        from.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// One line for listings.
     pub fn describe(&self) -> String {
         let caps: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
