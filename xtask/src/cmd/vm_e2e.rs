@@ -87,7 +87,13 @@ pub fn run(args: Args) -> Result<i32> {
         commit: commit.clone(),
     };
     let mut outcomes = run_all(&plan, args.repeat, args.jobs as usize);
-    outcomes.sort_by(|a, b| (a.scenario.as_str(), a.run).cmp(&(b.scenario.as_str(), b.run)));
+    outcomes.sort_by(|a, b| {
+        (a.scenario.as_str(), a.server.as_str(), a.run).cmp(&(
+            b.scenario.as_str(),
+            b.server.as_str(),
+            b.run,
+        ))
+    });
     let session = Session {
         started_at,
         seed,

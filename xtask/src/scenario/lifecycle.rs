@@ -49,6 +49,7 @@ impl Daemon {
 const POLL: Duration = Duration::from_millis(100);
 
 impl Runner<'_> {
+    /// The `start` step: the profile's add command, then the device and the server's pid.
     pub(super) fn start(
         &mut self,
         s: &model::Start,
@@ -56,7 +57,6 @@ impl Runner<'_> {
         log_name: &str,
     ) -> Result<(), StepError> {
         let p = self.sc.device_params(s);
-        let profile = self.server;
         let vars = Vars {
             size: p.size_bytes,
             queues: p.queues,
@@ -69,75 +69,16 @@ impl Runner<'_> {
             state_file: format!("/run/ublk-{}.state.json", s.name),
         };
         self.next_dev_id += 1;
-        if profile.storage == Storage::File {
-            let mk = format!("truncate -s {} {}", vars.size, vars.backing_file);
-            let mut job = self.exec(
-                &["sh".into(), "-c".into(), mk],
-                &format!("{log_name}.backing"),
-            )?;
-            if self.finish_job(&mut job, deadline, "creating the backing file")? != 0 {
-                return Err(StepError::Infra(format!(
-                    "could not create {}",
-                    vars.backing_file
-                )));
-            }
+        if self.server.storage == Storage::File {
+            self.backing_file(&vars, deadline, log_name)?;
         }
-        let mut argv = vars.render(&profile.add.argv);
-        let has_dump = profile.options.state_file.is_some();
-        let opts = &profile.options;
-        let extra = [
-            (s.fault.is_some(), &opts.fault),
-            (s.trace, &opts.trace),
-            (has_dump, &opts.state_file),
-        ];
-        for (wanted, template) in extra {
-            if let (true, Some(t)) = (wanted, template) {
-                argv.extend(vars.render(t));
-            }
-        }
+        let argv = self.add_argv(s, &vars);
         let mut job = self.exec(&argv, log_name)?;
-        let what = &profile.name;
-        let (dev_id, pid) = match (profile.add.mode, profile.add.ready) {
-            (Mode::Foreground, Ready::Json) => {
-                let r = self.ready_line(&mut job, deadline, log_name, what)?;
-                let ready: contract::Ready = serde_json::from_str(&r).map_err(|e| {
-                    StepError::Fail(format!(
-                        "{what}'s ready line is not a ublk::contract::Ready ({e}): {r}"
-                    ))
-                })?;
-                (ready.dev_id, ready.pid)
-            }
-            (Mode::Foreground, Ready::Path) => {
-                let r = self.ready_line(&mut job, deadline, log_name, what)?;
-                let id = r
-                    .trim()
-                    .strip_prefix("/dev/ublkb")
-                    .and_then(|n| n.parse::<u32>().ok());
-                let id = id.ok_or_else(|| {
-                    StepError::Fail(format!("{what}'s first line is not /dev/ublkbN: {r:?}"))
-                })?;
-                (id, self.live_device(id, deadline, &mut job, what)?.pid)
-            }
-            (Mode::Foreground, Ready::Kernel) => {
-                let id = vars.dev_id;
-                (id, self.live_device(id, deadline, &mut job, what)?.pid)
-            }
-            (Mode::Daemon, _) => {
-                let status = self.finish_job(&mut job, deadline, &format!("{what} add"))?;
-                if status != 0 {
-                    let log = tail_of(&self.dir.join("steps").join(log_name), 6);
-                    return Err(StepError::Fail(format!(
-                        "`{}` exited {status}: {log}",
-                        argv.join(" ")
-                    )));
-                }
-                let id = vars.dev_id;
-                (id, self.live_device(id, deadline, &mut job, what)?.pid)
-            }
-        };
+        let (dev_id, pid) = self.ready(&mut job, &argv, vars.dev_id, deadline, log_name)?;
+        let has_dump = self.server.options.state_file.is_some();
         let daemon = Daemon {
             job,
-            mode: profile.add.mode,
+            mode: self.server.add.mode,
             pid,
             bdev: format!("/dev/ublkb{dev_id}"),
             state_file: has_dump.then(|| vars.state_file.clone()),
@@ -147,6 +88,84 @@ impl Runner<'_> {
         };
         self.daemons.insert(s.name.clone(), daemon);
         Ok(())
+    }
+
+    /// A file of the device's size on the guest's tmpfs, for `storage: file` servers.
+    fn backing_file(
+        &self,
+        vars: &Vars,
+        deadline: Instant,
+        log_name: &str,
+    ) -> Result<(), StepError> {
+        let mk = format!("truncate -s {} {}", vars.size, vars.backing_file);
+        let log = format!("{log_name}.backing");
+        let mut job = self.exec(&["sh".into(), "-c".into(), mk], &log)?;
+        if self.finish_job(&mut job, deadline, "creating the backing file")? != 0 {
+            let m = format!("could not create {}", vars.backing_file);
+            return Err(StepError::Infra(m));
+        }
+        Ok(())
+    }
+
+    /// The add command: the profile's template plus the options this step asks for.
+    fn add_argv(&self, s: &model::Start, vars: &Vars) -> Vec<String> {
+        let opts = &self.server.options;
+        let mut argv = vars.render(&self.server.add.argv);
+        let extra = [
+            (s.fault.is_some(), &opts.fault),
+            (s.trace, &opts.trace),
+            (true, &opts.state_file),
+        ];
+        for (wanted, template) in extra {
+            if let (true, Some(t)) = (wanted, template) {
+                argv.extend(vars.render(t));
+            }
+        }
+        argv
+    }
+
+    /// (device id, server pid) once the device is up, the way the profile says to learn it.
+    fn ready(
+        &self,
+        job: &mut Job,
+        argv: &[String],
+        dev_id: u32,
+        deadline: Instant,
+        log_name: &str,
+    ) -> Result<(u32, i32), StepError> {
+        let what = &self.server.name;
+        let id = match (self.server.add.mode, self.server.add.ready) {
+            (Mode::Foreground, Ready::Json) => {
+                let r = self.ready_line(job, deadline, log_name, what)?;
+                let ready: contract::Ready = serde_json::from_str(&r).map_err(|e| {
+                    let m =
+                        format!("{what}'s ready line is not a ublk::contract::Ready ({e}): {r}");
+                    StepError::Fail(m)
+                })?;
+                return Ok((ready.dev_id, ready.pid));
+            }
+            (Mode::Foreground, Ready::Path) => {
+                let r = self.ready_line(job, deadline, log_name, what)?;
+                let id = r
+                    .trim()
+                    .strip_prefix("/dev/ublkb")
+                    .and_then(|n| n.parse().ok());
+                id.ok_or_else(|| {
+                    StepError::Fail(format!("{what}'s first line is not /dev/ublkbN: {r:?}"))
+                })?
+            }
+            (Mode::Foreground, Ready::Kernel) => dev_id,
+            (Mode::Daemon, _) => {
+                let status = self.finish_job(job, deadline, &format!("{what} add"))?;
+                if status != 0 {
+                    let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+                    let m = format!("`{}` exited {status}: {log}", argv.join(" "));
+                    return Err(StepError::Fail(m));
+                }
+                dev_id
+            }
+        };
+        Ok((id, self.live_device(id, deadline, job, what)?.pid))
     }
 
     /// The first stdout line of a foreground server, or why there is none.
