@@ -73,3 +73,11 @@ pub struct Device {
     pub pid: i32,
     pub flags: Vec<String>,
 }
+
+/// `ublk-mem features --json`: what the running kernel's ublk driver supports (GET_FEATURES).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    pub bits: u64,
+    /// Names of the set bits (`sys::feature_names`), unknown ones as BIT<n>.
+    pub names: Vec<String>,
+}

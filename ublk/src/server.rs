@@ -485,6 +485,24 @@ pub fn op_name(op: u8) -> &'static str {
     }
 }
 
+/// `ublk-mem features`: the driver's feature bits, by name.
+pub fn features(json: bool) -> Result<(), String> {
+    let ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+    let f = contract::Features {
+        bits: ctl.features,
+        names: sys::feature_names(ctl.features),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&f).expect("plain data serialises")
+        );
+    } else {
+        println!("{:#x}: {}", f.bits, f.names.join(" "));
+    }
+    Ok(())
+}
+
 /// `ublk-mem list`: one line (or JSON object) per device.
 pub fn list(json: bool) -> Result<(), String> {
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;

@@ -48,6 +48,19 @@ pub const UBLK_F_UNPRIVILEGED_DEV: u64 = 1 << 5;
 pub const UBLK_F_CMD_IOCTL_ENCODE: u64 = 1 << 6;
 pub const UBLK_F_USER_COPY: u64 = 1 << 7;
 pub const UBLK_F_ZONED: u64 = 1 << 8;
+// Feature bits of kernels after 6.12, checked against `abi/ublk_cmd-7.2.h` (Linux 7.2). This
+// crate serves with 6.12's protocol; these only name what a newer kernel reports.
+pub const UBLK_F_USER_RECOVERY_FAIL_IO: u64 = 1 << 9;
+pub const UBLK_F_UPDATE_SIZE: u64 = 1 << 10;
+pub const UBLK_F_AUTO_BUF_REG: u64 = 1 << 11;
+pub const UBLK_F_QUIESCE: u64 = 1 << 12;
+pub const UBLK_F_PER_IO_DAEMON: u64 = 1 << 13;
+pub const UBLK_F_BUF_REG_OFF_DAEMON: u64 = 1 << 14;
+pub const UBLK_F_BATCH_IO: u64 = 1 << 15;
+pub const UBLK_F_INTEGRITY: u64 = 1 << 16;
+pub const UBLK_F_SAFE_STOP_DEV: u64 = 1 << 17;
+pub const UBLK_F_NO_AUTO_PART_SCAN: u64 = 1 << 18;
+pub const UBLK_F_SHMEM_ZC: u64 = 1 << 19;
 
 // ---- device states ----
 pub const UBLK_S_DEV_DEAD: u16 = 0;
@@ -245,24 +258,45 @@ pub fn desc_len(depth: u16, page_size: usize) -> usize {
     (depth as usize * std::mem::size_of::<ublksrv_io_desc>()).div_ceil(page_size) * page_size
 }
 
-/// Human names of feature bits, for `ublk-mem features` and error messages.
-pub fn feature_names(flags: u64) -> Vec<&'static str> {
-    const NAMES: [(u64, &str); 9] = [
-        (UBLK_F_SUPPORT_ZERO_COPY, "ZERO_COPY"),
-        (UBLK_F_URING_CMD_COMP_IN_TASK, "COMP_IN_TASK"),
-        (UBLK_F_NEED_GET_DATA, "NEED_GET_DATA"),
-        (UBLK_F_USER_RECOVERY, "USER_RECOVERY"),
-        (UBLK_F_USER_RECOVERY_REISSUE, "USER_RECOVERY_REISSUE"),
-        (UBLK_F_UNPRIVILEGED_DEV, "UNPRIVILEGED_DEV"),
-        (UBLK_F_CMD_IOCTL_ENCODE, "CMD_IOCTL_ENCODE"),
-        (UBLK_F_USER_COPY, "USER_COPY"),
-        (UBLK_F_ZONED, "ZONED"),
-    ];
-    NAMES
+/// Every feature bit with its name (the header's UBLK_F_ name, shortened as shown).
+pub const FEATURE_NAMES: [(u64, &str); 20] = [
+    (UBLK_F_SUPPORT_ZERO_COPY, "ZERO_COPY"),
+    (UBLK_F_URING_CMD_COMP_IN_TASK, "COMP_IN_TASK"),
+    (UBLK_F_NEED_GET_DATA, "NEED_GET_DATA"),
+    (UBLK_F_USER_RECOVERY, "USER_RECOVERY"),
+    (UBLK_F_USER_RECOVERY_REISSUE, "USER_RECOVERY_REISSUE"),
+    (UBLK_F_UNPRIVILEGED_DEV, "UNPRIVILEGED_DEV"),
+    (UBLK_F_CMD_IOCTL_ENCODE, "CMD_IOCTL_ENCODE"),
+    (UBLK_F_USER_COPY, "USER_COPY"),
+    (UBLK_F_ZONED, "ZONED"),
+    (UBLK_F_USER_RECOVERY_FAIL_IO, "USER_RECOVERY_FAIL_IO"),
+    (UBLK_F_UPDATE_SIZE, "UPDATE_SIZE"),
+    (UBLK_F_AUTO_BUF_REG, "AUTO_BUF_REG"),
+    (UBLK_F_QUIESCE, "QUIESCE"),
+    (UBLK_F_PER_IO_DAEMON, "PER_IO_DAEMON"),
+    (UBLK_F_BUF_REG_OFF_DAEMON, "BUF_REG_OFF_DAEMON"),
+    (UBLK_F_BATCH_IO, "BATCH_IO"),
+    (UBLK_F_INTEGRITY, "INTEGRITY"),
+    (UBLK_F_SAFE_STOP_DEV, "SAFE_STOP_DEV"),
+    (UBLK_F_NO_AUTO_PART_SCAN, "NO_AUTO_PART_SCAN"),
+    (UBLK_F_SHMEM_ZC, "SHMEM_ZC"),
+];
+
+/// Human names of feature bits, for `ublk-mem features` and error messages; a bit this crate
+/// has no name for shows as BIT<n>.
+pub fn feature_names(flags: u64) -> Vec<String> {
+    let known: u64 = FEATURE_NAMES.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
+    let mut v: Vec<String> = FEATURE_NAMES
         .iter()
         .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| *n)
-        .collect()
+        .map(|(_, n)| n.to_string())
+        .collect();
+    v.extend(
+        (0..64)
+            .filter(|b| flags & !known & (1 << b) != 0)
+            .map(|b| format!("BIT{b}")),
+    );
+    v
 }
 
 #[cfg(test)]
@@ -271,9 +305,28 @@ mod tests {
     use std::collections::HashMap;
     use std::mem::{offset_of, size_of};
 
+    /// Every named feature bit is the header's: 6.12's for bits 0-8, 7.2's for the rest.
+    #[test]
+    fn feature_names_are_the_headers() {
+        let newer = defines_of(include_str!("../abi/ublk_cmd-7.2.h"));
+        for (bit, name) in FEATURE_NAMES {
+            let found = newer
+                .iter()
+                .any(|(k, v)| *v == bit && k.starts_with("UBLK_F_") && k.ends_with(name));
+            assert!(found, "{name} = {bit:#x} is not a UBLK_F_ bit of Linux 7.2");
+        }
+        assert_eq!(
+            feature_names(UBLK_F_QUIESCE | 1 << 40),
+            ["QUIESCE", "BIT40"]
+        );
+    }
+
     /// `#define NAME VALUE` pairs of the committed header whose value is a plain number or shift.
     fn header_defines() -> HashMap<String, u64> {
-        let text = include_str!("../abi/ublk_cmd.h");
+        defines_of(include_str!("../abi/ublk_cmd.h"))
+    }
+
+    fn defines_of(text: &str) -> HashMap<String, u64> {
         let mut out = HashMap::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();

@@ -118,9 +118,8 @@ fn recipe_and_lock_survive_mutation() {
     fuzz("recipe.yaml", &recipe, |t, p| {
         Recipe::parse(t, p).map(|_| ())
     });
-    let lock_path = Recipe::load().unwrap().lock_path();
-    let lock = std::fs::read_to_string(lock_path).unwrap();
-    fuzz("kernel.lock", &lock, |t, p| {
-        KernelLock::parse(t, p).map(|_| ())
-    });
+    for k in Recipe::load().unwrap().kernels {
+        let lock = std::fs::read_to_string(k.lock_path()).unwrap();
+        fuzz(&k.lock, &lock, |t, p| KernelLock::parse(t, p).map(|_| ()));
+    }
 }

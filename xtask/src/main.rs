@@ -57,7 +57,9 @@ enum Cmd {
     VmReset,
     /// Re-probe whether KVM works on this host and cache the verdict for --accel auto
     VmProbe,
-    /// Show the locked guest kernel package; --upgrade locks the newest
+    /// The Debian kernels a run can boot: locked version, suite, cached, ublk features
+    Kernels,
+    /// Show the locked guest kernels and the newest of each; --upgrade [NAME] locks the newest
     KernelLock(cmd::kernel_lock::Args),
 }
 
@@ -73,7 +75,7 @@ fn main() {
             repeat: 1,
             jobs: 1,
             seed,
-            kernel,
+            kernel: kernel.into_iter().collect(),
             accel: vm::accel::Choice::Auto,
             bisect_exit_codes: false,
             server: Vec::new(),
@@ -85,6 +87,7 @@ fn main() {
         Cmd::VmReset => cmd::vm_reset::run(),
         Cmd::VmProbe => cmd::vm_probe::run(),
         Cmd::KernelLock(a) => cmd::kernel_lock::run(a),
+        Cmd::Kernels => cmd::kernels::run(),
     };
     let code = match result {
         Ok(code) => code,

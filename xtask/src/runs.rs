@@ -157,6 +157,8 @@ pub struct RunResult {
     pub timeout_s: u64,
     pub image_hash: String,
     pub kernel_release: String,
+    /// The guest kernel's ublk features (GET_FEATURES), by name; empty if never read.
+    pub ublk_features: Vec<String>,
     pub cpus: u32,
     pub memory_mib: u64,
     pub started_at: String,

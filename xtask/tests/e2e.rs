@@ -788,3 +788,101 @@ fn a_users_dynamic_server_and_a_corrupting_one() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Hash of every file under /etc/apt: the platform must never change the host's apt setup.
+fn etc_apt_digest() -> String {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "find /etc/apt -type f | sort | xargs sha256sum | sha256sum",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The newest Debian kernel beside 6.12 (fetched through a private apt configuration; the
+/// host's /etc/apt untouched): it boots with ublk, both kernels run the suite in one session
+/// with the kernel in every report and each kernel's ublk features recorded, and a scenario
+/// needing a feature 6.12 lacks is a skip there and runs on 7.2.
+#[test]
+fn two_kernels_side_by_side_with_their_features() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let apt_before = etc_apt_digest();
+    let o = run(&[
+        "vm-run",
+        "--kernel",
+        "debian-7.2",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/version && test -c /dev/ublk-control",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("Linux version 7.2."));
+    let (_, r) = result_of(&o);
+    let features: Vec<&str> = r["ublk_features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        features.contains(&"QUIESCE") && features.contains(&"USER_COPY"),
+        "{features:?}"
+    );
+    let o = run(&[
+        "vm-e2e",
+        "-j",
+        "2",
+        "--kernel",
+        "debian-6.12,debian-7.2",
+        "simple-e2e",
+        &fixture("needs-quiesce"),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let (dir, v) = summary(&o);
+    let k = &v["kernels"];
+    let has = |name: &str, f: &str| {
+        k[name]["ublk_features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == f)
+    };
+    assert!(
+        has("debian-7.2", "QUIESCE") && !has("debian-6.12", "QUIESCE"),
+        "{k}"
+    );
+    assert!(
+        k["debian-7.2"]["release"]
+            .as_str()
+            .unwrap()
+            .starts_with("7.2."),
+        "{k}"
+    );
+    for r in v["runs"].as_array().unwrap() {
+        let skip = r["scenario"] == "needs-quiesce" && r["kernel"] == "debian-6.12";
+        assert_eq!(r["verdict"], if skip { "skip" } else { "pass" }, "{r}");
+        if skip {
+            assert!(
+                r["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("lacks the ublk feature QUIESCE"),
+                "{r}"
+            );
+        }
+    }
+    assert!(
+        out.contains("kernel debian-7.2: 7.2.") && out.contains("simple-e2e on debian-7.2"),
+        "{out}"
+    );
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("name=\"simple-e2e on debian-6.12#1\""),
+        "{junit}"
+    );
+    assert_eq!(etc_apt_digest(), apt_before, "/etc/apt was changed");
+}

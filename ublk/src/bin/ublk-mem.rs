@@ -55,6 +55,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The kernel driver's ublk features (GET_FEATURES), by name
+    Features {
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop and delete devices
     Del {
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::List { json } => server::list(json),
+        Cmd::Features { json } => server::features(json),
         Cmd::Del { id, all } => {
             let ids = if all {
                 ublk::ctrl::list_ids()

@@ -1,76 +1,145 @@
-//! `cargo xtask kernel-lock [--upgrade]`: show the locked guest kernel and the newest one the
-//! archive offers; with --upgrade, re-resolve the recipe's package and rewrite the lock.
+//! `cargo xtask kernel-lock [--upgrade] [NAME...]`: show each locked Debian kernel and the
+//! newest its suite offers; with --upgrade, re-resolve and rewrite the locks (all, or those
+//! named). Other suites are read through a private apt configuration (`image/apt.rs`).
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::host::procs;
-use crate::image::recipe::{KernelLock, Recipe};
-use crate::util::{is_root, Result};
+use crate::image::apt::Apt;
+use crate::image::recipe::{Deb, KernelLock, KernelSpec, Recipe};
+use crate::util::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Resolve the recipe's kernel package to the newest exact version and rewrite the lock
+    /// Resolve each kernel's package to the newest exact version and rewrite its lock
     #[arg(long)]
     pub upgrade: bool,
+    /// Kernels to show or upgrade (default: all), e.g. debian-7.2
+    pub names: Vec<String>,
 }
+
+const LIMIT: Duration = Duration::from_secs(120);
 
 pub fn run(args: Args) -> Result<i32> {
     let recipe = Recipe::load()?;
-    let path = recipe.lock_path();
-    let current = KernelLock::load(&path).ok();
-    if args.upgrade && is_root() {
-        procs::run_ok(
-            Command::new("apt-get").arg("update"),
-            Duration::from_secs(600),
-            "apt-get update",
-        )?;
+    let specs: Vec<&KernelSpec> = if args.names.is_empty() {
+        recipe.kernels.iter().collect()
+    } else {
+        args.names
+            .iter()
+            .map(|n| recipe.kernel(n))
+            .collect::<Result<_>>()?
+    };
+    for spec in specs {
+        one(spec, args.upgrade)?;
     }
-    let newest = resolve(&recipe.kernel.package)?;
-    match &current {
-        Some(c) => println!(
-            "locked:   {} {} (sha256 {})",
-            c.package,
-            c.version,
-            &c.sha256[..16]
-        ),
-        None => println!("locked:   nothing valid in {}", path.display()),
-    }
-    println!(
-        "newest:   {} {} (sha256 {})",
-        newest.package,
-        newest.version,
-        &newest.sha256[..16]
-    );
-    if !args.upgrade {
-        if current.as_ref() != Some(&newest) {
-            println!("run `cargo xtask kernel-lock --upgrade` to lock the newest version");
-        }
-        return Ok(0);
-    }
-    if current.as_ref() == Some(&newest) {
-        println!("kernel-lock: already up to date");
-        return Ok(0);
-    }
-    crate::util::write_atomic(&path, newest.to_text().as_bytes())?;
-    println!("kernel-lock: wrote {}; commit it. The next vm-build downloads and verifies the new kernel.", path.display());
     Ok(0)
 }
 
-/// Resolves a (meta)package to the exact linux-image package apt would download.
-fn resolve(package: &str) -> Result<KernelLock> {
-    let deps = procs::run_ok(
-        Command::new("apt-cache").args(["depends", package]),
-        Duration::from_secs(60),
-        &format!("apt-cache depends {package}"),
-    )?;
-    let exact = image_dependency(&deps.stdout).unwrap_or_else(|| package.to_string());
-    let uris = procs::run_ok(
-        Command::new("apt-get").args(["download", "--print-uris", &exact]),
-        Duration::from_secs(60),
-        &format!("apt-get download --print-uris {exact}"),
-    )?;
-    parse_print_uris(&uris.stdout, &exact)
+fn one(spec: &KernelSpec, upgrade: bool) -> Result<()> {
+    let path = spec.lock_path();
+    let current = KernelLock::load(&path).ok();
+    let apt = Apt::new(spec.suite.as_deref());
+    apt.update(upgrade)?;
+    let newest = resolve(&apt, &spec.package)?;
+    let show = |l: &KernelLock| format!("{} {} ({} .deb)", l.package, l.version, l.debs.len());
+    println!("{}:", spec.name);
+    match &current {
+        Some(c) => println!("  locked:  {}", show(c)),
+        None => println!("  locked:  nothing valid in {}", path.display()),
+    }
+    println!("  newest:  {} from {}", show(&newest), apt.describe());
+    if current.as_ref() == Some(&newest) {
+        println!("  up to date");
+    } else if !upgrade {
+        println!(
+            "  run `cargo xtask kernel-lock --upgrade {}` to lock the newest",
+            spec.name
+        );
+    } else {
+        crate::util::write_atomic(&path, newest.to_text().as_bytes())?;
+        println!(
+            "  wrote {}; commit it. The next run downloads and verifies it.",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The exact image package `package` resolves to (a metapackage's linux-image dependency, or
+/// the newest match of a `*` pattern), with the .deb files that hold it.
+fn resolve(apt: &Apt, package: &str) -> Result<KernelLock> {
+    let image = if package.contains('*') {
+        newest_match(apt, package)?
+    } else {
+        let mut cmd = apt.command("apt-cache");
+        cmd.args(["depends", package]);
+        let deps = procs::run_ok(&mut cmd, LIMIT, &format!("apt-cache depends {package}"))?;
+        image_dependency(&deps.stdout).unwrap_or_else(|| package.to_string())
+    };
+    // Newer Debian splits the image into linux-binary-<rel> (kernel) and linux-modules-<rel>.
+    let rel = image.trim_start_matches("linux-image-");
+    let split = [
+        format!("linux-binary-{rel}"),
+        format!("linux-modules-{rel}"),
+    ];
+    let debs = match split
+        .iter()
+        .map(|p| print_uri(apt, p))
+        .collect::<Result<Vec<Deb>>>()
+    {
+        Ok(debs) => debs,
+        Err(_) => vec![print_uri(apt, &image)?],
+    };
+    let version = version_of(&debs[0].filename)?;
+    let lock = KernelLock {
+        package: image,
+        version,
+        debs,
+    };
+    // Round-trip through the lock parser so we never write a lock we would reject.
+    KernelLock::parse(&lock.to_text(), std::path::Path::new("<resolved>"))
+}
+
+/// The highest-versioned package name matching `pattern` (`*` = any run of characters),
+/// ignoring debug and unsigned variants.
+fn newest_match(apt: &Apt, pattern: &str) -> Result<String> {
+    let prefix = pattern.split('*').next().unwrap_or_default();
+    let mut cmd = apt.command("apt-cache");
+    cmd.args(["pkgnames", prefix]);
+    let out = procs::run_ok(&mut cmd, LIMIT, &format!("apt-cache pkgnames {prefix}"))?;
+    let mut names: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|n| glob(pattern, n) && !n.ends_with("-dbg") && !n.ends_with("-unsigned"))
+        .collect();
+    names.sort_by_key(|n| version_key(n));
+    names
+        .last()
+        .map(|n| n.to_string())
+        .ok_or_else(|| format!("no package matches {pattern} in {}", apt.describe()))
+}
+
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        match (i, rest.find(part)) {
+            (0, Some(0)) => rest = &rest[part.len()..],
+            (0, _) => return false,
+            (_, Some(at)) => rest = &rest[at + part.len()..],
+            (_, None) => return false,
+        }
+    }
+    rest.is_empty() || pattern.ends_with('*')
+}
+
+/// Numbers in a name compared as numbers (7.2.13 > 7.2.9).
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(0))
+        .collect()
 }
 
 /// The `Depends: linux-image-...` line of `apt-cache depends` output.
@@ -81,9 +150,22 @@ fn image_dependency(text: &str) -> Option<String> {
         .map(|d| d.trim().to_string())
 }
 
+fn print_uri(apt: &Apt, package: &str) -> Result<Deb> {
+    let mut cmd = apt.command("apt-get");
+    cmd.args(["download", "--print-uris", package]);
+    let out = procs::run_ok(
+        &mut cmd,
+        LIMIT,
+        &format!("apt-get download --print-uris {package}"),
+    )?;
+    parse_print_uris(&out.stdout, package)
+}
+
 /// Parses `'URL' FILENAME SIZE SHA256:HEX` from `apt-get download --print-uris`.
-fn parse_print_uris(text: &str, package: &str) -> Result<KernelLock> {
-    let line = text.lines().find(|l| l.starts_with('\'')).ok_or_else(|| format!("apt-get printed no download URI for {package}; is it in your apt sources? (apt-get update)"))?;
+fn parse_print_uris(text: &str, package: &str) -> Result<Deb> {
+    let line = text.lines().find(|l| l.starts_with('\'')).ok_or_else(|| {
+        format!("apt-get printed no download URI for {package}; is it in the apt sources? (apt-get update)")
+    })?;
     let fields: Vec<&str> = line.split_whitespace().collect();
     let [_, filename, size, sum] = fields[..] else {
         return Err(format!("unexpected apt-get --print-uris line: {line}"));
@@ -91,19 +173,20 @@ fn parse_print_uris(text: &str, package: &str) -> Result<KernelLock> {
     let sha256 = sum
         .strip_prefix("SHA256:")
         .ok_or_else(|| format!("apt-get gave no SHA256 for {package}: {line}"))?;
-    let version = filename
-        .split('_')
-        .nth(1)
-        .ok_or_else(|| format!("cannot read a version from {filename}"))?;
-    let lock = KernelLock {
-        package: filename.split('_').next().unwrap().to_string(),
-        version: version.replace("%3a", ":"),
+    Ok(Deb {
+        package: filename.split('_').next().unwrap_or_default().to_string(),
         filename: filename.to_string(),
         size: size.parse().map_err(|_| format!("bad size in: {line}"))?,
         sha256: sha256.to_string(),
-    };
-    // Round-trip through the lock parser so we never write a lock we would reject.
-    KernelLock::parse(&lock.to_text(), std::path::Path::new("<resolved>"))
+    })
+}
+
+fn version_of(filename: &str) -> Result<String> {
+    let v = filename
+        .split('_')
+        .nth(1)
+        .ok_or_else(|| format!("cannot read a version from {filename}"))?;
+    Ok(v.replace("%3a", ":"))
 }
 
 #[cfg(test)]
@@ -120,15 +203,29 @@ mod tests {
         );
         let uris = "'http://deb.debian.org/debian-security/pool/updates/main/l/linux-signed-6.12-amd64/linux-image-6.12.117%2bdeb12-cloud-amd64_6.12.117-1%7edeb12u1_amd64.deb' \
 linux-image-6.12.117+deb12-cloud-amd64_6.12.117-1~deb12u1_amd64.deb 34307256 SHA256:5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
-        let l = parse_print_uris(uris, "x").unwrap();
-        assert_eq!(l.package, "linux-image-6.12.117+deb12-cloud-amd64");
-        assert_eq!(l.version, "6.12.117-1~deb12u1");
-        assert_eq!(l.size, 34307256);
+        let d = parse_print_uris(uris, "x").unwrap();
+        assert_eq!(d.package, "linux-image-6.12.117+deb12-cloud-amd64");
+        assert_eq!(version_of(&d.filename).unwrap(), "6.12.117-1~deb12u1");
+        assert_eq!(d.size, 34307256);
         assert!(parse_print_uris("", "pkg")
             .unwrap_err()
             .contains("no download URI for pkg"));
         assert!(parse_print_uris("'u' f.deb 1 MD5Sum:abc", "pkg")
             .unwrap_err()
             .contains("no SHA256"));
+    }
+
+    #[test]
+    fn patterns_pick_the_newest_match() {
+        let p = "linux-image-7.2.*-cloud-amd64";
+        assert!(glob(p, "linux-image-7.2.13+deb14-cloud-amd64"));
+        assert!(!glob(p, "linux-image-7.2.13+deb14-cloud-amd64-dbg"));
+        assert!(!glob(p, "linux-image-7.1.3+deb14-cloud-amd64"));
+        let mut v = [
+            "linux-image-7.2.9-cloud-amd64",
+            "linux-image-7.2.13-cloud-amd64",
+        ];
+        v.sort_by_key(|n| version_key(n));
+        assert_eq!(v[1], "linux-image-7.2.13-cloud-amd64");
     }
 }

@@ -1,5 +1,6 @@
 pub mod bisect;
 pub mod kernel_lock;
+pub mod kernels;
 pub mod scenario;
 pub mod servers;
 pub mod sim;

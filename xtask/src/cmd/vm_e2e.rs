@@ -36,9 +36,11 @@ pub struct Args {
     /// Seed for every run's data (default: chosen at random and printed)
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Kernel provider for every scenario: debian, host or PATH (overrides the scenarios' vm.kernel)
-    #[arg(long, value_name = "debian|host|PATH")]
-    pub kernel: Option<String>,
+    /// Kernel(s) for every scenario, comma-separated: debian (the default), a locked Debian
+    /// kernel by name (debian-6.12, debian-7.2), host or a PATH; each scenario runs on each
+    /// (default: the scenario's vm.kernel, else debian)
+    #[arg(long, value_name = "NAME|host|PATH[,...]", value_delimiter = ',')]
+    pub kernel: Vec<String>,
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
     /// Server(s) to test: built-in profile names or profile paths, comma-separated; every
@@ -88,11 +90,15 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut outcomes = run_all(&plan, args.repeat, args.jobs as usize);
     outcomes.sort_by(|a, b| {
-        (a.scenario.as_str(), a.server.as_str(), a.run).cmp(&(
-            b.scenario.as_str(),
-            b.server.as_str(),
-            b.run,
-        ))
+        let key = |o: &Outcome| {
+            (
+                o.scenario.clone(),
+                o.server.clone(),
+                o.kernel.clone(),
+                o.run,
+            )
+        };
+        key(a).cmp(&key(b))
     });
     let session = Session {
         started_at,
@@ -103,6 +109,7 @@ pub fn run(args: Args) -> Result<i32> {
         jobs: args.jobs as usize,
         repeat: args.repeat,
         wall_s: t0.elapsed().as_secs_f64(),
+        kernels: report::kernels(&outcomes),
         flaky: report::tally(&outcomes),
         reproduce: reproduce(&plan, &outcomes),
         runs: &outcomes,
@@ -126,15 +133,15 @@ struct Plan {
     /// `--server`, if given: every scenario runs against each.
     cli_servers: Vec<String>,
     images: BTreeMap<String, Arc<Image>>,
-    kernel: Option<String>,
+    kernel: Vec<String>,
     accel: Accel,
     seed: u64,
     commit: String,
 }
 
 impl Plan {
-    fn kernel_of(&self, sc: &Scenario) -> String {
-        kernel_of(&self.kernel, sc)
+    fn kernels_of(&self, sc: &Scenario) -> Vec<String> {
+        kernels_of(&self.kernel, sc)
     }
 
     /// The servers scenario `sc` runs against (keys of `servers`).
@@ -169,10 +176,11 @@ fn load_servers(cli: &[String], scenarios: &[Scenario]) -> Result<BTreeMap<Strin
     Ok(out)
 }
 
-fn kernel_of(cli: &Option<String>, sc: &Scenario) -> String {
-    cli.clone()
-        .or(sc.vm.kernel.clone())
-        .unwrap_or_else(|| "debian".into())
+fn kernels_of(cli: &[String], sc: &Scenario) -> Vec<String> {
+    if !cli.is_empty() {
+        return cli.to_vec();
+    }
+    vec![sc.vm.kernel.clone().unwrap_or_else(|| "debian".into())]
 }
 
 /// The scenarios named (or all), each name used once.
@@ -206,15 +214,13 @@ fn load_scenarios(names: &[String]) -> Result<Vec<Scenario>> {
 }
 
 /// One image per kernel provider in use, built before any VM starts.
-fn build_images(
-    scenarios: &[Scenario],
-    kernel: &Option<String>,
-) -> Result<BTreeMap<String, Arc<Image>>> {
+fn build_images(scenarios: &[Scenario], kernel: &[String]) -> Result<BTreeMap<String, Arc<Image>>> {
     let mut images = BTreeMap::new();
     for sc in scenarios {
-        let k = kernel_of(kernel, sc);
-        if !images.contains_key(&k) {
-            images.insert(k.clone(), Arc::new(image::build(&Source::parse(&k))?));
+        for k in kernels_of(kernel, sc) {
+            if !images.contains_key(&k) {
+                images.insert(k.clone(), Arc::new(image::build(&Source::parse(&k))?));
+            }
         }
     }
     Ok(images)
@@ -223,10 +229,16 @@ fn build_images(
 /// Runs every (scenario, server, repeat) on `jobs` worker threads; prints each verdict as it
 /// lands.
 fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
-    let mut work: Vec<(usize, String, u32)> = Vec::new();
+    let mut work: Vec<(usize, String, String, u32)> = Vec::new();
     for r in 1..=repeat {
         for (i, sc) in plan.scenarios.iter().enumerate() {
-            work.extend(plan.servers_of(sc).into_iter().map(|s| (i, s, r)));
+            for k in plan.kernels_of(sc) {
+                work.extend(
+                    plan.servers_of(sc)
+                        .into_iter()
+                        .map(|s| (i, s, k.clone(), r)),
+                );
+            }
         }
     }
     let total = work.len();
@@ -246,9 +258,11 @@ fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
             let queue = &queue;
             s.spawn(move || loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some((i, server, r)) = next else { break };
+                let Some((i, server, kernel, r)) = next else {
+                    break;
+                };
                 if crate::host::procs::interrupted().is_some()
-                    || tx.send(one_run(plan, i, &server, r)).is_err()
+                    || tx.send(one_run(plan, i, &server, &kernel, r)).is_err()
                 {
                     break;
                 }
@@ -288,22 +302,25 @@ fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
 }
 
 /// One scenario run (with its boot retry), its evidence checked and its record written.
-fn one_run(plan: &Plan, i: usize, server: &str, r: u32) -> Outcome {
+fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome {
     let sc = &plan.scenarios[i];
     let profile = &plan.servers[server];
     let job = run::Job {
         sc,
         server: profile,
-        image: &plan.images[&plan.kernel_of(sc)],
+        kernel,
+        image: &plan.images[kernel],
         accel: plan.accel,
         seed: plan.seed,
         run: r,
     };
-    let label = if profile.name == server::DEFAULT {
-        sc.name.clone()
-    } else {
-        format!("{}-{}", sc.name, profile.name)
-    };
+    let mut label = sc.name.clone();
+    if profile.name != server::DEFAULT {
+        label = format!("{label}-{}", profile.name);
+    }
+    if kernel != "debian" {
+        label = format!("{label}-{}", crate::util::slug(kernel));
+    }
     let mut outcome = run::run(&job, |attempt| {
         let suffix = if attempt == 1 { "" } else { "-retry" };
         RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
@@ -358,11 +375,13 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
     if names.is_empty() {
         names = plan.scenarios.iter().map(|s| s.cli_name()).collect();
     }
-    let mut kernel = plan
-        .kernel
-        .as_ref()
-        .map(|k| format!(" --kernel {}", crate::util::shell_quote(k)))
-        .unwrap_or_default();
+    let mut kernel = String::new();
+    if !plan.kernel.is_empty() {
+        kernel = format!(
+            " --kernel {}",
+            crate::util::shell_quote(&plan.kernel.join(","))
+        );
+    }
     if !plan.cli_servers.is_empty() {
         kernel += &format!(
             " --server {}",
@@ -387,6 +406,7 @@ fn write_reports(session: &Session) -> Result<PathBuf> {
 }
 
 fn print_summary(session: &Session, reports: &Result<PathBuf>) {
+    print!("{}", report::kernels_header(&session.kernels));
     println!("{}", report::table(session.runs));
     if session.repeat > 1 {
         for (name, t) in &session.flaky {

@@ -5,7 +5,7 @@ use crate::image::kernel::Source;
 use crate::util::Result;
 
 pub fn run() -> Result<i32> {
-    let img = image::build(&Source::Debian)?;
+    let img = image::build(&Source::default_debian())?;
     let rec = crate::vm::accel::probe(&img)?;
     println!(
         "accelerator for --accel auto: {} ({})",

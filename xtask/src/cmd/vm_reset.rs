@@ -16,7 +16,7 @@ pub fn run() -> Result<i32> {
         "vm-reset: {} orphaned VM(s) killed, {} stale state file(s) removed, {} live VM(s) of running xtasks left alone, {tmp} half-built cache entr(ies) removed",
         vms.killed, vms.stale, vms.live
     );
-    let img = image::build(&Source::Debian)?;
+    let img = image::build(&Source::default_debian())?;
     println!("vm-reset: verified {}", image::describe(&img));
     Ok(0)
 }

@@ -105,6 +105,7 @@ pub fn run(args: Args) -> Result<i32> {
         timeout_s,
         image_hash: image.hash().to_string(),
         kernel_release: image.manifest.kernel_release.clone(),
+        ublk_features: session.ublk_features.clone(),
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
         started_at,
@@ -122,6 +123,7 @@ struct Session {
     user_error: Option<(i32, String)>,
     boot_s: Option<f64>,
     qemu_pid: Option<i32>,
+    ublk_features: Vec<String>,
 }
 
 /// Boots, copies in, runs, copies out, saves the kernel log, kills the VM.
@@ -140,11 +142,14 @@ fn execute(
                 user_error: None,
                 boot_s: None,
                 qemu_pid: None,
+                ublk_features: Vec::new(),
             }
         }
         Ok(vm) => vm,
     };
     let mut user_error = None;
+    // Evidence, not a precondition: a kernel without ublk still runs the command.
+    let ublk_features = vm.ublk_features(deadline).unwrap_or_default();
     let installed = server.map_or(Ok(()), |p| p.install(&vm, deadline));
     let mut outcome = match installed.and_then(|()| copy_files_in(&vm, &args.copy_in, deadline)) {
         Err(e) => match vm.gone() {
@@ -183,6 +188,7 @@ fn execute(
         user_error,
         boot_s: Some(vm.boot_s),
         qemu_pid: Some(vm.qemu_pid()),
+        ublk_features,
     }
 }
 

@@ -49,7 +49,7 @@ const APT: Need = Need {
 /// What building and booting an image from `source` needs on the host.
 pub fn needs(source: &Source) -> Vec<Need> {
     let mut v = vec![QEMU, BUSYBOX];
-    if *source == Source::Debian {
+    if matches!(source, Source::Debian(_)) {
         v.extend([APT, DPKG_DEB]);
     }
     v
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn debian_provider_needs_apt_tools() {
-        assert!(needs(&Source::Debian).contains(&DPKG_DEB));
+        assert!(needs(&Source::default_debian()).contains(&DPKG_DEB));
         assert!(!needs(&Source::Host).contains(&DPKG_DEB));
         assert!(needs(&Source::Path("/x".into())).contains(&QEMU));
     }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::host::procs;
-use crate::image::recipe::{KernelLock, Recipe};
+use crate::image::apt::Apt;
+use crate::image::recipe::{Deb, KernelLock, Recipe};
 use crate::image::{elf, store};
 use crate::util::{key_of, sha256_file, Result};
 
@@ -26,7 +27,8 @@ const FORMAT: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    Debian,
+    /// A locked Debian kernel of the recipe, by name ("debian" is the default one).
+    Debian(String),
     Host,
     Path(PathBuf),
 }
@@ -34,10 +36,16 @@ pub enum Source {
 impl Source {
     pub fn parse(s: &str) -> Source {
         match s {
-            "debian" => Source::Debian,
             "host" => Source::Host,
+            n if n == "debian" || (n.starts_with("debian-") && !n.contains('/')) => {
+                Source::Debian(n.to_string())
+            }
             p => Source::Path(PathBuf::from(p)),
         }
+    }
+
+    pub fn default_debian() -> Source {
+        Source::Debian("debian".into())
     }
 }
 
@@ -111,33 +119,96 @@ impl Kernel {
     }
 }
 
+/// The cache key of a locked Debian kernel's part.
+fn debian_key(recipe: &Recipe, lock: &KernelLock) -> String {
+    let mods = recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",");
+    let sums: Vec<&str> = lock.debs.iter().map(|d| d.sha256.as_str()).collect();
+    key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        ("debian", sums.join(",").as_bytes()),
+        ("modules", mods.as_bytes()),
+    ])
+}
+
+/// Whether the kernel part of `lock` is in the cache (not verified here; every use verifies).
+pub fn debian_is_cached(recipe: &Recipe, lock: &KernelLock) -> bool {
+    store::dir()
+        .join("kernels")
+        .join(debian_key(recipe, lock))
+        .join("manifest.json")
+        .is_file()
+}
+
+fn features_file(package: &str) -> PathBuf {
+    store::dir()
+        .join("features")
+        .join(format!("{package}.json"))
+}
+
+/// Records the ublk features a kernel reported (for `cargo xtask kernels`).
+pub fn remember_features(package: &str, names: &[String]) {
+    let _ = crate::util::write_atomic(
+        &features_file(package),
+        serde_json::to_string(names)
+            .expect("strings serialise")
+            .as_bytes(),
+    );
+}
+
+pub fn known_features(package: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(features_file(package)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Returns the verified kernel part for `source`, building it if needed.
 pub fn prepare(source: &Source, recipe: &Recipe) -> Result<Kernel> {
     let mods = recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",");
     match source {
-        Source::Debian => {
-            let lock = KernelLock::load(&recipe.lock_path())?;
-            let key = key_of(&[
-                ("format", &FORMAT.to_le_bytes()),
-                ("debian", lock.sha256.as_bytes()),
-                ("modules", mods.as_bytes()),
-            ]);
+        Source::Debian(name) => {
+            let spec = recipe.kernel(name)?;
+            let lock = KernelLock::load(&spec.lock_path()).map_err(|e| {
+                if spec.lock_path().exists() {
+                    e
+                } else {
+                    format!(
+                        "kernel {} is not locked yet: run `cargo xtask kernel-lock --upgrade {}`",
+                        spec.name, spec.name
+                    )
+                }
+            })?;
+            let key = debian_key(recipe, &lock);
+            let apt = Apt::new(spec.suite.as_deref());
             store::cached_kernel(&key, |tmp| {
-                let deb = fetch_deb(&lock)?;
                 let x = tmp.join("deb");
-                procs::run_ok(
-                    Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
-                    Duration::from_secs(300),
-                    &format!("dpkg-deb -x {}", deb.display()),
-                )?;
-                let release = only_subdir(&x.join("lib/modules"))?;
-                let bz = x.join("boot").join(format!("vmlinuz-{release}"));
+                for d in &lock.debs {
+                    let deb = fetch_deb(&apt, d, &lock.version, &spec.lock_path())?;
+                    procs::run_ok(
+                        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+                        Duration::from_secs(300),
+                        &format!("dpkg-deb -x {}", deb.display()),
+                    )?;
+                }
+                // Older packages: lib/modules/<rel> and boot/vmlinuz-<rel>; newer ones keep
+                // both under usr/lib/modules/<rel>/.
+                let modules = ["lib/modules", "usr/lib/modules"]
+                    .into_iter()
+                    .map(|m| x.join(m))
+                    .find(|m| m.is_dir())
+                    .ok_or_else(|| format!("{} holds no lib/modules", lock.package))?;
+                let release = only_subdir(&modules)?;
+                let bz = [
+                    x.join("boot").join(format!("vmlinuz-{release}")),
+                    modules.join(&release).join("vmlinuz"),
+                ]
+                .into_iter()
+                .find(|b| b.is_file())
+                .ok_or_else(|| format!("{} holds no vmlinuz for {release}", lock.package))?;
                 let m = assemble(
                     tmp,
                     &key,
-                    &format!("debian {} {}", lock.package, lock.version),
+                    &format!("{} {} {}", spec.name, lock.package, lock.version),
                     &bz,
-                    &x.join("lib/modules").join(&release),
+                    &modules.join(&release),
                     &release,
                     recipe,
                 )?;
@@ -271,14 +342,14 @@ fn only_subdir(dir: &Path) -> Result<String> {
     }
 }
 
-/// Downloads the locked .deb into the download cache (or reuses a verified copy).
-fn fetch_deb(lock: &KernelLock) -> Result<PathBuf> {
+/// Downloads one locked .deb into the download cache (or reuses a verified copy).
+fn fetch_deb(apt: &Apt, d: &Deb, version: &str, lock_path: &Path) -> Result<PathBuf> {
     let dir = store::dir().join("downloads");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let deb = dir.join(&lock.filename);
+    let deb = dir.join(&d.filename);
     if deb.exists() {
         match sha256_file(&deb) {
-            Ok((sum, _)) if sum == lock.sha256 => return Ok(deb),
+            Ok((sum, _)) if sum == d.sha256 => return Ok(deb),
             _ => {
                 eprintln!(
                     "xtask: cached {} does not match the lock's sha256; downloading again",
@@ -288,16 +359,12 @@ fn fetch_deb(lock: &KernelLock) -> Result<PathBuf> {
             }
         }
     }
-    let spec = format!("{}={}", lock.package, lock.version);
-    eprintln!("xtask: downloading {spec} with apt-get ...");
+    let spec = format!("{}={version}", d.package);
+    eprintln!("xtask: downloading {spec} from {} ...", apt.describe());
+    apt.update(false)?;
     let download = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.current_dir(&dir).arg("download");
-        if crate::util::is_root() {
-            // The _apt sandbox user cannot write into target/; download as ourselves.
-            cmd.args(["-o", "APT::Sandbox::User=root"]);
-        }
-        cmd.arg(&spec);
+        let mut cmd = apt.command("apt-get");
+        cmd.current_dir(&dir).args(["download", &spec]);
         procs::run(
             &mut cmd,
             Duration::from_secs(600),
@@ -305,34 +372,30 @@ fn fetch_deb(lock: &KernelLock) -> Result<PathBuf> {
         )
     };
     let mut out = download()?;
-    if !out.status.success() && crate::util::is_root() {
-        // A fresh machine's package lists may predate the locked version.
-        eprintln!("xtask: apt-get could not find {spec}; running apt-get update and retrying");
-        procs::run_ok(
-            Command::new("apt-get").arg("update"),
-            Duration::from_secs(600),
-            "apt-get update",
-        )?;
+    if !out.status.success() && (crate::util::is_root() || !apt.is_host()) {
+        // The package lists may predate the locked version.
+        eprintln!(
+            "xtask: apt-get could not find {spec}; refreshing the package lists and retrying"
+        );
+        apt.update(true)?;
         out = download()?;
     }
     if !out.status.success() {
-        let hint = if crate::util::is_root() {
-            format!("the archive no longer carries {spec}: run `cargo xtask kernel-lock --upgrade` to lock the current version")
-        } else {
-            "run `sudo apt-get update` and try again; if the version is gone from the archive, run `cargo xtask kernel-lock --upgrade`".into()
-        };
         return Err(format!(
-            "apt-get download {spec} failed:\n{}\n{hint}",
+            "apt-get download {spec} failed:\n{}\nthe archive no longer carries it (or the package lists are stale): run `cargo xtask kernel-lock --upgrade` to lock the current version",
             procs::tail(&out.stderr, 10)
         ));
     }
     let (sum, size) = sha256_file(&deb)
         .map_err(|e| format!("apt-get download did not produce {}: {e}", deb.display()))?;
-    if sum != lock.sha256 || size != lock.size {
+    if sum != d.sha256 || size != d.size {
         let _ = std::fs::remove_file(&deb);
         return Err(format!(
-            "{} has sha256 {sum} ({size} bytes) but vm-images/kernel.lock expects {} ({} bytes); refusing to use it",
-            lock.filename, lock.sha256, lock.size
+            "{} has sha256 {sum} ({size} bytes) but {} expects {} ({} bytes); refusing to use it",
+            d.filename,
+            lock_path.display(),
+            d.sha256,
+            d.size
         ));
     }
     Ok(deb)
@@ -565,7 +628,15 @@ mod tests {
 
     #[test]
     fn source_parsing_and_tree_errors() {
-        assert_eq!(Source::parse("debian"), Source::Debian);
+        assert_eq!(Source::parse("debian"), Source::default_debian());
+        assert_eq!(
+            Source::parse("debian-7.2"),
+            Source::Debian("debian-7.2".into())
+        );
+        assert_eq!(
+            Source::parse("./debian-7.2/"),
+            Source::Path("./debian-7.2/".into())
+        );
         assert_eq!(Source::parse("host"), Source::Host);
         assert_eq!(
             Source::parse("/src/linux"),

@@ -5,6 +5,7 @@
 //! guest binaries). Each is cached under its own input hash, so rebuilding the agent only
 //! rewrites the small guest archive; the kernel part is never touched by it.
 
+pub mod apt;
 pub mod cpio;
 pub mod elf;
 pub mod kernel;

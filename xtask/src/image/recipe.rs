@@ -16,7 +16,8 @@ pub const RECIPE: &str = "vm-images/recipe.yaml";
 pub struct Recipe {
     /// Recipe format version; bump when the meaning of a field changes.
     pub version: u32,
-    pub kernel: KernelSpec,
+    /// The Debian kernels a run may boot, by name; the first is the default (`debian`).
+    pub kernels: Vec<KernelSpec>,
     /// Modules copied into the image (plus their dependencies), by module name.
     pub modules: Vec<String>,
     /// Modules loaded by /init before the agent starts.
@@ -32,10 +33,23 @@ pub struct Recipe {
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct KernelSpec {
-    /// Debian package that `kernel-lock --upgrade` resolves to an exact image package.
+    /// What `--kernel` calls it, e.g. debian-6.12.
+    pub name: String,
+    /// Debian suite to fetch from through a private apt configuration (e.g. unstable); absent:
+    /// the host's own apt sources.
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// What `kernel-lock --upgrade` resolves to an exact image package: a (meta)package, or a
+    /// pattern with `*` (the newest match wins), e.g. linux-image-7.2.*-cloud-amd64.
     pub package: String,
     /// Lock file, relative to vm-images/.
     pub lock: String,
+}
+
+impl KernelSpec {
+    pub fn lock_path(&self) -> PathBuf {
+        Recipe::dir().join(&self.lock)
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -48,10 +62,19 @@ pub struct GuestBinary {
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KernelLock {
-    /// Exact binary package, e.g. linux-image-6.12.117+deb12-cloud-amd64.
+    /// Exact image package, e.g. linux-image-6.12.117+deb12-cloud-amd64.
     pub package: String,
     /// Exact Debian version, e.g. 6.12.117-1~deb12u1.
     pub version: String,
+    /// The .deb files that hold it: the image itself, or (newer Debian) the image's
+    /// linux-binary-* (kernel) and linux-modules-* (modules) packages.
+    pub debs: Vec<Deb>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Deb {
+    pub package: String,
     /// The .deb file name apt-get download produces.
     pub filename: String,
     pub size: u64,
@@ -93,6 +116,23 @@ impl Recipe {
             let m = format!("boot module {m:?} is not listed under modules");
             return fail("boot_modules", m);
         }
+        if r.kernels.is_empty() {
+            return fail(
+                "kernels",
+                "kernels needs at least the default kernel".into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for k in &r.kernels {
+            let ok = k.name.starts_with("debian-") && !k.name.contains('/');
+            if !ok || !names.insert(k.name.as_str()) {
+                let m = format!(
+                    "kernel name {:?} must be unique, debian-<something>, without '/'",
+                    k.name
+                );
+                return fail("kernels", m);
+            }
+        }
         if !r.guest_binaries.iter().any(|b| b.bin == "vm-agent") {
             let m = "guest_binaries must include vm-agent (the host talks to it)".to_string();
             return fail("guest_binaries", m);
@@ -104,8 +144,19 @@ impl Recipe {
         root().join("vm-images")
     }
 
-    pub fn lock_path(&self) -> PathBuf {
-        Recipe::dir().join(&self.kernel.lock)
+    /// The kernel called `name` (`debian` is the first).
+    pub fn kernel(&self, name: &str) -> Result<&KernelSpec> {
+        if name == "debian" {
+            return Ok(&self.kernels[0]);
+        }
+        self.kernels.iter().find(|k| k.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.kernels.iter().map(|k| k.name.as_str()).collect();
+            format!(
+                "no kernel named {name:?} in {RECIPE}; locked kernels: debian (= {}), {}; or host, or a PATH",
+                names[0],
+                names.join(", ")
+            )
+        })
     }
 }
 
@@ -130,17 +181,28 @@ impl KernelLock {
         if l.version.is_empty() || l.version.contains(char::is_whitespace) {
             return fail("version", format!("bad version {:?}", l.version));
         }
+        if l.debs.is_empty() || l.debs.len() > 8 {
+            return fail("debs", "debs must list 1..=8 .deb files".into());
+        }
         let hex = |c: char| c.is_ascii_hexdigit() && !c.is_ascii_uppercase();
-        if l.sha256.len() != 64 || !l.sha256.chars().all(hex) {
-            let m = format!("sha256 {:?} is not 64 lowercase hex digits", l.sha256);
-            return fail("sha256", m);
-        }
-        if !l.filename.ends_with(".deb") || l.filename.contains('/') {
-            let m = format!("filename {:?} is not a plain .deb file name", l.filename);
-            return fail("filename", m);
-        }
-        if l.size == 0 {
-            return fail("size", "size is 0".into());
+        for d in &l.debs {
+            if d.sha256.len() != 64 || !d.sha256.chars().all(hex) {
+                let m = format!(
+                    "{}: sha256 {:?} is not 64 lowercase hex digits",
+                    d.package, d.sha256
+                );
+                return fail("sha256", m);
+            }
+            if !d.filename.ends_with(".deb") || d.filename.contains('/') {
+                let m = format!(
+                    "{}: filename {:?} is not a plain .deb file name",
+                    d.package, d.filename
+                );
+                return fail("filename", m);
+            }
+            if d.size == 0 {
+                return fail("size", format!("{}: size is 0", d.package));
+            }
         }
         Ok(l)
     }
@@ -158,8 +220,9 @@ mod tests {
     use super::*;
 
     const GOOD: &str =
-        "package: linux-image-6.12.117+deb12-cloud-amd64\nversion: 6.12.117-1~deb12u1\n\
-filename: linux-image-6.12.117+deb12-cloud-amd64_6.12.117-1~deb12u1_amd64.deb\nsize: 34307256\n\
+        "package: linux-image-6.12.117+deb12-cloud-amd64\nversion: 6.12.117-1~deb12u1\ndebs:\n\
+- package: linux-image-6.12.117+deb12-cloud-amd64\n  \
+filename: linux-image-6.12.117+deb12-cloud-amd64_6.12.117-1~deb12u1_amd64.deb\n  size: 34307256\n  \
 sha256: 5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
 
     fn p() -> &'static Path {
@@ -177,12 +240,12 @@ sha256: 5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
     fn lock_errors_name_file_line_column() {
         let e = KernelLock::parse(&GOOD.replace("size:", "sise:"), p()).unwrap_err();
         assert!(
-            e.starts_with("vm-images/kernel.lock:4:1: unknown field `sise`"),
+            e.starts_with("vm-images/kernel.lock:6:3: debs[0]: unknown field `sise`"),
             "{e}"
         );
         let e = KernelLock::parse(&GOOD.replace("34307256", "big"), p()).unwrap_err();
         assert!(
-            e.starts_with("vm-images/kernel.lock:4:7: size: invalid type"),
+            e.starts_with("vm-images/kernel.lock:6:9: debs[0].size: invalid type"),
             "{e}"
         );
         let e = KernelLock::parse(&GOOD.replace("sha256: 5195", "sha256: X195"), p()).unwrap_err();
@@ -193,7 +256,7 @@ sha256: 5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
         let e = KernelLock::parse("package: linux-image-x\n", p()).unwrap_err();
         assert!(e.contains("missing field"), "{e}");
         let e = KernelLock::parse(
-            &GOOD.replace("linux-image-6.12.117+deb12-cloud-amd64\n", "bash\n"),
+            &GOOD.replacen("linux-image-6.12.117+deb12-cloud-amd64\n", "bash\n", 1),
             p(),
         )
         .unwrap_err();
@@ -204,12 +267,26 @@ sha256: 5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
     fn committed_recipe_and_lock_parse() {
         let r = Recipe::load().unwrap();
         assert!(r.boot_modules.contains(&"ublk_drv".to_string()));
-        let l = KernelLock::load(&r.lock_path()).unwrap();
+        let l = KernelLock::load(&r.kernel("debian").unwrap().lock_path()).unwrap();
         assert!(
             l.package.contains("6.12"),
-            "the guest kernel must be 6.12: {}",
+            "the default guest kernel must be 6.12: {}",
             l.package
         );
+        for k in &r.kernels {
+            let l = KernelLock::load(&k.lock_path()).unwrap_or_else(|e| panic!("{e}"));
+            let version = k.name.trim_start_matches("debian-");
+            assert!(
+                l.package.contains(&format!("-{version}.")),
+                "{}: {}",
+                k.name,
+                l.package
+            );
+        }
+        assert!(r
+            .kernel("debian-9.9")
+            .unwrap_err()
+            .contains("locked kernels: debian (= debian-6.12)"));
     }
 
     #[test]

@@ -32,9 +32,9 @@ pub struct Scenario {
     pub expect_splats: Vec<String>,
     /// Server this scenario runs against unless `--server` says otherwise (default ublk-mem).
     pub server: Option<String>,
-    /// What the server must support beyond what the steps already imply (see `needs`).
+    /// What the server (and the kernel) must support beyond what the steps imply (see `needs`).
     #[serde(default)]
-    pub requires: Vec<Capability>,
+    pub requires: Requires,
     pub steps: Vec<Step>,
     /// The file it was read from.
     #[serde(skip)]
@@ -439,6 +439,46 @@ impl FaultSpec {
     }
 }
 
+/// `requires:` — a list of server capabilities, or a map with `server:` capabilities and
+/// `kernel:` ublk feature names (as GET_FEATURES reports them, e.g. QUIESCE).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requires {
+    pub server: Vec<Capability>,
+    pub kernel: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Requires {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Requires, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Map {
+            #[serde(default)]
+            server: Vec<Capability>,
+            #[serde(default)]
+            kernel: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "a list of server capabilities, or {server: [...], kernel: [...]}"
+        )]
+        enum Raw {
+            List(Vec<Capability>),
+            Map(Map),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::List(server) => Requires {
+                server,
+                kernel: Vec::new(),
+            },
+            Raw::Map(m) => Requires {
+                server: m.server,
+                kernel: m.kernel.iter().map(|k| k.to_ascii_uppercase()).collect(),
+            },
+        })
+    }
+}
+
 /// Limits a scenario's VM shares with `vm-run`'s flags.
 pub const MAX_CPUS: u32 = crate::vm::qemu::MAX_CPUS;
 
@@ -479,6 +519,7 @@ impl Scenario {
     pub fn needs(&self) -> Vec<(Capability, String)> {
         let mut v: Vec<(Capability, String)> = self
             .requires
+            .server
             .iter()
             .map(|c| (*c, "requires".to_string()))
             .collect();
@@ -588,6 +629,15 @@ impl<'a> Checker<'a> {
                 sc.steps.len()
             );
             return Err(self.at_key(&["steps"], &m));
+        }
+        let known = |k: &String| ublk::sys::FEATURE_NAMES.iter().any(|(_, n)| n == k);
+        if let Some(k) = sc.requires.kernel.iter().find(|k| !known(k)) {
+            let names: Vec<&str> = ublk::sys::FEATURE_NAMES.iter().map(|(_, n)| *n).collect();
+            let m = format!(
+                "requires.kernel: unknown ublk feature {k:?}; known: {}",
+                names.join(" ")
+            );
+            return Err(self.at_key(&["requires", "kernel"], &m));
         }
         if let Some(c) = sc.vm.cpus.filter(|c| !(1..=MAX_CPUS).contains(c)) {
             let m = format!("vm.cpus {c} is out of range (1..={MAX_CPUS})");

@@ -18,10 +18,46 @@ pub struct Session<'a> {
     pub jobs: usize,
     pub repeat: u32,
     pub wall_s: f64,
+    /// Per kernel booted: its release and the ublk features it reported.
+    pub kernels: BTreeMap<String, KernelInfo>,
     /// Per scenario: how its runs ended (flakiness is `failed` of `runs`).
     pub flaky: BTreeMap<String, Tally>,
     pub reproduce: String,
     pub runs: &'a [Outcome],
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KernelInfo {
+    pub release: String,
+    pub ublk_features: Vec<String>,
+}
+
+/// What each kernel of the session reported (from its runs that booted).
+pub fn kernels(runs: &[Outcome]) -> BTreeMap<String, KernelInfo> {
+    let mut m: BTreeMap<String, KernelInfo> = BTreeMap::new();
+    for r in runs {
+        let k = m.entry(r.kernel.clone()).or_default();
+        k.release.clone_from(&r.kernel_release);
+        if k.ublk_features.is_empty() {
+            k.ublk_features.clone_from(&r.kernel_features);
+        }
+    }
+    m
+}
+
+/// The report header: one line per kernel.
+pub fn kernels_header(kernels: &BTreeMap<String, KernelInfo>) -> String {
+    kernels
+        .iter()
+        .map(|(name, k)| {
+            let f = if k.ublk_features.is_empty() {
+                "not read (no run booted)".to_string()
+            } else {
+                k.ublk_features.join(" ")
+            };
+            format!("kernel {name}: {}, ublk features: {f}\n", k.release)
+        })
+        .collect()
 }
 
 /// How a scenario's runs ended. Only runs that judged the code under test (pass, fail,
@@ -187,6 +223,9 @@ mod tests {
         Outcome {
             scenario: name.into(),
             server: "ublk-mem".into(),
+            kernel: "debian".into(),
+            kernel_release: "6.12.117".into(),
+            kernel_features: vec!["ZONED".into()],
             run,
             verdict,
             reason: reason.map(|s| s.to_string()),
@@ -236,6 +275,7 @@ mod tests {
             jobs: 2,
             repeat: 2,
             wall_s: 30.0,
+            kernels: kernels(&runs),
             runs: &runs,
             flaky,
             reproduce: String::new(),
@@ -254,6 +294,10 @@ mod tests {
             "{x}"
         );
         assert!(x.contains("<error type=\"infra-error\""));
+        assert_eq!(
+            kernels_header(&s.kernels),
+            "kernel debian: 6.12.117, ublk features: ZONED\n"
+        );
         let t = table(&runs);
         assert!(
             t.contains("timeout") && t.contains("steps[2] io: hung"),

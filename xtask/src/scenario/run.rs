@@ -28,6 +28,11 @@ pub struct Outcome {
     pub scenario: String,
     /// The server profile it ran against.
     pub server: String,
+    /// The kernel it booted, as asked for (`debian`, `debian-7.2`, `host`, a path).
+    pub kernel: String,
+    /// The guest kernel's release and its ublk features (GET_FEATURES), by name.
+    pub kernel_release: String,
+    pub kernel_features: Vec<String>,
     pub run: u32,
     pub verdict: Verdict,
     pub reason: Option<String>,
@@ -57,6 +62,9 @@ impl Outcome {
         Outcome {
             scenario: sc.name.clone(),
             server: String::new(),
+            kernel: String::new(),
+            kernel_release: String::new(),
+            kernel_features: Vec::new(),
             run,
             verdict: Verdict::Pass,
             reason: None,
@@ -71,13 +79,17 @@ impl Outcome {
         }
     }
 
-    /// The scenario's name, with `@server` unless it ran against the default server.
+    /// The scenario's name, with `@server` unless it ran against the default server and
+    /// ` on KERNEL` unless it booted the default kernel.
     pub fn label(&self) -> String {
-        if self.server.is_empty() || self.server == crate::server::DEFAULT {
-            self.scenario.clone()
-        } else {
-            format!("{}@{}", self.scenario, self.server)
+        let mut l = self.scenario.clone();
+        if !self.server.is_empty() && self.server != crate::server::DEFAULT {
+            l = format!("{l}@{}", self.server);
         }
+        if !self.kernel.is_empty() && self.kernel != "debian" {
+            l = format!("{l} on {}", self.kernel);
+        }
+        l
     }
 
     fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {
@@ -92,6 +104,8 @@ impl Outcome {
 pub struct Job<'a> {
     pub sc: &'a Scenario,
     pub server: &'a Profile,
+    /// The kernel's name as asked for, for the reports.
+    pub kernel: &'a str,
     pub image: &'a Image,
     pub accel: Accel,
     pub seed: u64,
@@ -104,6 +118,8 @@ pub struct Job<'a> {
 pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outcome {
     let mut out = Outcome::new(job.sc, job.run, job.seed, Path::new(""), job.image.hash());
     out.server = job.server.name.clone();
+    out.kernel = job.kernel.to_string();
+    out.kernel_release = job.image.manifest.kernel_release.clone();
     if let Some(why) = skip_reason(job.sc, job.server) {
         return out.finish(Instant::now(), Verdict::Skip, Some(why));
     }
@@ -118,6 +134,8 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
         }
     });
     out.server = job.server.name.clone();
+    out.kernel = job.kernel.to_string();
+    out.kernel_release = job.image.manifest.kernel_release.clone();
     out
 }
 
@@ -175,6 +193,31 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         }
     };
     out.boot_s = Some(vm.boot_s);
+    match vm.ublk_features(deadline) {
+        Ok(f) => {
+            let package = image
+                .manifest
+                .kernel_source
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default();
+            if package.starts_with("linux-image-") {
+                crate::image::kernel::remember_features(package, &f);
+            }
+            out.kernel_features = f;
+        }
+        Err(why) => return (out.finish(start, Verdict::InfraError, Some(why)), false),
+    }
+    let release = &image.manifest.kernel_release;
+    if let Some(k) = sc
+        .requires
+        .kernel
+        .iter()
+        .find(|k| !out.kernel_features.contains(k))
+    {
+        let why = format!("kernel {release} lacks the ublk feature {k} (requires.kernel)");
+        return (out.finish(start, Verdict::Skip, Some(why)), false);
+    }
     if let Err(why) = job.server.install(&vm, deadline) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
     }

@@ -271,6 +271,22 @@ impl Vm {
         }
     }
 
+    /// The guest kernel's ublk features, by name (`ublk-mem features --json`, GET_FEATURES).
+    pub fn ublk_features(&self, deadline: Instant) -> Result<Vec<String>, String> {
+        let limit = (Instant::now() + Duration::from_secs(10)).min(deadline);
+        let (status, out, err) = self
+            .agent
+            .run_capture(&["ublk-mem", "features", "--json"], limit)
+            .map_err(|e| format!("reading the kernel's ublk features: {e}"))?;
+        if status != 0 {
+            let err = String::from_utf8_lossy(&err);
+            return Err(format!("ublk-mem features exited {status}: {}", err.trim()));
+        }
+        let f: ublk::contract::Features =
+            serde_json::from_slice(&out).map_err(|e| format!("ublk-mem features: {e}"))?;
+        Ok(f.names)
+    }
+
     pub fn qemu_pid(&self) -> i32 {
         self.pidfile.pid
     }

@@ -1,0 +1,39 @@
+//! `cargo xtask kernels`: the Debian kernels a run can boot (`--kernel NAME`), each with its
+//! locked version, where it comes from, whether its kernel part is cached, and the ublk features
+//! it reported when it last booted.
+
+use crate::image::kernel;
+use crate::image::recipe::{KernelLock, Recipe};
+use crate::util::Result;
+
+pub fn run() -> Result<i32> {
+    let recipe = Recipe::load()?;
+    println!(
+        "{:<20} {:<26} {:<9} {:<7} ublk features (when last booted)",
+        "name", "locked version", "suite", "cached"
+    );
+    for (i, spec) in recipe.kernels.iter().enumerate() {
+        let lock = KernelLock::load(&spec.lock_path()).ok();
+        let version = lock
+            .as_ref()
+            .map_or("not locked".to_string(), |l| l.version.clone());
+        let cached = lock
+            .as_ref()
+            .is_some_and(|l| kernel::debian_is_cached(&recipe, l));
+        let features = lock
+            .as_ref()
+            .and_then(|l| kernel::known_features(&l.package))
+            .map_or("(not booted yet)".to_string(), |f| f.join(" "));
+        let name = if i == 0 {
+            format!("{} (debian)", spec.name)
+        } else {
+            spec.name.clone()
+        };
+        println!(
+            "{name:<20} {version:<26} {:<9} {:<7} {features}",
+            spec.suite.as_deref().unwrap_or("host"),
+            if cached { "yes" } else { "no" },
+        );
+    }
+    Ok(0)
+}

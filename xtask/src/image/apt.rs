@@ -1,0 +1,125 @@
+//! apt for kernels: the host's own sources (bookworm-security carries 6.12), or a private apt
+//! configuration per Debian suite under `target/apt/<suite>/` — its own sources list, package
+//! lists, status file and cache — so packages of another suite (unstable's newest kernel) come
+//! without a single change to the host's `/etc/apt`. Every apt command is bounded.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use crate::host::procs;
+use crate::util::{is_root, target_dir, Result};
+
+/// The Debian archive a private configuration points at (`UBLK_VM_DEBIAN_MIRROR` overrides).
+const MIRROR: &str = "http://deb.debian.org/debian";
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// Private package lists older than this are refreshed before a resolve.
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+const LIMIT: Duration = Duration::from_secs(600);
+
+pub struct Apt {
+    /// None: the host's sources. Some(suite): a private configuration for that suite.
+    suite: Option<String>,
+}
+
+impl Apt {
+    pub fn new(suite: Option<&str>) -> Apt {
+        Apt {
+            suite: suite.map(str::to_string),
+        }
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.suite.is_none()
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.suite {
+            None => "the host's apt sources".into(),
+            Some(s) => format!(
+                "Debian {s} (private apt configuration in {})",
+                self.dir().display()
+            ),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        target_dir()
+            .join("apt")
+            .join(self.suite.as_deref().unwrap_or("host"))
+    }
+
+    /// `apt-get` or `apt-cache`, pointed at this configuration.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        if is_root() {
+            // The _apt sandbox user cannot write into target/; act as ourselves.
+            cmd.args(["-o", "APT::Sandbox::User=root"]);
+        }
+        if self.suite.is_some() {
+            let d = self.dir();
+            for (k, v) in [
+                ("Dir::Etc::SourceList", d.join("sources.list")),
+                ("Dir::Etc::SourceParts", d.join("sources.list.d")),
+                ("Dir::Etc::PreferencesParts", d.join("preferences.d")),
+                ("Dir::Etc::Preferences", d.join("preferences")),
+                ("Dir::State", d.join("state")),
+                ("Dir::State::status", d.join("state/status")),
+                ("Dir::Cache", d.join("cache")),
+            ] {
+                cmd.arg("-o").arg(format!("{k}={}", v.display()));
+            }
+            cmd.args(["-o", "Debug::NoLocking=1"]);
+        }
+        cmd
+    }
+
+    /// Package lists present and fresh (private configurations only refresh themselves; the
+    /// host's lists are refreshed only with `force`, and only as root).
+    pub fn update(&self, force: bool) -> Result<()> {
+        let Some(suite) = &self.suite else {
+            if force && is_root() {
+                procs::run_ok(
+                    Command::new("apt-get").arg("update"),
+                    LIMIT,
+                    "apt-get update",
+                )?;
+            }
+            return Ok(());
+        };
+        let d = self.dir();
+        let lists = d.join("state/lists");
+        let fresh = std::fs::metadata(lists.join("lock"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < LISTS_MAX_AGE);
+        if fresh && !force {
+            return Ok(());
+        }
+        for sub in [
+            "sources.list.d",
+            "preferences.d",
+            "state/lists/partial",
+            "cache/archives/partial",
+        ] {
+            std::fs::create_dir_all(d.join(sub))
+                .map_err(|e| format!("create {}: {e}", d.join(sub).display()))?;
+        }
+        let mirror = std::env::var("UBLK_VM_DEBIAN_MIRROR").unwrap_or_else(|_| MIRROR.into());
+        let sources = format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n");
+        std::fs::write(d.join("sources.list"), sources)
+            .map_err(|e| format!("write sources.list: {e}"))?;
+        let status = d.join("state/status");
+        if !status.exists() {
+            std::fs::write(&status, b"")
+                .map_err(|e| format!("create {}: {e}", status.display()))?;
+        }
+        eprintln!("xtask: fetching the package lists of {}", self.describe());
+        let mut cmd = self.command("apt-get");
+        cmd.arg("update");
+        procs::run_ok(&mut cmd, LIMIT, &format!("apt-get update ({suite})"))?;
+        std::fs::write(lists.join("lock"), b"").map_err(|e| format!("touch lists: {e}"))
+    }
+}
