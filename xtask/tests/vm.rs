@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -435,15 +436,15 @@ fn manifests_and_base_archive_are_verified_too() {
         booted.contains("panic=-1") && !booted.contains("panic=,1"),
         "{booted}"
     );
-    // The base archive (an input of the cached image).
-    let bases = root().join("target/vm-images/bases");
-    let base = std::fs::read_dir(&bases)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cpio"))
-        .max_by_key(|p| p.metadata().unwrap().modified().unwrap())
-        .unwrap();
+    // The base archive (an input of the cached image), as vm-build names it.
+    let o = run(&["vm-build"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let base = PathBuf::from(
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("base"))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no base line in {out}")),
+    );
     let len = base.metadata().unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)

@@ -28,6 +28,7 @@ pub fn run(args: Args) -> Result<i32> {
         img.initrd().display(),
         img.manifest.files["initrd.cpio"].size as f64 / 1048576.0
     );
+    println!("  base    {}", img.base.display());
     println!("  source  {}", img.manifest.kernel_source);
     println!("  hash    {}", img.hash());
     println!(

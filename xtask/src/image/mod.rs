@@ -58,6 +58,8 @@ pub struct Image {
     pub kernel: Kernel,
     pub dir: PathBuf,
     pub manifest: ImageManifest,
+    /// The verified base archive the initrd starts with.
+    pub base: PathBuf,
     verified: store::Verified,
 }
 
@@ -198,6 +200,7 @@ pub fn build(source: &Source) -> Result<Image> {
         kernel,
         dir,
         manifest,
+        base,
         verified,
     })
 }
