@@ -479,7 +479,11 @@ fn kernel_path_provider_boots_an_installed_tree() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        // The default kernel's (other kernels' .debs may be cached too).
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("linux-image-6.12."))
+        })
         .expect("the locked .deb is cached");
     let tree = std::env::temp_dir().join(format!("xtask-kernel-tree-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tree);
