@@ -22,7 +22,9 @@ pub fn run() -> Result<i32> {
             .is_some_and(|l| kernel::debian_is_cached(&recipe, l));
         let features = lock
             .as_ref()
-            .and_then(|l| kernel::known_features(&l.package))
+            // Debian names the image package after the release: linux-image-<release>.
+            .and_then(|l| l.package.strip_prefix("linux-image-"))
+            .and_then(kernel::known_features)
             .map_or("(not booted yet)".to_string(), |f| f.join(" "));
         let name = if i == 0 {
             format!("{} (debian)", spec.name)

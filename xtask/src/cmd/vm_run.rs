@@ -150,6 +150,9 @@ fn execute(
     let mut user_error = None;
     // Evidence, not a precondition: a kernel without ublk still runs the command.
     let ublk_features = vm.ublk_features(deadline).unwrap_or_default();
+    if !ublk_features.is_empty() {
+        crate::image::kernel::remember_features(&image.manifest.kernel_release, &ublk_features);
+    }
     let installed = server.map_or(Ok(()), |p| p.install(&vm, deadline));
     let mut outcome = match installed.and_then(|()| copy_files_in(&vm, &args.copy_in, deadline)) {
         Err(e) => match vm.gone() {

@@ -155,8 +155,8 @@ pub fn remember_features(package: &str, names: &[String]) {
     );
 }
 
-pub fn known_features(package: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(features_file(package)).ok()?;
+pub fn known_features(release: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(features_file(release)).ok()?;
     serde_json::from_str(&text).ok()
 }
 

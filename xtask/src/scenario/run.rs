@@ -193,30 +193,8 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         }
     };
     out.boot_s = Some(vm.boot_s);
-    match vm.ublk_features(deadline) {
-        Ok(f) => {
-            let package = image
-                .manifest
-                .kernel_source
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default();
-            if package.starts_with("linux-image-") {
-                crate::image::kernel::remember_features(package, &f);
-            }
-            out.kernel_features = f;
-        }
-        Err(why) => return (out.finish(start, Verdict::InfraError, Some(why)), false),
-    }
-    let release = &image.manifest.kernel_release;
-    if let Some(k) = sc
-        .requires
-        .kernel
-        .iter()
-        .find(|k| !out.kernel_features.contains(k))
-    {
-        let why = format!("kernel {release} lacks the ublk feature {k} (requires.kernel)");
-        return (out.finish(start, Verdict::Skip, Some(why)), false);
+    if let Some((verdict, why)) = kernel_gate(&vm, sc, image, deadline, &mut out) {
+        return (out.finish(start, verdict, Some(why)), false);
     }
     if let Err(why) = job.server.install(&vm, deadline) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
@@ -311,6 +289,32 @@ fn classify(r: &mut Runner, label: &str, e: StepError, out: &mut Outcome) -> (Ve
             )
         }
     }
+}
+
+/// Reads the guest kernel's ublk features into `out`; a verdict if the run cannot go on
+/// (features unreadable: infra-error; a feature `requires.kernel` names is missing: skip).
+fn kernel_gate(
+    vm: &Vm,
+    sc: &Scenario,
+    image: &Image,
+    deadline: Instant,
+    out: &mut Outcome,
+) -> Option<(Verdict, String)> {
+    let release = &image.manifest.kernel_release;
+    match vm.ublk_features(deadline) {
+        Ok(f) => {
+            crate::image::kernel::remember_features(release, &f);
+            out.kernel_features = f;
+        }
+        Err(why) => return Some((Verdict::InfraError, why)),
+    }
+    let missing = sc
+        .requires
+        .kernel
+        .iter()
+        .find(|k| !out.kernel_features.contains(k))?;
+    let why = format!("kernel {release} lacks the ublk feature {missing} (requires.kernel)");
+    Some((Verdict::Skip, why))
 }
 
 fn failure_verdict(f: &Failure) -> (Verdict, String) {
