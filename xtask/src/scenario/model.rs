@@ -439,16 +439,79 @@ impl FaultSpec {
     }
 }
 
-/// `requires:` — a list of server capabilities, or a map with `server:` capabilities and
-/// `kernel:` ublk feature names (as GET_FEATURES reports them, e.g. QUIESCE).
+/// `requires:` — a list of server capabilities, or a map with `server:` capabilities,
+/// `kernel:` ublk feature names (as GET_FEATURES reports them, e.g. QUIESCE) and
+/// `kernel_version:` the oldest kernel release the scenario runs on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requires {
     pub server: Vec<Capability>,
     pub kernel: Vec<String>,
+    pub kernel_version: Option<KernelVersion>,
+}
+
+/// A kernel version `X.Y` or `X.Y.Z`, compared numerically.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion(pub [u32; 3]);
+
+impl KernelVersion {
+    /// The version a release string starts with: `6.12.117+deb12-cloud-amd64` → 6.12.117,
+    /// `7.2.0-rc3` → 7.2.0. None when it does not start with `X.Y`.
+    pub fn of_release(release: &str) -> Option<KernelVersion> {
+        let mut v = [0u32; 3];
+        let mut parts = 0;
+        for (i, part) in release.split('.').take(3).enumerate() {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            v[i] = digits.parse().ok()?;
+            parts = i + 1;
+            if digits.len() != part.len() {
+                break; // a suffix ends the version
+            }
+        }
+        (parts >= 2).then_some(KernelVersion(v))
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c] = self.0;
+        match c {
+            0 => write!(f, "{a}.{b}"),
+            _ => write!(f, "{a}.{b}.{c}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KernelVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<KernelVersion, D::Error> {
+        let s = match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => s,
+            // A bare 6.10 is the number 6.1: only a quoted version is unambiguous.
+            serde_yaml::Value::Number(n) => {
+                return Err(serde::de::Error::custom(format!(
+                    "kernel_version {n} must be quoted (\"{n}\"): YAML reads 6.10 as the number 6.1"
+                )))
+            }
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "kernel_version must be a quoted version like \"6.15\"",
+                ))
+            }
+        };
+        let ok = s.split('.').count() <= 3
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        match KernelVersion::of_release(&s) {
+            Some(v) if ok => Ok(v),
+            _ => Err(serde::de::Error::custom(format!(
+                "kernel_version {s:?} is not a version like \"6.15\" or \"6.12.40\""
+            ))),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Requires {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Requires, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Map {
@@ -456,26 +519,39 @@ impl<'de> Deserialize<'de> for Requires {
             server: Vec<Capability>,
             #[serde(default)]
             kernel: Vec<String>,
+            #[serde(default)]
+            kernel_version: Option<KernelVersion>,
         }
-        #[derive(Deserialize)]
-        #[serde(
-            untagged,
-            expecting = "a list of server capabilities, or {server: [...], kernel: [...]}"
-        )]
-        enum Raw {
-            List(Vec<Capability>),
-            Map(Map),
+        // A visitor, not an untagged enum: the inner error keeps its message and position.
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Requires;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of server capabilities, or {server: [...], kernel: [...], kernel_version: \"X.Y\"}")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                a: A,
+            ) -> std::result::Result<Requires, A::Error> {
+                let server = Vec::deserialize(SeqAccessDeserializer::new(a))?;
+                Ok(Requires {
+                    server,
+                    ..Requires::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> std::result::Result<Requires, A::Error> {
+                let m = Map::deserialize(MapAccessDeserializer::new(a))?;
+                Ok(Requires {
+                    server: m.server,
+                    kernel: m.kernel.iter().map(|k| k.to_ascii_uppercase()).collect(),
+                    kernel_version: m.kernel_version,
+                })
+            }
         }
-        Ok(match Raw::deserialize(d)? {
-            Raw::List(server) => Requires {
-                server,
-                kernel: Vec::new(),
-            },
-            Raw::Map(m) => Requires {
-                server: m.server,
-                kernel: m.kernel.iter().map(|k| k.to_ascii_uppercase()).collect(),
-            },
-        })
+        d.deserialize_any(V)
     }
 }
 

@@ -269,3 +269,36 @@ fn option_less_kinds_may_be_null_and_minus_zero_is_a_number() {
     let e = err(&GOOD.replace("    timeout: 5\n", "    timeout: 2.5\n"));
     assert!(e.contains("not a whole number of seconds"), "{e}");
 }
+
+#[test]
+fn kernel_version_requirements_parse_compare_and_explain() {
+    let with = |req: &str| GOOD.replace("device:\n", &format!("requires: {req}\ndevice:\n"));
+    let s = Scenario::parse(
+        &with("{kernel: [quiesce], kernel_version: \"6.15\"}"),
+        Path::new("x.yaml"),
+    )
+    .unwrap();
+    let min = s.requires.kernel_version.unwrap();
+    assert_eq!(
+        (min, min.to_string()),
+        (KernelVersion([6, 15, 0]), "6.15".into())
+    );
+    assert_eq!(s.requires.kernel, ["QUIESCE"]);
+    let of = KernelVersion::of_release;
+    assert_eq!(
+        of("6.12.117+deb12-cloud-amd64"),
+        Some(KernelVersion([6, 12, 117]))
+    );
+    assert_eq!(of("7.2.0-rc3"), Some(KernelVersion([7, 2, 0])));
+    assert_eq!(of("6.9-rc1"), Some(KernelVersion([6, 9, 0])));
+    assert_eq!(of("unknown"), None);
+    assert!(of("6.12.117+deb12").unwrap() < min && of("7.2.13+deb14").unwrap() > min);
+    // A bare 6.10 is YAML's number 6.1: refused with the fix, at its position.
+    let e = err(&with("{kernel_version: 6.10}"));
+    assert!(e.starts_with("scenarios/demo.yaml:4:"), "{e}");
+    assert!(e.contains("must be quoted"), "{e}");
+    let e = err(&with("{kernel_version: \"6.x\"}"));
+    assert!(e.contains("not a version like"), "{e}");
+    let e = err(&with("{kernel_version: \"6.1.2.3\"}"));
+    assert!(e.contains("not a version like"), "{e}");
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::freeze;
-use super::model::Scenario;
+use super::model::{KernelVersion, Scenario};
 use super::steps::{Runner, StepError};
 use crate::host::procs::{interrupted, signal_name};
 use crate::image::Image;
@@ -120,7 +120,8 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
     out.server = job.server.name.clone();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
-    if let Some(why) = skip_reason(job.sc, job.server) {
+    let why = skip_reason(job.sc, job.server).or_else(|| too_old(job.sc, &out.kernel_release));
+    if let Some(why) = why {
         return out.finish(Instant::now(), Verdict::Skip, Some(why));
     }
     let mut out = retry_once(|attempt| match dir_for(attempt) {
@@ -147,6 +148,21 @@ pub fn skip_reason(sc: &Scenario, server: &Profile) -> Option<String> {
         server.name,
         cap.name()
     ))
+}
+
+/// Why a kernel of `release` is older than the scenario's `requires.kernel_version` (known
+/// before boot: no VM is started for it).
+pub fn too_old(sc: &Scenario, release: &str) -> Option<String> {
+    let min = sc.requires.kernel_version?;
+    match KernelVersion::of_release(release) {
+        Some(v) if v >= min => None,
+        Some(_) => Some(format!(
+            "kernel {release} is older than {min} (requires.kernel_version)"
+        )),
+        None => Some(format!(
+            "kernel release {release:?} has no X.Y version to compare with {min} (requires.kernel_version)"
+        )),
+    }
 }
 
 /// The retry rule, apart from VMs: `attempt(n)` returns the outcome and whether the first
