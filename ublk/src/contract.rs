@@ -16,6 +16,10 @@ pub struct Ready {
     pub depth: u16,
     /// The server process (the one to signal).
     pub pid: i32,
+    /// The ublk features this device runs with (the flags the kernel granted at ADD_DEV),
+    /// by name (`sys::feature_names`). Absent from other servers' lines: empty.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// The state dump SIGUSR1 writes (to `--state-file`, else stderr).

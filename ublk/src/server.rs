@@ -258,7 +258,7 @@ fn run_device(
         }
     }
     drop((ready_tx, done_tx));
-    announce(opts, dev_id, queues, depth, pid);
+    announce(opts, info, queues, depth, pid);
 
     // Serve until a signal, or until every queue ended (the device was stopped from outside).
     let mut finished = 0usize;
@@ -362,8 +362,18 @@ fn open_cdev(dev_id: u32) -> Result<File, String> {
     }
 }
 
-fn announce(opts: &Options, dev_id: u32, queues: u16, depth: u16, pid: i32) {
+fn announce(opts: &Options, info: &sys::ublksrv_ctrl_dev_info, queues: u16, depth: u16, pid: i32) {
+    let dev_id = info.dev_id;
     let bdev = format!("/dev/ublkb{dev_id}");
+    let features = sys::feature_names(info.flags);
+    eprintln!(
+        "ublk-mem: device {dev_id} uses ublk features: {}",
+        if features.is_empty() {
+            "none".into()
+        } else {
+            features.join(" ")
+        }
+    );
     if opts.json {
         let ready = contract::Ready {
             dev_id,
@@ -374,6 +384,7 @@ fn announce(opts: &Options, dev_id: u32, queues: u16, depth: u16, pid: i32) {
             queues,
             depth,
             pid,
+            features,
         };
         println!(
             "{}",

@@ -74,7 +74,14 @@ impl Runner<'_> {
         }
         let argv = self.add_argv(s, &vars);
         let mut job = self.exec(&argv, log_name)?;
-        let (dev_id, pid) = self.ready(&mut job, &argv, vars.dev_id, deadline, log_name)?;
+        let (dev_id, pid, features) =
+            self.ready(&mut job, &argv, vars.dev_id, deadline, log_name)?;
+        self.log(&format!(
+            "device {} (ublk{dev_id}) runs with ublk features: {}",
+            s.name,
+            features.join(" ")
+        ));
+        self.device_features.insert(s.name.clone(), features);
         let has_dump = self.server.options.state_file.is_some();
         let daemon = Daemon {
             job,
@@ -124,7 +131,8 @@ impl Runner<'_> {
         argv
     }
 
-    /// (device id, server pid) once the device is up, the way the profile says to learn it.
+    /// (device id, server pid, the ublk features the device runs with) once the device is up,
+    /// the way the profile says to learn it.
     fn ready(
         &self,
         job: &mut Job,
@@ -132,7 +140,7 @@ impl Runner<'_> {
         dev_id: u32,
         deadline: Instant,
         log_name: &str,
-    ) -> Result<(u32, i32), StepError> {
+    ) -> Result<(u32, i32, Vec<String>), StepError> {
         let what = &self.server.name;
         let id = match (self.server.add.mode, self.server.add.ready) {
             (Mode::Foreground, Ready::Json) => {
@@ -142,7 +150,7 @@ impl Runner<'_> {
                         format!("{what}'s ready line is not a ublk::contract::Ready ({e}): {r}");
                     StepError::Fail(m)
                 })?;
-                return Ok((ready.dev_id, ready.pid));
+                return Ok((ready.dev_id, ready.pid, ready.features));
             }
             (Mode::Foreground, Ready::Path) => {
                 let r = self.ready_line(job, deadline, log_name, what)?;
@@ -165,7 +173,9 @@ impl Runner<'_> {
                 dev_id
             }
         };
-        Ok((id, self.live_device(id, deadline, job, what)?.pid))
+        // Any server: the kernel's GET_DEV_INFO flags are the features the device runs with.
+        let d = self.live_device(id, deadline, job, what)?;
+        Ok((id, d.pid, d.flags))
     }
 
     /// The first stdout line of a foreground server, or why there is none.

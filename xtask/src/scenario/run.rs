@@ -8,6 +8,7 @@
 //! - a VM that died before the first step started gets one more fresh VM (both attempts are
 //!   recorded); a run that failed after its first step started is never retried.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub struct Outcome {
     /// The guest kernel's release and its ublk features (GET_FEATURES), by name.
     pub kernel_release: String,
     pub kernel_features: Vec<String>,
+    /// Device name → the ublk features the server's device ran with (ADD_DEV's granted flags).
+    pub device_features: BTreeMap<String, Vec<String>>,
     pub run: u32,
     pub verdict: Verdict,
     pub reason: Option<String>,
@@ -65,6 +68,7 @@ impl Outcome {
             kernel: String::new(),
             kernel_release: String::new(),
             kernel_features: Vec::new(),
+            device_features: BTreeMap::new(),
             run,
             verdict: Verdict::Pass,
             reason: None,
@@ -220,6 +224,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
     if out.freeze_frame.is_none() {
         out.freeze_frame = r.freeze.as_ref().map(|f| f.dir.clone());
     }
+    out.device_features = std::mem::take(&mut r.device_features);
     // The kernel log is always checked, whatever happened.
     let splats = r.splats();
     r.save_artifacts();

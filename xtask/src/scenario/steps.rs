@@ -2,7 +2,7 @@
 //! it started and the background jobs. A step either passes or says why not (`StepError`);
 //! turning that into a verdict is `run.rs`'s job, which also knows whether the VM survived.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,8 @@ pub struct Runner<'a> {
     pub jobs: HashMap<String, Job>,
     /// The freeze-frame an `expect_timeout` step took (a hang that was expected).
     pub freeze: Option<FreezeFrame>,
+    /// Device name → the ublk features it ran with, as its server (or the kernel) reported.
+    pub device_features: BTreeMap<String, Vec<String>>,
 }
 
 impl<'a> Runner<'a> {
@@ -106,6 +108,7 @@ impl<'a> Runner<'a> {
             daemons: HashMap::new(),
             jobs: HashMap::new(),
             freeze: None,
+            device_features: BTreeMap::new(),
         }
     }
 
