@@ -61,6 +61,8 @@ enum Cmd {
     Kernels,
     /// Show the locked guest kernels and the newest of each; --upgrade [NAME] locks the newest
     KernelLock(cmd::kernel_lock::Args),
+    /// Compare the guest tools layer's lock with its Debian suite; --upgrade locks the newest
+    ToolsLock(cmd::tools_lock::Args),
 }
 
 fn main() {
@@ -88,6 +90,7 @@ fn main() {
         Cmd::VmProbe => cmd::vm_probe::run(),
         Cmd::KernelLock(a) => cmd::kernel_lock::run(a),
         Cmd::Kernels => cmd::kernels::run(),
+        Cmd::ToolsLock(a) => cmd::tools_lock::run(a),
     };
     let code = match result {
         Ok(code) => code,

@@ -161,6 +161,8 @@ pub struct RunResult {
     pub ublk_features: Vec<String>,
     pub cpus: u32,
     pub memory_mib: u64,
+    /// package=version of every .deb in the attached guest tools layer; empty: none attached.
+    pub tools: Vec<String>,
     pub started_at: String,
     pub qemu_pid: Option<i32>,
     pub run_dir: PathBuf,

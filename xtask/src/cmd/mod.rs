@@ -4,6 +4,7 @@ pub mod kernels;
 pub mod scenario;
 pub mod servers;
 pub mod sim;
+pub mod tools_lock;
 pub mod vm_build;
 pub mod vm_e2e;
 pub mod vm_probe;

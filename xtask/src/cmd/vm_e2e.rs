@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::image::kernel::Source;
+use crate::image::tools::Layer;
 use crate::image::{self, Image};
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::scenario::model::Scenario;
@@ -78,11 +79,13 @@ pub fn run(args: Args) -> Result<i32> {
         accel.name()
     );
     let servers = load_servers(&args.server, &scenarios)?;
+    let tools = tools_layer(&scenarios)?;
     let plan = Plan {
         scenarios: Arc::new(scenarios),
         servers,
         cli_servers: args.server.clone(),
         images,
+        tools,
         kernel: args.kernel.clone(),
         accel,
         seed,
@@ -133,6 +136,8 @@ struct Plan {
     /// `--server`, if given: every scenario runs against each.
     cli_servers: Vec<String>,
     images: BTreeMap<String, Arc<Image>>,
+    /// The guest tools layer, if any scenario asks for a program from it.
+    tools: Option<Layer>,
     kernel: Vec<String>,
     accel: Accel,
     seed: u64,
@@ -158,6 +163,15 @@ fn servers_of(cli: &[String], sc: &Scenario) -> Vec<String> {
         .server
         .clone()
         .unwrap_or_else(|| server::DEFAULT.to_string())]
+}
+
+/// The guest tools layer, built (or verified) once if any scenario names a program from it.
+fn tools_layer(scenarios: &[Scenario]) -> Result<Option<Layer>> {
+    let names: Vec<String> = scenarios.iter().flat_map(|s| s.vm.tools.clone()).collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    crate::image::tools::layer(&names).map(Some)
 }
 
 /// Every profile in use, loaded (and checked) before any VM starts.
@@ -310,6 +324,7 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
         server: profile,
         kernel,
         image: &plan.images[kernel],
+        tools: plan.tools.as_ref().filter(|_| !sc.vm.tools.is_empty()),
         accel: plan.accel,
         seed: plan.seed,
         run: r,

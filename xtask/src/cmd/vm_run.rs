@@ -49,6 +49,9 @@ pub struct Args {
     /// crate server is built on first use, a dynamic one brings its shared libraries)
     #[arg(long, value_name = "NAME|PATH")]
     pub server: Option<String>,
+    /// Attach the guest tools layer and check it offers these programs (e.g. fio,bash)
+    #[arg(long, value_name = "PROGRAM[,...]", value_delimiter = ',')]
+    pub tools: Vec<String>,
     /// Forward xtask's stdin to the guest command (otherwise it reads an empty stdin)
     #[arg(short = 'i', long)]
     pub stdin: bool,
@@ -70,6 +73,10 @@ pub fn run(args: Args) -> Result<i32> {
         }
         None => None,
     };
+    let tools = match args.tools.is_empty() {
+        true => None,
+        false => Some(image::tools::layer(&args.tools)?),
+    };
     let (accel, accel_reason) = accel::choose(args.accel, &image)?;
     let timeout_s = args
         .timeout
@@ -85,6 +92,7 @@ pub fn run(args: Args) -> Result<i32> {
         cpus: args.cpus,
         memory_mib: args.memory,
         accel,
+        tools,
     };
     let started_at = rfc3339_now();
     let start = Instant::now();
@@ -108,6 +116,11 @@ pub fn run(args: Args) -> Result<i32> {
         ublk_features: session.ublk_features.clone(),
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
+        tools: cfg
+            .tools
+            .as_ref()
+            .map(|l| l.manifest.packages.clone())
+            .unwrap_or_default(),
         started_at,
         qemu_pid: session.qemu_pid,
         run_dir: run.path.clone(),

@@ -46,6 +46,24 @@ const APT: Need = Need {
     present: || which("apt-get").is_some(),
 };
 
+const MKE2FS: Need = Need {
+    what: "mke2fs",
+    package: "e2fsprogs",
+    present: || which("mke2fs").is_some(),
+};
+/// What building the guest tools layer needs on the host (Debian's archive keyring signs the
+/// private apt configuration's suite).
+pub const TOOLS_LAYER: [Need; 4] = [
+    APT,
+    DPKG_DEB,
+    MKE2FS,
+    Need {
+        what: "the Debian archive keyring",
+        package: "debian-archive-keyring",
+        present: || std::path::Path::new(crate::image::apt::KEYRING).exists(),
+    },
+];
+
 /// What building and booting an image from `source` needs on the host.
 pub fn needs(source: &Source) -> Vec<Need> {
     let mut v = vec![QEMU, BUSYBOX];

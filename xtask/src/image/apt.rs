@@ -3,16 +3,17 @@
 //! lists, status file and cache — so packages of another suite (unstable's newest kernel) come
 //! without a single change to the host's `/etc/apt`. Every apt command is bounded.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use crate::host::procs;
-use crate::util::{is_root, target_dir, Result};
+use crate::image::{recipe::Deb, store};
+use crate::util::{is_root, sha256_file, target_dir, Result};
 
 /// The Debian archive a private configuration points at (`UBLK_VM_DEBIAN_MIRROR` overrides).
 const MIRROR: &str = "http://deb.debian.org/debian";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Private package lists older than this are refreshed before a resolve.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const LIMIT: Duration = Duration::from_secs(600);
@@ -121,5 +122,77 @@ impl Apt {
         cmd.arg("update");
         procs::run_ok(&mut cmd, LIMIT, &format!("apt-get update ({suite})"))?;
         std::fs::write(lists.join("lock"), b"").map_err(|e| format!("touch lists: {e}"))
+    }
+}
+
+impl Apt {
+    /// Downloads one locked .deb into the download cache (or reuses a verified copy). A
+    /// version the archive no longer carries is one line naming `upgrade`, the command that
+    /// locks the current one.
+    pub fn fetch(
+        &self,
+        d: &Deb,
+        version: &str,
+        lock_path: &Path,
+        upgrade: &str,
+    ) -> Result<PathBuf> {
+        let dir = store::dir().join("downloads");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let deb = dir.join(&d.filename);
+        if deb.exists() {
+            match sha256_file(&deb) {
+                Ok((sum, _)) if sum == d.sha256 => return Ok(deb),
+                _ => {
+                    eprintln!(
+                        "xtask: cached {} does not match the lock's sha256; downloading again",
+                        deb.display()
+                    );
+                    let _ = std::fs::remove_file(&deb);
+                }
+            }
+        }
+        let spec = format!("{}={version}", d.package);
+        eprintln!("xtask: downloading {spec} from {} ...", self.describe());
+        self.update(false)?;
+        let download = || {
+            let mut cmd = self.command("apt-get");
+            cmd.current_dir(&dir).args(["download", &spec]);
+            procs::run(&mut cmd, LIMIT, &format!("apt-get download {spec}"))
+        };
+        let mut out = download()?;
+        if !out.status.success() && (is_root() || !self.is_host()) {
+            // The package lists may predate the locked version.
+            eprintln!(
+                "xtask: apt-get could not find {spec}; refreshing the package lists and retrying"
+            );
+            self.update(true)?;
+            out = download()?;
+        }
+        if !out.status.success() {
+            let said = out
+                .stderr
+                .lines()
+                .rfind(|l| l.starts_with("E:"))
+                .unwrap_or("no reason given");
+            return Err(format!(
+                "{spec} (locked in {}) is no longer in {} ({}): run `{upgrade}` to lock the current version",
+                lock_path.display(),
+                self.describe(),
+                said.trim()
+            ));
+        }
+        let (sum, size) = sha256_file(&deb)
+            .map_err(|e| format!("apt-get download did not produce {}: {e}", deb.display()))?;
+        if sum != d.sha256 || size != d.size {
+            let _ = std::fs::remove_file(&deb);
+            return Err(format!(
+                "{} has sha256 {sum} ({size} bytes) but {} expects {} ({} bytes); refusing to use it",
+                d.filename,
+                lock_path.display(),
+                d.sha256,
+                d.size
+            ));
+        }
+        Ok(deb)
     }
 }

@@ -1,5 +1,6 @@
 //! Just enough ELF64 (little-endian) reading for kernel images and modules: section lookup
-//! (`.modinfo`), the dynamic-loader check (static guest binaries) and the PVH entry note.
+//! (`.modinfo`), the dynamic-loader check (static guest binaries), the PVH entry note and the
+//! shared libraries a dynamic object needs (the guest tools layer's library closure).
 //! All offsets are bounds-checked: a malformed file is an error, never a panic.
 
 use crate::util::Result;
@@ -127,6 +128,57 @@ pub fn section<'a>(b: &'a [u8], want: &str) -> Result<Option<&'a [u8]>> {
         }
     }
     Ok(None)
+}
+
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+
+/// What the dynamic loader reads from a dynamic ELF object.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    /// DT_NEEDED sonames.
+    pub needed: Vec<String>,
+    /// DT_RUNPATH / DT_RPATH directories, as written (`$ORIGIN` unexpanded).
+    pub runpath: Vec<String>,
+}
+
+/// The dynamic section of an ELF object; empty for a static one.
+pub fn dynamic(b: &[u8]) -> Result<Dynamic> {
+    let Some(section) = section(b, ".dynamic")? else {
+        return Ok(Dynamic::default());
+    };
+    let strtab = section_or_err(b, ".dynstr")?;
+    let string = |val: u64| -> Result<String> {
+        let s = usize::try_from(val)
+            .ok()
+            .and_then(|o| strtab.get(o..))
+            .ok_or("a dynamic entry points outside .dynstr")?;
+        let end = s.iter().position(|c| *c == 0).unwrap_or(s.len());
+        Ok(String::from_utf8_lossy(&s[..end]).into_owned())
+    };
+    let mut out = Dynamic::default();
+    for entry in section.chunks_exact(16) {
+        let tag = u64::from_le_bytes(entry[..8].try_into().expect("16-byte chunk"));
+        let val = u64::from_le_bytes(entry[8..].try_into().expect("16-byte chunk"));
+        match tag {
+            DT_NULL => break,
+            DT_NEEDED => out.needed.push(string(val)?),
+            DT_RPATH | DT_RUNPATH => out.runpath.extend(
+                string(val)?
+                    .split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string),
+            ),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn section_or_err<'a>(b: &'a [u8], name: &str) -> Result<&'a [u8]> {
+    section(b, name)?.ok_or_else(|| format!("a .dynamic section without {name}"))
 }
 
 /// `key=value` pairs of a kernel module's `.modinfo` section.

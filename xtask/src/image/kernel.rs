@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::procs;
 use crate::image::apt::Apt;
-use crate::image::recipe::{Deb, KernelLock, Recipe};
+use crate::image::recipe::{KernelLock, Recipe};
 use crate::image::{elf, store};
 use crate::util::{key_of, sha256_file, Result};
 
@@ -181,7 +181,8 @@ pub fn prepare(source: &Source, recipe: &Recipe) -> Result<Kernel> {
             store::cached_kernel(&key, |tmp| {
                 let x = tmp.join("deb");
                 for d in &lock.debs {
-                    let deb = fetch_deb(&apt, d, &lock.version, &spec.lock_path())?;
+                    let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+                    let deb = apt.fetch(d, &lock.version, &spec.lock_path(), &upgrade)?;
                     procs::run_ok(
                         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
                         Duration::from_secs(300),
@@ -340,65 +341,6 @@ fn only_subdir(dir: &Path) -> Result<String> {
             dir.display()
         )),
     }
-}
-
-/// Downloads one locked .deb into the download cache (or reuses a verified copy).
-fn fetch_deb(apt: &Apt, d: &Deb, version: &str, lock_path: &Path) -> Result<PathBuf> {
-    let dir = store::dir().join("downloads");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let deb = dir.join(&d.filename);
-    if deb.exists() {
-        match sha256_file(&deb) {
-            Ok((sum, _)) if sum == d.sha256 => return Ok(deb),
-            _ => {
-                eprintln!(
-                    "xtask: cached {} does not match the lock's sha256; downloading again",
-                    deb.display()
-                );
-                let _ = std::fs::remove_file(&deb);
-            }
-        }
-    }
-    let spec = format!("{}={version}", d.package);
-    eprintln!("xtask: downloading {spec} from {} ...", apt.describe());
-    apt.update(false)?;
-    let download = || {
-        let mut cmd = apt.command("apt-get");
-        cmd.current_dir(&dir).args(["download", &spec]);
-        procs::run(
-            &mut cmd,
-            Duration::from_secs(600),
-            &format!("apt-get download {spec}"),
-        )
-    };
-    let mut out = download()?;
-    if !out.status.success() && (crate::util::is_root() || !apt.is_host()) {
-        // The package lists may predate the locked version.
-        eprintln!(
-            "xtask: apt-get could not find {spec}; refreshing the package lists and retrying"
-        );
-        apt.update(true)?;
-        out = download()?;
-    }
-    if !out.status.success() {
-        return Err(format!(
-            "apt-get download {spec} failed:\n{}\nthe archive no longer carries it (or the package lists are stale): run `cargo xtask kernel-lock --upgrade` to lock the current version",
-            procs::tail(&out.stderr, 10)
-        ));
-    }
-    let (sum, size) = sha256_file(&deb)
-        .map_err(|e| format!("apt-get download did not produce {}: {e}", deb.display()))?;
-    if sum != d.sha256 || size != d.size {
-        let _ = std::fs::remove_file(&deb);
-        return Err(format!(
-            "{} has sha256 {sum} ({size} bytes) but {} expects {} ({} bytes); refusing to use it",
-            d.filename,
-            lock_path.display(),
-            d.sha256,
-            d.size
-        ));
-    }
-    Ok(deb)
 }
 
 /// Builds the kernel part into `out` from a bzImage and a modules tree.

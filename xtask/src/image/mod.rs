@@ -11,6 +11,7 @@ pub mod elf;
 pub mod kernel;
 pub mod recipe;
 pub mod store;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -28,6 +28,25 @@ pub struct Recipe {
     pub init: String,
     /// Workspace binaries built statically and installed in the guest's /bin.
     pub guest_binaries: Vec<GuestBinary>,
+    /// The optional guest tools layer (Debian userland on a read-only disk).
+    pub tools: ToolsSpec,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSpec {
+    /// Debian suite the packages come from, through a private apt configuration.
+    pub suite: String,
+    /// Debian packages whose programs the layer offers; their shared libraries come along.
+    pub packages: Vec<String>,
+    /// Lock file, relative to vm-images/.
+    pub lock: String,
+}
+
+impl ToolsSpec {
+    pub fn lock_path(&self) -> PathBuf {
+        Recipe::dir().join(&self.lock)
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -132,6 +151,24 @@ impl Recipe {
                 );
                 return fail("kernels", m);
             }
+        }
+        let pkg_ok = |p: &String| {
+            p.len() >= 2
+                && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        };
+        if let Some(p) = r.tools.packages.iter().find(|p| !pkg_ok(p)) {
+            let m = format!("tools.packages: {p:?} is not a Debian package name");
+            return Err(located(
+                path,
+                key_position(text, &["tools", "packages"]),
+                &m,
+            ));
+        }
+        if r.tools.packages.is_empty() || r.tools.suite.is_empty() {
+            let m = "tools needs a suite and at least one package".to_string();
+            return fail("tools", m);
         }
         if !r.guest_binaries.iter().any(|b| b.bin == "vm-agent") {
             let m = "guest_binaries must include vm-agent (the host talks to it)".to_string();

@@ -48,6 +48,10 @@ pub struct VmSpec {
     pub memory: Option<String>,
     /// debian | host | PATH (the command line's --kernel wins).
     pub kernel: Option<String>,
+    /// Programs from the guest tools layer this scenario uses (e.g. fio); the layer is
+    /// attached only when this is non-empty.
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -721,6 +725,9 @@ impl<'a> Checker<'a> {
         }
         if let Some(Err(e)) = sc.vm.memory.as_deref().map(crate::util::parse_mib) {
             return Err(self.at_key(&["vm", "memory"], &format!("vm.memory: {e}")));
+        }
+        if let Err(e) = crate::image::tools::check_names(&sc.vm.tools) {
+            return Err(self.at_key(&["vm", "tools"], &format!("vm.tools: {e}")));
         }
         let defaults = Start {
             name: String::new(),

@@ -18,6 +18,7 @@ use super::freeze;
 use super::model::{KernelVersion, Scenario};
 use super::steps::{Runner, StepError};
 use crate::host::procs::{interrupted, signal_name};
+use crate::image::tools::Layer;
 use crate::image::Image;
 use crate::runs::Verdict;
 use crate::server::Profile;
@@ -111,6 +112,8 @@ pub struct Job<'a> {
     /// The kernel's name as asked for, for the reports.
     pub kernel: &'a str,
     pub image: &'a Image,
+    /// The guest tools layer, for a scenario whose `vm.tools` asks for it.
+    pub tools: Option<&'a Layer>,
     pub accel: Accel,
     pub seed: u64,
     pub run: u32,
@@ -203,6 +206,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         cpus: sc.cpus(),
         memory_mib: sc.memory_mib(),
         accel,
+        tools: job.tools.cloned(),
     };
     let vm = match Vm::boot(image, &cfg, dir, deadline) {
         Ok(vm) => vm,

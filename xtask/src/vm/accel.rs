@@ -119,6 +119,7 @@ pub fn probe(image: &Image) -> Result<ProbeRecord> {
                 cpus: 1,
                 memory_mib: 256,
                 accel: Accel::Kvm,
+                tools: None,
             };
             match Vm::boot(image, &cfg, &run.path, start + PROBE_LIMIT) {
                 Ok(vm) => (

@@ -64,6 +64,9 @@ impl Vm {
     ) -> Result<Vm, Failure> {
         let infra = |m: String| Failure::Infra(m);
         image.recheck().map_err(infra)?;
+        if let Some(layer) = &cfg.tools {
+            layer.recheck().map_err(infra)?;
+        }
         let qemu_bin = crate::host::deps::qemu().map_err(infra)?;
         let sock_dir = std::env::temp_dir().join(format!(
             "ublk-vm-{}-{}",

@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub cpus: u32,
     pub memory_mib: u64,
     pub accel: Accel,
+    /// The guest tools layer, attached as a read-only disk; None: no disk at all.
+    pub tools: Option<crate::image::tools::Layer>,
 }
 
 /// Where one VM's host-side endpoints live.
@@ -114,6 +116,17 @@ pub fn command_line(qemu: &Path, image: &Image, cfg: &VmConfig, paths: &Paths) -
         paths.agent_sock().display()
     );
     push(&["-device", "virtio-serial-pci,id=vser0", "-chardev", &agent]);
+    if let Some(layer) = &cfg.tools {
+        let drive = format!(
+            "file={},format=raw,if=none,id=tools,readonly=on",
+            layer.image().display()
+        );
+        let device = format!(
+            "virtio-blk-pci,drive=tools,serial={}",
+            crate::image::tools::SERIAL
+        );
+        push(&["-drive", &drive, "-device", &device]);
+    }
     push(&[
         "-device",
         &format!(
