@@ -226,6 +226,7 @@ mod tests {
             kernel: "debian".into(),
             kernel_release: "6.12.117".into(),
             kernel_features: vec!["ZONED".into()],
+            device_features: Default::default(),
             run,
             verdict,
             reason: reason.map(|s| s.to_string()),
