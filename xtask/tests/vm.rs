@@ -516,3 +516,127 @@ fn kernel_path_provider_boots_an_installed_tree() {
     );
     std::fs::remove_dir_all(&tree).unwrap();
 }
+
+/// The guest tools layer: fio (dynamically linked, with its library closure) runs in the guest
+/// on a brd disk with verification; a run that does not ask gets no disk and busybox's sh; an
+/// unknown program is one clear error; a layer damaged in place (same size) is rebuilt, never
+/// attached.
+#[test]
+fn tools_layer_runs_fio_only_when_asked_and_is_rebuilt_when_damaged() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(&["vm-run", "--tools", "fio,stress-ng", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no program \"stress-ng\"") && e.contains("tools-lock --upgrade"),
+        "{e}"
+    );
+    let fio = "modprobe brd rd_nr=1 rd_size=32768 && fio --name=t --filename=/dev/ram0 \
+        --rw=randwrite --bs=4k --size=16M --ioengine=io_uring --iodepth=8 --direct=1 \
+        --verify=crc32c --output-format=terse --terse-version=3 | cut -d';' -f2 && readlink /bin/sh";
+    let o = run(&["vm-run", "--tools", "fio", "--", "sh", "-c", fio]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains("fio-3.") && out.contains("/tools/usr/bin/bash"),
+        "{out}"
+    );
+    let (dir, r) = result_of(&o);
+    let packages = r["tools"].as_array().unwrap();
+    assert!(
+        packages
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("fio=")),
+        "{r}"
+    );
+    let cmdline = std::fs::read_to_string(dir.join("qemu-cmdline.txt")).unwrap();
+    let img = cmdline
+        .split(['=', ','])
+        .find(|w| w.ends_with("/tools.img"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no tools disk in {cmdline}"));
+    // Without --tools: no disk, busybox's shell, no /tools.
+    let o = run(&[
+        "vm-run",
+        "--",
+        "sh",
+        "-c",
+        "test ! -e /tools/usr && readlink /bin/sh",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "busybox");
+    let (dir, r) = result_of(&o);
+    assert_eq!(r["tools"].as_array().unwrap().len(), 0, "{r}");
+    let cmdline = std::fs::read_to_string(dir.join("qemu-cmdline.txt")).unwrap();
+    assert!(!cmdline.contains("ublk-vm-tools"), "{cmdline}");
+    // One byte flipped in the middle of the image: same size, so only its sha256 can tell.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let (len, mid) = (bytes.len(), bytes.len() / 2);
+    bytes[mid] ^= 0xff;
+    std::fs::write(&img, &bytes).unwrap();
+    let o = run(&[
+        "vm-run",
+        "--tools",
+        "bash",
+        "--",
+        "bash",
+        "-c",
+        "echo $BASH_VERSION",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("cached tools layer") && e.contains("is damaged"),
+        "{e}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("5."));
+    let rebuilt = std::fs::read(&img).unwrap();
+    assert_eq!(rebuilt.len(), len);
+    assert_ne!(rebuilt[mid], bytes[mid], "the damaged image was kept");
+}
+
+/// A lock naming a version the archive no longer carries: one line that says so and names
+/// the command that locks the current one (the recipe is a copy, pointed at by
+/// UBLK_VM_RECIPE, so the checkout is untouched).
+#[test]
+fn a_lock_whose_package_left_the_archive_names_the_upgrade_command() {
+    let tmp = std::env::temp_dir().join(format!("xtask-gone-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let images = root().join("vm-images");
+    for f in ["recipe.yaml", "init", "kernel-7.2.lock", "tools.lock"] {
+        std::fs::copy(images.join(f), tmp.join(f)).unwrap();
+    }
+    let lock = std::fs::read_to_string(images.join("kernel.lock")).unwrap();
+    let version = lock
+        .lines()
+        .find_map(|l| l.strip_prefix("version: "))
+        .unwrap()
+        .to_string();
+    let gone = format!("{version}~gone1");
+    // A new version with new content (the cache is keyed by content: an old sha256 would be
+    // found there and never fetched).
+    let sha = lock.lines().find_map(|l| l.trim().strip_prefix("sha256: ")).unwrap();
+    let lock = lock.replace(&version, &gone).replace(sha, &"0".repeat(64));
+    std::fs::write(tmp.join("kernel.lock"), lock).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["vm-build", "--kernel", "debian-6.12"])
+        .env("UBLK_VM_RECIPE", tmp.join("recipe.yaml"))
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    let line = e
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{e}"));
+    assert!(
+        line.contains(&format!("={gone}"))
+            && line.contains("is no longer in")
+            && line.ends_with(
+                "run `cargo xtask kernel-lock --upgrade debian-6.12` to lock the current version"
+            ),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

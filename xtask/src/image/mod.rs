@@ -24,7 +24,7 @@ use crate::host::{deps, procs};
 use crate::util::{key_of, root, sha256_bytes, sha256_file, Result};
 use cpio::CpioWriter;
 use kernel::{Kernel, Source};
-use recipe::{Recipe, RECIPE};
+use recipe::Recipe;
 use store::{FileSum, HasFiles};
 
 /// Bumped when the initramfs layout changes.
@@ -136,7 +136,7 @@ fn inputs(recipe: &Recipe) -> Result<Inputs> {
     Ok(Inputs {
         busybox: read(&deps::busybox()?)?,
         init: read(&Recipe::dir().join(&recipe.init))?,
-        recipe_text: read(&root().join(RECIPE))?,
+        recipe_text: read(&Recipe::path())?,
         guest,
     })
 }

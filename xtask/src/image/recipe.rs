@@ -106,7 +106,7 @@ fn read(path: &Path) -> Result<String> {
 
 impl Recipe {
     pub fn load() -> Result<Recipe> {
-        let path = root().join(RECIPE);
+        let path = Recipe::path();
         Recipe::parse(&read(&path)?, &path)
     }
 
@@ -177,8 +177,20 @@ impl Recipe {
         Ok(r)
     }
 
+    /// `vm-images/recipe.yaml`, or the file `UBLK_VM_RECIPE` names (to try another recipe or
+    /// lock without touching the checkout; its init and locks are read beside it).
+    pub fn path() -> PathBuf {
+        match std::env::var_os("UBLK_VM_RECIPE") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => root().join(RECIPE),
+        }
+    }
+
+    /// The directory the recipe's relative paths (init, locks) start from.
     pub fn dir() -> PathBuf {
-        root().join("vm-images")
+        let path = Recipe::path();
+        path.parent()
+            .map_or_else(|| root().join("vm-images"), Path::to_path_buf)
     }
 
     /// The kernel called `name` (`debian` is the first).
