@@ -227,6 +227,7 @@ mod tests {
             kernel_release: "6.12.117".into(),
             kernel_features: vec!["ZONED".into()],
             device_features: Default::default(),
+            tools: Vec::new(),
             run,
             verdict,
             reason: reason.map(|s| s.to_string()),

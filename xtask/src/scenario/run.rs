@@ -37,6 +37,8 @@ pub struct Outcome {
     pub kernel_features: Vec<String>,
     /// Device name → the ublk features the server's device ran with (ADD_DEV's granted flags).
     pub device_features: BTreeMap<String, Vec<String>>,
+    /// package=version of every .deb in the attached guest tools layer; empty: none attached.
+    pub tools: Vec<String>,
     pub run: u32,
     pub verdict: Verdict,
     pub reason: Option<String>,
@@ -70,6 +72,7 @@ impl Outcome {
             kernel_release: String::new(),
             kernel_features: Vec::new(),
             device_features: BTreeMap::new(),
+            tools: Vec::new(),
             run,
             verdict: Verdict::Pass,
             reason: None,
@@ -144,6 +147,7 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
     out.server = job.server.name.clone();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
+    out.tools = job.tools.map(|l| l.manifest.packages.clone()).unwrap_or_default();
     out
 }
 
