@@ -616,7 +616,10 @@ fn a_lock_whose_package_left_the_archive_names_the_upgrade_command() {
     let gone = format!("{version}~gone1");
     // A new version with new content (the cache is keyed by content: an old sha256 would be
     // found there and never fetched).
-    let sha = lock.lines().find_map(|l| l.trim().strip_prefix("sha256: ")).unwrap();
+    let sha = lock
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .unwrap();
     let lock = lock.replace(&version, &gone).replace(sha, &"0".repeat(64));
     std::fs::write(tmp.join("kernel.lock"), lock).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_xtask"))

@@ -147,7 +147,10 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
     out.server = job.server.name.clone();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
-    out.tools = job.tools.map(|l| l.manifest.packages.clone()).unwrap_or_default();
+    out.tools = job
+        .tools
+        .map(|l| l.manifest.packages.clone())
+        .unwrap_or_default();
     out
 }
 
