@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::host::procs;
 use crate::image::apt::Apt;
-use crate::image::recipe::{Deb, KernelLock, KernelSpec, Recipe};
+use crate::image::recipe::{Deb, KernelLock, KernelSpec, LockedDeb, Recipe};
 use crate::util::Result;
 
 #[derive(clap::Args, Debug)]
@@ -92,13 +92,49 @@ fn resolve(apt: &Apt, package: &str) -> Result<KernelLock> {
         Err(_) => vec![print_uri(apt, &image)?],
     };
     let version = version_of(&debs[0].filename)?;
+    let selftests = selftests_debs(apt, rel)?;
     let lock = KernelLock {
         package: image,
         version,
         debs,
+        selftests,
     };
     // Round-trip through the lock parser so we never write a lock we would reject.
     KernelLock::parse(&lock.to_text(), std::path::Path::new("<resolved>"))
+}
+
+/// The oldest kernel whose source carries tools/testing/selftests/ublk.
+pub const SELFTESTS_SINCE: (u64, u64) = (6, 15);
+
+/// For a kernel release `rel` (e.g. 7.2.13+deb14-cloud-amd64) new enough to carry the ublk
+/// selftests: the exact linux-source-X.Y, linux-libc-dev and liburing-dev the suite offers.
+fn selftests_debs(apt: &Apt, rel: &str) -> Result<Vec<LockedDeb>> {
+    let v = version_key(rel);
+    let (major, minor) = (
+        v.first().copied().unwrap_or(0),
+        v.get(1).copied().unwrap_or(0),
+    );
+    if (major, minor) < SELFTESTS_SINCE {
+        return Ok(Vec::new());
+    }
+    let packages = [
+        format!("linux-source-{major}.{minor}"),
+        "linux-libc-dev".into(),
+        "liburing-dev".into(),
+    ];
+    packages
+        .iter()
+        .map(|p| {
+            let d = print_uri(apt, p)?;
+            Ok(LockedDeb {
+                package: d.package.clone(),
+                version: version_of(&d.filename)?,
+                filename: d.filename,
+                size: d.size,
+                sha256: d.sha256,
+            })
+        })
+        .collect()
 }
 
 /// The highest-versioned package name matching `pattern` (`*` = any run of characters),

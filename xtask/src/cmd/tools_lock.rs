@@ -5,15 +5,13 @@
 //! Ceph client libraries' own dependencies for nothing), and rewrite `vm-images/tools.lock`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::host::{deps, procs};
 use crate::image::apt::Apt;
 use crate::image::recipe::{Recipe, ToolsSpec};
-use crate::image::store;
-use crate::image::tools::{self, LockedDeb, ToolsLock};
-use crate::util::{sha256_file, Result};
+use crate::image::tools::{self, ToolsLock};
+use crate::util::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -114,7 +112,7 @@ fn parse_simulation(text: &str) -> BTreeMap<String, String> {
 fn resolve(apt: &Apt, spec: &ToolsSpec, plan: &BTreeMap<String, String>) -> Result<ToolsLock> {
     let scratch = crate::util::target_dir().join("tools-lock");
     let _ = std::fs::remove_dir_all(&scratch);
-    let debs = download_all(apt, plan, &scratch.join("debs"))?;
+    let debs = apt.download_exact(plan, &scratch.join("debs"))?;
     let mut provider: BTreeMap<String, String> = BTreeMap::new();
     for (pkg, deb) in &debs {
         let x = scratch.join("x").join(pkg);
@@ -169,52 +167,6 @@ fn resolve(apt: &Apt, spec: &ToolsSpec, plan: &BTreeMap<String, String>) -> Resu
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(lock)
-}
-
-/// `apt-get download` of every package=version in one go; each .deb is then kept in the
-/// download cache (where the layer build finds it) and described for the lock.
-fn download_all(
-    apt: &Apt,
-    plan: &BTreeMap<String, String>,
-    dir: &Path,
-) -> Result<BTreeMap<String, (PathBuf, LockedDeb)>> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let specs: Vec<String> = plan.iter().map(|(p, v)| format!("{p}={v}")).collect();
-    eprintln!(
-        "xtask: downloading {} packages to resolve the library closure",
-        specs.len()
-    );
-    let mut cmd = apt.command("apt-get");
-    cmd.current_dir(dir).arg("download").args(&specs);
-    procs::run_ok(&mut cmd, LIMIT, "apt-get download (tools closure)")?;
-    let cache = store::dir().join("downloads");
-    std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
-    let mut out = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
-    for e in entries.flatten() {
-        let filename = e.file_name().to_string_lossy().into_owned();
-        let Some(package) = filename.split('_').next().map(str::to_string) else {
-            continue;
-        };
-        let Some(version) = plan.get(&package) else {
-            continue;
-        };
-        let (sha256, size) = sha256_file(&e.path())?;
-        let kept = cache.join(&filename);
-        std::fs::rename(e.path(), &kept).map_err(|err| format!("keep {filename}: {err}"))?;
-        let d = LockedDeb {
-            package: package.clone(),
-            version: version.clone(),
-            filename,
-            size,
-            sha256,
-        };
-        out.insert(package, (kept, d));
-    }
-    if let Some(p) = plan.keys().find(|p| !out.contains_key(*p)) {
-        return Err(format!("apt-get download produced no .deb for {p}"));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

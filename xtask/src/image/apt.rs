@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use crate::host::procs;
-use crate::image::{recipe::Deb, store};
+use std::collections::BTreeMap;
+
+use crate::image::recipe::{Deb, LockedDeb};
+use crate::image::store;
 use crate::util::{is_root, sha256_file, target_dir, Result};
 
 /// The Debian archive a private configuration points at (`UBLK_VM_DEBIAN_MIRROR` overrides).
@@ -194,5 +197,51 @@ impl Apt {
             ));
         }
         Ok(deb)
+    }
+
+    /// `apt-get download` of every package=version in one go; each .deb is then kept in the
+    /// download cache (where the layer build finds it) and described for the lock.
+    pub fn download_exact(
+        &self,
+        plan: &BTreeMap<String, String>,
+        dir: &Path,
+    ) -> Result<BTreeMap<String, (PathBuf, LockedDeb)>> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let specs: Vec<String> = plan.iter().map(|(p, v)| format!("{p}={v}")).collect();
+        eprintln!(
+            "xtask: downloading {} packages to resolve the library closure",
+            specs.len()
+        );
+        let mut cmd = self.command("apt-get");
+        cmd.current_dir(dir).arg("download").args(&specs);
+        procs::run_ok(&mut cmd, LIMIT, "apt-get download (tools closure)")?;
+        let cache = store::dir().join("downloads");
+        std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
+        let mut out = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+        for e in entries.flatten() {
+            let filename = e.file_name().to_string_lossy().into_owned();
+            let Some(package) = filename.split('_').next().map(str::to_string) else {
+                continue;
+            };
+            let Some(version) = plan.get(&package) else {
+                continue;
+            };
+            let (sha256, size) = sha256_file(&e.path())?;
+            let kept = cache.join(&filename);
+            std::fs::rename(e.path(), &kept).map_err(|err| format!("keep {filename}: {err}"))?;
+            let d = LockedDeb {
+                package: package.clone(),
+                version: version.clone(),
+                filename,
+                size,
+                sha256,
+            };
+            out.insert(package, (kept, d));
+        }
+        if let Some(p) = plan.keys().find(|p| !out.contains_key(*p)) {
+            return Err(format!("apt-get download produced no .deb for {p}"));
+        }
+        Ok(out)
     }
 }

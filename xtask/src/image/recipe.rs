@@ -88,6 +88,10 @@ pub struct KernelLock {
     /// The .deb files that hold it: the image itself, or (newer Debian) the image's
     /// linux-binary-* (kernel) and linux-modules-* (modules) packages.
     pub debs: Vec<Deb>,
+    /// What `vm-selftests` builds the kernel's ublk selftests from (kernels since 6.15):
+    /// linux-source-X.Y, linux-libc-dev (uapi headers) and liburing-dev, from the same suite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selftests: Vec<LockedDeb>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
@@ -98,6 +102,27 @@ pub struct Deb {
     pub filename: String,
     pub size: u64,
     pub sha256: String,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LockedDeb {
+    pub package: String,
+    pub version: String,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl LockedDeb {
+    pub fn deb(&self) -> Deb {
+        Deb {
+            package: self.package.clone(),
+            filename: self.filename.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -234,7 +259,13 @@ impl KernelLock {
             return fail("debs", "debs must list 1..=8 .deb files".into());
         }
         let hex = |c: char| c.is_ascii_hexdigit() && !c.is_ascii_uppercase();
-        for d in &l.debs {
+        for d in l.debs.iter().chain(
+            l.selftests
+                .iter()
+                .map(|s| s.deb())
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
             if d.sha256.len() != 64 || !d.sha256.chars().all(hex) {
                 let m = format!(
                     "{}: sha256 {:?} is not 64 lowercase hex digits",

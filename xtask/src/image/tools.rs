@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::procs;
 use crate::image::apt::Apt;
-use crate::image::recipe::{Deb, Recipe, ToolsSpec};
+use crate::image::recipe::{LockedDeb, Recipe, ToolsSpec};
 use crate::image::{elf, store};
 use crate::input::{self, key_position, located};
 use crate::util::{key_of, Result};
@@ -58,27 +58,6 @@ pub struct ToolsLock {
     pub libraries: Vec<LockedDeb>,
     /// Program names the layer puts on PATH: what `--tools` and `vm.tools` may ask for.
     pub executables: Vec<String>,
-}
-
-#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct LockedDeb {
-    pub package: String,
-    pub version: String,
-    pub filename: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-impl LockedDeb {
-    fn deb(&self) -> Deb {
-        Deb {
-            package: self.package.clone(),
-            filename: self.filename.clone(),
-            size: self.size,
-            sha256: self.sha256.clone(),
-        }
-    }
 }
 
 pub const LOCK_HEADER: &str =
