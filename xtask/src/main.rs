@@ -9,6 +9,7 @@ mod image;
 mod input;
 mod runs;
 mod scenario;
+mod selftests;
 mod server;
 #[cfg(test)]
 mod tidy_tests;
@@ -61,6 +62,8 @@ enum Cmd {
     Kernels,
     /// Show the locked guest kernels and the newest of each; --upgrade [NAME] locks the newest
     KernelLock(cmd::kernel_lock::Args),
+    /// The kernel's own ublk selftests, each script in a fresh VM (hard limit, freeze-frame, splat scan)
+    VmSelftests(cmd::vm_selftests::Args),
     /// Compare the guest tools layer's lock with its Debian suite; --upgrade locks the newest
     ToolsLock(cmd::tools_lock::Args),
 }
@@ -91,6 +94,7 @@ fn main() {
         Cmd::KernelLock(a) => cmd::kernel_lock::run(a),
         Cmd::Kernels => cmd::kernels::run(),
         Cmd::ToolsLock(a) => cmd::tools_lock::run(a),
+        Cmd::VmSelftests(a) => cmd::vm_selftests::run(a),
     };
     let code = match result {
         Ok(code) => code,

@@ -10,3 +10,4 @@ pub mod vm_e2e;
 pub mod vm_probe;
 pub mod vm_reset;
 pub mod vm_run;
+pub mod vm_selftests;

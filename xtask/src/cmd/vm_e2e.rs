@@ -5,12 +5,9 @@
 //! could not be tested (infra errors, evidence that could not be written); 128+n interrupted.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::image::kernel::Source;
 use crate::image::tools::Layer;
@@ -19,6 +16,7 @@ use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::scenario::model::Scenario;
 use crate::scenario::report::{self, Session};
 use crate::scenario::run::{self, Outcome};
+use crate::scenario::session;
 use crate::server::{self, Profile};
 use crate::util::{rfc3339_now, write_atomic, Result};
 use crate::vm::accel::{self, Choice};
@@ -117,14 +115,14 @@ pub fn run(args: Args) -> Result<i32> {
         reproduce: reproduce(&plan, &outcomes),
         runs: &outcomes,
     };
-    let reports = write_reports(&session);
-    print_summary(&session, &reports);
+    let reports = session::write_reports(&session, "e2e");
+    session::print_summary(&session, &reports, "vm-e2e");
     if let Some(sig) = crate::host::procs::interrupted() {
         return Ok(128 + sig);
     }
     Ok(match reports {
         Err(_) => EXIT_INFRA,
-        Ok(_) => exit_code(&outcomes),
+        Ok(_) => session::exit_code(&outcomes),
     })
 }
 
@@ -255,64 +253,9 @@ fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
             }
         }
     }
-    let total = work.len();
-    let queue = Mutex::new(work.into_iter());
-    let (tx, rx) = mpsc::channel::<Outcome>();
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed}] {msg}")
-            .expect("a valid template"),
-    );
-    let mut outcomes = Vec::new();
-    // Each worker owns its VMs for their whole life (QEMU's parent-death signal is tied to
-    // the thread that started it); scoped threads end before this returns.
-    std::thread::scope(|s| {
-        for _ in 0..jobs.min(total) {
-            let tx = tx.clone();
-            let queue = &queue;
-            s.spawn(move || loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some((i, server, kernel, r)) = next else {
-                    break;
-                };
-                if crate::host::procs::interrupted().is_some()
-                    || tx.send(one_run(plan, i, &server, &kernel, r)).is_err()
-                {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        while outcomes.len() < total {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(o) => {
-                    let line = format!(
-                        "{:<12} {} #{} in {:.1} s{}",
-                        o.verdict.name(),
-                        o.scenario,
-                        o.run,
-                        o.duration_s,
-                        o.reason
-                            .as_ref()
-                            .map(|r| format!(": {r}"))
-                            .unwrap_or_default()
-                    );
-                    // A hidden bar (not a terminal, e.g. CI) swallows println: print plainly.
-                    if pb.is_hidden() {
-                        eprintln!("vm-e2e: {line}");
-                    } else {
-                        pb.println(line);
-                    }
-                    pb.inc(1);
-                    outcomes.push(o);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => pb.tick(),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        pb.finish_and_clear();
-    });
-    outcomes
+    session::run_pool(work, jobs, "vm-e2e", |(i, server, kernel, r)| {
+        one_run(plan, *i, server, kernel, *r)
+    })
 }
 
 /// One scenario run (with its boot retry), its evidence checked and its record written.
@@ -353,21 +296,9 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
         runs::record::<()>(&path, Err(std::io::Error::other(e)));
     }
     if let Some(why) = runs::evidence_errors(&outcome.run_dir) {
-        mark_incomplete(&mut outcome, &why);
+        session::mark_incomplete(&mut outcome, &why);
     }
     outcome
-}
-
-/// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
-/// not test"); any other verdict stands, with the gap named.
-fn mark_incomplete(o: &mut Outcome, why: &str) {
-    if o.verdict == Verdict::Pass {
-        o.verdict = Verdict::InfraError;
-        o.reason = Some(format!("passed, but its evidence is incomplete: {why}"));
-    } else {
-        let r = o.reason.take().unwrap_or_default();
-        o.reason = Some(format!("{r}; evidence incomplete: {why}"));
-    }
 }
 
 /// The command that reruns what did not pass (or everything), with the same seed.
@@ -411,70 +342,6 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
     )
 }
 
-/// summary.json and junit.xml in a session directory of their own.
-fn write_reports(session: &Session) -> Result<PathBuf> {
-    let dir = RunDir::create("e2e")?.path;
-    let json = serde_json::to_string_pretty(session).expect("the session serialises");
-    write_atomic(&dir.join("summary.json"), json.as_bytes())?;
-    write_atomic(&dir.join("junit.xml"), report::junit(session).as_bytes())?;
-    Ok(dir)
-}
-
-fn print_summary(session: &Session, reports: &Result<PathBuf>) {
-    print!("{}", report::kernels_header(&session.kernels));
-    println!("{}", report::table(session.runs));
-    if session.repeat > 1 {
-        for (name, t) in &session.flaky {
-            println!("{name}: {}", t.describe());
-        }
-    }
-    let total = session.runs.len();
-    let count = |v: Verdict| session.runs.iter().filter(|o| o.verdict == v).count();
-    let (passed, skipped) = (count(Verdict::Pass), count(Verdict::Skip));
-    let skipped = if skipped > 0 {
-        format!(", {skipped} skipped")
-    } else {
-        String::new()
-    };
-    let retried = session
-        .runs
-        .iter()
-        .filter(|o| o.first_attempt.is_some())
-        .count();
-    if retried > 0 {
-        println!("vm-e2e: {retried} run(s) got a second VM after the first died before its first step (both attempts recorded)");
-    }
-    let (wall_s, seed) = (session.wall_s, session.seed);
-    match reports {
-        Ok(dir) => println!(
-            "vm-e2e: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); reports: {}",
-            dir.display()
-        ),
-        Err(e) => println!(
-            "vm-e2e: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); the reports could not be written ({e}): free space under {} and rerun",
-            runs::runs_dir().display()
-        ),
-    }
-    if session
-        .runs
-        .iter()
-        .any(|o| !matches!(o.verdict, Verdict::Pass | Verdict::Skip))
-    {
-        println!("vm-e2e: reproduce with: {}", session.reproduce);
-    }
-}
-
-fn exit_code(outcomes: &[Outcome]) -> i32 {
-    let any = |v: &[Verdict]| outcomes.iter().any(|o| v.contains(&o.verdict));
-    if any(&[Verdict::Fail, Verdict::Timeout]) {
-        1
-    } else if any(&[Verdict::InfraError, Verdict::Interrupted]) {
-        EXIT_INFRA
-    } else {
-        0
-    }
-}
-
 fn random_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -483,7 +350,7 @@ fn random_seed() -> u64 {
     (t ^ (std::process::id() as u64) << 32) % 1_000_000_000
 }
 
-fn git_commit() -> String {
+pub fn git_commit() -> String {
     let out = crate::host::procs::run(
         std::process::Command::new("git")
             .current_dir(crate::util::root())
@@ -515,30 +382,5 @@ mod tests {
         let e = load_scenarios(&[a.clone(), a]).unwrap_err();
         assert!(e.contains("named twice"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn exit_codes_follow_git_bisect_run() {
-        let sc: Scenario = serde_yaml::from_str(
-            "name: t\ndescription: d\ntimeout: 5\nsteps: [{check: {}, timeout: 1}]",
-        )
-        .unwrap();
-        let o = |v| {
-            let mut o = Outcome::new(&sc, 1, 1, Path::new("d"), "h");
-            o.verdict = v;
-            o
-        };
-        use Verdict::*;
-        assert_eq!(exit_code(&[o(Pass), o(Pass)]), 0);
-        assert_eq!(exit_code(&[o(Pass), o(InfraError)]), 125);
-        assert_eq!(exit_code(&[o(Fail), o(InfraError)]), 1);
-        assert_eq!(exit_code(&[o(Timeout)]), 1);
-        let mut p = o(Pass);
-        mark_incomplete(&mut p, "disk full");
-        assert_eq!((p.verdict, exit_code(&[p.clone()])), (InfraError, 125));
-        let mut f = o(Fail);
-        mark_incomplete(&mut f, "disk full");
-        assert_eq!(f.verdict, Fail);
-        assert!(f.reason.unwrap().contains("evidence incomplete: disk full"));
     }
 }

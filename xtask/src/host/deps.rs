@@ -64,6 +64,27 @@ pub const TOOLS_LAYER: [Need; 4] = [
     },
 ];
 
+/// What building the kernel's ublk selftests (a static kublk) needs on the host.
+pub const SELFTESTS_BUILD: [Need; 5] = [
+    APT,
+    DPKG_DEB,
+    Need {
+        what: "gcc",
+        package: "gcc",
+        present: || which("gcc").is_some(),
+    },
+    Need {
+        what: "the static C library (libc.a)",
+        package: "libc6-dev",
+        present: || std::path::Path::new("/usr/lib/x86_64-linux-gnu/libc.a").exists(),
+    },
+    Need {
+        what: "xz",
+        package: "xz-utils",
+        present: || which("xz").is_some(),
+    },
+];
+
 /// What building and booting an image from `source` needs on the host.
 pub fn needs(source: &Source) -> Vec<Need> {
     let mut v = vec![QEMU, BUSYBOX];

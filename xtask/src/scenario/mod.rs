@@ -5,6 +5,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod splat;
 pub mod steps;
 

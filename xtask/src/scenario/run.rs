@@ -65,8 +65,13 @@ pub struct Attempt {
 
 impl Outcome {
     pub fn new(sc: &Scenario, run: u32, seed: u64, dir: &Path, image_hash: &str) -> Outcome {
+        Outcome::named(&sc.name, run, seed, dir, image_hash)
+    }
+
+    /// An outcome of something that is not a scenario file (e.g. a kernel selftest).
+    pub fn named(name: &str, run: u32, seed: u64, dir: &Path, image_hash: &str) -> Outcome {
         Outcome {
-            scenario: sc.name.clone(),
+            scenario: name.to_string(),
             server: String::new(),
             kernel: String::new(),
             kernel_release: String::new(),
@@ -100,7 +105,7 @@ impl Outcome {
         l
     }
 
-    fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {
+    pub fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {
         self.verdict = verdict;
         self.reason = reason;
         self.duration_s = start.elapsed().as_secs_f64();
@@ -349,7 +354,7 @@ fn kernel_gate(
     Some((Verdict::Skip, why))
 }
 
-fn failure_verdict(f: &Failure) -> (Verdict, String) {
+pub fn failure_verdict(f: &Failure) -> (Verdict, String) {
     match f {
         Failure::Timeout(why) => (Verdict::Timeout, why.clone()),
         Failure::Infra(why) => (Verdict::InfraError, why.clone()),

@@ -1,0 +1,307 @@
+//! `cargo xtask vm-selftests [TEST|GROUP...]`: the kernel's own ublk selftests, each script
+//! in a fresh VM under a hard limit, with freeze-frames, splat scans, flakiness over repeats
+//! and the same reports as vm-e2e. Exit codes as vm-e2e's.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::image::kernel::Source;
+use crate::image::{self, tools, Image};
+use crate::runs::{self, RunDir, Verdict};
+use crate::scenario::model::KernelVersion;
+use crate::scenario::report::{self, Session};
+use crate::scenario::run::Outcome;
+use crate::scenario::session;
+use crate::selftests::run::{self as strun, Job};
+use crate::selftests::suite::{self, Suite};
+use crate::util::{rfc3339_now, write_atomic, Result};
+use crate::vm::accel::{self, Choice};
+use crate::vm::qemu::Accel;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Tests (null_01, test_null_01.sh) or groups (null, generic, stress, ...); default: all
+    pub names: Vec<String>,
+    /// Locked kernel(s) to boot, comma-separated (default: every kernel whose lock carries the suite)
+    #[arg(long, value_name = "NAME[,...]", value_delimiter = ',')]
+    pub kernel: Vec<String>,
+    /// Run this locked kernel's suite instead of each booted kernel's own (e.g. 7.2's on 6.12)
+    #[arg(long, value_name = "NAME")]
+    pub suite: Option<String>,
+    /// VMs at once
+    #[arg(short = 'j', long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub jobs: u32,
+    /// Runs of each test (k/N flakiness per test)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+    /// Hard limit per test script in seconds [default: the suite's own (150), doubled under TCG]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: Option<u64>,
+    /// List the tests (by group) and exit
+    #[arg(long)]
+    pub list: bool,
+    #[arg(long, value_enum, default_value_t = Choice::Auto)]
+    pub accel: Choice,
+}
+
+/// Everything the workers share.
+struct Plan {
+    /// kernel name → (its image, the suite it runs).
+    kernels: BTreeMap<String, (Image, Suite)>,
+    tests: Vec<String>,
+    tools: tools::Layer,
+    accel: Accel,
+    timeout_s: Option<u64>,
+    commit: String,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let kernels = kernels_to_boot(&args.kernel)?;
+    let suites = suites_for(&kernels, args.suite.as_deref())?;
+    let first = suites.values().next().expect("at least one kernel");
+    let tests = select(&first.manifest.tests, &args.names)?;
+    if args.list {
+        print_list(first, &tests);
+        return Ok(0);
+    }
+    let t0 = Instant::now();
+    let started_at = rfc3339_now();
+    let tools = tools::layer(&["fio".into(), "bash".into()])?;
+    let mut plan_kernels = BTreeMap::new();
+    for (k, s) in suites {
+        let image = image::build(&Source::parse(&k))?;
+        warn_if_newer(&k, &image, &s);
+        plan_kernels.insert(k, (image, s));
+    }
+    let image0 = &plan_kernels.values().next().expect("one kernel").0;
+    let (accel, why) = accel::choose(args.accel, image0)?;
+    eprintln!(
+        "vm-selftests: {} test(s) x {} kernel(s) x {} run(s), -j {} | accel {} ({why})",
+        tests.len(),
+        plan_kernels.len(),
+        args.repeat,
+        args.jobs,
+        accel.name()
+    );
+    let plan = Plan {
+        kernels: plan_kernels,
+        tests,
+        tools,
+        accel,
+        timeout_s: args.timeout,
+        commit: crate::cmd::vm_e2e::git_commit(),
+    };
+    let outcomes = run_all(&plan, args.repeat, args.jobs as usize);
+    finish(&plan, &args, outcomes, started_at, t0)
+}
+
+fn finish(
+    plan: &Plan,
+    args: &Args,
+    mut outcomes: Vec<Outcome>,
+    started_at: String,
+    t0: Instant,
+) -> Result<i32> {
+    outcomes.sort_by(|a, b| (&a.scenario, &a.kernel, a.run).cmp(&(&b.scenario, &b.kernel, b.run)));
+    let image0 = &plan.kernels.values().next().expect("one kernel").0;
+    let session = Session {
+        started_at,
+        seed: 0,
+        commit: plan.commit.clone(),
+        image_hash: image0.hash().to_string(),
+        accelerator: plan.accel.name().into(),
+        jobs: args.jobs as usize,
+        repeat: args.repeat,
+        wall_s: t0.elapsed().as_secs_f64(),
+        kernels: report::kernels(&outcomes),
+        flaky: report::tally(&outcomes),
+        reproduce: reproduce(plan, &outcomes),
+        runs: &outcomes,
+    };
+    let reports = session::write_reports(&session, "selftests");
+    session::print_summary(&session, &reports, "vm-selftests");
+    if let Some(sig) = crate::host::procs::interrupted() {
+        return Ok(128 + sig);
+    }
+    Ok(match reports {
+        Err(_) => runs::EXIT_INFRA,
+        Ok(_) => session::exit_code(&outcomes),
+    })
+}
+
+/// The kernels asked for, or every locked kernel whose lock carries the suite.
+fn kernels_to_boot(cli: &[String]) -> Result<Vec<String>> {
+    if !cli.is_empty() {
+        return Ok(cli.to_vec());
+    }
+    let recipe = image::recipe::Recipe::load()?;
+    let with: Vec<String> = recipe
+        .kernels
+        .iter()
+        .filter(|k| {
+            image::recipe::KernelLock::load(&k.lock_path()).is_ok_and(|l| !l.selftests.is_empty())
+        })
+        .map(|k| k.name.clone())
+        .collect();
+    if with.is_empty() {
+        return Err("no locked kernel carries the ublk selftests; lock one >= 6.15 with `cargo xtask kernel-lock --upgrade`".into());
+    }
+    Ok(with)
+}
+
+/// kernel → the suite it runs (its own, or `--suite`'s).
+fn suites_for(kernels: &[String], suite: Option<&str>) -> Result<BTreeMap<String, Suite>> {
+    let mut out = BTreeMap::new();
+    for k in kernels {
+        if !k.starts_with("debian") {
+            return Err(format!("--kernel {k}: vm-selftests boots locked kernels (debian-*); their suites come from the locked linux-source"));
+        }
+        out.insert(k.clone(), suite::for_kernel(suite.unwrap_or(k))?);
+    }
+    Ok(out)
+}
+
+fn warn_if_newer(kernel: &str, image: &Image, suite: &Suite) {
+    let booted = KernelVersion::of_release(&image.manifest.kernel_release);
+    let of_suite = KernelVersion::of_release(&suite.manifest.source_version);
+    if let (Some(b), Some(s)) = (booted, of_suite) {
+        if (s.0[0], s.0[1]) > (b.0[0], b.0[1]) {
+            eprintln!(
+                "vm-selftests: warning: running the {s} suite against {kernel} ({}): its scripts skip what the kernel lacks, but failures may be the suite's expectations, not bugs",
+                image.manifest.kernel_release
+            );
+        }
+    }
+}
+
+/// The scripts named (by id, file name or group), in the suite's order; all if none named.
+fn select(tests: &[String], names: &[String]) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(tests.to_vec());
+    }
+    for n in names {
+        let hit = tests
+            .iter()
+            .any(|t| t == n || suite::test_id(t) == n || suite::group_of(t) == n);
+        if !hit {
+            let mut groups: Vec<&str> = tests.iter().map(|t| suite::group_of(t)).collect();
+            groups.dedup();
+            return Err(format!(
+                "no selftest or group {n:?}; groups: {} (`cargo xtask vm-selftests --list` shows every test)",
+                groups.join(" ")
+            ));
+        }
+    }
+    Ok(tests
+        .iter()
+        .filter(|t| {
+            names
+                .iter()
+                .any(|n| *t == n || suite::test_id(t) == n || suite::group_of(t) == n)
+        })
+        .cloned()
+        .collect())
+}
+
+fn print_list(suite: &Suite, tests: &[String]) {
+    println!(
+        "ublk selftests of {} (linux-source {}), limit {} s each by the suite's settings:",
+        suite.manifest.kernel, suite.manifest.source_version, suite.manifest.settings_timeout_s
+    );
+    let mut by_group: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for t in tests {
+        by_group
+            .entry(suite::group_of(t))
+            .or_default()
+            .push(suite::test_id(t));
+    }
+    for (g, ids) in by_group {
+        println!("  {g:<10} {}", ids.join(" "));
+    }
+}
+
+fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
+    let mut work = Vec::new();
+    for r in 1..=repeat {
+        for t in &plan.tests {
+            work.extend(plan.kernels.keys().map(|k| (t.clone(), k.clone(), r)));
+        }
+    }
+    session::run_pool(work, jobs, "vm-selftests", |(t, k, r)| {
+        one_run(plan, t, k, *r)
+    })
+}
+
+fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
+    let (image, suite) = &plan.kernels[kernel];
+    let scale = match plan.accel {
+        Accel::Kvm => 1,
+        Accel::Tcg => 2,
+    };
+    let job = Job {
+        suite,
+        script,
+        kernel,
+        image,
+        tools: &plan.tools,
+        accel: plan.accel,
+        timeout_s: plan
+            .timeout_s
+            .unwrap_or(suite.manifest.settings_timeout_s * scale),
+        run: r,
+    };
+    let label = format!(
+        "selftest-{}-{}",
+        suite::test_id(script),
+        crate::util::slug(kernel)
+    );
+    let mut outcome = strun::run(&job, |attempt| {
+        let suffix = if attempt == 1 { "" } else { "-retry" };
+        RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
+    });
+    let record = serde_json::json!({
+        "outcome": &outcome,
+        "commit": &plan.commit,
+        "suite": &suite.manifest.source_version,
+        "reproduce": format!("cargo xtask vm-selftests {} --kernel {kernel}", suite::test_id(script)),
+    });
+    let path = outcome.run_dir.join("selftest-result.json");
+    if let Err(e) = write_atomic(
+        &path,
+        serde_json::to_string_pretty(&record).unwrap().as_bytes(),
+    ) {
+        runs::record::<()>(&path, Err(std::io::Error::other(e)));
+    }
+    if let Some(why) = runs::evidence_errors(&outcome.run_dir) {
+        session::mark_incomplete(&mut outcome, &why);
+    }
+    outcome
+}
+
+fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
+    let bad = |o: &&Outcome| {
+        matches!(
+            o.verdict,
+            Verdict::Fail | Verdict::Timeout | Verdict::InfraError
+        )
+    };
+    let mut ids: Vec<String> = outcomes
+        .iter()
+        .filter(bad)
+        .map(|o| o.scenario.clone())
+        .collect();
+    ids.dedup();
+    if ids.is_empty() {
+        ids = plan
+            .tests
+            .iter()
+            .map(|t| suite::test_id(t).to_string())
+            .collect();
+    }
+    let kernels: Vec<&str> = plan.kernels.keys().map(String::as_str).collect();
+    format!(
+        "cargo xtask vm-selftests {} --kernel {}",
+        ids.join(" "),
+        kernels.join(",")
+    )
+}

@@ -1,0 +1,185 @@
+//! What vm-e2e and vm-selftests share once their runs are defined: a pool of workers that
+//! runs them (each worker owns its VMs), the progress bar, the evidence rule, the reports
+//! (summary.json, junit.xml), the terminal summary and the exit code.
+//!
+//! Exit codes: 0 every run passed (or skipped); 1 a run failed or timed out; 125 no run failed
+//! but some could not be tested; the caller maps an interrupt to 128+n.
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::report::{self, Session};
+use super::run::Outcome;
+use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
+use crate::util::{write_atomic, Result};
+
+/// Runs `one` over `work` on `jobs` workers, printing each outcome as it ends.
+pub fn run_pool<W: Send>(
+    work: Vec<W>,
+    jobs: usize,
+    tool: &str,
+    one: impl Fn(&W) -> Outcome + Sync,
+) -> Vec<Outcome> {
+    let total = work.len();
+    let queue = Mutex::new(work.into_iter());
+    let (tx, rx) = mpsc::channel::<Outcome>();
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed}] {msg}")
+            .expect("a valid template"),
+    );
+    let mut outcomes = Vec::new();
+    // Each worker owns its VMs for their whole life (QEMU's parent-death signal is tied to
+    // the thread that started it); scoped threads end before this returns.
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, total.max(1)) {
+            let (tx, queue, one) = (tx.clone(), &queue, &one);
+            s.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(w) = next else {
+                    break;
+                };
+                if crate::host::procs::interrupted().is_some() || tx.send(one(&w)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        while outcomes.len() < total {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(o) => {
+                    let line = format!(
+                        "{:<12} {} #{} in {:.1} s{}",
+                        o.verdict.name(),
+                        o.label(),
+                        o.run,
+                        o.duration_s,
+                        o.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                    // A hidden bar (not a terminal, e.g. CI) swallows println: print plainly.
+                    if pb.is_hidden() {
+                        eprintln!("{tool}: {line}");
+                    } else {
+                        pb.println(line);
+                    }
+                    pb.inc(1);
+                    outcomes.push(o);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => pb.tick(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        pb.finish_and_clear();
+    });
+    outcomes
+}
+
+/// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
+/// not test"); any other verdict stands, with the gap named.
+pub fn mark_incomplete(o: &mut Outcome, why: &str) {
+    if o.verdict == Verdict::Pass {
+        o.verdict = Verdict::InfraError;
+        o.reason = Some(format!("passed, but its evidence is incomplete: {why}"));
+    } else {
+        let r = o.reason.take().unwrap_or_default();
+        o.reason = Some(format!("{r}; evidence incomplete: {why}"));
+    }
+}
+
+/// summary.json and junit.xml in a session directory of their own (`<time>-<name>`).
+pub fn write_reports(session: &Session, name: &str) -> Result<PathBuf> {
+    let dir = RunDir::create(name)?.path;
+    let json = serde_json::to_string_pretty(session).expect("the session serialises");
+    write_atomic(&dir.join("summary.json"), json.as_bytes())?;
+    write_atomic(&dir.join("junit.xml"), report::junit(session).as_bytes())?;
+    Ok(dir)
+}
+
+/// The kernels header, the table, flakiness (with repeats), the totals and the reproduce line.
+pub fn print_summary(session: &Session, reports: &Result<PathBuf>, tool: &str) {
+    print!("{}", report::kernels_header(&session.kernels));
+    println!("{}", report::table(session.runs));
+    if session.repeat > 1 {
+        for (name, t) in &session.flaky {
+            println!("{name}: {}", t.describe());
+        }
+    }
+    let total = session.runs.len();
+    let count = |v: Verdict| session.runs.iter().filter(|o| o.verdict == v).count();
+    let (passed, skipped) = (count(Verdict::Pass), count(Verdict::Skip));
+    let skipped = if skipped > 0 {
+        format!(", {skipped} skipped")
+    } else {
+        String::new()
+    };
+    let retried = session
+        .runs
+        .iter()
+        .filter(|o| o.first_attempt.is_some())
+        .count();
+    if retried > 0 {
+        println!("{tool}: {retried} run(s) got a second VM after the first died before its first step (both attempts recorded)");
+    }
+    let (wall_s, seed) = (session.wall_s, session.seed);
+    match reports {
+        Ok(dir) => println!(
+            "{tool}: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); reports: {}",
+            dir.display()
+        ),
+        Err(e) => println!(
+            "{tool}: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); the reports could not be written ({e}): free space under {} and rerun",
+            runs::runs_dir().display()
+        ),
+    }
+    if session
+        .runs
+        .iter()
+        .any(|o| !matches!(o.verdict, Verdict::Pass | Verdict::Skip))
+    {
+        println!("{tool}: reproduce with: {}", session.reproduce);
+    }
+}
+
+pub fn exit_code(outcomes: &[Outcome]) -> i32 {
+    let any = |v: &[Verdict]| outcomes.iter().any(|o| v.contains(&o.verdict));
+    if any(&[Verdict::Fail, Verdict::Timeout]) {
+        1
+    } else if any(&[Verdict::InfraError, Verdict::Interrupted]) {
+        EXIT_INFRA
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn exit_codes_follow_git_bisect_run() {
+        let o = |v| {
+            let mut o = Outcome::named("t", 1, 1, Path::new("d"), "h");
+            o.verdict = v;
+            o
+        };
+        use Verdict::*;
+        assert_eq!(exit_code(&[o(Pass), o(Pass)]), 0);
+        assert_eq!(exit_code(&[o(Pass), o(InfraError)]), 125);
+        assert_eq!(exit_code(&[o(Fail), o(InfraError)]), 1);
+        assert_eq!(exit_code(&[o(Timeout)]), 1);
+        let mut p = o(Pass);
+        mark_incomplete(&mut p, "disk full");
+        assert_eq!((p.verdict, exit_code(&[p.clone()])), (InfraError, 125));
+        let mut f = o(Fail);
+        mark_incomplete(&mut f, "disk full");
+        assert_eq!(f.verdict, Fail);
+        assert!(f.reason.unwrap().contains("evidence incomplete: disk full"));
+    }
+}

@@ -1,0 +1,266 @@
+//! One kernel selftest script in one fresh VM: boot with the tools layer, ship the suite,
+//! run the script under a hard limit, map its kselftest exit code to a verdict, take a
+//! freeze-frame if it hangs, scan the kernel log for splats.
+//!
+//! ```text
+//!   boot ──► ship suite ──► run script ─┬─ exit 0 ─────────────► pass   ─┐
+//!                                       ├─ exit 4 ─────────────► skip   ─┤
+//!                                       ├─ exit other ─────────► fail   ─┼─► splat scan (a splat
+//!                                       ├─ limit reached ─► freeze-frame ─► timeout      turns pass/skip into fail)
+//!                                       └─ VM gone ────────────► infra-error (or interrupted)
+//! ```
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::suite::Suite;
+use crate::image::tools::Layer;
+use crate::image::Image;
+use crate::runs::{self, Verdict};
+use crate::scenario::freeze::{self, DaemonRef};
+use crate::scenario::run::{failure_verdict, retry_once, Outcome};
+use crate::scenario::splat;
+use crate::vm::qemu::{Accel, VmConfig};
+use crate::vm::{Failure, Outcome as VmOutcome, Vm};
+
+/// kselftest's "skip" exit code.
+pub const KSFT_SKIP: i32 = 4;
+/// Where the suite lives in the guest (the scripts find kublk beside themselves).
+pub const GUEST_DIR: &str = "/root/ublk";
+/// Budget for boot and shipping the suite, beyond the test's own limit.
+const SETUP_BUDGET: Duration = Duration::from_secs(120);
+/// Guest memory: loop and stripe tests keep their backing files on tmpfs.
+const MEMORY_MIB: u64 = 2048;
+
+pub struct Job<'a> {
+    pub suite: &'a Suite,
+    pub script: &'a str,
+    /// The kernel as asked for, for the reports.
+    pub kernel: &'a str,
+    pub image: &'a Image,
+    pub tools: &'a Layer,
+    pub accel: Accel,
+    pub timeout_s: u64,
+    pub run: u32,
+}
+
+/// Runs the script (a VM that died before the script started gets one retry).
+pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<std::path::PathBuf, String>) -> Outcome {
+    let name = super::suite::test_id(job.script).to_string();
+    let mut out = retry_once(|attempt| match dir_for(attempt) {
+        Ok(dir) => run_once(job, &dir),
+        Err(e) => {
+            let o = Outcome::named(&name, job.run, 0, Path::new(""), job.image.hash());
+            (
+                o.finish(Instant::now(), Verdict::InfraError, Some(e)),
+                false,
+            )
+        }
+    });
+    out.server = "kublk".into();
+    out.kernel = job.kernel.to_string();
+    out.kernel_release = job.image.manifest.kernel_release.clone();
+    out.tools = job.tools.manifest.packages.clone();
+    out
+}
+
+fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
+    let start = Instant::now();
+    let name = super::suite::test_id(job.script);
+    let mut out = Outcome::named(name, job.run, 0, dir, job.image.hash());
+    let cfg = VmConfig {
+        cpus: 2,
+        memory_mib: MEMORY_MIB,
+        accel: job.accel,
+        tools: Some(job.tools.clone()),
+    };
+    let setup_deadline = start + SETUP_BUDGET;
+    let booted = job
+        .suite
+        .recheck()
+        .map_err(Failure::Infra)
+        .and_then(|()| Vm::boot(job.image, &cfg, dir, setup_deadline));
+    let mut vm = match booted {
+        Ok(vm) => vm,
+        Err(f) => {
+            let (verdict, why) = failure_verdict(&f);
+            out.failed_step = Some("boot".into());
+            return (out.finish(start, verdict, Some(why)), false);
+        }
+    };
+    out.boot_s = Some(vm.boot_s);
+    out.kernel_features = vm.ublk_features(setup_deadline).unwrap_or_default();
+    if let Err(why) = ship(&vm, job.suite, setup_deadline) {
+        let f = vm.gone().unwrap_or(Failure::Infra(why));
+        let (verdict, why) = failure_verdict(&f);
+        out.failed_step = Some("copying the suite".into());
+        vm.kill();
+        return (out.finish(start, verdict, Some(why)), false);
+    }
+    let (verdict, why) = execute(&mut vm, job, dir, &mut out);
+    let (verdict, why) = with_splats(&vm, dir, verdict, why, &mut out);
+    vm.kill();
+    (out.finish(start, verdict, why), true)
+}
+
+/// Copies every file of the suite to GUEST_DIR (executable: scripts and programs alike).
+fn ship(vm: &Vm, suite: &Suite, deadline: Instant) -> Result<(), String> {
+    let root = suite.root();
+    let files = suite.shipped();
+    let mut dirs: Vec<String> = files
+        .iter()
+        .filter_map(|f| Path::new(f).parent().map(|p| p.display().to_string()))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mkdir = dirs
+        .iter()
+        .map(|d| format!("{GUEST_DIR}/{d}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!("mkdir -p {GUEST_DIR} {mkdir}");
+    vm.agent.run_capture(&["sh", "-c", &script], deadline)?;
+    for f in files {
+        let data = std::fs::read(root.join(&f)).map_err(|e| format!("read {f}: {e}"))?;
+        vm.agent
+            .put_file(&format!("{GUEST_DIR}/{f}"), 0o755, &data, deadline)
+            .map_err(|e| format!("copying {f} to the guest: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs the script; its output goes to test.log.
+fn execute(vm: &mut Vm, job: &Job, dir: &Path, out: &mut Outcome) -> (Verdict, Option<String>) {
+    let log_path = dir.join("test.log");
+    let mut log = match std::fs::File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                Verdict::InfraError,
+                Some(format!("create {}: {e}", log_path.display())),
+            )
+        }
+    };
+    let cmd = format!("cd {GUEST_DIR} && exec ./{}", job.script);
+    let argv = ["bash".to_string(), "-c".to_string(), cmd];
+    let deadline = Instant::now() + Duration::from_secs(job.timeout_s);
+    let mut err = log.try_clone().expect("a file handle clones");
+    let ended = vm.run(&argv, false, &mut log, &mut err, deadline);
+    let _ = log.flush();
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    out.failed_step = Some(job.script.to_string());
+    match ended {
+        VmOutcome::Exited(0) => {
+            out.failed_step = None;
+            (Verdict::Pass, None)
+        }
+        VmOutcome::Exited(KSFT_SKIP) => (Verdict::Skip, Some(last_line(&text, "skipped"))),
+        VmOutcome::Exited(st) => (
+            Verdict::Fail,
+            Some(format!("exit {st}: {}", last_line(&text, "no output"))),
+        ),
+        VmOutcome::Failed(Failure::Timeout(_)) => {
+            let why = format!("{} still running after {} s", job.script, job.timeout_s);
+            let ff = freeze::collect(
+                vm,
+                &kublk_refs(vm)
+                    .iter()
+                    .map(|(n, p)| DaemonRef {
+                        name: n,
+                        exec_id: None,
+                        pid: *p,
+                        state_file: None,
+                    })
+                    .collect::<Vec<_>>(),
+                &dir.join("freeze"),
+                &why,
+            );
+            out.freeze_frame = Some(ff.dir.clone());
+            let mut named = ff
+                .stuck_tags
+                .iter()
+                .chain(&ff.blocked_tasks)
+                .take(2)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
+            if named.is_empty() {
+                named = "no stuck tag or blocked task seen".into();
+            }
+            (Verdict::Timeout, Some(format!("{why}: {named}")))
+        }
+        VmOutcome::Failed(f) => {
+            let f = vm.gone().unwrap_or(f);
+            let (v, why) = failure_verdict(&f);
+            (v, Some(why))
+        }
+    }
+}
+
+/// The kublk processes in the guest, for the freeze-frame's per-thread stacks.
+fn kublk_refs(vm: &Vm) -> Vec<(String, i32)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let Ok((_, out, _)) = vm.agent.run_capture(&["sh", "-c", "pidof kublk"], deadline) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .take(8)
+        .map(|p: i32| (format!("kublk-{p}"), p))
+        .collect()
+}
+
+/// A kernel splat fails a test that passed or skipped; every verdict keeps the log.
+fn with_splats(
+    vm: &Vm,
+    dir: &Path,
+    verdict: Verdict,
+    why: Option<String>,
+    out: &mut Outcome,
+) -> (Verdict, Option<String>) {
+    let log = match vm
+        .agent
+        .run_capture(&["dmesg"], Instant::now() + Duration::from_secs(3))
+    {
+        Ok((_, text, _)) => String::from_utf8_lossy(&text).into_owned(),
+        Err(_) => std::fs::read_to_string(vm.paths.serial_log()).unwrap_or_default(),
+    };
+    runs::save(&dir.join("dmesg.txt"), &log);
+    let found = splat::scan(&log, &[]);
+    match (verdict, found.first()) {
+        (Verdict::Pass | Verdict::Skip, Some(first)) => {
+            out.failed_step = Some("kernel log".into());
+            let why = format!(
+                "kernel splat: {} (and {} more; see dmesg.txt)",
+                first.trim(),
+                found.len() - 1
+            );
+            (Verdict::Fail, Some(why))
+        }
+        _ => (verdict, why),
+    }
+}
+
+/// The last non-empty line of a test's output (a skip's reason, a failure's hint).
+fn last_line(text: &str, default: &str) -> String {
+    let line = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(default);
+    line.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_line_is_the_reason() {
+        assert_eq!(last_line("a\nublk: need fio\n\n", "x"), "ublk: need fio");
+        assert_eq!(last_line("", "skipped"), "skipped");
+    }
+}

@@ -1,0 +1,331 @@
+//! The kernel's ublk selftests (`tools/testing/selftests/ublk`) for one locked kernel, built
+//! for the guest: the test scripts, `test_common.sh`, `trace/`, and `kublk` + `metadata_size`
+//! compiled statically on the host against the same kernel's uapi headers (linux-libc-dev) and
+//! Debian's liburing — all three .debs locked in the kernel's lock (`selftests:`). Cached
+//! content-addressed in `target/vm-images/selftests/<key>/`, verified before every use.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::procs;
+use crate::image::apt::Apt;
+use crate::image::recipe::{KernelLock, KernelSpec, LockedDeb, Recipe};
+use crate::image::store;
+use crate::util::{key_of, Result};
+
+/// Bumped when the build changes.
+const FORMAT: u32 = 1;
+const LIMIT: Duration = Duration::from_secs(600);
+const SUITE_DIR: &str = "tools/testing/selftests/ublk";
+/// At most this many files are shipped to the guest (scripts, programs, trace scripts).
+pub const MAX_FILES: usize = 400;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SuiteManifest {
+    pub format: u32,
+    /// The kernel (by name) whose source the suite comes from, and that source's version.
+    pub kernel: String,
+    pub source_version: String,
+    /// The test scripts in the order the suite's Makefile lists them (TEST_PROGS).
+    pub tests: Vec<String>,
+    /// The suite's own per-test timeout (`settings`), seconds.
+    pub settings_timeout_s: u64,
+    pub files: BTreeMap<String, store::FileSum>,
+}
+
+impl store::HasFiles for SuiteManifest {
+    fn files(&self) -> &BTreeMap<String, store::FileSum> {
+        &self.files
+    }
+    fn files_mut(&mut self) -> &mut BTreeMap<String, store::FileSum> {
+        &mut self.files
+    }
+}
+
+/// A verified, built suite: `dir/ublk/` is what goes to the guest.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub dir: PathBuf,
+    pub manifest: SuiteManifest,
+    verified: store::Verified,
+}
+
+impl Suite {
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("ublk")
+    }
+
+    pub fn recheck(&self) -> Result<()> {
+        self.verified.recheck().map_err(|e| {
+            format!("the built selftests are damaged: {e}; the next run rebuilds them")
+        })
+    }
+
+    /// Every shipped file, relative to `root()`.
+    pub fn shipped(&self) -> Vec<String> {
+        self.manifest
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix("ublk/").map(str::to_string))
+            .collect()
+    }
+}
+
+/// The suite of locked kernel `name` (`debian-7.2`), built if needed. A kernel older than the
+/// suite gets one clear error saying how to run a newer suite against it.
+pub fn for_kernel(name: &str) -> Result<Suite> {
+    let recipe = Recipe::load()?;
+    let spec = recipe.kernel(name)?;
+    let lock = KernelLock::load(&spec.lock_path())?;
+    if lock.selftests.is_empty() {
+        let newer: Vec<&str> = recipe
+            .kernels
+            .iter()
+            .filter(|k| KernelLock::load(&k.lock_path()).is_ok_and(|l| !l.selftests.is_empty()))
+            .map(|k| k.name.as_str())
+            .collect();
+        let (major, minor) = crate::cmd::kernel_lock::SELFTESTS_SINCE;
+        return Err(format!(
+            "kernel {} ({}) has no ublk selftests: the suite first shipped in {major}.{minor}. Run a newer suite against it: `cargo xtask vm-selftests --kernel {} --suite {}` (its scripts skip what the kernel lacks)",
+            spec.name,
+            lock.version,
+            spec.name,
+            newer.first().copied().unwrap_or("debian-7.2")
+        ));
+    }
+    let _guard = store::lock(Duration::from_secs(1800))?;
+    crate::host::deps::ensure(crate::host::deps::SELFTESTS_BUILD.to_vec())?;
+    let key = key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        (
+            "debs",
+            serde_json::to_string(&lock.selftests)
+                .expect("serialises")
+                .as_bytes(),
+        ),
+    ]);
+    let (dir, manifest, verified) = store::cached_dir(
+        &store::dir().join("selftests"),
+        &key,
+        "selftests build",
+        |_| Ok(()),
+        |tmp| build(spec, &lock, tmp),
+    )?;
+    Ok(Suite {
+        dir,
+        manifest,
+        verified,
+    })
+}
+
+fn build(spec: &KernelSpec, lock: &KernelLock, tmp: &Path) -> Result<SuiteManifest> {
+    let spinner = crate::ui::spinner("building the kernel's ublk selftests (kublk)");
+    let work = tmp.join("work");
+    let result = (|| {
+        let apt = Apt::new(spec.suite.as_deref());
+        let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+        let deb = |d: &LockedDeb| apt.fetch(&d.deb(), &d.version, &spec.lock_path(), &upgrade);
+        let find = |prefix: &str| {
+            lock.selftests
+                .iter()
+                .find(|d| d.package.starts_with(prefix))
+                .ok_or_else(|| {
+                    format!(
+                        "{}: selftests lack {prefix}*; run `{upgrade}`",
+                        spec.lock_path().display()
+                    )
+                })
+        };
+        let source = find("linux-source-")?;
+        let sysroot = work.join("sysroot");
+        for d in [find("linux-libc-dev")?, find("liburing-dev")?] {
+            crate::image::tools::unpack(&deb(d)?, &sysroot)?;
+        }
+        let src = extract_suite(&deb(source)?, &work)?;
+        let out = tmp.join("ublk");
+        copy_suite(&src, &out)?;
+        compile(&src, &sysroot, &out)?;
+        let makefile = std::fs::read_to_string(src.join("Makefile"))
+            .map_err(|e| format!("read the suite's Makefile: {e}"))?;
+        let tests = test_progs(&makefile);
+        if tests.is_empty() {
+            return Err("the suite's Makefile lists no TEST_PROGS".into());
+        }
+        let settings = std::fs::read_to_string(src.join("settings")).unwrap_or_default();
+        Ok(SuiteManifest {
+            format: FORMAT,
+            kernel: spec.name.clone(),
+            source_version: source.version.clone(),
+            tests,
+            settings_timeout_s: settings_timeout(&settings).unwrap_or(45),
+            files: BTreeMap::new(),
+        })
+    })();
+    spinner.finish_and_clear();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Unpacks only the suite directory out of linux-source's tarball; returns its path.
+fn extract_suite(deb: &Path, work: &Path) -> Result<PathBuf> {
+    let x = work.join("deb");
+    crate::image::tools::unpack(deb, &x)?;
+    let tarball = std::fs::read_dir(x.join("usr/src"))
+        .map_err(|e| format!("linux-source has no usr/src: {e}"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
+        .ok_or("linux-source holds no .tar.xz")?;
+    let top = tarball
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".tar.xz"))
+        .ok_or("odd linux-source tarball name")?
+        .to_string();
+    let src = work.join("src");
+    std::fs::create_dir_all(&src).map_err(|e| format!("create {}: {e}", src.display()))?;
+    procs::run_ok(
+        Command::new("tar")
+            .arg("-xJf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("{top}/{SUITE_DIR}")),
+        LIMIT,
+        "tar -xJf linux-source (selftests/ublk only)",
+    )?;
+    let _ = std::fs::remove_dir_all(&x);
+    Ok(src.join(top).join(SUITE_DIR))
+}
+
+/// The scripts, settings and trace/ (not the C sources) into `out`.
+fn copy_suite(src: &Path, out: &Path) -> Result<()> {
+    let mut n = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let from = src.join(&rel);
+        std::fs::create_dir_all(out.join(&rel))
+            .map_err(|e| format!("create {}: {e}", out.join(&rel).display()))?;
+        for e in std::fs::read_dir(&from)
+            .map_err(|e| format!("read {}: {e}", from.display()))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = rel.join(&name);
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(r);
+            } else if !(name.ends_with(".c")
+                || name.ends_with(".h")
+                || name == "Makefile"
+                || name == "config")
+            {
+                std::fs::copy(e.path(), out.join(&r))
+                    .map_err(|err| format!("copy {}: {err}", r.display()))?;
+                n += 1;
+            }
+            if n > MAX_FILES {
+                return Err(format!("the suite has more than {MAX_FILES} files"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// kublk and metadata_size, static, against the locked uapi headers and liburing.
+fn compile(src: &Path, sysroot: &Path, out: &Path) -> Result<()> {
+    let inc = sysroot.join("usr/include");
+    let lib = sysroot.join("usr/lib/x86_64-linux-gnu");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(src)
+        .map_err(|e| format!("read {}: {e}", src.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    sources.sort();
+    let (standalone, kublk): (Vec<PathBuf>, Vec<PathBuf>) = sources
+        .into_iter()
+        .partition(|p| p.ends_with("metadata_size.c"));
+    let gcc = |output: &str, files: &[PathBuf], libs: &[&str]| {
+        let mut cmd = Command::new("gcc");
+        cmd.current_dir(src)
+            .args(["-O2", "-static", "-D_GNU_SOURCE", "-Wall"])
+            .arg(format!("-I{}", inc.display()))
+            .arg(format!("-I{}", inc.join("x86_64-linux-gnu").display()))
+            .arg("-o")
+            .arg(out.join(output))
+            .args(files)
+            .arg(format!("-L{}", lib.display()))
+            .args(libs);
+        let o = procs::run(&mut cmd, LIMIT, &format!("gcc {output}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "building {output} failed:\n{}",
+                procs::tail(&o.stderr, 30)
+            ));
+        }
+        Ok(())
+    };
+    gcc("kublk", &kublk, &["-luring", "-lpthread", "-lm"])?;
+    if !standalone.is_empty() {
+        gcc("metadata_size", &standalone, &[])?;
+    }
+    Ok(())
+}
+
+/// `TEST_PROGS := a.sh` / `TEST_PROGS += b.sh` lines of the suite's Makefile, in order.
+pub fn test_progs(makefile: &str) -> Vec<String> {
+    makefile
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("TEST_PROGS")?;
+            let rest = rest
+                .trim_start()
+                .strip_prefix(":=")
+                .or_else(|| rest.trim_start().strip_prefix("+="))?;
+            Some(
+                rest.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .filter(|t| t.ends_with(".sh"))
+        .collect()
+}
+
+/// `timeout=N` of the suite's `settings` file.
+fn settings_timeout(settings: &str) -> Option<u64> {
+    settings
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("timeout=")?.parse().ok())
+}
+
+/// `null_01` for `test_null_01.sh`; the group is `null`.
+pub fn test_id(script: &str) -> &str {
+    script.trim_start_matches("test_").trim_end_matches(".sh")
+}
+
+pub fn group_of(script: &str) -> &str {
+    test_id(script).split('_').next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn makefile_lists_settings_and_names() {
+        let mk = "TEST_PROGS := test_generic_02.sh\nTEST_PROGS += test_null_01.sh\n\nTEST_FILES := settings\nTEST_PROGS += test_stress_09.sh\n";
+        assert_eq!(
+            test_progs(mk),
+            ["test_generic_02.sh", "test_null_01.sh", "test_stress_09.sh"]
+        );
+        assert_eq!(settings_timeout("timeout=150\n"), Some(150));
+        assert_eq!(test_id("test_null_01.sh"), "null_01");
+        assert_eq!(group_of("test_stress_09.sh"), "stress");
+    }
+}
