@@ -37,6 +37,10 @@ pub struct Args {
     /// Hard limit per test script in seconds [default: the suite's own (150), doubled under TCG]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
+    /// Also run this script of your own with the suite (test_<group>_<nn>.sh; it may source
+    /// test_common.sh and use kublk like the suite's own); repeatable
+    #[arg(long, value_name = "FILE")]
+    pub script: Vec<std::path::PathBuf>,
     /// List the tests (by group) and exit
     #[arg(long)]
     pub list: bool,
@@ -49,6 +53,9 @@ struct Plan {
     /// kernel name → (its image, the suite it runs).
     kernels: BTreeMap<String, (Image, Suite)>,
     tests: Vec<String>,
+    /// `--script` files: (name, bytes), and where they came from.
+    extra: Vec<(String, Vec<u8>)>,
+    scripts: Vec<std::path::PathBuf>,
     tools: tools::Layer,
     accel: Accel,
     timeout_s: Option<u64>,
@@ -59,7 +66,10 @@ pub fn run(args: Args) -> Result<i32> {
     let kernels = kernels_to_boot(&args.kernel)?;
     let suites = suites_for(&kernels, args.suite.as_deref())?;
     let first = suites.values().next().expect("at least one kernel");
-    let tests = select(&first.manifest.tests, &args.names)?;
+    let extra = read_scripts(&args.script)?;
+    let mut all = first.manifest.tests.clone();
+    all.extend(extra.iter().map(|(n, _)| n.clone()));
+    let tests = select(&all, &args.names)?;
     if args.list {
         print_list(first, &tests);
         return Ok(0);
@@ -86,6 +96,8 @@ pub fn run(args: Args) -> Result<i32> {
     let plan = Plan {
         kernels: plan_kernels,
         tests,
+        extra,
+        scripts: args.script.clone(),
         tools,
         accel,
         timeout_s: args.timeout,
@@ -127,6 +139,33 @@ fn finish(
         Err(_) => runs::EXIT_INFRA,
         Ok(_) => session::exit_code(&outcomes),
     })
+}
+
+/// `--script` files, named like the suite's (`test_<group>_<nn>.sh`), at most 1 MiB each.
+fn read_scripts(paths: &[std::path::PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ok = name.starts_with("test_")
+                && name.ends_with(".sh")
+                && name.matches('_').count() >= 2;
+            if !ok {
+                return Err(format!(
+                    "--script {}: name it test_<group>_<nn>.sh like the suite's scripts",
+                    p.display()
+                ));
+            }
+            let data = std::fs::read(p).map_err(|e| format!("--script {}: {e}", p.display()))?;
+            if data.len() > 1 << 20 {
+                return Err(format!("--script {}: larger than 1 MiB", p.display()));
+            }
+            Ok((name, data))
+        })
+        .collect()
 }
 
 /// The kernels asked for, or every locked kernel whose lock carries the suite.
@@ -249,6 +288,7 @@ fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
             .timeout_s
             .unwrap_or(suite.manifest.settings_timeout_s * scale),
         run: r,
+        extra: &plan.extra,
     };
     let label = format!(
         "selftest-{}-{}",

@@ -43,6 +43,8 @@ pub struct Job<'a> {
     pub accel: Accel,
     pub timeout_s: u64,
     pub run: u32,
+    /// Scripts of the user's own (`--script`), shipped beside the suite: (file name, bytes).
+    pub extra: &'a [(String, Vec<u8>)],
 }
 
 /// Runs the script (a VM that died before the script started gets one retry).
@@ -91,7 +93,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
     };
     out.boot_s = Some(vm.boot_s);
     out.kernel_features = vm.ublk_features(setup_deadline).unwrap_or_default();
-    if let Err(why) = ship(&vm, job.suite, setup_deadline) {
+    if let Err(why) = ship(&vm, job.suite, job.extra, setup_deadline) {
         let f = vm.gone().unwrap_or(Failure::Infra(why));
         let (verdict, why) = failure_verdict(&f);
         out.failed_step = Some("copying the suite".into());
@@ -104,8 +106,14 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
     (out.finish(start, verdict, why), true)
 }
 
-/// Copies every file of the suite to GUEST_DIR (executable: scripts and programs alike).
-fn ship(vm: &Vm, suite: &Suite, deadline: Instant) -> Result<(), String> {
+/// Copies every file of the suite, and the user's scripts, to GUEST_DIR (executable: scripts
+/// and programs alike).
+fn ship(
+    vm: &Vm,
+    suite: &Suite,
+    extra: &[(String, Vec<u8>)],
+    deadline: Instant,
+) -> Result<(), String> {
     let root = suite.root();
     let files = suite.shipped();
     let mut dirs: Vec<String> = files
@@ -126,6 +134,11 @@ fn ship(vm: &Vm, suite: &Suite, deadline: Instant) -> Result<(), String> {
         vm.agent
             .put_file(&format!("{GUEST_DIR}/{f}"), 0o755, &data, deadline)
             .map_err(|e| format!("copying {f} to the guest: {e}"))?;
+    }
+    for (name, data) in extra {
+        vm.agent
+            .put_file(&format!("{GUEST_DIR}/{name}"), 0o755, data, deadline)
+            .map_err(|e| format!("copying {name} to the guest: {e}"))?;
     }
     Ok(())
 }
@@ -155,7 +168,13 @@ fn execute(vm: &mut Vm, job: &Job, dir: &Path, out: &mut Outcome) -> (Verdict, O
             out.failed_step = None;
             (Verdict::Pass, None)
         }
-        VmOutcome::Exited(KSFT_SKIP) => (Verdict::Skip, Some(last_line(&text, "skipped"))),
+        VmOutcome::Exited(KSFT_SKIP) => (
+            Verdict::Skip,
+            Some(last_line(
+                &text,
+                "exit 4 (kselftest skip); the script printed no reason",
+            )),
+        ),
         VmOutcome::Exited(st) => (
             Verdict::Fail,
             Some(format!("exit {st}: {}", last_line(&text, "no output"))),
