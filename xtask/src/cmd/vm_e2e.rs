@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<i32> {
     });
     let session = Session {
         started_at,
-        seed,
+        seed: Some(seed),
         commit,
         image_hash: first.hash().to_string(),
         accelerator: accel.name().into(),

@@ -41,6 +41,10 @@ pub struct Args {
     /// test_common.sh and use kublk like the suite's own); repeatable
     #[arg(long, value_name = "FILE")]
     pub script: Vec<std::path::PathBuf>,
+    /// A kernel-log substring that is known and not a failure (e.g. a splat your kernel is
+    /// known for); repeatable
+    #[arg(long, value_name = "TEXT")]
+    pub expect_splat: Vec<String>,
     /// List the tests (by group) and exit
     #[arg(long)]
     pub list: bool,
@@ -56,6 +60,7 @@ struct Plan {
     /// `--script` files: (name, bytes), and where they came from.
     extra: Vec<(String, Vec<u8>)>,
     scripts: Vec<std::path::PathBuf>,
+    expect_splats: Vec<String>,
     tools: tools::Layer,
     accel: Accel,
     timeout_s: Option<u64>,
@@ -98,6 +103,7 @@ pub fn run(args: Args) -> Result<i32> {
         tests,
         extra,
         scripts: args.script.clone(),
+        expect_splats: args.expect_splat.clone(),
         tools,
         accel,
         timeout_s: args.timeout,
@@ -118,7 +124,7 @@ fn finish(
     let image0 = &plan.kernels.values().next().expect("one kernel").0;
     let session = Session {
         started_at,
-        seed: 0,
+        seed: None,
         commit: plan.commit.clone(),
         image_hash: image0.hash().to_string(),
         accelerator: plan.accel.name().into(),
@@ -289,6 +295,7 @@ fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
             .unwrap_or(suite.manifest.settings_timeout_s * scale),
         run: r,
         extra: &plan.extra,
+        expect_splats: &plan.expect_splats,
     };
     let label = format!(
         "selftest-{}-{}",
@@ -339,8 +346,18 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
             .collect();
     }
     let kernels: Vec<&str> = plan.kernels.keys().map(String::as_str).collect();
+    let scripts: String = plan
+        .scripts
+        .iter()
+        .map(|p| {
+            format!(
+                " --script {}",
+                crate::util::shell_quote(&p.display().to_string())
+            )
+        })
+        .collect();
     format!(
-        "cargo xtask vm-selftests {} --kernel {}",
+        "cargo xtask vm-selftests {} --kernel {}{scripts}",
         ids.join(" "),
         kernels.join(",")
     )

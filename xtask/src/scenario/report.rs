@@ -11,7 +11,8 @@ use crate::runs::Verdict;
 #[derive(Serialize)]
 pub struct Session<'a> {
     pub started_at: String,
-    pub seed: u64,
+    /// The session's seed (vm-e2e); None where runs take none (vm-selftests).
+    pub seed: Option<u64>,
     pub commit: String,
     pub image_hash: String,
     pub accelerator: String,
@@ -176,7 +177,7 @@ pub fn junit(session: &Session) -> String {
         session.wall_s,
         xml_escape(&session.started_at)
     );
-    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.seed, xml_escape(&session.commit), session.image_hash);
+    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.seed.map(|s| s.to_string()).unwrap_or_default(), xml_escape(&session.commit), session.image_hash);
     for r in session.runs {
         let _ = write!(
             s,
@@ -270,7 +271,7 @@ mod tests {
         );
         let s = Session {
             started_at: "2026-11-21T00:00:00Z".into(),
-            seed: 7,
+            seed: Some(7),
             commit: "abc".into(),
             image_hash: "h".into(),
             accelerator: "tcg".into(),

@@ -126,14 +126,18 @@ pub fn print_summary(session: &Session, reports: &Result<PathBuf>, tool: &str) {
     if retried > 0 {
         println!("{tool}: {retried} run(s) got a second VM after the first died before its first step (both attempts recorded)");
     }
-    let (wall_s, seed) = (session.wall_s, session.seed);
+    let wall_s = session.wall_s;
+    let seed = session
+        .seed
+        .map(|s| format!(" (seed {s})"))
+        .unwrap_or_default();
     match reports {
         Ok(dir) => println!(
-            "{tool}: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); reports: {}",
+            "{tool}: {passed}/{total} passed{skipped} in {wall_s:.1} s{seed}; reports: {}",
             dir.display()
         ),
         Err(e) => println!(
-            "{tool}: {passed}/{total} passed{skipped} in {wall_s:.1} s (seed {seed}); the reports could not be written ({e}): free space under {} and rerun",
+            "{tool}: {passed}/{total} passed{skipped} in {wall_s:.1} s{seed}; the reports could not be written ({e}): free space under {} and rerun",
             runs::runs_dir().display()
         ),
     }

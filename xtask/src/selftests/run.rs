@@ -45,6 +45,8 @@ pub struct Job<'a> {
     pub run: u32,
     /// Scripts of the user's own (`--script`), shipped beside the suite: (file name, bytes).
     pub extra: &'a [(String, Vec<u8>)],
+    /// Kernel-log substrings that are known and not failures (`--expect-splat`).
+    pub expect_splats: &'a [String],
 }
 
 /// Runs the script (a VM that died before the script started gets one retry).
@@ -101,7 +103,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         return (out.finish(start, verdict, Some(why)), false);
     }
     let (verdict, why) = execute(&mut vm, job, dir, &mut out);
-    let (verdict, why) = with_splats(&vm, dir, verdict, why, &mut out);
+    let (verdict, why) = with_splats(&vm, dir, job.expect_splats, (verdict, why), &mut out);
     vm.kill();
     (out.finish(start, verdict, why), true)
 }
@@ -168,13 +170,7 @@ fn execute(vm: &mut Vm, job: &Job, dir: &Path, out: &mut Outcome) -> (Verdict, O
             out.failed_step = None;
             (Verdict::Pass, None)
         }
-        VmOutcome::Exited(KSFT_SKIP) => (
-            Verdict::Skip,
-            Some(last_line(
-                &text,
-                "exit 4 (kselftest skip); the script printed no reason",
-            )),
-        ),
+        VmOutcome::Exited(KSFT_SKIP) => (Verdict::Skip, Some(skip_reason(job, &text))),
         VmOutcome::Exited(st) => (
             Verdict::Fail,
             Some(format!("exit {st}: {}", last_line(&text, "no output"))),
@@ -235,8 +231,8 @@ fn kublk_refs(vm: &Vm) -> Vec<(String, i32)> {
 fn with_splats(
     vm: &Vm,
     dir: &Path,
-    verdict: Verdict,
-    why: Option<String>,
+    expected: &[String],
+    (verdict, why): (Verdict, Option<String>),
     out: &mut Outcome,
 ) -> (Verdict, Option<String>) {
     let log = match vm
@@ -247,7 +243,7 @@ fn with_splats(
         Err(_) => std::fs::read_to_string(vm.paths.serial_log()).unwrap_or_default(),
     };
     runs::save(&dir.join("dmesg.txt"), &log);
-    let found = splat::scan(&log, &[]);
+    let found = splat::scan(&log, expected);
     match (verdict, found.first()) {
         (Verdict::Pass | Verdict::Skip, Some(first)) => {
             out.failed_step = Some("kernel log".into());
@@ -260,6 +256,30 @@ fn with_splats(
         }
         _ => (verdict, why),
     }
+}
+
+/// Why a script skipped: what it printed last, or — scripts that exit 4 silently after
+/// `_have_program X` — the programs it checks for that the tools layer lacks.
+fn skip_reason(job: &Job, output: &str) -> String {
+    if output.trim().is_empty() {
+        let script = std::fs::read_to_string(job.suite.root().join(job.script)).unwrap_or_default();
+        let missing: Vec<&str> = script
+            .split("_have_program")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter(|p| !job.tools.manifest.executables.iter().any(|e| e == p))
+            .collect();
+        if !missing.is_empty() {
+            return format!(
+                "exit 4 (kselftest skip) without a message; the script checks for {}, which the guest tools layer does not have",
+                missing.join(", ")
+            );
+        }
+    }
+    last_line(
+        output,
+        "exit 4 (kselftest skip); the script printed no reason",
+    )
 }
 
 /// The last non-empty line of a test's output (a skip's reason, a failure's hint).

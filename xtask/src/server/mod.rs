@@ -89,6 +89,18 @@ pub enum Binary {
     /// A crate from the Rust registry at an exact version, built static on first use and
     /// cached (`server/build.rs`), then copied in like a path.
     Crate(build::CrateSpec),
+    /// A program of a locked kernel's ublk selftests (`kublk`), built static from its
+    /// linux-source like `vm-selftests` builds it, then copied in like a path.
+    Selftests(SelftestsBinary),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelftestsBinary {
+    /// The locked kernel whose suite it comes from, e.g. debian-7.2.
+    pub kernel: String,
+    /// kublk (or metadata_size).
+    pub bin: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +330,19 @@ impl Profile {
             Binary::Path(p) if p.is_absolute() => p.clone(),
             Binary::Path(p) => self.source.parent().unwrap_or(Path::new(".")).join(p),
             Binary::Crate(spec) => build::crate_binary(spec)?,
+            Binary::Selftests(b) => {
+                let suite = crate::selftests::suite::for_kernel(&b.kernel)?;
+                let path = suite.root().join(&b.bin);
+                if b.bin.contains('/') || !path.is_file() {
+                    return Err(format!(
+                        "{}: the {} selftests build has no program {:?} (it has kublk, metadata_size)",
+                        self.source.display(),
+                        b.kernel,
+                        b.bin
+                    ));
+                }
+                path
+            }
         };
         let what = format!("server {}: binary {}", self.name, path.display());
         let data = std::fs::read(&path).map_err(|e| format!("{what}: {e}"))?;
