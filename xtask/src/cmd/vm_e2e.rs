@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use crate::image::kernel::Source;
 use crate::image::tools::Layer;
 use crate::image::{self, Image};
-use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
+use crate::runs::{self, RunDir, Verdict};
 use crate::scenario::model::Scenario;
-use crate::scenario::report::{self, Session};
 use crate::scenario::run::{self, Outcome};
 use crate::scenario::session;
 use crate::server::{self, Profile};
@@ -89,19 +88,8 @@ pub fn run(args: Args) -> Result<i32> {
         seed,
         commit: commit.clone(),
     };
-    let mut outcomes = run_all(&plan, args.repeat, args.jobs as usize);
-    outcomes.sort_by(|a, b| {
-        let key = |o: &Outcome| {
-            (
-                o.scenario.clone(),
-                o.server.clone(),
-                o.kernel.clone(),
-                o.run,
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    let session = Session {
+    let outcomes = run_all(&plan, args.repeat, args.jobs as usize);
+    let head = session::Head {
         started_at,
         seed: Some(seed),
         commit,
@@ -109,21 +97,15 @@ pub fn run(args: Args) -> Result<i32> {
         accelerator: accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        wall_s: t0.elapsed().as_secs_f64(),
-        kernels: report::kernels(&outcomes),
-        flaky: report::tally(&outcomes),
-        reproduce: reproduce(&plan, &outcomes),
-        runs: &outcomes,
+        t0,
     };
-    let reports = session::write_reports(&session, "e2e");
-    session::print_summary(&session, &reports, "vm-e2e");
-    if let Some(sig) = crate::host::procs::interrupted() {
-        return Ok(128 + sig);
-    }
-    Ok(match reports {
-        Err(_) => EXIT_INFRA,
-        Ok(_) => session::exit_code(&outcomes),
-    })
+    Ok(session::conclude(
+        head,
+        outcomes,
+        |o| reproduce(&plan, o),
+        "e2e",
+        "vm-e2e",
+    ))
 }
 
 /// Every run's inputs, shared by the workers.

@@ -9,7 +9,6 @@ use crate::image::kernel::Source;
 use crate::image::{self, tools, Image};
 use crate::runs::{self, RunDir, Verdict};
 use crate::scenario::model::KernelVersion;
-use crate::scenario::report::{self, Session};
 use crate::scenario::run::Outcome;
 use crate::scenario::session;
 use crate::selftests::run::{self as strun, Job};
@@ -116,13 +115,12 @@ pub fn run(args: Args) -> Result<i32> {
 fn finish(
     plan: &Plan,
     args: &Args,
-    mut outcomes: Vec<Outcome>,
+    outcomes: Vec<Outcome>,
     started_at: String,
     t0: Instant,
 ) -> Result<i32> {
-    outcomes.sort_by(|a, b| (&a.scenario, &a.kernel, a.run).cmp(&(&b.scenario, &b.kernel, b.run)));
     let image0 = &plan.kernels.values().next().expect("one kernel").0;
-    let session = Session {
+    let head = session::Head {
         started_at,
         seed: None,
         commit: plan.commit.clone(),
@@ -130,21 +128,15 @@ fn finish(
         accelerator: plan.accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        wall_s: t0.elapsed().as_secs_f64(),
-        kernels: report::kernels(&outcomes),
-        flaky: report::tally(&outcomes),
-        reproduce: reproduce(plan, &outcomes),
-        runs: &outcomes,
+        t0,
     };
-    let reports = session::write_reports(&session, "selftests");
-    session::print_summary(&session, &reports, "vm-selftests");
-    if let Some(sig) = crate::host::procs::interrupted() {
-        return Ok(128 + sig);
-    }
-    Ok(match reports {
-        Err(_) => runs::EXIT_INFRA,
-        Ok(_) => session::exit_code(&outcomes),
-    })
+    Ok(session::conclude(
+        head,
+        outcomes,
+        |o| reproduce(plan, o),
+        "selftests",
+        "vm-selftests",
+    ))
 }
 
 /// `--script` files, named like the suite's (`test_<group>_<nn>.sh`), at most 1 MiB each.

@@ -121,12 +121,11 @@ impl Kernel {
 
 /// The cache key of a locked Debian kernel's part.
 fn debian_key(recipe: &Recipe, lock: &KernelLock) -> String {
-    let mods = recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",");
     let sums: Vec<&str> = lock.debs.iter().map(|d| d.sha256.as_str()).collect();
     key_of(&[
         ("format", &FORMAT.to_le_bytes()),
         ("debian", sums.join(",").as_bytes()),
-        ("modules", mods.as_bytes()),
+        ("modules", modules_key(recipe).as_bytes()),
     ])
 }
 
@@ -162,131 +161,119 @@ pub fn known_features(release: &str) -> Option<Vec<String>> {
 
 /// Returns the verified kernel part for `source`, building it if needed.
 pub fn prepare(source: &Source, recipe: &Recipe) -> Result<Kernel> {
-    let mods = recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",");
     match source {
-        Source::Debian(name) => {
-            let spec = recipe.kernel(name)?;
-            let lock = KernelLock::load(&spec.lock_path()).map_err(|e| {
-                if spec.lock_path().exists() {
-                    e
-                } else {
-                    format!(
-                        "kernel {} is not locked yet: run `cargo xtask kernel-lock --upgrade {}`",
-                        spec.name, spec.name
-                    )
-                }
-            })?;
-            let key = debian_key(recipe, &lock);
-            let apt = Apt::new(spec.suite.as_deref());
-            store::cached_kernel(&key, |tmp| {
-                let x = tmp.join("deb");
-                for d in &lock.debs {
-                    let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
-                    let deb = apt.fetch(d, &lock.version, &spec.lock_path(), &upgrade)?;
-                    procs::run_ok(
-                        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
-                        Duration::from_secs(300),
-                        &format!("dpkg-deb -x {}", deb.display()),
-                    )?;
-                }
-                // Older packages: lib/modules/<rel> and boot/vmlinuz-<rel>; newer ones keep
-                // both under usr/lib/modules/<rel>/.
-                let modules = ["lib/modules", "usr/lib/modules"]
-                    .into_iter()
-                    .map(|m| x.join(m))
-                    .find(|m| m.is_dir())
-                    .ok_or_else(|| format!("{} holds no lib/modules", lock.package))?;
-                let release = only_subdir(&modules)?;
-                let bz = [
-                    x.join("boot").join(format!("vmlinuz-{release}")),
-                    modules.join(&release).join("vmlinuz"),
-                ]
-                .into_iter()
-                .find(|b| b.is_file())
-                .ok_or_else(|| format!("{} holds no vmlinuz for {release}", lock.package))?;
-                let m = assemble(
-                    tmp,
-                    &key,
-                    &format!("{} {} {}", spec.name, lock.package, lock.version),
-                    &bz,
-                    &modules.join(&release),
-                    &release,
-                    recipe,
-                )?;
-                std::fs::remove_dir_all(&x).map_err(|e| format!("remove {}: {e}", x.display()))?;
-                Ok(m)
-            })
+        Source::Debian(name) => prepare_debian(name, recipe),
+        Source::Host => prepare_host(recipe),
+        Source::Path(p) => prepare_path(p, recipe),
+    }
+}
+
+/// The recipe's module lists, as a cache-key part.
+fn modules_key(recipe: &Recipe) -> String {
+    recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",")
+}
+
+/// A locked Debian kernel: its .debs fetched and checked against the lock, unpacked.
+fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
+    let spec = recipe.kernel(name)?;
+    let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+    let lock = KernelLock::load(&spec.lock_path()).map_err(|e| {
+        if spec.lock_path().exists() {
+            e
+        } else {
+            format!("kernel {} is not locked yet: run `{upgrade}`", spec.name)
         }
-        Source::Host => {
-            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map_err(|e| format!("read host kernel release: {e}"))?;
-            let release = release.trim().to_string();
-            let bz = PathBuf::from(format!("/boot/vmlinuz-{release}"));
-            let modroot = PathBuf::from(format!("/lib/modules/{release}"));
-            if !bz.exists() {
-                return Err(format!("--kernel host: {} does not exist (the host kernel's image is not installed here); use the default Debian kernel or --kernel PATH", bz.display()));
-            }
-            let (bz_sum, _) = sha256_file(&bz).map_err(|e| {
-                format!("--kernel host: {e} (on Ubuntu: sudo chmod a+r /boot/vmlinuz-*)")
-            })?;
-            let key = key_of(&[
-                ("format", &FORMAT.to_le_bytes()),
-                ("host", bz_sum.as_bytes()),
-                ("release", release.as_bytes()),
-                ("modules", mods.as_bytes()),
-            ]);
-            store::cached_kernel(&key, |tmp| {
-                assemble(
-                    tmp,
-                    &key,
-                    &format!("host {release}"),
-                    &bz,
-                    &modroot,
-                    &release,
-                    recipe,
-                )
-            })
+    })?;
+    let key = debian_key(recipe, &lock);
+    let apt = Apt::new(spec.suite.as_deref());
+    store::cached_kernel(&key, |tmp| {
+        let x = tmp.join("deb");
+        for d in &lock.debs {
+            let deb = apt.fetch(d, &lock.version, &spec.lock_path(), &upgrade)?;
+            procs::run_ok(
+                Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+                Duration::from_secs(300),
+                &format!("dpkg-deb -x {}", deb.display()),
+            )?;
         }
-        Source::Path(p) => {
-            let (bz, tree) = locate_tree(p)?;
-            let data = std::fs::read(&bz).map_err(|e| format!("read {}: {e}", bz.display()))?;
-            let release = bzimage_release(&data).ok_or_else(|| {
-                format!(
-                    "{}: not a bzImage (no kernel version in its header)",
-                    bz.display()
-                )
-            })?;
-            // Modules installed under lib/modules/<release> keep their layout; a build tree is
-            // searched as it is.
-            let installed = tree.join("lib/modules").join(&release);
-            let modroot = if installed.is_dir() { installed } else { tree };
-            // Hash the modules we would take too, so a rebuilt module invalidates the cache.
-            let index = ModuleIndex::scan(&modroot)?;
-            let mut parts = vec![format!("{}", crate::util::sha256_bytes(&data))];
-            for name in &recipe.modules {
-                if let Some(f) = index.find(name) {
-                    parts.push(sha256_file(f)?.0);
-                }
-            }
-            let joined = parts.join(",");
-            let key = key_of(&[
-                ("format", &FORMAT.to_le_bytes()),
-                ("path", joined.as_bytes()),
-                ("modules", mods.as_bytes()),
-            ]);
-            store::cached_kernel(&key, |tmp| {
-                assemble(
-                    tmp,
-                    &key,
-                    &format!("path {}", p.display()),
-                    &bz,
-                    &modroot,
-                    &release,
-                    recipe,
-                )
-            })
+        // Older packages: lib/modules/<rel> and boot/vmlinuz-<rel>; newer ones keep
+        // both under usr/lib/modules/<rel>/.
+        let modules = ["lib/modules", "usr/lib/modules"]
+            .into_iter()
+            .map(|m| x.join(m))
+            .find(|m| m.is_dir())
+            .ok_or_else(|| format!("{} holds no lib/modules", lock.package))?;
+        let release = only_subdir(&modules)?;
+        let bz = [
+            x.join("boot").join(format!("vmlinuz-{release}")),
+            modules.join(&release).join("vmlinuz"),
+        ]
+        .into_iter()
+        .find(|b| b.is_file())
+        .ok_or_else(|| format!("{} holds no vmlinuz for {release}", lock.package))?;
+        let source = format!("{} {} {}", spec.name, lock.package, lock.version);
+        let modroot = modules.join(&release);
+        let m = assemble(tmp, &key, &source, &bz, &modroot, &release, recipe)?;
+        std::fs::remove_dir_all(&x).map_err(|e| format!("remove {}: {e}", x.display()))?;
+        Ok(m)
+    })
+}
+
+/// The host's own kernel image and modules.
+fn prepare_host(recipe: &Recipe) -> Result<Kernel> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_err(|e| format!("read host kernel release: {e}"))?;
+    let release = release.trim().to_string();
+    let bz = PathBuf::from(format!("/boot/vmlinuz-{release}"));
+    let modroot = PathBuf::from(format!("/lib/modules/{release}"));
+    if !bz.exists() {
+        return Err(format!("--kernel host: {} does not exist (the host kernel's image is not installed here); use the default Debian kernel or --kernel PATH", bz.display()));
+    }
+    let (bz_sum, _) = sha256_file(&bz)
+        .map_err(|e| format!("--kernel host: {e} (on Ubuntu: sudo chmod a+r /boot/vmlinuz-*)"))?;
+    let key = key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        ("host", bz_sum.as_bytes()),
+        ("release", release.as_bytes()),
+        ("modules", modules_key(recipe).as_bytes()),
+    ]);
+    let source = format!("host {release}");
+    store::cached_kernel(&key, |tmp| {
+        assemble(tmp, &key, &source, &bz, &modroot, &release, recipe)
+    })
+}
+
+/// A kernel build tree, an installed tree, or a bzImage on disk.
+fn prepare_path(p: &Path, recipe: &Recipe) -> Result<Kernel> {
+    let (bz, tree) = locate_tree(p)?;
+    let data = std::fs::read(&bz).map_err(|e| format!("read {}: {e}", bz.display()))?;
+    let release = bzimage_release(&data).ok_or_else(|| {
+        format!(
+            "{}: not a bzImage (no kernel version in its header)",
+            bz.display()
+        )
+    })?;
+    // Modules installed under lib/modules/<release> keep their layout; a build tree is
+    // searched as it is.
+    let installed = tree.join("lib/modules").join(&release);
+    let modroot = if installed.is_dir() { installed } else { tree };
+    // Hash the modules we would take too, so a rebuilt module invalidates the cache.
+    let index = ModuleIndex::scan(&modroot)?;
+    let mut parts = vec![crate::util::sha256_bytes(&data)];
+    for name in &recipe.modules {
+        if let Some(f) = index.find(name) {
+            parts.push(sha256_file(f)?.0);
         }
     }
+    let key = key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        ("path", parts.join(",").as_bytes()),
+        ("modules", modules_key(recipe).as_bytes()),
+    ]);
+    let source = format!("path {}", p.display());
+    store::cached_kernel(&key, |tmp| {
+        assemble(tmp, &key, &source, &bz, &modroot, &release, recipe)
+    })
 }
 
 /// For --kernel PATH: (bzImage, modules root). PATH is a build tree, a directory holding a

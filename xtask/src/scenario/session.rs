@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -78,6 +78,63 @@ pub fn run_pool<W: Send>(
         pb.finish_and_clear();
     });
     outcomes
+}
+
+/// What a session's reports say about it besides its runs.
+pub struct Head {
+    pub started_at: String,
+    pub seed: Option<u64>,
+    pub commit: String,
+    pub image_hash: String,
+    pub accelerator: String,
+    pub jobs: usize,
+    pub repeat: u32,
+    pub t0: Instant,
+}
+
+/// Sorts the runs, writes the reports into `<time>-<name>`, prints the summary and returns the
+/// exit code (128+n if interrupted).
+pub fn conclude(
+    head: Head,
+    mut outcomes: Vec<Outcome>,
+    reproduce: impl Fn(&[Outcome]) -> String,
+    name: &str,
+    tool: &str,
+) -> i32 {
+    outcomes.sort_by(|a, b| {
+        let key = |o: &Outcome| {
+            (
+                o.scenario.clone(),
+                o.server.clone(),
+                o.kernel.clone(),
+                o.run,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let session = Session {
+        started_at: head.started_at,
+        seed: head.seed,
+        commit: head.commit,
+        image_hash: head.image_hash,
+        accelerator: head.accelerator,
+        jobs: head.jobs,
+        repeat: head.repeat,
+        wall_s: head.t0.elapsed().as_secs_f64(),
+        kernels: report::kernels(&outcomes),
+        flaky: report::tally(&outcomes),
+        reproduce: reproduce(&outcomes),
+        runs: &outcomes,
+    };
+    let reports = write_reports(&session, name);
+    print_summary(&session, &reports, tool);
+    if let Some(sig) = crate::host::procs::interrupted() {
+        return 128 + sig;
+    }
+    match reports {
+        Err(_) => EXIT_INFRA,
+        Ok(_) => exit_code(&outcomes),
+    }
 }
 
 /// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could

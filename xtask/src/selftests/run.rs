@@ -267,7 +267,10 @@ fn skip_reason(job: &Job, output: &str) -> String {
             .split("_have_program")
             .skip(1)
             .filter_map(|rest| rest.split_whitespace().next())
-            .filter(|p| !job.tools.manifest.executables.iter().any(|e| e == p))
+            .map(|p| {
+                p.trim_end_matches(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            })
+            .filter(|p| !p.is_empty() && !job.tools.manifest.executables.iter().any(|e| e == p))
             .collect();
         if !missing.is_empty() {
             return format!(
