@@ -791,17 +791,6 @@ fn a_users_dynamic_server_and_a_corrupting_one() {
 }
 
 /// Hash of every file under /etc/apt: the platform must never change the host's apt setup.
-fn etc_apt_digest() -> String {
-    let out = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "find /etc/apt -type f | sort | xargs sha256sum | sha256sum",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The newest Debian kernel beside 6.12 (fetched through a private apt configuration; the
 /// host's /etc/apt untouched): it boots with ublk; one session runs on both kernels with the
 /// kernel in every report and each kernel's ublk features recorded; a scenario needing a

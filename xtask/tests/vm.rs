@@ -524,6 +524,7 @@ fn kernel_path_provider_boots_an_installed_tree() {
 #[test]
 fn tools_layer_runs_fio_only_when_asked_and_is_rebuilt_when_damaged() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let apt_before = etc_apt_digest();
     let o = run(&["vm-run", "--tools", "fio,stress-ng", "--", "true"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = stderr(&o);
@@ -593,6 +594,7 @@ fn tools_layer_runs_fio_only_when_asked_and_is_rebuilt_when_damaged() {
     let rebuilt = std::fs::read(&img).unwrap();
     assert_eq!(rebuilt.len(), len);
     assert_ne!(rebuilt[mid], bytes[mid], "the damaged image was kept");
+    assert_eq!(etc_apt_digest(), apt_before, "/etc/apt was changed");
 }
 
 /// A lock naming a version the archive no longer carries: one line that says so and names

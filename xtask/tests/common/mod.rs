@@ -166,3 +166,15 @@ pub fn start_ticks(pid: i32) -> u64 {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     rest.split_whitespace().nth(19).unwrap().parse().unwrap()
 }
+
+/// A digest of every file under /etc/apt: the host's apt configuration must never change.
+pub fn etc_apt_digest() -> String {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "find /etc/apt -type f | sort | xargs sha256sum | sha256sum",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
