@@ -21,11 +21,13 @@ use crate::vm::qemu::Accel;
 pub struct Args {
     /// Tests (null_01, test_null_01.sh) or groups (null, generic, stress, ...); default: all
     pub names: Vec<String>,
-    /// Locked kernel(s) to boot, comma-separated (default: every kernel whose lock carries the suite)
-    #[arg(long, value_name = "NAME[,...]", value_delimiter = ',')]
+    /// Kernel(s) to boot, comma-separated: locked names, or a kernel tree PATH (whose own suite
+    /// runs) [default: every locked kernel whose lock carries the suite]
+    #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
     pub kernel: Vec<String>,
-    /// Run this locked kernel's suite instead of each booted kernel's own (e.g. 7.2's on 6.12)
-    #[arg(long, value_name = "NAME")]
+    /// Run this suite instead of each booted kernel's own: a locked kernel's (e.g. 7.2's on
+    /// 6.12) or a kernel source tree's (its tools/testing/selftests/ublk)
+    #[arg(long, value_name = "NAME|PATH")]
     pub suite: Option<String>,
     /// VMs at once
     #[arg(short = 'j', long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
@@ -190,12 +192,31 @@ fn kernels_to_boot(cli: &[String]) -> Result<Vec<String>> {
 fn suites_for(kernels: &[String], suite: Option<&str>) -> Result<BTreeMap<String, Suite>> {
     let mut out = BTreeMap::new();
     for k in kernels {
-        if !k.starts_with("debian") {
-            return Err(format!("--kernel {k}: vm-selftests boots locked kernels (debian-*); their suites come from the locked linux-source"));
-        }
-        out.insert(k.clone(), suite::for_kernel(suite.unwrap_or(k))?);
+        let from = suite.unwrap_or(k);
+        let built = match from.starts_with("debian") {
+            true => suite::for_kernel(from)?,
+            // A kernel tree (`--kernel PATH` boots its kernel, `--suite PATH` takes its suite).
+            false => suite::for_tree(&suite_tree(from)?)?,
+        };
+        out.insert(k.clone(), built);
     }
     Ok(out)
+}
+
+/// The source tree a PATH names: the tree itself, or the tree above a bzImage or an
+/// installed kernel (`boot/vmlinuz-*` trees carry no sources: then say so).
+fn suite_tree(path: &str) -> Result<std::path::PathBuf> {
+    let p = std::path::Path::new(path);
+    let tree = if p.is_file() {
+        p.ancestors()
+            .find(|a| a.join("tools/testing/selftests").is_dir())
+            .map(std::path::Path::to_path_buf)
+    } else {
+        Some(p.to_path_buf())
+    };
+    tree.filter(|t| t.is_dir()).ok_or_else(|| {
+        format!("{path}: no kernel source tree here to take the selftests from; name one with --suite PATH or a locked kernel with --suite debian-7.2")
+    })
 }
 
 fn warn_if_newer(kernel: &str, image: &Image, suite: &Suite) {

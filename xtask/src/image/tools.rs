@@ -402,6 +402,14 @@ pub fn executables(root: &Path) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// Every regular file under `root`.
+pub fn walk_files(root: &Path) -> Result<Vec<PathBuf>> {
+    Ok(walk(root)?
+        .into_iter()
+        .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
+        .collect())
+}
+
 /// Every path under `root` (not following symlinks), at most 200000 of them.
 fn walk(root: &Path) -> Result<Vec<PathBuf>> {
     const MAX_ENTRIES: usize = 200_000;

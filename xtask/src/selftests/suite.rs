@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::procs;
 use crate::image::apt::Apt;
-use crate::image::recipe::{KernelLock, KernelSpec, LockedDeb, Recipe};
+use crate::image::recipe::{KernelLock, KernelSpec, Recipe};
 use crate::image::store;
 use crate::util::{key_of, Result};
 
@@ -113,7 +113,7 @@ pub fn for_kernel(name: &str) -> Result<Suite> {
         &key,
         "selftests build",
         |_| Ok(()),
-        |tmp| build(spec, &lock, tmp),
+        |tmp| build(&Origin::Locked(spec, &lock), tmp),
     )?;
     Ok(Suite {
         dir,
@@ -122,15 +122,26 @@ pub fn for_kernel(name: &str) -> Result<Suite> {
     })
 }
 
-fn build(spec: &KernelSpec, lock: &KernelLock, tmp: &Path) -> Result<SuiteManifest> {
+/// Where a suite's inputs come from: a locked kernel's .debs, or a source tree.
+enum Origin<'a> {
+    Locked(&'a KernelSpec, &'a KernelLock),
+    /// A tree, with the locked kernel that lends liburing (and uapi headers if the tree has
+    /// no `usr/include` from `make headers_install`).
+    Tree(&'a Path, &'a KernelSpec, &'a KernelLock),
+}
+
+fn build(origin: &Origin, tmp: &Path) -> Result<SuiteManifest> {
     let spinner = crate::ui::spinner("building the kernel's ublk selftests (kublk)");
     let work = tmp.join("work");
     let result = (|| {
+        let (spec, lock) = match origin {
+            Origin::Locked(s, l) | Origin::Tree(_, s, l) => (*s, *l),
+        };
         let apt = Apt::new(spec.suite.as_deref());
         let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
-        let deb = |d: &LockedDeb| apt.fetch(&d.deb(), &d.version, &spec.lock_path(), &upgrade);
-        let find = |prefix: &str| {
-            lock.selftests
+        let deb = |prefix: &str| {
+            let d = lock
+                .selftests
                 .iter()
                 .find(|d| d.package.starts_with(prefix))
                 .ok_or_else(|| {
@@ -138,36 +149,177 @@ fn build(spec: &KernelSpec, lock: &KernelLock, tmp: &Path) -> Result<SuiteManife
                         "{}: selftests lack {prefix}*; run `{upgrade}`",
                         spec.lock_path().display()
                     )
-                })
+                })?;
+            apt.fetch(&d.deb(), &d.version, &spec.lock_path(), &upgrade)
+                .map(|p| (p, d.version.clone()))
         };
-        let source = find("linux-source-")?;
         let sysroot = work.join("sysroot");
-        for d in [find("linux-libc-dev")?, find("liburing-dev")?] {
-            crate::image::tools::unpack(&deb(d)?, &sysroot)?;
-        }
-        let src = extract_suite(&deb(source)?, &work)?;
-        let out = tmp.join("ublk");
-        copy_suite(&src, &out)?;
-        compile(&src, &sysroot, &out)?;
-        let makefile = std::fs::read_to_string(src.join("Makefile"))
-            .map_err(|e| format!("read the suite's Makefile: {e}"))?;
-        let tests = test_progs(&makefile);
-        if tests.is_empty() {
-            return Err("the suite's Makefile lists no TEST_PROGS".into());
-        }
-        let settings = std::fs::read_to_string(src.join("settings")).unwrap_or_default();
-        Ok(SuiteManifest {
-            format: FORMAT,
-            kernel: spec.name.clone(),
-            source_version: source.version.clone(),
-            tests,
-            settings_timeout_s: settings_timeout(&settings).unwrap_or(45),
-            files: BTreeMap::new(),
-        })
+        crate::image::tools::unpack(&deb("liburing-dev")?.0, &sysroot)?;
+        let (src, name, version) = match origin {
+            Origin::Locked(..) => {
+                crate::image::tools::unpack(&deb("linux-libc-dev")?.0, &sysroot)?;
+                let (source, version) = deb("linux-source-")?;
+                (extract_suite(&source, &work)?, spec.name.clone(), version)
+            }
+            Origin::Tree(tree, ..) => {
+                tree_headers(tree, &sysroot, || deb("linux-libc-dev").map(|d| d.0))?;
+                let name = format!("tree {}", tree.display());
+                (
+                    tree.join(SUITE_DIR),
+                    name,
+                    tree_version(tree).unwrap_or_else(|| "unknown".into()),
+                )
+            }
+        };
+        assemble(&src, &sysroot, &tmp.join("ublk"), name, version)
     })();
     spinner.finish_and_clear();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// Copies the scripts, compiles the programs and reads the test list of a suite source dir.
+fn assemble(
+    src: &Path,
+    sysroot: &Path,
+    out: &Path,
+    kernel: String,
+    version: String,
+) -> Result<SuiteManifest> {
+    copy_suite(src, out)?;
+    compile(src, sysroot, out)?;
+    let makefile = std::fs::read_to_string(src.join("Makefile"))
+        .map_err(|e| format!("read the suite's Makefile: {e}"))?;
+    let tests = test_progs(&makefile);
+    if tests.is_empty() {
+        return Err("the suite's Makefile lists no TEST_PROGS".into());
+    }
+    let settings = std::fs::read_to_string(src.join("settings")).unwrap_or_default();
+    Ok(SuiteManifest {
+        format: FORMAT,
+        kernel,
+        source_version: version,
+        tests,
+        settings_timeout_s: settings_timeout(&settings).unwrap_or(45),
+        files: BTreeMap::new(),
+    })
+}
+
+/// uapi headers for a tree's suite: its own `usr/include` (`make headers_install`), else the
+/// locked linux-libc-dev with the tree's own ublk_cmd.h over it (the header kublk is about).
+fn tree_headers(
+    tree: &Path,
+    sysroot: &Path,
+    libc_dev: impl FnOnce() -> Result<PathBuf>,
+) -> Result<()> {
+    let inc = sysroot.join("usr/include");
+    let installed = tree.join("usr/include");
+    if installed.join("linux/ublk_cmd.h").is_file() {
+        return copy_tree(&installed, &inc);
+    }
+    crate::image::tools::unpack(&libc_dev()?, sysroot)?;
+    let own = tree.join("include/uapi/linux/ublk_cmd.h");
+    std::fs::copy(&own, inc.join("linux/ublk_cmd.h"))
+        .map(drop)
+        .map_err(|e| format!("{}: {e} (not a kernel source tree?)", own.display()))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    procs::run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to),
+        LIMIT,
+        "cp -a (headers)",
+    )
+    .and_then(|_| std::fs::create_dir_all(to).map_err(|e| e.to_string()))
+}
+
+/// `VERSION.PATCHLEVEL.SUBLEVEL` of a tree's top Makefile.
+pub fn tree_version(tree: &Path) -> Option<String> {
+    let mk = std::fs::read_to_string(tree.join("Makefile")).ok()?;
+    let get = |k: &str| {
+        mk.lines().find_map(|l| {
+            l.strip_prefix(k)?
+                .trim_start()
+                .strip_prefix('=')
+                .map(|v| v.trim().to_string())
+        })
+    };
+    Some(format!(
+        "{}.{}.{}",
+        get("VERSION")?,
+        get("PATCHLEVEL")?,
+        get("SUBLEVEL")?
+    ))
+}
+
+/// The suite of a kernel source tree (`tools/testing/selftests/ublk` under `tree`), built with
+/// liburing from the newest locked kernel that carries the suite. Cached by the tree's suite
+/// files and headers.
+pub fn for_tree(tree: &Path) -> Result<Suite> {
+    if !tree.join(SUITE_DIR).join("Makefile").is_file() {
+        return Err(format!(
+            "{} has no {SUITE_DIR} (not a kernel source tree, or a kernel older than the suite, which first shipped in 6.15)",
+            tree.display()
+        ));
+    }
+    let recipe = Recipe::load()?;
+    let (spec, lock) = recipe
+        .kernels
+        .iter()
+        .rev()
+        .find_map(|k| KernelLock::load(&k.lock_path()).ok().filter(|l| !l.selftests.is_empty()).map(|l| (k, l)))
+        .ok_or("no locked kernel carries the selftests' liburing; lock one >= 6.15 with `cargo xtask kernel-lock --upgrade`")?;
+    let _guard = store::lock(Duration::from_secs(1800))?;
+    crate::host::deps::ensure(crate::host::deps::SELFTESTS_BUILD.to_vec())?;
+    let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
+    for rel in [
+        "include/uapi/linux/ublk_cmd.h",
+        "usr/include/linux/ublk_cmd.h",
+    ] {
+        parts.push((
+            rel.into(),
+            std::fs::read(tree.join(rel)).unwrap_or_default(),
+        ));
+    }
+    let suite_dir = tree.join(SUITE_DIR);
+    let mut files: Vec<PathBuf> = crate::image::tools::walk_files(&suite_dir)?;
+    files.sort();
+    for f in files.iter().take(MAX_FILES) {
+        let data = std::fs::read(f).map_err(|e| format!("read {}: {e}", f.display()))?;
+        parts.push((
+            f.strip_prefix(&suite_dir)
+                .unwrap_or(f)
+                .display()
+                .to_string(),
+            data,
+        ));
+    }
+    let digest = crate::util::sha256_bytes(&serde_json::to_vec(&parts).expect("serialises"));
+    let key = key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        ("tree", digest.as_bytes()),
+        (
+            "debs",
+            serde_json::to_string(&lock.selftests)
+                .expect("serialises")
+                .as_bytes(),
+        ),
+    ]);
+    let (dir, manifest, verified) = store::cached_dir(
+        &store::dir().join("selftests"),
+        &key,
+        "selftests build",
+        |_| Ok(()),
+        |tmp| build(&Origin::Tree(tree, spec, &lock), tmp),
+    )?;
+    Ok(Suite {
+        dir,
+        manifest,
+        verified,
+    })
 }
 
 /// Unpacks only the suite directory out of linux-source's tarball; returns its path.
@@ -327,5 +479,23 @@ mod tests {
         assert_eq!(settings_timeout("timeout=150\n"), Some(150));
         assert_eq!(test_id("test_null_01.sh"), "null_01");
         assert_eq!(group_of("test_stress_09.sh"), "stress");
+    }
+
+    #[test]
+    fn a_tree_without_the_suite_is_one_clear_error_and_versions_come_from_its_makefile() {
+        let t = std::env::temp_dir().join(format!("xtask-tree-{}", std::process::id()));
+        std::fs::create_dir_all(&t).unwrap();
+        std::fs::write(
+            t.join("Makefile"),
+            "# x\nVERSION = 7\nPATCHLEVEL = 3\nSUBLEVEL = 0\nEXTRAVERSION = -rc1\n",
+        )
+        .unwrap();
+        assert_eq!(tree_version(&t).as_deref(), Some("7.3.0"));
+        let e = for_tree(&t).unwrap_err();
+        assert!(
+            e.contains("has no tools/testing/selftests/ublk") && e.contains("6.15"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&t).unwrap();
     }
 }
