@@ -121,6 +121,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// A verdict a reproduce line should rerun: the run failed, hung or could not be tested.
+    pub fn wants_rerun(self) -> bool {
+        matches!(self, Verdict::Fail | Verdict::Timeout | Verdict::InfraError)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use crate::image::kernel::Source;
 use crate::image::tools::Layer;
 use crate::image::{self, Image};
-use crate::runs::{self, RunDir, Verdict};
+use crate::runs::RunDir;
 use crate::scenario::model::Scenario;
 use crate::scenario::run::{self, Outcome};
 use crate::scenario::session;
 use crate::server::{self, Profile};
-use crate::util::{rfc3339_now, write_atomic, Result};
+use crate::util::{rfc3339_now, Result};
 use crate::vm::accel::{self, Choice};
 use crate::vm::qemu::Accel;
 
@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<i32> {
         commit: commit.clone(),
     };
     let outcomes = run_all(&plan, args.repeat, args.jobs as usize);
-    let head = session::Head {
+    let head = crate::scenario::report::Head {
         started_at,
         seed: Some(seed),
         commit,
@@ -97,10 +97,10 @@ pub fn run(args: Args) -> Result<i32> {
         accelerator: accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        t0,
     };
     Ok(session::conclude(
         head,
+        t0,
         outcomes,
         |o| reproduce(&plan, o),
         "e2e",
@@ -261,38 +261,23 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
     if kernel != "debian" {
         label = format!("{label}-{}", crate::util::slug(kernel));
     }
-    let mut outcome = run::run(&job, |attempt| {
+    let outcome = run::run(&job, |attempt| {
         let suffix = if attempt == 1 { "" } else { "-retry" };
         RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
     });
-    let record = serde_json::json!({
-        "outcome": &outcome,
+    let extra = serde_json::json!({
         "commit": &plan.commit,
         "reproduce": format!("cargo xtask vm-e2e {} --seed {}", sc.cli_name(), plan.seed),
     });
-    let path = outcome.run_dir.join("scenario-result.json");
-    if let Err(e) = write_atomic(
-        &path,
-        serde_json::to_string_pretty(&record).unwrap().as_bytes(),
-    ) {
-        runs::record::<()>(&path, Err(std::io::Error::other(e)));
-    }
-    if let Some(why) = runs::evidence_errors(&outcome.run_dir) {
-        session::mark_incomplete(&mut outcome, &why);
-    }
-    outcome
+    session::seal(outcome, "scenario-result.json", extra)
 }
 
 /// The command that reruns what did not pass (or everything), with the same seed.
 fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
     let failed = |sc: &&Scenario| {
-        outcomes.iter().any(|o| {
-            o.scenario == sc.name
-                && matches!(
-                    o.verdict,
-                    Verdict::Fail | Verdict::Timeout | Verdict::InfraError
-                )
-        })
+        outcomes
+            .iter()
+            .any(|o| o.scenario == sc.name && o.verdict.wants_rerun())
     };
     let mut names: Vec<String> = plan
         .scenarios

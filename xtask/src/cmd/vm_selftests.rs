@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use crate::image::kernel::Source;
 use crate::image::{self, tools, Image};
-use crate::runs::{self, RunDir, Verdict};
+use crate::runs::RunDir;
 use crate::scenario::model::KernelVersion;
 use crate::scenario::run::Outcome;
 use crate::scenario::session;
 use crate::selftests::run::{self as strun, Job};
 use crate::selftests::suite::{self, Suite};
-use crate::util::{rfc3339_now, write_atomic, Result};
+use crate::util::{rfc3339_now, Result};
 use crate::vm::accel::{self, Choice};
 use crate::vm::qemu::Accel;
 
@@ -122,7 +122,7 @@ fn finish(
     t0: Instant,
 ) -> Result<i32> {
     let image0 = &plan.kernels.values().next().expect("one kernel").0;
-    let head = session::Head {
+    let head = crate::scenario::report::Head {
         started_at,
         seed: None,
         commit: plan.commit.clone(),
@@ -130,10 +130,10 @@ fn finish(
         accelerator: plan.accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        t0,
     };
     Ok(session::conclude(
         head,
+        t0,
         outcomes,
         |o| reproduce(plan, o),
         "selftests",
@@ -315,36 +315,20 @@ fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
         suite::test_id(script),
         crate::util::slug(kernel)
     );
-    let mut outcome = strun::run(&job, |attempt| {
+    let outcome = strun::run(&job, |attempt| {
         let suffix = if attempt == 1 { "" } else { "-retry" };
         RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
     });
-    let record = serde_json::json!({
-        "outcome": &outcome,
+    let extra = serde_json::json!({
         "commit": &plan.commit,
         "suite": &suite.manifest.source_version,
         "reproduce": format!("cargo xtask vm-selftests {} --kernel {kernel}", suite::test_id(script)),
     });
-    let path = outcome.run_dir.join("selftest-result.json");
-    if let Err(e) = write_atomic(
-        &path,
-        serde_json::to_string_pretty(&record).unwrap().as_bytes(),
-    ) {
-        runs::record::<()>(&path, Err(std::io::Error::other(e)));
-    }
-    if let Some(why) = runs::evidence_errors(&outcome.run_dir) {
-        session::mark_incomplete(&mut outcome, &why);
-    }
-    outcome
+    session::seal(outcome, "selftest-result.json", extra)
 }
 
 fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
-    let bad = |o: &&Outcome| {
-        matches!(
-            o.verdict,
-            Verdict::Fail | Verdict::Timeout | Verdict::InfraError
-        )
-    };
+    let bad = |o: &&Outcome| o.verdict.wants_rerun();
     let mut ids: Vec<String> = outcomes
         .iter()
         .filter(bad)

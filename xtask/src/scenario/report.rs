@@ -8,8 +8,9 @@ use serde::Serialize;
 use super::run::Outcome;
 use crate::runs::Verdict;
 
+/// What a session's reports say about it besides its runs (summary.json's top-level fields).
 #[derive(Serialize)]
-pub struct Session<'a> {
+pub struct Head {
     pub started_at: String,
     /// The session's seed (vm-e2e); None where runs take none (vm-selftests).
     pub seed: Option<u64>,
@@ -18,6 +19,12 @@ pub struct Session<'a> {
     pub accelerator: String,
     pub jobs: usize,
     pub repeat: u32,
+}
+
+#[derive(Serialize)]
+pub struct Session<'a> {
+    #[serde(flatten)]
+    pub head: Head,
     pub wall_s: f64,
     /// Per kernel booted: its release and the ublk features it reported.
     pub kernels: BTreeMap<String, KernelInfo>,
@@ -175,9 +182,9 @@ pub fn junit(session: &Session) -> String {
         "<testsuites><testsuite name=\"vm-e2e\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{:.3}\" timestamp=\"{}\">",
         session.runs.len(),
         session.wall_s,
-        xml_escape(&session.started_at)
+        xml_escape(&session.head.started_at)
     );
-    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.seed.map(|s| s.to_string()).unwrap_or_default(), xml_escape(&session.commit), session.image_hash);
+    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.head.seed.map(|s| s.to_string()).unwrap_or_default(), xml_escape(&session.head.commit), session.head.image_hash);
     for r in session.runs {
         let _ = write!(
             s,
@@ -270,13 +277,15 @@ mod tests {
             "0 of 1 runs failed; 1 could not test (infra-error); 1 interrupted; 1 skipped"
         );
         let s = Session {
-            started_at: "2026-11-21T00:00:00Z".into(),
-            seed: Some(7),
-            commit: "abc".into(),
-            image_hash: "h".into(),
-            accelerator: "tcg".into(),
-            jobs: 2,
-            repeat: 2,
+            head: Head {
+                started_at: "2026-11-21T00:00:00Z".into(),
+                seed: Some(7),
+                commit: "abc".into(),
+                image_hash: "h".into(),
+                accelerator: "tcg".into(),
+                jobs: 2,
+                repeat: 2,
+            },
             wall_s: 30.0,
             kernels: kernels(&runs),
             runs: &runs,

@@ -105,6 +105,13 @@ impl Outcome {
         l
     }
 
+    /// Ends the outcome with the verdict of a VM failure, blaming `step`.
+    pub fn failed_at(mut self, start: Instant, step: &str, f: &Failure) -> Outcome {
+        let (verdict, why) = failure_verdict(f);
+        self.failed_step = Some(step.into());
+        self.finish(start, verdict, Some(why))
+    }
+
     pub fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {
         self.verdict = verdict;
         self.reason = reason;
@@ -222,11 +229,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
     };
     let vm = match Vm::boot(image, &cfg, dir, deadline) {
         Ok(vm) => vm,
-        Err(f) => {
-            let (verdict, why) = failure_verdict(&f);
-            out.failed_step = Some("boot".into());
-            return (out.finish(start, verdict, Some(why)), false);
-        }
+        Err(f) => return (out.failed_at(start, "boot", &f), false),
     };
     out.boot_s = Some(vm.boot_s);
     if let Some((verdict, why)) = kernel_gate(&vm, sc, image, deadline, &mut out) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::report::{self, Session};
+use super::report::{self, Head, Session};
 use super::run::Outcome;
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::util::{write_atomic, Result};
@@ -80,22 +80,11 @@ pub fn run_pool<W: Send>(
     outcomes
 }
 
-/// What a session's reports say about it besides its runs.
-pub struct Head {
-    pub started_at: String,
-    pub seed: Option<u64>,
-    pub commit: String,
-    pub image_hash: String,
-    pub accelerator: String,
-    pub jobs: usize,
-    pub repeat: u32,
-    pub t0: Instant,
-}
-
 /// Sorts the runs, writes the reports into `<time>-<name>`, prints the summary and returns the
 /// exit code (128+n if interrupted).
 pub fn conclude(
     head: Head,
+    t0: Instant,
     mut outcomes: Vec<Outcome>,
     reproduce: impl Fn(&[Outcome]) -> String,
     name: &str,
@@ -113,14 +102,8 @@ pub fn conclude(
         key(a).cmp(&key(b))
     });
     let session = Session {
-        started_at: head.started_at,
-        seed: head.seed,
-        commit: head.commit,
-        image_hash: head.image_hash,
-        accelerator: head.accelerator,
-        jobs: head.jobs,
-        repeat: head.repeat,
-        wall_s: head.t0.elapsed().as_secs_f64(),
+        head,
+        wall_s: t0.elapsed().as_secs_f64(),
         kernels: report::kernels(&outcomes),
         flaky: report::tally(&outcomes),
         reproduce: reproduce(&outcomes),
@@ -135,6 +118,24 @@ pub fn conclude(
         Err(_) => EXIT_INFRA,
         Ok(_) => exit_code(&outcomes),
     }
+}
+
+/// Writes a run's record (`file` in its run directory: the outcome plus `extra` fields) and
+/// applies the evidence rule; returns the outcome as it stands then.
+pub fn seal(mut outcome: Outcome, file: &str, extra: serde_json::Value) -> Outcome {
+    let mut record = serde_json::json!({ "outcome": &outcome });
+    if let (Some(r), serde_json::Value::Object(x)) = (record.as_object_mut(), extra) {
+        r.extend(x);
+    }
+    let path = outcome.run_dir.join(file);
+    let text = serde_json::to_string_pretty(&record).expect("a record serialises");
+    if let Err(e) = write_atomic(&path, text.as_bytes()) {
+        runs::record::<()>(&path, Err(std::io::Error::other(e)));
+    }
+    if let Some(why) = runs::evidence_errors(&outcome.run_dir) {
+        mark_incomplete(&mut outcome, &why);
+    }
+    outcome
 }
 
 /// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
@@ -162,7 +163,7 @@ pub fn write_reports(session: &Session, name: &str) -> Result<PathBuf> {
 pub fn print_summary(session: &Session, reports: &Result<PathBuf>, tool: &str) {
     print!("{}", report::kernels_header(&session.kernels));
     println!("{}", report::table(session.runs));
-    if session.repeat > 1 {
+    if session.head.repeat > 1 {
         for (name, t) in &session.flaky {
             println!("{name}: {}", t.describe());
         }
@@ -185,6 +186,7 @@ pub fn print_summary(session: &Session, reports: &Result<PathBuf>, tool: &str) {
     }
     let wall_s = session.wall_s;
     let seed = session
+        .head
         .seed
         .map(|s| format!(" (seed {s})"))
         .unwrap_or_default();

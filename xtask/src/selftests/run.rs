@@ -87,20 +87,14 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         .and_then(|()| Vm::boot(job.image, &cfg, dir, setup_deadline));
     let mut vm = match booted {
         Ok(vm) => vm,
-        Err(f) => {
-            let (verdict, why) = failure_verdict(&f);
-            out.failed_step = Some("boot".into());
-            return (out.finish(start, verdict, Some(why)), false);
-        }
+        Err(f) => return (out.failed_at(start, "boot", &f), false),
     };
     out.boot_s = Some(vm.boot_s);
     out.kernel_features = vm.ublk_features(setup_deadline).unwrap_or_default();
     if let Err(why) = ship(&vm, job.suite, job.extra, setup_deadline) {
         let f = vm.gone().unwrap_or(Failure::Infra(why));
-        let (verdict, why) = failure_verdict(&f);
-        out.failed_step = Some("copying the suite".into());
         vm.kill();
-        return (out.finish(start, verdict, Some(why)), false);
+        return (out.failed_at(start, "copying the suite", &f), false);
     }
     let (verdict, why) = execute(&mut vm, job, dir, &mut out);
     let (verdict, why) = with_splats(&vm, dir, job.expect_splats, (verdict, why), &mut out);

@@ -97,23 +97,30 @@ pub fn for_kernel(name: &str) -> Result<Suite> {
             newer.first().copied().unwrap_or("debian-7.2")
         ));
     }
+    cached(&Origin::Locked(spec, &lock), None)
+}
+
+/// The built suite for `origin` from the cache, built under the store lock if missing. The
+/// key: the locked .debs, and for a tree the digest of its suite files and headers.
+fn cached(origin: &Origin, tree_digest: Option<&str>) -> Result<Suite> {
+    let lock = match origin {
+        Origin::Locked(_, l) | Origin::Tree(_, _, l) => *l,
+    };
     let _guard = store::lock(Duration::from_secs(1800))?;
     crate::host::deps::ensure(crate::host::deps::SELFTESTS_BUILD.to_vec())?;
-    let key = key_of(&[
-        ("format", &FORMAT.to_le_bytes()),
-        (
-            "debs",
-            serde_json::to_string(&lock.selftests)
-                .expect("serialises")
-                .as_bytes(),
-        ),
-    ]);
+    let debs = serde_json::to_string(&lock.selftests).expect("serialises");
+    let format = FORMAT.to_le_bytes();
+    let mut parts: Vec<(&str, &[u8])> = vec![("format", &format)];
+    if let Some(d) = tree_digest {
+        parts.push(("tree", d.as_bytes()));
+    }
+    parts.push(("debs", debs.as_bytes()));
     let (dir, manifest, verified) = store::cached_dir(
         &store::dir().join("selftests"),
-        &key,
+        &key_of(&parts),
         "selftests build",
         |_| Ok(()),
-        |tmp| build(&Origin::Locked(spec, &lock), tmp),
+        |tmp| build(origin, tmp),
     )?;
     Ok(Suite {
         dir,
@@ -272,8 +279,6 @@ pub fn for_tree(tree: &Path) -> Result<Suite> {
         .rev()
         .find_map(|k| KernelLock::load(&k.lock_path()).ok().filter(|l| !l.selftests.is_empty()).map(|l| (k, l)))
         .ok_or("no locked kernel carries the selftests' liburing; lock one >= 6.15 with `cargo xtask kernel-lock --upgrade`")?;
-    let _guard = store::lock(Duration::from_secs(1800))?;
-    crate::host::deps::ensure(crate::host::deps::SELFTESTS_BUILD.to_vec())?;
     let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
     for rel in [
         "include/uapi/linux/ublk_cmd.h",
@@ -298,28 +303,7 @@ pub fn for_tree(tree: &Path) -> Result<Suite> {
         ));
     }
     let digest = crate::util::sha256_bytes(&serde_json::to_vec(&parts).expect("serialises"));
-    let key = key_of(&[
-        ("format", &FORMAT.to_le_bytes()),
-        ("tree", digest.as_bytes()),
-        (
-            "debs",
-            serde_json::to_string(&lock.selftests)
-                .expect("serialises")
-                .as_bytes(),
-        ),
-    ]);
-    let (dir, manifest, verified) = store::cached_dir(
-        &store::dir().join("selftests"),
-        &key,
-        "selftests build",
-        |_| Ok(()),
-        |tmp| build(&Origin::Tree(tree, spec, &lock), tmp),
-    )?;
-    Ok(Suite {
-        dir,
-        manifest,
-        verified,
-    })
+    cached(&Origin::Tree(tree, spec, &lock), Some(&digest))
 }
 
 /// Unpacks only the suite directory out of linux-source's tarball; returns its path.
