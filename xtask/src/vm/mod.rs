@@ -62,78 +62,28 @@ impl Vm {
         run_dir: &Path,
         deadline: Instant,
     ) -> Result<Vm, Failure> {
-        let infra = |m: String| Failure::Infra(m);
-        image.recheck().map_err(infra)?;
+        image.recheck().map_err(Failure::Infra)?;
         if let Some(layer) = &cfg.tools {
-            layer.recheck().map_err(infra)?;
+            layer.recheck().map_err(Failure::Infra)?;
         }
-        let qemu_bin = crate::host::deps::qemu().map_err(infra)?;
-        let sock_dir = std::env::temp_dir().join(format!(
-            "ublk-vm-{}-{}",
-            std::process::id(),
-            SOCK_SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&sock_dir);
-        std::fs::create_dir_all(&sock_dir)
-            .map_err(|e| infra(format!("create {}: {e}", sock_dir.display())))?;
-        let paths = Paths {
-            sock_dir,
-            run_dir: run_dir.to_path_buf(),
-        };
-        let argv = command_line(&qemu_bin, image, cfg, &paths);
-        std::fs::write(run_dir.join("qemu-cmdline.txt"), shell_join(&argv) + "\n")
-            .map_err(|e| infra(format!("write qemu-cmdline.txt: {e}")))?;
-        let stderr = File::create(run_dir.join("qemu-stderr.log"))
-            .map_err(|e| infra(format!("create qemu-stderr.log: {e}")))?;
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        let paths = fresh_paths(run_dir)?;
         let start = Instant::now();
-        let mut qemu = Group::spawn(&mut cmd).map_err(|e| match procs::interrupted() {
-            Some(sig) => Failure::Interrupted(sig),
-            None => infra(format!("cannot start {}: {e}", argv[0])),
-        })?;
-        let pid = qemu.pid() as i32;
-        let pidfile = PidFile::new(pid, run_dir, &paths.sock_dir);
-        if let Err(e) = pidfile.write() {
-            eprintln!("xtask: warning: {e} (vm-reset will not know about this VM)");
-        }
-        // QEMU creates the socket, then waits for us before starting the guest.
-        let stream = loop {
-            if let Some(sig) = procs::interrupted() {
+        let (mut qemu, pidfile) = spawn_qemu(image, cfg, &paths)?;
+        let stream = match connect_agent(&mut qemu, &paths, deadline) {
+            Ok(s) => s,
+            Err(f) => {
                 pidfile.remove();
-                return Err(Failure::Interrupted(sig));
+                return Err(f);
             }
-            if let Some(status) = qemu.try_wait() {
-                pidfile.remove();
-                let log =
-                    std::fs::read_to_string(run_dir.join("qemu-stderr.log")).unwrap_or_default();
-                return Err(infra(format!(
-                    "QEMU exited at start ({status}):\n{}",
-                    procs::tail(&log, 10)
-                )));
-            }
-            if let Ok(s) = UnixStream::connect(paths.agent_sock()) {
-                break s;
-            }
-            if Instant::now() > deadline {
-                pidfile.remove();
-                return Err(Failure::Timeout(
-                    "QEMU did not open its agent socket in time".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
         };
         let transcript_path = run_dir.join("agent-transcript.log");
         let transcript = File::create(&transcript_path)
-            .map_err(|e| infra(format!("create {}: {e}", transcript_path.display())))?;
-        let agent = Arc::new(Agent::new(stream, transcript, &transcript_path).map_err(infra)?);
+            .map_err(|e| Failure::Infra(format!("create {}: {e}", transcript_path.display())))?;
+        let agent = Agent::new(stream, transcript, &transcript_path).map_err(Failure::Infra)?;
         let mut vm = Vm {
             qemu,
             pidfile,
-            agent,
+            agent: Arc::new(agent),
             paths,
             boot_s: 0.0,
             ready: String::new(),
@@ -304,5 +254,79 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A fresh, short socket directory for one VM, and its run directory.
+fn fresh_paths(run_dir: &Path) -> Result<Paths, Failure> {
+    let sock_dir = std::env::temp_dir().join(format!(
+        "ublk-vm-{}-{}",
+        std::process::id(),
+        SOCK_SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&sock_dir);
+    std::fs::create_dir_all(&sock_dir)
+        .map_err(|e| Failure::Infra(format!("create {}: {e}", sock_dir.display())))?;
+    Ok(Paths {
+        sock_dir,
+        run_dir: run_dir.to_path_buf(),
+    })
+}
+
+/// Starts QEMU in its own process group (it dies with us), its command line and stderr in
+/// the run directory, and records its pid file.
+fn spawn_qemu(image: &Image, cfg: &VmConfig, paths: &Paths) -> Result<(Group, PidFile), Failure> {
+    let infra = |m: String| Failure::Infra(m);
+    let qemu_bin = crate::host::deps::qemu().map_err(infra)?;
+    let run_dir = &paths.run_dir;
+    let argv = command_line(&qemu_bin, image, cfg, paths);
+    std::fs::write(run_dir.join("qemu-cmdline.txt"), shell_join(&argv) + "\n")
+        .map_err(|e| infra(format!("write qemu-cmdline.txt: {e}")))?;
+    let stderr = File::create(run_dir.join("qemu-stderr.log"))
+        .map_err(|e| infra(format!("create qemu-stderr.log: {e}")))?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let qemu = Group::spawn(&mut cmd).map_err(|e| match procs::interrupted() {
+        Some(sig) => Failure::Interrupted(sig),
+        None => infra(format!("cannot start {}: {e}", argv[0])),
+    })?;
+    let pidfile = PidFile::new(qemu.pid() as i32, run_dir, &paths.sock_dir);
+    if let Err(e) = pidfile.write() {
+        eprintln!("xtask: warning: {e} (vm-reset will not know about this VM)");
+    }
+    Ok((qemu, pidfile))
+}
+
+/// QEMU creates the agent socket, then waits for us before starting the guest: connect, or
+/// say why not (interrupted, QEMU gone, deadline).
+fn connect_agent(
+    qemu: &mut Group,
+    paths: &Paths,
+    deadline: Instant,
+) -> Result<UnixStream, Failure> {
+    loop {
+        if let Some(sig) = procs::interrupted() {
+            return Err(Failure::Interrupted(sig));
+        }
+        if let Some(status) = qemu.try_wait() {
+            let log =
+                std::fs::read_to_string(paths.run_dir.join("qemu-stderr.log")).unwrap_or_default();
+            return Err(Failure::Infra(format!(
+                "QEMU exited at start ({status}):\n{}",
+                procs::tail(&log, 10)
+            )));
+        }
+        if let Ok(s) = UnixStream::connect(paths.agent_sock()) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::Timeout(
+                "QEMU did not open its agent socket in time".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
