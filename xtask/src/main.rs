@@ -7,6 +7,7 @@ mod fuzz_tests;
 mod host;
 mod image;
 mod input;
+mod perf;
 mod runs;
 mod scenario;
 mod selftests;
@@ -45,6 +46,8 @@ enum Cmd {
         #[arg(long, value_name = "debian|host|PATH")]
         kernel: Option<String>,
     },
+    /// Performance: brd, null_blk, loop and ublk servers side by side with fio, a chart, a noise-aware baseline gate
+    VmPerf(cmd::vm_perf::Args),
     /// Flaky-aware bisection: repeated runs per commit, fresh worktrees, a stated confidence
     Bisect(cmd::bisect::Args),
     /// The simulator: `cargo xtask sim explore|replay|bench ...`
@@ -75,6 +78,7 @@ fn main() {
         Cmd::VmBuild(a) => cmd::vm_build::run(a),
         Cmd::VmRun(a) => cmd::vm_run::run(a),
         Cmd::VmE2e(a) => cmd::vm_e2e::run(a),
+        Cmd::VmPerf(a) => cmd::vm_perf::run(a),
         Cmd::VmSimpleE2e { seed, kernel } => cmd::vm_e2e::run(cmd::vm_e2e::Args {
             names: vec!["simple-e2e".into()],
             repeat: 1,

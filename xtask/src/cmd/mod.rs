@@ -7,6 +7,7 @@ pub mod sim;
 pub mod tools_lock;
 pub mod vm_build;
 pub mod vm_e2e;
+pub mod vm_perf;
 pub mod vm_probe;
 pub mod vm_reset;
 pub mod vm_run;

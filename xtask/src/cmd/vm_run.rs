@@ -93,6 +93,7 @@ pub fn run(args: Args) -> Result<i32> {
         memory_mib: args.memory,
         accel,
         tools,
+        icount_shift: None,
     };
     let started_at = rfc3339_now();
     let start = Instant::now();

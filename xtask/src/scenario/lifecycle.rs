@@ -50,7 +50,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 impl Runner<'_> {
     /// The `start` step: the profile's add command, then the device and the server's pid.
-    pub(super) fn start(
+    pub(crate) fn start(
         &mut self,
         s: &model::Start,
         deadline: Instant,
@@ -265,7 +265,7 @@ impl Runner<'_> {
     }
 
     /// The `stop` step: the profile's way to end the server; it must end in time.
-    pub(super) fn stop(
+    pub(crate) fn stop(
         &mut self,
         device: &str,
         deadline: Instant,

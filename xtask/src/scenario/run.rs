@@ -226,6 +226,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         memory_mib: sc.memory_mib(),
         accel,
         tools: job.tools.cloned(),
+        icount_shift: None,
     };
     let vm = match Vm::boot(image, &cfg, dir, deadline) {
         Ok(vm) => vm,

@@ -78,6 +78,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         memory_mib: MEMORY_MIB,
         accel: job.accel,
         tools: Some(job.tools.clone()),
+        icount_shift: None,
     };
     let setup_deadline = start + SETUP_BUDGET;
     let booted = job

@@ -120,6 +120,7 @@ pub fn probe(image: &Image) -> Result<ProbeRecord> {
                 memory_mib: 256,
                 accel: Accel::Kvm,
                 tools: None,
+                icount_shift: None,
             };
             match Vm::boot(image, &cfg, &run.path, start + PROBE_LIMIT) {
                 Ok(vm) => (

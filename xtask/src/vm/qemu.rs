@@ -41,6 +41,9 @@ pub struct VmConfig {
     pub accel: Accel,
     /// The guest tools layer, attached as a read-only disk; None: no disk at all.
     pub tools: Option<crate::image::tools::Layer>,
+    /// TCG only: QEMU's instruction-counting clock (`-icount shift=N,sleep=off`): guest time
+    /// advances 2^N ns per executed instruction, whatever the host's load.
+    pub icount_shift: Option<u32>,
 }
 
 /// Where one VM's host-side endpoints live.
@@ -96,6 +99,9 @@ pub fn command_line(qemu: &Path, image: &Image, cfg: &VmConfig, paths: &Paths) -
         "none",
     ]);
     push(&["-machine", "q35", "-accel", accel, "-cpu", cpu]);
+    if let (Accel::Tcg, Some(shift)) = (cfg.accel, cfg.icount_shift) {
+        push(&["-icount", &format!("shift={shift},sleep=off")]);
+    }
     push(&[
         "-smp",
         &cfg.cpus.to_string(),

@@ -1,0 +1,163 @@
+//! What `vm-perf` measures: the workloads (fio job shapes) and the targets (block devices the
+//! guest kernel offers, and ublk servers by profile).
+
+/// One fio job shape. `qd` is the total number of I/Os in flight: `jobs` fio jobs (one per
+/// vCPU at high depth, so every hardware queue carries load) of `qd / jobs` each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub name: &'static str,
+    /// fio `rw=`.
+    pub rw: &'static str,
+    pub block_bytes: u32,
+    pub qd: u32,
+    pub jobs: u32,
+    /// fio `rwmixread=` for mixed workloads.
+    pub read_percent: Option<u32>,
+}
+
+impl Workload {
+    /// Reads hit written data: the device is filled first, so no target reads holes.
+    pub fn reads(&self) -> bool {
+        self.rw.contains("read") || self.rw.contains("rw")
+    }
+}
+
+const fn w(name: &'static str, rw: &'static str, kib: u32, qd: u32, jobs: u32) -> Workload {
+    Workload {
+        name,
+        rw,
+        block_bytes: kib * 1024,
+        qd,
+        jobs,
+        read_percent: None,
+    }
+}
+
+/// Every workload, in report order; `DEFAULT_WORKLOADS` names the ones run without
+/// `--workloads`. README.md's workload table is held to this list by tidy_tests.rs.
+pub const WORKLOADS: [Workload; 7] = [
+    w("randread-4k-qd1", "randread", 4, 1, 1),
+    w("randread-4k-qd32", "randread", 4, 32, 2),
+    w("randwrite-4k-qd1", "randwrite", 4, 1, 1),
+    w("randwrite-4k-qd32", "randwrite", 4, 32, 2),
+    w("read-128k-qd8", "read", 128, 8, 1),
+    w("write-128k-qd8", "write", 128, 8, 1),
+    Workload {
+        read_percent: Some(70),
+        ..w("randrw70-4k-qd32", "randrw", 4, 32, 2)
+    },
+];
+
+pub fn workload(name: &str) -> Result<Workload, String> {
+    WORKLOADS
+        .iter()
+        .find(|w| w.name == name)
+        .copied()
+        .ok_or_else(|| {
+            let all: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+            format!("unknown workload `{name}`; known: {}", all.join(", "))
+        })
+}
+
+/// What a cell measures.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// The RAM disk (bio-based, no queue): the reference every ratio is taken against.
+    Brd,
+    /// The kernel's blk-mq memory device (`memory_backed=1`).
+    NullBlk,
+    /// A loop device over a file on the guest's tmpfs.
+    Loop,
+    /// A ublk server, by profile name or path.
+    Server(String),
+}
+
+/// The kernel's own block devices `--targets` accepts; anything else names a server profile.
+/// README.md lists these (tidy_tests.rs).
+pub const KERNEL_TARGETS: [&str; 3] = ["brd", "null_blk", "loop"];
+
+/// The target ratios are taken against.
+pub const REFERENCE: &str = "brd";
+
+impl Target {
+    pub fn parse(name: &str) -> Target {
+        match name {
+            "brd" => Target::Brd,
+            "null_blk" => Target::NullBlk,
+            "loop" => Target::Loop,
+            other => Target::Server(other.to_string()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Brd => "brd",
+            Target::NullBlk => "null_blk",
+            Target::Loop => "loop",
+            Target::Server(s) => s,
+        }
+    }
+
+    /// Shell that creates the device and sets `DEV` (kernel targets only).
+    pub fn setup(&self, size_bytes: u64, queues: u16, depth: u16) -> Option<String> {
+        let kib = size_bytes / 1024;
+        let gib = size_bytes.div_ceil(1 << 30);
+        Some(match self {
+            Target::Brd => {
+                format!("modprobe brd rd_nr=1 rd_size={kib} max_part=0 && DEV=/dev/ram0")
+            }
+            Target::NullBlk => format!(
+                "modprobe null_blk nr_devices=1 memory_backed=1 gb={gib} bs=4096 \
+                 submit_queues={queues} hw_queue_depth={depth} && DEV=/dev/nullb0"
+            ),
+            Target::Loop => format!(
+                "modprobe loop && truncate -s {size_bytes} /run/perf-loop.img && \
+                 DEV=$(losetup -f --show /run/perf-loop.img)"
+            ),
+            Target::Server(_) => return None,
+        })
+    }
+
+    /// Shell that removes what `setup` created.
+    pub fn teardown(&self) -> &'static str {
+        match self {
+            Target::Brd => "rmmod brd",
+            Target::NullBlk => "rmmod null_blk",
+            Target::Loop => "losetup -d \"$DEV\" && rm -f /run/perf-loop.img",
+            Target::Server(_) => "true",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_are_unique_and_well_formed() {
+        let mut names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), WORKLOADS.len());
+        for w in WORKLOADS {
+            assert!(w.qd % w.jobs == 0, "{}: qd splits evenly over jobs", w.name);
+            assert!(w.name.contains(&format!("qd{}", w.qd)), "{}", w.name);
+            assert!(w.name.contains(&format!("{}k", w.block_bytes / 1024)));
+        }
+        assert!(workload("randread-4k-qd32").unwrap().reads());
+        assert!(!workload("write-128k-qd8").unwrap().reads());
+        assert!(workload("randrw70-4k-qd32").unwrap().reads());
+        let e = workload("randread").unwrap_err();
+        assert!(e.contains("randread-4k-qd1"), "{e}");
+    }
+
+    #[test]
+    fn targets_round_trip_by_name() {
+        for n in KERNEL_TARGETS.iter().chain(["ublk-mem", "./my.yaml"].iter()) {
+            assert_eq!(Target::parse(n).name(), *n);
+        }
+        assert!(Target::parse("ublk-mem").setup(1 << 30, 2, 64).is_none());
+        let nb = Target::NullBlk.setup(3 << 29, 2, 64).unwrap();
+        assert!(nb.contains("gb=2") && nb.contains("memory_backed=1"), "{nb}");
+    }
+}
