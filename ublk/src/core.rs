@@ -122,6 +122,58 @@ pub trait Backing {
     }
 }
 
+/// Where a request's data is while the server handles it. The core moves bytes between it and
+/// the store, in runs of whole segments; an error is a negative errno the request fails with.
+pub trait RequestData<B: Backing + ?Sized> {
+    /// The largest request it holds.
+    fn capacity(&self) -> usize;
+    /// Device read: `len` bytes of the store at `store_off` into the request at `req_off`.
+    fn fill(&mut self, store: &B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32>;
+    /// Device write: `len` bytes of the request at `req_off` into the store at `store_off`.
+    fn drain(&mut self, store: &mut B, store_off: u64, req_off: usize, len: usize)
+        -> Result<(), i32>;
+}
+
+/// Buffer copy: the tag's I/O buffer, into which the kernel copied a write's data (and out of
+/// which it copies a read's data at commit). The server's copy is the second one.
+impl<B: Backing + ?Sized> RequestData<B> for [u8] {
+    fn capacity(&self) -> usize {
+        self.len()
+    }
+    fn fill(&mut self, store: &B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
+        store.read(store_off, &mut self[req_off..req_off + len]);
+        Ok(())
+    }
+    fn drain(
+        &mut self,
+        store: &mut B,
+        store_off: u64,
+        req_off: usize,
+        len: usize,
+    ) -> Result<(), i32> {
+        store.write(store_off, &self[req_off..req_off + len]);
+        Ok(())
+    }
+}
+
+impl<B: Backing + ?Sized> RequestData<B> for Vec<u8> {
+    fn capacity(&self) -> usize {
+        self.len()
+    }
+    fn fill(&mut self, store: &B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
+        RequestData::<B>::fill(&mut self[..], store, store_off, req_off, len)
+    }
+    fn drain(
+        &mut self,
+        store: &mut B,
+        store_off: u64,
+        req_off: usize,
+        len: usize,
+    ) -> Result<(), i32> {
+        RequestData::<B>::drain(&mut self[..], store, store_off, req_off, len)
+    }
+}
+
 /// A Vec-backed store (tests, simulator).
 pub struct VecBacking(pub Vec<u8>);
 
@@ -279,17 +331,18 @@ impl QueueCore {
     }
 
     /// Handles the completion of `tag`'s outstanding command. `desc` is the tag's descriptor
-    /// (read by the executor from the shared descriptor area) and `buf` the tag's I/O buffer.
+    /// (read by the executor from the shared descriptor area) and `data` where the request's
+    /// data is (the tag's I/O buffer, or the request itself through USER_COPY).
     /// At most one command is pushed to `out`.
     // Every input of the sans-IO boundary is an explicit argument, on purpose.
     #[allow(clippy::too_many_arguments)]
-    pub fn on_completion(
+    pub fn on_completion<B: Backing, D: RequestData<B> + ?Sized>(
         &mut self,
         tag: u16,
         result: i32,
         desc: &ublksrv_io_desc,
-        buf: &mut [u8],
-        backing: &mut impl Backing,
+        data: &mut D,
+        backing: &mut B,
         out: &mut Vec<Command>,
         obs: &mut impl Observer,
     ) -> Result<(), CoreError> {
@@ -341,7 +394,7 @@ impl QueueCore {
                 if self.stopping && planted::active(Bug::ShutdownNoCommit) {
                     return Ok(()); // "shutting down: ignore new work" -- STOP_DEV then waits forever
                 }
-                let res = self.serve(desc, buf, backing);
+                let res = self.serve(desc, data, backing);
                 if planted::active(Bug::LostCompletion)
                     && (self.stats.reads + self.stats.writes) % 97 == 96
                 {
@@ -407,7 +460,12 @@ impl QueueCore {
 
     /// Validates and executes one request; returns the result to commit (bytes or -errno).
     /// An invalid descriptor gets -EIO and touches no memory.
-    fn serve(&mut self, desc: &ublksrv_io_desc, buf: &mut [u8], backing: &mut impl Backing) -> i32 {
+    fn serve<B: Backing, D: RequestData<B> + ?Sized>(
+        &mut self,
+        desc: &ublksrv_io_desc,
+        data: &mut D,
+        backing: &mut B,
+    ) -> i32 {
         let op = desc.op();
         let bytes = desc.nr_sectors as u64 * SECTOR;
         let in_range = desc
@@ -417,31 +475,27 @@ impl QueueCore {
         let offset = desc.start_sector.wrapping_mul(SECTOR);
         let res = match op {
             sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
-                if !in_range || bytes > self.cfg.max_io_bytes as u64 || bytes > buf.len() as u64 {
+                if !in_range || bytes > self.cfg.max_io_bytes as u64 || bytes > data.capacity() as u64
+                {
                     -libc::EIO
                 } else {
                     let read = op == sys::UBLK_IO_OP_READ;
-                    for (i, seg) in buf[..bytes as usize].chunks_mut(SEGMENT).enumerate() {
-                        let n = if planted::active(Bug::SegmentOffset) {
-                            i.saturating_sub(1)
-                        } else {
-                            i
-                        };
-                        let at = offset + (n * SEGMENT) as u64;
-                        if read {
-                            backing.read(at, seg);
-                        } else {
-                            backing.write(at, seg);
+                    match transfer(read, offset, bytes as usize, data, backing) {
+                        Ok(()) if read => {
+                            self.stats.reads += 1;
+                            self.stats.read_bytes += bytes;
+                            bytes as i32
+                        }
+                        Ok(()) => {
+                            self.stats.writes += 1;
+                            self.stats.write_bytes += bytes;
+                            bytes as i32
+                        }
+                        Err(e) => {
+                            debug_assert!(e < 0, "a transfer error is a negative errno");
+                            e
                         }
                     }
-                    if read {
-                        self.stats.reads += 1;
-                        self.stats.read_bytes += bytes;
-                    } else {
-                        self.stats.writes += 1;
-                        self.stats.write_bytes += bytes;
-                    }
-                    bytes as i32
                 }
             }
             sys::UBLK_IO_OP_FLUSH => {
@@ -470,6 +524,43 @@ impl QueueCore {
         }
         res
     }
+}
+
+/// Moves a request's `bytes` between `data` and the store at `offset`, segment by segment,
+/// coalescing segments that are contiguous on both sides into one call (one copy call per
+/// request unless a planted bug scatters them).
+fn transfer<B: Backing, D: RequestData<B> + ?Sized>(
+    read: bool,
+    offset: u64,
+    bytes: usize,
+    data: &mut D,
+    backing: &mut B,
+) -> Result<(), i32> {
+    let mut run = |(req_off, store_off, len): (usize, u64, usize)| match read {
+        true => data.fill(backing, store_off, req_off, len),
+        false => data.drain(backing, store_off, req_off, len),
+    };
+    let mut pending: Option<(usize, u64, usize)> = None;
+    for i in 0..bytes.div_ceil(SEGMENT) {
+        let n = if planted::active(Bug::SegmentOffset) {
+            i.saturating_sub(1)
+        } else {
+            i
+        };
+        let req_off = i * SEGMENT;
+        let len = SEGMENT.min(bytes - req_off);
+        let at = offset + (n * SEGMENT) as u64;
+        match &mut pending {
+            Some((r, s, l)) if *r + *l == req_off && *s + *l as u64 == at => *l += len,
+            _ => {
+                if let Some(p) = pending.take() {
+                    run(p)?;
+                }
+                pending = Some((req_off, at, len));
+            }
+        }
+    }
+    pending.map_or(Ok(()), run)
 }
 
 /// Short errno names for messages.

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::core::{Command, Event, Fault, Observer, QueueConfig, QueueCore, Stats, TagState};
+use crate::core::{
+    Command, Event, Fault, Observer, QueueConfig, QueueCore, RequestData, Stats, TagState,
+};
 use crate::mem::MemView;
 use crate::sys::{self, ublksrv_io_cmd, ublksrv_io_desc};
 
@@ -32,6 +34,8 @@ pub struct QueueSpec {
     pub dev_sectors: u64,
     /// Device flags as granted by ADD_DEV: decides the I/O command encoding.
     pub ioctl_encode: bool,
+    /// How requests' data reaches the store (USER_COPY granted by ADD_DEV, or not).
+    pub copy: CopyMode,
     pub cpus: Vec<usize>,
     pub fault: Option<Fault>,
     /// Trace file for this queue (see TRACE.md).
@@ -121,6 +125,97 @@ impl Observer for DaemonObserver<'_> {
                 self.trace_error.get_or_insert_with(|| err.to_string());
                 self.trace = None;
             }
+        }
+    }
+}
+
+/// How a request's data reaches the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyMode {
+    /// The kernel copies between the request and a per-tag buffer; the queue copies between
+    /// that buffer and the store: two copies.
+    Buffer,
+    /// USER_COPY: pread/pwrite on /dev/ublkcN at the request's position move its data straight
+    /// between the request and the store: one copy, done by the kernel.
+    User,
+}
+
+impl CopyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyMode::Buffer => "buffer",
+            CopyMode::User => "user",
+        }
+    }
+}
+
+/// USER_COPY access to one tag's request.
+struct UserCopy {
+    fd: RawFd,
+    pos: u64,
+    capacity: usize,
+}
+
+impl UserCopy {
+    /// A whole transfer or the errno it failed with (a short one is -EIO).
+    fn done(n: isize, len: usize) -> Result<(), i32> {
+        match n {
+            n if n == len as isize => Ok(()),
+            n if n < 0 => Err(-std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)),
+            _ => Err(-libc::EIO),
+        }
+    }
+}
+
+impl RequestData<MemView> for UserCopy {
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn fill(&mut self, store: &MemView, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
+        let src = store.span(store_off, len);
+        let at = (self.pos + req_off as u64) as libc::off_t;
+        // SAFETY: `src` spans `len` bytes of the store (checked by span()).
+        Self::done(unsafe { libc::pwrite(self.fd, src as *const libc::c_void, len, at) }, len)
+    }
+    fn drain(
+        &mut self,
+        store: &mut MemView,
+        store_off: u64,
+        req_off: usize,
+        len: usize,
+    ) -> Result<(), i32> {
+        let dst = store.span(store_off, len);
+        let at = (self.pos + req_off as u64) as libc::off_t;
+        // SAFETY: `dst` spans `len` writable bytes of the store (checked by span()).
+        Self::done(unsafe { libc::pread(self.fd, dst as *mut libc::c_void, len, at) }, len)
+    }
+}
+
+/// Where the queue's requests' data is.
+enum DataPath {
+    Buffers(Buffers),
+    UserCopy { fd: RawFd, q_id: u16, capacity: usize },
+}
+
+impl DataPath {
+    fn new(cdev: &File, spec: &QueueSpec) -> Result<DataPath, String> {
+        Ok(match spec.copy {
+            CopyMode::Buffer => DataPath::Buffers(Buffers::new(spec.depth, spec.max_io_bytes)?),
+            CopyMode::User => DataPath::UserCopy {
+                fd: cdev.as_raw_fd(),
+                q_id: spec.q_id,
+                capacity: spec.max_io_bytes as usize,
+            },
+        })
+    }
+
+    /// The FETCH/COMMIT command's `addr`: the tag buffer, or 0 (USER_COPY requires it).
+    fn addr(&self, tag: u16) -> u64 {
+        match self {
+            DataPath::Buffers(b) => b.addr(tag),
+            DataPath::UserCopy { .. } => 0,
         }
     }
 }
@@ -259,19 +354,19 @@ pub struct QueueExit {
     pub early: Option<String>,
 }
 
-/// Runs one queue until every tag is aborted or `stop_at` (set by the main thread once it
-/// sent STOP_DEV) passes. `ready` is called once all fetches are submitted.
-pub fn run_queue(
-    cdev: &File,
-    spec: &QueueSpec,
-    mut mem: MemView,
-    shared: &QueueShared,
-    stop_at: &AtomicU64,
-    epoch: Instant,
-    ready: impl FnOnce(Result<(), String>),
-) -> Result<QueueExit, String> {
-    crate::planted::plant_from_env();
-    let setup = || -> Result<_, String> {
+/// Everything a queue thread owns once set up.
+struct Queue<'a> {
+    spec: &'a QueueSpec,
+    fd: types::Fd,
+    descs: Descriptors,
+    data: DataPath,
+    ring: IoUring,
+    /// FETCH_REQ and COMMIT_AND_FETCH_REQ in the encoding the device was granted.
+    ops: (u32, u32),
+}
+
+impl Queue<'_> {
+    fn open<'a>(cdev: &File, spec: &'a QueueSpec) -> Result<(Queue<'a>, Option<BufWriter<File>>), String> {
         if let Err(e) = pin(&spec.cpus) {
             eprintln!(
                 "ublk-mem: queue {}: could not pin to CPUs {:?}: {e}",
@@ -279,7 +374,7 @@ pub fn run_queue(
             );
         }
         let descs = Descriptors::map(cdev, spec.q_id, spec.depth)?;
-        let bufs = Buffers::new(spec.depth, spec.max_io_bytes)?;
+        let data = DataPath::new(cdev, spec)?;
         let ring = IoUring::builder()
             .build((spec.depth as u32).next_power_of_two())
             .map_err(|e| format!("queue {}: io_uring setup: {e}", spec.q_id))?;
@@ -294,9 +389,81 @@ pub fn run_queue(
             }
             None => None,
         };
-        Ok((descs, bufs, ring, trace))
-    };
-    let (descs, mut bufs, mut ring, trace) = match setup() {
+        let ops = match spec.ioctl_encode {
+            true => (sys::UBLK_U_IO_FETCH_REQ, sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ),
+            false => (sys::UBLK_IO_FETCH_REQ, sys::UBLK_IO_COMMIT_AND_FETCH_REQ),
+        };
+        let fd = types::Fd(cdev.as_raw_fd());
+        Ok((Queue { spec, fd, descs, data, ring, ops }, trace))
+    }
+
+    /// Turns the core's commands into SQEs (submitted by the next io_uring_enter).
+    fn push(&mut self, cmds: &mut Vec<Command>) -> Result<(), String> {
+        for c in cmds.drain(..) {
+            let (op, tag, result) = match c {
+                Command::Fetch { tag } => (self.ops.0, tag, 0),
+                Command::CommitAndFetch { tag, result } => (self.ops.1, tag, result),
+            };
+            let io = ublksrv_io_cmd {
+                q_id: self.spec.q_id,
+                tag,
+                result,
+                addr: self.data.addr(tag),
+            };
+            let sqe = opcode::UringCmd16::new(self.fd, op)
+                .cmd(crate::ctrl::as_bytes(&io).try_into().unwrap())
+                .build()
+                .user_data(tag as u64);
+            // SAFETY: the SQE references only the command bytes (copied) and our buffers,
+            // which live until the ring is dropped.
+            unsafe { self.ring.submission().push(&sqe) }.map_err(|_| {
+                format!(
+                    "queue {}: submission queue full (more commands than tags?)",
+                    self.spec.q_id
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Hands one completion to the core with the tag's data path.
+    fn complete(
+        &mut self,
+        core: &mut QueueCore,
+        (tag, result): (u16, i32),
+        mem: &mut MemView,
+        cmds: &mut Vec<Command>,
+        obs: &mut DaemonObserver,
+    ) -> Result<(), String> {
+        let desc = self.descs.get(tag);
+        let r = match &mut self.data {
+            DataPath::Buffers(b) => core.on_completion(tag, result, &desc, b.tag(tag), mem, cmds, obs),
+            DataPath::UserCopy { fd, q_id, capacity } => {
+                let mut uc = UserCopy {
+                    fd: *fd,
+                    pos: sys::user_copy_pos(*q_id, tag),
+                    capacity: *capacity,
+                };
+                core.on_completion(tag, result, &desc, &mut uc, mem, cmds, obs)
+            }
+        };
+        r.map_err(|e| e.to_string())
+    }
+}
+
+/// Runs one queue until every tag is aborted or `stop_at` (set by the main thread once it
+/// sent STOP_DEV) passes. `ready` is called once all fetches are submitted.
+pub fn run_queue(
+    cdev: &File,
+    spec: &QueueSpec,
+    mut mem: MemView,
+    shared: &QueueShared,
+    stop_at: &AtomicU64,
+    epoch: Instant,
+    ready: impl FnOnce(Result<(), String>),
+) -> Result<QueueExit, String> {
+    crate::planted::plant_from_env();
+    let (mut q, trace) = match Queue::open(cdev, spec) {
         Ok(x) => x,
         Err(e) => {
             ready(Err(e.clone()));
@@ -308,14 +475,6 @@ pub fn run_queue(
         trace,
         trace_error: None,
     };
-    let (fetch_op, commit_op) = if spec.ioctl_encode {
-        (
-            sys::UBLK_U_IO_FETCH_REQ,
-            sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ,
-        )
-    } else {
-        (sys::UBLK_IO_FETCH_REQ, sys::UBLK_IO_COMMIT_AND_FETCH_REQ)
-    };
     let cfg = QueueConfig {
         q_id: spec.q_id,
         depth: spec.depth,
@@ -326,93 +485,14 @@ pub fn run_queue(
     };
     let mut cmds: Vec<Command> = Vec::with_capacity(spec.depth as usize);
     let mut core = QueueCore::new(cfg, &mut cmds, &mut obs);
-    let fd = types::Fd(cdev.as_raw_fd());
-    let push =
-        |ring: &mut IoUring, cmds: &mut Vec<Command>, bufs: &Buffers| -> Result<(), String> {
-            for c in cmds.drain(..) {
-                let (op, tag, result) = match c {
-                    Command::Fetch { tag } => (fetch_op, tag, 0),
-                    Command::CommitAndFetch { tag, result } => (commit_op, tag, result),
-                };
-                let io = ublksrv_io_cmd {
-                    q_id: spec.q_id,
-                    tag,
-                    result,
-                    addr: bufs.addr(tag),
-                };
-                let sqe = opcode::UringCmd16::new(fd, op)
-                    .cmd(crate::ctrl::as_bytes(&io).try_into().unwrap())
-                    .build()
-                    .user_data(tag as u64);
-                // SAFETY: the SQE references only the command bytes (copied) and our buffers,
-                // which live until the ring is dropped.
-                unsafe { ring.submission().push(&sqe) }.map_err(|_| {
-                    format!(
-                        "queue {}: submission queue full (more commands than tags?)",
-                        spec.q_id
-                    )
-                })?;
-            }
-            Ok(())
-        };
-    push(&mut ring, &mut cmds, &bufs)?;
-    if let Err(e) = ring.submit() {
+    q.push(&mut cmds)?;
+    if let Err(e) = q.ring.submit() {
         let msg = format!("queue {}: submitting FETCH_REQs: {e}", spec.q_id);
         ready(Err(msg.clone()));
         return Err(msg);
     }
     ready(Ok(()));
-
-    let mut completions: Vec<(u16, i32)> = Vec::with_capacity(spec.depth as usize);
-    let mut stopping = false;
-    let early = loop {
-        if let Err(e) = crate::uring::enter_bounded(&ring.submitter(), POLL) {
-            break Some(format!("io_uring_enter: {e}"));
-        }
-        completions.clear();
-        completions.extend(
-            ring.completion()
-                .map(|c| (c.user_data() as u16, c.result())),
-        );
-        for &(tag, result) in &completions {
-            let desc = descs.get(tag);
-            core.on_completion(
-                tag,
-                result,
-                &desc,
-                bufs.tag(tag),
-                &mut mem,
-                &mut cmds,
-                &mut obs,
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        shared
-            .completions
-            .fetch_add(completions.len() as u64, Ordering::Relaxed);
-        push(&mut ring, &mut cmds, &bufs)?;
-        if core.all_aborted() {
-            break None;
-        }
-        let stop = stop_at.load(Ordering::Relaxed);
-        if stop != 0 && !stopping {
-            // Shutting down: a request held by fault injection must not keep STOP_DEV waiting.
-            stopping = true;
-            if core.begin_shutdown(&mut cmds, &mut obs) > 0 {
-                push(&mut ring, &mut cmds, &bufs)?;
-            }
-        }
-        if stop != 0 && epoch.elapsed().as_millis() as u64 >= stop {
-            let held: Vec<u16> = (0..spec.depth)
-                .filter(|t| core.state(*t) != TagState::Aborted)
-                .collect();
-            break Some(format!(
-                "{} tag(s) not aborted by the kernel in time: {:?}",
-                held.len(),
-                &held[..held.len().min(16)]
-            ));
-        }
-    };
+    let early = serve(&mut q, &mut core, &mut mem, &mut cmds, &mut obs, stop_at, epoch)?;
     if let Some(mut w) = obs.trace.take() {
         let _ = w.flush();
     }
@@ -425,4 +505,54 @@ pub fn run_queue(
         stats: core.stats(),
         early,
     })
+}
+
+/// The loop: one io_uring_enter submits the previous batch's commands and waits for
+/// completions; each goes to the core. Ends when every tag is aborted (None) or early (why).
+fn serve(
+    q: &mut Queue,
+    core: &mut QueueCore,
+    mem: &mut MemView,
+    cmds: &mut Vec<Command>,
+    obs: &mut DaemonObserver,
+    stop_at: &AtomicU64,
+    epoch: Instant,
+) -> Result<Option<String>, String> {
+    let mut completions: Vec<(u16, i32)> = Vec::with_capacity(q.spec.depth as usize);
+    let mut stopping = false;
+    loop {
+        if let Err(e) = crate::uring::enter_bounded(&q.ring.submitter(), POLL) {
+            return Ok(Some(format!("io_uring_enter: {e}")));
+        }
+        completions.clear();
+        completions.extend(q.ring.completion().map(|c| (c.user_data() as u16, c.result())));
+        for &c in &completions {
+            q.complete(core, c, mem, cmds, obs)?;
+        }
+        obs.shared
+            .completions
+            .fetch_add(completions.len() as u64, Ordering::Relaxed);
+        q.push(cmds)?;
+        if core.all_aborted() {
+            return Ok(None);
+        }
+        let stop = stop_at.load(Ordering::Relaxed);
+        if stop != 0 && !stopping {
+            // Shutting down: a request held by fault injection must not keep STOP_DEV waiting.
+            stopping = true;
+            if core.begin_shutdown(cmds, obs) > 0 {
+                q.push(cmds)?;
+            }
+        }
+        if stop != 0 && epoch.elapsed().as_millis() as u64 >= stop {
+            let held: Vec<u16> = (0..q.spec.depth)
+                .filter(|t| core.state(*t) != TagState::Aborted)
+                .collect();
+            return Ok(Some(format!(
+                "{} tag(s) not aborted by the kernel in time: {:?}",
+                held.len(),
+                &held[..held.len().min(16)]
+            )));
+        }
+    }
 }

@@ -83,6 +83,21 @@ pub struct MemView {
 // SAFETY: see SharedMem.
 unsafe impl Send for MemView {}
 
+impl MemView {
+    /// The store's bytes at `offset`, for a syscall that copies straight into or out of them
+    /// (USER_COPY's pread/pwrite).
+    pub fn span(&self, offset: u64, len: usize) -> *mut u8 {
+        assert!(
+            offset
+                .checked_add(len as u64)
+                .is_some_and(|e| e <= self.len),
+            "span outside the store"
+        );
+        // SAFETY: in bounds, checked above.
+        unsafe { self.ptr.add(offset as usize) }
+    }
+}
+
 impl Backing for MemView {
     fn len(&self) -> u64 {
         self.len

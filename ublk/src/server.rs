@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::contract;
 use crate::core::{Bringup, Fault, TagState};
 use crate::ctrl::{self, Control};
-use crate::io::{run_queue, QueueExit, QueueShared, QueueSpec};
+use crate::io::{run_queue, CopyMode, QueueExit, QueueShared, QueueSpec};
 use crate::mem::SharedMem;
 use crate::sys;
 
@@ -43,6 +43,41 @@ pub fn parse_fault(s: &str) -> Result<(u16, Fault), String> {
     ))
 }
 
+/// `--copy-mode`: how request data reaches the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyChoice {
+    /// USER_COPY when the kernel offers it (one copy), else the tag buffers (two).
+    #[default]
+    Auto,
+    Buffer,
+    User,
+}
+
+pub fn parse_copy_mode(s: &str) -> Result<CopyChoice, String> {
+    match s {
+        "auto" => Ok(CopyChoice::Auto),
+        "buffer" => Ok(CopyChoice::Buffer),
+        "user" => Ok(CopyChoice::User),
+        _ => Err(format!("{s:?}: expected auto, buffer or user")),
+    }
+}
+
+/// The ADD_DEV flags ublk-mem asks for, given the driver's features: the ioctl command
+/// encoding when offered, USER_COPY as `--copy-mode` says.
+pub fn wanted_flags(choice: CopyChoice, features: u64) -> Result<u64, String> {
+    let encode = sys::UBLK_F_CMD_IOCTL_ENCODE & features;
+    let user_copy = features & sys::UBLK_F_USER_COPY;
+    match choice {
+        CopyChoice::Buffer => Ok(encode),
+        CopyChoice::Auto => Ok(encode | user_copy),
+        CopyChoice::User if user_copy != 0 => Ok(encode | user_copy),
+        CopyChoice::User => Err(format!(
+            "--copy-mode user: this kernel's ublk driver does not offer USER_COPY (it offers: {}); use --copy-mode buffer or auto",
+            sys::feature_names(features).join(" ")
+        )),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub size: u64,
@@ -56,6 +91,7 @@ pub struct Options {
     pub json: bool,
     /// (queue, fault)
     pub fault: Option<(u16, Fault)>,
+    pub copy_mode: CopyChoice,
 }
 
 impl Options {
@@ -106,7 +142,7 @@ pub fn serve(opts: &Options) -> Result<(), String> {
     let signals = block_signals();
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
     let mem = SharedMem::new(opts.size)?;
-    let want = sys::UBLK_F_CMD_IOCTL_ENCODE & ctl.features;
+    let want = wanted_flags(opts.copy_mode, ctl.features)?;
     let info = sys::ublksrv_ctrl_dev_info {
         nr_hw_queues: opts.queues,
         queue_depth: opts.depth,
@@ -188,6 +224,10 @@ fn run_device(
     ctl.set_params(dev_id, &params).map_err(|e| e.to_string())?;
     let cdev = open_cdev(dev_id)?;
     let ioctl_encode = info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
+    let copy = match info.flags & sys::UBLK_F_USER_COPY {
+        0 => CopyMode::Buffer,
+        _ => CopyMode::User,
+    };
 
     let epoch = Instant::now();
     let stop_at = Arc::new(AtomicU64::new(0));
@@ -213,6 +253,7 @@ fn run_device(
                         max_io_bytes: max_io,
                         dev_sectors,
                         ioctl_encode,
+                        copy,
                         cpus,
                         fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
                         trace: opts
@@ -594,7 +635,22 @@ mod tests {
             state_file: None,
             json: false,
             fault: None,
+            copy_mode: CopyChoice::Auto,
         }
+    }
+
+    #[test]
+    fn copy_mode_asks_for_user_copy_only_when_offered_or_told() {
+        let both = sys::UBLK_F_CMD_IOCTL_ENCODE | sys::UBLK_F_USER_COPY | sys::UBLK_F_USER_RECOVERY;
+        let encode = sys::UBLK_F_CMD_IOCTL_ENCODE;
+        assert_eq!(wanted_flags(CopyChoice::Auto, both), Ok(encode | sys::UBLK_F_USER_COPY));
+        assert_eq!(wanted_flags(CopyChoice::Auto, encode), Ok(encode));
+        assert_eq!(wanted_flags(CopyChoice::Buffer, both), Ok(encode));
+        assert_eq!(wanted_flags(CopyChoice::User, both), Ok(encode | sys::UBLK_F_USER_COPY));
+        let e = wanted_flags(CopyChoice::User, encode).unwrap_err();
+        assert!(e.contains("does not offer USER_COPY") && e.contains("CMD_IOCTL_ENCODE"), "{e}");
+        assert_eq!(parse_copy_mode("user"), Ok(CopyChoice::User));
+        assert!(parse_copy_mode("zero").unwrap_err().contains("auto, buffer or user"));
     }
 
     #[test]

@@ -34,9 +34,17 @@ pub const UBLKSRV_IO_BUF_OFFSET: u64 = 0x8000_0000;
 pub const UBLK_MAX_QUEUE_DEPTH: u32 = 4096;
 pub const UBLK_IO_BUF_BITS: u32 = 25;
 pub const UBLK_TAG_BITS: u32 = 16;
+pub const UBLK_TAG_OFF: u32 = UBLK_IO_BUF_BITS;
+pub const UBLK_QID_OFF: u32 = UBLK_TAG_OFF + UBLK_TAG_BITS;
 pub const UBLK_QID_BITS: u32 = 12;
 pub const UBLK_MAX_NR_QUEUES: u32 = 1 << UBLK_QID_BITS;
 pub const UBLK_FEATURES_LEN: u32 = 8;
+
+/// USER_COPY: where a request's data is in /dev/ublkcN (pread/pwrite at this offset plus the
+/// offset inside the request).
+pub fn user_copy_pos(q_id: u16, tag: u16) -> u64 {
+    UBLKSRV_IO_BUF_OFFSET + ((q_id as u64) << UBLK_QID_OFF | (tag as u64) << UBLK_TAG_OFF)
+}
 
 // ---- feature / device flags ----
 pub const UBLK_F_SUPPORT_ZERO_COPY: u64 = 1 << 0;
@@ -530,5 +538,16 @@ mod tests {
                 "ZONED"
             ]
         );
+    }
+
+    #[test]
+    fn user_copy_positions_follow_the_header() {
+        let h = include_str!("../abi/ublk_cmd.h");
+        assert!(h.contains("#define UBLK_TAG_OFF\t\tUBLK_IO_BUF_BITS"));
+        assert!(h.contains("#define UBLK_QID_OFF\t\t(UBLK_TAG_OFF + UBLK_TAG_BITS)"));
+        assert_eq!(user_copy_pos(0, 0), 0x8000_0000);
+        assert_eq!(user_copy_pos(0, 1), 0x8000_0000 + (1 << 25));
+        assert_eq!(user_copy_pos(1, 0), 0x8000_0000 + (1 << 41));
+        assert_eq!((user_copy_pos(4095, 65535) - UBLKSRV_IO_BUF_OFFSET) >> 41, 4095);
     }
 }

@@ -49,6 +49,10 @@ enum Cmd {
         /// Fault injection for tests: stall-tag=Q:T:after=N (tag T of queue Q never completes its (N+1)th request)
         #[arg(long, value_parser = server::parse_fault)]
         fault: Option<(u16, ublk::core::Fault)>,
+        /// How request data reaches the store: auto (USER_COPY when the kernel offers it: one
+        /// copy), buffer (per-tag buffers: the kernel's copy and ours), user (USER_COPY or fail)
+        #[arg(long, value_name = "auto|buffer|user", default_value = "auto", value_parser = server::parse_copy_mode)]
+        copy_mode: server::CopyChoice,
     },
     /// List ublk devices
     List {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             state_file,
             json,
             fault,
+            copy_mode,
         } => {
             let max_io_bytes =
                 u32::try_from(max_io).map_err(|_| "--max-io is too large".to_string());
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
                     state_file,
                     json,
                     fault,
+                    copy_mode,
                 })
             })
         }

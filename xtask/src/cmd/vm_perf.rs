@@ -127,7 +127,7 @@ pub fn run(args: Args) -> Result<i32> {
         return Err("--clock icount needs TCG (--accel tcg): KVM runs on the host's clock".into());
     }
     let run = RunDir::create("perf")?;
-    let plan = plan(&args, targets, workloads, accel);
+    let plan = plan(&args, targets, &profiles, workloads, accel)?;
     eprintln!(
         "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell | accel {} ({why}), clock {} | {}",
         plan.targets.len(),
@@ -224,9 +224,28 @@ fn kernels(cli: &[String]) -> Result<Vec<(String, Image)>> {
         .collect()
 }
 
-fn plan(args: &Args, targets: Vec<Target>, workloads: Vec<Workload>, accel: Accel) -> Plan {
-    Plan {
+fn plan(
+    args: &Args,
+    targets: Vec<Target>,
+    profiles: &BTreeMap<String, Profile>,
+    workloads: Vec<Workload>,
+    accel: Accel,
+) -> Result<Plan> {
+    let names: Vec<String> = targets
+        .iter()
+        .map(|t| match t {
+            Target::Server(key) => profiles[key].name.clone(),
+            other => other.name().to_string(),
+        })
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(format!("two targets are called `{n}`: give one profile another `name:`"));
+        }
+    }
+    Ok(Plan {
         targets,
+        names,
         workloads,
         rounds: args.rounds,
         runtime_s: args.runtime,
@@ -235,7 +254,7 @@ fn plan(args: &Args, targets: Vec<Target>, workloads: Vec<Workload>, accel: Acce
         queues: args.cpus as u16,
         depth: 64,
         cell_budget: Duration::from_secs(20 * accel.timeout_scale()),
-    }
+    })
 }
 
 fn vm_config(args: &Args, plan: &Plan, accel: Accel, tools: &tools::Layer) -> VmConfig {
@@ -266,7 +285,7 @@ fn head(args: &Args, plan: &Plan, accel: Accel, tools: &tools::Layer) -> PerfRep
         size_bytes: plan.size_bytes,
         queues: plan.queues,
         depth: plan.depth,
-        targets: plan.targets.iter().map(|t| t.name().to_string()).collect(),
+        targets: plan.names.clone(),
         workloads: plan.workloads.iter().map(|w| w.name.to_string()).collect(),
         tools: tools.manifest.packages.clone(),
         sessions: Vec::new(),
@@ -323,7 +342,7 @@ fn measure(
     r.save_artifacts();
     r.vm.kill();
     let samples = samples?;
-    let names: Vec<String> = plan.targets.iter().map(|t| t.name().to_string()).collect();
+    let names = &plan.names;
     let wl: Vec<String> = plan.workloads.iter().map(|w| w.name.to_string()).collect();
     let session = Session {
         kernel: kernel.to_string(),
@@ -331,7 +350,7 @@ fn measure(
         image_hash: image.hash().to_string(),
         boot_s,
         device_features: std::mem::take(&mut r.device_features),
-        cells: report::cells(&samples, &names, &wl),
+        cells: report::cells(&samples, names, &wl),
         samples,
     };
     Ok((session, splats?))

@@ -22,6 +22,8 @@ use crate::scenario::steps::{Runner, StepError};
 
 pub struct Plan {
     pub targets: Vec<Target>,
+    /// What reports call each target (a server's profile name, not the path it came from).
+    pub names: Vec<String>,
     pub workloads: Vec<Workload>,
     pub rounds: u32,
     pub runtime_s: f64,
@@ -53,7 +55,8 @@ pub fn run<'a>(
         for (wi, w) in plan.workloads.iter().enumerate() {
             for (slot, ti) in order(plan.targets.len(), round, wi).into_iter().enumerate() {
                 let t = &plan.targets[ti];
-                let label = format!("r{round}-{}-{}", w.name, crate::util::slug(t.name()));
+                let name = &plan.names[ti];
+                let label = format!("r{round}-{}-{}", w.name, crate::util::slug(name));
                 let m = match t {
                     Target::Server(name) => {
                         r.server = profiles.get(name).expect("every server target is loaded");
@@ -61,11 +64,11 @@ pub fn run<'a>(
                     }
                     _ => kernel_cell(r, plan, t, w, &label),
                 }
-                .map_err(|e| format!("{} on {} (round {}): {e}", w.name, t.name(), round + 1))?;
+                .map_err(|e| format!("{} on {name} (round {}): {e}", w.name, round + 1))?;
                 let s = Sample {
                     round,
                     slot: slot as u32,
-                    target: t.name().to_string(),
+                    target: name.clone(),
                     workload: w.name.to_string(),
                     ios: m.0.ios,
                     iops: m.0.iops,

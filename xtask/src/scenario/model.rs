@@ -868,6 +868,7 @@ fn server_options(
         state_file: None,
         json: false,
         fault: fault.map(FaultSpec::parsed),
+        copy_mode: Default::default(),
     }
     .validate();
     r.map_err(|e| {
