@@ -130,8 +130,13 @@ pub trait RequestData<B: Backing + ?Sized> {
     /// Device read: `len` bytes of the store at `store_off` into the request at `req_off`.
     fn fill(&mut self, store: &B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32>;
     /// Device write: `len` bytes of the request at `req_off` into the store at `store_off`.
-    fn drain(&mut self, store: &mut B, store_off: u64, req_off: usize, len: usize)
-        -> Result<(), i32>;
+    fn drain(
+        &mut self,
+        store: &mut B,
+        store_off: u64,
+        req_off: usize,
+        len: usize,
+    ) -> Result<(), i32>;
 }
 
 /// Buffer copy: the tag's I/O buffer, into which the kernel copied a write's data (and out of
@@ -475,7 +480,9 @@ impl QueueCore {
         let offset = desc.start_sector.wrapping_mul(SECTOR);
         let res = match op {
             sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
-                if !in_range || bytes > self.cfg.max_io_bytes as u64 || bytes > data.capacity() as u64
+                if !in_range
+                    || bytes > self.cfg.max_io_bytes as u64
+                    || bytes > data.capacity() as u64
                 {
                     -libc::EIO
                 } else {

@@ -173,11 +173,20 @@ impl RequestData<MemView> for UserCopy {
     fn capacity(&self) -> usize {
         self.capacity
     }
-    fn fill(&mut self, store: &MemView, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
+    fn fill(
+        &mut self,
+        store: &MemView,
+        store_off: u64,
+        req_off: usize,
+        len: usize,
+    ) -> Result<(), i32> {
         let src = store.span(store_off, len);
         let at = (self.pos + req_off as u64) as libc::off_t;
         // SAFETY: `src` spans `len` bytes of the store (checked by span()).
-        Self::done(unsafe { libc::pwrite(self.fd, src as *const libc::c_void, len, at) }, len)
+        Self::done(
+            unsafe { libc::pwrite(self.fd, src as *const libc::c_void, len, at) },
+            len,
+        )
     }
     fn drain(
         &mut self,
@@ -189,14 +198,21 @@ impl RequestData<MemView> for UserCopy {
         let dst = store.span(store_off, len);
         let at = (self.pos + req_off as u64) as libc::off_t;
         // SAFETY: `dst` spans `len` writable bytes of the store (checked by span()).
-        Self::done(unsafe { libc::pread(self.fd, dst as *mut libc::c_void, len, at) }, len)
+        Self::done(
+            unsafe { libc::pread(self.fd, dst as *mut libc::c_void, len, at) },
+            len,
+        )
     }
 }
 
 /// Where the queue's requests' data is.
 enum DataPath {
     Buffers(Buffers),
-    UserCopy { fd: RawFd, q_id: u16, capacity: usize },
+    UserCopy {
+        fd: RawFd,
+        q_id: u16,
+        capacity: usize,
+    },
 }
 
 impl DataPath {
@@ -352,12 +368,17 @@ pub struct QueueExit {
     pub stats: Stats,
     /// None: every tag was aborted (clean). Some: why the loop stopped early.
     pub early: Option<String>,
+    /// io_uring_enter calls that waited, and the completions they returned: requests per
+    /// wakeup, the batching the queue achieved.
+    pub waits: u64,
+    pub completions: u64,
 }
 
 /// Everything a queue thread owns once set up.
 struct Queue<'a> {
     spec: &'a QueueSpec,
-    fd: types::Fd,
+    /// /dev/ublkcN, registered with the ring (no per-command file lookup).
+    fd: types::Fixed,
     descs: Descriptors,
     data: DataPath,
     ring: IoUring,
@@ -366,7 +387,10 @@ struct Queue<'a> {
 }
 
 impl Queue<'_> {
-    fn open<'a>(cdev: &File, spec: &'a QueueSpec) -> Result<(Queue<'a>, Option<BufWriter<File>>), String> {
+    fn open<'a>(
+        cdev: &File,
+        spec: &'a QueueSpec,
+    ) -> Result<(Queue<'a>, Option<BufWriter<File>>), String> {
         if let Err(e) = pin(&spec.cpus) {
             eprintln!(
                 "ublk-mem: queue {}: could not pin to CPUs {:?}: {e}",
@@ -375,9 +399,7 @@ impl Queue<'_> {
         }
         let descs = Descriptors::map(cdev, spec.q_id, spec.depth)?;
         let data = DataPath::new(cdev, spec)?;
-        let ring = IoUring::builder()
-            .build((spec.depth as u32).next_power_of_two())
-            .map_err(|e| format!("queue {}: io_uring setup: {e}", spec.q_id))?;
+        let ring = queue_ring(cdev, spec)?;
         let trace = match &spec.trace {
             Some(p) => {
                 let f =
@@ -390,11 +412,23 @@ impl Queue<'_> {
             None => None,
         };
         let ops = match spec.ioctl_encode {
-            true => (sys::UBLK_U_IO_FETCH_REQ, sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ),
+            true => (
+                sys::UBLK_U_IO_FETCH_REQ,
+                sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ,
+            ),
             false => (sys::UBLK_IO_FETCH_REQ, sys::UBLK_IO_COMMIT_AND_FETCH_REQ),
         };
-        let fd = types::Fd(cdev.as_raw_fd());
-        Ok((Queue { spec, fd, descs, data, ring, ops }, trace))
+        Ok((
+            Queue {
+                spec,
+                fd: types::Fixed(0),
+                descs,
+                data,
+                ring,
+                ops,
+            },
+            trace,
+        ))
     }
 
     /// Turns the core's commands into SQEs (submitted by the next io_uring_enter).
@@ -437,7 +471,9 @@ impl Queue<'_> {
     ) -> Result<(), String> {
         let desc = self.descs.get(tag);
         let r = match &mut self.data {
-            DataPath::Buffers(b) => core.on_completion(tag, result, &desc, b.tag(tag), mem, cmds, obs),
+            DataPath::Buffers(b) => {
+                core.on_completion(tag, result, &desc, b.tag(tag), mem, cmds, obs)
+            }
             DataPath::UserCopy { fd, q_id, capacity } => {
                 let mut uc = UserCopy {
                     fd: *fd,
@@ -449,6 +485,29 @@ impl Queue<'_> {
         };
         r.map_err(|e| e.to_string())
     }
+}
+
+/// The queue's ring, made by the queue thread that alone submits to it: task work (the
+/// kernel handing us requests) runs only when the thread waits for completions, batched
+/// (DEFER_TASKRUN), instead of interrupting it per request. /dev/ublkcN is registered as
+/// fixed file 0.
+fn queue_ring(cdev: &File, spec: &QueueSpec) -> Result<IoUring, String> {
+    let entries = (spec.depth as u32).next_power_of_two();
+    let ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .map_err(|e| format!("queue {}: io_uring setup: {e}", spec.q_id))?;
+    ring.submitter()
+        .register_files(&[cdev.as_raw_fd()])
+        .map_err(|e| {
+            format!(
+                "queue {}: registering /dev/ublkc{}: {e}",
+                spec.q_id, spec.dev_id
+            )
+        })?;
+    Ok(ring)
 }
 
 /// Runs one queue until every tag is aborted or `stop_at` (set by the main thread once it
@@ -492,7 +551,17 @@ pub fn run_queue(
         return Err(msg);
     }
     ready(Ok(()));
-    let early = serve(&mut q, &mut core, &mut mem, &mut cmds, &mut obs, stop_at, epoch)?;
+    let mut counts = (0u64, 0u64);
+    let early = serve(
+        &mut q,
+        &mut core,
+        &mut mem,
+        &mut cmds,
+        &mut obs,
+        stop_at,
+        epoch,
+        &mut counts,
+    )?;
     if let Some(mut w) = obs.trace.take() {
         let _ = w.flush();
     }
@@ -504,11 +573,15 @@ pub fn run_queue(
         q_id: spec.q_id,
         stats: core.stats(),
         early,
+        waits: counts.0,
+        completions: counts.1,
     })
 }
 
 /// The loop: one io_uring_enter submits the previous batch's commands and waits for
 /// completions; each goes to the core. Ends when every tag is aborted (None) or early (why).
+/// `counts` adds up (waits, completions).
+#[allow(clippy::too_many_arguments)]
 fn serve(
     q: &mut Queue,
     core: &mut QueueCore,
@@ -517,6 +590,7 @@ fn serve(
     obs: &mut DaemonObserver,
     stop_at: &AtomicU64,
     epoch: Instant,
+    counts: &mut (u64, u64),
 ) -> Result<Option<String>, String> {
     let mut completions: Vec<(u16, i32)> = Vec::with_capacity(q.spec.depth as usize);
     let mut stopping = false;
@@ -525,7 +599,13 @@ fn serve(
             return Ok(Some(format!("io_uring_enter: {e}")));
         }
         completions.clear();
-        completions.extend(q.ring.completion().map(|c| (c.user_data() as u16, c.result())));
+        completions.extend(
+            q.ring
+                .completion()
+                .map(|c| (c.user_data() as u16, c.result())),
+        );
+        counts.0 += 1;
+        counts.1 += completions.len() as u64;
         for &c in &completions {
             q.complete(core, c, mem, cmds, obs)?;
         }

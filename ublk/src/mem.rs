@@ -1,5 +1,10 @@
 //! The memory target's store: a memfd (shared memory that a later user-recovery process can
 //! re-attach to), mapped once. Every queue thread gets a [`MemView`] of the same mapping.
+//!
+//! By default the whole store is allocated and mapped up front (fallocate + MAP_POPULATE): a
+//! store the guest cannot hold is a startup error, not a SIGBUS under I/O, and no request pays
+//! for first-touch page allocation (measured with vm-perf: 128 KiB writes ran at 0.26x brd
+//! when every write faulted in fresh shmem pages). `sparse` allocates on first write instead.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -17,7 +22,7 @@ unsafe impl Send for SharedMem {}
 unsafe impl Sync for SharedMem {}
 
 impl SharedMem {
-    pub fn new(len: u64) -> Result<SharedMem, String> {
+    pub fn new(len: u64, sparse: bool) -> Result<SharedMem, String> {
         assert!(len > 0);
         // SAFETY: plain syscalls with checked results.
         unsafe {
@@ -32,11 +37,20 @@ impl SharedMem {
                     std::io::Error::last_os_error()
                 ));
             }
+            if !sparse && libc::fallocate(fd.as_raw_fd(), 0, 0, len as libc::off_t) != 0 {
+                return Err(format!(
+                    "allocating the {} MiB memory store: {} (the guest's memory is too small? \
+                     a smaller --size, or --sparse to allocate on first write)",
+                    len >> 20,
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let populate = if sparse { 0 } else { libc::MAP_POPULATE };
             let ptr = libc::mmap(
                 std::ptr::null_mut(),
                 len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | populate,
                 fd.as_raw_fd(),
                 0,
             );
@@ -146,7 +160,7 @@ mod tests {
 
     #[test]
     fn shared_store_roundtrip() {
-        let m = SharedMem::new(1 << 20).unwrap();
+        let m = SharedMem::new(1 << 20, false).unwrap();
         let mut v = m.view();
         let w = m.view();
         v.write(4096, b"hello");
@@ -163,7 +177,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "outside")]
     fn out_of_bounds_is_caught_even_if_the_core_missed_it() {
-        let m = SharedMem::new(4096).unwrap();
+        let m = SharedMem::new(4096, true).unwrap();
         m.view().write(4095, b"xy");
     }
 }

@@ -92,6 +92,8 @@ pub struct Options {
     /// (queue, fault)
     pub fault: Option<(u16, Fault)>,
     pub copy_mode: CopyChoice,
+    /// Allocate the store on first write instead of at startup.
+    pub sparse: bool,
 }
 
 impl Options {
@@ -141,7 +143,7 @@ pub fn serve(opts: &Options) -> Result<(), String> {
     opts.validate()?;
     let signals = block_signals();
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    let mem = SharedMem::new(opts.size)?;
+    let mem = SharedMem::new(opts.size, opts.sparse)?;
     let want = wanted_flags(opts.copy_mode, ctl.features)?;
     let info = sys::ublksrv_ctrl_dev_info {
         nr_hw_queues: opts.queues,
@@ -345,8 +347,8 @@ fn run_device(
                     }
                     let s = exit.stats;
                     eprintln!(
-                        "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors",
-                        exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors
+                        "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors; {} completions in {} waits",
+                        exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors, exit.completions, exit.waits
                     );
                 }
                 Ok(Err(e)) => {
@@ -636,6 +638,7 @@ mod tests {
             json: false,
             fault: None,
             copy_mode: CopyChoice::Auto,
+            sparse: false,
         }
     }
 
@@ -643,14 +646,25 @@ mod tests {
     fn copy_mode_asks_for_user_copy_only_when_offered_or_told() {
         let both = sys::UBLK_F_CMD_IOCTL_ENCODE | sys::UBLK_F_USER_COPY | sys::UBLK_F_USER_RECOVERY;
         let encode = sys::UBLK_F_CMD_IOCTL_ENCODE;
-        assert_eq!(wanted_flags(CopyChoice::Auto, both), Ok(encode | sys::UBLK_F_USER_COPY));
+        assert_eq!(
+            wanted_flags(CopyChoice::Auto, both),
+            Ok(encode | sys::UBLK_F_USER_COPY)
+        );
         assert_eq!(wanted_flags(CopyChoice::Auto, encode), Ok(encode));
         assert_eq!(wanted_flags(CopyChoice::Buffer, both), Ok(encode));
-        assert_eq!(wanted_flags(CopyChoice::User, both), Ok(encode | sys::UBLK_F_USER_COPY));
+        assert_eq!(
+            wanted_flags(CopyChoice::User, both),
+            Ok(encode | sys::UBLK_F_USER_COPY)
+        );
         let e = wanted_flags(CopyChoice::User, encode).unwrap_err();
-        assert!(e.contains("does not offer USER_COPY") && e.contains("CMD_IOCTL_ENCODE"), "{e}");
+        assert!(
+            e.contains("does not offer USER_COPY") && e.contains("CMD_IOCTL_ENCODE"),
+            "{e}"
+        );
         assert_eq!(parse_copy_mode("user"), Ok(CopyChoice::User));
-        assert!(parse_copy_mode("zero").unwrap_err().contains("auto, buffer or user"));
+        assert!(parse_copy_mode("zero")
+            .unwrap_err()
+            .contains("auto, buffer or user"));
     }
 
     #[test]

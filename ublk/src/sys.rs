@@ -548,6 +548,9 @@ mod tests {
         assert_eq!(user_copy_pos(0, 0), 0x8000_0000);
         assert_eq!(user_copy_pos(0, 1), 0x8000_0000 + (1 << 25));
         assert_eq!(user_copy_pos(1, 0), 0x8000_0000 + (1 << 41));
-        assert_eq!((user_copy_pos(4095, 65535) - UBLKSRV_IO_BUF_OFFSET) >> 41, 4095);
+        assert_eq!(
+            (user_copy_pos(4095, 65535) - UBLKSRV_IO_BUF_OFFSET) >> 41,
+            4095
+        );
     }
 }

@@ -110,3 +110,15 @@ fn built_in_servers_in_the_docs_are_the_profiles() {
         );
     }
 }
+
+#[test]
+fn perf_workloads_and_targets_in_the_docs_are_the_codes() {
+    use crate::perf::workload::{KERNEL_TARGETS, REFERENCE, WORKLOADS};
+    let readme = read("README.md");
+    let documented = table_names(&readme, "| workload | fio |");
+    let names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+    assert_eq!(documented, names, "README.md's vm-perf workload table");
+    let targets = table_names(&readme, "| target | what |");
+    assert_eq!(targets, KERNEL_TARGETS, "README.md's vm-perf target table");
+    assert_eq!(targets[0], REFERENCE, "the reference is listed first");
+}

@@ -147,7 +147,11 @@ pub fn run(args: Args) -> Result<i32> {
         let vm = vm_config(&args, &plan, accel, &tools);
         let (session, found) = measure(name, image, &vm, &plan, &profiles, &dir)
             .map_err(|e| format!("vm-perf on {name}: {e} (evidence in {})", dir.display()))?;
-        eprintln!("\n{name} ({}):\n{}", session.kernel_release, report::table(&session));
+        eprintln!(
+            "\n{name} ({}):\n{}",
+            session.kernel_release,
+            report::table(&session)
+        );
         splats.extend(found.into_iter().map(|s| format!("{name}: {s}")));
         report.sessions.push(session);
     }
@@ -162,7 +166,11 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
         false => args.server.clone(),
     };
     let mut names: Vec<String> = match args.targets.is_empty() {
-        true => KERNEL_TARGETS.iter().map(|s| s.to_string()).chain(servers).collect(),
+        true => KERNEL_TARGETS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(servers)
+            .collect(),
         false => args.targets.clone(),
     };
     if !names.iter().any(|n| n == REFERENCE) {
@@ -201,8 +209,8 @@ fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
 }
 
 fn load_report(path: &Path) -> Result<PerfReport> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--baseline {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--baseline {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| {
         format!(
             "--baseline {}:{}:{}: not a vm-perf perf.json ({e}); write one with --save-baseline",
@@ -240,7 +248,9 @@ fn plan(
         .collect();
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
-            return Err(format!("two targets are called `{n}`: give one profile another `name:`"));
+            return Err(format!(
+                "two targets are called `{n}`: give one profile another `name:`"
+            ));
         }
     }
     Ok(Plan {
@@ -394,7 +404,12 @@ fn write_outputs(report: &PerfReport, dir: &Path, save: Option<&Path>) -> Result
 }
 
 /// 1 on a regression beyond noise or a kernel splat, else 0.
-fn verdict(report: &PerfReport, base: Option<&PerfReport>, tolerance: f64, splats: &[String]) -> i32 {
+fn verdict(
+    report: &PerfReport,
+    base: Option<&PerfReport>,
+    tolerance: f64,
+    splats: &[String],
+) -> i32 {
     for s in splats {
         eprintln!("vm-perf: kernel splat during the measurement: {s}");
     }

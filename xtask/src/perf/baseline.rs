@@ -88,7 +88,10 @@ pub fn mismatch(base: &PerfReport, now: &PerfReport) -> Vec<String> {
     if base.runtime_s != now.runtime_s || base.size_bytes != now.size_bytes {
         w.push("the baseline ran other cell lengths or device sizes".into());
     }
-    let none = now.sessions.iter().all(|s| base.sessions.iter().all(|b| b.kernel != s.kernel));
+    let none = now
+        .sessions
+        .iter()
+        .all(|s| base.sessions.iter().all(|b| b.kernel != s.kernel));
     if none {
         w.push("the baseline has none of this run's kernels: nothing to compare".into());
     }
@@ -117,7 +120,7 @@ mod tests {
     #[test]
     fn a_drop_counts_only_beyond_noise_and_tolerance() {
         let base = cell("ublk-mem", 0.80, 0.78, 0.82); // ±2.5 %
-        // 10 % down, both runs tight: a regression.
+                                                       // 10 % down, both runs tight: a regression.
         let d = delta("k", Some(&base), &cell("ublk-mem", 0.72, 0.71, 0.73), 0.05).unwrap();
         assert!(d.regressed(), "{d:?}");
         assert!(d.describe().contains("-10.0 %"), "{}", d.describe());
@@ -125,7 +128,13 @@ mod tests {
         let noisy = delta("k", Some(&base), &cell("ublk-mem", 0.72, 0.60, 0.84), 0.05).unwrap();
         assert!(!noisy.regressed(), "{noisy:?}");
         // 4 % down: inside the 5 % tolerance.
-        let small = delta("k", Some(&base), &cell("ublk-mem", 0.77, 0.765, 0.775), 0.05).unwrap();
+        let small = delta(
+            "k",
+            Some(&base),
+            &cell("ublk-mem", 0.77, 0.765, 0.775),
+            0.05,
+        )
+        .unwrap();
         assert!(!small.regressed());
         // Faster is never a regression.
         let up = delta("k", Some(&base), &cell("ublk-mem", 1.2, 1.19, 1.21), 0.05).unwrap();

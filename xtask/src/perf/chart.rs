@@ -53,7 +53,11 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
     ));
     let mut v = 0.0;
     while v <= top + 1e-9 {
-        let (x2, yv, tx) = (LEFT + report.workloads.len() as f64 * per_group, y(v), LEFT - 4.0);
+        let (x2, yv, tx) = (
+            LEFT + report.workloads.len() as f64 * per_group,
+            y(v),
+            LEFT - 4.0,
+        );
         s.push_str(&format!(
             "<line x1=\"{LEFT}\" x2=\"{x2:.1}\" y1=\"{yv:.1}\" y2=\"{yv:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>\n",
@@ -64,7 +68,11 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
     for (wi, w) in report.workloads.iter().enumerate() {
         let gx = LEFT + wi as f64 * per_group + GROUP_GAP / 2.0;
         for (ti, t) in report.targets.iter().enumerate() {
-            let Some(c) = session.cells.iter().find(|c| &c.workload == w && &c.target == t) else {
+            let Some(c) = session
+                .cells
+                .iter()
+                .find(|c| &c.workload == w && &c.target == t)
+            else {
                 continue;
             };
             let Some(r) = c.ratio else { continue };

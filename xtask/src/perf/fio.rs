@@ -99,11 +99,20 @@ pub fn parse(text: &str) -> Result<Measured, String> {
     if ios == 0 {
         return Err("fio completed no I/O".into());
     }
-    let lat_sum: f64 = dirs.iter().map(|d| d.lat_ns.mean * d.total_ios as f64).sum();
+    let lat_sum: f64 = dirs
+        .iter()
+        .map(|d| d.lat_ns.mean * d.total_ios as f64)
+        .sum();
     let p99 = dirs
         .iter()
         .filter(|d| d.total_ios > 0)
-        .map(|d| d.clat_ns.percentile.get("99.000000").copied().unwrap_or(0.0))
+        .map(|d| {
+            d.clat_ns
+                .percentile
+                .get("99.000000")
+                .copied()
+                .unwrap_or(0.0)
+        })
         .fold(0.0, f64::max);
     Ok(Measured {
         ios,

@@ -164,9 +164,23 @@ fn cell(all: &[Sample], mine: &[&Sample]) -> Option<Cell> {
 
 /// The terminal table of one session.
 pub fn table(s: &Session) -> String {
+    let tw = s
+        .cells
+        .iter()
+        .map(|c| c.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let mut t = format!(
-        "{:<18} {:<12} {:>18} {:>9} {:>9} {:>9} {:>9} {:>22}\n",
-        "workload", "target", "IOPS (range)", "MB/s", "mean us", "p99 us", "cpu us/IO", "x brd (range)"
+        "{:<18} {:<tw$} {:>16} {:>8} {:>9} {:>9} {:>9} {:>20}\n",
+        "workload",
+        "target",
+        "IOPS (range)",
+        "MB/s",
+        "mean us",
+        "p99 us",
+        "cpu us/IO",
+        "x brd [min-max]"
     );
     for c in &s.cells {
         let range = |sp: &Spread| format!("±{:.0}%", 50.0 * sp.rel_range());
@@ -177,7 +191,7 @@ pub fn table(s: &Session) -> String {
             format!("{:.2} [{:.2}-{:.2}]", r.median, r.min, r.max)
         });
         t.push_str(&format!(
-            "{:<18} {:<12} {:>18} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>22}\n",
+            "{:<18} {:<tw$} {:>16} {:>8.1} {:>9.1} {:>9.1} {:>9} {:>20}\n",
             c.workload,
             c.target,
             format!("{:.0} {}", c.iops.median, range(&c.iops)),
@@ -255,7 +269,11 @@ mod tests {
 
     #[test]
     fn without_brd_there_is_no_ratio() {
-        let cs = cells(&[sample(0, "loop", "w", 5.0)], &["loop".into()], &["w".into()]);
+        let cs = cells(
+            &[sample(0, "loop", "w", 5.0)],
+            &["loop".into()],
+            &["w".into()],
+        );
         assert!(cs[0].ratio.is_none());
     }
 }

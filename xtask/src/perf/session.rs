@@ -120,15 +120,19 @@ fn server_cell(r: &mut Runner, plan: &Plan, w: &Workload, label: &str) -> CellRe
     r.device_features.insert(r.server.name.clone(), features);
     let d = &r.daemons["perf"];
     let (pid, bdev) = (d.pid, d.bdev.clone());
-    let script = format!(
-        "set -e\nDEV={bdev}\n{}",
-        measure_script(plan, w, Some(pid))
-    );
+    let script = format!("set -e\nDEV={bdev}\n{}", measure_script(plan, w, Some(pid)));
     let measured = guest_script(r, plan, &script, label, &["perf"]);
-    r.stop("perf", Instant::now() + plan.cell_budget, &format!("{label}.stop"))
-        .map_err(|e| format!("stopping the server: {}", step_error(e)))?;
+    r.stop(
+        "perf",
+        Instant::now() + plan.cell_budget,
+        &format!("{label}.stop"),
+    )
+    .map_err(|e| format!("stopping the server: {}", step_error(e)))?;
     let (out, cpu) = measured?;
-    Ok((out, Some(cpu.ok_or("the script printed no server CPU time")?)))
+    Ok((
+        out,
+        Some(cpu.ok_or("the script printed no server CPU time")?),
+    ))
 }
 
 fn step_error(e: StepError) -> String {
@@ -167,10 +171,9 @@ fn guest_script(
 ) -> Result<(fio::Measured, Option<u64>), String> {
     let limit = plan.cell_budget + Duration::from_secs_f64(2.0 * (plan.runtime_s + plan.ramp_s));
     let started = Instant::now();
-    let res = r
-        .vm
-        .agent
-        .run_capture(&["sh", "-c", script], started + limit);
+    let res =
+        r.vm.agent
+            .run_capture(&["sh", "-c", script], started + limit);
     let (status, out, err) = match res {
         Ok(x) => x,
         Err(why) if started.elapsed() >= limit => return Err(freeze(r, daemons, label, &why)),

@@ -153,11 +153,17 @@ mod tests {
 
     #[test]
     fn targets_round_trip_by_name() {
-        for n in KERNEL_TARGETS.iter().chain(["ublk-mem", "./my.yaml"].iter()) {
+        for n in KERNEL_TARGETS
+            .iter()
+            .chain(["ublk-mem", "./my.yaml"].iter())
+        {
             assert_eq!(Target::parse(n).name(), *n);
         }
         assert!(Target::parse("ublk-mem").setup(1 << 30, 2, 64).is_none());
         let nb = Target::NullBlk.setup(3 << 29, 2, 64).unwrap();
-        assert!(nb.contains("gb=2") && nb.contains("memory_backed=1"), "{nb}");
+        assert!(
+            nb.contains("gb=2") && nb.contains("memory_backed=1"),
+            "{nb}"
+        );
     }
 }
