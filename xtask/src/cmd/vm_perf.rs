@@ -66,6 +66,9 @@ pub struct Args {
     /// Also write this run's perf.json here (a new baseline)
     #[arg(long, value_name = "FILE")]
     pub save_baseline: Option<PathBuf>,
+    /// No VM: take an earlier run's perf.json (table, chart, --baseline gate)
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
 }
@@ -113,39 +116,79 @@ fn percent(s: &str) -> std::result::Result<f64, String> {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    if args.runtime < 0.5 {
-        return Err("--runtime: at least 0.5 s, or fio measures too few I/Os".into());
+    let base = args
+        .baseline
+        .as_deref()
+        .map(|p| load_report(p, "--baseline"))
+        .transpose()?;
+    if let Some(from) = &args.from {
+        return reevaluate(&load_report(from, "--from")?, base.as_ref(), &args);
     }
-    let targets = targets(&args)?;
-    let workloads = workloads(&args.workloads)?;
-    let profiles = load_profiles(&targets)?;
-    let base = args.baseline.as_deref().map(load_report).transpose()?;
-    let tools = tools::layer(&["fio".into(), "losetup".into(), "truncate".into()])?;
-    let kernels = kernels(&args.kernel)?;
-    let (accel, why) = accel::choose(args.accel, &kernels[0].1)?;
-    if accel == Accel::Kvm && args.clock != Clock::Plain {
-        return Err("--clock icount needs TCG (--accel tcg): KVM runs on the host's clock".into());
+    let setup = Setup::prepare(&args)?;
+    let (report, splats) = measure_kernels(&args, &setup)?;
+    write_outputs(&report, &setup.run.path, args.save_baseline.as_deref())?;
+    Ok(verdict(&report, base.as_ref(), args.tolerance, &splats))
+}
+
+/// Everything decided before the first VM boots.
+struct Setup {
+    plan: Plan,
+    profiles: BTreeMap<String, Profile>,
+    tools: tools::Layer,
+    kernels: Vec<(String, Image)>,
+    accel: Accel,
+    run: RunDir,
+}
+
+impl Setup {
+    fn prepare(args: &Args) -> Result<Setup> {
+        if args.runtime < 0.5 {
+            return Err("--runtime: at least 0.5 s, or fio measures too few I/Os".into());
+        }
+        let targets = targets(args)?;
+        let workloads = workloads(&args.workloads)?;
+        let profiles = load_profiles(&targets)?;
+        let tools = tools::layer(&["fio".into(), "losetup".into(), "truncate".into()])?;
+        let kernels = kernels(&args.kernel)?;
+        let (accel, why) = accel::choose(args.accel, &kernels[0].1)?;
+        if accel == Accel::Kvm && args.clock != Clock::Plain {
+            return Err(
+                "--clock icount needs TCG (--accel tcg): KVM runs on the host's clock".into(),
+            );
+        }
+        let plan = plan(args, targets, &profiles, workloads, accel)?;
+        let run = RunDir::create("perf")?;
+        eprintln!(
+            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell | accel {} ({why}), clock {} | {}",
+            plan.targets.len(),
+            plan.workloads.len(),
+            plan.rounds,
+            kernels.len(),
+            plan.runtime_s,
+            plan.ramp_s,
+            accel.name(),
+            args.clock.name(),
+            run.path.display()
+        );
+        Ok(Setup {
+            plan,
+            profiles,
+            tools,
+            kernels,
+            accel,
+            run,
+        })
     }
-    let run = RunDir::create("perf")?;
-    let plan = plan(&args, targets, &profiles, workloads, accel)?;
-    eprintln!(
-        "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell | accel {} ({why}), clock {} | {}",
-        plan.targets.len(),
-        plan.workloads.len(),
-        plan.rounds,
-        kernels.len(),
-        plan.runtime_s,
-        plan.ramp_s,
-        accel.name(),
-        args.clock.name(),
-        run.path.display()
-    );
-    let mut report = head(&args, &plan, accel, &tools);
+}
+
+/// One session per kernel, in order; the report and any kernel splats.
+fn measure_kernels(args: &Args, setup: &Setup) -> Result<(PerfReport, Vec<String>)> {
+    let mut report = head(args, &setup.plan, setup.accel, &setup.tools);
     let mut splats = Vec::new();
-    for (name, image) in &kernels {
-        let dir = run.path.join(crate::util::slug(name));
-        let vm = vm_config(&args, &plan, accel, &tools);
-        let (session, found) = measure(name, image, &vm, &plan, &profiles, &dir)
+    for (name, image) in &setup.kernels {
+        let dir = setup.run.path.join(crate::util::slug(name));
+        let vm = vm_config(args, &setup.plan, setup.accel, &setup.tools);
+        let (session, found) = measure(name, image, &vm, &setup.plan, &setup.profiles, &dir)
             .map_err(|e| format!("vm-perf on {name}: {e} (evidence in {})", dir.display()))?;
         eprintln!(
             "\n{name} ({}):\n{}",
@@ -155,8 +198,7 @@ pub fn run(args: Args) -> Result<i32> {
         splats.extend(found.into_iter().map(|s| format!("{name}: {s}")));
         report.sessions.push(session);
     }
-    write_outputs(&report, &run.path, args.save_baseline.as_deref())?;
-    Ok(verdict(&report, base.as_ref(), args.tolerance, &splats))
+    Ok((report, splats))
 }
 
 /// Targets in measurement order, brd first and always present.
@@ -208,12 +250,22 @@ fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
     Ok(out)
 }
 
-fn load_report(path: &Path) -> Result<PerfReport> {
+/// `--from`: an earlier run's report, shown and gated again without a VM.
+fn reevaluate(report: &PerfReport, base: Option<&PerfReport>, args: &Args) -> Result<i32> {
+    for s in &report.sessions {
+        eprintln!("{} ({}):\n{}", s.kernel, s.kernel_release, report::table(s));
+    }
+    let run = RunDir::create("perf")?;
+    write_outputs(report, &run.path, args.save_baseline.as_deref())?;
+    Ok(verdict(report, base, args.tolerance, &[]))
+}
+
+fn load_report(path: &Path, flag: &str) -> Result<PerfReport> {
     let text =
-        std::fs::read_to_string(path).map_err(|e| format!("--baseline {}: {e}", path.display()))?;
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| {
         format!(
-            "--baseline {}:{}:{}: not a vm-perf perf.json ({e}); write one with --save-baseline",
+            "{flag} {}:{}:{}: not a vm-perf perf.json ({e}); write one with --save-baseline",
             path.display(),
             e.line(),
             e.column()

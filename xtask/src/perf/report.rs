@@ -253,8 +253,10 @@ mod tests {
         assert_eq!((r.median, r.min, r.max), (0.5, 0.5, 0.6));
         assert_eq!(u.iops.median, 600.0);
         assert!(cs[0].cpu_us_per_io.is_none());
-        // 3 s of CPU over 1500 I/Os = 2000 us per I/O at the median round.
-        assert_eq!(u.cpu_us_per_io.unwrap().median, 2000.0);
+        // 3 s of CPU over 1500, 3000 and 1800 I/Os: 2000, 1000 and 1666.7 us per I/O.
+        let cpu = u.cpu_us_per_io.unwrap();
+        assert_eq!((cpu.min, cpu.max), (1000.0, 2000.0));
+        assert!((cpu.median - 1666.67).abs() < 0.01, "{cpu:?}");
         let table = table(&Session {
             kernel: "k".into(),
             kernel_release: "r".into(),

@@ -1,0 +1,150 @@
+//! `vm-perf` end to end, short enough for CI: brd and ublk-mem on two workloads under QEMU's
+//! instruction-counting clock (repeatable within a few percent on a loaded host, where the
+//! plain TCG clock varied by tens of percent), gated against the committed baseline
+//! `.ci/perf-baseline.json`. Then the gate itself, without a VM (`--from`): a baseline
+//! claiming ublk-mem was faster than the measured noise allows fails, naming the cell; one
+//! inside the noise passes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+/// The CI slice; `.ci/perf-baseline.json` was written by exactly this (plus --save-baseline).
+const SLICE: &[&str] = &[
+    "vm-perf",
+    "--accel",
+    "tcg",
+    "--clock",
+    "icount:3",
+    "--targets",
+    "brd,ublk-mem",
+    "--workloads",
+    "randread-4k-qd32,write-128k-qd8",
+    "--rounds",
+    "2",
+    "--runtime",
+    "1",
+    "--ramp",
+    "0.5",
+    "--baseline",
+    ".ci/perf-baseline.json",
+];
+
+fn outputs(o: &std::process::Output) -> PathBuf {
+    let e = stderr(o);
+    let line = e
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("vm-perf: ")?
+                .split_once(" and ")
+                .map(|x| x.0)
+        })
+        .unwrap_or_else(|| panic!("no output paths: {e}"));
+    PathBuf::from(line)
+}
+
+/// A copy of `report` whose ublk-mem randread ratio is scaled by `factor`.
+fn doctored(report: &Path, factor: f64, out: &Path) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    for s in v["sessions"].as_array_mut().unwrap() {
+        for c in s["cells"].as_array_mut().unwrap() {
+            if c["target"] == "ublk-mem" && c["workload"] == "randread-4k-qd32" {
+                for k in ["median", "min", "max"] {
+                    let x = c["ratio"][k].as_f64().unwrap();
+                    c["ratio"][k] = (x * factor).into();
+                }
+            }
+        }
+    }
+    std::fs::write(out, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_short_run_passes_the_committed_baseline_and_the_gate_can_fail() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(SLICE);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("x brd [min-max]") && e.contains("regressed beyond noise"),
+        "{e}"
+    );
+    let perf = outputs(&o);
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&perf).unwrap()).unwrap();
+    let session = &report["sessions"][0];
+    assert_eq!(
+        session["samples"].as_array().unwrap().len(),
+        8,
+        "2 targets x 2 workloads x 2 rounds"
+    );
+    assert_eq!(report["clock"], "icount:3");
+    let cells = session["cells"].as_array().unwrap();
+    let ublk = cells.iter().find(|c| c["target"] == "ublk-mem").unwrap();
+    assert!(
+        ublk["cpu_us_per_io"]["median"].as_f64().unwrap() > 0.0,
+        "{ublk}"
+    );
+    let features = session["device_features"]["ublk-mem"].as_array().unwrap();
+    assert!(
+        features.iter().any(|f| f == "USER_COPY"),
+        "one copy on 6.12: {features:?}"
+    );
+    let svg = std::fs::read_to_string(perf.with_file_name("perf.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("write-128k-qd8"),
+        "{svg}"
+    );
+
+    // The gate, on the run just made: a baseline 30 % better fails and names the cell...
+    let dir = tempdir();
+    let better = dir.join("better.json");
+    doctored(&perf, 1.3, &better);
+    let perf_s = perf.display().to_string();
+    let o = run(&[
+        "vm-perf",
+        "--from",
+        &perf_s,
+        "--baseline",
+        better.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("REGRESSION") && e.contains("ublk-mem randread-4k-qd32"),
+        "{e}"
+    );
+    // ...one 1 % better is inside tolerance and noise.
+    doctored(&perf, 1.01, &better);
+    let o = run(&[
+        "vm-perf",
+        "--from",
+        &perf_s,
+        "--baseline",
+        better.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A file that is not a perf.json is one clear error with its position.
+    std::fs::write(&better, "{\"sessions\": 3}").unwrap();
+    let o = run(&[
+        "vm-perf",
+        "--from",
+        &perf_s,
+        "--baseline",
+        better.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("better.json:1:") && e.contains("--save-baseline"),
+        "{e}"
+    );
+}
+
+fn tempdir() -> PathBuf {
+    let d = root().join("target/test-perf");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
