@@ -462,3 +462,68 @@ fn random_scattered_io_matches_a_reference_model() {
         "the workload should move well over 1 GiB ({total})"
     );
 }
+
+/// A request's data path that records each copy call (USER_COPY makes each one a syscall)
+/// and can fail them.
+struct Calls {
+    calls: Vec<(bool, u64, usize, usize)>,
+    fail: Option<i32>,
+}
+
+impl<B: Backing> RequestData<B> for Calls {
+    fn capacity(&self) -> usize {
+        MAX_IO as usize
+    }
+    fn fill(&mut self, _: &B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
+        self.calls.push((true, store_off, req_off, len));
+        self.fail.map_or(Ok(()), Err)
+    }
+    fn drain(&mut self, _: &mut B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
+        self.calls.push((false, store_off, req_off, len));
+        self.fail.map_or(Ok(()), Err)
+    }
+}
+
+#[test]
+fn a_request_moves_in_one_call_and_a_failed_copy_fails_only_that_request() {
+    let (mut core, mut mem, mut out, mut rec) = setup(None);
+    let mut data = Calls {
+        calls: Vec::new(),
+        fail: None,
+    };
+    out.clear();
+    // 128 KiB + 512 bytes: 33 segments, the last one short, still one call.
+    let d = desc(sys::UBLK_IO_OP_READ, 0, 8, 257);
+    core.on_completion(0, 0, &d, &mut data, &mut mem, &mut out, &mut rec)
+        .unwrap();
+    assert_eq!(data.calls, [(true, 4096, 0, 257 * 512)]);
+    assert_eq!(
+        out,
+        [Command::CommitAndFetch {
+            tag: 0,
+            result: 257 * 512
+        }]
+    );
+    let d = desc(sys::UBLK_IO_OP_WRITE, 0, 0, 8);
+    data.calls.clear();
+    out.clear();
+    core.on_completion(1, 0, &d, &mut data, &mut mem, &mut out, &mut rec)
+        .unwrap();
+    assert_eq!(data.calls, [(false, 0, 0, 4096)]);
+    // The kernel refused a copy (say -EFAULT): the request fails with it, nothing counted as
+    // served, and the tag goes back to the kernel as always.
+    data.fail = Some(-libc::EFAULT);
+    out.clear();
+    core.on_completion(2, 0, &d, &mut data, &mut mem, &mut out, &mut rec)
+        .unwrap();
+    assert_eq!(
+        out,
+        [Command::CommitAndFetch {
+            tag: 2,
+            result: -libc::EFAULT
+        }]
+    );
+    let s = core.stats();
+    assert_eq!((s.reads, s.writes, s.errors), (1, 1, 1));
+    assert_eq!(core.state(2), TagState::InKernel);
+}

@@ -122,7 +122,11 @@ pub fn conclude(
 
 /// Writes a run's record (`file` in its run directory: the outcome plus `extra` fields) and
 /// applies the evidence rule; returns the outcome as it stands then.
+/// A run decided before any VM (a skip) has no run directory: there is nothing to write.
 pub fn seal(mut outcome: Outcome, file: &str, extra: serde_json::Value) -> Outcome {
+    if outcome.run_dir.as_os_str().is_empty() {
+        return outcome;
+    }
     let mut record = serde_json::json!({ "outcome": &outcome });
     if let (Some(r), serde_json::Value::Object(x)) = (record.as_object_mut(), extra) {
         r.extend(x);
@@ -244,5 +248,19 @@ mod tests {
         mark_incomplete(&mut f, "disk full");
         assert_eq!(f.verdict, Fail);
         assert!(f.reason.unwrap().contains("evidence incomplete: disk full"));
+    }
+
+    /// A skip decided before any VM has no run directory: sealing it writes nothing (it once
+    /// wrote `scenario-result.json` into the working directory, and two workers raced there).
+    #[test]
+    fn a_run_without_a_directory_is_sealed_without_writing() {
+        let mut o = Outcome::named("t", 1, 1, Path::new(""), "h");
+        o.verdict = Verdict::Skip;
+        o.reason = Some("lacks stores-data".into());
+        let name = "seal-test-result.json";
+        let sealed = seal(o.clone(), name, serde_json::json!({}));
+        assert_eq!(sealed.reason, o.reason);
+        assert_eq!(sealed.verdict, Verdict::Skip);
+        assert!(!Path::new(name).exists());
     }
 }
