@@ -53,9 +53,9 @@ pub struct Args {
     /// Virtual CPUs (also the queue count of every multi-queue target)
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub cpus: u32,
-    /// Guest clock: `plain`, or `icount` / `icount:SHIFT` (QEMU's instruction-counting clock,
-    /// TCG only; default shift 3)
-    #[arg(long, default_value = "plain", value_parser = clock)]
+    /// Guest clock: `auto` (icount under TCG, plain under KVM), `plain`, or `icount` /
+    /// `icount:SHIFT` (QEMU's instruction-counting clock, TCG only; default shift 3)
+    #[arg(long, value_name = "auto|plain|icount[:N]", default_value = "auto", value_parser = clock)]
     pub clock: Clock,
     /// Compare with this perf.json: exit 1 if a cell's ratio to brd dropped beyond the noise
     #[arg(long, value_name = "FILE")]
@@ -75,6 +75,8 @@ pub struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
+    /// icount:3 under TCG (repeatable), plain under KVM.
+    Auto,
     Plain,
     Icount(u32),
 }
@@ -82,22 +84,27 @@ pub enum Clock {
 impl Clock {
     pub fn name(self) -> String {
         match self {
+            Clock::Auto => "auto".into(),
             Clock::Plain => "plain".into(),
             Clock::Icount(s) => format!("icount:{s}"),
         }
     }
 }
 
+/// 2^3 ns of guest time per instruction: 125 MIPS, about what TCG executes on this host.
+const DEFAULT_SHIFT: u32 = 3;
+
 fn clock(s: &str) -> std::result::Result<Clock, String> {
     match s {
+        "auto" => Ok(Clock::Auto),
         "plain" => Ok(Clock::Plain),
-        "icount" => Ok(Clock::Icount(3)),
+        "icount" => Ok(Clock::Icount(DEFAULT_SHIFT)),
         _ => s
             .strip_prefix("icount:")
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| *n <= 10)
             .map(Clock::Icount)
-            .ok_or_else(|| format!("`{s}`: use plain, icount or icount:SHIFT (0..=10)")),
+            .ok_or_else(|| format!("`{s}`: use auto, plain, icount or icount:SHIFT (0..=10)")),
     }
 }
 
@@ -137,6 +144,8 @@ struct Setup {
     tools: tools::Layer,
     kernels: Vec<(String, Image)>,
     accel: Accel,
+    /// `--clock` resolved for the accelerator (never Auto).
+    clock: Clock,
     run: RunDir,
 }
 
@@ -151,11 +160,16 @@ impl Setup {
         let tools = tools::layer(&["fio".into(), "losetup".into(), "truncate".into()])?;
         let kernels = kernels(&args.kernel)?;
         let (accel, why) = accel::choose(args.accel, &kernels[0].1)?;
-        if accel == Accel::Kvm && args.clock != Clock::Plain {
-            return Err(
-                "--clock icount needs TCG (--accel tcg): KVM runs on the host's clock".into(),
-            );
-        }
+        let clock = match (args.clock, accel) {
+            (Clock::Icount(_), Accel::Kvm) => {
+                return Err(
+                    "--clock icount needs TCG (--accel tcg): KVM runs on the host's clock".into(),
+                )
+            }
+            (Clock::Auto, Accel::Kvm) => Clock::Plain,
+            (Clock::Auto, Accel::Tcg) => Clock::Icount(DEFAULT_SHIFT),
+            (c, _) => c,
+        };
         let plan = plan(args, targets, &profiles, workloads, accel)?;
         let run = RunDir::create("perf")?;
         eprintln!(
@@ -167,10 +181,11 @@ impl Setup {
             plan.runtime_s,
             plan.ramp_s,
             accel.name(),
-            args.clock.name(),
+            clock.name(),
             run.path.display()
         );
         Ok(Setup {
+            clock,
             plan,
             profiles,
             tools,
@@ -183,11 +198,11 @@ impl Setup {
 
 /// One session per kernel, in order; the report and any kernel splats.
 fn measure_kernels(args: &Args, setup: &Setup) -> Result<(PerfReport, Vec<String>)> {
-    let mut report = head(args, &setup.plan, setup.accel, &setup.tools);
+    let mut report = head(args, setup);
     let mut splats = Vec::new();
     for (name, image) in &setup.kernels {
         let dir = setup.run.path.join(crate::util::slug(name));
-        let vm = vm_config(args, &setup.plan, setup.accel, &setup.tools);
+        let vm = vm_config(args, setup);
         let (session, found) = measure(name, image, &vm, &setup.plan, &setup.profiles, &dir)
             .map_err(|e| format!("vm-perf on {name}: {e} (evidence in {})", dir.display()))?;
         eprintln!(
@@ -319,27 +334,28 @@ fn plan(
     })
 }
 
-fn vm_config(args: &Args, plan: &Plan, accel: Accel, tools: &tools::Layer) -> VmConfig {
+fn vm_config(args: &Args, setup: &Setup) -> VmConfig {
     VmConfig {
         cpus: args.cpus,
         // One device lives at a time: its data, plus room for the page cache and the servers.
-        memory_mib: 768 + 2 * (plan.size_bytes >> 20),
-        accel,
-        tools: Some(tools.clone()),
-        icount_shift: match args.clock {
-            Clock::Plain => None,
+        memory_mib: 768 + 2 * (setup.plan.size_bytes >> 20),
+        accel: setup.accel,
+        tools: Some(setup.tools.clone()),
+        icount_shift: match setup.clock {
             Clock::Icount(s) => Some(s),
+            Clock::Plain | Clock::Auto => None,
         },
     }
 }
 
-fn head(args: &Args, plan: &Plan, accel: Accel, tools: &tools::Layer) -> PerfReport {
+fn head(args: &Args, setup: &Setup) -> PerfReport {
+    let plan = &setup.plan;
     PerfReport {
         started_at: rfc3339_now(),
         commit: crate::cmd::vm_e2e::git_commit(),
         machine: machine(),
-        accelerator: accel.name().into(),
-        clock: args.clock.name(),
+        accelerator: setup.accel.name().into(),
+        clock: setup.clock.name(),
         vcpus: args.cpus,
         rounds: plan.rounds,
         runtime_s: plan.runtime_s,
@@ -349,7 +365,7 @@ fn head(args: &Args, plan: &Plan, accel: Accel, tools: &tools::Layer) -> PerfRep
         depth: plan.depth,
         targets: plan.names.clone(),
         workloads: plan.workloads.iter().map(|w| w.name.to_string()).collect(),
-        tools: tools.manifest.packages.clone(),
+        tools: setup.tools.manifest.packages.clone(),
         sessions: Vec::new(),
     }
 }
