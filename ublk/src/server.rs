@@ -182,6 +182,20 @@ struct RunOutcome {
     stopped_outside: bool,
 }
 
+/// A device being served: what the main thread shares with its queue threads.
+struct Device {
+    dev_id: u32,
+    queues: u16,
+    depth: u16,
+    pid: i32,
+    epoch: Instant,
+    cdev: Arc<File>,
+    /// Set (ms since `epoch`) once STOP_DEV is sent: queues give up after it.
+    stop_at: Arc<AtomicU64>,
+    shared: Vec<Arc<QueueShared>>,
+    inflight: Arc<AtomicU64>,
+}
+
 fn run_device(
     ctl: &mut Control,
     mem: &SharedMem,
@@ -189,19 +203,63 @@ fn run_device(
     info: &sys::ublksrv_ctrl_dev_info,
     signals: &libc::sigset_t,
 ) -> Result<RunOutcome, String> {
-    let dev_id = info.dev_id;
     // Honour what the kernel granted, not what we asked for.
-    let (queues, depth, max_io) = (
-        info.nr_hw_queues,
-        info.queue_depth,
-        info.max_io_buf_bytes.min(opts.max_io_bytes),
-    );
+    let (queues, depth) = (info.nr_hw_queues, info.queue_depth);
     if queues != opts.queues || depth != opts.depth {
         eprintln!("ublk-mem: the kernel adjusted the device to {queues} queue(s) of depth {depth}");
     }
+    let max_io = info.max_io_buf_bytes.min(opts.max_io_bytes);
+    ctl.set_params(info.dev_id, &device_params(opts, max_io))
+        .map_err(|e| e.to_string())?;
+    let dev = Device {
+        dev_id: info.dev_id,
+        queues,
+        depth,
+        // SAFETY: getpid has no preconditions.
+        pid: unsafe { libc::getpid() },
+        epoch: Instant::now(),
+        cdev: Arc::new(open_cdev(info.dev_id)?),
+        stop_at: Arc::new(AtomicU64::new(0)),
+        shared: (0..queues)
+            .map(|q| Arc::new(QueueShared::new(q, depth)))
+            .collect(),
+        inflight: Arc::new(AtomicU64::new(0)),
+    };
+    let (done_tx, done_rx) = mpsc::channel::<Result<QueueExit, String>>();
+    // The kernel's START_DEV waits for every FETCH_REQ: the shared bring-up order says so.
+    for step in crate::core::bringup() {
+        match step {
+            Bringup::FetchAll => start_queues(&dev, ctl, mem, opts, info, max_io, &done_tx)?,
+            Bringup::StartDev => ctl
+                .start_dev(dev.dev_id, dev.pid)
+                .map_err(|e| e.to_string())?,
+        }
+    }
+    drop(done_tx);
+    announce(opts, info, queues, depth, dev.pid);
+    let (stopped_outside, finished, failures) = serve_until_signal(&dev, opts, signals, &done_rx);
+    let (finished, errors) = shut_down(&dev, finished, failures, &done_rx)?;
+    if let (Some(p), false) = (&opts.state_file, errors.is_empty()) {
+        // A last snapshot helps explain a shutdown that went wrong.
+        let o = Options {
+            state_file: Some(p.clone()),
+            ..opts.clone()
+        };
+        dump_state(&o, dev.dev_id, dev.pid, &dev.shared, &dev.inflight);
+    }
+    drop(dev); // DEL_DEV waits for /dev/ublkcN to be closed (by us and every queue thread)
+    match errors.is_empty() {
+        true => Ok(RunOutcome {
+            stopped_outside: stopped_outside && finished == queues as usize,
+        }),
+        false => Err(errors.join("; ")),
+    }
+}
+
+/// SET_PARAMS: the device's geometry, cache and discard limits.
+fn device_params(opts: &Options, max_io: u32) -> sys::ublk_params {
     let bs_shift = opts.block_size.trailing_zeros() as u8;
-    let dev_sectors = opts.size / 512;
-    let params = sys::ublk_params {
+    sys::ublk_params {
         types: sys::UBLK_PARAM_TYPE_BASIC | sys::UBLK_PARAM_TYPE_DISCARD,
         basic: sys::ublk_param_basic {
             // A volatile cache with FUA makes the kernel send FLUSH and FUA: both paths get exercised.
@@ -211,7 +269,7 @@ fn run_device(
             io_opt_shift: bs_shift,
             io_min_shift: bs_shift,
             max_sectors: max_io / 512,
-            dev_sectors,
+            dev_sectors: opts.size / 512,
             ..Default::default()
         },
         discard: sys::ublk_param_discard {
@@ -222,94 +280,88 @@ fn run_device(
             ..Default::default()
         },
         ..Default::default()
-    };
-    ctl.set_params(dev_id, &params).map_err(|e| e.to_string())?;
-    let cdev = open_cdev(dev_id)?;
-    let ioctl_encode = info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0;
-    let copy = match info.flags & sys::UBLK_F_USER_COPY {
-        0 => CopyMode::Buffer,
-        _ => CopyMode::User,
-    };
+    }
+}
 
-    let epoch = Instant::now();
-    let stop_at = Arc::new(AtomicU64::new(0));
-    let shared: Vec<Arc<QueueShared>> = (0..queues)
-        .map(|q| Arc::new(QueueShared::new(q, depth)))
-        .collect();
+/// One thread per queue (each submits its FETCH_REQs itself), then waits until all are ready.
+fn start_queues(
+    dev: &Device,
+    ctl: &mut Control,
+    mem: &SharedMem,
+    opts: &Options,
+    info: &sys::ublksrv_ctrl_dev_info,
+    max_io: u32,
+    done_tx: &mpsc::Sender<Result<QueueExit, String>>,
+) -> Result<(), String> {
     let (ready_tx, ready_rx) = mpsc::channel::<(u16, Result<(), String>)>();
-    let (done_tx, done_rx) = mpsc::channel::<Result<QueueExit, String>>();
-    let cdev = Arc::new(cdev);
-    let inflight = Arc::new(AtomicU64::new(0));
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    // The kernel's START_DEV waits for every FETCH_REQ: the shared bring-up order says so.
-    for step in crate::core::bringup() {
-        match step {
-            Bringup::FetchAll => {
-                for q in 0..queues {
-                    let cpus = ctl.get_queue_affinity(dev_id, q).unwrap_or_default();
-                    let spec = QueueSpec {
-                        dev_id,
-                        q_id: q,
-                        depth,
-                        max_io_bytes: max_io,
-                        dev_sectors,
-                        ioctl_encode,
-                        copy,
-                        cpus,
-                        fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
-                        trace: opts
-                            .trace
-                            .as_ref()
-                            .map(|p| PathBuf::from(format!("{}.q{q}", p.display()))),
-                        inflight: inflight.clone(),
-                    };
-                    let (cdev, sh, stop, view, rtx, dtx) = (
-                        cdev.clone(),
-                        shared[q as usize].clone(),
-                        stop_at.clone(),
-                        mem.view(),
-                        ready_tx.clone(),
-                        done_tx.clone(),
-                    );
-                    std::thread::Builder::new()
-                        .name(format!("ublk-q{q}"))
-                        .spawn(move || {
-                            let r = run_queue(&cdev, &spec, view, &sh, &stop, epoch, |r| {
-                                let _ = rtx.send((q, r));
-                            });
-                            let _ = dtx.send(r);
-                        })
-                        .map_err(|e| format!("spawn queue thread: {e}"))?;
-                }
-                let deadline = Instant::now() + READY_LIMIT;
-                for _ in 0..queues {
-                    match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    {
-                        Ok((_, Ok(()))) => {}
-                        Ok((q, Err(e))) => return Err(format!("queue {q} failed to start: {e}")),
-                        Err(_) => {
-                            return Err(format!(
-                                "queues not ready within {} s",
-                                READY_LIMIT.as_secs()
-                            ))
-                        }
-                    }
-                }
+    for q in 0..dev.queues {
+        let spec = QueueSpec {
+            dev_id: dev.dev_id,
+            q_id: q,
+            depth: dev.depth,
+            max_io_bytes: max_io,
+            dev_sectors: opts.size / 512,
+            ioctl_encode: info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0,
+            copy: match info.flags & sys::UBLK_F_USER_COPY {
+                0 => CopyMode::Buffer,
+                _ => CopyMode::User,
+            },
+            cpus: ctl.get_queue_affinity(dev.dev_id, q).unwrap_or_default(),
+            fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
+            trace: opts
+                .trace
+                .as_ref()
+                .map(|p| PathBuf::from(format!("{}.q{q}", p.display()))),
+            inflight: dev.inflight.clone(),
+        };
+        let (cdev, sh, stop, view, epoch) = (
+            dev.cdev.clone(),
+            dev.shared[q as usize].clone(),
+            dev.stop_at.clone(),
+            mem.view(),
+            dev.epoch,
+        );
+        let (rtx, dtx) = (ready_tx.clone(), done_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("ublk-q{q}"))
+            .spawn(move || {
+                let r = run_queue(&cdev, &spec, view, &sh, &stop, epoch, |r| {
+                    let _ = rtx.send((q, r));
+                });
+                let _ = dtx.send(r);
+            })
+            .map_err(|e| format!("spawn queue thread: {e}"))?;
+    }
+    let deadline = Instant::now() + READY_LIMIT;
+    for _ in 0..dev.queues {
+        match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((_, Ok(()))) => {}
+            Ok((q, Err(e))) => return Err(format!("queue {q} failed to start: {e}")),
+            Err(_) => {
+                let s = READY_LIMIT.as_secs();
+                return Err(format!("queues not ready within {s} s"));
             }
-            Bringup::StartDev => ctl.start_dev(dev_id, pid).map_err(|e| e.to_string())?,
         }
     }
-    drop((ready_tx, done_tx));
-    announce(opts, info, queues, depth, pid);
+    Ok(())
+}
 
-    // Serve until a signal, or until every queue ended (the device was stopped from outside).
+/// Serves until a signal, or until every queue ended (the device was stopped from outside):
+/// (stopped from outside, queues finished, queue failures).
+fn serve_until_signal(
+    dev: &Device,
+    opts: &Options,
+    signals: &libc::sigset_t,
+    done_rx: &mpsc::Receiver<Result<QueueExit, String>>,
+) -> (bool, usize, Vec<String>) {
     let mut finished = 0usize;
     let mut failures = Vec::new();
-    let stopped_outside = loop {
+    loop {
         match wait_signal(signals, Duration::from_millis(100)) {
-            Some(libc::SIGUSR1) => dump_state(opts, dev_id, pid, &shared, &inflight),
-            Some(_) => break false,
+            Some(libc::SIGUSR1) => {
+                dump_state(opts, dev.dev_id, dev.pid, &dev.shared, &dev.inflight)
+            }
+            Some(_) => return (false, finished, failures),
             None => {}
         }
         while let Ok(r) = done_rx.try_recv() {
@@ -318,76 +370,61 @@ fn run_device(
                 failures.push(e);
             }
         }
-        if !failures.is_empty() || finished == queues as usize {
-            break failures.is_empty();
+        if !failures.is_empty() || finished == dev.queues as usize {
+            return (failures.is_empty(), finished, failures);
         }
-    };
-    // Shutdown, bounded: STOP_DEV aborts every fetched tag; queues drain; then DEL_DEV.
+    }
+}
+
+/// Shutdown, bounded: STOP_DEV aborts every fetched tag; queues drain within the budget.
+/// (queues finished, every error so far).
+fn shut_down(
+    dev: &Device,
+    mut finished: usize,
+    mut errors: Vec<String>,
+    done_rx: &mpsc::Receiver<Result<QueueExit, String>>,
+) -> Result<(usize, Vec<String>), String> {
     let start = Instant::now();
     let budget = |frac: u32| SHUTDOWN_BUDGET * frac / 10;
-    stop_at.store(
-        (epoch.elapsed() + budget(6)).as_millis() as u64,
-        Ordering::SeqCst,
-    );
-    let mut errors = failures;
-    if finished < queues as usize {
-        let mut quick = Control::open(budget(4)).map_err(|e| e.to_string())?;
-        if let Err(e) = quick.stop_dev(dev_id) {
-            if !matches!(e, ctrl::Error::NoDevice { .. }) {
-                errors.push(format!("STOP_DEV: {e}"));
+    let stop_ms = (dev.epoch.elapsed() + budget(6)).as_millis() as u64;
+    dev.stop_at.store(stop_ms, Ordering::SeqCst);
+    let queues = dev.queues as usize;
+    if finished == queues {
+        return Ok((finished, errors));
+    }
+    let mut quick = Control::open(budget(4)).map_err(|e| e.to_string())?;
+    if let Err(e) = quick.stop_dev(dev.dev_id) {
+        if !matches!(e, ctrl::Error::NoDevice { .. }) {
+            errors.push(format!("STOP_DEV: {e}"));
+        }
+    }
+    while finished < queues {
+        match done_rx.recv_timeout(budget(8).saturating_sub(start.elapsed())) {
+            Ok(Ok(exit)) => {
+                finished += 1;
+                if let Some(why) = &exit.early {
+                    errors.push(format!("queue {}: {why}", exit.q_id));
+                }
+                let s = exit.stats;
+                eprintln!(
+                    "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors; {} completions in {} waits",
+                    exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors, exit.completions, exit.waits
+                );
+            }
+            Ok(Err(e)) => {
+                finished += 1;
+                errors.push(e);
+            }
+            Err(_) => {
+                errors.push(format!(
+                    "{} queue thread(s) did not finish in time",
+                    queues - finished
+                ));
+                break;
             }
         }
-        while finished < queues as usize {
-            let left = budget(8).saturating_sub(start.elapsed());
-            match done_rx.recv_timeout(left) {
-                Ok(Ok(exit)) => {
-                    finished += 1;
-                    if let Some(why) = &exit.early {
-                        errors.push(format!("queue {}: {why}", exit.q_id));
-                    }
-                    let s = exit.stats;
-                    eprintln!(
-                        "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors; {} completions in {} waits",
-                        exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors, exit.completions, exit.waits
-                    );
-                }
-                Ok(Err(e)) => {
-                    finished += 1;
-                    errors.push(e);
-                }
-                Err(_) => {
-                    errors.push(format!(
-                        "{} queue thread(s) did not finish in time",
-                        queues as usize - finished
-                    ));
-                    break;
-                }
-            }
-        }
     }
-    if let Some(p) = &opts.state_file {
-        // A last snapshot helps explain a shutdown that went wrong.
-        if !errors.is_empty() {
-            dump_state(
-                &Options {
-                    state_file: Some(p.clone()),
-                    ..opts.clone()
-                },
-                dev_id,
-                pid,
-                &shared,
-                &inflight,
-            );
-        }
-    }
-    drop(cdev); // DEL_DEV waits for /dev/ublkcN to be closed (by us and every queue thread)
-    if errors.is_empty() {
-        Ok(RunOutcome {
-            stopped_outside: stopped_outside && finished == queues as usize,
-        })
-    } else {
-        Err(errors.join("; "))
-    }
+    Ok((finished, errors))
 }
 
 fn open_cdev(dev_id: u32) -> Result<File, String> {
