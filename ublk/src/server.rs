@@ -92,8 +92,6 @@ pub struct Options {
     /// (queue, fault)
     pub fault: Option<(u16, Fault)>,
     pub copy_mode: CopyChoice,
-    /// Allocate the store on first write instead of at startup.
-    pub sparse: bool,
 }
 
 impl Options {
@@ -143,7 +141,7 @@ pub fn serve(opts: &Options) -> Result<(), String> {
     opts.validate()?;
     let signals = block_signals();
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    let mem = SharedMem::new(opts.size, opts.sparse)?;
+    let mem = SharedMem::new(opts.size)?;
     let want = wanted_flags(opts.copy_mode, ctl.features)?;
     let info = sys::ublksrv_ctrl_dev_info {
         nr_hw_queues: opts.queues,
@@ -675,7 +673,6 @@ mod tests {
             json: false,
             fault: None,
             copy_mode: CopyChoice::Auto,
-            sparse: false,
         }
     }
 

@@ -53,10 +53,6 @@ enum Cmd {
         /// copy), buffer (per-tag buffers: the kernel's copy and ours), user (USER_COPY or fail)
         #[arg(long, value_name = "auto|buffer|user", default_value = "auto", value_parser = server::parse_copy_mode)]
         copy_mode: server::CopyChoice,
-        /// Allocate the memory store on first write (default: all of it at startup, so a store
-        /// the guest cannot hold fails here, not under I/O)
-        #[arg(long)]
-        sparse: bool,
     },
     /// List ublk devices
     List {
@@ -92,7 +88,6 @@ fn main() -> ExitCode {
             json,
             fault,
             copy_mode,
-            sparse,
         } => {
             let max_io_bytes =
                 u32::try_from(max_io).map_err(|_| "--max-io is too large".to_string());
@@ -109,7 +104,6 @@ fn main() -> ExitCode {
                     json,
                     fault,
                     copy_mode,
-                    sparse,
                 })
             })
         }

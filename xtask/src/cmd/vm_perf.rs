@@ -42,10 +42,10 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: u32,
     /// Measured seconds per cell (after the warm-up)
-    #[arg(long, value_name = "SECS", default_value_t = 3.0, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = secs)]
     pub runtime: f64,
     /// Warm-up seconds per cell, not measured
-    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.5, value_parser = secs)]
     pub ramp: f64,
     /// Device size in MiB (the region fio works on)
     #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=4096))]

@@ -5,7 +5,7 @@
 //! ```text
 //!   for round, for workload, for target (rotated):
 //!     create device (modprobe / losetup / the server profile's add)
-//!     ─► fill it (read workloads) ─► server CPU snapshot ─► fio ─► CPU snapshot
+//!     ─► fill it (steady state) ─► server CPU snapshot ─► fio ─► CPU snapshot
 //!     ─► remove device (rmmod / losetup -d / the profile's stop: it must exit cleanly)
 //! ```
 //! A cell past its limit takes a freeze-frame and ends the session with the cell named.
@@ -142,13 +142,13 @@ fn step_error(e: StepError) -> String {
     }
 }
 
-/// Fill (for reads), CPU snapshot, fio, CPU snapshot; with `pid`, the CPU time of that
-/// process's threads (schedstat, ns) goes to stderr as `perf-cpu-ns BEFORE AFTER`.
+/// Fill, CPU snapshot, fio, CPU snapshot; with `pid`, the CPU time of that process's threads
+/// (schedstat, ns) goes to stderr as `perf-cpu-ns BEFORE AFTER`. Every device is filled first
+/// so every target is measured in its steady state: what a first write to a page costs
+/// differs between targets (brd allocates without zeroing, a server's memory comes zeroed)
+/// and is not what the ratios compare.
 fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
-    let fill = match w.reads() {
-        true => fio::fill_command(plan.size_bytes),
-        false => String::new(),
-    };
+    let fill = fio::fill_command(plan.size_bytes);
     let cpu = match pid {
         Some(p) => format!(
             "cpu() {{ cat /proc/{p}/task/*/schedstat | awk '{{s+=$1}} END {{printf \"%.0f\", s}}'; }}\n\

@@ -15,13 +15,6 @@ pub struct Workload {
     pub read_percent: Option<u32>,
 }
 
-impl Workload {
-    /// Reads hit written data: the device is filled first, so no target reads holes.
-    pub fn reads(&self) -> bool {
-        self.rw.contains("read") || self.rw.contains("rw")
-    }
-}
-
 const fn w(name: &'static str, rw: &'static str, kib: u32, qd: u32, jobs: u32) -> Workload {
     Workload {
         name,
@@ -144,9 +137,6 @@ mod tests {
             assert!(w.name.contains(&format!("qd{}", w.qd)), "{}", w.name);
             assert!(w.name.contains(&format!("{}k", w.block_bytes / 1024)));
         }
-        assert!(workload("randread-4k-qd32").unwrap().reads());
-        assert!(!workload("write-128k-qd8").unwrap().reads());
-        assert!(workload("randrw70-4k-qd32").unwrap().reads());
         let e = workload("randread").unwrap_err();
         assert!(e.contains("randread-4k-qd1"), "{e}");
     }

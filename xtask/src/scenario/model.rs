@@ -869,7 +869,6 @@ fn server_options(
         json: false,
         fault: fault.map(FaultSpec::parsed),
         copy_mode: Default::default(),
-        sparse: false,
     }
     .validate();
     r.map_err(|e| {
