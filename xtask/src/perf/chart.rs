@@ -8,7 +8,7 @@ const BAR_W: f64 = 14.0;
 const GROUP_GAP: f64 = 24.0;
 const PLOT_H: f64 = 220.0;
 const LEFT: f64 = 56.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 48.0;
 const BOTTOM: f64 = 110.0;
 /// One colour per target position (cycled).
 const COLOURS: [&str; 8] = [
@@ -18,7 +18,7 @@ const COLOURS: [&str; 8] = [
 pub fn svg(report: &PerfReport) -> String {
     let groups = report.workloads.len().max(1) as f64;
     let per_group = report.targets.len().max(1) as f64 * BAR_W + GROUP_GAP;
-    let width = LEFT + groups * per_group + 160.0;
+    let width = (LEFT + groups * per_group + 160.0).max(640.0);
     let panel_h = TOP + PLOT_H + BOTTOM;
     let height = panel_h * report.sessions.len().max(1) as f64;
     let mut s = format!(
@@ -42,10 +42,11 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
     let top = (max * 4.0).ceil() / 4.0;
     let y = |v: f64| y0 + TOP + PLOT_H * (1.0 - v.min(top) / top);
     s.push_str(&format!(
-        "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"13\">{} — IOPS relative to brd in the same round \
-         (median, whisker: min–max of {} rounds); {} {}, clock {}</text>\n",
-        y0 + 20.0,
+        "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"13\">{}: IOPS relative to brd in the same round</text>\n\
+         <text x=\"{LEFT}\" y=\"{:.1}\">bar: median, whisker: min to max of {} rounds; {}, {} vCPUs, clock {}</text>\n",
+        y0 + 16.0,
         esc(&format!("{} ({})", session.kernel, session.kernel_release)),
+        y0 + 31.0,
         report.rounds,
         esc(&report.accelerator),
         report.vcpus,
@@ -78,21 +79,22 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
             let Some(r) = c.ratio else { continue };
             let x = gx + ti as f64 * BAR_W;
             let colour = COLOURS[ti % COLOURS.len()];
-            s.push_str(&format!(
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\">\
-                 <title>{} {}: {:.3} x brd ({:.3}-{:.3}), {:.0} IOPS</title></rect>\n\
-                 <line x1=\"{2:.1}\" x2=\"{2:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n",
-                y(r.median),
-                BAR_W - 2.0,
-                y(0.0) - y(r.median),
+            let (top, base, hi, lo) = (y(r.median), y(0.0), y(r.max), y(r.min));
+            let (bw, mid) = (BAR_W - 2.0, x + (BAR_W - 2.0) / 2.0);
+            let tip = format!(
+                "{} {}: {:.3} x brd ({:.3}-{:.3}), {:.0} IOPS",
                 esc(t),
                 esc(w),
                 r.median,
                 r.min,
                 r.max,
-                c.iops.median,
-                y(r.max),
-                y(r.min),
+                c.iops.median
+            );
+            s.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{top:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"{colour}\">\
+                 <title>{tip}</title></rect>\n\
+                 <line x1=\"{mid:.1}\" x2=\"{mid:.1}\" y1=\"{hi:.1}\" y2=\"{lo:.1}\" stroke=\"black\"/>\n",
+                base - top
             ));
         }
         let lx = gx + report.targets.len() as f64 * BAR_W / 2.0;
@@ -125,4 +127,79 @@ fn esc(t: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perf::report::{Cell, Session, Spread};
+
+    #[test]
+    fn whiskers_stand_on_their_bars() {
+        let s = |m, lo, hi| Spread {
+            median: m,
+            min: lo,
+            max: hi,
+        };
+        let cell = |t: &str, r: Spread| Cell {
+            target: t.into(),
+            workload: "w".into(),
+            rounds: 3,
+            iops: s(1.0, 1.0, 1.0),
+            bw_bytes_s: s(1.0, 1.0, 1.0),
+            lat_mean_us: s(1.0, 1.0, 1.0),
+            lat_p99_us: s(1.0, 1.0, 1.0),
+            cpu_us_per_io: None,
+            ratio: Some(r),
+        };
+        let report = PerfReport {
+            started_at: String::new(),
+            commit: String::new(),
+            machine: crate::perf::report::Machine {
+                cpu_model: String::new(),
+                host_cpus: 2,
+                host_kernel: String::new(),
+            },
+            accelerator: "tcg".into(),
+            clock: "icount:3".into(),
+            vcpus: 2,
+            rounds: 3,
+            runtime_s: 1.0,
+            ramp_s: 0.0,
+            size_bytes: 1,
+            queues: 2,
+            depth: 64,
+            targets: vec!["brd".into(), "a<b".into()],
+            workloads: vec!["w".into()],
+            tools: vec![],
+            sessions: vec![Session {
+                kernel: "k".into(),
+                kernel_release: "r".into(),
+                image_hash: String::new(),
+                boot_s: 0.0,
+                device_features: Default::default(),
+                samples: vec![],
+                cells: vec![cell("brd", s(1.0, 1.0, 1.0)), cell("a<b", s(0.5, 0.4, 0.6))],
+            }],
+        };
+        let svg = svg(&report);
+        assert!(
+            svg.contains("a&lt;b") && !svg.contains("a<b"),
+            "names escaped"
+        );
+        // Every whisker's x is the middle of a bar drawn just before it.
+        let mut bar_x = None;
+        for l in svg.lines() {
+            if let Some(r) = l.split("<rect x=\"").nth(1) {
+                bar_x = r.split('"').next().map(|v| v.parse::<f64>().unwrap());
+            }
+            if let Some(w) = l.split("<line x1=\"").nth(1) {
+                if l.contains("stroke=\"black\"") {
+                    let x: f64 = w.split('"').next().unwrap().parse().unwrap();
+                    assert_eq!(x, bar_x.unwrap() + (BAR_W - 2.0) / 2.0, "{l}");
+                }
+            }
+        }
+        assert_eq!(svg.matches("stroke=\"black\"").count(), 2);
+    }
 }
