@@ -496,7 +496,7 @@ impl World {
             t,
             result,
             &desc,
-            &mut self.bufs[q as usize][t as usize],
+            &mut self.bufs[q as usize][t as usize][..],
             &mut self.store,
             &mut self.cmds,
             &mut NoObserver,

@@ -161,24 +161,6 @@ impl<B: Backing + ?Sized> RequestData<B> for [u8] {
     }
 }
 
-impl<B: Backing + ?Sized> RequestData<B> for Vec<u8> {
-    fn capacity(&self) -> usize {
-        self.len()
-    }
-    fn fill(&mut self, store: &B, store_off: u64, req_off: usize, len: usize) -> Result<(), i32> {
-        RequestData::<B>::fill(&mut self[..], store, store_off, req_off, len)
-    }
-    fn drain(
-        &mut self,
-        store: &mut B,
-        store_off: u64,
-        req_off: usize,
-        len: usize,
-    ) -> Result<(), i32> {
-        RequestData::<B>::drain(&mut self[..], store, store_off, req_off, len)
-    }
-}
-
 /// A Vec-backed store (tests, simulator).
 pub struct VecBacking(pub Vec<u8>);
 

@@ -160,8 +160,24 @@ struct UserCopy {
 }
 
 impl UserCopy {
-    /// A whole transfer or the errno it failed with (a short one is -EIO).
-    fn done(n: isize, len: usize) -> Result<(), i32> {
+    /// One syscall: `pwrite` the store's `len` bytes at `store` into the request at `req_off`
+    /// (a device read), or `pread` them out of it (a device write). A short transfer is -EIO.
+    fn copy(
+        &self,
+        into_request: bool,
+        store: *mut u8,
+        req_off: usize,
+        len: usize,
+    ) -> Result<(), i32> {
+        let at = (self.pos + req_off as u64) as libc::off_t;
+        let buf = store as *mut libc::c_void;
+        // SAFETY: `store` spans `len` bytes of the store (MemView::span checked the range).
+        let n = unsafe {
+            match into_request {
+                true => libc::pwrite(self.fd, buf, len, at),
+                false => libc::pread(self.fd, buf, len, at),
+            }
+        };
         match n {
             n if n == len as isize => Ok(()),
             n if n < 0 => Err(-std::io::Error::last_os_error()
@@ -183,13 +199,7 @@ impl RequestData<MemView> for UserCopy {
         req_off: usize,
         len: usize,
     ) -> Result<(), i32> {
-        let src = store.span(store_off, len);
-        let at = (self.pos + req_off as u64) as libc::off_t;
-        // SAFETY: `src` spans `len` bytes of the store (checked by span()).
-        Self::done(
-            unsafe { libc::pwrite(self.fd, src as *const libc::c_void, len, at) },
-            len,
-        )
+        self.copy(true, store.span(store_off, len), req_off, len)
     }
     fn drain(
         &mut self,
@@ -198,13 +208,7 @@ impl RequestData<MemView> for UserCopy {
         req_off: usize,
         len: usize,
     ) -> Result<(), i32> {
-        let dst = store.span(store_off, len);
-        let at = (self.pos + req_off as u64) as libc::off_t;
-        // SAFETY: `dst` spans `len` writable bytes of the store (checked by span()).
-        Self::done(
-            unsafe { libc::pread(self.fd, dst as *mut libc::c_void, len, at) },
-            len,
-        )
+        self.copy(false, store.span(store_off, len), req_off, len)
     }
 }
 

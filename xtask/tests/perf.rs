@@ -106,14 +106,17 @@ fn a_short_run_passes_the_committed_baseline_and_the_gate_can_fail() {
     let dir = tempdir();
     let better = dir.join("better.json");
     doctored(&perf, 1.3, &better);
-    let perf_s = perf.display().to_string();
-    let o = run(&[
-        "vm-perf",
-        "--from",
-        &perf_s,
-        "--baseline",
-        better.to_str().unwrap(),
-    ]);
+    let gate = |baseline: &Path| {
+        let perf_s = perf.display().to_string();
+        run(&[
+            "vm-perf",
+            "--from",
+            &perf_s,
+            "--baseline",
+            baseline.to_str().unwrap(),
+        ])
+    };
+    let o = gate(&better);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(
@@ -122,23 +125,11 @@ fn a_short_run_passes_the_committed_baseline_and_the_gate_can_fail() {
     );
     // ...one 1 % better is inside tolerance and noise.
     doctored(&perf, 1.01, &better);
-    let o = run(&[
-        "vm-perf",
-        "--from",
-        &perf_s,
-        "--baseline",
-        better.to_str().unwrap(),
-    ]);
+    let o = gate(&better);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // A file that is not a perf.json is one clear error with its position.
     std::fs::write(&better, "{\"sessions\": 3}").unwrap();
-    let o = run(&[
-        "vm-perf",
-        "--from",
-        &perf_s,
-        "--baseline",
-        better.to_str().unwrap(),
-    ]);
+    let o = gate(&better);
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(

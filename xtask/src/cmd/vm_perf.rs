@@ -257,7 +257,11 @@ fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
         Target::Server(n) => Some(n),
         _ => None,
     });
+    // The default profile too: the lifecycle runner needs one before any server cell.
     for name in servers.chain([&crate::server::DEFAULT.to_string()]) {
+        if out.contains_key(name) {
+            continue;
+        }
         let mut p = Profile::resolve(name)?;
         p.prepare(&recipe)?;
         out.insert(name.clone(), p);

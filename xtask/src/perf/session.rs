@@ -105,16 +105,7 @@ fn kernel_cell(r: &mut Runner, plan: &Plan, t: &Target, w: &Workload, label: &st
 /// A ublk server: its profile adds the device, the script measures it, the profile stops it.
 fn server_cell(r: &mut Runner, plan: &Plan, w: &Workload, label: &str) -> CellResult {
     let deadline = Instant::now() + plan.cell_budget;
-    let start = Start {
-        name: "perf".into(),
-        size: None,
-        queues: None,
-        depth: None,
-        block_size: None,
-        fault: None,
-        trace: false,
-    };
-    r.start(&start, deadline, &format!("{label}.add"))
+    r.start(&Start::named("perf"), deadline, &format!("{label}.add"))
         .map_err(step_error)?;
     let features = r.device_features.remove("perf").unwrap_or_default();
     r.device_features.insert(r.server.name.clone(), features);

@@ -191,6 +191,21 @@ pub struct Start {
     pub trace: bool,
 }
 
+impl Start {
+    /// A start with every value from the scenario's `device:` defaults.
+    pub fn named(name: &str) -> Start {
+        Start {
+            name: name.to_string(),
+            size: None,
+            queues: None,
+            depth: None,
+            block_size: None,
+            fault: None,
+            trace: false,
+        }
+    }
+}
+
 /// Ends a server the way its profile says (a signal, or its own command); it must exit in
 /// time (a foreground server with status 0) and take its device with it.
 #[derive(Debug, Clone, Deserialize)]
@@ -729,16 +744,7 @@ impl<'a> Checker<'a> {
         if let Err(e) = crate::image::tools::check_names(&sc.vm.tools) {
             return Err(self.at_key(&["vm", "tools"], &format!("vm.tools: {e}")));
         }
-        let defaults = Start {
-            name: String::new(),
-            size: None,
-            queues: None,
-            depth: None,
-            block_size: None,
-            fault: None,
-            trace: false,
-        };
-        server_options(sc.device_params(&defaults), None)
+        server_options(sc.device_params(&Start::named("")), None)
             .map_err(|(key, e)| self.at_key(&["device", key], &format!("device.{key}: {e}")))
     }
 
