@@ -68,7 +68,7 @@ pub struct LastRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     pub dev_id: u32,
-    /// live, quiesced or dead.
+    /// live, quiesced, fail-io (user recovery, no server) or dead.
     pub state: String,
     pub queues: u16,
     pub depth: u16,

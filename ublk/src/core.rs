@@ -317,6 +317,13 @@ impl QueueCore {
         self.live == 0
     }
 
+    /// The kernel began aborting tags (a stop or a quiesce) and the server holds no request.
+    /// A quiesce (user recovery) aborts only idle tags: a tag committed after it is fetched
+    /// again and aborted only when the process exits, so the queue is done here.
+    pub fn idle_after_abort(&self) -> bool {
+        self.live < self.cfg.depth && !self.states.contains(&TagState::Serving)
+    }
+
     /// Handles the completion of `tag`'s outstanding command. `desc` is the tag's descriptor
     /// (read by the executor from the shared descriptor area) and `data` where the request's
     /// data is (the tag's I/O buffer, or the request itself through USER_COPY).

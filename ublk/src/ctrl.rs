@@ -295,6 +295,32 @@ impl Control {
             .map(|_| ())
     }
 
+    /// START_USER_RECOVERY: -EBUSY (`Error::Busy`) until the dead server's /dev/ublkcN is
+    /// released and the device quiesced (or in FAIL_IO); the caller retries, bounded.
+    pub fn start_user_recovery(&mut self, dev_id: u32) -> Result<()> {
+        let nr = sys::UBLK_CMD_START_USER_RECOVERY;
+        self.cmd(nr, "START_USER_RECOVERY", dev_id, None, 0)
+            .map(|_| ())
+    }
+
+    /// END_USER_RECOVERY: like START_DEV, the kernel waits for every tag's FETCH_REQ.
+    pub fn end_user_recovery(&mut self, dev_id: u32, pid: i32) -> Result<()> {
+        let nr = sys::UBLK_CMD_END_USER_RECOVERY;
+        self.cmd(nr, "END_USER_RECOVERY", dev_id, None, pid as u64)
+            .map(|_| ())
+    }
+
+    /// QUIESCE_DEV (UBLK_F_QUIESCE): new requests wait, idle tags are aborted, the server
+    /// finishes what it holds and exits; the kernel waits at most `wait_ms` for idle tags.
+    /// The ring's own timeout must exceed it.
+    pub fn quiesce_dev(&mut self, dev_id: u32, wait_ms: u64) -> Result<()> {
+        assert!(wait_ms > 0, "0 means forever to the kernel");
+        assert!(Duration::from_millis(wait_ms) < self.timeout);
+        let nr = sys::UBLK_CMD_QUIESCE_DEV;
+        self.cmd(nr, "QUIESCE_DEV", dev_id, None, wait_ms)
+            .map(|_| ())
+    }
+
     pub fn get_dev_info(&mut self, dev_id: u32) -> Result<ublksrv_ctrl_dev_info> {
         let mut info = ublksrv_ctrl_dev_info::default();
         self.cmd(
@@ -337,6 +363,9 @@ pub fn encode(nr: u32) -> u32 {
         sys::UBLK_CMD_GET_PARAMS => sys::UBLK_U_CMD_GET_PARAMS,
         sys::UBLK_CMD_GET_FEATURES => sys::UBLK_U_CMD_GET_FEATURES,
         sys::UBLK_CMD_GET_DEV_INFO2 => sys::UBLK_U_CMD_GET_DEV_INFO2,
+        sys::UBLK_CMD_START_USER_RECOVERY => sys::UBLK_U_CMD_START_USER_RECOVERY,
+        sys::UBLK_CMD_END_USER_RECOVERY => sys::UBLK_U_CMD_END_USER_RECOVERY,
+        sys::UBLK_CMD_QUIESCE_DEV => sys::UBLK_U_CMD_QUIESCE_DEV,
         other => panic!("no ioctl encoding known for control command {other:#x}"),
     }
 }

@@ -37,6 +37,9 @@ pub struct QueueSpec {
     pub dev_sectors: u64,
     /// Device flags as granted by ADD_DEV: decides the I/O command encoding.
     pub ioctl_encode: bool,
+    /// USER_RECOVERY granted: a quiesce aborts only idle tags, so the queue ends once it holds
+    /// no request after the first abort (the rest are aborted when the process exits).
+    pub recoverable: bool,
     /// How requests' data reaches the store (USER_COPY granted by ADD_DEV, or not).
     pub copy: CopyMode,
     pub cpus: Vec<usize>,
@@ -624,6 +627,12 @@ fn serve(
             .fetch_add(completions.len() as u64, Ordering::Relaxed);
         q.push(cmds)?;
         if core.all_aborted() {
+            return Ok(None);
+        }
+        if q.spec.recoverable && core.idle_after_abort() {
+            q.ring
+                .submit()
+                .map_err(|e| format!("queue {}: submitting the last commits: {e}", q.spec.q_id))?;
             return Ok(None);
         }
         let stop = stop_at.load(Ordering::Relaxed);

@@ -2,12 +2,14 @@
 //! per-queue core (`core`) and its io_uring executor (`io`), and the memory target (`mem`).
 //! See ARCHITECTURE.md at the workspace root.
 
+pub mod admin;
 pub mod contract;
 pub mod core;
 pub mod ctrl;
 pub mod io;
 pub mod mem;
 pub mod planted;
+pub mod recovery;
 pub mod rng;
 pub mod server;
 pub mod sys;

@@ -12,9 +12,11 @@
 //! vm-perf therefore measures filled devices (steady state) for every target.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use crate::core::Backing;
 
+#[derive(Debug)]
 pub struct SharedMem {
     fd: OwnedFd,
     ptr: *mut u8,
@@ -27,41 +29,85 @@ unsafe impl Send for SharedMem {}
 unsafe impl Sync for SharedMem {}
 
 impl SharedMem {
+    /// A private store: an anonymous memfd (gone with the process).
     pub fn new(len: u64) -> Result<SharedMem, String> {
+        // SAFETY: plain syscall with a checked result.
+        let fd = unsafe { libc::memfd_create(c"ublk-mem".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self::size(&fd, len)?;
+        Self::map(fd, len)
+    }
+
+    /// A store that outlives the process (user recovery): a new file at `path` (on tmpfs:
+    /// memory, like the memfd), which a later process re-attaches with [`SharedMem::open`].
+    pub fn create(path: &Path, len: u64) -> Result<SharedMem, String> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| format!("create the store {}: {e}", path.display()))?;
+        let fd = OwnedFd::from(f);
+        Self::size(&fd, len)?;
+        Self::map(fd, len)
+    }
+
+    /// Re-attaches the store a (dead) earlier server created at `path`; it must hold `len` bytes.
+    pub fn open(path: &Path, len: u64) -> Result<SharedMem, String> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("open the store {}: {e}", path.display()))?;
+        let have = f.metadata().map_err(|e| e.to_string())?.len();
+        if have != len {
+            return Err(format!(
+                "the store {} holds {have} bytes but the device has {len}: not this device's store",
+                path.display()
+            ));
+        }
+        Self::map(OwnedFd::from(f), len)
+    }
+
+    fn size(fd: &OwnedFd, len: u64) -> Result<(), String> {
         assert!(len > 0);
-        // SAFETY: plain syscalls with checked results.
-        unsafe {
-            let fd = libc::memfd_create(c"ublk-mem".as_ptr(), libc::MFD_CLOEXEC);
-            if fd < 0 {
-                return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
-            }
-            let fd = OwnedFd::from_raw_fd(fd);
-            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
-                return Err(format!(
-                    "sizing the {len}-byte memory store: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            let ptr = libc::mmap(
+        // SAFETY: plain syscall with a checked result.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(format!(
+                "sizing the {len}-byte memory store: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    fn map(fd: OwnedFd, len: u64) -> Result<SharedMem, String> {
+        // SAFETY: a shared mapping of a file we hold open, checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
                 std::ptr::null_mut(),
                 len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
-            );
-            if ptr == libc::MAP_FAILED {
-                return Err(format!(
-                    "mapping the {len}-byte memory store: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            Ok(SharedMem {
-                fd,
-                ptr: ptr as *mut u8,
-                len,
-            })
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping the {len}-byte memory store: {}",
+                std::io::Error::last_os_error()
+            ));
         }
+        Ok(SharedMem {
+            fd,
+            ptr: ptr as *mut u8,
+            len,
+        })
     }
 
     pub fn view(&self) -> MemView {
@@ -168,6 +214,33 @@ mod tests {
         assert_eq!(&out, b"\0\0llo");
         assert_eq!(w.len(), 1 << 20);
         assert!(m.fd() >= 0);
+    }
+
+    #[test]
+    fn a_file_store_outlives_its_mapping_and_is_checked_on_reopen() {
+        let dir = std::env::temp_dir().join(format!("ublk-mem-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("store");
+        let _ = std::fs::remove_file(&path);
+        {
+            let m = SharedMem::create(&path, 1 << 16).unwrap();
+            m.view().write(8192, b"survives");
+        } // the first "server" is gone
+        assert!(SharedMem::create(&path, 1 << 16)
+            .unwrap_err()
+            .contains("exists"));
+        let again = SharedMem::open(&path, 1 << 16).unwrap();
+        let mut out = [0u8; 8];
+        again.view().read(8192, &mut out);
+        assert_eq!(&out, b"survives");
+        let e = SharedMem::open(&path, 1 << 20).unwrap_err();
+        assert!(
+            e.contains("holds 65536 bytes but the device has 1048576"),
+            "{e}"
+        );
+        let e = SharedMem::open(&dir.join("none"), 1 << 16).unwrap_err();
+        assert!(e.contains("open the store"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::core::{Bringup, Fault, TagState};
 use crate::ctrl::{self, Control};
 use crate::io::{run_queue, CopyMode, QueueExit, QueueShared, QueueSpec};
 use crate::mem::SharedMem;
+use crate::recovery;
 use crate::sys;
 
 /// SIGTERM to exit: STOP_DEV, drain, DEL_DEV all fit in this.
@@ -92,6 +93,8 @@ pub struct Options {
     /// (queue, fault)
     pub fault: Option<(u16, Fault)>,
     pub copy_mode: CopyChoice,
+    /// User recovery (`--recoverable MODE`): the device outlives this process.
+    pub recovery: Option<recovery::Mode>,
 }
 
 impl Options {
@@ -141,8 +144,11 @@ pub fn serve(opts: &Options) -> Result<(), String> {
     opts.validate()?;
     let signals = block_signals();
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    let mem = SharedMem::new(opts.size)?;
-    let want = wanted_flags(opts.copy_mode, ctl.features)?;
+    let mut want = wanted_flags(opts.copy_mode, ctl.features)?;
+    if let Some(mode) = opts.recovery {
+        want |= mode.flags(ctl.features)?;
+    }
+    let (mem, unnamed) = new_store(opts)?;
     let info = sys::ublksrv_ctrl_dev_info {
         nr_hw_queues: opts.queues,
         queue_depth: opts.depth,
@@ -150,24 +156,87 @@ pub fn serve(opts: &Options) -> Result<(), String> {
         flags: want,
         ..Default::default()
     };
-    let info = ctl.add_dev(opts.id, &info).map_err(|e| e.to_string())?;
+    let info = ctl.add_dev(opts.id, &info).map_err(|e| {
+        if let Some(p) = &unnamed {
+            let _ = std::fs::remove_file(p);
+        }
+        e.to_string()
+    })?;
     let dev_id = info.dev_id;
-    // From here on, the device exists: every path out deletes it.
-    let result = run_device(&mut ctl, &mem, opts, &info, &signals);
-    let del = if result.as_ref().is_ok_and(|r| r.stopped_outside) {
-        Ok(()) // whoever stopped it deletes it
+    // From here on, the device exists: every path out deletes it (or leaves it recoverable).
+    let result = match unnamed {
+        Some(p) => std::fs::rename(&p, recovery::store_path(dev_id)).map_err(|e| {
+            let _ = std::fs::remove_file(&p);
+            format!("naming the store of device {dev_id}: {e}")
+        }),
+        None => Ok(()),
+    }
+    .and_then(|()| run_device(&mut ctl, &mem, opts, &info, &signals, Launch::Add));
+    finish(dev_id, opts, result, Launch::Add)
+}
+
+/// `ublk-mem recover --id N`: a new server for a recoverable device whose server died (or
+/// was quiesced away), on the store it left; then serves like `add` until a signal.
+pub fn recover(r: &recovery::RecoverOptions) -> Result<(), String> {
+    let signals = block_signals();
+    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+    let (info, opts) = recovery::device_options(&mut ctl, r)?;
+    let mem = SharedMem::open(&recovery::store_path(r.id), opts.size)?;
+    recovery::start(&mut ctl, r.id, recovery::RECOVER_LIMIT)?;
+    let result = run_device(&mut ctl, &mem, &opts, &info, &signals, Launch::Recover);
+    finish(r.id, &opts, result, Launch::Recover)
+}
+
+/// A plain device's store is a private memfd; a recoverable one's a file (named once the
+/// kernel has given the device its id: the path is returned until then).
+fn new_store(opts: &Options) -> Result<(SharedMem, Option<PathBuf>), String> {
+    if opts.recovery.is_none() {
+        return Ok((SharedMem::new(opts.size)?, None));
+    }
+    let path = recovery::new_store_path()?;
+    let _ = std::fs::remove_file(&path); // a dead process of the same pid left it
+    Ok((SharedMem::create(&path, opts.size)?, Some(path)))
+}
+
+/// How a server got its device: added it, or took it over (user recovery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Launch {
+    Add,
+    Recover,
+}
+
+/// After serving: delete the device (and a recoverable device's store), unless the kernel
+/// aborted every tag from outside (whoever stopped it deletes it; a quiesced device waits for
+/// `recover`) or a recovery failed (the device stays recoverable for another attempt).
+fn finish(
+    dev_id: u32,
+    opts: &Options,
+    result: Result<RunOutcome, String>,
+    launch: Launch,
+) -> Result<(), String> {
+    let keep = match &result {
+        Ok(r) => r.stopped_outside,
+        Err(_) => launch == Launch::Recover,
+    };
+    let del = if keep {
+        Ok(())
     } else {
         // A fresh, short-bounded ring: the shutdown budget must hold even if DEL_DEV hangs.
         Control::open(Duration::from_secs(1))
             .and_then(|mut c| c.del_dev(dev_id))
-            .or_else(|e| {
-                if matches!(e, ctrl::Error::NoDevice { .. }) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
+            .or_else(|e| match e {
+                ctrl::Error::NoDevice { .. } => Ok(()),
+                e => Err(e),
             })
     };
+    if opts.recovery.is_some() {
+        let store = recovery::store_path(dev_id);
+        if keep {
+            eprintln!("ublk-mem: device {dev_id} left to a new server: its store stays at {} for `ublk-mem recover --id {dev_id}` (`ublk-mem del --id {dev_id}` removes both)", store.display());
+        } else if del.is_ok() {
+            let _ = std::fs::remove_file(&store);
+        }
+    }
     match (result, del) {
         (Ok(_), Ok(())) => Ok(()),
         (Ok(_), Err(e)) => Err(format!("device {dev_id} stopped, but DEL_DEV failed: {e}")),
@@ -200,6 +269,7 @@ fn run_device(
     opts: &Options,
     info: &sys::ublksrv_ctrl_dev_info,
     signals: &libc::sigset_t,
+    launch: Launch,
 ) -> Result<RunOutcome, String> {
     // Honour what the kernel granted, not what we asked for.
     let (queues, depth) = (info.nr_hw_queues, info.queue_depth);
@@ -207,8 +277,10 @@ fn run_device(
         eprintln!("ublk-mem: the kernel adjusted the device to {queues} queue(s) of depth {depth}");
     }
     let max_io = info.max_io_buf_bytes.min(opts.max_io_bytes);
-    ctl.set_params(info.dev_id, &device_params(opts, max_io))
-        .map_err(|e| e.to_string())?;
+    if launch == Launch::Add {
+        ctl.set_params(info.dev_id, &device_params(opts, max_io))
+            .map_err(|e| e.to_string())?;
+    }
     let dev = Device {
         dev_id: info.dev_id,
         queues,
@@ -228,6 +300,9 @@ fn run_device(
     for step in crate::core::bringup() {
         match step {
             Bringup::FetchAll => start_queues(&dev, ctl, mem, opts, info, max_io, &done_tx)?,
+            Bringup::StartDev if launch == Launch::Recover => ctl
+                .end_user_recovery(dev.dev_id, dev.pid)
+                .map_err(|e| e.to_string())?,
             Bringup::StartDev => ctl
                 .start_dev(dev.dev_id, dev.pid)
                 .map_err(|e| e.to_string())?,
@@ -300,6 +375,7 @@ fn start_queues(
             max_io_bytes: max_io,
             dev_sectors: opts.size / 512,
             ioctl_encode: info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0,
+            recoverable: info.flags & sys::UBLK_F_USER_RECOVERY != 0,
             copy: match info.flags & sys::UBLK_F_USER_COPY {
                 0 => CopyMode::Buffer,
                 _ => CopyMode::User,
@@ -574,88 +650,6 @@ pub fn op_name(op: u8) -> &'static str {
     }
 }
 
-/// `ublk-mem features`: the driver's feature bits, by name.
-pub fn features(json: bool) -> Result<(), String> {
-    let ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    let f = contract::Features {
-        bits: ctl.features,
-        names: sys::feature_names(ctl.features),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&f).expect("plain data serialises")
-        );
-    } else {
-        println!("{:#x}: {}", f.bits, f.names.join(" "));
-    }
-    Ok(())
-}
-
-/// `ublk-mem list`: one line (or JSON object) per device.
-pub fn list(json: bool) -> Result<(), String> {
-    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    for id in ctrl::list_ids() {
-        let info = match ctl.get_dev_info(id) {
-            Ok(i) => i,
-            Err(ctrl::Error::NoDevice { .. }) => continue, // deleted meanwhile
-            Err(e) => return Err(e.to_string()),
-        };
-        let size = ctl
-            .get_params(id)
-            .map(|p| p.basic.dev_sectors * 512)
-            .unwrap_or(0);
-        let state = match info.state {
-            sys::UBLK_S_DEV_LIVE => "live",
-            sys::UBLK_S_DEV_QUIESCED => "quiesced",
-            _ => "dead",
-        };
-        if json {
-            let d = contract::Device {
-                dev_id: id,
-                state: state.to_string(),
-                queues: info.nr_hw_queues,
-                depth: info.queue_depth,
-                size,
-                pid: info.ublksrv_pid,
-                flags: sys::feature_names(info.flags)
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect(),
-            };
-            println!(
-                "{}",
-                serde_json::to_string(&d).expect("plain data serialises")
-            );
-        } else {
-            println!(
-                "ublk{id}: {state}, {} queue(s) x depth {}, {} MiB, server pid {}, flags {}",
-                info.nr_hw_queues,
-                info.queue_depth,
-                size >> 20,
-                info.ublksrv_pid,
-                sys::feature_names(info.flags).join(",")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `ublk-mem del`: STOP_DEV then DEL_DEV (the owning server, if alive, sees aborts and exits).
-pub fn delete(ids: &[u32]) -> Result<(), String> {
-    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    for &id in ids {
-        ctl.get_dev_info(id).map_err(|e| e.to_string())?;
-        match ctl.stop_dev(id) {
-            Ok(()) | Err(ctrl::Error::NoDevice { .. }) => {}
-            Err(e) => return Err(format!("ublk{id}: {e}")),
-        }
-        ctl.del_dev(id).map_err(|e| format!("ublk{id}: {e}"))?;
-        println!("deleted ublk{id}");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,6 +667,7 @@ mod tests {
             json: false,
             fault: None,
             copy_mode: CopyChoice::Auto,
+            recovery: None,
         }
     }
 

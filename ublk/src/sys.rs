@@ -18,6 +18,8 @@ pub const UBLK_CMD_GET_DEV_INFO2: u32 = 0x12;
 /// Only exists ioctl-encoded (UBLK_U_CMD_GET_FEATURES).
 pub const UBLK_CMD_GET_FEATURES: u32 = 0x13;
 pub const UBLK_CMD_DEL_DEV_ASYNC: u32 = 0x14;
+/// Newer than 6.12's header (only ioctl-encoded, like GET_FEATURES): checked against 7.2's.
+pub const UBLK_CMD_QUIESCE_DEV: u32 = 0x16;
 
 // ---- I/O commands (legacy opcodes) ----
 pub const UBLK_IO_FETCH_REQ: u32 = 0x20;
@@ -74,6 +76,8 @@ pub const UBLK_F_SHMEM_ZC: u64 = 1 << 19;
 pub const UBLK_S_DEV_DEAD: u16 = 0;
 pub const UBLK_S_DEV_LIVE: u16 = 1;
 pub const UBLK_S_DEV_QUIESCED: u16 = 2;
+/// With USER_RECOVERY_FAIL_IO, while no server runs (7.2's header).
+pub const UBLK_S_DEV_FAIL_IO: u16 = 3;
 
 // ---- I/O ops and flags (ublksrv_io_desc.op_flags: op in bits 0-7, flags above) ----
 pub const UBLK_IO_OP_READ: u8 = 0;
@@ -248,6 +252,11 @@ pub const UBLK_U_CMD_SET_PARAMS: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_CMD_SET_PA
 pub const UBLK_U_CMD_GET_PARAMS: u32 = ioc(IOC_READ, UBLK_CMD_GET_PARAMS, CTRL);
 pub const UBLK_U_CMD_GET_FEATURES: u32 = ioc(IOC_READ, UBLK_CMD_GET_FEATURES, CTRL);
 pub const UBLK_U_CMD_GET_DEV_INFO2: u32 = ioc(IOC_READ, UBLK_CMD_GET_DEV_INFO2, CTRL);
+pub const UBLK_U_CMD_START_USER_RECOVERY: u32 =
+    ioc(IOC_READ | IOC_WRITE, UBLK_CMD_START_USER_RECOVERY, CTRL);
+pub const UBLK_U_CMD_END_USER_RECOVERY: u32 =
+    ioc(IOC_READ | IOC_WRITE, UBLK_CMD_END_USER_RECOVERY, CTRL);
+pub const UBLK_U_CMD_QUIESCE_DEV: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_CMD_QUIESCE_DEV, CTRL);
 pub const UBLK_U_IO_FETCH_REQ: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_IO_FETCH_REQ, IO);
 pub const UBLK_U_IO_COMMIT_AND_FETCH_REQ: u32 =
     ioc(IOC_READ | IOC_WRITE, UBLK_IO_COMMIT_AND_FETCH_REQ, IO);
@@ -323,6 +332,20 @@ mod tests {
                 .any(|(k, v)| *v == bit && k.starts_with("UBLK_F_") && k.ends_with(name));
             assert!(found, "{name} = {bit:#x} is not a UBLK_F_ bit of Linux 7.2");
         }
+        assert_eq!(
+            newer.get("UBLK_S_DEV_FAIL_IO"),
+            Some(&(UBLK_S_DEV_FAIL_IO as u64))
+        );
+        // QUIESCE_DEV has no legacy number in the header: only `_IOWR('u', 0x16, ...)`.
+        let text = include_str!("../abi/ublk_cmd-7.2.h");
+        let at = text
+            .find("#define UBLK_U_CMD_QUIESCE_DEV")
+            .expect("7.2 has QUIESCE_DEV");
+        let def = &text[at..at + 90];
+        assert!(
+            def.contains(&format!("_IOWR('u', {UBLK_CMD_QUIESCE_DEV:#x},")),
+            "{def}"
+        );
         assert_eq!(
             feature_names(UBLK_F_QUIESCE | 1 << 40),
             ["QUIESCE", "BIT40"]

@@ -209,6 +209,7 @@ mod tests {
             max_io_bytes: 65536,
             dev_sectors: 2048,
             ioctl_encode: true,
+            recoverable: false,
             copy: crate::io::CopyMode::Buffer,
             cpus: vec![],
             fault: None,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ublk::server::{self, Options};
 use ublk::util::parse_size;
+use ublk::{admin, recovery};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +54,32 @@ enum Cmd {
         /// copy), buffer (per-tag buffers: the kernel's copy and ours), user (USER_COPY or fail)
         #[arg(long, value_name = "auto|buffer|user", default_value = "auto", value_parser = server::parse_copy_mode)]
         copy_mode: server::CopyChoice,
+        /// User recovery: the device outlives this process; its store is a file under
+        /// /dev/shm/ublk-mem that `recover` re-attaches. reissue: requests the dead server held
+        /// are issued again; requeue: they fail, new ones wait; fail-io: all fail until recovered
+        #[arg(long, value_name = "reissue|requeue|fail-io", value_parser = recovery::parse_mode)]
+        recoverable: Option<recovery::Mode>,
+    },
+    /// Take over a recoverable device whose server died or was quiesced, and serve it like `add`
+    Recover {
+        #[arg(long)]
+        id: u32,
+        #[arg(long, value_name = "PREFIX")]
+        trace: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        state_file: Option<PathBuf>,
+        /// Print the ready line as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned server replacement (kernels with QUIESCE): the device's server finishes what it
+    /// holds and exits; requests wait for `recover`
+    Quiesce {
+        #[arg(long)]
+        id: u32,
+        /// How long the kernel may wait for an idle tag on every queue
+        #[arg(long, default_value_t = 10000)]
+        wait_ms: u64,
     },
     /// List ublk devices
     List {
@@ -88,6 +115,7 @@ fn main() -> ExitCode {
             json,
             fault,
             copy_mode,
+            recoverable,
         } => {
             let max_io_bytes =
                 u32::try_from(max_io).map_err(|_| "--max-io is too large".to_string());
@@ -104,18 +132,34 @@ fn main() -> ExitCode {
                     json,
                     fault,
                     copy_mode,
+                    recovery: recoverable,
                 })
             })
         }
-        Cmd::List { json } => server::list(json),
-        Cmd::Features { json } => server::features(json),
+        Cmd::Recover {
+            id,
+            trace,
+            state_file,
+            json,
+        } => server::recover(&recovery::RecoverOptions {
+            id,
+            trace,
+            state_file,
+            json,
+        }),
+        Cmd::Quiesce { id, wait_ms } => recovery::quiesce(
+            id,
+            std::time::Duration::from_millis(wait_ms.clamp(1, 600_000)),
+        ),
+        Cmd::List { json } => admin::list(json),
+        Cmd::Features { json } => admin::features(json),
         Cmd::Del { id, all } => {
             let ids = if all {
                 ublk::ctrl::list_ids()
             } else {
                 id.into_iter().collect()
             };
-            server::delete(&ids)
+            admin::delete(&ids)
         }
     };
     match r {

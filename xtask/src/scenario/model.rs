@@ -875,6 +875,7 @@ fn server_options(
         json: false,
         fault: fault.map(FaultSpec::parsed),
         copy_mode: Default::default(),
+        recovery: None,
     }
     .validate();
     r.map_err(|e| {
