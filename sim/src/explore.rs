@@ -13,6 +13,8 @@ pub struct Spec {
     pub requests: usize,
     pub mix: Mix,
     pub scheduler: Kind,
+    /// Server crashes per schedule, each followed by user recovery (0: none).
+    pub crashes: u32,
     /// Name of the planted bug (for the repro command only).
     pub plant: Option<String>,
 }
@@ -27,6 +29,7 @@ impl Default for Spec {
             requests: 200,
             mix: Mix::Mixed,
             scheduler: Kind::Random,
+            crashes: 0,
             plant: None,
         }
     }
@@ -78,6 +81,7 @@ pub fn config(spec: &Spec, seed: u64) -> Config {
         dev_sectors: spec.dev_sectors,
         max_io_bytes: spec.max_io_bytes,
         seed,
+        crashes: spec.crashes,
     }
 }
 
@@ -150,6 +154,9 @@ pub fn repro(spec: &Spec, f: &Failure) -> String {
         spec.depth,
         format!("{:?}", spec.mix).to_lowercase()
     );
+    if spec.crashes > 0 {
+        s += &format!(" --crashes {}", spec.crashes);
+    }
     if let Some(p) = &spec.plant {
         s += &format!(" --plant {p}");
     }

@@ -39,6 +39,10 @@ struct Shape {
     /// Plant a known bug class (tests of the simulator itself)
     #[arg(long)]
     plant: Option<String>,
+    /// User recovery: the server dies up to N times per schedule (at any step while it holds
+    /// requests); the kernel requeues what it held and a new server takes over
+    #[arg(long, default_value_t = 0)]
+    crashes: u32,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +101,7 @@ fn spec(shape: &Shape) -> Result<Spec, String> {
         mix: shape.mix,
         scheduler: Kind::parse(&shape.scheduler)?,
         plant: shape.plant.clone(),
+        crashes: shape.crashes,
         ..Spec::default()
     })
 }
@@ -175,6 +180,7 @@ fn replay_cmd(files: &[String], seeds: u64) -> Result<bool, String> {
             dev_sectors: r.dev_sectors,
             max_io_bytes: r.max_io_bytes,
             seed,
+            crashes: 0,
         };
         if let Err(v) = explore::run(cfg, r.requests.clone(), Kind::Random, seed) {
             println!(

@@ -25,6 +25,9 @@ pub struct Config {
     pub dev_sectors: u64,
     pub max_io_bytes: u32,
     pub seed: u64,
+    /// User recovery (REISSUE): the server may die this many times; each time the kernel
+    /// requeues what the dead server held and a new server takes the device over.
+    pub crashes: u32,
 }
 
 /// Something that can happen next.
@@ -42,13 +45,17 @@ pub enum Event {
     Deliver(u16, u16),
     /// STOP_DEV: the server begins shutdown and the kernel stops the device.
     Stop,
+    /// The server process dies (SIGKILL): its queues and unhandled completions are gone.
+    Crash,
+    /// A new server process takes the quiesced device over (START_USER_RECOVERY).
+    Recover,
 }
 
 impl Event {
     /// The actor an event belongs to (for PCT priorities).
     pub fn actor(&self, depth: u16) -> usize {
         match *self {
-            Event::Bringup | Event::StartDone | Event::Stop => 0,
+            Event::Bringup | Event::StartDone | Event::Stop | Event::Crash | Event::Recover => 0,
             Event::Dispatch(q) => 1 + q as usize,
             Event::Kernel(q, t) | Event::Deliver(q, t) => {
                 1 + 64
@@ -150,7 +157,7 @@ impl Allowed {
 
 pub struct World {
     cfg: Config,
-    plan: [Bringup; 2],
+    plan: Vec<Bringup>,
     plan_pos: usize,
     /// START_DEV sent and not finished.
     starting: bool,
@@ -175,6 +182,12 @@ pub struct World {
     /// Indices of the reads in flight.
     reads_in_flight: Vec<usize>,
     cmds: Vec<Command>,
+    /// The server died and no new one has taken over yet (the device is quiesced).
+    quiesced: bool,
+    /// Requests the dead server held, to be issued again (REISSUE), in order.
+    requeued: Vec<usize>,
+    /// Crashes so far (each followed by a recovery).
+    pub recoveries: u32,
     pub steps: u64,
     pub completed: u64,
 }
@@ -222,6 +235,9 @@ impl World {
             reads: vec![None; n],
             reads_in_flight: Vec::new(),
             cmds: Vec::with_capacity(cfg.depth as usize * 2),
+            quiesced: false,
+            requeued: Vec::new(),
+            recoveries: 0,
             steps: 0,
             completed: 0,
             cfg,
@@ -241,8 +257,7 @@ impl World {
             let q = q as u16;
             if self.started
                 && !self.stopping
-                && self.next_req < self.requests.len()
-                && self.requests[self.next_req].queue % self.cfg.queues == q
+                && self.next_for(q).is_some()
                 && tags
                     .iter()
                     .any(|t| t.armed && t.req.is_none() && t.cqe.is_none())
@@ -258,9 +273,27 @@ impl World {
                 }
             }
         }
-        if self.started && !self.stopping && self.next_req == self.requests.len() {
+        let all_issued = self.next_req == self.requests.len() && self.requeued.is_empty();
+        if self.started && !self.stopping && all_issued {
             out.push(Event::Stop);
         }
+        let held = self.ktags.iter().flatten().any(|k| k.req.is_some());
+        if self.started && !self.stopping && self.recoveries < self.cfg.crashes && held {
+            out.push(Event::Crash);
+        }
+        if self.quiesced {
+            out.push(Event::Recover);
+        }
+    }
+
+    /// The request queue `q` gets next: one the dead server held first, else a new one.
+    fn next_for(&self, q: u16) -> Option<usize> {
+        let mine = |ri: &usize| self.requests[*ri].queue % self.cfg.queues == q;
+        if let Some(ri) = self.requeued.iter().copied().find(mine) {
+            return Some(ri);
+        }
+        let ri = self.next_req;
+        (ri < self.requests.len() && mine(&ri)).then_some(ri)
     }
 
     fn all_armed(&self) -> bool {
@@ -291,6 +324,7 @@ impl World {
                                 dev_sectors: self.cfg.dev_sectors,
                                 fault: None,
                                 inflight: self.inflight.clone(),
+                                recovered: self.recoveries > 0,
                             };
                             self.cmds.clear();
                             let core = QueueCore::new(cfg, &mut self.cmds, &mut NoObserver);
@@ -310,6 +344,18 @@ impl World {
             Event::Dispatch(q) => self.dispatch(q),
             Event::Kernel(q, t) => self.kernel_take(q, t),
             Event::Deliver(q, t) => self.deliver(q, t),
+            Event::Crash => {
+                self.crash();
+                Ok(())
+            }
+            Event::Recover => {
+                // START_USER_RECOVERY: the new server brings its queues up in its own order.
+                assert!(self.quiesced && self.cores.iter().all(Option::is_none));
+                self.quiesced = false;
+                self.plan = core::recovery_bringup();
+                self.plan_pos = 0;
+                Ok(())
+            }
             Event::Stop => {
                 self.stopping = true;
                 for q in 0..self.cfg.queues {
@@ -387,8 +433,17 @@ impl World {
             .iter()
             .position(|k| k.armed && k.req.is_none() && k.cqe.is_none())
             .expect("enabled only with an armed tag") as u16;
-        let ri = self.next_req;
-        self.next_req += 1;
+        let ri = self.next_for(q).expect("enabled only with a request for q");
+        let again = match self.requeued.iter().position(|r| *r == ri) {
+            Some(at) => {
+                self.requeued.remove(at);
+                true
+            }
+            None => {
+                self.next_req += 1;
+                false
+            }
+        };
         let r = self.requests[ri];
         let (op, flags) = match r.op {
             Op::Read => (sys::UBLK_IO_OP_READ, 0),
@@ -416,9 +471,10 @@ impl World {
                         ri as u64 + 1,
                     );
                 }
-                self.note_write(ri, u0, nu, ri as u64 + 1);
+                self.note_write(ri, u0, nu, ri as u64 + 1, again);
             }
-            Op::Discard | Op::WriteZeroes => self.note_write(ri, u0, nu, 0),
+            Op::Discard | Op::WriteZeroes => self.note_write(ri, u0, nu, 0, again),
+            Op::Read if again => {} // its allowed set kept growing while it waited
             Op::Read => {
                 let snap = (u0..u0 + nu)
                     .map(|u| {
@@ -442,16 +498,21 @@ impl World {
         Ok(())
     }
 
-    /// A write (seq > 0) or zeroing (seq 0) of units u0.. is dispatched now.
-    fn note_write(&mut self, ri: usize, u0: u64, nu: u64, seq: u64) {
+    /// A write (seq > 0) or zeroing (seq 0) of units u0.. is dispatched now (`again`: issued
+    /// anew after a crash; it lands again, so it is as recent as this dispatch).
+    fn note_write(&mut self, ri: usize, u0: u64, nu: u64, seq: u64, again: bool) {
         let now = self.steps;
         for u in u0..u0 + nu {
-            self.expect[u as usize].push(Entry {
-                seq,
-                req: ri,
-                dispatched: now,
-                completed: None,
-            });
+            let entries = &mut self.expect[u as usize];
+            match entries.iter_mut().find(|e| e.req == ri) {
+                Some(e) if again => e.dispatched = now,
+                _ => entries.push(Entry {
+                    seq,
+                    req: ri,
+                    dispatched: now,
+                    completed: None,
+                }),
+            }
         }
         // Reads in flight over these units may now see it too.
         for &r in &self.reads_in_flight {
@@ -513,8 +574,36 @@ impl World {
         Ok(())
     }
 
+    /// The server dies: its queues, its unhandled completions and the commands the kernel
+    /// has not taken are gone. The kernel requeues every request the server held (REISSUE),
+    /// forgets the tags, and the device waits quiesced for a new server.
+    fn crash(&mut self) {
+        for c in self.cores.iter_mut().flatten() {
+            c.settle();
+        }
+        self.cores.iter_mut().for_each(|c| *c = None);
+        for tags in self.ktags.iter_mut() {
+            for k in tags.iter_mut() {
+                if let Some(ri) = k.req {
+                    self.requeued.push(ri);
+                }
+                *k = KTag::default();
+            }
+        }
+        // The dead server's in-flight counter died with it.
+        self.inflight.store(0, Ordering::SeqCst);
+        self.started = false;
+        self.quiesced = true;
+        self.recoveries += 1;
+    }
+
     /// The kernel completes request `ri` with `result` (bytes or -errno).
     fn complete(&mut self, ri: usize, q: u16, t: u16, result: i32) -> Result<(), Violation> {
+        if let Some(first) = self.done[ri] {
+            return Err(Violation::Protocol(format!(
+                "request {ri} completed twice to the block layer (first with {first}, now {result} from queue {q} tag {t})"
+            )));
+        }
         let r = self.requests[ri];
         let bytes = r.sectors as i32 * 512;
         let want = match r.op {
@@ -601,8 +690,12 @@ impl World {
                 .iter()
                 .map(|t| t.iter().filter(|k| !k.armed).count())
                 .sum();
+            let cmd = match self.recoveries {
+                0 => "START_DEV",
+                _ => "END_USER_RECOVERY",
+            };
             return Violation::StartOrder(format!(
-                "START_DEV waits for {missing} FETCH_REQ(s) that were never submitted (bring-up order {:?}, at step {})",
+                "{cmd} waits for {missing} FETCH_REQ(s) that were never submitted (bring-up order {:?}, at step {})",
                 self.plan, self.plan_pos
             ));
         }

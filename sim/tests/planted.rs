@@ -7,9 +7,15 @@ use ublk::planted::{self, Bug};
 
 /// (schedules needed, check that fired) for `bug` under `scheduler`.
 fn hunt(bug: Bug, scheduler: Kind) -> (u64, String) {
+    hunt_in(bug, scheduler, 0)
+}
+
+/// The same, with the server crashing (and recovered) up to `crashes` times per schedule.
+fn hunt_in(bug: Bug, scheduler: Kind, crashes: u32) -> (u64, String) {
     planted::plant(bug);
     let spec = Spec {
         scheduler,
+        crashes,
         plant: Some(bug.name().into()),
         ..Spec::default()
     };
@@ -63,10 +69,34 @@ fn unsynchronised_inflight_counter_is_a_counter_failure() {
 }
 
 #[test]
+fn recovery_refetching_a_held_tag_is_a_protocol_failure() {
+    assert_eq!(hunt_in(Bug::RecoveryRefetch, Kind::Random, 2).1, "protocol");
+}
+
+#[test]
+fn acknowledging_a_reissued_write_unstored_is_a_data_failure() {
+    assert_eq!(hunt_in(Bug::ReplayAck, Kind::Random, 2).1, "data");
+}
+
+#[test]
+fn ending_recovery_before_the_fetches_is_a_start_order_failure() {
+    assert_eq!(
+        hunt_in(Bug::EarlyEndRecovery, Kind::Random, 2).1,
+        "start-order"
+    );
+}
+
+#[test]
 fn without_planted_bugs_schedules_are_clean() {
-    for scheduler in [Kind::Random, Kind::Pct(3)] {
+    for (scheduler, crashes) in [
+        (Kind::Random, 0),
+        (Kind::Pct(3), 0),
+        (Kind::Random, 2),
+        (Kind::Pct(3), 2),
+    ] {
         let spec = Spec {
             scheduler,
+            crashes,
             ..Spec::default()
         };
         for seed in 1..=150u64 {
@@ -109,6 +139,7 @@ fn recorded_trace_fixture_replays_clean() {
             dev_sectors: r.dev_sectors,
             max_io_bytes: r.max_io_bytes,
             seed,
+            crashes: 0,
         };
         explore::run(cfg, r.requests.clone(), Kind::Random, seed)
             .unwrap_or_else(|v| panic!("schedule {seed}: {}: {}", v.kind(), v.message()));

@@ -30,21 +30,34 @@ pub const SECTOR: u64 = 512;
 /// Data moves between the tag buffer and the store in segments of this size.
 pub const SEGMENT: usize = 4096;
 
-/// The order of device bring-up. The kernel's START_DEV waits until every tag's FETCH_REQ has
-/// arrived, so the fetches must come first; the daemon and the simulator both follow this.
+/// The order of device bring-up. The kernel's START_DEV (and END_USER_RECOVERY) waits until
+/// every tag's FETCH_REQ has arrived, so the fetches must come first; the daemon and the
+/// simulator both follow this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bringup {
     /// Create every queue (each submits the FETCH_REQ of all its tags) and wait until ready.
     FetchAll,
-    /// Send START_DEV.
+    /// Send START_DEV (a new device) or END_USER_RECOVERY (a device taken over).
     StartDev,
 }
 
-pub fn bringup() -> [Bringup; 2] {
+pub fn bringup() -> Vec<Bringup> {
     if planted::active(Bug::StartBeforeFetch) {
-        return [Bringup::StartDev, Bringup::FetchAll];
+        return vec![Bringup::StartDev, Bringup::FetchAll];
     }
-    [Bringup::FetchAll, Bringup::StartDev]
+    vec![Bringup::FetchAll, Bringup::StartDev]
+}
+
+/// The bring-up of a server taking over a device (after START_USER_RECOVERY): the same order,
+/// every tag fetched exactly once by the new server's queues.
+pub fn recovery_bringup() -> Vec<Bringup> {
+    if planted::active(Bug::RecoveryRefetch) {
+        return vec![Bringup::FetchAll, Bringup::FetchAll, Bringup::StartDev];
+    }
+    if planted::active(Bug::EarlyEndRecovery) {
+        return vec![Bringup::StartDev, Bringup::FetchAll];
+    }
+    vec![Bringup::FetchAll, Bringup::StartDev]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +212,9 @@ pub struct QueueConfig {
     pub fault: Option<Fault>,
     /// Device-wide count of requests being served (shared by every queue).
     pub inflight: Arc<AtomicU64>,
+    /// The queue belongs to a server that took the device over (user recovery): requests the
+    /// dead server held may arrive again, and must be served like any other.
+    pub recovered: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -317,11 +333,14 @@ impl QueueCore {
         self.live == 0
     }
 
-    /// The kernel began aborting tags (a stop or a quiesce) and the server holds no request.
-    /// A quiesce (user recovery) aborts only idle tags: a tag committed after it is fetched
-    /// again and aborted only when the process exits, so the queue is done here.
-    pub fn idle_after_abort(&self) -> bool {
-        self.live < self.cfg.depth && !self.states.contains(&TagState::Serving)
+    /// The kernel aborted at least one tag (the device is stopping or quiescing).
+    pub fn aborted_any(&self) -> bool {
+        self.live < self.cfg.depth
+    }
+
+    /// No tag is being served (none held by the server).
+    pub fn holds_no_request(&self) -> bool {
+        !self.states.contains(&TagState::Serving)
     }
 
     /// Handles the completion of `tag`'s outstanding command. `desc` is the tag's descriptor
@@ -476,7 +495,13 @@ impl QueueCore {
                     -libc::EIO
                 } else {
                     let read = op == sys::UBLK_IO_OP_READ;
-                    match transfer(read, offset, bytes as usize, data, backing) {
+                    let replay = planted::active(Bug::ReplayAck) && self.cfg.recovered && !read;
+                    let first = self.served.iter().sum::<u64>() <= self.cfg.depth as u64;
+                    let moved = match replay && first {
+                        true => Ok(()), // "already stored by the dead server": not stored
+                        false => transfer(read, offset, bytes as usize, data, backing),
+                    };
+                    match moved {
                         Ok(()) if read => {
                             self.stats.reads += 1;
                             self.stats.read_bytes += bytes;

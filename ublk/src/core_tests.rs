@@ -25,6 +25,7 @@ fn setup(fault: Option<Fault>) -> (QueueCore, VecBacking, Vec<Command>, Recorder
             dev_sectors: SECTORS,
             fault,
             inflight: Default::default(),
+            recovered: false,
         },
         &mut out,
         &mut rec,

@@ -40,6 +40,13 @@ pub struct QueueSpec {
     /// USER_RECOVERY granted: a quiesce aborts only idle tags, so the queue ends once it holds
     /// no request after the first abort (the rest are aborted when the process exits).
     pub recoverable: bool,
+    /// This server took the device over (user recovery).
+    pub recovered: bool,
+    /// Device-wide: some queue saw the kernel abort a tag. A quiesce marks the whole device
+    /// canceling (no queue gets new requests) but guarantees an abort to only one idle tag per
+    /// queue, and one may never come to a busy queue: every queue of a recoverable device ends
+    /// once it holds no request.
+    pub aborting: Arc<std::sync::atomic::AtomicBool>,
     /// How requests' data reaches the store (USER_COPY granted by ADD_DEV, or not).
     pub copy: CopyMode,
     pub cpus: Vec<usize>,
@@ -503,10 +510,13 @@ impl Queue<'_> {
 /// fixed file 0.
 fn queue_ring(cdev: &File, spec: &QueueSpec) -> Result<IoUring, String> {
     let entries = (spec.depth as u32).next_power_of_two();
-    let ring = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
+    let mut b = IoUring::builder();
+    if std::env::var_os("UBLK_MEM_PLAIN_RING").is_none() {
+        b.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+    }
+    let ring = b
         .build(entries)
         .map_err(|e| format!("queue {}: io_uring setup: {e}", spec.q_id))?;
     ring.submitter()
@@ -551,6 +561,7 @@ pub fn run_queue(
         dev_sectors: spec.dev_sectors,
         fault: spec.fault,
         inflight: spec.inflight.clone(),
+        recovered: spec.recovered,
     };
     let mut cmds: Vec<Command> = Vec::with_capacity(spec.depth as usize);
     let mut core = QueueCore::new(cfg, &mut cmds, &mut obs);
@@ -629,7 +640,10 @@ fn serve(
         if core.all_aborted() {
             return Ok(None);
         }
-        if q.spec.recoverable && core.idle_after_abort() {
+        if q.spec.recoverable && core.aborted_any() {
+            q.spec.aborting.store(true, Ordering::SeqCst);
+        }
+        if q.spec.recoverable && q.spec.aborting.load(Ordering::SeqCst) && core.holds_no_request() {
             q.ring
                 .submit()
                 .map_err(|e| format!("queue {}: submitting the last commits: {e}", q.spec.q_id))?;

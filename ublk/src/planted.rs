@@ -19,16 +19,27 @@ pub enum Bug {
     ShutdownNoCommit = 5,
     /// The device-wide in-flight counter is updated with a split load/store across events.
     RacyInflight = 6,
+    /// A recovering server fetches every tag twice: the second FETCH_REQ hits tags the kernel
+    /// still holds.
+    RecoveryRefetch = 7,
+    /// A recovering server takes each tag's first write for a replay of one its predecessor
+    /// already stored, and acknowledges it without storing it.
+    ReplayAck = 8,
+    /// END_USER_RECOVERY is sent before the new server fetched its tags.
+    EarlyEndRecovery = 9,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 9] = [
         Bug::StartBeforeFetch,
         Bug::SegmentOffset,
         Bug::TagReuse,
         Bug::LostCompletion,
         Bug::ShutdownNoCommit,
         Bug::RacyInflight,
+        Bug::RecoveryRefetch,
+        Bug::ReplayAck,
+        Bug::EarlyEndRecovery,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +51,9 @@ impl Bug {
             Bug::LostCompletion => "lost-completion",
             Bug::ShutdownNoCommit => "shutdown-no-commit",
             Bug::RacyInflight => "racy-inflight",
+            Bug::RecoveryRefetch => "recovery-refetch",
+            Bug::ReplayAck => "replay-ack",
+            Bug::EarlyEndRecovery => "early-end-recovery",
         }
     }
 

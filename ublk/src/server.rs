@@ -261,6 +261,10 @@ struct Device {
     stop_at: Arc<AtomicU64>,
     shared: Vec<Arc<QueueShared>>,
     inflight: Arc<AtomicU64>,
+    /// Taken over from a dead server (user recovery).
+    recovered: bool,
+    /// Some queue saw an abort (`QueueSpec::aborting`).
+    aborting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn run_device(
@@ -294,10 +298,16 @@ fn run_device(
             .map(|q| Arc::new(QueueShared::new(q, depth)))
             .collect(),
         inflight: Arc::new(AtomicU64::new(0)),
+        recovered: launch == Launch::Recover,
+        aborting: Default::default(),
     };
     let (done_tx, done_rx) = mpsc::channel::<Result<QueueExit, String>>();
     // The kernel's START_DEV waits for every FETCH_REQ: the shared bring-up order says so.
-    for step in crate::core::bringup() {
+    let plan = match launch {
+        Launch::Add => crate::core::bringup(),
+        Launch::Recover => crate::core::recovery_bringup(),
+    };
+    for step in plan {
         match step {
             Bringup::FetchAll => start_queues(&dev, ctl, mem, opts, info, max_io, &done_tx)?,
             Bringup::StartDev if launch == Launch::Recover => ctl
@@ -376,6 +386,8 @@ fn start_queues(
             dev_sectors: opts.size / 512,
             ioctl_encode: info.flags & sys::UBLK_F_CMD_IOCTL_ENCODE != 0,
             recoverable: info.flags & sys::UBLK_F_USER_RECOVERY != 0,
+            recovered: dev.recovered,
+            aborting: dev.aborting.clone(),
             copy: match info.flags & sys::UBLK_F_USER_COPY {
                 0 => CopyMode::Buffer,
                 _ => CopyMode::User,

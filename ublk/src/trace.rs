@@ -210,6 +210,8 @@ mod tests {
             dev_sectors: 2048,
             ioctl_encode: true,
             recoverable: false,
+            recovered: false,
+            aborting: Default::default(),
             copy: crate::io::CopyMode::Buffer,
             cpus: vec![],
             fault: None,

@@ -96,7 +96,8 @@ pub const MAX_QD: usize = 4096;
 
 /// Runs `ops` with up to `qd` in flight. `prepare` fills a write's buffer before submission;
 /// `complete` sees every finished request with its data (reads: what the device returned).
-/// Stops at the first failed request, or at `deadline` with the in-flight list. With
+/// Stops at the first failed request (unless `failed` takes it: then the run goes on), or at
+/// `deadline` with the in-flight list. With
 /// `spread`, every submission round runs on the next CPU, so blk-mq maps the rounds to
 /// different hardware queues (every ublk queue gets requests).
 #[allow(clippy::too_many_arguments)]
@@ -109,6 +110,7 @@ pub fn run(
     spread: bool,
     prepare: &mut dyn FnMut(&Op, &mut [u8]),
     complete: &mut Complete,
+    mut failed: Option<&mut dyn FnMut(&Op, i32)>,
 ) -> Result<Stats, String> {
     assert!(qd > 0 && qd <= MAX_QD, "qd {qd} outside 1..={MAX_QD}");
     let mut ring = IoUring::new((qd as u32).next_power_of_two())
@@ -179,6 +181,10 @@ pub fn run(
         for (i, res) in done {
             let op = inflight[i].take().expect("completion for an idle slot");
             free.push(i);
+            if let (true, Some(f)) = (res < 0, failed.as_mut()) {
+                f(&op, -res);
+                continue;
+            }
             if res < 0 {
                 return Err(format!(
                     "{:?} of {} bytes at offset {} failed: {}",

@@ -85,6 +85,10 @@ enum Cmd {
         /// Move the submitting thread across all CPUs so every ublk queue gets requests
         #[arg(long)]
         spread: bool,
+        /// A failed write (e.g. EIO while a crashed server is being replaced) does not end the
+        /// run: the model lets its blocks hold old or new content; acknowledged writes stay exact
+        #[arg(long)]
+        allow_errors: bool,
     },
     /// Read back and check against the saved model; with --full also every unwritten block
     /// (zeroes) and the md5 of the whole span against the model
@@ -190,12 +194,30 @@ fn write(
     p: &PlanArgs,
     model_file: &Option<String>,
     spread: bool,
+    allow_errors: bool,
 ) -> Result<(), String> {
     let f = engine::open(&c.dev, true)?;
     let s = spec(&f, p)?;
     let plan = plan::writes(&s);
     let model = std::cell::RefCell::new(Model::new(s.seed, s.span));
     let inflight = std::cell::RefCell::new(Vec::<(u64, u64, u64)>::with_capacity(c.qd));
+    // (failed writes, the first one described)
+    let failures = std::cell::RefCell::new((0u64, String::new()));
+    let mut on_failed = |op: &Op, errno: i32| {
+        inflight.borrow_mut().retain(|(seq, _, _)| *seq != op.seq);
+        model.borrow_mut().fail(op.seq);
+        let mut f = failures.borrow_mut();
+        if f.0 == 0 {
+            f.1 = format!(
+                "write #{} of {} bytes at offset {}: {}",
+                op.seq,
+                op.len,
+                op.offset,
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+        f.0 += 1;
+    };
     let mut ops = plan.iter().map(|e| Op {
         kind: Kind::Write,
         offset: e.offset,
@@ -217,14 +239,22 @@ fn write(
         },
         &mut |op, _| {
             inflight.borrow_mut().retain(|(seq, _, _)| *seq != op.seq);
+            model.borrow_mut().complete(op.seq);
             Ok(())
         },
+        allow_errors.then_some(&mut on_failed),
     )?;
     let model = model.into_inner();
     let path = model_path(&c.dev, model_file);
     std::fs::write(&path, model.to_bytes())
         .map_err(|e| format!("save the model to {path}: {e}"))?;
     report(&format!("write {:?} seed {}", s.pattern, s.seed), &st);
+    let (nfailed, first) = failures.into_inner();
+    if nfailed > 0 {
+        println!(
+            "failed writes: {nfailed} (their blocks may hold old or new content), first: {first}"
+        );
+    }
     println!(
         "model: {} blocks written, {} may hold either of two racing writes; saved to {path}",
         model.written_blocks(),
@@ -320,10 +350,11 @@ fn verify(
                 let ok = if allowed.is_empty() {
                     block::check(blk, off, seed, None) == Verdict::Ok
                 } else {
-                    match allowed
-                        .iter()
-                        .find(|s| block::check(blk, off, seed, Some(**s)) == Verdict::Ok)
-                    {
+                    let holds = |s: u64| {
+                        let want = (s != blkio::model::ZEROES).then_some(s);
+                        block::check(blk, off, seed, want) == Verdict::Ok
+                    };
+                    match allowed.iter().find(|s| holds(**s)) {
                         Some(s) => {
                             found[(off / b) as usize] = *s;
                             true
@@ -334,8 +365,7 @@ fn verify(
                 if !ok {
                     bad_blocks += 1;
                     if bad.len() < MAX_REPORTS {
-                        let want = allowed.first().copied();
-                        bad.push(block::check(blk, off, seed, want).describe(off, want));
+                        bad.push(mismatch(&model, blk, off, &allowed));
                     }
                 }
             }
@@ -344,6 +374,7 @@ fn verify(
             }
             Ok(())
         },
+        None,
     )?;
     report(&format!("verify seed {seed} bytes {lo}..{hi}"), &st);
     if bad_blocks > 0 {
@@ -392,6 +423,18 @@ fn verify(
     Ok(())
 }
 
+/// One mismatch in words; after failed writes, says whether the expected write was
+/// acknowledged (it must survive) or failed (old or new content were both acceptable).
+fn mismatch(model: &Model, blk: &[u8], off: u64, allowed: &[u64]) -> String {
+    let want = allowed.first().copied();
+    let line = block::check(blk, off, model.seed, want).describe(off, want);
+    match want {
+        _ if model.failed.is_empty() => line,
+        Some(w) if model.acknowledged(w) => format!("acknowledged write lost: {line}"),
+        _ => format!("a failed write's block holds neither old nor new content (allowed: {allowed:?}): {line}"),
+    }
+}
+
 fn md5_hex(parts: impl Iterator<Item = [u8; 16]>) -> String {
     let mut h = Md5::new();
     for p in parts {
@@ -428,6 +471,7 @@ fn zeroes(c: &Common, offset: u64, len: u64) -> Result<(), String> {
                 data[i]
             )),
         },
+        None,
     )?;
     println!("zeroes: {len} bytes at offset {offset} read back as zeroes");
     Ok(())
@@ -498,6 +542,7 @@ fn bench(c: &Common, rw: Rw, bs: u64, seconds: u64, seed: u64) -> Result<(), Str
         false,
         &mut |_, buf| buf.fill(0xa5),
         &mut |_, _| Ok(()),
+        None,
     )?;
     report(
         &format!(
@@ -526,7 +571,8 @@ fn main() -> ExitCode {
             p,
             model,
             spread,
-        } => write(&c, &p, &model, spread),
+            allow_errors,
+        } => write(&c, &p, &model, spread, allow_errors),
         Cmd::Verify {
             c,
             model,

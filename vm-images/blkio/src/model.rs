@@ -5,12 +5,17 @@
 //! moment, the device may legally hold any of them (the kernel may complete concurrent
 //! overlapping writes in any order). Those blocks accept a set of writes, so overlapping
 //! in-flight writes never cause false reports, while everything else is exact.
+//!
+//! A crash (the server killed, user recovery) can fail writes that were in flight. A failed
+//! write may or may not have reached each of its blocks, so wherever it might be the content,
+//! what it overwrote might be too ([`Model::fail`]; seq 0 stands for zeroes). An acknowledged
+//! write is never relaxed: it must survive byte for byte until a later write covers it.
 
 use std::collections::HashMap;
 
 use crate::block::BLOCK;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Model {
     pub seed: u64,
     pub span: u64,
@@ -18,9 +23,15 @@ pub struct Model {
     pub last: Vec<u64>,
     /// Blocks that may also hold other writes that were in flight with the last one.
     pub also: HashMap<u64, Vec<u64>>,
+    /// Writes that failed (sorted): their blocks accept old or new content.
+    pub failed: Vec<u64>,
+    /// Per in-flight write: each block's allowed writes just before it (what a failure restores).
+    pending: HashMap<u64, Vec<(u64, Vec<u64>)>>,
 }
 
-const MAGIC: &[u8; 8] = b"BLKIOMD1";
+const MAGIC: &[u8; 8] = b"BLKIOMD2";
+/// Zeroes (never written) in an allowed set.
+pub const ZEROES: u64 = 0;
 
 impl Model {
     pub fn new(seed: u64, span: u64) -> Model {
@@ -29,6 +40,8 @@ impl Model {
             span,
             last: vec![0; (span / BLOCK as u64) as usize],
             also: HashMap::new(),
+            failed: Vec::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -36,8 +49,10 @@ impl Model {
     /// (seq, offset, len) had not completed.
     pub fn submit(&mut self, seq: u64, offset: u64, len: u64, inflight: &[(u64, u64, u64)]) {
         let b = BLOCK as u64;
+        let mut before = Vec::with_capacity((len / b) as usize);
         for blk in offset / b..(offset + len) / b {
             let at = blk * b;
+            before.push((blk, self.allowed_or_zeroes(blk)));
             let racing: Vec<u64> = inflight
                 .iter()
                 .filter(|(s, o, l)| *s != seq && *o <= at && at < o + l)
@@ -50,9 +65,54 @@ impl Model {
             }
             self.last[blk as usize] = seq;
         }
+        self.pending.insert(seq, before);
     }
 
-    /// Writes that block `blk` may hold (empty = must be zeroes).
+    /// Write `seq` completed: acknowledged, its content is now required (until overwritten).
+    pub fn complete(&mut self, seq: u64) {
+        self.pending.remove(&seq);
+    }
+
+    /// Write `seq` failed: each block it might hold may instead hold what it overwrote, unless
+    /// a later write over the block was acknowledged (then it is that one, or `seq`).
+    pub fn fail(&mut self, seq: u64) {
+        let before = self
+            .pending
+            .remove(&seq)
+            .expect("fail() of a write in flight");
+        for (blk, prior) in before {
+            let mut now = self.allowed_or_zeroes(blk);
+            let acked_later = now
+                .iter()
+                .any(|s| *s > seq && !self.pending.contains_key(s) && self.acknowledged(*s));
+            if !now.contains(&seq) || acked_later {
+                continue;
+            }
+            now.extend(prior);
+            let last = self.last[blk as usize];
+            let mut also: Vec<u64> = now.into_iter().filter(|s| *s != last).collect();
+            also.sort_unstable();
+            also.dedup();
+            self.also.insert(blk, also);
+        }
+        if let Err(at) = self.failed.binary_search(&seq) {
+            self.failed.insert(at, seq);
+        }
+    }
+
+    /// Whether write `seq` was acknowledged (or still in flight), not failed.
+    pub fn acknowledged(&self, seq: u64) -> bool {
+        self.failed.binary_search(&seq).is_err()
+    }
+
+    fn allowed_or_zeroes(&self, blk: u64) -> Vec<u64> {
+        match self.allowed(blk) {
+            v if v.is_empty() => vec![ZEROES],
+            v => v,
+        }
+    }
+
+    /// Writes that block `blk` may hold (empty = must be zeroes; [`ZEROES`] in a set: may be).
     pub fn allowed(&self, blk: u64) -> Vec<u64> {
         let last = self.last[blk as usize];
         if last == 0 {
@@ -86,6 +146,10 @@ impl Model {
                 put(*s);
             }
         }
+        put(self.failed.len() as u64);
+        for s in &self.failed {
+            put(*s);
+        }
         out
     }
 
@@ -114,11 +178,18 @@ impl Model {
             }
             also.entry(blk).or_default().push(word(5 + n + 2 * k)?);
         }
+        let at = 4 + n + 2 * nalso;
+        let nfailed = word(at)? as usize;
+        let failed = (0..nfailed)
+            .map(|k| word(at + 1 + k))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Model {
             seed,
             span,
             last,
             also,
+            failed,
+            pending: HashMap::new(),
         })
     }
 }
@@ -141,9 +212,48 @@ mod tests {
         m.submit(3, 8192, 4096, &[]);
         assert_eq!(m.allowed(2), vec![3]);
         let back = Model::from_bytes(&m.to_bytes()).unwrap();
-        assert_eq!(back, m);
+        assert_eq!((&back.last, &back.also), (&m.last, &m.also));
         assert_eq!(back.written_blocks(), 6);
         assert!(Model::from_bytes(b"junk").is_err());
         assert!(Model::from_bytes(&m.to_bytes()[..40]).is_err());
+    }
+
+    #[test]
+    fn a_failed_write_allows_old_or_new_and_nothing_else() {
+        let mut m = Model::new(9, 64 * 1024);
+        m.submit(1, 0, 8192, &[]);
+        m.complete(1); // acknowledged: blocks 0-1 must hold write 1
+        m.submit(2, 4096, 8192, &[]); // over block 1 (write 1) and block 2 (never written)
+        m.fail(2);
+        assert_eq!(m.allowed(0), vec![1]);
+        assert_eq!(m.allowed(1), vec![2, 1]);
+        assert_eq!(m.allowed(2), vec![2, ZEROES]);
+        assert!(m.acknowledged(1) && !m.acknowledged(2));
+        // A later acknowledged write makes the block exact again.
+        m.submit(3, 4096, 4096, &[]);
+        m.complete(3);
+        assert_eq!(m.allowed(1), vec![3]);
+        let back = Model::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!((back.also, back.failed), (m.also.clone(), vec![2]));
+    }
+
+    #[test]
+    fn two_racing_writes_that_both_fail_allow_what_was_there_before() {
+        let mut m = Model::new(9, 16 * 1024);
+        m.submit(1, 0, 4096, &[]);
+        m.complete(1);
+        m.submit(2, 0, 4096, &[]);
+        m.submit(3, 0, 4096, &[(2, 0, 4096)]);
+        m.fail(3);
+        // What 3 overwrote was 2 (in flight): 1 becomes possible only if 2 fails too.
+        assert_eq!(m.allowed(0), vec![3, 2]);
+        m.fail(2);
+        assert_eq!(m.allowed(0), vec![3, 1, 2]);
+        // A failure after an acknowledged overwrite changes nothing.
+        m.submit(4, 0, 4096, &[]);
+        m.submit(5, 0, 4096, &[(4, 0, 4096)]);
+        m.complete(5);
+        m.fail(4);
+        assert_eq!(m.allowed(0), vec![5, 4]);
     }
 }

@@ -67,6 +67,7 @@ impl Runner<'_> {
             fault: s.fault.as_ref().map(|f| f.0.clone()).unwrap_or_default(),
             trace: format!("/run/ublk-{}.trace", s.name),
             state_file: format!("/run/ublk-{}.state.json", s.name),
+            recovery: s.recovery.map(|m| m.name().to_string()).unwrap_or_default(),
         };
         self.next_dev_id += 1;
         if self.server.storage == Storage::File {
@@ -74,8 +75,10 @@ impl Runner<'_> {
         }
         let argv = self.add_argv(s, &vars);
         let mut job = self.exec(&argv, log_name)?;
+        let how = &self.server.add;
         let (dev_id, pid, features) =
-            self.ready(&mut job, &argv, vars.dev_id, deadline, log_name)?;
+            self.ready(how, &mut job, &argv, vars.dev_id, deadline, log_name)?;
+        let vars = Vars { dev_id, ..vars }; // the id the kernel gave, for stop and recover
         self.log(&format!(
             "device {} (ublk{dev_id}) runs with ublk features: {}",
             s.name,
@@ -128,13 +131,17 @@ impl Runner<'_> {
                 argv.extend(vars.render(t));
             }
         }
+        if let (Some(_), Some(r)) = (s.recovery, &self.server.recovery) {
+            argv.extend(vars.render(&r.add));
+        }
         argv
     }
 
     /// (device id, server pid, the ublk features the device runs with) once the device is up,
     /// the way the profile says to learn it.
-    fn ready(
+    pub(super) fn ready(
         &self,
+        how: &crate::server::Add,
         job: &mut Job,
         argv: &[String],
         dev_id: u32,
@@ -142,7 +149,7 @@ impl Runner<'_> {
         log_name: &str,
     ) -> Result<(u32, i32, Vec<String>), StepError> {
         let what = &self.server.name;
-        let id = match (self.server.add.mode, self.server.add.ready) {
+        let id = match (how.mode, how.ready) {
             (Mode::Foreground, Ready::Json) => {
                 let r = self.ready_line(job, deadline, log_name, what)?;
                 let ready: contract::Ready = serde_json::from_str(&r).map_err(|e| {
@@ -303,8 +310,10 @@ impl Runner<'_> {
     pub(super) fn signal(
         &mut self,
         sg: &model::Signal,
+        step: usize,
         deadline: Instant,
     ) -> Result<(), StepError> {
+        self.before_signal(sg, step, deadline)?;
         self.send(&sg.device, sg.signal.number())?;
         if !sg.signal.ends_daemon() {
             return Ok(());
@@ -325,7 +334,7 @@ impl Runner<'_> {
         }
     }
 
-    fn daemon(&self, name: &str) -> Result<&Daemon, StepError> {
+    pub(super) fn daemon(&self, name: &str) -> Result<&Daemon, StepError> {
         self.daemons
             .get(name)
             .filter(|d| d.running())
@@ -339,7 +348,7 @@ impl Runner<'_> {
 
     /// Waits until the server has exited: Some(status) for a foreground server (our child),
     /// None for a daemon (seen gone from /proc).
-    fn await_end(
+    pub(super) fn await_end(
         &mut self,
         name: &str,
         deadline: Instant,

@@ -3,6 +3,7 @@
 pub mod freeze;
 pub mod lifecycle;
 pub mod model;
+pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod session;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::input::{self, key_position, located};
-use crate::server::Capability;
+use crate::server::{Capability, RecoveryMode};
 use crate::util::Result;
 
 /// Limits that keep a scenario bounded whatever its author writes.
@@ -78,6 +78,8 @@ pub enum Kind {
     Io(Io),
     Shell(Shell),
     Signal(Signal),
+    Recover(Recover),
+    Quiesce(Quiesce),
     ExpectTimeout(ExpectTimeout),
     Wait(Wait),
     Reset(Reset),
@@ -86,12 +88,14 @@ pub enum Kind {
 
 /// Every step kind, in the order the docs list them. `Kind::name` is exhaustive over the enum
 /// and `tidy_tests.rs` holds this list, the parser and scenarios/README.md to each other.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 11] = [
     "start",
     "stop",
     "io",
     "shell",
     "signal",
+    "recover",
+    "quiesce",
     "expect_timeout",
     "wait",
     "reset",
@@ -106,6 +110,8 @@ impl Kind {
             Kind::Io(_) => "io",
             Kind::Shell(_) => "shell",
             Kind::Signal(_) => "signal",
+            Kind::Recover(_) => "recover",
+            Kind::Quiesce(_) => "quiesce",
             Kind::ExpectTimeout(_) => "expect_timeout",
             Kind::Wait(_) => "wait",
             Kind::Reset(_) => "reset",
@@ -126,6 +132,8 @@ struct StepRaw {
     io: Option<Io>,
     shell: Option<Shell>,
     signal: Option<Signal>,
+    recover: Option<Recover>,
+    quiesce: Option<Quiesce>,
     expect_timeout: Option<ExpectTimeout>,
     wait: Option<Wait>,
     #[serde(default, deserialize_with = "present")]
@@ -150,6 +158,8 @@ impl<'de> Deserialize<'de> for Step {
         kinds.extend(r.io.map(Kind::Io));
         kinds.extend(r.shell.map(Kind::Shell));
         kinds.extend(r.signal.map(Kind::Signal));
+        kinds.extend(r.recover.map(Kind::Recover));
+        kinds.extend(r.quiesce.map(Kind::Quiesce));
         kinds.extend(r.expect_timeout.map(Kind::ExpectTimeout));
         kinds.extend(r.wait.map(Kind::Wait));
         kinds.extend(r.reset.map(Kind::Reset));
@@ -189,6 +199,9 @@ pub struct Start {
     /// Record the tag trace (saved with the run's artifacts).
     #[serde(default)]
     pub trace: bool,
+    /// User recovery: the device outlives its server (reissue, requeue or fail-io); a
+    /// `recover` step gives it a new one.
+    pub recovery: Option<RecoveryMode>,
 }
 
 impl Start {
@@ -202,6 +215,7 @@ impl Start {
             block_size: None,
             fault: None,
             trace: false,
+            recovery: None,
         }
     }
 }
@@ -250,6 +264,10 @@ pub struct Io {
     /// Submit from every CPU so every ublk queue gets requests.
     #[serde(default)]
     pub spread: bool,
+    /// A failed write does not fail the step (a crash with FAIL_IO or requeue recovery): its
+    /// blocks may hold old or new content, acknowledged writes must still be exact.
+    #[serde(default)]
+    pub allow_errors: bool,
     /// Run in the background under this job name (see `wait`).
     pub background: Option<String>,
 }
@@ -300,6 +318,32 @@ pub struct Signal {
     pub signal: Sig,
     /// For TERM/INT: the daemon's exit status (default 0). KILL always ends it by signal.
     pub expect_exit: Option<i32>,
+    /// Wait a seeded random time in [min, max] milliseconds first (e.g. a crash at a random
+    /// moment of a background writer); the step log names the delay and the requests the
+    /// block layer had in flight just before the signal.
+    pub delay_ms: Option<[u64; 2]>,
+    /// After the delay, wait (within the step's timeout) until the block layer has requests
+    /// in flight on the device, so the signal hits I/O (a crash under load, not between jobs).
+    #[serde(default)]
+    pub in_flight: bool,
+}
+
+/// A new server takes over a device whose server died or was quiesced (the profile's
+/// `recovery.recover`); its requests go on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+/// A planned hand-over (kernels with QUIESCE): the profile's `recovery.quiesce` command; the
+/// server must then exit by itself with status 0, leaving the device to a `recover` step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quiesce {
+    #[serde(default = "default_device")]
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -632,7 +676,13 @@ impl Scenario {
                             .map(|_| (Capability::FaultInjection, format!("{at}.fault"))),
                     );
                     v.extend(s.trace.then(|| (Capability::Trace, format!("{at}.trace"))));
+                    v.extend(
+                        s.recovery
+                            .map(|_| (Capability::Recovery, format!("{at}.recovery"))),
+                    );
                 }
+                Kind::Recover(_) => v.push((Capability::Recovery, at.clone())),
+                Kind::Quiesce(_) => v.push((Capability::Quiesce, at.clone())),
                 Kind::Io(io) => v.extend(io_needs(io)),
                 Kind::ExpectTimeout(ExpectTimeout { io: Some(io), .. }) => v.extend(io_needs(io)),
                 Kind::Signal(sg) if sg.signal == Sig::Usr1 => v.push((
@@ -642,6 +692,39 @@ impl Scenario {
                 _ => {}
             }
         }
+        v
+    }
+
+    /// The recovery modes its start steps ask for.
+    pub fn recovery_modes(&self) -> Vec<RecoveryMode> {
+        let mut v: Vec<RecoveryMode> = self
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                Kind::Start(st) => st.recovery,
+                _ => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// The ublk features the kernel must offer: `requires.kernel` and what the steps imply
+    /// (a recovery mode's flags, QUIESCE for a quiesce step).
+    pub fn kernel_needs(&self) -> Vec<String> {
+        let mut v = self.requires.kernel.clone();
+        for m in self.recovery_modes() {
+            v.extend(m.kernel_features().iter().map(|f| f.to_string()));
+        }
+        if self
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, Kind::Quiesce(_)))
+        {
+            v.push("QUIESCE".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|f| seen.insert(f.clone()));
         v
     }
 
@@ -676,6 +759,10 @@ struct Checker<'a> {
     path: &'a Path,
     /// Running devices by name, with their size.
     devices: Vec<(&'a str, u64)>,
+    /// Devices started with recovery (by name).
+    recoverable: Vec<&'a str>,
+    /// Recoverable devices whose server ended (killed or quiesced), with their size.
+    orphans: Vec<(&'a str, u64)>,
     jobs: Vec<&'a str>,
 }
 
@@ -686,6 +773,8 @@ impl<'a> Checker<'a> {
             text,
             path,
             devices: Vec::new(),
+            recoverable: Vec::new(),
+            orphans: Vec::new(),
             jobs: Vec::new(),
         }
     }
@@ -764,6 +853,7 @@ impl<'a> Checker<'a> {
                 server_options(p, s.fault.as_ref())
                     .map_err(|(key, e)| format!("start: {key}: {e}"))?;
                 self.devices.push((&s.name, p.size_bytes));
+                self.recoverable.extend(s.recovery.map(|_| s.name.as_str()));
             }
             Kind::Io(io) => {
                 self.io(io)?;
@@ -779,16 +869,24 @@ impl<'a> Checker<'a> {
                 }
                 self.devices.retain(|(d, _)| *d != st.device);
             }
-            Kind::Signal(sg) => {
-                if self.device(&sg.device).is_none() {
+            Kind::Signal(sg) => self.signal(sg)?,
+            Kind::Quiesce(q) => {
+                if !self.recoverable.contains(&q.device.as_str()) {
                     return Err(format!(
-                        "signal: device `{}` is not started by an earlier step",
-                        sg.device
+                        "quiesce: device `{}` is not started (with `recovery:`) by an earlier step",
+                        q.device
                     ));
                 }
-                if sg.signal.ends_daemon() {
-                    self.devices.retain(|(d, _)| *d != sg.device);
-                }
+                self.orphan(&q.device, "quiesce")?;
+            }
+            Kind::Recover(r) => {
+                let Some(at) = self.orphans.iter().position(|(d, _)| *d == r.device) else {
+                    return Err(format!(
+                        "recover: device `{}` has no dead server to replace (a KILL signal or a quiesce step on a device started with `recovery:` comes first)",
+                        r.device
+                    ));
+                };
+                self.devices.push(self.orphans.remove(at));
             }
             Kind::ExpectTimeout(e) => match (&e.shell, &e.io) {
                 (Some(_), None) => {}
@@ -800,9 +898,46 @@ impl<'a> Checker<'a> {
                     return Err(format!("wait: no earlier background job named `{}`", w.job));
                 }
             }
-            Kind::Reset(_) => self.devices.clear(),
+            Kind::Reset(_) => {
+                self.devices.clear();
+                self.orphans.clear();
+            }
             Kind::Check(_) => {}
         }
+        Ok(())
+    }
+
+    fn signal(&mut self, sg: &'a Signal) -> std::result::Result<(), String> {
+        if self.device(&sg.device).is_none() {
+            return Err(format!(
+                "signal: device `{}` is not started by an earlier step",
+                sg.device
+            ));
+        }
+        if let Some([min, max]) = sg.delay_ms {
+            if min > max || max > 60_000 {
+                return Err(format!(
+                    "signal: delay_ms [{min}, {max}] must be [min, max] with min <= max <= 60000"
+                ));
+            }
+        }
+        let recoverable = self.recoverable.contains(&sg.device.as_str());
+        match sg.signal {
+            // A recoverable device outlives its killed server.
+            Sig::Kill if recoverable => self.orphan(&sg.device, "signal")?,
+            s if s.ends_daemon() => self.devices.retain(|(d, _)| *d != sg.device),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The device's server is gone; the device waits for a `recover` step.
+    fn orphan(&mut self, name: &str, what: &str) -> std::result::Result<(), String> {
+        let Some(at) = self.devices.iter().position(|(d, _)| *d == name) else {
+            return Err(format!("{what}: device `{name}` has no running server"));
+        };
+        let d = self.devices.remove(at);
+        self.orphans.push(d);
         Ok(())
     }
 

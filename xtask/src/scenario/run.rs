@@ -168,11 +168,31 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
 
 /// Why `server` cannot run `sc` (the first capability it lacks, and which step needs it).
 pub fn skip_reason(sc: &Scenario, server: &Profile) -> Option<String> {
-    let (cap, why) = sc.needs().into_iter().find(|(c, _)| !server.has(*c))?;
+    if let Some((cap, why)) = sc.needs().into_iter().find(|(c, _)| !server.has(*c)) {
+        return Some(format!(
+            "server {} lacks {} ({why})",
+            server.name,
+            cap.name()
+        ));
+    }
+    let modes = server
+        .recovery
+        .as_ref()
+        .map(|r| r.modes.clone())
+        .unwrap_or_default();
+    let m = sc
+        .recovery_modes()
+        .into_iter()
+        .find(|m| !modes.contains(m))?;
     Some(format!(
-        "server {} lacks {} ({why})",
+        "server {} has no recovery mode {} (it has: {})",
         server.name,
-        cap.name()
+        m.name(),
+        modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
 }
 
@@ -350,11 +370,12 @@ fn kernel_gate(
         Err(why) => return Some((Verdict::InfraError, why)),
     }
     let missing = sc
-        .requires
-        .kernel
-        .iter()
+        .kernel_needs()
+        .into_iter()
         .find(|k| !out.kernel_features.contains(k))?;
-    let why = format!("kernel {release} lacks the ublk feature {missing} (requires.kernel)");
+    let why = format!(
+        "kernel {release} lacks the ublk feature {missing} (requires.kernel, or implied by a recovery mode or a quiesce step)"
+    );
     Some((Verdict::Skip, why))
 }
 

@@ -216,6 +216,9 @@ impl<'a> Runner<'a> {
             if io.spread {
                 script += " --spread";
             }
+            if io.allow_errors {
+                script += " --allow-errors";
+            }
         }
         if io.verify {
             if !script.is_empty() {
@@ -238,7 +241,9 @@ impl<'a> Runner<'a> {
             Kind::Io(io) => self.io(io, deadline, &log_name),
             Kind::Shell(sh) => self.shell(sh, deadline, &log_name),
             Kind::Wait(w) => self.wait(w, deadline),
-            Kind::Signal(sg) => self.signal(sg, deadline),
+            Kind::Signal(sg) => self.signal(sg, i, deadline),
+            Kind::Recover(r) => self.recover(r, deadline, &log_name),
+            Kind::Quiesce(q) => self.quiesce(q, deadline, &log_name),
             Kind::ExpectTimeout(e) => self.expect_timeout(i, e, deadline, &log_name),
             Kind::Reset(_) => self.reset(deadline, &log_name),
             Kind::Check(_) => self.check(deadline, &log_name),

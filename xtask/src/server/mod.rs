@@ -34,6 +34,11 @@ pub enum Capability {
     Discard,
     WriteZeroes,
     Flush,
+    /// User recovery: a `recovery:` section (how to add a recoverable device, how a new server
+    /// takes over a dead one's device). Not listed under `capabilities`: the section says it.
+    Recovery,
+    /// Planned server replacement (QUIESCE_DEV): the `recovery:` section's `quiesce` command.
+    Quiesce,
 }
 
 impl Capability {
@@ -46,6 +51,8 @@ impl Capability {
             Capability::Discard => "discard",
             Capability::WriteZeroes => "write-zeroes",
             Capability::Flush => "flush",
+            Capability::Recovery => "recovery",
+            Capability::Quiesce => "quiesce",
         }
     }
 }
@@ -66,6 +73,8 @@ pub struct Profile {
     /// Extra argv for optional features, each with its capability.
     #[serde(default)]
     pub options: Options,
+    /// User recovery, if the server has it.
+    pub recovery: Option<Recovery>,
     #[serde(skip)]
     pub source: PathBuf,
     /// The host file copied into the guest's /bin, once `prepare` found or built it.
@@ -164,6 +173,50 @@ pub struct Options {
     pub state_file: Option<Vec<String>>,
 }
 
+/// How a server does user recovery (the kernel's USER_RECOVERY; see ublk/src/recovery.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// The modes it supports: reissue, requeue, fail-io (ublk-mem's names for the kernel's
+    /// USER_RECOVERY_REISSUE, plain USER_RECOVERY, USER_RECOVERY_FAIL_IO).
+    pub modes: Vec<RecoveryMode>,
+    /// Appended to add.argv when a start step asks for recovery; `{recovery}` is the mode.
+    pub add: Vec<String>,
+    /// A new server process taking over device `{dev_id}` after its server died: like `add`
+    /// (argv, mode, ready).
+    pub recover: Add,
+    /// Optional: asks the running server to hand over (QUIESCE_DEV); it must exit 0 in time,
+    /// and the server must then exit by itself.
+    pub quiesce: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryMode {
+    Reissue,
+    Requeue,
+    FailIo,
+}
+
+impl RecoveryMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryMode::Reissue => "reissue",
+            RecoveryMode::Requeue => "requeue",
+            RecoveryMode::FailIo => "fail-io",
+        }
+    }
+
+    /// The kernel features a device in this mode needs (GET_FEATURES names).
+    pub fn kernel_features(self) -> &'static [&'static str] {
+        match self {
+            RecoveryMode::Reissue => &["USER_RECOVERY", "USER_RECOVERY_REISSUE"],
+            RecoveryMode::Requeue => &["USER_RECOVERY"],
+            RecoveryMode::FailIo => &["USER_RECOVERY", "USER_RECOVERY_FAIL_IO"],
+        }
+    }
+}
+
 /// Values for an argv template.
 #[derive(Debug, Clone, Default)]
 pub struct Vars {
@@ -176,9 +229,10 @@ pub struct Vars {
     pub fault: String,
     pub trace: String,
     pub state_file: String,
+    pub recovery: String,
 }
 
-const PLACEHOLDERS: [&str; 9] = [
+const PLACEHOLDERS: [&str; 10] = [
     "size",
     "queues",
     "depth",
@@ -188,6 +242,7 @@ const PLACEHOLDERS: [&str; 9] = [
     "fault",
     "trace",
     "state_file",
+    "recovery",
 ];
 
 impl Vars {
@@ -202,6 +257,7 @@ impl Vars {
             "fault" => self.fault.clone(),
             "trace" => self.trace.clone(),
             "state_file" => self.state_file.clone(),
+            "recovery" => self.recovery.clone(),
             _ => return None,
         })
     }
@@ -254,8 +310,14 @@ impl Profile {
     }
 
     pub fn has(&self, c: Capability) -> bool {
-        c == Capability::StoresData && self.storage != Storage::None
-            || self.capabilities.contains(&c)
+        match c {
+            Capability::StoresData => {
+                self.storage != Storage::None || self.capabilities.contains(&c)
+            }
+            Capability::Recovery => self.recovery.is_some(),
+            Capability::Quiesce => self.recovery.as_ref().is_some_and(|r| r.quiesce.is_some()),
+            c => self.capabilities.contains(&c),
+        }
     }
 
     /// Copies the server's host binary (a path or a crate build, found by `prepare`) into the
@@ -362,12 +424,6 @@ impl Profile {
                 format!("name {:?} must be letters, digits, '-' or '_'", self.name),
             ));
         }
-        if self.add.argv.is_empty() || self.add.argv[0].is_empty() {
-            return Err((
-                vec!["add", "argv"],
-                "add.argv needs at least the program".into(),
-            ));
-        }
         let mut templates: Vec<(&'static str, &Vec<String>)> = vec![("add", &self.add.argv)];
         if let Stop::Command(c) = &self.stop {
             if c.is_empty() {
@@ -392,6 +448,11 @@ impl Profile {
                 None => {}
             }
         }
+        if let Some(r) = &self.recovery {
+            templates.push(("recovery", &r.add));
+            templates.push(("recovery", &r.recover.argv));
+            templates.extend(r.quiesce.iter().map(|q| ("recovery", q)));
+        }
         for (key, t) in templates {
             for arg in t {
                 check_placeholders(arg).map_err(|m| (vec![key], m))?;
@@ -400,20 +461,66 @@ impl Profile {
                 }
             }
         }
-        let uses_id = self.add.argv.iter().any(|a| a.contains("{dev_id}"));
-        if self.add.ready == Ready::Kernel && !uses_id {
-            let m = "ready: kernel finds the device by its id: add.argv must pass {dev_id}";
-            return Err((vec!["add", "ready"], m.into()));
-        }
-        if self.add.mode == Mode::Daemon && self.add.ready != Ready::Kernel {
-            let m = "mode: daemon needs ready: kernel (a daemon's output ends when `add` exits)";
-            return Err((vec!["add", "mode"], m.into()));
-        }
+        check_start(&self.add).map_err(|(k, m)| (vec!["add", k], m))?;
+        self.check_recovery()?;
         if let Binary::Crate(spec) = &self.binary {
             spec.check().map_err(|m| (vec!["binary"], m))?;
         }
         Ok(())
     }
+}
+
+impl Profile {
+    /// Recovery is the `recovery:` section's to declare, and its commands are complete.
+    fn check_recovery(&self) -> std::result::Result<(), (Vec<&'static str>, String)> {
+        for c in [Capability::Recovery, Capability::Quiesce] {
+            if self.capabilities.contains(&c) {
+                let m = format!(
+                    "{} is declared by a `recovery:` section, not under capabilities",
+                    c.name()
+                );
+                return Err((vec!["capabilities"], m));
+            }
+        }
+        let Some(r) = &self.recovery else {
+            return Ok(());
+        };
+        let at = |k: &'static str| vec!["recovery", k];
+        if r.modes.is_empty() {
+            return Err((
+                at("modes"),
+                "recovery.modes needs at least one of reissue, requeue, fail-io".into(),
+            ));
+        }
+        if !r.add.iter().any(|a| a.contains("{recovery}")) {
+            let m = "recovery.add must pass the mode: {recovery} (e.g. [--recoverable, \"{recovery}\"])";
+            return Err((at("add"), m.into()));
+        }
+        if r.quiesce.as_ref().is_some_and(|q| q.is_empty()) {
+            return Err((
+                at("quiesce"),
+                "recovery.quiesce needs at least the program".into(),
+            ));
+        }
+        check_start(&r.recover).map_err(|(_, m)| (at("recover"), format!("recovery.recover: {m}")))
+    }
+}
+
+/// The rules an add (or a recover) command obeys, with the key that locates a violation.
+fn check_start(add: &Add) -> std::result::Result<(), (&'static str, String)> {
+    if add.argv.is_empty() || add.argv[0].is_empty() {
+        return Err(("argv", "argv needs at least the program".into()));
+    }
+    let uses_id = add.argv.iter().any(|a| a.contains("{dev_id}"));
+    if add.ready == Ready::Kernel && !uses_id {
+        let m = "ready: kernel finds the device by its id: argv must pass {dev_id}";
+        return Err(("ready", m.into()));
+    }
+    if add.mode == Mode::Daemon && add.ready != Ready::Kernel {
+        let m = "mode: daemon needs ready: kernel (a daemon's output ends when the command exits)";
+        return Err(("mode", m.into()));
+    }
+    Ok(())
 }
 
 /// The shared libraries (and the loader) a dynamic binary needs, as the host's loader resolves
