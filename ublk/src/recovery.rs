@@ -26,9 +26,16 @@ use crate::sys;
 
 /// Where recoverable devices keep their stores (tmpfs: memory, like the memfd of a plain add).
 pub const STORE_DIR: &str = "/dev/shm/ublk-mem";
-/// How long `recover` waits for the kernel to let go of the old server (kernels before 6.14
-/// notice a dead server from a periodic monitor: up to ~5 s).
-pub const RECOVER_LIMIT: Duration = Duration::from_secs(30);
+/// How long `recover` waits for the kernel to let go of the old server, per control command
+/// too: on 6.12, a queue whose every tag the dead server held is aborted only by the block
+/// layer's request timeout, and the device's mutex (GET_PARAMS, START_USER_RECOVERY) waits
+/// for that.
+pub const RECOVER_LIMIT: Duration = Duration::from_secs(60);
+/// The request timeout a recoverable device gets (/sys/block/ublkbN/queue/io_timeout; the
+/// kernel's default is 30 s). The driver only acts on it when the server is dead (a live
+/// server's request just restarts the timer), so it bounds how long a crash with every tag of
+/// a queue in flight leaves the device wedged on 6.12.
+pub const IO_TIMEOUT_MS: u32 = 3000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -201,6 +208,14 @@ pub fn quiesce(dev_id: u32, wait: Duration) -> Result<(), String> {
         "quiesced ublk{dev_id}: its server exits; `ublk-mem recover --id {dev_id}` takes over"
     );
     Ok(())
+}
+
+/// Sets [`IO_TIMEOUT_MS`] on a recoverable device (a warning, not an error, if it cannot).
+pub fn shorten_io_timeout(dev_id: u32) {
+    let path = format!("/sys/block/ublkb{dev_id}/queue/io_timeout");
+    if let Err(e) = std::fs::write(&path, IO_TIMEOUT_MS.to_string()) {
+        eprintln!("ublk-mem: warning: {path}: {e}: after a crash, recovery may wait for the kernel's default request timeout");
+    }
 }
 
 pub fn state_name(state: u16) -> &'static str {

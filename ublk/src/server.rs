@@ -179,7 +179,8 @@ pub fn serve(opts: &Options) -> Result<(), String> {
 /// was quiesced away), on the store it left; then serves like `add` until a signal.
 pub fn recover(r: &recovery::RecoverOptions) -> Result<(), String> {
     let signals = block_signals();
-    let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+    // Patient: the kernel may hold the device's mutex until the old server's requests time out.
+    let mut ctl = Control::open(recovery::RECOVER_LIMIT).map_err(|e| e.to_string())?;
     let (info, opts) = recovery::device_options(&mut ctl, r)?;
     let mem = SharedMem::open(&recovery::store_path(r.id), opts.size)?;
     recovery::start(&mut ctl, r.id, recovery::RECOVER_LIMIT)?;
@@ -319,16 +320,15 @@ fn run_device(
         }
     }
     drop(done_tx);
+    if opts.recovery.is_some() && launch == Launch::Add {
+        recovery::shorten_io_timeout(dev.dev_id);
+    }
     announce(opts, info, queues, depth, dev.pid);
     let (stopped_outside, finished, failures) = serve_until_signal(&dev, opts, signals, &done_rx);
     let (finished, errors) = shut_down(&dev, finished, failures, &done_rx)?;
-    if let (Some(p), false) = (&opts.state_file, errors.is_empty()) {
+    if !errors.is_empty() {
         // A last snapshot helps explain a shutdown that went wrong.
-        let o = Options {
-            state_file: Some(p.clone()),
-            ..opts.clone()
-        };
-        dump_state(&o, dev.dev_id, dev.pid, &dev.shared, &dev.inflight);
+        dump_state(opts, dev.dev_id, dev.pid, &dev.shared, &dev.inflight);
     }
     drop(dev); // DEL_DEV waits for /dev/ublkcN to be closed (by us and every queue thread)
     match errors.is_empty() {

@@ -25,7 +25,9 @@ fn the_shipped_scenarios_pass() {
     assert_eq!(
         names,
         [
+            "crash-recover",
             "fio-verify",
+            "quiesce-upgrade",
             "reset",
             "scattered-writes",
             "simple-e2e",
@@ -33,14 +35,40 @@ fn the_shipped_scenarios_pass() {
             "stopped-server"
         ]
     );
-    assert!(runs
-        .iter()
-        .all(|r| r["verdict"] == "pass" && r["seed"] == 20261121 && r["server"] == "ublk-mem"));
+    // 6.12 has no QUIESCE: the planned upgrade is a skip there (it passes on 7.2: the
+    // two-kernel test), everything else passes.
+    for r in runs {
+        let want = match r["scenario"] == "quiesce-upgrade" {
+            true => "skip",
+            false => "pass",
+        };
+        assert_eq!(r["verdict"], want, "{r}");
+        assert!(r["seed"] == 20261121 && r["server"] == "ublk-mem", "{r}");
+    }
+    let q = run_of(&v, "quiesce-upgrade");
+    assert!(
+        q["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lacks the ublk feature QUIESCE"),
+        "{q}"
+    );
+    // Every kill of crash-recover hit writes in flight, and each time a new server took over.
+    let c = run_of(&v, "crash-recover");
+    let steps =
+        std::fs::read_to_string(PathBuf::from(c["run_dir"].as_str().unwrap()).join("steps.log"))
+            .unwrap();
+    assert_eq!(
+        steps.matches("recovered by a new server").count(),
+        3,
+        "{steps}"
+    );
+    assert!(!steps.contains("just before: 0 reads, 0 writes"), "{steps}");
     assert_eq!(v["image_hash"].as_str().unwrap().len(), 64);
     assert!(v["reproduce"].as_str().unwrap().contains("--seed 20261121"));
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(
-        junit.contains("tests=\"6\" failures=\"0\" errors=\"0\""),
+        junit.contains("tests=\"8\" failures=\"0\" errors=\"0\""),
         "{junit}"
     );
     // Both hang scenarios left summaries that name the stuck tag and the blocked dd.
@@ -659,6 +687,33 @@ fn misbehaving_servers_end_in_verdicts_with_evidence() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// crash-recover can fail: against a server whose devices are not really recoverable, the kill
+/// hits writes in flight, the device dies (its writes fail, on 6.12 at the block layer's
+/// request timeout), and the takeover is refused with the reason: a fail at the recover step,
+/// well within its limits (no hang).
+#[test]
+fn crash_recover_fails_without_recovery() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = root().join("xtask/tests/servers/ublk-mem-no-recovery.yaml");
+    let server = server.display().to_string();
+    let o = run(&["vm-e2e", "--server", &server, "crash-recover"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let r = &v["runs"][0];
+    assert_eq!(r["verdict"], "fail", "{r}");
+    assert_eq!(r["failed_step"], "steps[3] recover", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(why.contains("was not added with --recoverable"), "{why}");
+    assert!(r["duration_s"].as_f64().unwrap() < 90.0, "{r}");
+    let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
+    let steps = std::fs::read_to_string(run_dir.join("steps.log")).unwrap();
+    assert!(
+        steps.contains("in flight at the block layer just before: 0 reads, "),
+        "{steps}"
+    );
+}
+
 /// The built-in rublk profile: built from crates.io on first use (static, pinned), then the
 /// suite runs on it with full verification; the SIGSTOP hang gets a freeze-frame naming the
 /// stuck tag and the blocked task from the kernel side; fault injection is a skip. Asking for
@@ -845,7 +900,7 @@ fn two_kernels_side_by_side_with_their_features() {
         "2",
         "--kernel",
         "debian-6.12,debian-7.2",
-        &fixture("needs-quiesce"),
+        "quiesce-upgrade",
         &fixture("needs-7.0"),
     ]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -876,7 +931,7 @@ fn two_kernels_side_by_side_with_their_features() {
         assert_eq!(r["verdict"], if skip { "skip" } else { "pass" }, "{r}");
         let why = r["reason"].as_str().unwrap_or_default();
         match (skip, r["scenario"].as_str().unwrap()) {
-            (true, "needs-quiesce") => {
+            (true, "quiesce-upgrade") => {
                 assert!(why.contains("lacks the ublk feature QUIESCE"), "{r}")
             }
             // Known from the image before boot: no VM was started for it.
@@ -884,27 +939,25 @@ fn two_kernels_side_by_side_with_their_features() {
                 why.contains("is older than 7.0") && r["boot_s"].is_null(),
                 "{r}"
             ),
-            (false, "needs-quiesce") => {
-                // ublk-mem reports the features its device runs with; the run records them.
+            (false, "quiesce-upgrade") => {
+                // ublk-mem reports the features its device runs with; the run records them:
+                // a planned upgrade on 7.2 runs with QUIESCE and REISSUE, and passed (no write
+                // failed, every write read back).
                 let used = &r["device_features"]["d0"];
-                assert!(
-                    used.as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|f| f == "CMD_IOCTL_ENCODE"),
-                    "{r}"
-                );
+                for f in ["CMD_IOCTL_ENCODE", "QUIESCE", "USER_RECOVERY_REISSUE"] {
+                    assert!(used.as_array().unwrap().iter().any(|x| x == f), "{f}: {r}");
+                }
             }
             (false, _) => {}
         }
     }
     assert!(
-        out.contains("kernel debian-7.2: 7.2.") && out.contains("needs-quiesce on debian-7.2"),
+        out.contains("kernel debian-7.2: 7.2.") && out.contains("quiesce-upgrade on debian-7.2"),
         "{out}"
     );
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(
-        junit.contains("name=\"needs-quiesce on debian-6.12#1\""),
+        junit.contains("name=\"quiesce-upgrade on debian-6.12#1\""),
         "{junit}"
     );
     assert_eq!(etc_apt_digest(), apt_before, "/etc/apt was changed");

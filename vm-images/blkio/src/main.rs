@@ -201,22 +201,11 @@ fn write(
     let plan = plan::writes(&s);
     let model = std::cell::RefCell::new(Model::new(s.seed, s.span));
     let inflight = std::cell::RefCell::new(Vec::<(u64, u64, u64)>::with_capacity(c.qd));
-    // (failed writes, the first one described)
-    let failures = std::cell::RefCell::new((0u64, String::new()));
+    let failed = std::cell::RefCell::new(Failed::default());
     let mut on_failed = |op: &Op, errno: i32| {
         inflight.borrow_mut().retain(|(seq, _, _)| *seq != op.seq);
         model.borrow_mut().fail(op.seq);
-        let mut f = failures.borrow_mut();
-        if f.0 == 0 {
-            f.1 = format!(
-                "write #{} of {} bytes at offset {}: {}",
-                op.seq,
-                op.len,
-                op.offset,
-                std::io::Error::from_raw_os_error(errno)
-            );
-        }
-        f.0 += 1;
+        failed.borrow_mut().note(op, errno);
     };
     let mut ops = plan.iter().map(|e| Op {
         kind: Kind::Write,
@@ -249,18 +238,42 @@ fn write(
     std::fs::write(&path, model.to_bytes())
         .map_err(|e| format!("save the model to {path}: {e}"))?;
     report(&format!("write {:?} seed {}", s.pattern, s.seed), &st);
-    let (nfailed, first) = failures.into_inner();
-    if nfailed > 0 {
-        println!(
-            "failed writes: {nfailed} (their blocks may hold old or new content), first: {first}"
-        );
-    }
+    failed.into_inner().report();
     println!(
         "model: {} blocks written, {} may hold either of two racing writes; saved to {path}",
         model.written_blocks(),
         model.also.len()
     );
     Ok(())
+}
+
+/// Writes that failed under `--allow-errors`: how many, and the first one described.
+#[derive(Default)]
+struct Failed {
+    count: u64,
+    first: String,
+}
+
+impl Failed {
+    fn note(&mut self, op: &Op, errno: i32) {
+        if self.count == 0 {
+            let e = std::io::Error::from_raw_os_error(errno);
+            self.first = format!(
+                "write #{} of {} bytes at offset {}: {e}",
+                op.seq, op.len, op.offset
+            );
+        }
+        self.count += 1;
+    }
+
+    fn report(&self) {
+        if self.count > 0 {
+            println!(
+                "failed writes: {} (their blocks may hold old or new content), first: {}",
+                self.count, self.first
+            );
+        }
+    }
 }
 
 const MAX_REPORTS: usize = 20;

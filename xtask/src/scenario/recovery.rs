@@ -74,20 +74,20 @@ impl Runner<'_> {
         }
     }
 
-    /// A failed takeover is a hang, not a server failure, if the kernel no longer answers
-    /// control commands for the device (e.g. its mutex held by a quiesce that never ends):
-    /// the freeze-frame then shows where the kernel is stuck.
-    fn stuck_control(&self, e: StepError, dev_id: u32) -> StepError {
+    /// A failed takeover, with whether the kernel still answers control commands for the
+    /// device: a dead server's device may be held by the kernel until its requests time out
+    /// (6.12 aborts a queue whose every tag the server held only at the request timeout).
+    fn with_control_state(&self, e: StepError, dev_id: u32) -> StepError {
         let StepError::Fail(why) = e else {
             return e;
         };
         let probe = ["ublk-mem", "list", "--json"];
         let limit = Instant::now() + Duration::from_secs(5);
         match self.vm.agent.run_capture(&probe, limit) {
-            Err(m) if m.ends_with("did not finish in time") => StepError::Hang(format!(
-                "{why}; and ublk{dev_id}'s control commands get no answer (`ublk-mem list` hangs): the kernel is stuck with the dead server's device"
+            Ok((0, _, _)) => StepError::Fail(why),
+            _ => StepError::Fail(format!(
+                "{why}; ublk{dev_id}'s control commands got no answer within 5 s after it (the kernel still holds the dead server's device)"
             )),
-            _ => StepError::Fail(why),
         }
     }
 
@@ -154,7 +154,7 @@ impl Runner<'_> {
         let started = Instant::now();
         let mut job = self.exec(&argv, log_name)?;
         let ready = self.ready(&how, &mut job, &argv, vars.dev_id, deadline, log_name);
-        let (dev_id, pid, _) = ready.map_err(|e| self.stuck_control(e, vars.dev_id))?;
+        let (dev_id, pid, _) = ready.map_err(|e| self.with_control_state(e, vars.dev_id))?;
         if dev_id != vars.dev_id {
             let m = format!(
                 "`{}` brought up ublk{dev_id}, not ublk{}",
