@@ -83,6 +83,8 @@ impl Drop for Slots {
 
 /// Called with every finished request and its data; an error stops the run.
 pub type Complete<'a> = dyn FnMut(&Op, &[u8]) -> Result<(), String> + 'a;
+/// Called with a failed request and its errno, when failures do not stop the run.
+pub type Failure<'a> = dyn FnMut(&Op, i32) + 'a;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
@@ -110,7 +112,7 @@ pub fn run(
     spread: bool,
     prepare: &mut dyn FnMut(&Op, &mut [u8]),
     complete: &mut Complete,
-    mut failed: Option<&mut dyn FnMut(&Op, i32)>,
+    mut failed: Option<&mut Failure>,
 ) -> Result<Stats, String> {
     assert!(qd > 0 && qd <= MAX_QD, "qd {qd} outside 1..={MAX_QD}");
     let mut ring = IoUring::new((qd as u32).next_power_of_two())
