@@ -131,8 +131,9 @@ impl Runner<'_> {
                 argv.extend(vars.render(t));
             }
         }
-        if let (Some(_), Some(r)) = (s.recovery, &self.server.recovery) {
-            argv.extend(vars.render(&r.add));
+        let recovery = s.recovery.zip(self.server.recovery.as_ref());
+        if let Some(extra) = recovery.and_then(|(m, r)| r.add.get(&m)) {
+            argv.extend(vars.render(extra));
         }
         argv
     }

@@ -302,3 +302,49 @@ fn kernel_version_requirements_parse_compare_and_explain() {
     let e = err(&with("{kernel_version: \"6.1.2.3\"}"));
     assert!(e.contains("not a version like"), "{e}");
 }
+
+const RECOVERY: &str = "\
+name: crash
+description: a crash and a takeover
+timeout: 120
+steps:
+  - start: {name: d0, recovery: fail-io}
+    timeout: 20
+  - signal: {device: d0, signal: KILL, delay_ms: [10, 500], in_flight: true}
+    timeout: 10
+  - recover: {device: d0}
+    timeout: 60
+  - quiesce: {device: d0}
+    timeout: 20
+  - recover: {device: d0}
+    timeout: 60
+  - io: {device: d0, count: 10, allow_errors: true}
+    timeout: 30
+";
+
+#[test]
+fn recovery_steps_need_a_recoverable_device_without_a_server() {
+    let s = Scenario::parse(RECOVERY, Path::new("x.yaml")).unwrap();
+    assert_eq!(s.recovery_modes(), [RecoveryMode::FailIo]);
+    assert_eq!(
+        s.kernel_needs(),
+        ["USER_RECOVERY", "USER_RECOVERY_FAIL_IO", "QUIESCE"]
+    );
+    let needs: Vec<Capability> = s.needs().into_iter().map(|(c, _)| c).collect();
+    assert!(needs.contains(&Capability::Recovery) && needs.contains(&Capability::Quiesce));
+    // A running server cannot be replaced; a device without recovery has nothing to recover.
+    let e = err(&RECOVERY.replace("  - signal: {device: d0, signal: KILL, delay_ms: [10, 500], in_flight: true}\n    timeout: 10\n", ""));
+    assert!(
+        e.contains("recover: device `d0` has no dead server to replace"),
+        "{e}"
+    );
+    let e = err(&RECOVERY.replace(", recovery: fail-io", ""));
+    assert!(e.contains("signal") || e.contains("recover"), "{e}");
+    let e = err(&RECOVERY.replace("[10, 500]", "[500, 10]"));
+    assert!(
+        e.contains("delay_ms [500, 10]") && e.contains("demo.yaml:7:"),
+        "{e}"
+    );
+    let e = err(&RECOVERY.replace("recovery: fail-io", "recovery: retry"));
+    assert!(e.contains("retry"), "{e}");
+}

@@ -178,7 +178,7 @@ pub fn skip_reason(sc: &Scenario, server: &Profile) -> Option<String> {
     let modes = server
         .recovery
         .as_ref()
-        .map(|r| r.modes.clone())
+        .map(|r| r.modes())
         .unwrap_or_default();
     let m = sc
         .recovery_modes()

@@ -177,11 +177,10 @@ pub struct Options {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recovery {
-    /// The modes it supports: reissue, requeue, fail-io (ublk-mem's names for the kernel's
-    /// USER_RECOVERY_REISSUE, plain USER_RECOVERY, USER_RECOVERY_FAIL_IO).
-    pub modes: Vec<RecoveryMode>,
-    /// Appended to add.argv when a start step asks for recovery; `{recovery}` is the mode.
-    pub add: Vec<String>,
+    /// Per mode it supports (reissue, requeue, fail-io: the kernel's USER_RECOVERY_REISSUE,
+    /// plain USER_RECOVERY, USER_RECOVERY_FAIL_IO), the argv appended to add.argv when a start
+    /// step asks for that mode.
+    pub add: std::collections::BTreeMap<RecoveryMode, Vec<String>>,
     /// A new server process taking over device `{dev_id}` after its server died: like `add`
     /// (argv, mode, ready).
     pub recover: Add,
@@ -190,12 +189,19 @@ pub struct Recovery {
     pub quiesce: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecoveryMode {
     Reissue,
     Requeue,
     FailIo,
+}
+
+impl Recovery {
+    /// The modes the server supports.
+    pub fn modes(&self) -> Vec<RecoveryMode> {
+        self.add.keys().copied().collect()
+    }
 }
 
 impl RecoveryMode {
@@ -360,7 +366,14 @@ impl Profile {
 
     /// One line for listings.
     pub fn describe(&self) -> String {
-        let caps: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
+        let mut caps: Vec<String> = self.capabilities.iter().map(|c| c.name().into()).collect();
+        if let Some(r) = &self.recovery {
+            let modes: Vec<&str> = r.modes().iter().map(|m| m.name()).collect();
+            caps.push(format!("recovery ({})", modes.join(", ")));
+            if r.quiesce.is_some() {
+                caps.push("quiesce".into());
+            }
+        }
         format!(
             "{}: {} [{:?}, ready {:?}, storage {:?}; {}]",
             self.name,
@@ -449,7 +462,7 @@ impl Profile {
             }
         }
         if let Some(r) = &self.recovery {
-            templates.push(("recovery", &r.add));
+            templates.extend(r.add.values().map(|a| ("recovery", a)));
             templates.push(("recovery", &r.recover.argv));
             templates.extend(r.quiesce.iter().map(|q| ("recovery", q)));
         }
@@ -486,14 +499,8 @@ impl Profile {
             return Ok(());
         };
         let at = |k: &'static str| vec!["recovery", k];
-        if r.modes.is_empty() {
-            return Err((
-                at("modes"),
-                "recovery.modes needs at least one of reissue, requeue, fail-io".into(),
-            ));
-        }
-        if !r.add.iter().any(|a| a.contains("{recovery}")) {
-            let m = "recovery.add must pass the mode: {recovery} (e.g. [--recoverable, \"{recovery}\"])";
+        if r.add.is_empty() {
+            let m = "recovery.add needs the argv of at least one mode: reissue, requeue, fail-io";
             return Err((at("add"), m.into()));
         }
         if r.quiesce.as_ref().is_some_and(|q| q.is_empty()) {
@@ -604,6 +611,38 @@ mod tests {
     }
 
     const GOOD: &str = "name: s\ndescription: d\nbinary: {path: ./s}\nadd:\n  argv: [s, add, -n, '{dev_id}', -f, '{backing_file}']\n  mode: daemon\n  ready: kernel\nstop: {command: [s, del, -n, '{dev_id}']}\nstorage: file\n";
+
+    #[test]
+    fn recovery_sections_give_their_capabilities_and_are_checked() {
+        let rec = "recovery:\n  add: {reissue: [-i, '1'], fail-io: [-e, '1']}\n  recover: {argv: [s, recover, -n, '{dev_id}'], mode: daemon, ready: kernel}\n";
+        let p = Profile::parse(&format!("{GOOD}{rec}"), Path::new("p.yaml")).unwrap();
+        assert!(p.has(Capability::Recovery) && !p.has(Capability::Quiesce));
+        let r = p.recovery.as_ref().unwrap();
+        assert_eq!(r.modes(), [RecoveryMode::Reissue, RecoveryMode::FailIo]);
+        assert!(
+            p.describe().contains("recovery (reissue, fail-io)"),
+            "{}",
+            p.describe()
+        );
+        let with_q = format!("{GOOD}{rec}  quiesce: [s, quiesce, -n, '{{dev_id}}']\n");
+        assert!(Profile::parse(&with_q, Path::new("p.yaml"))
+            .unwrap()
+            .has(Capability::Quiesce));
+        let e = err(&format!("{GOOD}recovery:\n  add: {{}}\n  recover: {{argv: [s], mode: foreground, ready: json}}\n"));
+        assert!(
+            e.contains("p.yaml:") && e.contains("at least one mode"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}recovery:\n  add: {{reissue: []}}\n  recover: {{argv: [s], mode: daemon, ready: kernel}}\n"));
+        assert!(
+            e.contains("recovery.recover: ready: kernel finds the device by its id"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}capabilities: [recovery]\n"));
+        assert!(e.contains("declared by a `recovery:` section"), "{e}");
+        let e = err(&format!("{GOOD}recovery:\n  add: {{retry: []}}\n  recover: {{argv: [s], mode: foreground, ready: json}}\n"));
+        assert!(e.contains("retry"), "{e}");
+    }
 
     #[test]
     fn a_daemonizing_file_backed_server_parses() {
