@@ -25,6 +25,7 @@ fn the_shipped_scenarios_pass() {
     assert_eq!(
         names,
         [
+            "crash-fail-io",
             "crash-recover",
             "fio-verify",
             "quiesce-upgrade",
@@ -68,7 +69,7 @@ fn the_shipped_scenarios_pass() {
     assert!(v["reproduce"].as_str().unwrap().contains("--seed 20261121"));
     let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert!(
-        junit.contains("tests=\"8\" failures=\"0\" errors=\"0\""),
+        junit.contains("tests=\"9\" failures=\"0\" errors=\"0\""),
         "{junit}"
     );
     // Both hang scenarios left summaries that name the stuck tag and the blocked dd.
@@ -901,6 +902,7 @@ fn two_kernels_side_by_side_with_their_features() {
         "--kernel",
         "debian-6.12,debian-7.2",
         "quiesce-upgrade",
+        "crash-fail-io",
         &fixture("needs-7.0"),
     ]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -925,7 +927,7 @@ fn two_kernels_side_by_side_with_their_features() {
             .starts_with("7.2."),
         "{k}"
     );
-    assert_eq!(v["runs"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["runs"].as_array().unwrap().len(), 6, "{v}");
     for r in v["runs"].as_array().unwrap() {
         let skip = r["kernel"] == "debian-6.12";
         assert_eq!(r["verdict"], if skip { "skip" } else { "pass" }, "{r}");
@@ -933,6 +935,12 @@ fn two_kernels_side_by_side_with_their_features() {
         match (skip, r["scenario"].as_str().unwrap()) {
             (true, "quiesce-upgrade") => {
                 assert!(why.contains("lacks the ublk feature QUIESCE"), "{r}")
+            }
+            (true, "crash-fail-io") => {
+                assert!(
+                    why.contains("lacks the ublk feature USER_RECOVERY_FAIL_IO"),
+                    "{r}"
+                )
             }
             // Known from the image before boot: no VM was started for it.
             (true, _) => assert!(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use blkio::block::{self, Verdict, BLOCK};
 use blkio::engine::{self, Kind, Op};
-use blkio::model::Model;
+use blkio::model::{Model, PRIOR};
 use blkio::plan::{self, Pattern, PlanSpec};
 use blkio::rng::Rng;
 use clap::{Args, Parser, Subcommand};
@@ -199,7 +199,12 @@ fn write(
     let f = engine::open(&c.dev, true)?;
     let s = spec(&f, p)?;
     let plan = plan::writes(&s);
-    let model = std::cell::RefCell::new(Model::new(s.seed, s.span));
+    let mut fresh = Model::new(s.seed, s.span);
+    if allow_errors {
+        // A failed write may leave a block as it was: remember what that is.
+        fresh.prior = snapshot(&f, s.span, c)?;
+    }
+    let model = std::cell::RefCell::new(fresh);
     let inflight = std::cell::RefCell::new(Vec::<(u64, u64, u64)>::with_capacity(c.qd));
     let failed = std::cell::RefCell::new(Failed::default());
     let mut on_failed = |op: &Op, errno: i32| {
@@ -340,7 +345,8 @@ fn verify(
     let mut bad_blocks = 0u64;
     // The seq each block was found to hold (for the model's md5).
     let mut found = vec![0u64; (span / b) as usize];
-    let md5 = full && whole;
+    // The reference md5 knows written blocks and zeroes, not a prior snapshot's content.
+    let md5 = full && whole && model.prior.is_empty();
     let mut chunk_md5: Vec<Option<[u8; 16]>> = vec![None; if md5 { extents.len() } else { 0 }];
     let mut ops = extents.iter().enumerate().map(|(i, &(offset, len))| Op {
         kind: Kind::Read,
@@ -361,13 +367,9 @@ fn verify(
                 let off = op.offset + i as u64 * b;
                 let allowed = model.allowed(off / b);
                 let ok = if allowed.is_empty() {
-                    block::check(blk, off, seed, None) == Verdict::Ok
+                    holds(&model, blk, off, PRIOR)
                 } else {
-                    let holds = |s: u64| {
-                        let want = (s != blkio::model::ZEROES).then_some(s);
-                        block::check(blk, off, seed, want) == Verdict::Ok
-                    };
-                    match allowed.iter().find(|s| holds(**s)) {
+                    match allowed.iter().find(|s| holds(&model, blk, off, **s)) {
                         Some(s) => {
                             found[(off / b) as usize] = *s;
                             true
@@ -434,6 +436,47 @@ fn verify(
         }
     );
     Ok(())
+}
+
+/// Whether `blk` at `off` holds write `seq`, or (PRIOR) what it held before the run.
+fn holds(model: &Model, blk: &[u8], off: u64, seq: u64) -> bool {
+    if seq != PRIOR {
+        return block::check(blk, off, model.seed, Some(seq)) == Verdict::Ok;
+    }
+    match model.prior.get((off / BLOCK as u64) as usize) {
+        Some(digest) => <[u8; 16]>::from(Md5::digest(blk)) == *digest,
+        None => block::check(blk, off, model.seed, None) == Verdict::Ok,
+    }
+}
+
+/// The md5 of every block of the first `span` bytes: what a failed write may leave behind.
+fn snapshot(f: &std::fs::File, span: u64, c: &Common) -> Result<Vec<[u8; 16]>, String> {
+    let chunk: u64 = 1 << 20;
+    let mut digests = vec![[0u8; 16]; (span / BLOCK as u64) as usize];
+    let mut ops = (0..span).step_by(chunk as usize).map(|o| Op {
+        kind: Kind::Read,
+        offset: o,
+        len: chunk.min(span - o),
+        seq: 0,
+    });
+    let mut keep = |op: &Op, data: &[u8]| {
+        for (i, blk) in data.chunks_exact(BLOCK).enumerate() {
+            digests[op.offset as usize / BLOCK + i] = Md5::digest(blk).into();
+        }
+        Ok(())
+    };
+    engine::run(
+        f,
+        &mut ops,
+        c.qd,
+        chunk as usize,
+        deadline(c),
+        false,
+        &mut |_, _| {},
+        &mut keep,
+        None,
+    )?;
+    Ok(digests)
 }
 
 /// One mismatch in words; after failed writes, says whether the expected write was

@@ -8,8 +8,10 @@
 //!
 //! A crash (the server killed, user recovery) can fail writes that were in flight. A failed
 //! write may or may not have reached each of its blocks, so wherever it might be the content,
-//! what it overwrote might be too ([`Model::fail`]; seq 0 stands for zeroes). An acknowledged
-//! write is never relaxed: it must survive byte for byte until a later write covers it.
+//! what it overwrote might be too ([`Model::fail`]; [`PRIOR`] stands for what the block held
+//! before the run: its digest in `prior` when the writer took a snapshot, else zeroes). An
+//! acknowledged write is never relaxed: it must survive byte for byte until a later write
+//! covers it.
 
 use std::collections::HashMap;
 
@@ -25,13 +27,16 @@ pub struct Model {
     pub also: HashMap<u64, Vec<u64>>,
     /// Writes that failed (sorted): their blocks accept old or new content.
     pub failed: Vec<u64>,
+    /// Per block, the md5 of its content before the run (empty: no snapshot; unwritten
+    /// blocks then must be zeroes).
+    pub prior: Vec<[u8; 16]>,
     /// Per in-flight write: each block's allowed writes just before it (what a failure restores).
     pending: HashMap<u64, Vec<(u64, Vec<u64>)>>,
 }
 
 const MAGIC: &[u8; 8] = b"BLKIOMD2";
-/// Zeroes (never written) in an allowed set.
-pub const ZEROES: u64 = 0;
+/// In an allowed set: the block's content before the run (see `prior`).
+pub const PRIOR: u64 = 0;
 
 impl Model {
     pub fn new(seed: u64, span: u64) -> Model {
@@ -41,6 +46,7 @@ impl Model {
             last: vec![0; (span / BLOCK as u64) as usize],
             also: HashMap::new(),
             failed: Vec::new(),
+            prior: Vec::new(),
             pending: HashMap::new(),
         }
     }
@@ -107,12 +113,12 @@ impl Model {
 
     fn allowed_or_zeroes(&self, blk: u64) -> Vec<u64> {
         match self.allowed(blk) {
-            v if v.is_empty() => vec![ZEROES],
+            v if v.is_empty() => vec![PRIOR],
             v => v,
         }
     }
 
-    /// Writes that block `blk` may hold (empty = must be zeroes; [`ZEROES`] in a set: may be).
+    /// Writes that block `blk` may hold (empty = its prior content; [`PRIOR`] in a set: may be).
     pub fn allowed(&self, blk: u64) -> Vec<u64> {
         let last = self.last[blk as usize];
         if last == 0 {
@@ -150,6 +156,10 @@ impl Model {
         for s in &self.failed {
             put(*s);
         }
+        put(self.prior.len() as u64);
+        for d in &self.prior {
+            out.extend_from_slice(d);
+        }
         out
     }
 
@@ -183,12 +193,25 @@ impl Model {
         let failed = (0..nfailed)
             .map(|k| word(at + 1 + k))
             .collect::<Result<Vec<_>, _>>()?;
+        let at = at + 1 + nfailed;
+        let nprior = word(at)? as usize;
+        if nprior != 0 && nprior != n {
+            return Err(bad());
+        }
+        let digests = b
+            .get((at + 1) * 8..(at + 1) * 8 + nprior * 16)
+            .ok_or_else(bad)?;
+        let prior = digests
+            .chunks_exact(16)
+            .map(|d| d.try_into().unwrap())
+            .collect();
         Ok(Model {
             seed,
             span,
             last,
             also,
             failed,
+            prior,
             pending: HashMap::new(),
         })
     }
@@ -227,14 +250,16 @@ mod tests {
         m.fail(2);
         assert_eq!(m.allowed(0), vec![1]);
         assert_eq!(m.allowed(1), vec![2, 1]);
-        assert_eq!(m.allowed(2), vec![2, ZEROES]);
+        assert_eq!(m.allowed(2), vec![2, PRIOR]);
         assert!(m.acknowledged(1) && !m.acknowledged(2));
         // A later acknowledged write makes the block exact again.
         m.submit(3, 4096, 4096, &[]);
         m.complete(3);
         assert_eq!(m.allowed(1), vec![3]);
+        m.prior = vec![[7u8; 16]; 16];
         let back = Model::from_bytes(&m.to_bytes()).unwrap();
         assert_eq!((back.also, back.failed), (m.also.clone(), vec![2]));
+        assert_eq!(back.prior, m.prior);
     }
 
     #[test]

@@ -322,8 +322,8 @@ pub struct Signal {
     /// moment of a background writer); the step log names the delay and the requests the
     /// block layer had in flight just before the signal.
     pub delay_ms: Option<[u64; 2]>,
-    /// After the delay, wait (within the step's timeout) until the block layer has requests
-    /// in flight on the device, so the signal hits I/O (a crash under load, not between jobs).
+    /// After the delay, wait (within the step's timeout) until the block layer has writes in
+    /// flight on the device, so the signal hits them (a crash under load, not between jobs).
     #[serde(default)]
     pub in_flight: bool,
 }

@@ -9,7 +9,7 @@ use super::model;
 use super::steps::{tail_of, Runner, StepError};
 
 impl Runner<'_> {
-    /// The seeded wait before a signal (and, with `in_flight`, until the device has requests
+    /// The seeded wait before a signal (and, with `in_flight`, until the device has writes
     /// in flight), then a log line with what the block layer had in flight: whether a crash
     /// hit requests (the kernel re-issues, requeues or fails them).
     pub(super) fn before_signal(
@@ -47,7 +47,7 @@ impl Runner<'_> {
             .unwrap_or_else(|e| format!("unknown ({e})"))
     }
 
-    /// Polls (in the guest, every few ms) until NAME has requests in flight.
+    /// Polls (in the guest, every few ms) until NAME has writes in flight.
     fn await_inflight(&self, name: &str, deadline: Instant) -> Result<String, StepError> {
         let polls = 2000; // ~10 s of 5 ms polls, and never past the step's deadline
         self.poll_inflight(name, polls, deadline).map_err(|e| {
@@ -60,7 +60,7 @@ impl Runner<'_> {
     fn poll_inflight(&self, name: &str, polls: u32, deadline: Instant) -> Result<String, String> {
         let script = format!(
             "i=0; while [ $i -lt {polls} ]; do read r w < /sys/block/{name}/inflight || exit 2; \
-             if [ $((r + w)) -gt 0 ] || [ {polls} -eq 1 ]; then echo \"$r reads, $w writes\"; exit 0; fi; \
+             if [ \"$w\" -gt 0 ] || [ {polls} -eq 1 ]; then echo \"$r reads, $w writes\"; exit 0; fi; \
              i=$((i + 1)); usleep 5000; done; exit 1"
         );
         match self.vm.agent.run_capture(&["sh", "-c", &script], deadline) {
