@@ -4,6 +4,12 @@
 //! descriptors, submit every FETCH_REQ, report ready) → START_DEV → serve until a signal →
 //! STOP_DEV → queues see aborts → close → DEL_DEV. Every step is bounded; any failure after
 //! ADD_DEV still deletes the device. SIGINT/SIGTERM shut down within SHUTDOWN_BUDGET.
+//!
+//! `recover` (user recovery, see `recovery.rs`) takes a dead server's device over instead of
+//! adding one: GET_DEV_INFO/GET_PARAMS → START_USER_RECOVERY → the same queues →
+//! END_USER_RECOVERY in place of START_DEV; it serves and shuts down like `add`. A device
+//! whose every tag the kernel aborted from outside (stopped, or quiesced for a new server) is
+//! left as it is.
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
