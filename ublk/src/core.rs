@@ -126,13 +126,10 @@ impl Observer for NoObserver {
 
 /// The store behind the device. Offsets and lengths are always validated by the core first.
 pub trait Backing {
-    fn len(&self) -> u64;
+    fn size_bytes(&self) -> u64;
     fn read(&self, offset: u64, dst: &mut [u8]);
     fn write(&mut self, offset: u64, src: &[u8]);
     fn zero(&mut self, offset: u64, len: u64);
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where a request's data is while the server handles it. The core moves bytes between it and
@@ -178,7 +175,7 @@ impl<B: Backing + ?Sized> RequestData<B> for [u8] {
 pub struct VecBacking(pub Vec<u8>);
 
 impl Backing for VecBacking {
-    fn len(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         self.0.len() as u64
     }
     fn read(&self, offset: u64, dst: &mut [u8]) {
@@ -456,13 +453,6 @@ impl QueueCore {
         }
     }
 
-    /// Makes any deferred counter update visible (the executor calls it when idle).
-    pub fn settle(&mut self) {
-        if let Some(v) = self.deferred_store.take() {
-            self.cfg.inflight.store(v, Ordering::SeqCst);
-        }
-    }
-
     fn commit(&mut self, tag: u16, result: i32, out: &mut Vec<Command>, obs: &mut impl Observer) {
         debug_assert_eq!(self.states[tag as usize], TagState::Serving);
         self.states[tag as usize] = TagState::InKernel;
@@ -484,7 +474,7 @@ impl QueueCore {
         let in_range = desc
             .start_sector
             .checked_add(desc.nr_sectors as u64)
-            .is_some_and(|end| end <= self.cfg.dev_sectors && end * SECTOR <= backing.len());
+            .is_some_and(|end| end <= self.cfg.dev_sectors && end * SECTOR <= backing.size_bytes());
         let offset = desc.start_sector.wrapping_mul(SECTOR);
         let res = match op {
             sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {

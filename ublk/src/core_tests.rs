@@ -528,3 +528,113 @@ fn a_request_moves_in_one_call_and_a_failed_copy_fails_only_that_request() {
     assert_eq!((s.reads, s.writes, s.errors), (1, 1, 1));
     assert_eq!(core.state(2), TagState::InKernel);
 }
+
+/// Shutdown releases a held (stalled) request with -EIO and counts it as an error.
+#[test]
+fn shutdown_fails_held_requests_with_eio_and_counts_them() {
+    let (mut core, mut mem, mut out, mut rec) = setup(Some(Fault::StallTag { tag: 1, after: 0 }));
+    let mut buf = vec![0u8; MAX_IO as usize];
+    out.clear();
+    let held = desc(sys::UBLK_IO_OP_READ, 0, 0, 1);
+    core.on_completion(1, 0, &held, &mut buf[..], &mut mem, &mut out, &mut rec)
+        .unwrap();
+    assert!(out.is_empty(), "stalled");
+    assert_eq!(core.stats().errors, 0);
+    assert_eq!(core.begin_shutdown(&mut out, &mut rec), 1);
+    assert_eq!(
+        out,
+        [Command::CommitAndFetch {
+            tag: 1,
+            result: -libc::EIO
+        }]
+    );
+    assert_eq!(core.stats().errors, 1);
+    assert_eq!(core.state(1), TagState::InKernel);
+    // Nothing else is held: a second call releases nothing.
+    out.clear();
+    assert_eq!(core.begin_shutdown(&mut out, &mut rec), 0);
+    assert!(out.is_empty());
+}
+
+/// What a queue of a recoverable device ends on: some tag aborted, no request held.
+#[test]
+fn aborts_and_held_requests_are_visible_for_a_quiesce() {
+    let (mut core, mut mem, mut out, mut rec) = setup(None);
+    let mut buf = vec![0u8; MAX_IO as usize];
+    assert_eq!((core.q_id(), core.depth()), (3, DEPTH));
+    assert!(!core.aborted_any() && core.holds_no_request());
+    out.clear();
+    let read = desc(sys::UBLK_IO_OP_READ, 0, 0, 1);
+    core.on_completion(
+        0,
+        sys::UBLK_IO_RES_ABORT,
+        &read,
+        &mut buf[..],
+        &mut mem,
+        &mut out,
+        &mut rec,
+    )
+    .unwrap();
+    assert!(core.aborted_any() && core.holds_no_request() && !core.all_aborted());
+    // A tag still serving (here: a stalled one) keeps the queue alive.
+    let (mut core, mut mem, mut out, mut rec) = setup(Some(Fault::StallTag { tag: 2, after: 0 }));
+    core.on_completion(2, 0, &read, &mut buf[..], &mut mem, &mut out, &mut rec)
+        .unwrap();
+    assert!(!core.holds_no_request() && !core.aborted_any());
+    core.on_completion(
+        5,
+        sys::UBLK_IO_RES_ABORT,
+        &read,
+        &mut buf[..],
+        &mut mem,
+        &mut out,
+        &mut rec,
+    )
+    .unwrap();
+    assert!(core.aborted_any() && !core.holds_no_request());
+}
+
+/// The store double-checks the range: a device larger than its store (a server bug) gets -EIO
+/// past the store's end, never a write outside it; a request larger than the largest I/O the
+/// device accepts gets -EIO even if the buffer could hold it.
+#[test]
+fn requests_past_the_store_or_the_max_io_size_get_eio() {
+    let (mut core, _, mut out, mut rec) = setup(None);
+    let mut small = VecBacking(vec![0; 64 * 1024]); // the device claims SECTORS sectors
+    let mut buf = vec![0u8; 2 * MAX_IO as usize];
+    let past = desc(sys::UBLK_IO_OP_WRITE, 0, 64 * 1024 / SECTOR, 8);
+    out.clear();
+    core.on_completion(0, 0, &past, &mut buf[..], &mut small, &mut out, &mut rec)
+        .unwrap();
+    assert_eq!(
+        out,
+        [Command::CommitAndFetch {
+            tag: 0,
+            result: -libc::EIO
+        }]
+    );
+    let inside = desc(sys::UBLK_IO_OP_WRITE, 0, 64 * 1024 / SECTOR - 8, 8);
+    out.clear();
+    core.on_completion(0, 0, &inside, &mut buf[..], &mut small, &mut out, &mut rec)
+        .unwrap();
+    assert_eq!(
+        out,
+        [Command::CommitAndFetch {
+            tag: 0,
+            result: 4096
+        }]
+    );
+    let (mut core, mut mem, mut out, mut rec) = setup(None);
+    let too_big = desc(sys::UBLK_IO_OP_READ, 0, 0, MAX_IO / SECTOR as u32 + 8);
+    out.clear();
+    core.on_completion(1, 0, &too_big, &mut buf[..], &mut mem, &mut out, &mut rec)
+        .unwrap();
+    assert_eq!(
+        out,
+        [Command::CommitAndFetch {
+            tag: 1,
+            result: -libc::EIO
+        }]
+    );
+    assert_eq!((core.stats().reads, core.stats().errors), (0, 1));
+}

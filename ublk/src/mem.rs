@@ -155,7 +155,7 @@ impl MemView {
 }
 
 impl Backing for MemView {
-    fn len(&self) -> u64 {
+    fn size_bytes(&self) -> u64 {
         self.len
     }
     fn read(&self, offset: u64, dst: &mut [u8]) {
@@ -212,7 +212,7 @@ mod tests {
         v.zero(4096, 2);
         w.read(4096, &mut out);
         assert_eq!(&out, b"\0\0llo");
-        assert_eq!(w.len(), 1 << 20);
+        assert_eq!(w.size_bytes(), 1 << 20);
         assert!(m.fd() >= 0);
     }
 
