@@ -638,3 +638,61 @@ fn requests_past_the_store_or_the_max_io_size_get_eio() {
     );
     assert_eq!((core.stats().reads, core.stats().errors), (0, 1));
 }
+
+/// Each op is counted under its own kind, with its bytes.
+#[test]
+fn statistics_count_each_op_by_kind_and_bytes() {
+    let (mut core, mut mem, mut out, mut rec) = setup(None);
+    let mut buf = vec![0u8; MAX_IO as usize];
+    let ops = [
+        (sys::UBLK_IO_OP_READ, 8),
+        (sys::UBLK_IO_OP_READ, 16),
+        (sys::UBLK_IO_OP_WRITE, 8),
+        (sys::UBLK_IO_OP_FLUSH, 0),
+        (sys::UBLK_IO_OP_DISCARD, 8),
+        (sys::UBLK_IO_OP_WRITE_ZEROES, 8),
+        (sys::UBLK_IO_OP_WRITE_ZEROES, 8),
+    ];
+    for (i, (op, sectors)) in ops.into_iter().enumerate() {
+        out.clear();
+        let d = desc(op, 0, 64 * i as u64, sectors);
+        core.on_completion(i as u16, 0, &d, &mut buf[..], &mut mem, &mut out, &mut rec)
+            .unwrap();
+    }
+    let s = core.stats();
+    assert_eq!(
+        (
+            s.reads,
+            s.writes,
+            s.flushes,
+            s.discards,
+            s.write_zeroes,
+            s.errors
+        ),
+        (2, 1, 1, 1, 2, 0)
+    );
+    assert_eq!((s.read_bytes, s.write_bytes), (24 * SECTOR, 8 * SECTOR));
+}
+
+#[test]
+fn errno_names_for_messages() {
+    let named = [
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EIO, "EIO"),
+        (libc::EBUSY, "EBUSY"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::ENODEV, "ENODEV"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EACCES, "EACCES"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        (libc::ETIME, "ETIME"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::EBADF, "EBADF"),
+        (libc::ENOSPC, "errno"),
+    ];
+    for (e, name) in named {
+        assert_eq!(errno_name(e), name, "{e}");
+    }
+}
