@@ -142,7 +142,10 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
     out.server = job.server.name.clone();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
-    let why = skip_reason(job.sc, job.server).or_else(|| too_old(job.sc, &out.kernel_release));
+    let release = out.kernel_release.clone();
+    let why = skip_reason(job.sc, job.server)
+        .or_else(|| too_old(job.sc, &release))
+        .or_else(|| lacks_known_feature(job.sc, &release, &mut out));
     if let Some(why) = why {
         return out.finish(Instant::now(), Verdict::Skip, Some(why));
     }
@@ -209,6 +212,17 @@ pub fn too_old(sc: &Scenario, release: &str) -> Option<String> {
             "kernel release {release:?} has no X.Y version to compare with {min} (requires.kernel_version)"
         )),
     }
+}
+
+/// Why a kernel whose ublk features an earlier boot recorded lacks one the scenario needs
+/// (known before boot: no VM is started for it; the features go into the outcome).
+fn lacks_known_feature(sc: &Scenario, release: &str, out: &mut Outcome) -> Option<String> {
+    let features = crate::image::kernel::known_features(release)?;
+    let missing = sc.kernel_needs().into_iter().find(|k| !features.contains(k))?;
+    out.kernel_features = features;
+    Some(format!(
+        "kernel {release} lacks the ublk feature {missing} (requires.kernel, or implied by a recovery mode or a quiesce step; known from an earlier boot)"
+    ))
 }
 
 /// The retry rule, apart from VMs: `attempt(n)` returns the outcome and whether the first
