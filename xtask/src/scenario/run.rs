@@ -218,7 +218,10 @@ pub fn too_old(sc: &Scenario, release: &str) -> Option<String> {
 /// (known before boot: no VM is started for it; the features go into the outcome).
 fn lacks_known_feature(sc: &Scenario, release: &str, out: &mut Outcome) -> Option<String> {
     let features = crate::image::kernel::known_features(release)?;
-    let missing = sc.kernel_needs().into_iter().find(|k| !features.contains(k))?;
+    let missing = sc
+        .kernel_needs()
+        .into_iter()
+        .find(|k| !features.contains(k))?;
     out.kernel_features = features;
     Some(format!(
         "kernel {release} lacks the ublk feature {missing} (requires.kernel, or implied by a recovery mode or a quiesce step; known from an earlier boot)"
