@@ -52,6 +52,10 @@ fn step_kinds_in_the_docs_are_the_parsers() {
             "wait" => {
                 "  - {start: {}, timeout: 1}\n  - {shell: {run: x, background: j}, timeout: 1}\n"
             }
+            "quiesce" => "  - {start: {recovery: reissue}, timeout: 1}\n",
+            "recover" => {
+                "  - {start: {recovery: reissue}, timeout: 1}\n  - {signal: {signal: KILL}, timeout: 1}\n"
+            }
             _ => "",
         };
         let text = format!(
