@@ -181,3 +181,70 @@ fn real_commits_with_a_planted_bug_are_bisected_by_the_simulator() {
     );
     std::fs::remove_dir_all(&scratch).unwrap();
 }
+
+/// Unrelated failures before the culprit: commits 10..30 sometimes fail with the same exit
+/// code but another message ("network unreachable"); from commit 37 on the failure looked for
+/// ("race detected"). `--match` names 37 and lists the unrelated failures per commit; two runs
+/// at a time (`-j 2`), each with its own run number.
+#[test]
+fn unrelated_failures_are_told_apart_and_listed() {
+    let (repo, hashes) = synthetic_repo("unrelated", 48);
+    let r = "$(( (BISECT_RUN * 2654435761 + 12345) % 100 ))";
+    let test = format!(
+        "v=$(cat version); r={r}; \
+         if [ $v -ge 10 ] && [ $v -lt 30 ] && [ $r -lt 40 ]; then echo 'network unreachable'; exit 1; fi; \
+         if [ $v -ge 37 ] && [ $r -ge 60 ]; then echo 'race detected in queue 1'; exit 1; fi"
+    );
+    let o = run(&[
+        "bisect",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--good",
+        &hashes[0],
+        "--bad",
+        &hashes[47],
+        "--cmd",
+        &test,
+        "--match",
+        "race detected",
+        "-j",
+        "2",
+        "--confidence",
+        "0.99",
+        "--max-runs-per-commit",
+        "60",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!("first bad commit: {} commit 37", hashes[37])),
+        "{out}"
+    );
+    assert!(out.contains("looked for: `exit 1`"), "{out}");
+    assert!(
+        out.contains("failed differently: exit 1 (no match)"),
+        "the unrelated failures are not listed:\n{out}"
+    );
+    std::fs::remove_dir_all(&repo).unwrap();
+}
+
+#[test]
+fn a_bad_regex_is_one_clear_error() {
+    let o = run(&[
+        "bisect",
+        "--good",
+        "HEAD~1",
+        "--bad",
+        "HEAD",
+        "--cmd",
+        "true",
+        "--match",
+        "(unclosed",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--match \"(unclosed\""),
+        "{}",
+        stderr(&o)
+    );
+}

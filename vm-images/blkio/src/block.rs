@@ -45,6 +45,38 @@ pub fn fill_block(block: &mut [u8], offset: u64, seed: u64, seq: u64) {
     rest.copy_from_slice(&last[..rest.len()]);
 }
 
+/// Whether `block` is torn between racing writes: every byte equals the same byte of one of
+/// `candidates` (write seqs; 0 = a never-written, zero block), with at least two of them
+/// contributing. The block layer promises no atomicity to overlapping writes in flight
+/// together: two servers' (or two queues') copies may interleave at any byte.
+pub fn torn_between(block: &[u8], offset: u64, seed: u64, candidates: &[u64]) -> bool {
+    assert_eq!(block.len(), BLOCK);
+    if candidates.len() < 2 {
+        return false;
+    }
+    let rendered: Vec<Vec<u8>> = candidates
+        .iter()
+        .map(|seq| {
+            let mut b = vec![0u8; BLOCK];
+            if *seq != 0 {
+                fill_block(&mut b, offset, seed, *seq);
+            }
+            b
+        })
+        .collect();
+    let mut used = vec![false; rendered.len()];
+    for (i, byte) in block.iter().enumerate() {
+        let Some(c) = rendered.iter().position(|r| r[i] == *byte) else {
+            return false;
+        };
+        // Credit a candidate only where it alone explains the byte.
+        if rendered.iter().filter(|r| r[i] == *byte).count() == 1 {
+            used[c] = true;
+        }
+    }
+    used.iter().filter(|u| **u).count() >= 2
+}
+
 /// Block content: a 64-bit LCG started from a SplitMix-scrambled seed. Not random-quality,
 /// but unique per (offset, seed, seq) and position, and cheap enough for the simulator,
 /// which fills and checks millions of blocks a second.
@@ -210,6 +242,41 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_torn_between_racing_writes_is_recognised_and_nothing_else_is() {
+        let (seed, off) = (0xabc, 8192);
+        let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+        fill_block(&mut a, off, seed, 3);
+        fill_block(&mut b, off, seed, 4);
+        let mut torn = a.clone();
+        torn[668..].copy_from_slice(&b[668..]);
+        assert!(torn_between(&torn, off, seed, &[3, 4]));
+        assert!(torn_between(&torn, off, seed, &[4, 3, 9]));
+        assert!(
+            !torn_between(&torn, off, seed, &[3]),
+            "one candidate is a plain mismatch"
+        );
+        assert!(
+            !torn_between(&torn, off, seed, &[3, 5]),
+            "bytes from a write not racing"
+        );
+        assert!(
+            !torn_between(&a, off, seed, &[3, 4]),
+            "a whole write is not torn"
+        );
+        let mut zero_torn = a.clone();
+        zero_torn[..100].fill(0);
+        assert!(torn_between(&zero_torn, off, seed, &[0, 3]));
+        let mut garbage = torn.clone();
+        garbage[2000] = (0..=255u8)
+            .find(|v| *v != a[2000] && *v != b[2000])
+            .unwrap();
+        assert!(
+            !torn_between(&garbage, off, seed, &[3, 4]),
+            "a byte from neither write"
+        );
+    }
 
     #[test]
     fn classifies_every_failure() {

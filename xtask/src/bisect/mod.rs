@@ -1,4 +1,14 @@
-//! Flaky-aware bisection (`cargo xtask bisect`): the decision rule in `bayes`, the git and
-//! test plumbing in `cmd/bisect.rs`.
+//! Flaky-aware bisection (`cargo xtask bisect`) that tells failures apart: the change-point
+//! model (`model`), the decision rule (`policy`), failure signatures (`signature`), the runs
+//! and what they mean (`evidence`), worktrees and parallel runs (`runner`), and the in-process
+//! benchmark against git-bayesect's rule and fixed-20 (`bench`). The command is `cmd/bisect.rs`.
 
-pub mod bayes;
+pub mod bench;
+pub mod evidence;
+pub mod model;
+pub mod policy;
+pub mod runner;
+pub mod signature;
+
+#[cfg(test)]
+mod tests;

@@ -1,27 +1,38 @@
 //! `cargo xtask bisect --good REV --bad REV (--scenario NAME | --sim 'ARGS' | --cmd 'SHELL')`:
-//! flaky-aware bisection. Every candidate is checked out into its own git worktree (the
-//! user's tree is never touched), built once (shared target dir), and tested as often as the
-//! evidence needs (`bisect::bayes`). Every run is logged as a JSON line; `--resume` replays
-//! the log of an interrupted session.
+//! flaky-aware bisection that tells failures apart. Every candidate is checked out into its
+//! own git worktree and built once (`bisect::runner`); the failure looked for is learned at the
+//! bad end (`bisect::signature`); the runs (`bisect::evidence`, logged as JSON lines for
+//! `--resume`) feed a change-point model with a background failure rate (`bisect::model`),
+//! and the decision rule (`bisect::policy`) picks the next runs or stops.
+//! `cargo xtask bisect bench` compares the rule with git-bayesect's and a fixed one.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::bisect::bayes::{Bayes, Decision};
+use crate::bisect::bench;
+use crate::bisect::evidence::{Evidence, LogLine, Tally};
+use crate::bisect::model::Model;
+use crate::bisect::policy::{self, Decision, Limits};
+use crate::bisect::runner::{self, Candidate, Job, Test, TestKind};
+use crate::bisect::signature::Want;
 use crate::host::procs;
 use crate::util::{key_of, root, target_dir, Result};
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+    /// A commit where the failure does not happen (or is rare)
     #[arg(long)]
-    pub good: String,
+    pub good: Option<String>,
+    /// A commit where it happens
     #[arg(long)]
-    pub bad: String,
+    pub bad: Option<String>,
     /// Test: a scenario of the candidate's own tree, in fresh VMs (cargo xtask vm-e2e NAME)
     #[arg(long, group = "test")]
     pub scenario: Option<String>,
@@ -31,18 +42,24 @@ pub struct Args {
     /// Test: a shell command run in the candidate's tree (0 pass, 125 skip, 1-127 fail, as git bisect run)
     #[arg(long, group = "test")]
     pub cmd: Option<String>,
+    /// With --cmd: only failures whose output matches this regular expression are the one looked for
+    #[arg(long = "match", value_name = "REGEX", requires = "cmd")]
+    pub pattern: Option<String>,
+    /// Which failures count: `learn` (the signature seen twice first at the bad end), `any`, or an exact signature
+    #[arg(long, default_value = "learn")]
+    pub signature: String,
     /// Repository to bisect (default: this workspace)
     #[arg(long)]
     pub repo: Option<PathBuf>,
-    /// Shell command building a candidate (default: none; a failure skips the commit)
+    /// Shell command building a candidate (default: per test kind; a failure skips the commit)
     #[arg(long)]
     pub build: Option<String>,
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub max_runs_per_commit: u32,
-    /// Runs of the chosen commit in parallel
-    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    /// Runs at once (VMs or processes), chosen together for the most information
+    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH as i64))]
     pub jobs: u32,
     /// Limit of one test run in seconds (a timeout counts as a failure)
     #[arg(long, default_value_t = 900)]
@@ -52,57 +69,109 @@ pub struct Args {
     pub resume: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunResult {
-    Pass,
-    Fail,
-    Skip,
+#[derive(clap::Subcommand, Debug)]
+pub enum Sub {
+    /// The decision rule against git-bayesect's and fixed-20 on synthetic histories (no VMs)
+    Bench(BenchArgs),
 }
 
-struct Candidate {
-    hash: String,
-    subject: String,
-    worktree: Option<PathBuf>,
-    /// None: not built yet; Some(false): build failed (skipped).
-    built: Option<bool>,
-    skips: u32,
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Seeded trials per cell
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub trials: u32,
+    /// Commits per synthetic history (both ends included)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(3..=1024))]
+    pub commits: u64,
+    /// Runs chosen at once by ours (the others run one at a time)
+    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH as i64))]
+    pub jobs: u32,
+    #[arg(long, default_value_t = 0.98)]
+    pub confidence: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    if !(0.5..1.0).contains(&args.confidence) {
-        return Err("--confidence must be in [0.5, 1)".into());
+    if let Some(Sub::Bench(b)) = args.sub {
+        return run_bench(b);
     }
-    // (build, test) commands, run in the candidate's worktree.
-    let (build, test) = match (&args.scenario, &args.sim, &args.cmd) {
+    let test = test_of(&args)?;
+    let repo = args.repo.clone().unwrap_or_else(root);
+    let mut cands = candidates(&repo, &args)?;
+    let mut session = Session::open(&repo, &cands, &test, &args)?;
+    let limits = Limits {
+        confidence: args.confidence,
+        max_runs_per_commit: args.max_runs_per_commit,
+        jobs: args.jobs as usize,
+    };
+    let outcome = bisect(&repo, &mut cands, &test, &mut session, limits);
+    let tally = session.evidence.tally();
+    print_table(&cands, &tally, &session.model);
+    for c in &cands {
+        if let Some(wt) = &c.worktree {
+            runner::remove_worktree(&repo, wt);
+        }
+    }
+    print_verdict(&cands, &tally, &session, outcome?)
+}
+
+fn confidence_ok(c: f64) -> Result<()> {
+    match (0.5..1.0).contains(&c) {
+        true => Ok(()),
+        false => Err(format!("--confidence {c}: must be in [0.5, 1)")),
+    }
+}
+
+/// The test (and build) commands, run in a candidate's worktree.
+fn test_of(args: &Args) -> Result<Test> {
+    confidence_ok(args.confidence)?;
+    let (kind, build, command) = match (&args.scenario, &args.sim, &args.cmd) {
         (Some(s), None, None) => (
-            Some("cargo build --quiet -p xtask".to_string()),
+            TestKind::Scenario,
+            Some("cargo build --quiet -p xtask && cargo xtask vm-build".to_string()),
             format!("cargo xtask vm-e2e {s} --bisect-exit-codes -j 1"),
         ),
         (None, Some(s), None) => (
+            TestKind::Sim,
             Some("cargo build --quiet --release -p sim".to_string()),
             format!("cargo run --quiet --release -p sim -- {s}"),
         ),
-        (None, None, Some(c)) => (None, c.clone()),
+        (None, None, Some(c)) => {
+            let pattern = match &args.pattern {
+                Some(p) => Some(regex::Regex::new(p).map_err(|e| format!("--match {p:?}: {e}"))?),
+                None => None,
+            };
+            (TestKind::Cmd { pattern }, None, c.clone())
+        }
         _ => return Err("give exactly one of --scenario, --sim or --cmd".into()),
     };
-    let build = args.build.clone().or(build);
-    let repo = args.repo.clone().unwrap_or_else(root);
+    Ok(Test {
+        kind,
+        build: args.build.clone().or(build),
+        command,
+        limit: Duration::from_secs(args.timeout),
+    })
+}
+
+/// --good, then the first-parent commits up to --bad.
+fn candidates(repo: &Path, args: &Args) -> Result<Vec<Candidate>> {
+    let (Some(good), Some(bad)) = (&args.good, &args.bad) else {
+        return Err("give --good REV and --bad REV (or `bisect bench`)".into());
+    };
     let git = |a: &[&str]| -> Result<String> {
         let o = procs::run_ok(
-            Command::new("git").arg("-C").arg(&repo).args(a),
+            Command::new("git").arg("-C").arg(repo).args(a),
             Duration::from_secs(120),
             &format!("git {}", a.join(" ")),
         )?;
         Ok(o.stdout.trim().to_string())
     };
-    let good = git(&[
-        "rev-parse",
-        "--verify",
-        &format!("{}^{{commit}}", args.good),
-    ])
-    .map_err(|e| format!("--good {}: {e}", args.good))?;
-    let bad = git(&["rev-parse", "--verify", &format!("{}^{{commit}}", args.bad)])
-        .map_err(|e| format!("--bad {}: {e}", args.bad))?;
+    let commit = |flag: &str, rev: &str| {
+        git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+            .map_err(|e| format!("{flag} {rev}: {e}"))
+    };
+    let (good, bad) = (commit("--good", good)?, commit("--bad", bad)?);
     git(&["merge-base", "--is-ancestor", &good, &bad])
         .map_err(|_| "--good must be an ancestor of --bad".to_string())?;
     let list = git(&[
@@ -113,11 +182,10 @@ pub fn run(args: Args) -> Result<i32> {
         &format!("{good}..{bad}"),
     ])?;
     let mut cands = vec![Candidate {
-        hash: good.clone(),
-        subject: "(good end)".into(),
+        hash: good,
+        subject: "(--good)".into(),
         worktree: None,
-        built: Some(true),
-        skips: 0,
+        built: None,
     }];
     for line in list.lines() {
         let (h, s) = line.split_once(' ').unwrap_or((line, ""));
@@ -126,277 +194,274 @@ pub fn run(args: Args) -> Result<i32> {
             subject: s.into(),
             worktree: None,
             built: None,
-            skips: 0,
         });
     }
     if cands.len() < 2 {
         return Err("no commits between --good and --bad".into());
     }
-    let session = key_of(&[
-        ("repo", repo.display().to_string().as_bytes()),
-        ("good", good.as_bytes()),
-        ("bad", bad.as_bytes()),
-        ("test", test.as_bytes()),
-    ]);
-    let dir = target_dir().join("bisect").join(&session[..16]);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let log_path = dir.join("log.jsonl");
-    let mut b = Bayes::new(cands.len());
-    if args.resume {
-        let text = std::fs::read_to_string(&log_path)
-            .map_err(|e| format!("--resume: no log at {} ({e})", log_path.display()))?;
-        let index: HashMap<String, usize> = cands
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.hash.clone(), i))
-            .collect();
-        let mut n = 0;
-        for line in text.lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| format!("{}: {e}", log_path.display()))?;
-            if let (Some(&i), Some(r)) = (
-                index.get(v["commit"].as_str().unwrap_or("")),
-                v["result"].as_str(),
-            ) {
-                match r {
-                    "pass" | "fail" if i > 0 => {
-                        b.observe(i, r == "fail");
-                        n += 1;
-                    }
-                    "skip" => cands[i].skips += 1,
-                    _ => {}
-                }
-            }
+    Ok(cands)
+}
+
+/// The bisection's directory, its log, and the runs so far.
+struct Session {
+    dir: PathBuf,
+    log_path: PathBuf,
+    log: std::fs::File,
+    evidence: Evidence,
+    model: Model,
+}
+
+impl Session {
+    fn open(repo: &Path, cands: &[Candidate], test: &Test, args: &Args) -> Result<Session> {
+        let key = key_of(&[
+            ("repo", repo.display().to_string().as_bytes()),
+            ("good", cands[0].hash.as_bytes()),
+            ("bad", cands[cands.len() - 1].hash.as_bytes()),
+            ("test", test.command.as_bytes()),
+        ]);
+        let dir = target_dir().join("bisect").join(&key[..16]);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let log_path = dir.join("log.jsonl");
+        let want = Want::parse(&args.signature, policy::WARMUP_FAILURES);
+        let mut evidence = Evidence::new(cands.len(), want);
+        if args.resume {
+            replay(&log_path, cands, &mut evidence)?;
+        } else if log_path.exists() {
+            let old = dir.join(format!("log.{}.jsonl", crate::util::timestamp()));
+            std::fs::rename(&log_path, old).map_err(|e| e.to_string())?;
         }
-        eprintln!("bisect: resumed {n} run(s) from {}", log_path.display());
-    } else if log_path.exists() {
-        std::fs::rename(
-            &log_path,
-            dir.join(format!("log.{}.jsonl", crate::util::timestamp())),
-        )
-        .map_err(|e| e.to_string())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+        eprintln!(
+            "bisect: {} commits after {} up to {}; test: {}; log: {}",
+            cands.len() - 1,
+            &cands[0].hash[..12],
+            &cands[cands.len() - 1].hash[..12],
+            test.command,
+            log_path.display()
+        );
+        Ok(Session {
+            dir,
+            log_path,
+            log,
+            evidence,
+            model: Model::new(cands.len()),
+        })
     }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("open {}: {e}", log_path.display()))?;
-    eprintln!(
-        "bisect: {} commits between {} and {}; test: {test}; log: {}",
-        cands.len() - 1,
-        &good[..12],
-        &bad[..12],
-        log_path.display()
-    );
+
+    fn record(&mut self, cands: &[Candidate], done: runner::Done) {
+        let line = LogLine::new(&cands[done.commit].hash, &done.run, done.secs, done.tail);
+        if let Ok(text) = serde_json::to_string(&line) {
+            let _ = writeln!(self.log, "{text}");
+        }
+        self.evidence.add(done.commit, done.run);
+    }
+}
+
+/// Replays an interrupted session's log into `evidence`.
+fn replay(log_path: &Path, cands: &[Candidate], evidence: &mut Evidence) -> Result<()> {
+    let text = std::fs::read_to_string(log_path)
+        .map_err(|e| format!("--resume: no log at {} ({e})", log_path.display()))?;
+    let mut n = 0;
+    for (no, line) in text.lines().enumerate() {
+        let l: LogLine = serde_json::from_str(line)
+            .map_err(|e| format!("{}:{}: {e}", log_path.display(), no + 1))?;
+        let i = cands.iter().position(|c| c.hash == l.commit);
+        if let (Some(i), Some(run)) = (i, l.run()) {
+            evidence.add(i, run);
+            n += 1;
+        }
+    }
+    eprintln!("bisect: resumed {n} run(s) from {}", log_path.display());
+    Ok(())
+}
+
+/// The loop: decide, build what the batch needs, run it, record. Ok: the decision that ended it.
+fn bisect(
+    repo: &Path,
+    cands: &mut [Candidate],
+    test: &Test,
+    s: &mut Session,
+    limits: Limits,
+) -> Result<Decision> {
     let pb = ProgressBar::new_spinner();
     pb.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").unwrap());
     pb.enable_steady_tick(Duration::from_millis(200));
-    let bad_i = cands.len() - 1;
-    let mut total = b.runs.iter().sum::<u32>();
-    let outcome: Result<(usize, f64)> = loop {
+    let bad = cands.len() - 1;
+    let mut announced = false;
+    let result = loop {
         if let Some(sig) = procs::interrupted() {
             break Err(format!(
                 "interrupted by {}; continue with --resume",
                 procs::signal_name(sig)
             ));
         }
-        let i = match b.decide(args.confidence, args.max_runs_per_commit, |i| {
-            cands[i].built != Some(false) && cands[i].skips < 3
-        }) {
-            Decision::Test(i) => i,
-            Decision::Done(k, p) => break Ok((k, p)),
-            Decision::GiveUp(e) => break Err(e),
+        let t = s.evidence.tally();
+        if !t.runnable(bad, limits.max_runs_per_commit) && t.unusable(bad) > 0 {
+            break Err(format!(
+                "the bad end cannot be tested: {}",
+                unusable_why(&t, bad)
+            ));
+        }
+        if !announced && t.learner.describe() != "not learned yet" {
+            pb.println(format!("bisect: looking for {}", t.learner.describe()));
+            announced = true;
+        }
+        let runnable =
+            |i: usize| cands[i].built != Some(false) && t.runnable(i, limits.max_runs_per_commit);
+        let batch = match policy::decide(&s.model, &t.counts, limits, runnable) {
+            Decision::Test(batch) => batch,
+            end => break Ok(end),
         };
-        let (k, p) = b.best();
-        pb.set_message(format!(
-            "{total} runs | testing {} ({}) | best guess {} at {:.0}% | p ~ {:.2}",
-            &cands[i].hash[..12],
-            cands[i].subject,
-            &cands[k].hash[..12],
-            p * 100.0,
-            b.p_mean()
-        ));
-        if let Err(e) = prepare(&repo, &dir, &mut cands[i], build.as_deref()) {
-            pb.println(format!("skip {}: {e}", &cands[i].hash[..12]));
-            cands[i].built = Some(false);
-            if i == bad_i {
-                break Err(format!("the bad end cannot be built: {e}"));
-            }
-            continue;
-        }
-        let wt = cands[i].worktree.clone().unwrap();
-        let results = run_tests(
-            &wt,
-            &test,
-            args.jobs,
-            Duration::from_secs(args.timeout),
-            total,
-        );
-        for (r, secs, evidence) in results {
-            let name = match r {
-                RunResult::Pass => "pass",
-                RunResult::Fail => "fail",
-                RunResult::Skip => "skip",
-            };
-            let mut rec =
-                serde_json::json!({"commit": cands[i].hash, "result": name, "secs": secs});
-            if r != RunResult::Pass {
-                // The evidence of a failure stays next to the verdict it fed.
-                rec["output_tail"] = evidence.into();
-            }
-            let _ = writeln!(log, "{rec}");
-            match r {
-                RunResult::Skip => cands[i].skips += 1,
-                r => {
-                    b.observe(i, r == RunResult::Fail);
-                    total += 1;
-                }
-            }
-        }
-        if cands[i].skips >= 3 && i == bad_i {
-            break Err("the bad end's test keeps skipping (infra errors / exit 125)".into());
+        pb.set_message(progress(cands, &t, &s.model, &batch));
+        let jobs = match jobs_for(repo, cands, test, s, &batch, &pb) {
+            Ok(jobs) => jobs,
+            Err(e) => break Err(e),
+        };
+        for done in runner::run_batch(test, jobs) {
+            s.record(cands, done);
         }
     };
     pb.finish_and_clear();
-    // The evidence table, then the verdict.
-    let marginal = b.marginal();
+    result
+}
+
+/// Prepares the batch's candidates; a build failure takes its commit out (the bad end's: an error).
+fn jobs_for(
+    repo: &Path,
+    cands: &mut [Candidate],
+    test: &Test,
+    s: &Session,
+    batch: &[usize],
+    pb: &ProgressBar,
+) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    let base = s.evidence.runs.len() as u32;
+    for &i in batch {
+        match runner::prepare(repo, &s.dir, &mut cands[i], test) {
+            Ok(wt) => {
+                let number = base + jobs.len() as u32;
+                jobs.push(Job {
+                    commit: i,
+                    worktree: wt,
+                    number,
+                    runs_dir: s.dir.join("runs").join(number.to_string()),
+                });
+            }
+            Err(e) if i == cands.len() - 1 => {
+                return Err(format!("the bad end cannot be built: {e}"))
+            }
+            Err(e) => pb.println(format!("skip {}: {e}", &cands[i].hash[..12])),
+        }
+    }
+    Ok(jobs)
+}
+
+fn unusable_why(t: &Tally, i: usize) -> String {
+    let mut parts = Vec::new();
+    if t.skips[i] > 0 {
+        parts.push(format!(
+            "{} run(s) skipped (exit 125 / infra errors)",
+            t.skips[i]
+        ));
+    }
+    parts.extend(t.others_line(i));
+    parts.join("; ")
+}
+
+fn progress(cands: &[Candidate], t: &Tally, model: &Model, batch: &[usize]) -> String {
+    let post = model.posterior(&t.counts);
+    let (k, p) = post.best_commit();
+    let mut at: Vec<&str> = batch.iter().map(|i| &cands[*i].hash[..12]).collect();
+    at.dedup();
+    format!(
+        "{} runs | testing {} | best guess {} at {:.0}% | no change {:.0}%",
+        t.all.iter().sum::<u32>(),
+        at.join(" "),
+        &cands[k].hash[..12],
+        p * 100.0,
+        post.no_change() * 100.0
+    )
+}
+
+/// The evidence per commit: runs, matching failures, P(first bad), other failures.
+fn print_table(cands: &[Candidate], t: &Tally, model: &Model) {
+    let post = model.posterior(&t.counts);
     println!(
         "{:>4}  {:<12} {:>5} {:>6} {:>9}  subject",
         "#", "commit", "runs", "fails", "P(first)"
     );
     for (i, c) in cands.iter().enumerate() {
-        if b.runs[i] > 0 || marginal[i] > 0.001 || i == 0 {
+        let w = if i == 0 { 0.0 } else { post.weight[i] };
+        if t.all[i] > 0 || w > 0.001 || i == 0 {
             println!(
                 "{i:>4}  {:<12} {:>5} {:>6} {:>8.1}%  {}",
                 &c.hash[..12],
-                b.runs[i],
-                b.fails[i],
-                marginal[i] * 100.0,
+                t.all[i],
+                t.counts.fails[i],
+                w * 100.0,
                 c.subject
             );
         }
-    }
-    for c in &cands {
-        if let Some(wt) = &c.worktree {
-            let _ = procs::run(
-                Command::new("git")
-                    .arg("-C")
-                    .arg(&repo)
-                    .args(["worktree", "remove", "--force"])
-                    .arg(wt),
-                Duration::from_secs(60),
-                "git worktree remove",
-            );
+        if let Some(line) = t.others_line(i) {
+            println!("{:>20}{line}", "");
+        }
+        if t.skips[i] > 0 {
+            println!("{:>20}{} run(s) skipped", "", t.skips[i]);
         }
     }
-    match outcome {
-        Ok((k, p)) => {
+}
+
+fn print_verdict(cands: &[Candidate], t: &Tally, s: &Session, end: Decision) -> Result<i32> {
+    let post = s.model.posterior(&t.counts);
+    let runs: u32 = t.all.iter().sum();
+    println!("looked for: {}", t.learner.describe());
+    match end {
+        Decision::Culprit(k, p) => {
+            let (before, after) = post.rates_at(k);
             println!("first bad commit: {} {}", cands[k].hash, cands[k].subject);
             println!(
-                "confidence {:.1}%, {total} runs, estimated failure rate {:.2}; log {}",
+                "confidence {:.1}%, {runs} runs, fails {:.0}% before it and {:.0}% from it on; log {}",
                 p * 100.0,
-                b.p_mean(),
-                log_path.display()
+                before * 100.0,
+                after * 100.0,
+                s.log_path.display()
             );
             Ok(0)
         }
-        Err(e) => Err(e),
-    }
-}
-
-/// Checks the candidate out into its own worktree and builds it once.
-fn prepare(repo: &Path, dir: &Path, c: &mut Candidate, build: Option<&str>) -> Result<()> {
-    if c.built == Some(false) {
-        return Err("build failed earlier".into());
-    }
-    if c.worktree.is_none() {
-        let wt = dir.join(format!("wt-{}", &c.hash[..12]));
-        if wt.exists() {
-            let _ = procs::run(
-                Command::new("git")
-                    .arg("-C")
-                    .arg(repo)
-                    .args(["worktree", "remove", "--force"])
-                    .arg(&wt),
-                Duration::from_secs(60),
-                "git worktree remove",
+        Decision::NoChange(p) => {
+            println!(
+                "no commit explains the failures: the failure rate is the same across the range (~{:.0}%), confidence {:.1}%, {runs} runs; log {}",
+                post.rate_after[0] * 100.0,
+                p * 100.0,
+                s.log_path.display()
             );
-            let _ = std::fs::remove_dir_all(&wt);
+            Ok(0)
         }
-        procs::run_ok(
-            Command::new("git")
-                .arg("-C")
-                .arg(repo)
-                .args(["worktree", "add", "--detach"])
-                .arg(&wt)
-                .arg(&c.hash),
-            Duration::from_secs(300),
-            "git worktree add",
-        )?;
-        c.worktree = Some(wt);
+        Decision::GiveUp(e) => Err(e),
+        Decision::Test(_) => unreachable!("the loop ends only on a verdict"),
     }
-    if c.built.is_none() {
-        if let Some(b) = build {
-            let wt = c.worktree.as_ref().unwrap();
-            let out = procs::run(&mut shell(b, wt, 0), Duration::from_secs(3600), "build")?;
-            if !out.status.success() {
-                c.built = Some(false);
-                return Err(format!("build failed: {}", procs::tail(&out.stderr, 3)));
-            }
-        }
-        c.built = Some(true);
-    }
-    Ok(())
 }
 
-/// `sh -c CMD` in the worktree, with the worktree's own target directory (a shared one lets
-/// cargo run a binary built from another candidate: exactly the wrong-commit trap) and the
-/// run number in BISECT_RUN.
-fn shell(cmd: &str, wt: &Path, run: u32) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(cmd)
-        .current_dir(wt)
-        .env_remove("CARGO_TARGET_DIR")
-        .env("BISECT_RUN", run.to_string());
-    c
-}
-
-/// `jobs` runs of the test in parallel; (result, seconds, tail of the output) each.
-fn run_tests(
-    wt: &Path,
-    test: &str,
-    jobs: u32,
-    limit: Duration,
-    base: u32,
-) -> Vec<(RunResult, f64, String)> {
-    let handles: Vec<_> = (0..jobs)
-        .map(|j| {
-            let (wt, test) = (wt.to_path_buf(), test.to_string());
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let (r, out) =
-                    match procs::run(&mut shell(&test, &wt, base + j), limit, "bisect test") {
-                        Ok(o) => {
-                            let out = procs::tail(&format!("{}{}", o.stdout, o.stderr), 12);
-                            match o.status.code() {
-                                Some(0) => (RunResult::Pass, out),
-                                Some(125) => (RunResult::Skip, out),
-                                _ => (RunResult::Fail, out), // 1-127, or killed by a signal
-                            }
-                        }
-                        Err(e) if e.contains("no result after") => (RunResult::Fail, e), // a timeout is a failure
-                        Err(e) => (RunResult::Skip, e),
-                    };
-                (r, t.elapsed().as_secs_f64(), out)
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| {
-            h.join()
-                .unwrap_or((RunResult::Skip, 0.0, "test thread panicked".into()))
-        })
-        .collect()
+fn run_bench(b: BenchArgs) -> Result<i32> {
+    confidence_ok(b.confidence)?;
+    let setup = bench::Setup {
+        commits: b.commits as usize,
+        trials: b.trials,
+        confidence: b.confidence,
+        jobs: b.jobs as usize,
+        seed: b.seed,
+    };
+    eprintln!(
+        "bisect bench: {} commits, {} trials per cell, confidence {}, ours with -j {} (a few minutes)",
+        setup.commits, setup.trials, setup.confidence, setup.jobs
+    );
+    let t = std::time::Instant::now();
+    let rows = bench::table(setup, &bench::standard_cells(), &bench::Policy::ALL);
+    print!("{}", bench::render(&rows, &bench::Policy::ALL));
+    println!("({:.1} s)", t.elapsed().as_secs_f64());
+    Ok(0)
 }

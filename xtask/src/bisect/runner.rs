@@ -1,0 +1,210 @@
+//! Running a bisection's tests: one git worktree per candidate (the user's tree is never
+//! touched), built once, and batches of runs in parallel, each run's result and signature.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::evidence::Run;
+use super::signature;
+use crate::host::procs;
+use crate::util::Result;
+
+/// Longest a candidate's build may take.
+const BUILD_LIMIT: Duration = Duration::from_secs(3600);
+/// Lines of output kept as a failed run's evidence.
+const TAIL_LINES: usize = 12;
+
+/// What kind of test, and how its failures are told apart.
+#[derive(Clone, Debug)]
+pub enum TestKind {
+    /// `cargo xtask vm-e2e NAME` of the candidate's tree; the signature from its summary.json.
+    Scenario,
+    /// The candidate's simulator; the signature from its FAIL line.
+    Sim,
+    /// A shell command; the signature is its exit code (and `--match`).
+    Cmd { pattern: Option<regex::Regex> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Test {
+    pub kind: TestKind,
+    pub build: Option<String>,
+    pub command: String,
+    pub limit: Duration,
+}
+
+pub struct Candidate {
+    pub hash: String,
+    pub subject: String,
+    pub worktree: Option<PathBuf>,
+    /// None: not built yet; Some(false): build failed (never run).
+    pub built: Option<bool>,
+}
+
+/// Checks the candidate out into its own worktree and builds it once.
+pub fn prepare(repo: &Path, dir: &Path, c: &mut Candidate, test: &Test) -> Result<PathBuf> {
+    if c.built == Some(false) {
+        return Err("build failed earlier".into());
+    }
+    let wt = match &c.worktree {
+        Some(wt) => wt.clone(),
+        None => {
+            let wt = dir.join(format!("wt-{}", &c.hash[..12]));
+            remove_worktree(repo, &wt);
+            let _ = std::fs::remove_dir_all(&wt);
+            procs::run_ok(
+                git(repo)
+                    .args(["worktree", "add", "--detach"])
+                    .arg(&wt)
+                    .arg(&c.hash),
+                Duration::from_secs(300),
+                "git worktree add",
+            )?;
+            if matches!(test.kind, TestKind::Scenario) {
+                seed_vm_caches(&wt);
+            }
+            c.worktree = Some(wt.clone());
+            wt
+        }
+    };
+    if c.built.is_none() {
+        if let Some(b) = &test.build {
+            let out = procs::run(&mut shell(b, &wt), BUILD_LIMIT, "build")?;
+            if !out.status.success() {
+                c.built = Some(false);
+                return Err(format!("build failed: {}", procs::tail(&out.stderr, 3)));
+            }
+        }
+        c.built = Some(true);
+    }
+    Ok(wt)
+}
+
+/// A scenario candidate gets our downloaded packages and built kernels (content-keyed
+/// caches its xtask verifies) as hard links, instead of fetching them again.
+fn seed_vm_caches(wt: &Path) {
+    for sub in ["vm-images/downloads", "vm-images/kernels"] {
+        let from = crate::util::target_dir().join(sub);
+        let to = wt.join("target").join(sub);
+        if from.is_dir() && std::fs::create_dir_all(to.parent().unwrap_or(wt)).is_ok() {
+            let _ = procs::run(
+                Command::new("cp").arg("-al").arg(&from).arg(&to),
+                Duration::from_secs(120),
+                "cp -al",
+            );
+        }
+    }
+}
+
+pub fn remove_worktree(repo: &Path, wt: &Path) {
+    if wt.exists() {
+        let _ = procs::run(
+            git(repo).args(["worktree", "remove", "--force"]).arg(wt),
+            Duration::from_secs(60),
+            "git worktree remove",
+        );
+    }
+}
+
+fn git(repo: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C").arg(repo);
+    c
+}
+
+/// `sh -c CMD` in the worktree, with the worktree's own target directory (a shared one lets
+/// cargo run a binary built from another candidate: exactly the wrong-commit trap).
+fn shell(cmd: &str, wt: &Path) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(cmd)
+        .current_dir(wt)
+        .env_remove("CARGO_TARGET_DIR");
+    c
+}
+
+/// One run to make: in this worktree, as run number `number` of the bisection, its vm-e2e
+/// evidence (for scenarios) under `runs_dir`.
+pub struct Job {
+    pub commit: usize,
+    pub worktree: PathBuf,
+    pub number: u32,
+    pub runs_dir: PathBuf,
+}
+
+/// What one run ended in: result, seconds, the tail of its output (not for a pass).
+pub struct Done {
+    pub commit: usize,
+    pub run: Run,
+    pub secs: f64,
+    pub tail: Option<String>,
+}
+
+/// Runs the jobs in parallel (one thread and process each) and returns them in job order.
+pub fn run_batch(test: &Test, jobs: Vec<Job>) -> Vec<Done> {
+    let handles: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let test = test.clone();
+            let commit = job.commit;
+            (commit, std::thread::spawn(move || run_one(&test, &job)))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|(commit, h)| {
+            h.join().unwrap_or(Done {
+                commit,
+                run: Run::Skip,
+                secs: 0.0,
+                tail: Some("test thread panicked".into()),
+            })
+        })
+        .collect()
+}
+
+fn run_one(test: &Test, job: &Job) -> Done {
+    let t = Instant::now();
+    let _ = std::fs::create_dir_all(&job.runs_dir);
+    let mut cmd = shell(&test.command, &job.worktree);
+    cmd.env("BISECT_RUN", job.number.to_string())
+        .env("UBLK_VM_RUNS_DIR", &job.runs_dir);
+    let (run, tail) = match procs::run(&mut cmd, test.limit, "bisect test") {
+        Ok(o) => {
+            let output = format!("{}{}", o.stdout, o.stderr);
+            let run = classify(test, o.status.code(), &output, &job.runs_dir);
+            let tail = (run != Run::Pass).then(|| procs::tail(&output, TAIL_LINES));
+            (run, tail)
+        }
+        // A run past its limit is a failure (a hang is what we may be looking for).
+        Err(e) if e.contains("no result after") => (Run::Fail(Some("timeout".into())), Some(e)),
+        Err(e) => (Run::Skip, Some(e)),
+    };
+    Done {
+        commit: job.commit,
+        run,
+        secs: t.elapsed().as_secs_f64(),
+        tail,
+    }
+}
+
+/// Exit codes as `git bisect run` (0 pass, 125 skip, others fail; killed by a signal: fail),
+/// and the failure's signature by test kind.
+fn classify(test: &Test, code: Option<i32>, output: &str, runs_dir: &Path) -> Run {
+    match code {
+        Some(0) => return Run::Pass,
+        Some(125) => return Run::Skip,
+        _ => {}
+    }
+    let sig = match &test.kind {
+        TestKind::Cmd { pattern } => {
+            signature::of_cmd(code, pattern.as_ref().map(|p| p.is_match(output)))
+        }
+        TestKind::Sim => signature::of_sim(output).unwrap_or_else(|| signature::of_cmd(code, None)),
+        TestKind::Scenario => signature::read_summary(runs_dir)
+            .and_then(|s| signature::of_summary(&s))
+            .unwrap_or_else(|| format!("{} (no summary.json)", signature::of_cmd(code, None))),
+    };
+    Run::Fail(Some(sig))
+}
