@@ -57,6 +57,9 @@ enum Cmd {
     /// Scenario files: check them without a VM
     #[command(subcommand)]
     Scenario(cmd::scenario::Cmd),
+    /// Reports: `report merge` joins sessions (CI shards, kernels) into one report
+    #[command(subcommand)]
+    Report(cmd::report::Cmd),
     /// Kill VMs a previous xtask left running, remove stale state, re-verify the image
     VmReset,
     /// Re-probe whether KVM works on this host and cache the verdict for --accel auto
@@ -88,8 +91,13 @@ fn main() {
             accel: vm::accel::Choice::Auto,
             bisect_exit_codes: false,
             server: Vec::new(),
+            shard: None,
+            durations: None,
+            list: false,
+            timeout_scale: 1.0,
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),
+        Cmd::Report(c) => cmd::report::run(c),
         Cmd::Servers(a) => cmd::servers::run(a),
         Cmd::Sim(a) => cmd::sim::run(a),
         Cmd::Bisect(a) => cmd::bisect::run(a),

@@ -126,6 +126,11 @@ impl Verdict {
         matches!(self, Verdict::Fail | Verdict::Timeout | Verdict::InfraError)
     }
 
+    /// A verdict about the code under test (pass, fail, timeout): what flakiness counts.
+    pub fn judged(self) -> bool {
+        matches!(self, Verdict::Pass | Verdict::Fail | Verdict::Timeout)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",

@@ -312,9 +312,10 @@ fn a_vm_e2e_summary_parses_as_the_bisect_view() {
     o.verdict = Verdict::Timeout;
     o.failed_step = Some("steps[2] stop (server)".into());
     o.reason = Some("sh -c sleep 9 did not finish within its timeout; freeze-frame: /tmp/x".into());
-    let runs = [o];
+    let runs = vec![o];
     let s = Session {
         head: Head {
+            tool: "vm-e2e".into(),
             started_at: "now".into(),
             seed: Some(9),
             commit: "c".into(),
@@ -322,12 +323,14 @@ fn a_vm_e2e_summary_parses_as_the_bisect_view() {
             accelerator: "tcg".into(),
             jobs: 1,
             repeat: 1,
+            timeout_scale: 1.0,
+            shards: Vec::new(),
         },
         wall_s: 1.0,
         kernels: Default::default(),
         flaky: Default::default(),
         reproduce: String::new(),
-        runs: &runs,
+        runs,
     };
     let view: signature::SummaryView =
         serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

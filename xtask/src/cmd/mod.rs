@@ -1,6 +1,7 @@
 pub mod bisect;
 pub mod kernel_lock;
 pub mod kernels;
+pub mod report;
 pub mod scenario;
 pub mod servers;
 pub mod sim;

@@ -5,7 +5,7 @@
 //! could not be tested (infra errors, evidence that could not be written); 128+n interrupted.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use crate::image::{self, Image};
 use crate::runs::RunDir;
 use crate::scenario::model::Scenario;
 use crate::scenario::run::{self, Outcome};
-use crate::scenario::session;
+use crate::scenario::{session, shard};
 use crate::server::{self, Profile};
 use crate::util::{rfc3339_now, Result};
 use crate::vm::accel::{self, Choice};
@@ -45,38 +45,77 @@ pub struct Args {
     /// scenario runs against each (default: each scenario's `server:`, else ublk-mem)
     #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
     pub server: Vec<String>,
+    /// Run only shard K of N: a deterministic slice of the (scenario x kernel x server x
+    /// repeat) runs, balanced by --durations; shards 1..N together are exactly the full set.
+    /// Needs --seed (the same for every shard); `report merge` joins the shards' reports
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<shard::Shard>,
+    /// Earlier sessions' summary.json (a file or a directory of them) whose durations
+    /// balance the shards; every shard must be given the same (default: scenario timeouts)
+    #[arg(long, value_name = "PATH")]
+    pub durations: Option<PathBuf>,
+    /// Print the runs this invocation would make (with --shard: this shard's) and exit
+    #[arg(long)]
+    pub list: bool,
+    /// Multiply every scenario and step limit by F (e.g. 2 on a slow machine without KVM)
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_scale)]
+    pub timeout_scale: f64,
     /// Accepted for older command lines: the exit codes always follow `git bisect run`
     /// (0 pass, 1 fail or timeout, 125 could not test)
     #[arg(long)]
     pub bisect_exit_codes: bool,
 }
 
+fn parse_scale(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.1..=100.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "--timeout-scale wants a number from 0.1 to 100, got `{s}`"
+        )),
+    }
+}
+
 pub fn run(args: Args) -> Result<i32> {
     let scenarios = load_scenarios(&args.names)?;
-    let seed = args.seed.unwrap_or_else(random_seed);
+    let mut servers = resolve_servers(&args.server, &scenarios)?;
+    let (work, shard_info) = plan_runs(&args, &scenarios, &servers)?;
+    if args.list {
+        print_plan(&scenarios, &work, shard_info.as_ref());
+        return Ok(0);
+    }
+    let seed = match (args.seed, &args.shard) {
+        (Some(s), _) => s,
+        (None, Some(_)) => return Err("--shard needs --seed S, the same for every shard, so the merged report is one session with one seed (e.g. --seed $GITHUB_RUN_ID)".into()),
+        (None, None) => random_seed(),
+    };
     let started_at = rfc3339_now();
     let t0 = Instant::now();
-    let images = build_images(&scenarios, &args.kernel)?;
-    let first = images
-        .values()
-        .next()
-        .expect("one image per kernel in use")
-        .clone();
-    let (accel, accel_reason) = accel::choose(args.accel, &first)?;
+    let images = build_images(&work)?;
+    let (accel, accel_reason) = match images.values().next() {
+        Some(first) => accel::choose(args.accel, first)?,
+        None => (Accel::Tcg, "no run in this shard".to_string()),
+    };
     let commit = git_commit();
-    eprintln!(
-        "vm-e2e: {} scenario(s) x {} run(s), -j {}, seed {seed}, commit {commit}",
-        scenarios.len(),
-        args.repeat,
-        args.jobs
-    );
-    eprintln!(
-        "vm-e2e: {} | accel {} ({accel_reason})",
-        image::describe(&first),
-        accel.name()
-    );
-    let servers = load_servers(&args.server, &scenarios)?;
-    let tools = tools_layer(&scenarios)?;
+    announce(&args, &work, seed, &commit, &images, accel, &accel_reason);
+    prepare_servers(&mut servers, &work)?;
+    let used: Vec<&Scenario> = work.iter().map(|w| &scenarios[w.scenario]).collect();
+    let tools = tools_layer(&used)?;
+    let head = crate::scenario::report::Head {
+        tool: "vm-e2e".into(),
+        started_at,
+        seed: Some(seed),
+        commit: commit.clone(),
+        image_hash: images
+            .values()
+            .next()
+            .map(|i| i.hash().to_string())
+            .unwrap_or_default(),
+        accelerator: accel.name().into(),
+        jobs: args.jobs as usize,
+        repeat: args.repeat,
+        timeout_scale: args.timeout_scale,
+        shards: shard_info.into_iter().collect(),
+    };
     let plan = Plan {
         scenarios: Arc::new(scenarios),
         servers,
@@ -86,26 +125,124 @@ pub fn run(args: Args) -> Result<i32> {
         kernel: args.kernel.clone(),
         accel,
         seed,
-        commit: commit.clone(),
-    };
-    let outcomes = run_all(&plan, args.repeat, args.jobs as usize);
-    let head = crate::scenario::report::Head {
-        started_at,
-        seed: Some(seed),
         commit,
-        image_hash: first.hash().to_string(),
-        accelerator: accel.name().into(),
-        jobs: args.jobs as usize,
-        repeat: args.repeat,
+        timeout_scale: args.timeout_scale,
     };
+    let outcomes = run_all(&plan, work, args.jobs as usize);
     Ok(session::conclude(
         head,
         t0,
         outcomes,
         |o| reproduce(&plan, o),
         "e2e",
-        "vm-e2e",
     ))
+}
+
+/// One run to make: scenario (index), server (key as asked for), kernel (as asked for), repeat.
+#[derive(Clone, Debug)]
+struct RunSpec {
+    scenario: usize,
+    server: String,
+    kernel: String,
+    run: u32,
+}
+
+/// Every run of the session, or this shard's.
+fn plan_runs(
+    args: &Args,
+    scenarios: &[Scenario],
+    servers: &BTreeMap<String, Profile>,
+) -> Result<(Vec<RunSpec>, Option<shard::ShardInfo>)> {
+    let mut work = Vec::new();
+    for run in 1..=args.repeat {
+        for (i, sc) in scenarios.iter().enumerate() {
+            for kernel in kernels_of(&args.kernel, sc) {
+                for server in servers_of(&args.server, sc) {
+                    work.push(RunSpec {
+                        scenario: i,
+                        server,
+                        kernel: kernel.clone(),
+                        run,
+                    });
+                }
+            }
+        }
+    }
+    let Some(sh) = args.shard else {
+        return Ok((work, None));
+    };
+    let durations = match &args.durations {
+        Some(p) => shard::Durations::load(p)?,
+        None => shard::Durations::none(),
+    };
+    let names: Vec<(&str, &str, &str, u64)> = work
+        .iter()
+        .map(|w| {
+            let sc = &scenarios[w.scenario];
+            (
+                sc.name.as_str(),
+                servers[&w.server].name.as_str(),
+                w.kernel.as_str(),
+                sc.timeout.0,
+            )
+        })
+        .collect();
+    let planned: Vec<shard::Planned> = shard::estimates(&durations, &names)
+        .into_iter()
+        .zip(&names)
+        .zip(&work)
+        .map(
+            |((estimate_s, (sc, server, kernel, _)), w)| shard::Planned {
+                key: format!("{sc}|{server}|{kernel}|{}", w.run),
+                estimate_s,
+            },
+        )
+        .collect();
+    let (work, info) = shard::select(work, &planned, sh, &durations.source);
+    Ok((work, Some(info)))
+}
+
+fn print_plan(scenarios: &[Scenario], work: &[RunSpec], info: Option<&shard::ShardInfo>) {
+    if let Some(i) = info {
+        println!(
+            "shard {}/{} of plan {}: {} of {} runs, ~{:.0} s of runs (estimates: {})",
+            i.index, i.count, i.plan, i.runs, i.planned_runs, i.estimate_s, i.estimates_from
+        );
+    }
+    for w in work {
+        println!(
+            "{} {} {} #{}",
+            scenarios[w.scenario].name, w.server, w.kernel, w.run
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn announce(
+    args: &Args,
+    work: &[RunSpec],
+    seed: u64,
+    commit: &str,
+    images: &BTreeMap<String, Arc<Image>>,
+    accel: Accel,
+    accel_reason: &str,
+) {
+    let shard = args
+        .shard
+        .map(|s| format!(", shard {}/{}", s.index, s.count))
+        .unwrap_or_default();
+    eprintln!(
+        "vm-e2e: {} run(s){shard}, -j {}, seed {seed}, commit {commit}",
+        work.len(),
+        args.jobs
+    );
+    if let Some(first) = images.values().next() {
+        eprintln!(
+            "vm-e2e: {} | accel {} ({accel_reason})",
+            image::describe(first),
+            accel.name()
+        );
+    }
 }
 
 /// Every run's inputs, shared by the workers.
@@ -122,17 +259,7 @@ struct Plan {
     accel: Accel,
     seed: u64,
     commit: String,
-}
-
-impl Plan {
-    fn kernels_of(&self, sc: &Scenario) -> Vec<String> {
-        kernels_of(&self.kernel, sc)
-    }
-
-    /// The servers scenario `sc` runs against (keys of `servers`).
-    fn servers_of(&self, sc: &Scenario) -> Vec<String> {
-        servers_of(&self.cli_servers, sc)
-    }
+    timeout_scale: f64,
 }
 
 fn servers_of(cli: &[String], sc: &Scenario) -> Vec<String> {
@@ -146,28 +273,40 @@ fn servers_of(cli: &[String], sc: &Scenario) -> Vec<String> {
 }
 
 /// The guest tools layer, built (or verified) once if any scenario names a program from it.
-fn tools_layer(scenarios: &[Scenario]) -> Result<Option<Layer>> {
-    let names: Vec<String> = scenarios.iter().flat_map(|s| s.vm.tools.clone()).collect();
+fn tools_layer(scenarios: &[&Scenario]) -> Result<Option<Layer>> {
+    let mut names: Vec<String> = scenarios.iter().flat_map(|s| s.vm.tools.clone()).collect();
+    names.sort();
+    names.dedup();
     if names.is_empty() {
         return Ok(None);
     }
     crate::image::tools::layer(&names).map(Some)
 }
 
-/// Every profile in use, loaded (and checked) before any VM starts.
-fn load_servers(cli: &[String], scenarios: &[Scenario]) -> Result<BTreeMap<String, Profile>> {
-    let recipe = crate::image::recipe::Recipe::load()?;
+/// Every profile the scenarios name, read and checked (cheap: no build).
+fn resolve_servers(cli: &[String], scenarios: &[Scenario]) -> Result<BTreeMap<String, Profile>> {
     let mut out = BTreeMap::new();
     for sc in scenarios {
         for key in servers_of(cli, sc) {
-            if !out.contains_key(&key) {
-                let mut p = Profile::resolve(&key)?;
-                p.prepare(&recipe)?;
-                out.insert(key.clone(), p);
+            if let std::collections::btree_map::Entry::Vacant(e) = out.entry(key) {
+                let p = Profile::resolve(e.key())?;
+                e.insert(p);
             }
         }
     }
     Ok(out)
+}
+
+/// The profiles this session's runs use, made ready (binaries built or copied) before any VM.
+fn prepare_servers(servers: &mut BTreeMap<String, Profile>, work: &[RunSpec]) -> Result<()> {
+    let recipe = crate::image::recipe::Recipe::load()?;
+    let used: std::collections::BTreeSet<&str> = work.iter().map(|w| w.server.as_str()).collect();
+    for (key, p) in servers.iter_mut() {
+        if used.contains(key.as_str()) {
+            p.prepare(&recipe)?;
+        }
+    }
+    Ok(())
 }
 
 fn kernels_of(cli: &[String], sc: &Scenario) -> Vec<String> {
@@ -207,36 +346,22 @@ fn load_scenarios(names: &[String]) -> Result<Vec<Scenario>> {
     Ok(scenarios)
 }
 
-/// One image per kernel provider in use, built before any VM starts.
-fn build_images(scenarios: &[Scenario], kernel: &[String]) -> Result<BTreeMap<String, Arc<Image>>> {
+/// One image per kernel the runs use, built before any VM starts.
+fn build_images(work: &[RunSpec]) -> Result<BTreeMap<String, Arc<Image>>> {
     let mut images = BTreeMap::new();
-    for sc in scenarios {
-        for k in kernels_of(kernel, sc) {
-            if !images.contains_key(&k) {
-                images.insert(k.clone(), Arc::new(image::build(&Source::parse(&k))?));
-            }
+    for w in work {
+        if !images.contains_key(&w.kernel) {
+            let image = Arc::new(image::build(&Source::parse(&w.kernel))?);
+            images.insert(w.kernel.clone(), image);
         }
     }
     Ok(images)
 }
 
-/// Runs every (scenario, server, repeat) on `jobs` worker threads; prints each verdict as it
-/// lands.
-fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
-    let mut work: Vec<(usize, String, String, u32)> = Vec::new();
-    for r in 1..=repeat {
-        for (i, sc) in plan.scenarios.iter().enumerate() {
-            for k in plan.kernels_of(sc) {
-                work.extend(
-                    plan.servers_of(sc)
-                        .into_iter()
-                        .map(|s| (i, s, k.clone(), r)),
-                );
-            }
-        }
-    }
-    session::run_pool(work, jobs, "vm-e2e", |(i, server, kernel, r)| {
-        one_run(plan, *i, server, kernel, *r)
+/// Runs every planned run on `jobs` worker threads; prints each verdict as it lands.
+fn run_all(plan: &Plan, work: Vec<RunSpec>, jobs: usize) -> Vec<Outcome> {
+    session::run_pool(work, jobs, "vm-e2e", |w| {
+        one_run(plan, w.scenario, &w.server, &w.kernel, w.run)
     })
 }
 
@@ -253,6 +378,7 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
         accel: plan.accel,
         seed: plan.seed,
         run: r,
+        timeout_scale: plan.timeout_scale,
     };
     let mut label = sc.name.clone();
     if profile.name != server::DEFAULT {

@@ -10,7 +10,7 @@ use crate::image::{self, tools, Image};
 use crate::runs::RunDir;
 use crate::scenario::model::KernelVersion;
 use crate::scenario::run::Outcome;
-use crate::scenario::session;
+use crate::scenario::{session, shard};
 use crate::selftests::run::{self as strun, Job};
 use crate::selftests::suite::{self, Suite};
 use crate::util::{rfc3339_now, Result};
@@ -51,7 +51,17 @@ pub struct Args {
     pub list: bool,
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
+    /// Run only shard K of N of the (test x kernel x repeat) runs (see vm-e2e --shard);
+    /// `report merge` joins the shards' reports
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<shard::Shard>,
+    /// Earlier sessions' summary.json (file or directory) whose durations balance the shards
+    #[arg(long, value_name = "PATH")]
+    pub durations: Option<std::path::PathBuf>,
 }
+
+/// One run: (test script, kernel, repeat).
+type Work = (String, String, u32);
 
 /// Everything the workers share.
 struct Plan {
@@ -76,10 +86,24 @@ pub fn run(args: Args) -> Result<i32> {
     let mut all = first.manifest.tests.clone();
     all.extend(extra.iter().map(|(n, _)| n.clone()));
     let tests = select(&all, &args.names)?;
+    let (work, shard_info) = plan_runs(&args, &tests, &suites)?;
     if args.list {
-        print_list(first, &tests);
+        match &shard_info {
+            None => print_list(first, &tests),
+            Some(i) => {
+                println!(
+                    "shard {}/{} of plan {}: {} of {} runs",
+                    i.index, i.count, i.plan, i.runs, i.planned_runs
+                );
+                for (t, k, r) in &work {
+                    println!("{t} {k} #{r}");
+                }
+            }
+        }
         return Ok(0);
     }
+    let mut suites = suites;
+    suites.retain(|k, _| work.iter().any(|w| &w.1 == k));
     let t0 = Instant::now();
     let started_at = rfc3339_now();
     let tools = tools::layer(&["fio".into(), "bash".into()])?;
@@ -89,8 +113,10 @@ pub fn run(args: Args) -> Result<i32> {
         warn_if_newer(&k, &image, &s);
         plan_kernels.insert(k, (image, s));
     }
-    let image0 = &plan_kernels.values().next().expect("one kernel").0;
-    let (accel, why) = accel::choose(args.accel, image0)?;
+    let (accel, why) = match plan_kernels.values().next() {
+        Some((image0, _)) => accel::choose(args.accel, image0)?,
+        None => (Accel::Tcg, "no run in this shard".to_string()),
+    };
     eprintln!(
         "vm-selftests: {} test(s) x {} kernel(s) x {} run(s), -j {} | accel {} ({why})",
         tests.len(),
@@ -110,8 +136,10 @@ pub fn run(args: Args) -> Result<i32> {
         timeout_s: args.timeout,
         commit: crate::cmd::vm_e2e::git_commit(),
     };
-    let outcomes = run_all(&plan, args.repeat, args.jobs as usize);
-    finish(&plan, &args, outcomes, started_at, t0)
+    let outcomes = session::run_pool(work, args.jobs as usize, "vm-selftests", |(t, k, r)| {
+        one_run(&plan, t, k, *r)
+    });
+    finish(&plan, &args, outcomes, started_at, t0, shard_info)
 }
 
 fn finish(
@@ -120,16 +148,24 @@ fn finish(
     outcomes: Vec<Outcome>,
     started_at: String,
     t0: Instant,
+    shard_info: Option<shard::ShardInfo>,
 ) -> Result<i32> {
-    let image0 = &plan.kernels.values().next().expect("one kernel").0;
+    let image_hash = plan
+        .kernels
+        .values()
+        .next()
+        .map(|(i, _)| i.hash().to_string());
     let head = crate::scenario::report::Head {
+        tool: "vm-selftests".into(),
         started_at,
         seed: None,
         commit: plan.commit.clone(),
-        image_hash: image0.hash().to_string(),
+        image_hash: image_hash.unwrap_or_default(),
         accelerator: plan.accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
+        timeout_scale: 1.0,
+        shards: shard_info.into_iter().collect(),
     };
     Ok(session::conclude(
         head,
@@ -137,8 +173,43 @@ fn finish(
         outcomes,
         |o| reproduce(plan, o),
         "selftests",
-        "vm-selftests",
     ))
+}
+
+/// Every (test, kernel, repeat), or this shard's.
+fn plan_runs(
+    args: &Args,
+    tests: &[String],
+    suites: &BTreeMap<String, Suite>,
+) -> Result<(Vec<Work>, Option<shard::ShardInfo>)> {
+    let mut work: Vec<Work> = Vec::new();
+    for r in 1..=args.repeat {
+        for t in tests {
+            work.extend(suites.keys().map(|k| (t.clone(), k.clone(), r)));
+        }
+    }
+    let Some(sh) = args.shard else {
+        return Ok((work, None));
+    };
+    let durations = match &args.durations {
+        Some(p) => shard::Durations::load(p)?,
+        None => shard::Durations::none(),
+    };
+    let limit_s = args.timeout.unwrap_or(150);
+    let names: Vec<(&str, &str, &str, u64)> = work
+        .iter()
+        .map(|(t, k, _)| (t.as_str(), "kublk", k.as_str(), limit_s))
+        .collect();
+    let planned: Vec<shard::Planned> = shard::estimates(&durations, &names)
+        .into_iter()
+        .zip(&work)
+        .map(|(estimate_s, (t, k, r))| shard::Planned {
+            key: format!("{t}|kublk|{k}|{r}"),
+            estimate_s,
+        })
+        .collect();
+    let (work, info) = shard::select(work, &planned, sh, &durations.source);
+    Ok((work, Some(info)))
 }
 
 /// `--script` files, named like the suite's (`test_<group>_<nn>.sh`), at most 1 MiB each.
@@ -276,18 +347,6 @@ fn print_list(suite: &Suite, tests: &[String]) {
     for (g, ids) in by_group {
         println!("  {g:<10} {}", ids.join(" "));
     }
-}
-
-fn run_all(plan: &Plan, repeat: u32, jobs: usize) -> Vec<Outcome> {
-    let mut work = Vec::new();
-    for r in 1..=repeat {
-        for t in &plan.tests {
-            work.extend(plan.kernels.keys().map(|k| (t.clone(), k.clone(), r)));
-        }
-    }
-    session::run_pool(work, jobs, "vm-selftests", |(t, k, r)| {
-        one_run(plan, t, k, *r)
-    })
 }
 
 fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {

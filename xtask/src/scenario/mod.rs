@@ -2,11 +2,14 @@
 
 pub mod freeze;
 pub mod lifecycle;
+pub mod markdown;
+pub mod merge;
 pub mod model;
 pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod session;
+pub mod shard;
 pub mod splat;
 pub mod steps;
 

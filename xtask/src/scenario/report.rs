@@ -3,14 +3,18 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::run::Outcome;
+use super::shard::ShardInfo;
 use crate::runs::Verdict;
 
 /// What a session's reports say about it besides its runs (summary.json's top-level fields).
-#[derive(Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Head {
+    /// The command that ran the session: `vm-e2e` or `vm-selftests`.
+    #[serde(default = "vm_e2e")]
+    pub tool: String,
     pub started_at: String,
     /// The session's seed (vm-e2e); None where runs take none (vm-selftests).
     pub seed: Option<u64>,
@@ -19,10 +23,25 @@ pub struct Head {
     pub accelerator: String,
     pub jobs: usize,
     pub repeat: u32,
+    /// Every step and scenario limit was multiplied by this (`--timeout-scale`).
+    #[serde(default = "one")]
+    pub timeout_scale: f64,
+    /// The shard(s) of a plan these runs are (`--shard`; several after `report merge`).
+    #[serde(default)]
+    pub shards: Vec<ShardInfo>,
 }
 
-#[derive(Serialize)]
-pub struct Session<'a> {
+fn vm_e2e() -> String {
+    "vm-e2e".into()
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// summary.json: what `vm-e2e`/`vm-selftests` write and `report merge` reads and writes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
     #[serde(flatten)]
     pub head: Head,
     pub wall_s: f64,
@@ -31,10 +50,10 @@ pub struct Session<'a> {
     /// Per scenario: how its runs ended (flakiness is `failed` of `runs`).
     pub flaky: BTreeMap<String, Tally>,
     pub reproduce: String,
-    pub runs: &'a [Outcome],
+    pub runs: Vec<Outcome>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelInfo {
     pub release: String,
     pub ublk_features: Vec<String>,
@@ -70,7 +89,7 @@ pub fn kernels_header(kernels: &BTreeMap<String, KernelInfo>) -> String {
 
 /// How a scenario's runs ended. Only runs that judged the code under test (pass, fail,
 /// timeout) count toward flakiness; infra errors and interrupts are counted apart.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     /// Runs that failed or timed out.
     pub failed: u32,
@@ -185,7 +204,7 @@ pub fn junit(session: &Session) -> String {
         xml_escape(&session.head.started_at)
     );
     let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.head.seed.map(|s| s.to_string()).unwrap_or_default(), xml_escape(&session.head.commit), session.head.image_hash);
-    for r in session.runs {
+    for r in &session.runs {
         let _ = write!(
             s,
             "  <testcase classname=\"vm-e2e\" name=\"{}#{}\" time=\"{:.3}\">",
@@ -278,6 +297,7 @@ mod tests {
         );
         let s = Session {
             head: Head {
+                tool: "vm-e2e".into(),
                 started_at: "2026-11-21T00:00:00Z".into(),
                 seed: Some(7),
                 commit: "abc".into(),
@@ -285,10 +305,12 @@ mod tests {
                 accelerator: "tcg".into(),
                 jobs: 2,
                 repeat: 2,
+                timeout_scale: 1.0,
+                shards: Vec::new(),
             },
             wall_s: 30.0,
             kernels: kernels(&runs),
-            runs: &runs,
+            runs: runs.clone(),
             flaky,
             reproduce: String::new(),
         };

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::freeze;
 use super::model::{KernelVersion, Scenario};
@@ -25,7 +25,7 @@ use crate::server::Profile;
 use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::{Failure, Vm};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub scenario: String,
     /// The server profile it ran against.
@@ -56,7 +56,7 @@ pub struct Outcome {
 }
 
 /// A discarded attempt, kept as evidence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub verdict: Verdict,
     pub reason: String,
@@ -132,6 +132,14 @@ pub struct Job<'a> {
     pub accel: Accel,
     pub seed: u64,
     pub run: u32,
+    /// Every limit of the scenario (its timeout, each step's) is multiplied by this.
+    pub timeout_scale: f64,
+}
+
+/// A limit of `s` seconds, multiplied by `--timeout-scale`.
+fn scaled(s: u64, scale: f64) -> Duration {
+    assert!(scale > 0.0 && scale.is_finite());
+    Duration::from_secs_f64(s as f64 * scale)
 }
 
 /// Runs the scenario, with at most one retry for a VM that died before the first step; a
@@ -256,7 +264,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         ..
     } = *job;
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(sc.timeout.0);
+    let deadline = start + scaled(sc.timeout.0, job.timeout_scale);
     let mut out = Outcome::new(sc, run, seed, dir, image.hash());
     let cfg = VmConfig {
         cpus: sc.cpus(),
@@ -277,7 +285,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
     }
     let mut r = Runner::new(sc, job.server, vm, dir, seed);
-    let result = run_steps(&mut r, deadline, &mut out);
+    let result = run_steps(&mut r, deadline, job.timeout_scale, &mut out);
     if out.freeze_frame.is_none() {
         out.freeze_frame = r.freeze.as_ref().map(|f| f.dir.clone());
     }
@@ -310,6 +318,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
 fn run_steps(
     r: &mut Runner,
     deadline: Instant,
+    timeout_scale: f64,
     out: &mut Outcome,
 ) -> Option<(Verdict, String, String)> {
     for (i, step) in r.sc.steps.iter().enumerate() {
@@ -321,7 +330,7 @@ fn run_steps(
                 .map(|l| format!(" ({l})"))
                 .unwrap_or_default()
         );
-        let step_deadline = (Instant::now() + Duration::from_secs(step.timeout.0)).min(deadline);
+        let step_deadline = (Instant::now() + scaled(step.timeout.0, timeout_scale)).min(deadline);
         let t = Instant::now();
         let res = r.step(i, step, step_deadline);
         r.log(&format!(

@@ -5,12 +5,13 @@
 //! Exit codes: 0 every run passed (or skipped); 1 a run failed or timed out; 125 no run failed
 //! but some could not be tested; the caller maps an interrupt to 128+n.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::markdown;
 use super::report::{self, Head, Session};
 use super::run::Outcome;
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
@@ -88,8 +89,29 @@ pub fn conclude(
     mut outcomes: Vec<Outcome>,
     reproduce: impl Fn(&[Outcome]) -> String,
     name: &str,
-    tool: &str,
 ) -> i32 {
+    sort_runs(&mut outcomes);
+    let session = Session {
+        head,
+        wall_s: t0.elapsed().as_secs_f64(),
+        kernels: report::kernels(&outcomes),
+        flaky: report::tally(&outcomes),
+        reproduce: reproduce(&outcomes),
+        runs: outcomes,
+    };
+    let reports = RunDir::create(name).and_then(|d| write_reports(&session, &d.path, None));
+    print_summary(&session, &reports);
+    if let Some(sig) = crate::host::procs::interrupted() {
+        return 128 + sig;
+    }
+    match reports {
+        Err(_) => EXIT_INFRA,
+        Ok(_) => exit_code(&session.runs),
+    }
+}
+
+/// The order of every report: scenario, server, kernel, run.
+pub fn sort_runs(outcomes: &mut [Outcome]) {
     outcomes.sort_by(|a, b| {
         let key = |o: &Outcome| {
             (
@@ -101,23 +123,6 @@ pub fn conclude(
         };
         key(a).cmp(&key(b))
     });
-    let session = Session {
-        head,
-        wall_s: t0.elapsed().as_secs_f64(),
-        kernels: report::kernels(&outcomes),
-        flaky: report::tally(&outcomes),
-        reproduce: reproduce(&outcomes),
-        runs: &outcomes,
-    };
-    let reports = write_reports(&session, name);
-    print_summary(&session, &reports, tool);
-    if let Some(sig) = crate::host::procs::interrupted() {
-        return 128 + sig;
-    }
-    match reports {
-        Err(_) => EXIT_INFRA,
-        Ok(_) => exit_code(&outcomes),
-    }
 }
 
 /// Writes a run's record (`file` in its run directory: the outcome plus `extra` fields) and
@@ -154,19 +159,21 @@ pub fn mark_incomplete(o: &mut Outcome, why: &str) {
     }
 }
 
-/// summary.json and junit.xml in a session directory of their own (`<time>-<name>`).
-pub fn write_reports(session: &Session, name: &str) -> Result<PathBuf> {
-    let dir = RunDir::create(name)?.path;
+/// summary.json, junit.xml and summary.md (Markdown for `$GITHUB_STEP_SUMMARY`) in `dir`.
+pub fn write_reports(session: &Session, dir: &Path, evidence_url: Option<&str>) -> Result<PathBuf> {
     let json = serde_json::to_string_pretty(session).expect("the session serialises");
     write_atomic(&dir.join("summary.json"), json.as_bytes())?;
     write_atomic(&dir.join("junit.xml"), report::junit(session).as_bytes())?;
-    Ok(dir)
+    let md = markdown::render(session, evidence_url);
+    write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+    Ok(dir.to_path_buf())
 }
 
 /// The kernels header, the table, flakiness (with repeats), the totals and the reproduce line.
-pub fn print_summary(session: &Session, reports: &Result<PathBuf>, tool: &str) {
+pub fn print_summary(session: &Session, reports: &Result<PathBuf>) {
+    let tool = session.head.tool.as_str();
     print!("{}", report::kernels_header(&session.kernels));
-    println!("{}", report::table(session.runs));
+    println!("{}", report::table(&session.runs));
     if session.head.repeat > 1 {
         for (name, t) in &session.flaky {
             println!("{name}: {}", t.describe());
