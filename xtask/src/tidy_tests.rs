@@ -126,3 +126,62 @@ fn perf_workloads_and_targets_in_the_docs_are_the_codes() {
     assert_eq!(targets, KERNEL_TARGETS, "README.md's vm-perf target table");
     assert_eq!(targets[0], REFERENCE, "the reference is listed first");
 }
+
+/// The ublk-vm action: every input is in README.md's inputs table (and only those), every
+/// workflow that uses it passes only inputs it declares (actionlint cannot read a local
+/// action), and every script its steps run is there and executable.
+#[test]
+fn the_action_its_docs_and_its_users_agree() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = ".github/actions/ublk-vm";
+    let action: serde_yaml::Value =
+        serde_yaml::from_str(&read(&format!("{dir}/action.yml"))).unwrap();
+    let mut inputs: Vec<String> = action["inputs"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    inputs.sort();
+    let mut documented = table_names(&read("README.md"), "| input | default | what |");
+    documented.sort();
+    assert_eq!(
+        documented, inputs,
+        "README.md's table of the action's inputs"
+    );
+    for wf in std::fs::read_dir(root().join(".github/workflows")).unwrap() {
+        let path = wf.unwrap().path();
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (job, spec) in doc["jobs"].as_mapping().unwrap() {
+            for step in spec["steps"].as_sequence().into_iter().flatten() {
+                if step["uses"].as_str() != Some(&format!("./{dir}")) {
+                    continue;
+                }
+                for k in step["with"].as_mapping().into_iter().flat_map(|m| m.keys()) {
+                    let k = k.as_str().unwrap();
+                    assert!(
+                        inputs.iter().any(|i| i == k),
+                        "{}: job {job:?} passes `{k}`, which the action does not declare",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    let text = read(&format!("{dir}/action.yml"));
+    let scripts: BTreeSet<&str> = text
+        .split("$GITHUB_ACTION_PATH/scripts/")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(scripts.len() >= 4, "{scripts:?}");
+    for s in scripts {
+        let p = root().join(dir).join("scripts").join(s);
+        let mode = std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "{} is not executable", p.display());
+    }
+}

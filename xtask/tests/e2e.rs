@@ -9,19 +9,42 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 
+/// The shipped suite, run as CI's matrix runs it: three shards (`--shard K/3`, one seed), then
+/// `report merge`. The shards are disjoint and the merged report is the full suite's: every
+/// scenario once, with the verdicts, counts and evidence a single run gives.
 #[test]
 fn the_shipped_scenarios_pass() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let o = run(&["vm-e2e", "-j", "2", "--seed", "20261121"]);
+    let mut shards = Vec::new();
+    let mut per_shard: Vec<String> = Vec::new();
+    for k in 1..=3 {
+        let shard = format!("{k}/3");
+        let o = run(&["vm-e2e", "-j", "2", "--seed", "20261121", "--shard", &shard]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+        let (dir, v) = summary(&o);
+        assert_eq!(v["shards"][0]["index"], k, "{v}");
+        for r in v["runs"].as_array().unwrap() {
+            per_shard.push(r["scenario"].as_str().unwrap().to_string());
+        }
+        shards.push(dir.display().to_string());
+    }
+    let merged = std::env::temp_dir().join(format!("xtask-merged-{}", std::process::id()));
+    let mut args = vec!["report", "merge", "--out", merged.to_str().unwrap()];
+    args.extend(shards.iter().map(|s| s.as_str()));
+    let o = run(&args);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     let (dir, v) = summary(&o);
+    assert_eq!(dir, merged);
     let runs = v["runs"].as_array().unwrap();
     let mut names: Vec<&str> = runs
         .iter()
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
     names.sort();
+    per_shard.sort();
+    assert_eq!(names, per_shard, "the shards are disjoint and merge whole");
     assert_eq!(
         names,
         [
@@ -44,6 +67,12 @@ fn the_shipped_scenarios_pass() {
         junit.contains("tests=\"9\" failures=\"0\" errors=\"0\""),
         "{junit}"
     );
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.starts_with("### vm-e2e PASS: 7/9 passed, 2 skip\n"),
+        "{md}"
+    );
+    assert!(md.contains("shards 1/3, 2/3, 3/3"), "{md}");
     // Both hang scenarios left summaries that name the stuck tag and the blocked dd.
     for (scenario, step) in [
         ("stalled-tag", "freeze-frame-01"),
@@ -660,31 +689,123 @@ fn misbehaving_servers_end_in_verdicts_with_evidence() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// crash-recover can fail: against a server whose devices are not really recoverable, the kill
-/// hits writes in flight, the device dies (its writes fail, on 6.12 at the block layer's
-/// request timeout), and the takeover is refused with the reason: a fail at the recover step,
-/// well within its limits (no hang).
+/// The ublk-vm action's scripts end to end, as a server repository's CI runs them: setup
+/// (no usable KVM device: TCG with scaled limits), a server given as a path (a copy of
+/// ublk-mem whose profile claims recovery but never asks the kernel for it) in two shards,
+/// then the merge with the job summary. crash-recover can fail: the kill hits writes in
+/// flight, the device dies (on 6.12 at the block layer's request timeout) and the takeover is
+/// refused with the reason — a fail at the recover step, no hang; the merged report names it,
+/// with its evidence copied beside it.
 #[test]
-fn crash_recover_fails_without_recovery() {
+fn crash_recover_fails_without_recovery_through_the_action() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = root().join("xtask/tests/servers/ublk-mem-no-recovery.yaml");
-    let server = server.display().to_string();
-    let o = run(&["vm-e2e", "--server", &server, "crash-recover"]);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
-    let (_, v) = summary(&o);
-    let r = &v["runs"][0];
+    built_initrd();
+    let dir = std::env::temp_dir().join(format!("xtask-action-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let guest = root().join("target/guest/x86_64-unknown-linux-gnu/release/ublk-mem");
+    std::fs::copy(&guest, dir.join("mine")).unwrap();
+    let server = profile(&dir, "mine-no-recovery", "binary: {path: ./mine}\nadd:\n  argv: [mine, add, --json, --size, '{size}', --queues, '{queues}', --depth, '{depth}']\n  mode: foreground\n  ready: json\nstop: {signal: TERM}\nstorage: memory\nrecovery:\n  add: {reissue: []}\n  recover: {argv: [mine, recover, --json, --id, '{dev_id}'], mode: foreground, ready: json}\n");
+    let scripts = root().join(".github/actions/ublk-vm/scripts");
+    let script = |name: &str, args: &[&str], env: &[(&str, String)]| -> std::process::Output {
+        let mut c = std::process::Command::new("bash");
+        c.arg(scripts.join(name)).args(args).current_dir(&dir);
+        c.env_remove("GITHUB_ACTIONS")
+            .env("UBLK_VM_XTASK", env!("CARGO_BIN_EXE_xtask"));
+        c.env("RUNNER_TEMP", &dir);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        finish(c.spawn().unwrap(), LIMIT)
+    };
+    let gh_out = dir.join("github-output");
+    let o = script(
+        "setup.sh",
+        &[],
+        &[
+            (
+                "UBLK_VM_KVM_DEVICE",
+                dir.join("no-kvm").display().to_string(),
+            ),
+            ("GITHUB_OUTPUT", gh_out.display().to_string()),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = std::fs::read_to_string(&gh_out).unwrap();
+    assert_eq!(said, "accel=tcg\ntimeout-scale=2\n");
+    let mut codes = Vec::new();
+    for k in 1..=2 {
+        let out = dir.join(format!("shard-{k}"));
+        let o = script(
+            "run.sh",
+            &[],
+            &[
+                ("UBLK_VM_SERVER", server.clone()),
+                ("UBLK_VM_SCENARIOS", "crash-recover simple-e2e".into()),
+                ("UBLK_VM_SHARD", format!("{k}/2")),
+                ("UBLK_VM_SEED", "7".into()),
+                ("UBLK_VM_ACCEL", "tcg".into()),
+                ("UBLK_VM_OUT", out.display().to_string()),
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+        codes.push(
+            std::fs::read_to_string(out.join("exit-code"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    codes.sort();
+    assert_eq!(codes, ["0", "1"], "one shard holds the failing run");
+    let step_summary = dir.join("step-summary.md");
+    let o = script(
+        "merge.sh",
+        &["merged", "shard-1", "shard-2"],
+        &[("GITHUB_STEP_SUMMARY", step_summary.display().to_string())],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("merged/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(run_of(&v, "simple-e2e")["verdict"], "pass");
+    let r = run_of(&v, "crash-recover");
     assert_eq!(r["verdict"], "fail", "{r}");
     assert_eq!(r["failed_step"], "steps[3] recover", "{r}");
     let why = r["reason"].as_str().unwrap();
     assert!(why.contains("was not added with --recoverable"), "{why}");
     assert!(r["duration_s"].as_f64().unwrap() < 90.0, "{r}");
     let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
+    assert!(
+        run_dir.starts_with(dir.join("merged/runs")),
+        "evidence copied: {r}"
+    );
     let steps = std::fs::read_to_string(run_dir.join("steps.log")).unwrap();
     assert!(
         steps.contains("in flight at the block layer just before: 0 reads, "),
         "{steps}"
     );
+    let md = std::fs::read_to_string(&step_summary).unwrap();
+    assert!(
+        md.starts_with("### vm-e2e FAIL: 1/2 passed, 1 fail\n"),
+        "{md}"
+    );
+    let dir_name = run_dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        md.contains("`crash-recover@mine-no-recovery #1` | fail | steps[3] recover")
+            && md.contains(&dir_name),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The built-in rublk profile: built from crates.io on first use (static, pinned), then the

@@ -34,6 +34,7 @@ pub fn render(s: &Session, evidence_url: Option<&str>) -> String {
         out += "\n#### Flaky\n\n";
         out += &flaky.concat();
     }
+    out += &skipped(&s.runs);
     let gaps = shard::gaps(&s.head.shards);
     if !gaps.is_empty() {
         out += "\n#### Missing shards (their runs were not tested)\n\n";
@@ -190,6 +191,23 @@ fn failing_runs(runs: &[Outcome], evidence_url: Option<&str>) -> String {
     out
 }
 
+/// Each skipped scenario once, with its reason (a skip is never a pass: say why).
+fn skipped(runs: &[Outcome]) -> String {
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    for o in runs.iter().filter(|o| o.verdict == Verdict::Skip) {
+        let why = o.reason.as_deref().unwrap_or("no reason recorded");
+        reasons.entry(o.label()).or_insert_with(|| shorten(why));
+    }
+    if reasons.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n#### Skipped\n\n");
+    for (label, why) in reasons {
+        let _ = writeln!(out, "- `{}`: {}", cell(&label), cell(&why));
+    }
+    out
+}
+
 fn shorten(s: &str) -> String {
     if s.chars().count() <= MAX_REASON_CHARS {
         return s.to_string();
@@ -282,6 +300,10 @@ mod tests {
         );
         assert!(md.contains("cargo xtask vm-e2e a --seed 7"), "{md}");
         assert!(md.contains("- kernel `debian-7.2`: 7.2.13"), "{md}");
+        assert!(
+            md.contains("#### Skipped\n\n- `b on debian-7.2`: lacks recovery\n"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every shard's report (directories holding summary.json, e.g. downloaded artifacts) into
+# one: summary.json, junit.xml, summary.md (appended to $GITHUB_STEP_SUMMARY when set) and
+# the evidence of the runs that did not pass. Exits with the merged verdict: 0 pass, 1 a run
+# failed or timed out, 125 nothing failed but something could not be tested (an infra error,
+# a missing shard).
+#
+# Usage: merge.sh OUT DIR...
+set -euo pipefail
+
+# The xtask to run: `cargo xtask` in the platform, or a built binary (UBLK_VM_XTASK).
+xtask() {
+    if [ -n "${UBLK_VM_XTASK:-}" ]; then
+        "$UBLK_VM_XTASK" "$@"
+    else
+        cargo xtask "$@"
+    fi
+}
+
+if [ $# -lt 2 ]; then
+    echo "usage: merge.sh OUT DIR..." >&2
+    exit 2
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)"
+out="$(mkdir -p "$1" && cd "$1" && pwd)"
+shift
+dirs=()
+for d in "$@"; do
+    dirs+=("$(cd "$d" && pwd)")
+done
+code=0
+(cd "$root" && xtask report merge "${dirs[@]}" --out "$out" --evidence) || code=$?
+if [ -f "$out/summary.md" ] && [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
+    cat "$out/summary.md" >>"$GITHUB_STEP_SUMMARY"
+fi
+exit "$code"

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One shard of the suite against one server, then its report and the evidence of every run
+# that did not pass, gathered into $UBLK_VM_OUT (what the action uploads).
+#
+# Environment (the action's inputs):
+#   UBLK_VM_SERVER      built-in profile name or a profile path (default ublk-mem)
+#   UBLK_VM_SCENARIOS   scenario names or paths, space-separated (default: all of scenarios/)
+#   UBLK_VM_KERNELS     kernels, comma-separated (default: each scenario's, else debian)
+#   UBLK_VM_REPEAT      runs of each scenario (default 1)
+#   UBLK_VM_SHARD       K/N (default 1/1)
+#   UBLK_VM_SEED        the seed, the same for every shard (required)
+#   UBLK_VM_JOBS        VMs at once (default 2)
+#   UBLK_VM_ACCEL       auto | kvm | tcg (default auto)
+#   UBLK_VM_TIMEOUT_SCALE  every limit x this (default 1)
+#   UBLK_VM_DURATIONS   optional summary.json (file or directory) that balances the shards
+#   UBLK_VM_OUT         where the report and the evidence go (required)
+# Exit: 0 once the report is written, whatever the verdict (the merge decides; the verdict is
+# in $UBLK_VM_OUT/exit-code); 2 on bad input; other codes if the suite could not start.
+set -euo pipefail
+
+# The xtask to run: `cargo xtask` in the platform, or a built binary (UBLK_VM_XTASK).
+xtask() {
+    if [ -n "${UBLK_VM_XTASK:-}" ]; then
+        "$UBLK_VM_XTASK" "$@"
+    else
+        cargo xtask "$@"
+    fi
+}
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)"
+: "${UBLK_VM_SEED:?set UBLK_VM_SEED: the same seed for every shard (e.g. the workflow run id)}"
+: "${UBLK_VM_OUT:?set UBLK_VM_OUT: the directory for the report and the evidence}"
+shard="${UBLK_VM_SHARD:-1/1}"
+if ! [[ "$shard" =~ ^[0-9]+/[0-9]+$ ]]; then
+    echo "run.sh: shard must be K/N (e.g. 2/3), got '$shard'" >&2
+    exit 2
+fi
+if ! [[ "$UBLK_VM_SEED" =~ ^[0-9]+$ ]]; then
+    echo "run.sh: seed must be a non-negative integer, got '$UBLK_VM_SEED'" >&2
+    exit 2
+fi
+
+args=(vm-e2e --seed "$UBLK_VM_SEED" --shard "$shard" -j "${UBLK_VM_JOBS:-2}"
+    --repeat "${UBLK_VM_REPEAT:-1}" --accel "${UBLK_VM_ACCEL:-auto}"
+    --timeout-scale "${UBLK_VM_TIMEOUT_SCALE:-1}" --server "${UBLK_VM_SERVER:-ublk-mem}")
+if [ -n "${UBLK_VM_KERNELS:-}" ]; then
+    args+=(--kernel "$UBLK_VM_KERNELS")
+fi
+if [ -n "${UBLK_VM_DURATIONS:-}" ]; then
+    args+=(--durations "$UBLK_VM_DURATIONS")
+fi
+# Scenario names are words; paths may not contain spaces here.
+read -r -a scenarios <<<"${UBLK_VM_SCENARIOS:-}"
+args+=("${scenarios[@]}")
+
+if [ -e "$UBLK_VM_OUT" ] && [ -n "$(ls -A "$UBLK_VM_OUT")" ]; then
+    echo "run.sh: $UBLK_VM_OUT exists and is not empty: give UBLK_VM_OUT a new directory" >&2
+    exit 2
+fi
+mkdir -p "$UBLK_VM_OUT"
+UBLK_VM_OUT="$(cd "$UBLK_VM_OUT" && pwd)"
+# This shard's sessions only: a runs directory of its own (the report copies what it needs).
+runs="$(mktemp -d "${RUNNER_TEMP:-${TMPDIR:-/tmp}}/ublk-vm-runs.XXXXXX")"
+cd "$root"
+echo "run.sh: xtask ${args[*]}"
+code=0
+export UBLK_VM_RUNS_DIR="$runs"
+xtask "${args[@]}" || code=$?
+case "$code" in
+0 | 1 | 125) ;;
+*)
+    echo "run.sh: vm-e2e exited $code before a verdict (see above)" >&2
+    exit "$code"
+    ;;
+esac
+# The shard's own report, with the evidence of the runs that did not pass beside it.
+xtask report merge "$runs" --out "$UBLK_VM_OUT" --evidence || true
+if ! [ -f "$UBLK_VM_OUT/summary.json" ]; then
+    echo "run.sh: no report was written to $UBLK_VM_OUT" >&2
+    exit 125
+fi
+echo "$code" >"$UBLK_VM_OUT/exit-code"
+echo "run.sh: shard $shard verdict exit code $code; report in $UBLK_VM_OUT"
