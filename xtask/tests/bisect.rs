@@ -1,6 +1,11 @@
 //! `cargo xtask bisect` on a synthetic repository: 64 commits, commit 37 makes the test fail
 //! with probability 0.3 (never before). The flakiness is a deterministic function of the run
 //! number bisect passes in BISECT_RUN, so this test itself is not flaky.
+//!
+//! That function must look random: it was once `(BISECT_RUN * 2654435761 + 12345) % 100`, which
+//! is `(61 * run + 45) % 100`, a sequence with period 100 and strong structure; a bisection
+//! model that allows a background rate read its 2 failures in 21 runs at commit 37 (meant: 30%)
+//! beside 6 in 7 at commit 38 as background-then-regression and named 38.
 
 mod common;
 
@@ -30,6 +35,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A fresh repository of `n` commits; commit i writes "i" to the file `version`.
+/// Shell arithmetic: BISECT_RUN hashed to 0..99 (a 32-bit multiply-xorshift mix).
+const RUN_PERCENTILE: &str = "$(( ((((BISECT_RUN * 2654435761) % 4294967296) ^ (((BISECT_RUN * 2654435761) % 4294967296) >> 15)) * 2246822519 % 4294967296 >> 7) % 100 ))";
+
 fn synthetic_repo(name: &str, n: usize) -> (std::path::PathBuf, Vec<String>) {
     let repo = std::env::temp_dir().join(format!("xtask-bisect-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&repo);
@@ -49,7 +57,7 @@ fn synthetic_repo(name: &str, n: usize) -> (std::path::PathBuf, Vec<String>) {
 fn names_the_commit_that_made_a_test_flaky_and_resumes() {
     let (repo, hashes) = synthetic_repo("flaky", 64);
     // Fails 30% of runs from commit 37 on: run number hashed to 0..99, fail below 30.
-    let test = "[ \"$(cat version)\" -lt 37 ] || [ $(( (BISECT_RUN * 2654435761 + 12345) % 100 )) -ge 30 ]";
+    let test = format!("[ \"$(cat version)\" -lt 37 ] || [ {RUN_PERCENTILE} -ge 30 ]");
     let args = [
         "bisect",
         "--repo",
@@ -59,7 +67,7 @@ fn names_the_commit_that_made_a_test_flaky_and_resumes() {
         "--bad",
         &hashes[63],
         "--cmd",
-        test,
+        &test,
         "--confidence",
         "0.99",
         "--max-runs-per-commit",
@@ -189,7 +197,7 @@ fn real_commits_with_a_planted_bug_are_bisected_by_the_simulator() {
 #[test]
 fn unrelated_failures_are_told_apart_and_listed() {
     let (repo, hashes) = synthetic_repo("unrelated", 48);
-    let r = "$(( (BISECT_RUN * 2654435761 + 12345) % 100 ))";
+    let r = RUN_PERCENTILE;
     let test = format!(
         "v=$(cat version); r={r}; \
          if [ $v -ge 10 ] && [ $v -lt 30 ] && [ $r -lt 40 ]; then echo 'network unreachable'; exit 1; fi; \
