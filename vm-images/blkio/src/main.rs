@@ -289,6 +289,69 @@ fn verify(
     full: bool,
     range: Option<(u64, u64)>,
 ) -> Result<(), String> {
+    let (f, model) = load_model(c, model_file)?;
+    let (seed, span) = (model.seed, model.span);
+    let (lo, hi) = verify_range(range, span)?;
+    let extents = read_plan(&model, lo, hi, full);
+    // The reference md5 knows written blocks and zeroes, not a prior snapshot's content.
+    let md5 = full && (lo, hi) == (0, span) && model.prior.is_empty();
+    let mut check = Check::new(&model);
+    let mut chunk_md5: Vec<Option<[u8; 16]>> = vec![None; if md5 { extents.len() } else { 0 }];
+    let mut ops = extents.iter().enumerate().map(|(i, &(offset, len))| Op {
+        kind: Kind::Read,
+        offset,
+        len,
+        seq: i as u64,
+    });
+    let st = engine::run(
+        &f,
+        &mut ops,
+        c.qd,
+        VERIFY_CHUNK as usize,
+        deadline(c),
+        false,
+        &mut |_, _| {},
+        &mut |op, data| {
+            for (i, blk) in data.chunks_exact(BLOCK).enumerate() {
+                check.block(&model, blk, op.offset + (i * BLOCK) as u64);
+            }
+            if md5 {
+                chunk_md5[(op.offset / VERIFY_CHUNK) as usize] = Some(Md5::digest(data).into());
+            }
+            Ok(())
+        },
+        None,
+    )?;
+    report(&format!("verify seed {seed} bytes {lo}..{hi}"), &st);
+    check.mismatches()?;
+    if md5 && check.torn_blocks > 0 {
+        println!(
+            "md5 not compared: {} torn block(s) have no single reference content",
+            check.torn_blocks
+        );
+    } else if md5 {
+        compare_md5(&model, &chunk_md5, &check.found)?;
+    }
+    let written = model.last[(lo / BLOCK as u64) as usize..(hi / BLOCK as u64) as usize]
+        .iter()
+        .filter(|s| **s > 0)
+        .count();
+    println!(
+        "verify: all {written} written blocks match{}{}",
+        if full { ", every other block is zero" } else { "" },
+        match check.torn_blocks {
+            0 => String::new(),
+            n => format!(" ({n} torn between overlapping writes that were in flight together: every byte from one of them, as the block layer allows)"),
+        }
+    );
+    Ok(())
+}
+
+/// Reads are issued in chunks of this many bytes (and md5'd per chunk).
+const VERIFY_CHUNK: u64 = 1 << 20;
+
+/// The device and the model `blkio write` left for it, checked to fit.
+fn load_model(c: &Common, model_file: &Option<String>) -> Result<(std::fs::File, Model), String> {
     let f = engine::open(&c.dev, false)?;
     let path = model_path(&c.dev, model_file);
     let model = Model::from_bytes(
@@ -296,25 +359,33 @@ fn verify(
             .map_err(|e| format!("read the model {path} (written by `blkio write`): {e}"))?,
     )
     .map_err(|e| format!("{path}: {e}"))?;
-    let (seed, span) = (model.seed, model.span);
-    if engine::size_of(&f)? < span {
-        return Err(format!("{} is smaller than the model's span {span}", c.dev));
+    if engine::size_of(&f)? < model.span {
+        return Err(format!(
+            "{} is smaller than the model's span {}",
+            c.dev, model.span
+        ));
     }
-    let chunk: u64 = 1 << 20;
+    Ok((f, model))
+}
+
+/// `--offset/--bytes` as a block-aligned [lo, hi) inside the span (default: all of it).
+fn verify_range(range: Option<(u64, u64)>, span: u64) -> Result<(u64, u64), String> {
     let b = BLOCK as u64;
-    let (lo, hi) = match range {
+    match range {
         Some((o, l)) if o.is_multiple_of(b) && o < span => {
-            (o, o.saturating_add(l).min(span).div_ceil(b) * b)
+            Ok((o, o.saturating_add(l).min(span).div_ceil(b) * b))
         }
-        Some(_) => {
-            return Err(format!(
-                "--offset must be a multiple of 4 KiB inside the model's span {span}"
-            ))
-        }
-        None => (0, span),
-    };
-    let whole = (lo, hi) == (0, span);
-    // Which ranges to read: everything, or the written blocks merged into runs.
+        Some(_) => Err(format!(
+            "--offset must be a multiple of 4 KiB inside the model's span {span}"
+        )),
+        None => Ok((0, span)),
+    }
+}
+
+/// Which ranges to read — everything, or the written blocks merged into runs of at most a
+/// chunk — in an order unrelated to the write order.
+fn read_plan(model: &Model, lo: u64, hi: u64, full: bool) -> Vec<(u64, u64)> {
+    let (b, chunk) = (BLOCK as u64, VERIFY_CHUNK);
     let mut extents: Vec<(u64, u64)> = Vec::new();
     if full {
         extents = (lo..hi)
@@ -322,8 +393,7 @@ fn verify(
             .map(|o| (o, chunk.min(hi - o)))
             .collect();
     } else {
-        let mut blk = lo / b;
-        let n = hi / b;
+        let (mut blk, n) = (lo / b, hi / b);
         while blk < n {
             if model.last[blk as usize] == 0 {
                 blk += 1;
@@ -336,120 +406,104 @@ fn verify(
             extents.push((start * b, (blk - start) * b));
         }
     }
-    // Read in an order unrelated to the write order.
-    let mut rng = Rng::new(seed ^ 0x7e57);
+    let mut rng = Rng::new(model.seed ^ 0x7e57);
     for i in (1..extents.len()).rev() {
         extents.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    let mut bad = Vec::new();
-    let mut bad_blocks = 0u64;
-    // Blocks holding a byte-wise mix of writes that raced over them (legal).
-    let mut torn_blocks = 0u64;
-    // The seq each block was found to hold (for the model's md5).
-    let mut found = vec![0u64; (span / b) as usize];
-    // The reference md5 knows written blocks and zeroes, not a prior snapshot's content.
-    let md5 = full && whole && model.prior.is_empty();
-    let mut chunk_md5: Vec<Option<[u8; 16]>> = vec![None; if md5 { extents.len() } else { 0 }];
-    let mut ops = extents.iter().enumerate().map(|(i, &(offset, len))| Op {
-        kind: Kind::Read,
-        offset,
-        len,
-        seq: i as u64,
-    });
-    let st = engine::run(
-        &f,
-        &mut ops,
-        c.qd,
-        chunk as usize,
-        deadline(c),
-        false,
-        &mut |_, _| {},
-        &mut |op, data| {
-            for (i, blk) in data.chunks_exact(BLOCK).enumerate() {
-                let off = op.offset + i as u64 * b;
-                let allowed = model.allowed(off / b);
-                let ok = if allowed.is_empty() {
-                    holds(&model, blk, off, PRIOR)
-                } else {
-                    match allowed.iter().find(|s| holds(&model, blk, off, **s)) {
-                        Some(s) => {
-                            found[(off / b) as usize] = *s;
-                            true
-                        }
-                        None => false,
-                    }
-                };
-                if !ok && torn(&model, blk, off, &allowed) {
-                    torn_blocks += 1;
-                } else if !ok {
-                    bad_blocks += 1;
-                    if bad.len() < MAX_REPORTS {
-                        bad.push(mismatch(&model, blk, off, &allowed));
-                    }
+    extents
+}
+
+/// What the blocks read so far say against the model.
+struct Check {
+    /// The first `MAX_REPORTS` mismatches, described.
+    bad: Vec<String>,
+    bad_blocks: u64,
+    /// Blocks holding a byte-wise mix of writes that raced over them (legal).
+    torn_blocks: u64,
+    /// The seq each block was found to hold (for the model's md5).
+    found: Vec<u64>,
+}
+
+impl Check {
+    fn new(model: &Model) -> Check {
+        Check {
+            bad: Vec::new(),
+            bad_blocks: 0,
+            torn_blocks: 0,
+            found: vec![0; (model.span / BLOCK as u64) as usize],
+        }
+    }
+
+    /// One 4 KiB block read at `off`.
+    fn block(&mut self, model: &Model, blk: &[u8], off: u64) {
+        let at = off / BLOCK as u64;
+        let allowed = model.allowed(at);
+        let ok = if allowed.is_empty() {
+            holds(model, blk, off, PRIOR)
+        } else {
+            match allowed.iter().find(|s| holds(model, blk, off, **s)) {
+                Some(s) => {
+                    self.found[at as usize] = *s;
+                    true
                 }
+                None => false,
             }
-            if md5 {
-                chunk_md5[(op.offset / chunk) as usize] = Some(Md5::digest(data).into());
-            }
-            Ok(())
-        },
-        None,
-    )?;
-    report(&format!("verify seed {seed} bytes {lo}..{hi}"), &st);
-    if bad_blocks > 0 {
-        for line in &bad {
+        };
+        if ok {
+            return;
+        }
+        if torn(model, blk, off, &allowed) {
+            self.torn_blocks += 1;
+            return;
+        }
+        self.bad_blocks += 1;
+        if self.bad.len() < MAX_REPORTS {
+            self.bad.push(mismatch(model, blk, off, &allowed));
+        }
+    }
+
+    /// Prints the mismatches and fails if there was any.
+    fn mismatches(&self) -> Result<(), String> {
+        if self.bad_blocks == 0 {
+            return Ok(());
+        }
+        for line in &self.bad {
             println!("MISMATCH {line}");
         }
-        return Err(format!(
-            "{bad_blocks} block(s) of 4 KiB differ from the reference model (first {} listed)",
-            bad.len()
-        ));
+        Err(format!(
+            "{} block(s) of 4 KiB differ from the reference model (first {} listed)",
+            self.bad_blocks,
+            self.bad.len()
+        ))
     }
-    if md5 && torn_blocks > 0 {
-        println!("md5 not compared: {torn_blocks} torn block(s) have no single reference content");
-    }
-    if md5 && torn_blocks == 0 {
-        // md5 of the span = md5 over 1 MiB chunk digests in offset order: device vs model.
-        let device = md5_hex(chunk_md5.iter().map(|d| d.expect("every chunk read")));
-        let reference = md5_hex((0..span).step_by(chunk as usize).map(|o| {
-            let mut buf = vec![0u8; chunk.min(span - o) as usize];
-            for (i, blk) in buf.chunks_exact_mut(BLOCK).enumerate() {
-                let at = o + i as u64 * b;
-                let seq = found[(at / b) as usize];
-                if seq > 0 {
-                    block::fill_block(blk, at, seed, seq);
-                }
+}
+
+/// md5 of the span (over the chunk digests in offset order): the device's against the model's
+/// content, each block as found (one of the writes allowed there) or zero.
+fn compare_md5(model: &Model, chunk_md5: &[Option<[u8; 16]>], found: &[u64]) -> Result<(), String> {
+    let (b, chunk, span) = (BLOCK as u64, VERIFY_CHUNK, model.span);
+    let device = md5_hex(chunk_md5.iter().map(|d| d.expect("every chunk read")));
+    let reference = md5_hex((0..span).step_by(chunk as usize).map(|o| {
+        let mut buf = vec![0u8; chunk.min(span - o) as usize];
+        for (i, blk) in buf.chunks_exact_mut(BLOCK).enumerate() {
+            let at = o + i as u64 * b;
+            let seq = found[(at / b) as usize];
+            if seq > 0 {
+                block::fill_block(blk, at, model.seed, seq);
             }
-            Md5::digest(&buf).into()
-        }));
-        println!(
-            "md5 of {} MiB: device {device}, reference model {reference}",
-            span >> 20
-        );
-        if device != reference {
-            return Err("the device's md5 differs from the reference model".into());
         }
-    }
-    let written = model.last[(lo / b) as usize..(hi / b) as usize]
-        .iter()
-        .filter(|s| **s > 0)
-        .count();
+        Md5::digest(&buf).into()
+    }));
     println!(
-        "verify: all {written} written blocks match{}{}",
-        if full {
-            ", every other block is zero"
-        } else {
-            ""
-        },
-        match torn_blocks {
-            0 => String::new(),
-            n => format!(" ({n} torn between overlapping writes that were in flight together: every byte from one of them, as the block layer allows)"),
-        }
+        "md5 of {} MiB: device {device}, reference model {reference}",
+        span >> 20
     );
+    if device != reference {
+        return Err("the device's md5 differs from the reference model".into());
+    }
     Ok(())
 }
 
-/// Whether `blk` at `off` holds write `seq`, or (PRIOR) what it held before the run.
 fn holds(model: &Model, blk: &[u8], off: u64, seq: u64) -> bool {
     if seq != PRIOR {
         return block::check(blk, off, model.seed, Some(seq)) == Verdict::Ok;
