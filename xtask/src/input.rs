@@ -25,17 +25,22 @@ pub fn located(path: &Path, (line, col): (usize, usize), msg: &str) -> String {
 
 /// Reads `path` as bounded UTF-8 text.
 pub fn read(path: &Path) -> Result<String> {
+    read_limited(path, MAX_FILE_BYTES)
+}
+
+/// Reads `path` as UTF-8 text of at most `max_bytes` (e.g. a summary.json, larger than YAML).
+pub fn read_limited(path: &Path, max_bytes: u64) -> Result<String> {
     let f =
         std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES + 1)
+    f.take(max_bytes + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
+    if bytes.len() as u64 > max_bytes {
         return Err(format!(
             "{}: larger than {} KiB; this is not a file xtask should read",
             path.display(),
-            MAX_FILE_BYTES >> 10
+            max_bytes >> 10
         ));
     }
     text_of(bytes, path)

@@ -201,19 +201,6 @@ pub fn slug(s: &str) -> String {
 }
 
 /// Writes a file atomically (temp file + rename) so readers never see a partial file.
-/// A UTF-8 file of at most `max_bytes` (one clear error otherwise).
-pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let mut buf = Vec::new();
-    f.take(max_bytes + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
-    if buf.len() as u64 > max_bytes {
-        return Err(format!("{}: larger than {max_bytes} bytes", path.display()));
-    }
-    String::from_utf8(buf).map_err(|_| format!("{}: not UTF-8", path.display()))
-}
-
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path
         .parent()

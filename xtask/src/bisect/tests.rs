@@ -314,18 +314,7 @@ fn a_vm_e2e_summary_parses_as_the_bisect_view() {
     o.reason = Some("sh -c sleep 9 did not finish within its timeout; freeze-frame: /tmp/x".into());
     let runs = vec![o];
     let s = Session {
-        head: Head {
-            tool: "vm-e2e".into(),
-            started_at: "now".into(),
-            seed: Some(9),
-            commit: "c".into(),
-            image_hash: "h".into(),
-            accelerator: "tcg".into(),
-            jobs: 1,
-            repeat: 1,
-            timeout_scale: 1.0,
-            shards: Vec::new(),
-        },
+        head: Head::example(),
         wall_s: 1.0,
         kernels: Default::default(),
         flaky: Default::default(),

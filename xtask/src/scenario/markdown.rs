@@ -249,18 +249,7 @@ mod tests {
 
     pub fn session(runs: Vec<Outcome>) -> Session {
         Session {
-            head: Head {
-                tool: "vm-e2e".into(),
-                started_at: "2026-11-22T00:00:00Z".into(),
-                seed: Some(7),
-                commit: "abc".into(),
-                image_hash: "h".into(),
-                accelerator: "tcg".into(),
-                jobs: 2,
-                repeat: 2,
-                timeout_scale: 1.0,
-                shards: Vec::new(),
-            },
+            head: Head::example(),
             wall_s: 20.0,
             kernels: kernels(&runs),
             flaky: tally(&runs),

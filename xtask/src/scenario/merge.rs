@@ -20,7 +20,7 @@ use crate::util::Result;
 /// Most summary.json files one merge reads.
 const MAX_INPUTS: usize = 1024;
 /// Largest summary.json read.
-const MAX_SUMMARY_BYTES: u64 = 64 << 20;
+pub const MAX_SUMMARY_BYTES: u64 = 64 << 20;
 /// Evidence copy bounds: total bytes, files, directory depth.
 const MAX_EVIDENCE_BYTES: u64 = 2 << 30;
 const MAX_EVIDENCE_FILES: usize = 100_000;
@@ -50,7 +50,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Input>> {
             if !seen.insert(canon) {
                 return Err(format!("{} is given twice", f.display()));
             }
-            let text = crate::util::read_bounded(&f, MAX_SUMMARY_BYTES)?;
+            let text = crate::input::read_limited(&f, MAX_SUMMARY_BYTES)?;
             let session: Session = serde_json::from_str(&text).map_err(|e| {
                 format!(
                     "{}:{}:{}: not a vm-e2e/vm-selftests summary.json: {e}",
@@ -253,7 +253,10 @@ fn find_dir(root: &Path, name: &std::ffi::OsStr, depth: usize) -> Option<PathBuf
 
 fn copy_tree(src: &Path, dest: &Path, depth: usize, budget: &mut Budget) -> Result<()> {
     if depth > MAX_EVIDENCE_DEPTH {
-        return Ok(());
+        return Err(format!(
+            "{}: evidence nested deeper than {MAX_EVIDENCE_DEPTH} directories; not a run directory",
+            src.display()
+        ));
     }
     std::fs::create_dir_all(dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
     let entries = std::fs::read_dir(src).map_err(|e| format!("read {}: {e}", src.display()))?;
@@ -295,16 +298,9 @@ mod tests {
 
     fn session(runs: Vec<Outcome>, shards: Vec<shard::ShardInfo>) -> Session {
         let head = Head {
-            tool: "vm-e2e".into(),
-            started_at: "2026-11-22T00:00:00Z".into(),
-            seed: Some(7),
-            commit: "abc".into(),
-            image_hash: "h".into(),
-            accelerator: "tcg".into(),
-            jobs: 2,
             repeat: 3,
-            timeout_scale: 1.0,
             shards,
+            ..Head::example()
         };
         Session {
             head,

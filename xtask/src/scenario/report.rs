@@ -31,6 +31,25 @@ pub struct Head {
     pub shards: Vec<ShardInfo>,
 }
 
+#[cfg(test)]
+impl Head {
+    /// A head for tests: vm-e2e, seed 7, commit abc, TCG, -j 2, repeat 2, unsharded.
+    pub fn example() -> Head {
+        Head {
+            tool: "vm-e2e".into(),
+            started_at: "2026-11-22T00:00:00Z".into(),
+            seed: Some(7),
+            commit: "abc".into(),
+            image_hash: "h".into(),
+            accelerator: "tcg".into(),
+            jobs: 2,
+            repeat: 2,
+            timeout_scale: 1.0,
+            shards: Vec::new(),
+        }
+    }
+}
+
 fn vm_e2e() -> String {
     "vm-e2e".into()
 }
@@ -296,18 +315,7 @@ mod tests {
             "0 of 1 runs failed; 1 could not test (infra-error); 1 interrupted; 1 skipped"
         );
         let s = Session {
-            head: Head {
-                tool: "vm-e2e".into(),
-                started_at: "2026-11-21T00:00:00Z".into(),
-                seed: Some(7),
-                commit: "abc".into(),
-                image_hash: "h".into(),
-                accelerator: "tcg".into(),
-                jobs: 2,
-                repeat: 2,
-                timeout_scale: 1.0,
-                shards: Vec::new(),
-            },
+            head: Head::example(),
             wall_s: 30.0,
             kernels: kernels(&runs),
             runs: runs.clone(),

@@ -124,10 +124,7 @@ pub fn plan_hash(runs: &[Planned], count: u32) -> String {
         h.update(k.as_bytes());
         h.update(e.to_le_bytes());
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::util::hex(&h.finalize()[..8])
 }
 
 /// Keeps shard `shard`'s part of `work` (whose planner view is `runs`, same order).
@@ -197,23 +194,6 @@ pub struct Durations {
     pub source: String,
 }
 
-/// The part of a summary.json the planner reads.
-#[derive(Deserialize)]
-struct SummaryRuns {
-    runs: Vec<RecordedRun>,
-}
-
-#[derive(Deserialize)]
-struct RecordedRun {
-    scenario: String,
-    #[serde(default)]
-    server: String,
-    #[serde(default)]
-    kernel: String,
-    duration_s: f64,
-    verdict: crate::runs::Verdict,
-}
-
 impl Durations {
     /// No recorded durations: every run is estimated from its scenario's timeout.
     pub fn none() -> Durations {
@@ -234,8 +214,8 @@ impl Durations {
         }
         let mut all: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
         for f in &files {
-            let text = crate::util::read_bounded(f, 64 << 20)?;
-            let s: SummaryRuns = serde_json::from_str(&text)
+            let text = crate::input::read_limited(f, super::merge::MAX_SUMMARY_BYTES)?;
+            let s: super::report::Session = serde_json::from_str(&text)
                 .map_err(|e| format!("--durations {}: not a summary.json ({e})", f.display()))?;
             for r in s.runs.into_iter().filter(|r| r.verdict.judged()) {
                 let d = r.duration_s;

@@ -16,7 +16,9 @@ shift
 if [ "$image" = none ]; then
     exec "$@"
 fi
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+root="$(platform_root)"
 work="${GITHUB_WORKSPACE:-$PWD}"
 vols=(-v "$root:$root" -v "$work:$work")
 if [ -n "${RUNNER_TEMP:-}" ]; then
@@ -33,10 +35,10 @@ done < <(env | grep -E '^(UBLK_VM_[A-Z_]+|GITHUB_[A-Z_]+|CI)=' || true)
 # shellcheck disable=SC2016 # expanded inside the container
 exec docker run --rm "${devs[@]}" "${vols[@]}" "${envs[@]}" -w "$work" "$image" bash -euc '
     if ! command -v cargo >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        timeout 900 apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends \
             ca-certificates curl gcc libc6-dev git >/dev/null
-        curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal
+        curl -sSf --max-time 120 https://sh.rustup.rs | timeout 900 sh -s -- -y -q --profile minimal
         . "$HOME/.cargo/env"
     fi
     git config --global --add safe.directory "*"

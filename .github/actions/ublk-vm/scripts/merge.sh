@@ -8,20 +8,14 @@
 # Usage: merge.sh OUT DIR...
 set -euo pipefail
 
-# The xtask to run: `cargo xtask` in the platform, or a built binary (UBLK_VM_XTASK).
-xtask() {
-    if [ -n "${UBLK_VM_XTASK:-}" ]; then
-        "$UBLK_VM_XTASK" "$@"
-    else
-        cargo xtask "$@"
-    fi
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [ $# -lt 2 ]; then
     echo "usage: merge.sh OUT DIR..." >&2
     exit 2
 fi
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)"
+root="$(platform_root)"
 out="$(mkdir -p "$1" && cd "$1" && pwd)"
 shift
 dirs=()

@@ -18,16 +18,10 @@
 # in $UBLK_VM_OUT/exit-code); 2 on bad input; other codes if the suite could not start.
 set -euo pipefail
 
-# The xtask to run: `cargo xtask` in the platform, or a built binary (UBLK_VM_XTASK).
-xtask() {
-    if [ -n "${UBLK_VM_XTASK:-}" ]; then
-        "$UBLK_VM_XTASK" "$@"
-    else
-        cargo xtask "$@"
-    fi
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)"
+root="$(platform_root)"
 : "${UBLK_VM_SEED:?set UBLK_VM_SEED: the same seed for every shard (e.g. the workflow run id)}"
 : "${UBLK_VM_OUT:?set UBLK_VM_OUT: the directory for the report and the evidence}"
 shard="${UBLK_VM_SHARD:-1/1}"
