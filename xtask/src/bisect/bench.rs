@@ -11,10 +11,12 @@
 //!   both sides, no direction, uniform prior over the commits; the run that minimises the
 //!   expected posterior entropy; ties to the middle), stopped at the same confidence.
 //! - `fixed-20`: binary search, 20 runs per commit, a commit is bad if any run fails.
+//! - `told-rates` (with `--told-rates`): ours with the model told the true p and background
+//!   rate. Not a policy anyone can use; it measures what not knowing the rates costs ours.
 
 use ublk::rng::Rng;
 
-use super::model::{Counts, Model};
+use super::model::{Counts, Model, Params};
 use super::policy::{decide, Decision, Limits};
 
 /// Most runs one trial may use (a trial that needs more counts as wrong).
@@ -33,6 +35,7 @@ pub enum Policy {
     Ours,
     BayesectGreedy,
     Fixed20,
+    ToldRates,
 }
 
 impl Policy {
@@ -43,6 +46,7 @@ impl Policy {
             Policy::Ours => "ours",
             Policy::BayesectGreedy => "bayesect-greedy",
             Policy::Fixed20 => "fixed-20",
+            Policy::ToldRates => "told-rates",
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct Setup {
     pub confidence: f64,
     pub jobs: usize,
     pub seed: u64,
+    /// The prior `ours` uses.
+    pub params: Params,
 }
 
 /// One cell x policy of the table.
@@ -123,7 +129,7 @@ impl History {
     }
 }
 
-/// Every policy on every cell; rows in cell order, policies in `Policy::ALL` order.
+/// Every policy on every cell; rows in cell order, then in `policies` order.
 pub fn table(setup: Setup, cells: &[Cell], policies: &[Policy]) -> Vec<Row> {
     let mut rows = Vec::new();
     for (ci, cell) in cells.iter().enumerate() {
@@ -136,13 +142,16 @@ pub fn table(setup: Setup, cells: &[Cell], policies: &[Policy]) -> Vec<Row> {
                 mean_runs: 0.0,
                 mean_rounds: 0.0,
             };
-            for t in 0..setup.trials {
+            if *policy == Policy::ToldRates && cell.equal_rates {
+                row.trials = 0; // "no change" told is no question: not applicable
+            }
+            for t in 0..row.trials {
                 let seed = setup.seed ^ ((ci as u64) << 40) ^ t as u64;
                 let mut h = History::new(*cell, setup.commits, seed);
                 let (verdict, runs, rounds) = trial(*policy, setup, &mut h);
                 row.correct += (verdict == h.culprit) as u32;
-                row.mean_runs += runs as f64 / setup.trials as f64;
-                row.mean_rounds += rounds as f64 / setup.trials as f64;
+                row.mean_runs += runs as f64 / row.trials as f64;
+                row.mean_rounds += rounds as f64 / row.trials as f64;
             }
             rows.push(row);
         }
@@ -154,7 +163,11 @@ pub fn table(setup: Setup, cells: &[Cell], policies: &[Policy]) -> Vec<Row> {
 /// which is wrong for a culprit and wrong for "no change" too (`Some(usize::MAX)`).
 fn trial(policy: Policy, setup: Setup, h: &mut History) -> (Option<usize>, u32, u32) {
     match policy {
-        Policy::Ours => ours(setup, h),
+        Policy::Ours => ours(Model::with(setup.commits, setup.params), setup, h),
+        Policy::ToldRates => {
+            let told = Model::told(setup.commits, h.cell.p.min(0.999), h.cell.background);
+            ours(told, setup, h)
+        }
         Policy::BayesectGreedy => bayesect(setup, h),
         Policy::Fixed20 => {
             let (k, runs) = fixed(setup.commits, 20, |i| h.run(i));
@@ -163,8 +176,7 @@ fn trial(policy: Policy, setup: Setup, h: &mut History) -> (Option<usize>, u32, 
     }
 }
 
-fn ours(setup: Setup, h: &mut History) -> (Option<usize>, u32, u32) {
-    let model = Model::new(setup.commits);
+fn ours(model: Model, setup: Setup, h: &mut History) -> (Option<usize>, u32, u32) {
     let mut c = Counts::new(setup.commits);
     let limits = Limits {
         confidence: setup.confidence,
@@ -348,6 +360,10 @@ pub fn render(rows: &[Row], policies: &[Policy]) -> String {
         out += &format!("{label:<14} {:>6}", "");
         for (r, p) in chunk.iter().zip(policies) {
             assert_eq!(r.policy, *p, "rows in policy order");
+            if r.trials == 0 {
+                out += &format!(" | {:>16} {:>7}", "n/a", "");
+                continue;
+            }
             out += &format!(
                 " | {:>8}/{:<3} {:>3.0}% {:>7.1}",
                 r.correct,

@@ -7,12 +7,12 @@
 //! ```text
 //!   h = 0        "no change": every commit fails with one rate r (the failures are background)
 //!   h = k >= 1   "commit k is the first bad one": commits before k fail with rate q (the
-//!                background), commits from k on with rate p >= MIN_JUMP_RATIO * q
+//!                background), commits from k on with rate p >= min_jump_ratio * q
 //! ```
 //!
-//! Priors: P(no change) = `PRIOR_NO_CHANGE`, the rest uniform over k. p and r are uniform on a
-//! grid. q has `Q_SPIKE` of its mass at exactly 0 and the rest decaying from 0 (mean
-//! `Q_SLAB_MEAN_RATE`): good commits are expected not to fail, but may (a flaky host, a different
+//! Priors (`Params`): P(no change) = `prior_no_change`, the rest uniform over k. p and r are uniform on a
+//! grid. q has `q_spike` of its mass at exactly 0 and the rest decaying from 0 (mean
+//! `q_slab_mean_rate`): good commits are expected not to fail, but may (a flaky host, a different
 //! bug). A first bad commit at least doubles the failure rate: a smaller step is not a
 //! regression anyone can bisect, and letting it count as "a change" made "no change" almost
 //! unprovable (with equal rates of 10% the bench said "no change" in 67% of trials after 2600
@@ -20,16 +20,78 @@
 //! integrated out, never fixed: the posterior is recomputed from the per-commit counts in
 //! O(n * grid), and predictive failure probabilities come out of the same sums.
 
-/// Prior probability that no commit changes the failure rate.
-pub const PRIOR_NO_CHANGE: f64 = 0.1;
+/// The prior's constants (`Params::DEFAULT` is what `cargo xtask bisect` uses).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Params {
+    /// Prior probability that no commit changes the failure rate.
+    pub prior_no_change: f64,
+    /// q's prior: this much mass at exactly 0 ...
+    pub q_spike: f64,
+    /// ... and the rest proportional to exp(-q / this) on `Q_POINTS` up to `q_max`.
+    pub q_slab_mean_rate: f64,
+    pub q_max: f64,
+    /// p >= this * q for a change hypothesis.
+    pub min_jump_ratio: f64,
+}
+
+impl Params {
+    pub const DEFAULT: Params = Params {
+        prior_no_change: 0.1,
+        q_spike: 0.4,
+        q_slab_mean_rate: 0.05,
+        q_max: 0.4,
+        min_jump_ratio: 2.0,
+    };
+
+    /// The names `with_overrides` takes, each with its allowed range (inclusive).
+    pub const KEYS: [(&'static str, f64, f64); 5] = [
+        ("prior_no_change", 1e-6, 0.5),
+        ("q_spike", 0.0, 1.0),
+        ("q_slab_mean_rate", 1e-3, 1.0),
+        ("q_max", 0.0, 0.4),
+        ("min_jump_ratio", 1.0, 100.0),
+    ];
+
+    /// These constants with `KEY=VALUE,...` applied (`bisect bench --prior`), or what is wrong.
+    pub fn with_overrides(mut self, spec: &str) -> Result<Params, String> {
+        for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
+            let names = || Params::KEYS.map(|k| k.0).join(", ");
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(format!("--prior {item:?}: expected KEY=VALUE (keys: {})", names()));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let Some((_, lo, hi)) = Params::KEYS.iter().find(|k| k.0 == key) else {
+                return Err(format!("--prior: unknown key {key:?} (keys: {})", names()));
+            };
+            let v: f64 = match value.parse() {
+                Ok(v) if (*lo..=*hi).contains(&v) => v,
+                _ => return Err(format!("--prior {key}={value}: must be a number in [{lo}, {hi}]")),
+            };
+            *self.field(key) = v;
+        }
+        if self.q_spike == 0.0 && self.q_max < Q_POINTS[0] {
+            return Err(format!(
+                "--prior: q_spike=0 with q_max below {} leaves the background rate no value",
+                Q_POINTS[0]
+            ));
+        }
+        Ok(self)
+    }
+
+    fn field(&mut self, key: &str) -> &mut f64 {
+        match key {
+            "prior_no_change" => &mut self.prior_no_change,
+            "q_spike" => &mut self.q_spike,
+            "q_slab_mean_rate" => &mut self.q_slab_mean_rate,
+            "q_max" => &mut self.q_max,
+            "min_jump_ratio" => &mut self.min_jump_ratio,
+            _ => unreachable!("key {key} checked against Params::KEYS"),
+        }
+    }
+}
+
 /// Grid points for p and r: the midpoints of 50 equal cells of (0, 1).
 const P_STEPS: usize = 50;
-/// q's prior: this much mass at exactly 0 ...
-const Q_SPIKE: f64 = 0.4;
-/// p >= this * q for a change hypothesis.
-const MIN_JUMP_RATIO: f64 = 2.0;
-/// ... and the rest proportional to exp(-q / this) on `Q_POINTS`.
-const Q_SLAB_MEAN_RATE: f64 = 0.05;
 const Q_POINTS: [f64; 16] = [
     0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.17, 0.22, 0.3,
     0.4,
@@ -161,9 +223,10 @@ impl Posterior {
 #[derive(Clone, Debug)]
 pub struct Model {
     n: usize,
+    prior_no_change: f64,
     q: Grid,
     p: Grid,
-    /// For p's point l: how many q points are allowed with it (q * MIN_JUMP_RATIO < p).
+    /// For p's point l: how many q points are allowed with it (q * min_jump_ratio < p).
     q_below: Vec<usize>,
     /// ln of the constrained joint prior's mass (the allowed (q, p) pairs).
     ln_z_change: f64,
@@ -171,23 +234,44 @@ pub struct Model {
 
 impl Model {
     pub fn new(n: usize) -> Model {
-        assert!(n >= 2, "need a good and a bad commit");
+        Model::with(n, Params::DEFAULT)
+    }
+
+    pub fn with(n: usize, params: Params) -> Model {
+        let Params {
+            q_spike,
+            q_slab_mean_rate,
+            q_max,
+            min_jump_ratio,
+            prior_no_change,
+        } = params;
+        assert!((0.0..=1.0).contains(&q_spike) && q_slab_mean_rate > 0.0);
         let ps: Vec<(f64, f64)> = (0..P_STEPS)
             .map(|l| ((l as f64 + 0.5) / P_STEPS as f64, 1.0))
             .collect();
-        let slab: f64 = Q_POINTS.iter().map(|q| (-q / Q_SLAB_MEAN_RATE).exp()).sum();
-        let mut qs = vec![(0.0, Q_SPIKE)];
-        qs.extend(
-            Q_POINTS
-                .iter()
-                .map(|q| (*q, (1.0 - Q_SPIKE) * (-q / Q_SLAB_MEAN_RATE).exp() / slab)),
-        );
-        let (q, p) = (Grid::new(&qs), Grid::new(&ps));
+        let points = || Q_POINTS.iter().filter(|q| **q <= q_max);
+        let slab: f64 = points().map(|q| (-q / q_slab_mean_rate).exp()).sum();
+        let mut qs = vec![(0.0, q_spike)];
+        qs.extend(points().map(|q| (*q, (1.0 - q_spike) * (-q / q_slab_mean_rate).exp() / slab)));
+        Model::from_grids(n, prior_no_change, min_jump_ratio, Grid::new(&qs), Grid::new(&ps))
+    }
+
+    /// The model told the true rates (q before the culprit, p from it on): a bound for the
+    /// benchmark, never for a real bisection, where nobody knows them.
+    pub fn told(n: usize, p: f64, q: f64) -> Model {
+        assert!(q < p && p < 1.0, "told rates q {q} < p {p} < 1");
+        let (qs, ps) = (Grid::new(&[(q, 1.0)]), Grid::new(&[(p, 1.0)]));
+        Model::from_grids(n, Params::DEFAULT.prior_no_change, 1.0, qs, ps)
+    }
+
+    fn from_grids(n: usize, prior_no_change: f64, min_jump_ratio: f64, q: Grid, p: Grid) -> Model {
+        assert!(n >= 2, "need a good and a bad commit");
+        assert!(prior_no_change > 0.0 && prior_no_change < 1.0 && min_jump_ratio >= 1.0);
         let q_below: Vec<usize> =
             p.x.iter()
                 .map(|pl| {
                     q.x.iter()
-                        .take_while(|qj| **qj * MIN_JUMP_RATIO < *pl)
+                        .take_while(|qj| **qj * min_jump_ratio < *pl)
                         .count()
                 })
                 .collect();
@@ -200,8 +284,10 @@ impl Model {
                         .sum::<f64>()
             })
             .sum();
+        assert!(z > 0.0, "no allowed (q, p) pair");
         Model {
             n,
+            prior_no_change,
             q,
             p,
             q_below,
@@ -217,9 +303,9 @@ impl Model {
         let mut before = vec![0.0; n];
         let mut after = vec![0.0; n];
         let (ln_l, r) = self.no_change(c.tally(0..n));
-        ln_w[0] = PRIOR_NO_CHANGE.ln() + ln_l;
+        ln_w[0] = self.prior_no_change.ln() + ln_l;
         (before[0], after[0]) = (r, r);
-        let ln_prior_k = ((1.0 - PRIOR_NO_CHANGE) / (n - 1) as f64).ln();
+        let ln_prior_k = ((1.0 - self.prior_no_change) / (n - 1) as f64).ln();
         let mut scratch = (Vec::new(), Vec::new());
         for k in 1..n {
             let (ln_l, q, p) = self.change_at(c.tally(0..k), c.tally(k..n), &mut scratch);

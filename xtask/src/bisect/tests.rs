@@ -182,15 +182,20 @@ fn ours_beats_bayesect_greedy_at_p_0_3() {
         confidence: 0.98,
         jobs: 1,
         seed: 42,
+        params: super::model::Params::DEFAULT,
     };
     let cells = [Cell {
         p: 0.3,
         background: 0.0,
         equal_rates: false,
     }];
-    let rows = bench::table(setup, &cells, &Policy::ALL);
-    println!("{}", bench::render(&rows, &Policy::ALL));
-    let (ours, bayesect, fixed) = (&rows[0], &rows[1], &rows[2]);
+    let mut policies = Policy::ALL.to_vec();
+    policies.push(Policy::ToldRates);
+    let rows = bench::table(setup, &cells, &policies);
+    println!("{}", bench::render(&rows, &policies));
+    let (ours, bayesect, fixed, told) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+    // Told the rates, the same rule needs far fewer runs: not knowing them is what ours pays.
+    assert!(told.accuracy() >= 0.95 && told.mean_runs < 0.8 * ours.mean_runs, "{told:?}");
     assert!(
         ours.accuracy() >= 0.95,
         "ours {}/{}",
@@ -327,4 +332,51 @@ fn a_vm_e2e_summary_parses_as_the_bisect_view() {
         signature::of_summary(&view).unwrap(),
         "timeout @ steps[2] stop: sh -c sleep # did not finish within its timeout"
     );
+}
+
+#[test]
+fn prior_overrides_are_checked_and_applied() {
+    use super::model::Params;
+    let d = Params::DEFAULT;
+    assert_eq!(d.with_overrides(""), Ok(d));
+    let p = d.with_overrides("q_spike=0.9, min_jump_ratio=3").unwrap();
+    assert_eq!((p.q_spike, p.min_jump_ratio, p.q_max), (0.9, 3.0, d.q_max));
+    let e = d.with_overrides("q_spik=0.9").unwrap_err();
+    assert!(e.contains("unknown key \"q_spik\"") && e.contains("q_slab_mean_rate"), "{e}");
+    let e = d.with_overrides("q_spike").unwrap_err();
+    assert!(e.contains("expected KEY=VALUE"), "{e}");
+    let e = d.with_overrides("q_spike=1.5").unwrap_err();
+    assert!(e.contains("q_spike=1.5: must be a number in [0, 1]"), "{e}");
+    let e = d.with_overrides("q_spike=0,q_max=0").unwrap_err();
+    assert!(e.contains("leaves the background rate no value"), "{e}");
+    let e = d.with_overrides("min_jump_ratio=x").unwrap_err();
+    assert!(e.contains("must be a number"), "{e}");
+    // Every key names a field, and the model accepts the extremes of every range.
+    for (key, lo, hi) in Params::KEYS {
+        for v in [lo, hi] {
+            let p = d.with_overrides(&format!("{key}={v}")).unwrap();
+            let _ = Model::with(8, p).posterior(&Counts::new(8));
+        }
+    }
+}
+
+#[test]
+fn told_rates_is_not_applicable_without_a_change() {
+    let setup = Setup {
+        commits: 16,
+        trials: 3,
+        confidence: 0.95,
+        jobs: 1,
+        seed: 7,
+        params: super::model::Params::DEFAULT,
+    };
+    let cells = [Cell {
+        p: 0.3,
+        background: 0.3,
+        equal_rates: true,
+    }];
+    let rows = bench::table(setup, &cells, &[Policy::ToldRates]);
+    assert_eq!((rows[0].trials, rows[0].correct), (0, 0));
+    let text = bench::render(&rows, &[Policy::ToldRates]);
+    assert!(text.contains("equal 0.30") && text.contains("n/a"), "{text}");
 }

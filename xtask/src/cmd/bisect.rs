@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bisect::bench;
 use crate::bisect::evidence::{Evidence, LogLine, Tally};
-use crate::bisect::model::Model;
+use crate::bisect::model::{Model, Params};
 use crate::bisect::policy::{self, Decision, Limits};
 use crate::bisect::runner::{self, Candidate, Job, Test, TestKind};
 use crate::bisect::signature::Want;
@@ -90,6 +90,12 @@ pub struct BenchArgs {
     pub confidence: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Add ours told the true rates: what not knowing them costs (a bound, not a policy)
+    #[arg(long)]
+    pub told_rates: bool,
+    /// Ours with other prior constants, KEY=VALUE,... (prior_no_change, q_spike, q_slab_mean_rate, q_max, min_jump_ratio)
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub prior: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -454,14 +460,19 @@ fn run_bench(b: BenchArgs) -> Result<i32> {
         confidence: b.confidence,
         jobs: b.jobs as usize,
         seed: b.seed,
+        params: Params::DEFAULT.with_overrides(b.prior.as_deref().unwrap_or(""))?,
     };
     eprintln!(
-        "bisect bench: {} commits, {} trials per cell, confidence {}, ours with -j {} (a few minutes)",
-        setup.commits, setup.trials, setup.confidence, setup.jobs
+        "bisect bench: {} commits, {} trials per cell, confidence {}, ours with -j {} and {:?} (a few minutes)",
+        setup.commits, setup.trials, setup.confidence, setup.jobs, setup.params
     );
     let t = std::time::Instant::now();
-    let rows = bench::table(setup, &bench::standard_cells(), &bench::Policy::ALL);
-    print!("{}", bench::render(&rows, &bench::Policy::ALL));
+    let mut policies = bench::Policy::ALL.to_vec();
+    if b.told_rates {
+        policies.push(bench::Policy::ToldRates);
+    }
+    let rows = bench::table(setup, &bench::standard_cells(), &policies);
+    print!("{}", bench::render(&rows, &policies));
     println!("({:.1} s)", t.elapsed().as_secs_f64());
     Ok(0)
 }
