@@ -102,6 +102,26 @@ fn names_the_commit_that_made_a_test_flaky_and_resumes() {
         again.contains(&format!(", {runs} runs")),
         "resume re-ran tests:\n{again}"
     );
+    // A new session sets the last one's log and run folders aside under one stamp.
+    let err = stderr(&o);
+    let log = err
+        .split("log: ")
+        .nth(1)
+        .and_then(|t| t.lines().next())
+        .expect("the log's path on stderr");
+    let session = Path::new(log).parent().unwrap().to_path_buf();
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let names: Vec<String> = std::fs::read_dir(&session)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let aside = names
+        .iter()
+        .find_map(|n| n.strip_prefix("runs."))
+        .expect("runs set aside");
+    assert!(names.contains(&format!("log.{aside}.jsonl")), "{names:?}");
     std::fs::remove_dir_all(&repo).unwrap();
 }
 
@@ -140,6 +160,14 @@ fn real_commits_with_a_planted_bug_are_bisected_by_the_simulator() {
         .args(["clone", "-q"])
         .arg(root())
         .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The clone's own build: each candidate reuses its compiled third-party crates (bisect::seed).
+    let o = Command::new("cargo")
+        .args(["build", "--quiet", "--release", "-p", "sim"])
+        .current_dir(&scratch)
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -187,6 +215,9 @@ fn real_commits_with_a_planted_bug_are_bisected_by_the_simulator() {
         )),
         "{out}"
     );
+    let err = stderr(&o);
+    let reused = err.matches(": reusing ").count();
+    assert!(reused >= 2, "candidates built from scratch:\n{err}");
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 

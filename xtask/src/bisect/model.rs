@@ -57,7 +57,10 @@ impl Params {
         for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
             let names = || Params::KEYS.map(|k| k.0).join(", ");
             let Some((key, value)) = item.split_once('=') else {
-                return Err(format!("--prior {item:?}: expected KEY=VALUE (keys: {})", names()));
+                return Err(format!(
+                    "--prior {item:?}: expected KEY=VALUE (keys: {})",
+                    names()
+                ));
             };
             let (key, value) = (key.trim(), value.trim());
             let Some((_, lo, hi)) = Params::KEYS.iter().find(|k| k.0 == key) else {
@@ -65,7 +68,11 @@ impl Params {
             };
             let v: f64 = match value.parse() {
                 Ok(v) if (*lo..=*hi).contains(&v) => v,
-                _ => return Err(format!("--prior {key}={value}: must be a number in [{lo}, {hi}]")),
+                _ => {
+                    return Err(format!(
+                        "--prior {key}={value}: must be a number in [{lo}, {hi}]"
+                    ))
+                }
             };
             *self.field(key) = v;
         }
@@ -253,7 +260,13 @@ impl Model {
         let slab: f64 = points().map(|q| (-q / q_slab_mean_rate).exp()).sum();
         let mut qs = vec![(0.0, q_spike)];
         qs.extend(points().map(|q| (*q, (1.0 - q_spike) * (-q / q_slab_mean_rate).exp() / slab)));
-        Model::from_grids(n, prior_no_change, min_jump_ratio, Grid::new(&qs), Grid::new(&ps))
+        Model::from_grids(
+            n,
+            prior_no_change,
+            min_jump_ratio,
+            Grid::new(&qs),
+            Grid::new(&ps),
+        )
     }
 
     /// The model told the true rates (q before the culprit, p from it on): a bound for the

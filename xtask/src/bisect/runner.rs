@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::evidence::Run;
-use super::signature;
+use super::{seed, signature};
 use crate::host::procs;
 use crate::util::Result;
 
@@ -42,8 +42,14 @@ pub struct Candidate {
     pub built: Option<bool>,
 }
 
-/// Checks the candidate out into its own worktree and builds it once.
-pub fn prepare(repo: &Path, dir: &Path, c: &mut Candidate, test: &Test) -> Result<PathBuf> {
+/// Checks the candidate out into its own worktree and builds it once (`say`: progress notes).
+pub fn prepare(
+    repo: &Path,
+    dir: &Path,
+    c: &mut Candidate,
+    test: &Test,
+    say: &dyn Fn(String),
+) -> Result<PathBuf> {
     if c.built == Some(false) {
         return Err("build failed earlier".into());
     }
@@ -70,6 +76,12 @@ pub fn prepare(repo: &Path, dir: &Path, c: &mut Candidate, test: &Test) -> Resul
     };
     if c.built.is_none() {
         if let Some(b) = &test.build {
+            let short = &c.hash[..12];
+            match seed::seed_cargo_target(&cargo_target_of(repo), &wt) {
+                Ok(0) => {}
+                Ok(n) => say(format!("{short}: reusing {n} compiled third-party units")),
+                Err(e) => say(format!("{short}: building from scratch ({e})")),
+            }
             let out = procs::run(&mut shell(b, &wt), BUILD_LIMIT, "build")?;
             if !out.status.success() {
                 c.built = Some(false);
@@ -79,6 +91,15 @@ pub fn prepare(repo: &Path, dir: &Path, c: &mut Candidate, test: &Test) -> Resul
         c.built = Some(true);
     }
     Ok(wt)
+}
+
+/// The target directory the repository's own builds use (the candidates' is `<wt>/target`).
+fn cargo_target_of(repo: &Path) -> PathBuf {
+    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
+    match same(repo, &crate::util::root()) {
+        true => crate::util::target_dir(),
+        false => repo.join("target"),
+    }
 }
 
 /// A scenario candidate gets our downloaded packages and built kernels (content-keyed

@@ -189,16 +189,18 @@ pub fn of_summary(s: &SummaryView) -> Option<String> {
 
 /// Reads `dir/*/summary.json` (the run directory vm-e2e made under `UBLK_VM_RUNS_DIR`).
 pub fn read_summary(dir: &Path) -> Option<SummaryView> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    for e in entries.flatten().take(64) {
-        let p = e.path().join("summary.json");
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            if let Ok(v) = serde_json::from_str::<SummaryView>(&text) {
-                return Some(v);
-            }
-        }
-    }
-    None
+    let mut sessions: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .take(64)
+        .map(|e| e.path())
+        .collect();
+    // Folder names start with their time: the newest run's summary is the one wanted.
+    sessions.sort();
+    sessions.iter().rev().find_map(|s| {
+        let text = std::fs::read_to_string(s.join("summary.json")).ok()?;
+        serde_json::from_str::<SummaryView>(&text).ok()
+    })
 }
 
 /// The simulator's failure: `<kind> check` from its FAIL line.

@@ -195,7 +195,10 @@ fn ours_beats_bayesect_greedy_at_p_0_3() {
     println!("{}", bench::render(&rows, &policies));
     let (ours, bayesect, fixed, told) = (&rows[0], &rows[1], &rows[2], &rows[3]);
     // Told the rates, the same rule needs far fewer runs: not knowing them is what ours pays.
-    assert!(told.accuracy() >= 0.95 && told.mean_runs < 0.8 * ours.mean_runs, "{told:?}");
+    assert!(
+        told.accuracy() >= 0.95 && told.mean_runs < 0.8 * ours.mean_runs,
+        "{told:?}"
+    );
     assert!(
         ours.accuracy() >= 0.95,
         "ours {}/{}",
@@ -332,6 +335,26 @@ fn a_vm_e2e_summary_parses_as_the_bisect_view() {
         signature::of_summary(&view).unwrap(),
         "timeout @ steps[2] stop: sh -c sleep # did not finish within its timeout"
     );
+    // A run folder holding an older session too (it once made a failure read as "no
+    // summary.json" by taking the older, passing one): the newest summary is the run's.
+    let dir = std::env::temp_dir().join(format!("xtask-sig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut passing = s.clone();
+    passing.runs[0].verdict = Verdict::Pass;
+    for (name, session) in [
+        ("20261123-014014-e2e", &s),
+        ("20261123-013535-e2e", &passing),
+    ] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(
+            dir.join(name).join("summary.json"),
+            serde_json::to_string(session).unwrap(),
+        )
+        .unwrap();
+    }
+    let newest = signature::read_summary(&dir).unwrap();
+    assert_eq!(signature::of_summary(&newest), signature::of_summary(&view));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -342,7 +365,10 @@ fn prior_overrides_are_checked_and_applied() {
     let p = d.with_overrides("q_spike=0.9, min_jump_ratio=3").unwrap();
     assert_eq!((p.q_spike, p.min_jump_ratio, p.q_max), (0.9, 3.0, d.q_max));
     let e = d.with_overrides("q_spik=0.9").unwrap_err();
-    assert!(e.contains("unknown key \"q_spik\"") && e.contains("q_slab_mean_rate"), "{e}");
+    assert!(
+        e.contains("unknown key \"q_spik\"") && e.contains("q_slab_mean_rate"),
+        "{e}"
+    );
     let e = d.with_overrides("q_spike").unwrap_err();
     assert!(e.contains("expected KEY=VALUE"), "{e}");
     let e = d.with_overrides("q_spike=1.5").unwrap_err();
@@ -378,5 +404,8 @@ fn told_rates_is_not_applicable_without_a_change() {
     let rows = bench::table(setup, &cells, &[Policy::ToldRates]);
     assert_eq!((rows[0].trials, rows[0].correct), (0, 0));
     let text = bench::render(&rows, &[Policy::ToldRates]);
-    assert!(text.contains("equal 0.30") && text.contains("n/a"), "{text}");
+    assert!(
+        text.contains("equal 0.30") && text.contains("n/a"),
+        "{text}"
+    );
 }

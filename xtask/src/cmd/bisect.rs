@@ -232,9 +232,8 @@ impl Session {
         let mut evidence = Evidence::new(cands.len(), want);
         if args.resume {
             replay(&log_path, cands, &mut evidence)?;
-        } else if log_path.exists() {
-            let old = dir.join(format!("log.{}.jsonl", crate::util::timestamp()));
-            std::fs::rename(&log_path, old).map_err(|e| e.to_string())?;
+        } else {
+            set_aside(&dir)?;
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -265,6 +264,23 @@ impl Session {
         }
         self.evidence.add(done.commit, done.run);
     }
+}
+
+/// A new session (no --resume) sets the last one's log and run evidence aside under one stamp
+/// (`log.STAMP.jsonl`, `runs.STAMP/`): run numbers restart at 0, and run N's evidence folder
+/// must hold run N of this session only.
+fn set_aside(dir: &Path) -> Result<()> {
+    let stamp = crate::util::timestamp();
+    for (from, to) in [
+        ("log.jsonl", format!("log.{stamp}.jsonl")),
+        ("runs", format!("runs.{stamp}")),
+    ] {
+        if dir.join(from).exists() {
+            std::fs::rename(dir.join(from), dir.join(&to))
+                .map_err(|e| format!("set {from} aside in {}: {e}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Replays an interrupted session's log into `evidence`.
@@ -313,7 +329,7 @@ fn bisect(
             ));
         }
         if !announced && t.learner.describe() != "not learned yet" {
-            pb.println(format!("bisect: looking for {}", t.learner.describe()));
+            say(&pb, format!("bisect: looking for {}", t.learner.describe()));
             announced = true;
         }
         let runnable =
@@ -347,7 +363,7 @@ fn jobs_for(
     let mut jobs = Vec::new();
     let base = s.evidence.runs.len() as u32;
     for &i in batch {
-        match runner::prepare(repo, &s.dir, &mut cands[i], test) {
+        match runner::prepare(repo, &s.dir, &mut cands[i], test, &|m| say(pb, m)) {
             Ok(wt) => {
                 let number = base + jobs.len() as u32;
                 jobs.push(Job {
@@ -360,10 +376,18 @@ fn jobs_for(
             Err(e) if i == cands.len() - 1 => {
                 return Err(format!("the bad end cannot be built: {e}"))
             }
-            Err(e) => pb.println(format!("skip {}: {e}", &cands[i].hash[..12])),
+            Err(e) => say(pb, format!("skip {}: {e}", &cands[i].hash[..12])),
         }
     }
     Ok(jobs)
+}
+
+/// A line above the spinner, or on stderr when there is no spinner (not a terminal: CI logs).
+fn say(pb: &ProgressBar, line: String) {
+    match pb.is_hidden() {
+        true => eprintln!("{line}"),
+        false => pb.println(line),
+    }
 }
 
 fn unusable_why(t: &Tally, i: usize) -> String {
