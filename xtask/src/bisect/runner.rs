@@ -42,12 +42,14 @@ pub struct Candidate {
     pub built: Option<bool>,
 }
 
-/// Checks the candidate out into its own worktree and builds it once (`say`: progress notes).
+/// Checks the candidate out into its own worktree and builds it once, its third-party crates
+/// copied from `donor` (a target directory, see `donor`); `say`: progress notes.
 pub fn prepare(
     repo: &Path,
     dir: &Path,
     c: &mut Candidate,
     test: &Test,
+    donor: &Path,
     say: &dyn Fn(String),
 ) -> Result<PathBuf> {
     if c.built == Some(false) {
@@ -77,7 +79,7 @@ pub fn prepare(
     if c.built.is_none() {
         if let Some(b) = &test.build {
             let short = &c.hash[..12];
-            match seed::seed_cargo_target(&cargo_target_of(repo), &wt) {
+            match seed::seed_cargo_target(donor, &wt) {
                 Ok(0) => {}
                 Ok(n) => say(format!("{short}: reusing {n} compiled third-party units")),
                 Err(e) => say(format!("{short}: building from scratch ({e})")),
@@ -91,6 +93,21 @@ pub fn prepare(
         c.built = Some(true);
     }
     Ok(wt)
+}
+
+/// Where a new candidate's compiled third-party crates come from: the repository's own target
+/// directory when it has been built, else the target directory of a candidate built earlier in
+/// this session (so only the first candidate of a never-built clone compiles them).
+pub fn donor(repo: &Path, cands: &[Candidate]) -> PathBuf {
+    let own = cargo_target_of(repo);
+    if seed::has_units(&own) {
+        return own;
+    }
+    cands
+        .iter()
+        .filter(|c| c.built == Some(true))
+        .find_map(|c| c.worktree.as_ref().map(|wt| wt.join("target")))
+        .unwrap_or(own)
 }
 
 /// The target directory the repository's own builds use (the candidates' is `<wt>/target`).
@@ -228,4 +245,32 @@ fn classify(test: &Test, code: Option<i32>, output: &str, runs_dir: &Path) -> Ru
             .unwrap_or_else(|| format!("{} (no summary.json)", signature::of_cmd(code, None))),
     };
     Run::Fail(Some(sig))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_never_built_clone_takes_its_crates_from_a_candidate_built_before() {
+        let root = std::env::temp_dir().join(format!("xtask-donor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (repo, wt) = (root.join("repo"), root.join("wt-a"));
+        std::fs::create_dir_all(wt.join("target/debug/.fingerprint")).unwrap();
+        std::fs::create_dir_all(&repo).unwrap();
+        let cand = |built, worktree: Option<&Path>| Candidate {
+            hash: "0".repeat(40),
+            subject: String::new(),
+            worktree: worktree.map(Path::to_path_buf),
+            built,
+        };
+        let unbuilt = [cand(None, Some(&wt)), cand(Some(false), Some(&wt))];
+        assert_eq!(donor(&repo, &unbuilt), repo.join("target"));
+        let built = [cand(None, None), cand(Some(true), Some(&wt))];
+        assert_eq!(donor(&repo, &built), wt.join("target"));
+        // Once the repository has its own build, that is the source.
+        std::fs::create_dir_all(repo.join("target/release/.fingerprint")).unwrap();
+        assert_eq!(donor(&repo, &built), repo.join("target"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -52,6 +52,11 @@ pub fn seed_cargo_target(from: &Path, wt: &Path) -> Result<usize> {
     Ok(copied)
 }
 
+/// Whether `target` holds any cargo profile folder (something to copy from).
+pub fn has_units(target: &Path) -> bool {
+    target.is_dir() && !profile_dirs(target).is_empty()
+}
+
 /// Crate names (`-` as `_`) of the packages a Cargo.lock says come from a source.
 pub fn lock_sources(lock: &str) -> HashSet<String> {
     let mut out = HashSet::new();
@@ -248,6 +253,8 @@ version = "0.1.0"
         std::fs::write(&copy, b"rebuilt").unwrap();
         let original = std::fs::read(from.join("debug/deps/liblibc-aa.rlib")).unwrap();
         assert_ne!(original, b"rebuilt");
+        assert!(has_units(&from) && has_units(&wt.join("target")));
+        assert!(!has_units(&root.join("nothing")));
         // No Cargo.lock: nothing to reuse.
         std::fs::remove_file(wt.join("Cargo.lock")).unwrap();
         assert_eq!(seed_cargo_target(&from, &wt).unwrap(), 0);

@@ -363,7 +363,8 @@ fn jobs_for(
     let mut jobs = Vec::new();
     let base = s.evidence.runs.len() as u32;
     for &i in batch {
-        match runner::prepare(repo, &s.dir, &mut cands[i], test, &|m| say(pb, m)) {
+        let donor = runner::donor(repo, cands);
+        match runner::prepare(repo, &s.dir, &mut cands[i], test, &donor, &|m| say(pb, m)) {
             Ok(wt) => {
                 let number = base + jobs.len() as u32;
                 jobs.push(Job {
