@@ -43,13 +43,14 @@ impl Params {
         min_jump_ratio: 2.0,
     };
 
-    /// The names `with_overrides` takes, each with its allowed range (inclusive).
-    pub const KEYS: [(&'static str, f64, f64); 5] = [
-        ("prior_no_change", 1e-6, 0.5),
-        ("q_spike", 0.0, 1.0),
-        ("q_slab_mean_rate", 1e-3, 1.0),
-        ("q_max", 0.0, 0.4),
-        ("min_jump_ratio", 1.0, 100.0),
+    /// The names `with_overrides` takes: each with its allowed range (inclusive) and field.
+    #[allow(clippy::type_complexity)]
+    pub const KEYS: [(&'static str, f64, f64, fn(&mut Params) -> &mut f64); 5] = [
+        ("prior_no_change", 1e-6, 0.5, |p| &mut p.prior_no_change),
+        ("q_spike", 0.0, 1.0, |p| &mut p.q_spike),
+        ("q_slab_mean_rate", 1e-3, 1.0, |p| &mut p.q_slab_mean_rate),
+        ("q_max", 0.0, 0.4, |p| &mut p.q_max),
+        ("min_jump_ratio", 1.0, 100.0, |p| &mut p.min_jump_ratio),
     ];
 
     /// These constants with `KEY=VALUE,...` applied (`bisect bench --prior`), or what is wrong.
@@ -63,7 +64,7 @@ impl Params {
                 ));
             };
             let (key, value) = (key.trim(), value.trim());
-            let Some((_, lo, hi)) = Params::KEYS.iter().find(|k| k.0 == key) else {
+            let Some((_, lo, hi, field)) = Params::KEYS.iter().find(|k| k.0 == key) else {
                 return Err(format!("--prior: unknown key {key:?} (keys: {})", names()));
             };
             let v: f64 = match value.parse() {
@@ -74,7 +75,7 @@ impl Params {
                     ))
                 }
             };
-            *self.field(key) = v;
+            *field(&mut self) = v;
         }
         if self.q_spike == 0.0 && self.q_max < Q_POINTS[0] {
             return Err(format!(
@@ -83,17 +84,6 @@ impl Params {
             ));
         }
         Ok(self)
-    }
-
-    fn field(&mut self, key: &str) -> &mut f64 {
-        match key {
-            "prior_no_change" => &mut self.prior_no_change,
-            "q_spike" => &mut self.q_spike,
-            "q_slab_mean_rate" => &mut self.q_slab_mean_rate,
-            "q_max" => &mut self.q_max,
-            "min_jump_ratio" => &mut self.min_jump_ratio,
-            _ => unreachable!("key {key} checked against Params::KEYS"),
-        }
     }
 }
 

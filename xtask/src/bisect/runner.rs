@@ -43,13 +43,14 @@ pub struct Candidate {
 }
 
 /// Checks the candidate out into its own worktree and builds it once, its third-party crates
-/// copied from `donor` (a target directory, see `donor`); `say`: progress notes.
+/// copied from `donor` (a target directory, see `donor`; None: build from scratch); `say`:
+/// progress notes.
 pub fn prepare(
     repo: &Path,
     dir: &Path,
     c: &mut Candidate,
     test: &Test,
-    donor: &Path,
+    donor: Option<&Path>,
     say: &dyn Fn(String),
 ) -> Result<PathBuf> {
     if c.built == Some(false) {
@@ -79,10 +80,10 @@ pub fn prepare(
     if c.built.is_none() {
         if let Some(b) = &test.build {
             let short = &c.hash[..12];
-            match seed::seed_cargo_target(donor, &wt) {
-                Ok(0) => {}
-                Ok(n) => say(format!("{short}: reusing {n} compiled third-party units")),
-                Err(e) => say(format!("{short}: building from scratch ({e})")),
+            match donor.map(|d| seed::seed_cargo_target(d, &wt)) {
+                None | Some(Ok(0)) => {}
+                Some(Ok(n)) => say(format!("{short}: reusing {n} compiled third-party units")),
+                Some(Err(e)) => say(format!("{short}: building from scratch ({e})")),
             }
             let out = procs::run(&mut shell(b, &wt), BUILD_LIMIT, "build")?;
             if !out.status.success() {

@@ -378,9 +378,23 @@ fn prior_overrides_are_checked_and_applied() {
     let e = d.with_overrides("min_jump_ratio=x").unwrap_err();
     assert!(e.contains("must be a number"), "{e}");
     // Every key names a field, and the model accepts the extremes of every range.
-    for (key, lo, hi) in Params::KEYS {
+    let help = {
+        use clap::CommandFactory;
+        let mut cli = crate::Cli::command();
+        let bench = cli
+            .find_subcommand_mut("bisect")
+            .unwrap()
+            .find_subcommand_mut("bench");
+        bench.unwrap().render_long_help().to_string()
+    };
+    for (key, lo, hi, field) in Params::KEYS {
+        assert!(
+            help.contains(key),
+            "`bisect bench --help` does not name --prior key {key}"
+        );
         for v in [lo, hi] {
-            let p = d.with_overrides(&format!("{key}={v}")).unwrap();
+            let mut p = d.with_overrides(&format!("{key}={v}")).unwrap();
+            assert_eq!(*field(&mut p), v, "{key}");
             let _ = Model::with(8, p).posterior(&Counts::new(8));
         }
     }

@@ -363,8 +363,11 @@ fn jobs_for(
     let mut jobs = Vec::new();
     let base = s.evidence.runs.len() as u32;
     for &i in batch {
-        let donor = runner::donor(repo, cands);
-        match runner::prepare(repo, &s.dir, &mut cands[i], test, &donor, &|m| say(pb, m)) {
+        // Only a candidate still to be built needs a donor of compiled crates.
+        let donor = cands[i].built.is_none().then(|| runner::donor(repo, cands));
+        match runner::prepare(repo, &s.dir, &mut cands[i], test, donor.as_deref(), &|m| {
+            say(pb, m)
+        }) {
             Ok(wt) => {
                 let number = base + jobs.len() as u32;
                 jobs.push(Job {
