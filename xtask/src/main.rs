@@ -114,7 +114,7 @@ fn main() {
             eprintln!("error: {e}");
             match host::procs::interrupted() {
                 Some(sig) => 128 + sig,
-                None => 1,
+                None => util::error_exit_code(),
             }
         }
     };

@@ -9,12 +9,51 @@ use sha2::{Digest, Sha256};
 
 pub type Result<T, E = String> = std::result::Result<T, E>;
 
-/// The workspace root (the directory holding the top-level Cargo.toml).
+/// The exit code an error ends the command with, when it is not 1 (see `could_not_test`).
+static ERROR_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
+
+/// Marks an error as "could not test" (exit 125, `git bisect run`'s skip): the environment
+/// cannot provide what the test needs (a locked package no archive has any more, under
+/// `--locked`), which says nothing about the thing under test. Returns the message.
+pub fn could_not_test(message: String) -> String {
+    ERROR_EXIT.store(125, std::sync::atomic::Ordering::Relaxed);
+    message
+}
+
+/// The exit code for a command that ended with an error: 1, or what `could_not_test` set.
+pub fn error_exit_code() -> i32 {
+    ERROR_EXIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The workspace root (the directory holding the top-level Cargo.toml), found at run time:
+/// a checkout copied with its `target/` (which cargo does not rebuild) must act on its own
+/// files, never on those of the checkout the binary was first built in.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the root")
-        .to_path_buf()
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let exe = std::env::current_exe().ok();
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+        find_root(manifest.as_deref(), exe.as_deref()).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives one level below the root")
+                .to_path_buf()
+        })
+    })
+    .clone()
+}
+
+/// `cargo run` sets CARGO_MANIFEST_DIR (the xtask package's directory) for the program it
+/// runs; a binary started directly finds the workspace among its own ancestors
+/// (`<root>/target/debug/xtask`).
+fn find_root(manifest_dir: Option<&Path>, exe: Option<&Path>) -> Option<PathBuf> {
+    let is_root = |d: &Path| d.join("Cargo.toml").is_file() && d.join("xtask/Cargo.toml").is_file();
+    if let Some(parent) = manifest_dir.and_then(Path::parent) {
+        if is_root(parent) {
+            return Some(parent.to_path_buf());
+        }
+    }
+    exe?.ancestors().skip(1).find(|d| is_root(d)).map(Path::to_path_buf)
 }
 
 /// `target/` of the workspace, honouring CARGO_TARGET_DIR like cargo does.

@@ -110,7 +110,7 @@ fn parse_simulation(text: &str) -> BTreeMap<String, String> {
 /// Downloads the whole closure, keeps the recipe's packages and the packages that hold the
 /// shared libraries their ELF files need, transitively.
 fn resolve(apt: &Apt, spec: &ToolsSpec, plan: &BTreeMap<String, String>) -> Result<ToolsLock> {
-    let scratch = crate::util::target_dir().join("tools-lock");
+    let scratch = crate::image::cache::dir().join(".tools-lock");
     let _ = std::fs::remove_dir_all(&scratch);
     let debs = apt.download_exact(plan, &scratch.join("debs"))?;
     let mut provider: BTreeMap<String, String> = BTreeMap::new();
@@ -158,11 +158,13 @@ fn resolve(apt: &Apt, spec: &ToolsSpec, plan: &BTreeMap<String, String>) -> Resu
             .map(entry)
             .collect(),
         executables: executables.into_iter().collect(),
+        snapshot: Some(crate::image::resolve::snapshot_now()),
     };
     // The rest of the closure was only needed to find the providers.
     for (p, (kept, _)) in &debs {
         if !chosen.contains(p) {
             let _ = std::fs::remove_file(kept);
+            let _ = std::fs::remove_file(kept.with_extension("json"));
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);

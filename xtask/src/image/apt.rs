@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime};
 use crate::host::procs;
 use std::collections::BTreeMap;
 
-use crate::image::recipe::{Deb, LockedDeb};
-use crate::image::store;
+use crate::image::recipe::LockedDeb;
 use crate::util::{is_root, sha256_file, target_dir, Result};
 
 /// The Debian archive a private configuration points at (`UBLK_VM_DEBIAN_MIRROR` overrides).
 const MIRROR: &str = "http://deb.debian.org/debian";
+/// The keys its indexes must be signed with (`UBLK_VM_DEBIAN_KEYRING` overrides, for a
+/// mirror of one's own).
 pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Private package lists older than this are refreshed before a resolve.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -99,7 +100,11 @@ impl Apt {
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < LISTS_MAX_AGE);
-        if fresh && !force {
+        let mirror = std::env::var("UBLK_VM_DEBIAN_MIRROR").unwrap_or_else(|_| MIRROR.into());
+        let keyring = std::env::var("UBLK_VM_DEBIAN_KEYRING").unwrap_or_else(|_| KEYRING.into());
+        let sources = format!("deb [signed-by={keyring}] {mirror} {suite} main\n");
+        let same = std::fs::read_to_string(d.join("sources.list")).is_ok_and(|t| t == sources);
+        if fresh && same && !force {
             return Ok(());
         }
         for sub in [
@@ -111,8 +116,6 @@ impl Apt {
             std::fs::create_dir_all(d.join(sub))
                 .map_err(|e| format!("create {}: {e}", d.join(sub).display()))?;
         }
-        let mirror = std::env::var("UBLK_VM_DEBIAN_MIRROR").unwrap_or_else(|_| MIRROR.into());
-        let sources = format!("deb [signed-by={KEYRING}] {mirror} {suite} main\n");
         std::fs::write(d.join("sources.list"), sources)
             .map_err(|e| format!("write sources.list: {e}"))?;
         let status = d.join("state/status");
@@ -129,78 +132,70 @@ impl Apt {
 }
 
 impl Apt {
-    /// Downloads one locked .deb into the download cache (or reuses a verified copy). A
-    /// version the archive no longer carries is one line naming `upgrade`, the command that
-    /// locks the current one.
-    pub fn fetch(
-        &self,
-        d: &Deb,
-        version: &str,
-        lock_path: &Path,
-        upgrade: &str,
-    ) -> Result<PathBuf> {
-        let dir = store::dir().join("downloads");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let deb = dir.join(&d.filename);
-        if deb.exists() {
-            match sha256_file(&deb) {
-                Ok((sum, _)) if sum == d.sha256 => return Ok(deb),
-                _ => {
-                    eprintln!(
-                        "xtask: cached {} does not match the lock's sha256; downloading again",
-                        deb.display()
-                    );
-                    let _ = std::fs::remove_file(&deb);
-                }
-            }
+    /// Whether the package lists know `package=version` (quietly: no failure is printed for
+    /// a version the archive has dropped). Lists that were never fetched are fetched first;
+    /// lists that do not know it are refreshed once per process (the host's only as root).
+    pub fn has_version(&self, package: &str, version: &str) -> Result<bool> {
+        if !self.lists_present() {
+            self.update(self.is_host())?;
         }
-        let spec = format!("{}={version}", d.package);
-        eprintln!("xtask: downloading {spec} from {} ...", self.describe());
-        self.update(false)?;
-        let download = || {
-            let mut cmd = self.command("apt-get");
-            cmd.current_dir(&dir).args(["download", &spec]);
-            procs::run(&mut cmd, LIMIT, &format!("apt-get download {spec}"))
+        let known = || -> Result<bool> {
+            let mut cmd = self.command("apt-cache");
+            cmd.args(["show", "--no-all-versions", &format!("{package}={version}")]);
+            Ok(procs::run(&mut cmd, LIMIT, "apt-cache show")?.status.success())
         };
-        let mut out = download()?;
-        if !out.status.success() && (is_root() || !self.is_host()) {
-            // The package lists may predate the locked version.
-            eprintln!(
-                "xtask: apt-get could not find {spec}; refreshing the package lists and retrying"
-            );
+        if known()? {
+            return Ok(true);
+        }
+        if (is_root() || !self.is_host()) && !self.refreshed() {
             self.update(true)?;
-            out = download()?;
+            return known();
         }
-        if !out.status.success() {
-            let said = out
-                .stderr
-                .lines()
-                .rfind(|l| l.starts_with("E:"))
-                .unwrap_or("no reason given");
-            return Err(format!(
-                "{spec} (locked in {}) is no longer in {} ({}): run `{upgrade}` to lock the current version",
-                lock_path.display(),
-                self.describe(),
-                said.trim()
-            ));
+        Ok(false)
+    }
+
+    /// Whether this configuration has package lists at all.
+    fn lists_present(&self) -> bool {
+        let lists = match self.suite {
+            None => PathBuf::from("/var/lib/apt/lists"),
+            Some(_) => self.dir().join("state/lists"),
+        };
+        std::fs::read_dir(lists).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("Packages") || e.file_name().to_string_lossy().contains("_Packages"))
+        })
+    }
+
+    /// Marks this process's one forced refresh; true when it was already done.
+    fn refreshed(&self) -> bool {
+        static DONE: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        if done.contains(&self.suite) {
+            return true;
         }
-        let (sum, size) = sha256_file(&deb)
-            .map_err(|e| format!("apt-get download did not produce {}: {e}", deb.display()))?;
-        if sum != d.sha256 || size != d.size {
-            let _ = std::fs::remove_file(&deb);
-            return Err(format!(
-                "{} has sha256 {sum} ({size} bytes) but {} expects {} ({} bytes); refusing to use it",
-                d.filename,
-                lock_path.display(),
-                d.sha256,
-                d.size
-            ));
+        done.push(self.suite.clone());
+        false
+    }
+
+    /// `apt-get download SPEC` into `dir`; Err carries apt's own error line.
+    pub fn download(&self, spec: &str, dir: &Path) -> Result<()> {
+        let mut cmd = self.command("apt-get");
+        cmd.current_dir(dir).args(["download", spec]);
+        let out = procs::run(&mut cmd, LIMIT, &format!("apt-get download {spec}"))?;
+        if out.status.success() {
+            return Ok(());
         }
-        Ok(deb)
+        let said = out
+            .stderr
+            .lines()
+            .rfind(|l| l.starts_with("E:"))
+            .unwrap_or("no reason given");
+        Err(format!("apt-get download {spec}: {}", said.trim()))
     }
 
     /// `apt-get download` of every package=version in one go; each .deb is then kept in the
-    /// download cache (where the layer build finds it) and described for the lock.
+    /// shared download cache (where the layer build finds it) and described for the lock,
+    /// with its archive path and sha1 (its snapshot addresses).
     pub fn download_exact(
         &self,
         plan: &BTreeMap<String, String>,
@@ -208,6 +203,18 @@ impl Apt {
     ) -> Result<BTreeMap<String, (PathBuf, LockedDeb)>> {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let specs: Vec<String> = plan.iter().map(|(p, v)| format!("{p}={v}")).collect();
+        let mut cmd = self.command("apt-get");
+        cmd.current_dir(dir).args(["download", "--print-uris"]).args(&specs);
+        let uris = procs::run_ok(&mut cmd, LIMIT, "apt-get download --print-uris (tools closure)")?;
+        let where_of: BTreeMap<String, (Option<String>, Option<String>)> = uris
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let url = f.next()?.trim_matches('\'');
+                Some((f.next()?.to_string(), crate::image::resolve::archive_and_pool(url)))
+            })
+            .collect();
         eprintln!(
             "xtask: downloading {} packages to resolve the library closure",
             specs.len()
@@ -215,8 +222,6 @@ impl Apt {
         let mut cmd = self.command("apt-get");
         cmd.current_dir(dir).arg("download").args(&specs);
         procs::run_ok(&mut cmd, LIMIT, "apt-get download (tools closure)")?;
-        let cache = store::dir().join("downloads");
-        std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
         let mut out = BTreeMap::new();
         let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
         for e in entries.flatten() {
@@ -228,15 +233,27 @@ impl Apt {
                 continue;
             };
             let (sha256, size) = sha256_file(&e.path())?;
-            let kept = cache.join(&filename);
-            std::fs::rename(e.path(), &kept).map_err(|err| format!("keep {filename}: {err}"))?;
+            let sha1 = Some(crate::image::resolve::sha1_file(&e.path())?);
+            let (archive, pool) = where_of.get(&filename).cloned().unwrap_or_default();
             let d = LockedDeb {
                 package: package.clone(),
                 version: version.clone(),
                 filename,
                 size,
                 sha256,
+                archive,
+                pool,
+                sha1,
             };
+            let meta = crate::image::cache::Meta {
+                package: package.clone(),
+                version: version.clone(),
+                filename: d.filename.clone(),
+                size,
+                sha256: d.sha256.clone(),
+                fetched_from: "archive".into(),
+            };
+            let kept = crate::image::cache::put(&e.path(), &meta)?;
             out.insert(package, (kept, d));
         }
         if let Some(p) = plan.keys().find(|p| !out.contains_key(*p)) {

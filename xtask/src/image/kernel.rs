@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::procs;
 use crate::image::apt::Apt;
-use crate::image::recipe::{KernelLock, Recipe};
-use crate::image::{elf, store};
+use crate::image::recipe::{KernelLock, KernelSpec, LockedDeb, Recipe};
+use crate::image::{elf, fetch, store};
 use crate::util::{key_of, sha256_file, Result};
 
 /// Bumped when the layout or processing of the kernel part changes.
@@ -73,6 +73,9 @@ pub struct Manifest {
     pub load_at_boot: Vec<String>,
     /// Every file of the kernel part: relative path -> (sha256, size).
     pub files: BTreeMap<String, store::FileSum>,
+    /// A Debian kernel's packages and where they came from (None: not from packages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<fetch::Inputs>,
 }
 
 pub struct Kernel {
@@ -173,50 +176,170 @@ fn modules_key(recipe: &Recipe) -> String {
     recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",")
 }
 
-/// A locked Debian kernel: its .debs fetched and checked against the lock, unpacked.
+/// A locked Debian kernel: the part built from the lock, or from the fallback remembered for
+/// it, when one is cached; else its .debs fetched (`fetch`) and unpacked.
 fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
     let spec = recipe.kernel(name)?;
     let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
-    let lock = KernelLock::load(&spec.lock_path()).map_err(|e| {
-        if spec.lock_path().exists() {
-            e
-        } else {
-            format!("kernel {} is not locked yet: run `{upgrade}`", spec.name)
-        }
+    let lock_path = spec.lock_path();
+    let lock = KernelLock::load(&lock_path).map_err(|e| match lock_path.exists() {
+        true => e,
+        false => format!("kernel {} is not locked yet: run `{upgrade}`", spec.name),
     })?;
-    let key = debian_key(recipe, &lock);
+    let lock_ref = fetch::LockRef {
+        part: format!("kernel {}", spec.name),
+        path: &lock_path,
+        upgrade: &upgrade,
+        snapshot: lock.snapshot.as_deref(),
+    };
+    let exact_inputs = |from: &str| {
+        lock_ref.inputs(
+            lock.debs
+                .iter()
+                .map(|d| fetch::Used {
+                    package: d.package.clone(),
+                    version: lock.version.clone(),
+                    sha256: d.sha256.clone(),
+                    from: from.into(),
+                    instead_of: None,
+                })
+                .collect(),
+        )
+    };
+    if let Some(k) = cached_part(recipe, &lock) {
+        fetch::record(&k.manifest.inputs.clone().unwrap_or_else(|| exact_inputs("cache")));
+        return Ok(k);
+    }
+    let memo_key = fetch::memo_key(&lock_ref.part, &lock.to_text());
+    let memo = fetch::load_memo::<KernelLock>(&memo_key);
+    if let Some(k) = memo.as_ref().and_then(|m| cached_part(recipe, &m.effective)) {
+        fetch::record(&memo.expect("memo").inputs);
+        return Ok(k);
+    }
     let apt = Apt::new(spec.suite.as_deref());
-    store::cached_kernel(&key, |tmp| {
-        let x = tmp.join("deb");
-        for d in &lock.debs {
-            let deb = apt.fetch(d, &lock.version, &spec.lock_path(), &upgrade)?;
-            procs::run_ok(
-                Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
-                Duration::from_secs(300),
-                &format!("dpkg-deb -x {}", deb.display()),
-            )?;
+    let (effective, debs, inputs) = fetch_kernel(&apt, &lock_ref, spec, &lock)?;
+    fetch::save_memo(&memo_key, &effective, &inputs);
+    fetch::record(&inputs);
+    let key = debian_key(recipe, &effective);
+    store::cached_kernel(&key, |tmp| unpack_debian(tmp, &key, spec, &effective, &debs, inputs, recipe))
+}
+
+/// The kernel part built from exactly `lock`, if the cache holds it.
+fn cached_part(recipe: &Recipe, lock: &KernelLock) -> Option<Kernel> {
+    if !debian_is_cached(recipe, lock) {
+        return None;
+    }
+    let key = debian_key(recipe, lock);
+    store::cached_kernel(&key, |_| Err("not cached after all".into())).ok()
+}
+
+/// The lock's .debs exactly; else (without --locked) the newest kernel of the same series in
+/// the suite, e.g. 6.12.119 for a locked 6.12.117 (its package names carry the new ABI).
+fn fetch_kernel(
+    apt: &Apt,
+    lock_ref: &fetch::LockRef,
+    spec: &KernelSpec,
+    lock: &KernelLock,
+) -> Result<(KernelLock, Vec<PathBuf>, fetch::Inputs)> {
+    let wanted: Vec<LockedDeb> = lock.debs.iter().map(|d| d.locked(&lock.version)).collect();
+    let mut paths = Vec::new();
+    let mut used = Vec::new();
+    for d in &wanted {
+        match fetch::exact(apt, lock_ref, d)? {
+            Ok((p, u)) => {
+                paths.push(p);
+                used.push(u);
+            }
+            Err(why) if fetch::locked() => return Err(lock_ref.refusal(d, apt, &why)),
+            Err(why) => {
+                eprintln!("xtask: {}: {why}; looking for the newest {} kernel", lock_ref.part, series(&lock.version));
+                return fetch_newer(apt, lock_ref, spec, lock);
+            }
         }
-        // Older packages: lib/modules/<rel> and boot/vmlinuz-<rel>; newer ones keep
-        // both under usr/lib/modules/<rel>/.
-        let modules = ["lib/modules", "usr/lib/modules"]
-            .into_iter()
-            .map(|m| x.join(m))
-            .find(|m| m.is_dir())
-            .ok_or_else(|| format!("{} holds no lib/modules", lock.package))?;
-        let release = only_subdir(&modules)?;
-        let bz = [
-            x.join("boot").join(format!("vmlinuz-{release}")),
-            modules.join(&release).join("vmlinuz"),
-        ]
+    }
+    Ok((lock.clone(), paths, lock_ref.inputs(used)))
+}
+
+/// `major.minor` of a kernel version ("6.12.117-1~deb12u1" → "6.12").
+fn series(version: &str) -> String {
+    let v = crate::image::resolve::version_key(version);
+    format!("{}.{}", v.first().unwrap_or(&0), v.get(1).unwrap_or(&0))
+}
+
+fn fetch_newer(
+    apt: &Apt,
+    lock_ref: &fetch::LockRef,
+    spec: &KernelSpec,
+    lock: &KernelLock,
+) -> Result<(KernelLock, Vec<PathBuf>, fetch::Inputs)> {
+    apt.update(false)?;
+    let newer = crate::image::resolve::resolve(apt, &spec.package)?;
+    if series(&newer.version) != series(&lock.version) {
+        return Err(format!(
+            "{}: no {} kernel is left in {} (it offers {} {}); run `{}`",
+            lock_ref.part,
+            series(&lock.version),
+            apt.describe(),
+            newer.package,
+            newer.version,
+            lock_ref.upgrade
+        ));
+    }
+    let mut paths = Vec::new();
+    let mut used = Vec::new();
+    for (i, d) in newer.debs.iter().enumerate() {
+        let want = d.locked(&newer.version);
+        let (p, mut u) = match fetch::exact(apt, lock_ref, &want)? {
+            Ok(found) => found,
+            Err(why) => return Err(format!("{}: {why}", lock_ref.part)),
+        };
+        let was = lock.debs.get(i).or(lock.debs.last()).expect("a lock has debs");
+        u.instead_of = Some(format!("{}={}", was.package, lock.version));
+        paths.push(p);
+        used.push(u);
+    }
+    Ok((newer, paths, lock_ref.inputs(used)))
+}
+
+/// Unpacks a Debian kernel's .debs and assembles its part.
+fn unpack_debian(
+    tmp: &Path,
+    key: &str,
+    spec: &KernelSpec,
+    lock: &KernelLock,
+    debs: &[PathBuf],
+    inputs: fetch::Inputs,
+    recipe: &Recipe,
+) -> Result<Manifest> {
+    let x = tmp.join("deb");
+    for deb in debs {
+        procs::run_ok(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(&x),
+            Duration::from_secs(300),
+            &format!("dpkg-deb -x {}", deb.display()),
+        )?;
+    }
+    // Older packages: lib/modules/<rel> and boot/vmlinuz-<rel>; newer ones keep
+    // both under usr/lib/modules/<rel>/.
+    let modules = ["lib/modules", "usr/lib/modules"]
         .into_iter()
-        .find(|b| b.is_file())
-        .ok_or_else(|| format!("{} holds no vmlinuz for {release}", lock.package))?;
-        let source = format!("{} {} {}", spec.name, lock.package, lock.version);
-        let modroot = modules.join(&release);
-        let m = assemble(tmp, &key, &source, &bz, &modroot, &release, recipe)?;
-        std::fs::remove_dir_all(&x).map_err(|e| format!("remove {}: {e}", x.display()))?;
-        Ok(m)
-    })
+        .map(|m| x.join(m))
+        .find(|m| m.is_dir())
+        .ok_or_else(|| format!("{} holds no lib/modules", lock.package))?;
+    let release = only_subdir(&modules)?;
+    let bz = [
+        x.join("boot").join(format!("vmlinuz-{release}")),
+        modules.join(&release).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|b| b.is_file())
+    .ok_or_else(|| format!("{} holds no vmlinuz for {release}", lock.package))?;
+    let source = format!("{} {} {}", spec.name, lock.package, lock.version);
+    let modroot = modules.join(&release);
+    let mut m = assemble(tmp, key, &source, &bz, &modroot, &release, recipe)?;
+    m.inputs = Some(inputs);
+    std::fs::remove_dir_all(&x).map_err(|e| format!("remove {}: {e}", x.display()))?;
+    Ok(m)
 }
 
 /// The host's own kernel image and modules.
@@ -416,6 +539,7 @@ fn assemble(
         builtin,
         load_at_boot,
         files: BTreeMap::new(), // filled in by the store
+        inputs: None,
     })
 }
 
@@ -596,6 +720,7 @@ mod tests {
                 builtin: vec![],
                 load_at_boot: vec![],
                 files: BTreeMap::new(),
+                inputs: None,
             },
             verified: store::Verified::nothing(),
         };

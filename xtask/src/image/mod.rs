@@ -10,6 +10,9 @@ pub mod cpio;
 pub mod elf;
 pub mod kernel;
 pub mod recipe;
+pub mod resolve;
+pub mod cache;
+pub mod fetch;
 pub mod store;
 pub mod tools;
 

@@ -92,6 +92,9 @@ pub struct KernelLock {
     /// linux-source-X.Y, linux-libc-dev (uapi headers) and liburing-dev, from the same suite.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub selftests: Vec<LockedDeb>,
+    /// When it was locked (UTC, `YYYYMMDDTHHMMSSZ`): the snapshot archive's timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
@@ -102,6 +105,16 @@ pub struct Deb {
     pub filename: String,
     pub size: u64,
     pub sha256: String,
+    /// The archive that published it (`debian`, `debian-security`: the snapshot archive's
+    /// names), and its path there (`pool/main/...`): with the lock's `snapshot` time, its
+    /// address in the snapshot archive once the live archive has moved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// sha1 of the file: its address in the snapshot archive (`/file/<sha1>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
@@ -112,6 +125,16 @@ pub struct LockedDeb {
     pub filename: String,
     pub size: u64,
     pub sha256: String,
+    /// The archive that published it (`debian`, `debian-security`: the snapshot archive's
+    /// names), and its path there (`pool/main/...`): with the lock's `snapshot` time, its
+    /// address in the snapshot archive once the live archive has moved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// sha1 of the file: its address in the snapshot archive (`/file/<sha1>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
 }
 
 impl LockedDeb {
@@ -121,6 +144,25 @@ impl LockedDeb {
             filename: self.filename.clone(),
             size: self.size,
             sha256: self.sha256.clone(),
+            archive: self.archive.clone(),
+            pool: self.pool.clone(),
+            sha1: self.sha1.clone(),
+        }
+    }
+}
+
+impl Deb {
+    /// This .deb with the version it has (a kernel lock names one for all its files).
+    pub fn locked(&self, version: &str) -> LockedDeb {
+        LockedDeb {
+            package: self.package.clone(),
+            version: version.to_string(),
+            filename: self.filename.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+            archive: self.archive.clone(),
+            pool: self.pool.clone(),
+            sha1: self.sha1.clone(),
         }
     }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::procs;
 use crate::image::apt::Apt;
 use crate::image::recipe::{LockedDeb, Recipe, ToolsSpec};
-use crate::image::{elf, store};
+use crate::image::{elf, fetch, store};
 use crate::input::{self, key_position, located};
 use crate::util::{key_of, Result};
 
@@ -58,6 +58,9 @@ pub struct ToolsLock {
     pub libraries: Vec<LockedDeb>,
     /// Program names the layer puts on PATH: what `--tools` and `vm.tools` may ask for.
     pub executables: Vec<String>,
+    /// When it was locked (UTC, `YYYYMMDDTHHMMSSZ`): the snapshot archive's timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 pub const LOCK_HEADER: &str =
@@ -155,6 +158,9 @@ pub struct LayerManifest {
     pub packages: Vec<String>,
     pub executables: Vec<String>,
     pub files: BTreeMap<String, store::FileSum>,
+    /// The packages and where they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<fetch::Inputs>,
 }
 
 impl store::HasFiles for LayerManifest {
@@ -188,25 +194,56 @@ impl Layer {
 }
 
 /// Builds (or reuses) the tools layer the lock describes, after checking that it offers
-/// `names`.
+/// `names`: the layer built from the lock, or from the fallback remembered for it, when one
+/// is cached; else the lock's .debs fetched (`fetch`: exactly, or newer and said so).
 pub fn layer(names: &[String]) -> Result<Layer> {
     let recipe = Recipe::load()?;
     let lock = ToolsLock::load(&recipe.tools)?;
     check_names_in(&lock, names)?;
     let _guard = store::lock(Duration::from_secs(1800))?;
     crate::host::deps::ensure(crate::host::deps::TOOLS_LAYER.to_vec())?;
-    let key = key_of(&[
-        ("format", &FORMAT.to_le_bytes()),
-        ("lock", lock.to_text().as_bytes()),
-    ]);
-    let apt = Apt::new(Some(&lock.suite));
     let lock_path = recipe.tools.lock_path();
+    let lock_ref = fetch::LockRef {
+        part: "tools layer".into(),
+        path: &lock_path,
+        upgrade: UPGRADE,
+        snapshot: lock.snapshot.as_deref(),
+    };
+    if let Some(l) = cached_layer(&lock) {
+        fetch::record(&l.manifest.inputs.clone().unwrap_or_else(|| {
+            let used = lock.all().map(|d| fetch::Used {
+                package: d.package.clone(),
+                version: d.version.clone(),
+                sha256: d.sha256.clone(),
+                from: "cache".into(),
+                instead_of: None,
+            });
+            lock_ref.inputs(used.collect())
+        }));
+        return Ok(l);
+    }
+    let memo_key = fetch::memo_key(&lock_ref.part, &lock.to_text());
+    let memo = fetch::load_memo::<ToolsLock>(&memo_key);
+    if let Some(l) = memo.as_ref().and_then(|m| cached_layer(&m.effective)) {
+        fetch::record(&memo.expect("memo").inputs);
+        return Ok(l);
+    }
+    let apt = Apt::new(Some(&lock.suite));
+    let wanted: Vec<LockedDeb> = lock.all().cloned().collect();
+    let (debs, effective, inputs) = fetch::all(&apt, &lock_ref, &wanted)?;
+    let effective = ToolsLock {
+        packages: effective[..lock.packages.len()].to_vec(),
+        libraries: effective[lock.packages.len()..].to_vec(),
+        ..lock.clone()
+    };
+    fetch::save_memo(&memo_key, &effective, &inputs);
+    fetch::record(&inputs);
     let (dir, manifest, verified) = store::cached_dir(
         &store::dir().join("tools"),
-        &key,
+        &layer_key(&effective),
         "tools layer",
         |_| Ok(()),
-        |tmp| build(&apt, &lock, &lock_path, tmp),
+        |tmp| build(&effective, &debs, inputs, tmp),
     )?;
     Ok(Layer {
         dir,
@@ -215,13 +252,43 @@ pub fn layer(names: &[String]) -> Result<Layer> {
     })
 }
 
-fn build(apt: &Apt, lock: &ToolsLock, lock_path: &Path, tmp: &Path) -> Result<LayerManifest> {
+fn layer_key(lock: &ToolsLock) -> String {
+    key_of(&[
+        ("format", &FORMAT.to_le_bytes()),
+        ("lock", lock.to_text().as_bytes()),
+    ])
+}
+
+/// The layer built from exactly `lock`, if the cache holds it.
+fn cached_layer(lock: &ToolsLock) -> Option<Layer> {
+    let key = layer_key(lock);
+    let parent = store::dir().join("tools");
+    if !parent.join(&key).join("manifest.json").is_file() {
+        return None;
+    }
+    let (dir, manifest, verified) =
+        store::cached_dir(&parent, &key, "tools layer", |_| Ok(()), |_| {
+            Err("not cached after all".to_string())
+        })
+        .ok()?;
+    Some(Layer {
+        dir,
+        manifest,
+        verified,
+    })
+}
+
+fn build(
+    lock: &ToolsLock,
+    debs: &[PathBuf],
+    inputs: fetch::Inputs,
+    tmp: &Path,
+) -> Result<LayerManifest> {
     let spinner = crate::ui::spinner("building the guest tools layer");
     let stage = tmp.join("stage");
     let result = (|| {
-        for d in lock.all() {
-            let deb = apt.fetch(&d.deb(), &d.version, lock_path, UPGRADE)?;
-            unpack(&deb, &stage)?;
+        for deb in debs {
+            unpack(deb, &stage)?;
         }
         merge_usr(&stage)?;
         for d in DROP {
@@ -250,6 +317,7 @@ fn build(apt: &Apt, lock: &ToolsLock, lock_path: &Path, tmp: &Path) -> Result<La
             .collect(),
         executables: lock.executables.clone(),
         files: BTreeMap::new(),
+        inputs: Some(inputs),
     })
 }
 
@@ -484,12 +552,16 @@ mod tests {
             filename: format!("{p}_1.0-1_amd64.deb"),
             size: 10,
             sha256: "ab".repeat(32),
+            archive: None,
+            pool: None,
+            sha1: None,
         };
         ToolsLock {
             suite: "trixie".into(),
             packages: vec![d("fio"), d("bash")],
             libraries: vec![d("libc6")],
             executables: vec!["bash".into(), "fio".into()],
+            snapshot: None,
         }
     }
 

@@ -88,7 +88,7 @@ pub fn for_kernel(name: &str) -> Result<Suite> {
             .filter(|k| KernelLock::load(&k.lock_path()).is_ok_and(|l| !l.selftests.is_empty()))
             .map(|k| k.name.as_str())
             .collect();
-        let (major, minor) = crate::cmd::kernel_lock::SELFTESTS_SINCE;
+        let (major, minor) = crate::image::resolve::SELFTESTS_SINCE;
         return Err(format!(
             "kernel {} ({}) has no ublk selftests: the suite first shipped in {major}.{minor}. Run a newer suite against it: `cargo xtask vm-selftests --kernel {} --suite {}` (its scripts skip what the kernel lacks)",
             spec.name,
@@ -146,6 +146,13 @@ fn build(origin: &Origin, tmp: &Path) -> Result<SuiteManifest> {
         };
         let apt = Apt::new(spec.suite.as_deref());
         let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+        let lock_path = spec.lock_path();
+        let lock_ref = crate::image::fetch::LockRef {
+            part: format!("selftests {}", spec.name),
+            path: &lock_path,
+            upgrade: &upgrade,
+            snapshot: lock.snapshot.as_deref(),
+        };
         let deb = |prefix: &str| {
             let d = lock
                 .selftests
@@ -157,8 +164,12 @@ fn build(origin: &Origin, tmp: &Path) -> Result<SuiteManifest> {
                         spec.lock_path().display()
                     )
                 })?;
-            apt.fetch(&d.deb(), &d.version, &spec.lock_path(), &upgrade)
-                .map(|p| (p, d.version.clone()))
+            let (paths, effective, inputs) =
+                crate::image::fetch::all(&apt, &lock_ref, std::slice::from_ref(d))?;
+            if !inputs.newer().is_empty() {
+                crate::image::fetch::record(&inputs);
+            }
+            Ok::<_, String>((paths[0].clone(), effective[0].version.clone()))
         };
         let sysroot = work.join("sysroot");
         crate::image::tools::unpack(&deb("liburing-dev")?.0, &sysroot)?;
