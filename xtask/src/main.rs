@@ -72,6 +72,11 @@ enum Cmd {
     VmSelftests(cmd::vm_selftests::Args),
     /// Compare the guest tools layer's lock with its Debian suite; --upgrade locks the newest
     ToolsLock(cmd::tools_lock::Args),
+    /// The download cache shared by every checkout: list, prune, fetch every image input, dir
+    #[command(subcommand)]
+    Cache(cmd::cache::Cmd),
+    /// Every lock (kernels with their selftests sources, the tools layer) against its suite; --upgrade rewrites the stale ones
+    Locks(cmd::locks::Args),
 }
 
 fn main() {
@@ -95,6 +100,7 @@ fn main() {
             durations: None,
             list: false,
             timeout_scale: 1.0,
+            locked: false,
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),
         Cmd::Report(c) => cmd::report::run(c),
@@ -107,6 +113,8 @@ fn main() {
         Cmd::Kernels => cmd::kernels::run(),
         Cmd::ToolsLock(a) => cmd::tools_lock::run(a),
         Cmd::VmSelftests(a) => cmd::vm_selftests::run(a),
+        Cmd::Cache(c) => cmd::cache::run(c),
+        Cmd::Locks(a) => cmd::locks::run(a),
     };
     let code = match result {
         Ok(code) => code,

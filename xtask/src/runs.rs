@@ -173,6 +173,9 @@ pub struct RunResult {
     pub memory_mib: u64,
     /// package=version of every .deb in the attached guest tools layer; empty: none attached.
     pub tools: Vec<String>,
+    /// The packages the kernel and the tools layer were made from, and where each came from
+    /// (cache, archive, snapshot; `instead_of` when newer than the lock).
+    pub inputs: Vec<crate::image::fetch::Inputs>,
     pub started_at: String,
     pub qemu_pid: Option<i32>,
     pub run_dir: PathBuf,

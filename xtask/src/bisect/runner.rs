@@ -120,8 +120,9 @@ fn cargo_target_of(repo: &Path) -> PathBuf {
     }
 }
 
-/// A scenario candidate gets our downloaded packages and built kernels (content-keyed
-/// caches its xtask verifies) as hard links, instead of fetching them again.
+/// A scenario candidate gets our built kernels (content-keyed caches its xtask verifies) as
+/// hard links; the packages themselves are in the download cache every checkout shares (and
+/// candidates older than it get our old per-checkout downloads, if any).
 fn seed_vm_caches(wt: &Path) {
     for sub in ["vm-images/downloads", "vm-images/kernels"] {
         let from = crate::util::target_dir().join(sub);

@@ -25,6 +25,11 @@ use crate::util::{key_of, root, target_dir, Result};
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
+    /// longer has one (default: the newest build of the same suite, with a warning and a
+    /// record in every report); also UBLK_VM_LOCKED=1
+    #[arg(long)]
+    pub locked: bool,
     #[command(subcommand)]
     pub sub: Option<Sub>,
     /// A commit where the failure does not happen (or is rare)
@@ -99,12 +104,16 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    crate::image::fetch::set_locked(args.locked);
     if let Some(Sub::Bench(b)) = args.sub {
         return run_bench(b);
     }
     let test = test_of(&args)?;
     let repo = args.repo.clone().unwrap_or_else(root);
     let mut cands = candidates(&repo, &args)?;
+    if matches!(test.kind, TestKind::Scenario) {
+        resolve_images_once()?;
+    }
     let mut session = Session::open(&repo, &cands, &test, &args)?;
     let limits = Limits {
         confidence: args.confidence,
@@ -120,6 +129,20 @@ pub fn run(args: Args) -> Result<i32> {
         }
     }
     print_verdict(&cands, &tally, &session, outcome?)
+}
+
+/// A scenario bisection resolves its image inputs once, before any candidate: every
+/// candidate then finds the same packages (the shared download cache) and the same fallback
+/// (remembered beside them), so the environment cannot change mid-bisection.
+fn resolve_images_once() -> Result<()> {
+    let recipe = crate::image::recipe::Recipe::load()?;
+    let source = crate::image::kernel::Source::default_debian();
+    crate::image::kernel::prepare(&source, &recipe)?;
+    crate::image::tools::layer(&[])?;
+    for inputs in crate::image::fetch::recorded() {
+        println!("bisect: image inputs: {}", inputs.line());
+    }
+    Ok(())
 }
 
 fn confidence_ok(c: f64) -> Result<()> {

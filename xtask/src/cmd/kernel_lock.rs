@@ -17,6 +17,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    check(args).map(|_| 0)
+}
+
+/// Shows (and with --upgrade rewrites) the locks; returns how many were stale.
+pub fn check(args: Args) -> Result<usize> {
     let recipe = Recipe::load()?;
     let specs: Vec<&KernelSpec> = if args.names.is_empty() {
         recipe.kernels.iter().collect()
@@ -26,13 +31,15 @@ pub fn run(args: Args) -> Result<i32> {
             .map(|n| recipe.kernel(n))
             .collect::<Result<_>>()?
     };
+    let mut stale = 0;
     for spec in specs {
-        one(spec, args.upgrade)?;
+        stale += usize::from(one(spec, args.upgrade)?);
     }
-    Ok(0)
+    Ok(stale)
 }
 
-fn one(spec: &KernelSpec, upgrade: bool) -> Result<()> {
+/// One kernel's lock against its suite; true when it is stale.
+fn one(spec: &KernelSpec, upgrade: bool) -> Result<bool> {
     let path = spec.lock_path();
     let current = KernelLock::load(&path).ok();
     let apt = Apt::new(spec.suite.as_deref());
@@ -45,7 +52,8 @@ fn one(spec: &KernelSpec, upgrade: bool) -> Result<()> {
         None => println!("  locked:  nothing valid in {}", path.display()),
     }
     println!("  newest:  {} from {}", show(&newest), apt.describe());
-    if current.as_ref() == Some(&newest) {
+    let stale = !current.as_ref().is_some_and(|c| same_packages(c, &newest));
+    if !stale {
         println!("  up to date");
     } else if !upgrade {
         println!(
@@ -53,11 +61,48 @@ fn one(spec: &KernelSpec, upgrade: bool) -> Result<()> {
             spec.name
         );
     } else {
+        let newest = with_sha1(&apt, spec, newest)?;
         crate::util::write_atomic(&path, newest.to_text().as_bytes())?;
         println!(
             "  wrote {}; commit it. The next run downloads and verifies it.",
             path.display()
         );
     }
-    Ok(())
+    Ok(stale)
+}
+
+/// Whether two locks name the same files (their snapshot addresses and times aside).
+pub fn same_packages(a: &KernelLock, b: &KernelLock) -> bool {
+    let files = |l: &KernelLock| {
+        let mut v: Vec<String> = l.debs.iter().map(|d| d.sha256.clone()).collect();
+        v.extend(l.selftests.iter().map(|d| d.sha256.clone()));
+        v
+    };
+    a.package == b.package && a.version == b.version && files(a) == files(b)
+}
+
+/// Downloads every file of a new lock into the shared cache (the next run needs them anyway)
+/// and records its sha1: its address in the snapshot archive once the suite moves on.
+fn with_sha1(apt: &Apt, spec: &KernelSpec, mut lock: KernelLock) -> Result<KernelLock> {
+    let path = spec.lock_path();
+    let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+    let lock_ref = crate::image::fetch::LockRef {
+        part: format!("kernel {}", spec.name),
+        path: &path,
+        upgrade: &upgrade,
+        snapshot: None,
+    };
+    let version = lock.version.clone();
+    for d in lock.debs.iter_mut() {
+        let want = d.locked(&version);
+        let (file, _) = crate::image::fetch::exact(apt, &lock_ref, &want)?
+            .map_err(|why| format!("{}: {why}", d.package))?;
+        d.sha1 = Some(crate::image::resolve::sha1_file(&file)?);
+    }
+    for d in lock.selftests.iter_mut() {
+        let (file, _) = crate::image::fetch::exact(apt, &lock_ref, d)?
+            .map_err(|why| format!("{}: {why}", d.package))?;
+        d.sha1 = Some(crate::image::resolve::sha1_file(&file)?);
+    }
+    Ok(lock)
 }

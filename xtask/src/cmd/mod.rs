@@ -1,6 +1,8 @@
 pub mod bisect;
+pub mod cache;
 pub mod kernel_lock;
 pub mod kernels;
+pub mod locks;
 pub mod report;
 pub mod scenario;
 pub mod servers;

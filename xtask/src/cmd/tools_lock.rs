@@ -25,6 +25,11 @@ const LIMIT: Duration = Duration::from_secs(600);
 const MAX_PACKAGES: usize = 400;
 
 pub fn run(args: Args) -> Result<i32> {
+    check(args).map(|_| 0)
+}
+
+/// Shows (and with --upgrade rewrites) the lock; returns 1 when it was stale, else 0.
+pub fn check(args: Args) -> Result<usize> {
     let recipe = Recipe::load()?;
     let spec = &recipe.tools;
     deps::ensure(deps::TOOLS_LAYER.to_vec())?;
@@ -50,7 +55,7 @@ pub fn run(args: Args) -> Result<i32> {
     }
     if !args.upgrade {
         println!("  run `cargo xtask tools-lock --upgrade` to lock the newest");
-        return Ok(0);
+        return Ok(1);
     }
     let lock = resolve(&apt, spec, &newest)?;
     crate::util::write_atomic(&spec.lock_path(), lock.to_text().as_bytes())?;
@@ -61,7 +66,7 @@ pub fn run(args: Args) -> Result<i32> {
         lock.libraries.len(),
         lock.executables.len()
     );
-    Ok(0)
+    Ok(1)
 }
 
 /// What differs between the lock and the suite's current versions, one line each.

@@ -23,6 +23,11 @@ use crate::vm::qemu::Accel;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
+    /// longer has one (default: the newest build of the same suite, with a warning and a
+    /// record in every report); also UBLK_VM_LOCKED=1
+    #[arg(long)]
+    pub locked: bool,
     /// Scenario names (files in scenarios/, without .yaml) or paths; default: all
     pub names: Vec<String>,
     /// Run every scenario N times (each in a fresh VM) and report flakiness
@@ -76,6 +81,7 @@ fn parse_scale(s: &str) -> std::result::Result<f64, String> {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    crate::image::fetch::set_locked(args.locked);
     let scenarios = load_scenarios(&args.names)?;
     let mut servers = resolve_servers(&args.server, &scenarios)?;
     let (work, shard_info) = plan_runs(&args, &scenarios, &servers)?;
@@ -115,6 +121,7 @@ pub fn run(args: Args) -> Result<i32> {
         repeat: args.repeat,
         timeout_scale: args.timeout_scale,
         shards: shard_info.into_iter().collect(),
+        inputs: crate::image::fetch::recorded(),
     };
     let plan = Plan {
         scenarios: Arc::new(scenarios),

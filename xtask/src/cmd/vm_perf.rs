@@ -25,6 +25,11 @@ use crate::vm::Vm;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
+    /// longer has one (default: the newest build of the same suite, with a warning and a
+    /// record in every report); also UBLK_VM_LOCKED=1
+    #[arg(long)]
+    pub locked: bool,
     /// ublk servers to measure: built-in profile names or profile files [default: ublk-mem]
     #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
     pub server: Vec<String>,
@@ -123,6 +128,7 @@ fn percent(s: &str) -> std::result::Result<f64, String> {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    crate::image::fetch::set_locked(args.locked);
     let base = args
         .baseline
         .as_deref()

@@ -21,6 +21,11 @@ const DMESG_BUDGET: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
+    /// longer has one (default: the newest build of the same suite, with a warning and a
+    /// record in every report); also UBLK_VM_LOCKED=1
+    #[arg(long)]
+    pub locked: bool,
     /// Hard limit in seconds for the whole VM run (boot + command) [default: 60 under KVM, 300 under TCG]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
@@ -61,6 +66,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    crate::image::fetch::set_locked(args.locked);
     if args.command[0].is_empty() || args.command.iter().any(|a| a.contains('\0')) {
         return Err("the guest command must be non-empty and contain no NUL bytes".into());
     }
@@ -122,6 +128,14 @@ pub fn run(args: Args) -> Result<i32> {
             .as_ref()
             .map(|l| l.manifest.packages.clone())
             .unwrap_or_default(),
+        inputs: image
+            .kernel
+            .manifest
+            .inputs
+            .iter()
+            .chain(cfg.tools.as_ref().and_then(|l| l.manifest.inputs.as_ref()))
+            .cloned()
+            .collect(),
         started_at,
         qemu_pid: session.qemu_pid,
         run_dir: run.path.clone(),

@@ -19,6 +19,11 @@ use crate::vm::qemu::Accel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
+    /// longer has one (default: the newest build of the same suite, with a warning and a
+    /// record in every report); also UBLK_VM_LOCKED=1
+    #[arg(long)]
+    pub locked: bool,
     /// Tests (null_01, test_null_01.sh) or groups (null, generic, stress, ...); default: all
     pub names: Vec<String>,
     /// Kernel(s) to boot, comma-separated: locked names, or a kernel tree PATH (whose own suite
@@ -79,6 +84,7 @@ struct Plan {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    crate::image::fetch::set_locked(args.locked);
     let kernels = kernels_to_boot(&args.kernel)?;
     let suites = suites_for(&kernels, args.suite.as_deref())?;
     let first = suites.values().next().expect("at least one kernel");
@@ -166,6 +172,7 @@ fn finish(
         repeat: args.repeat,
         timeout_scale: 1.0,
         shards: shard_info.into_iter().collect(),
+        inputs: crate::image::fetch::recorded(),
     };
     Ok(session::conclude(
         head,

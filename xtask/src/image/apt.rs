@@ -127,6 +127,7 @@ impl Apt {
         let mut cmd = self.command("apt-get");
         cmd.arg("update");
         procs::run_ok(&mut cmd, LIMIT, &format!("apt-get update ({suite})"))?;
+        self.refreshed();
         std::fs::write(lists.join("lock"), b"").map_err(|e| format!("touch lists: {e}"))
     }
 }
@@ -139,10 +140,16 @@ impl Apt {
         if !self.lists_present() {
             self.update(self.is_host())?;
         }
+        // `apt-cache madison P`: one `P | VERSION | SOURCE` line per version the lists know
+        // (`apt-cache show P=V` exits 0 even for a version it does not know).
         let known = || -> Result<bool> {
             let mut cmd = self.command("apt-cache");
-            cmd.args(["show", "--no-all-versions", &format!("{package}={version}")]);
-            Ok(procs::run(&mut cmd, LIMIT, "apt-cache show")?.status.success())
+            cmd.args(["madison", package]);
+            let out = procs::run(&mut cmd, LIMIT, "apt-cache madison")?;
+            Ok(out.stdout.lines().any(|l| {
+                let mut f = l.split('|').map(str::trim);
+                f.next() == Some(package) && f.next() == Some(version)
+            }))
         };
         if known()? {
             return Ok(true);
@@ -166,7 +173,8 @@ impl Apt {
         })
     }
 
-    /// Marks this process's one forced refresh; true when it was already done.
+    /// Marks this configuration's lists as fetched by this process; true when they already
+    /// were (a forced refresh is then pointless).
     fn refreshed(&self) -> bool {
         static DONE: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
         let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());

@@ -374,6 +374,20 @@ pub struct Memo<T> {
     pub inputs: Inputs,
 }
 
+impl<T> Memo<T> {
+    /// The remembered packages, if the shared cache still holds every one of them (no
+    /// archive is asked): their files, and the record with each marked as from the cache.
+    pub fn cached(&self, debs: &[LockedDeb]) -> Option<(Vec<PathBuf>, Inputs)> {
+        let paths: Option<Vec<PathBuf>> =
+            debs.iter().map(|d| cache::get(&d.sha256, d.size)).collect();
+        let mut inputs = self.inputs.clone();
+        for u in &mut inputs.debs {
+            u.from = "cache".into();
+        }
+        Some((paths?, inputs))
+    }
+}
+
 pub fn memo_key(part: &str, lock_text: &str) -> String {
     crate::util::key_of(&[("part", part.as_bytes()), ("lock", lock_text.as_bytes())])
 }

@@ -216,8 +216,15 @@ fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
         fetch::record(&memo.expect("memo").inputs);
         return Ok(k);
     }
+    let remembered = memo.and_then(|m| {
+        let debs: Vec<LockedDeb> = m.effective.debs.iter().map(|d| d.locked(&m.effective.version)).collect();
+        m.cached(&debs).map(|(paths, inputs)| (m.effective, paths, inputs))
+    });
     let apt = Apt::new(spec.suite.as_deref());
-    let (effective, debs, inputs) = fetch_kernel(&apt, &lock_ref, spec, &lock)?;
+    let (effective, debs, inputs) = match remembered {
+        Some(r) => r,
+        None => fetch_kernel(&apt, &lock_ref, spec, &lock)?,
+    };
     fetch::save_memo(&memo_key, &effective, &inputs);
     fetch::record(&inputs);
     let key = debian_key(recipe, &effective);

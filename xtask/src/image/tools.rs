@@ -228,13 +228,23 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         fetch::record(&memo.expect("memo").inputs);
         return Ok(l);
     }
-    let apt = Apt::new(Some(&lock.suite));
-    let wanted: Vec<LockedDeb> = lock.all().cloned().collect();
-    let (debs, effective, inputs) = fetch::all(&apt, &lock_ref, &wanted)?;
-    let effective = ToolsLock {
-        packages: effective[..lock.packages.len()].to_vec(),
-        libraries: effective[lock.packages.len()..].to_vec(),
-        ..lock.clone()
+    let remembered = memo.and_then(|m| {
+        let debs: Vec<LockedDeb> = m.effective.all().cloned().collect();
+        m.cached(&debs).map(|(paths, inputs)| (paths, m.effective, inputs))
+    });
+    let (debs, effective, inputs) = match remembered {
+        Some(r) => r,
+        None => {
+            let apt = Apt::new(Some(&lock.suite));
+            let wanted: Vec<LockedDeb> = lock.all().cloned().collect();
+            let (debs, effective, inputs) = fetch::all(&apt, &lock_ref, &wanted)?;
+            let effective = ToolsLock {
+                packages: effective[..lock.packages.len()].to_vec(),
+                libraries: effective[lock.packages.len()..].to_vec(),
+                ..lock.clone()
+            };
+            (debs, effective, inputs)
+        }
     };
     fetch::save_memo(&memo_key, &effective, &inputs);
     fetch::record(&inputs);

@@ -162,7 +162,19 @@ fn merged_head(inputs: &[Input]) -> Head {
         repeat: heads.iter().map(|h| h.repeat).max().expect("inputs"),
         timeout_scale: heads.iter().map(|h| h.timeout_scale).fold(0.0, f64::max),
         shards,
+        inputs: merged_inputs(&heads),
     }
+}
+
+/// Every distinct image-part record of the inputs (shards of one plan share theirs).
+fn merged_inputs(heads: &[&Head]) -> Vec<crate::image::fetch::Inputs> {
+    let mut out: Vec<crate::image::fetch::Inputs> = Vec::new();
+    for i in heads.iter().flat_map(|h| h.inputs.iter()) {
+        if !out.contains(i) && out.len() < 64 {
+            out.push(i.clone());
+        }
+    }
+    out
 }
 
 /// The inputs' reproduce lines for what did not pass (each input's own line names its

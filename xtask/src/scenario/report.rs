@@ -29,6 +29,10 @@ pub struct Head {
     /// The shard(s) of a plan these runs are (`--shard`; several after `report merge`).
     #[serde(default)]
     pub shards: Vec<ShardInfo>,
+    /// What each image part (kernel, tools layer, selftests) was made from: as locked, or
+    /// newer than the lock (a fallback), package by package.
+    #[serde(default)]
+    pub inputs: Vec<crate::image::fetch::Inputs>,
 }
 
 #[cfg(test)]
@@ -46,6 +50,7 @@ impl Head {
             repeat: 2,
             timeout_scale: 1.0,
             shards: Vec::new(),
+            inputs: Vec::new(),
         }
     }
 }
