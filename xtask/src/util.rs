@@ -53,7 +53,10 @@ fn find_root(manifest_dir: Option<&Path>, exe: Option<&Path>) -> Option<PathBuf>
             return Some(parent.to_path_buf());
         }
     }
-    exe?.ancestors().skip(1).find(|d| is_root(d)).map(Path::to_path_buf)
+    exe?.ancestors()
+        .skip(1)
+        .find(|d| is_root(d))
+        .map(Path::to_path_buf)
 }
 
 /// `target/` of the workspace, honouring CARGO_TARGET_DIR like cargo does.

@@ -61,14 +61,31 @@ impl Archive {
         let gpg = |args: &[&str]| {
             sh(Command::new("gpg")
                 .env("GNUPGHOME", &gnupg)
-                .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args([
+                    "--batch",
+                    "--quiet",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
                 .args(args))
         };
-        gpg(&["--quick-gen-key", "ublk-vm test <test@invalid>", "ed25519", "sign", "never"]);
+        gpg(&[
+            "--quick-gen-key",
+            "ublk-vm test <test@invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
         let keyring = base.join("key.gpg");
         let key = gpg(&["--export"]);
         std::fs::write(&keyring, key.stdout).unwrap();
-        Archive { dir, gnupg, keyring }
+        Archive {
+            dir,
+            gnupg,
+            keyring,
+        }
     }
 
     /// Builds NAME_VERSION_amd64.deb holding `files` (path, content) into pool/main.
@@ -86,7 +103,9 @@ impl Archive {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, content).unwrap();
         }
-        let out = self.dir.join(format!("pool/main/{name}_{version}_amd64.deb"));
+        let out = self
+            .dir
+            .join(format!("pool/main/{name}_{version}_amd64.deb"));
         sh(Command::new("dpkg-deb")
             .args(["--build", "--root-owner-group", "-Zgzip"])
             .arg(&stage)
@@ -142,7 +161,11 @@ fn kernel_deb(a: &Archive, patch: u32) -> PathBuf {
 
 fn tool_deb(a: &Archive, version: &str) -> PathBuf {
     let script = format!("#!/bin/sh\necho faketool {version}\n");
-    a.deb("faketool", version, &[("usr/bin/faketool", script.as_bytes())])
+    a.deb(
+        "faketool",
+        version,
+        &[("usr/bin/faketool", script.as_bytes())],
+    )
 }
 
 const RECIPE: &str = "version: 1
@@ -185,10 +208,14 @@ fn serve(dir: PathBuf) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize
             let file = dir.join(path.trim_start_matches('/'));
             let reply = match std::fs::read(&file) {
                 Ok(body) if !path.contains("..") => {
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
                     [head.into_bytes(), body].concat()
                 }
-                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
             };
             let _ = s.write_all(&reply);
         }
@@ -280,17 +307,26 @@ fn image_inputs_survive_the_archive_moving() {
     let o = w.xtask(&["locks", "--upgrade"], "cache-lock");
     assert!(o.status.success(), "{}", text(&o));
     let lock = std::fs::read_to_string(base.join("recipe/kernel-fake.lock")).unwrap();
-    assert!(lock.contains("linux-image-6.9.1+fake-amd64") && lock.contains("sha1: "), "{lock}");
+    assert!(
+        lock.contains("linux-image-6.9.1+fake-amd64") && lock.contains("sha1: "),
+        "{lock}"
+    );
     assert!(lock.contains("pool: pool/main/linux-image-6.9.1"), "{lock}");
     let tools_lock = std::fs::read_to_string(base.join("recipe/tools.lock")).unwrap();
-    assert!(tools_lock.contains("version: 1.0-1") && tools_lock.contains("snapshot: "), "{tools_lock}");
+    assert!(
+        tools_lock.contains("version: 1.0-1") && tools_lock.contains("snapshot: "),
+        "{tools_lock}"
+    );
     let fetch = ["cache", "fetch"];
 
     // (a) In the archive: used, recorded as `archive`.
     let o = w.xtask(&fetch, "cache-a");
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("kernel debian-fake: 1 packages as locked in") && t.contains("(1 from archive)"), "{t}");
+    assert!(
+        t.contains("kernel debian-fake: 1 packages as locked in") && t.contains("(1 from archive)"),
+        "{t}"
+    );
     assert!(t.contains("tools layer: 1 packages as locked"), "{t}");
     assert!(!t.contains("warning"), "{t}");
     let exact = keys(&o);
@@ -300,7 +336,10 @@ fn image_inputs_survive_the_archive_moving() {
     let o = w.xtask(&fetch, "cache-a");
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("(1 from cache)") && !t.contains("downloading"), "{t}");
+    assert!(
+        t.contains("(1 from cache)") && !t.contains("downloading"),
+        "{t}"
+    );
     assert_eq!(keys(&o), exact, "the same packages make the same parts");
     std::fs::rename(base.join("archive-away"), &a.dir).unwrap();
 
@@ -314,7 +353,10 @@ fn image_inputs_survive_the_archive_moving() {
     let o = w.xtask(&fetch, "cache-a");
     let t = text(&o);
     assert!(o.status.success() && t.contains("is damaged"), "{t}");
-    assert!(t.contains("kernel debian-fake: 1 packages as locked in") && t.contains("(1 from archive)"), "{t}");
+    assert!(
+        t.contains("kernel debian-fake: 1 packages as locked in") && t.contains("(1 from archive)"),
+        "{t}"
+    );
     assert_eq!(sha(&cached, "sha256sum"), sum);
 
     // The archive moves on: 6.9.1 and faketool 1.0-1 leave it.
@@ -329,11 +371,19 @@ fn image_inputs_survive_the_archive_moving() {
     for d in [&old_k, &old_t] {
         std::fs::copy(d, snapshot_dir.join("file").join(sha(d, "sha1sum"))).unwrap();
     }
-    let w2 = World { snapshot_url: snapshot_url.clone(), step: std::cell::Cell::new(100), ..w };
+    let w2 = World {
+        snapshot_url: snapshot_url.clone(),
+        step: std::cell::Cell::new(100),
+        ..w
+    };
     let o = w2.xtask(&fetch, "cache-d");
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("kernel debian-fake: 1 packages as locked in") && t.contains("(1 from snapshot)"), "{t}");
+    assert!(
+        t.contains("kernel debian-fake: 1 packages as locked in")
+            && t.contains("(1 from snapshot)"),
+        "{t}"
+    );
     assert!(!t.contains("warning"), "{t}");
     assert_eq!(keys(&o), exact);
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
@@ -343,11 +393,22 @@ fn image_inputs_survive_the_archive_moving() {
     let o = w2.xtask(&["cache", "fetch", "--locked"], "cache-c");
     let t = text(&o);
     assert_eq!(o.status.code(), Some(125), "{t}");
-    assert!(t.contains("linux-image-6.9.1+fake-amd64=6.9.1-1 (locked in") && t.contains("--locked forbids"), "{t}");
-    assert!(t.contains("cargo xtask kernel-lock --upgrade debian-fake"), "{t}");
+    assert!(
+        t.contains("linux-image-6.9.1+fake-amd64=6.9.1-1 (locked in")
+            && t.contains("--locked forbids"),
+        "{t}"
+    );
+    assert!(
+        t.contains("cargo xtask kernel-lock --upgrade debian-fake"),
+        "{t}"
+    );
     assert!(!t.contains("kernel part"), "{t}");
     // Snapshot unreachable: tried once, costs little.
-    let w3 = World { snapshot_url: "http://127.0.0.1:1".into(), step: std::cell::Cell::new(200), ..w2 };
+    let w3 = World {
+        snapshot_url: "http://127.0.0.1:1".into(),
+        step: std::cell::Cell::new(200),
+        ..w2
+    };
     let t0 = Instant::now();
     let o = w3.xtask(&["cache", "fetch", "--locked", "--no-tools"], "cache-c");
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
@@ -371,7 +432,11 @@ fn image_inputs_survive_the_archive_moving() {
     let t = text(&o);
     assert!(o.status.success() && t.contains(&warn), "{t}");
     assert_eq!(keys(&o), newer);
-    assert_eq!(etc_apt_digest(), apt_before, "the host's /etc/apt must not change");
+    assert_eq!(
+        etc_apt_digest(),
+        apt_before,
+        "the host's /etc/apt must not change"
+    );
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -385,21 +450,38 @@ fn a_copied_checkout_reads_its_own_files() {
         std::fs::create_dir_all(copy.join(d)).unwrap();
     }
     std::fs::copy(root().join("Cargo.toml"), copy.join("Cargo.toml")).unwrap();
-    std::fs::copy(root().join("xtask/Cargo.toml"), copy.join("xtask/Cargo.toml")).unwrap();
+    std::fs::copy(
+        root().join("xtask/Cargo.toml"),
+        copy.join("xtask/Cargo.toml"),
+    )
+    .unwrap();
     std::fs::write(copy.join("scenarios/broken.yaml"), "name: [unclosed\n").unwrap();
     let exe = copy.join("target/debug/xtask");
     std::fs::copy(env!("CARGO_BIN_EXE_xtask"), &exe).unwrap();
     let run = |exe: &Path, dir: &Path| {
         let mut c = Command::new(exe);
-        c.args(["scenario", "check"]).current_dir(dir).env_remove("CARGO_MANIFEST_DIR");
+        c.args(["scenario", "check"])
+            .current_dir(dir)
+            .env_remove("CARGO_MANIFEST_DIR");
         c.output().unwrap()
     };
     // Ours passes; the copy's (its own scenarios/) fails, naming its own file.
     let ours = run(Path::new(env!("CARGO_BIN_EXE_xtask")), &root());
-    assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
     let theirs = run(&exe, &base);
     let err = String::from_utf8_lossy(&theirs.stderr);
-    assert!(!theirs.status.success(), "the copy read the original's scenarios: {err}");
-    assert!(err.contains(&copy.join("scenarios/broken.yaml").display().to_string()) || err.contains("broken.yaml"), "{err}");
+    assert!(
+        !theirs.status.success(),
+        "the copy read the original's scenarios: {err}"
+    );
+    assert!(
+        err.contains(&copy.join("scenarios/broken.yaml").display().to_string())
+            || err.contains("broken.yaml"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&base);
 }

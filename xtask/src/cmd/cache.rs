@@ -57,7 +57,11 @@ fn list() -> Result<i32> {
             format!("{} {} ({})", m.package, m.version, m.fetched_from)
         });
         let name = e.path.file_name().unwrap_or_default().to_string_lossy();
-        println!("{:>9.1} MiB  {}  {what}", e.size as f64 / 1048576.0, &name[..16.min(name.len())]);
+        println!(
+            "{:>9.1} MiB  {}  {what}",
+            e.size as f64 / 1048576.0,
+            &name[..16.min(name.len())]
+        );
     }
     println!(
         "{} files, {:.1} MiB of {:.1} MiB allowed, in {}",
@@ -93,7 +97,11 @@ fn fetch_all(kernels: Vec<String>, no_tools: bool, locked: bool) -> Result<i32> 
     };
     for name in &names {
         let k = kernel::prepare(&kernel::Source::parse(name), &recipe)?;
-        println!("{name}: kernel part {} ({})", &k.manifest.key[..16], k.manifest.source);
+        println!(
+            "{name}: kernel part {} ({})",
+            &k.manifest.key[..16],
+            k.manifest.source
+        );
     }
     if !no_tools {
         let layer = tools::layer(&[])?;

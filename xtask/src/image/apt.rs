@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use crate::host::procs;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::image::recipe::LockedDeb;
 use crate::util::{is_root, sha256_file, target_dir, Result};
@@ -137,28 +137,43 @@ impl Apt {
     /// a version the archive has dropped). Lists that were never fetched are fetched first;
     /// lists that do not know it are refreshed once per process (the host's only as root).
     pub fn has_version(&self, package: &str, version: &str) -> Result<bool> {
+        let want = (package.to_string(), version.to_string());
+        Ok(self.known(&[want.clone()])?.contains(&want))
+    }
+
+    /// Which of `wanted` (package, version) the package lists know, asked in one go.
+    pub fn known(&self, wanted: &[(String, String)]) -> Result<BTreeSet<(String, String)>> {
         if !self.lists_present() {
             self.update(self.is_host())?;
         }
-        // `apt-cache madison P`: one `P | VERSION | SOURCE` line per version the lists know
-        // (`apt-cache show P=V` exits 0 even for a version it does not know).
-        let known = || -> Result<bool> {
+        // `apt-cache madison P...`: one `P | VERSION | SOURCE` line per version the lists
+        // know (`apt-cache show P=V` exits 0 even for a version it does not know).
+        let ask = || -> Result<BTreeSet<(String, String)>> {
+            let mut names: Vec<&str> = wanted.iter().map(|(p, _)| p.as_str()).collect();
+            names.dedup();
             let mut cmd = self.command("apt-cache");
-            cmd.args(["madison", package]);
+            cmd.arg("madison").args(&names);
             let out = procs::run(&mut cmd, LIMIT, "apt-cache madison")?;
-            Ok(out.stdout.lines().any(|l| {
-                let mut f = l.split('|').map(str::trim);
-                f.next() == Some(package) && f.next() == Some(version)
-            }))
+            let all: BTreeSet<(String, String)> = out
+                .stdout
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split('|').map(str::trim);
+                    Some((f.next()?.to_string(), f.next()?.to_string()))
+                })
+                .collect();
+            Ok(wanted
+                .iter()
+                .filter(|w| all.contains(*w))
+                .cloned()
+                .collect())
         };
-        if known()? {
-            return Ok(true);
-        }
-        if (is_root() || !self.is_host()) && !self.refreshed() {
+        let known = ask()?;
+        if known.len() < wanted.len() && (is_root() || !self.is_host()) && !self.refreshed() {
             self.update(true)?;
-            return known();
+            return ask();
         }
-        Ok(false)
+        Ok(known)
     }
 
     /// Whether this configuration has package lists at all.
@@ -168,8 +183,10 @@ impl Apt {
             Some(_) => self.dir().join("state/lists"),
         };
         std::fs::read_dir(lists).is_ok_and(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with("Packages") || e.file_name().to_string_lossy().contains("_Packages"))
+            rd.flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with("Packages")
+                    || e.file_name().to_string_lossy().contains("_Packages")
+            })
         })
     }
 
@@ -185,10 +202,11 @@ impl Apt {
         false
     }
 
-    /// `apt-get download SPEC` into `dir`; Err carries apt's own error line.
-    pub fn download(&self, spec: &str, dir: &Path) -> Result<()> {
+    /// `apt-get download SPEC...` into `dir`; Err carries apt's own error line.
+    pub fn download(&self, specs: &[String], dir: &Path) -> Result<()> {
         let mut cmd = self.command("apt-get");
-        cmd.current_dir(dir).args(["download", spec]);
+        cmd.current_dir(dir).arg("download").args(specs);
+        let spec = specs.join(" ");
         let out = procs::run(&mut cmd, LIMIT, &format!("apt-get download {spec}"))?;
         if out.status.success() {
             return Ok(());
@@ -212,15 +230,24 @@ impl Apt {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let specs: Vec<String> = plan.iter().map(|(p, v)| format!("{p}={v}")).collect();
         let mut cmd = self.command("apt-get");
-        cmd.current_dir(dir).args(["download", "--print-uris"]).args(&specs);
-        let uris = procs::run_ok(&mut cmd, LIMIT, "apt-get download --print-uris (tools closure)")?;
+        cmd.current_dir(dir)
+            .args(["download", "--print-uris"])
+            .args(&specs);
+        let uris = procs::run_ok(
+            &mut cmd,
+            LIMIT,
+            "apt-get download --print-uris (tools closure)",
+        )?;
         let where_of: BTreeMap<String, (Option<String>, Option<String>)> = uris
             .stdout
             .lines()
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 let url = f.next()?.trim_matches('\'');
-                Some((f.next()?.to_string(), crate::image::resolve::archive_and_pool(url)))
+                Some((
+                    f.next()?.to_string(),
+                    crate::image::resolve::archive_and_pool(url),
+                ))
             })
             .collect();
         eprintln!(

@@ -40,7 +40,11 @@ pub struct Meta {
 
 /// The cache directory.
 pub fn dir() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = var("UBLK_VM_CACHE") {
         return absolute(d);
     }
@@ -140,9 +144,8 @@ pub fn put(file: &Path, meta: &Meta) -> Result<PathBuf> {
     let dest = dir.join(format!("{sum}.deb"));
     let tmp = dir.join(format!(".tmp-{sum}-{}", std::process::id()));
     if std::fs::rename(file, &tmp).is_err() {
-        std::fs::copy(file, &tmp).map_err(|e| {
-            format!("copy {} into {}: {e}", file.display(), dir.display())
-        })?;
+        std::fs::copy(file, &tmp)
+            .map_err(|e| format!("copy {} into {}: {e}", file.display(), dir.display()))?;
     }
     std::fs::rename(&tmp, &dest).map_err(|e| format!("rename into {}: {e}", dest.display()))?;
     let text = serde_json::to_string_pretty(meta).expect("meta serialises");

@@ -64,7 +64,10 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn newer(&self) -> Vec<&Used> {
-        self.debs.iter().filter(|u| u.instead_of.is_some()).collect()
+        self.debs
+            .iter()
+            .filter(|u| u.instead_of.is_some())
+            .collect()
     }
 
     /// One line: as locked (and from where), or the fallback's warning.
@@ -219,6 +222,9 @@ pub fn all(
     lock: &LockRef,
     debs: &[LockedDeb],
 ) -> Result<(Vec<PathBuf>, Vec<LockedDeb>, Inputs)> {
+    if let Err(e) = prefetch(apt, debs) {
+        eprintln!("xtask: {}: {e}; fetching one package at a time", lock.part);
+    }
     let mut paths = Vec::new();
     let mut effective = Vec::new();
     let mut used = Vec::new();
@@ -272,13 +278,55 @@ pub fn newest(apt: &Apt, d: &LockedDeb) -> Result<(PathBuf, Used, LockedDeb)> {
 /// `apt-get download SPEC` into a scratch directory, verified and moved into the cache.
 pub fn download(apt: &Apt, spec: &str, d: &LockedDeb, from: &str) -> Result<PathBuf> {
     let scratch = cache::dir().join(format!(".dl-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .map_err(|e| format!("create {}: {e}", scratch.display()))?;
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
     eprintln!("xtask: downloading {spec} from {} ...", apt.describe());
-    let out = apt.download(spec, &scratch);
+    let out = apt.download(&[spec.to_string()], &scratch);
     let result = out.and_then(|()| {
         let file = scratch.join(&d.filename);
         cache::put(&file, &meta(d, from))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Downloads, in one apt call, every `d` the shared cache lacks and the archive still has,
+/// into the cache (each verified against its sha256). What it cannot get is left to `exact`.
+pub fn prefetch(apt: &Apt, debs: &[LockedDeb]) -> Result<()> {
+    let missing: Vec<&LockedDeb> = debs
+        .iter()
+        .filter(|d| cache::get(&d.sha256, d.size).is_none())
+        .collect();
+    if missing.len() < 2 {
+        return Ok(());
+    }
+    let wanted: Vec<(String, String)> = missing
+        .iter()
+        .map(|d| (d.package.clone(), d.version.clone()))
+        .collect();
+    let known = apt.known(&wanted)?;
+    let get: Vec<&&LockedDeb> = missing
+        .iter()
+        .filter(|d| known.contains(&(d.package.clone(), d.version.clone())))
+        .collect();
+    if get.is_empty() {
+        return Ok(());
+    }
+    let scratch = cache::dir().join(format!(".dl-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
+    eprintln!(
+        "xtask: downloading {} packages from {} ...",
+        get.len(),
+        apt.describe()
+    );
+    let specs: Vec<String> = get
+        .iter()
+        .map(|d| format!("{}={}", d.package, d.version))
+        .collect();
+    let result = apt.download(&specs, &scratch).and_then(|()| {
+        for d in &get {
+            cache::put(&scratch.join(&d.filename), &meta(d, "archive"))?;
+        }
+        Ok(())
     });
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -340,17 +388,30 @@ fn snapshot_get(url: &str, d: &LockedDeb) -> Result<PathBuf, String> {
     if is_root() {
         cmd.args(["-o", "APT::Sandbox::User=root"]);
     }
-    cmd.args(["-o", "Acquire::http::Timeout=10", "-o", "Acquire::Retries=0"])
-        .arg("download-file")
-        .arg(url)
-        .arg(&file)
-        .arg(format!("SHA256:{}", d.sha256));
+    cmd.args([
+        "-o",
+        "Acquire::http::Timeout=10",
+        "-o",
+        "Acquire::Retries=0",
+    ])
+    .arg("download-file")
+    .arg(url)
+    .arg(&file)
+    .arg(format!("SHA256:{}", d.sha256));
     let out = procs::run(&mut cmd, SNAPSHOT_LIMIT, "apt-helper download-file");
     let result = match out {
         Ok(o) if o.status.success() => cache::put(&file, &meta(d, "snapshot")),
         Ok(o) => {
-            let said = o.stderr.lines().chain(o.stdout.lines()).find(|l| l.contains("E:") || l.contains("Err")).unwrap_or("no reason given").trim().to_string();
-            let missing = said.contains("404") || said.contains("Not Found") || said.contains("Hash Sum");
+            let said = o
+                .stderr
+                .lines()
+                .chain(o.stdout.lines())
+                .find(|l| l.contains("E:") || l.contains("Err"))
+                .unwrap_or("no reason given")
+                .trim()
+                .to_string();
+            let missing =
+                said.contains("404") || said.contains("Not Found") || said.contains("Hash Sum");
             if !missing {
                 SNAPSHOT_DOWN.store(true, Ordering::Relaxed);
             }

@@ -207,18 +207,32 @@ fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
         )
     };
     if let Some(k) = cached_part(recipe, &lock) {
-        fetch::record(&k.manifest.inputs.clone().unwrap_or_else(|| exact_inputs("cache")));
+        fetch::record(
+            &k.manifest
+                .inputs
+                .clone()
+                .unwrap_or_else(|| exact_inputs("cache")),
+        );
         return Ok(k);
     }
     let memo_key = fetch::memo_key(&lock_ref.part, &lock.to_text());
     let memo = fetch::load_memo::<KernelLock>(&memo_key);
-    if let Some(k) = memo.as_ref().and_then(|m| cached_part(recipe, &m.effective)) {
+    if let Some(k) = memo
+        .as_ref()
+        .and_then(|m| cached_part(recipe, &m.effective))
+    {
         fetch::record(&memo.expect("memo").inputs);
         return Ok(k);
     }
     let remembered = memo.and_then(|m| {
-        let debs: Vec<LockedDeb> = m.effective.debs.iter().map(|d| d.locked(&m.effective.version)).collect();
-        m.cached(&debs).map(|(paths, inputs)| (m.effective, paths, inputs))
+        let debs: Vec<LockedDeb> = m
+            .effective
+            .debs
+            .iter()
+            .map(|d| d.locked(&m.effective.version))
+            .collect();
+        m.cached(&debs)
+            .map(|(paths, inputs)| (m.effective, paths, inputs))
     });
     let apt = Apt::new(spec.suite.as_deref());
     let (effective, debs, inputs) = match remembered {
@@ -228,7 +242,9 @@ fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
     fetch::save_memo(&memo_key, &effective, &inputs);
     fetch::record(&inputs);
     let key = debian_key(recipe, &effective);
-    store::cached_kernel(&key, |tmp| unpack_debian(tmp, &key, spec, &effective, &debs, inputs, recipe))
+    store::cached_kernel(&key, |tmp| {
+        unpack_debian(tmp, &key, spec, &effective, &debs, inputs, recipe)
+    })
 }
 
 /// The kernel part built from exactly `lock`, if the cache holds it.
@@ -249,6 +265,12 @@ fn fetch_kernel(
     lock: &KernelLock,
 ) -> Result<(KernelLock, Vec<PathBuf>, fetch::Inputs)> {
     let wanted: Vec<LockedDeb> = lock.debs.iter().map(|d| d.locked(&lock.version)).collect();
+    if let Err(e) = fetch::prefetch(apt, &wanted) {
+        eprintln!(
+            "xtask: {}: {e}; fetching one package at a time",
+            lock_ref.part
+        );
+    }
     let mut paths = Vec::new();
     let mut used = Vec::new();
     for d in &wanted {
@@ -259,7 +281,11 @@ fn fetch_kernel(
             }
             Err(why) if fetch::locked() => return Err(lock_ref.refusal(d, apt, &why)),
             Err(why) => {
-                eprintln!("xtask: {}: {why}; looking for the newest {} kernel", lock_ref.part, series(&lock.version));
+                eprintln!(
+                    "xtask: {}: {why}; looking for the newest {} kernel",
+                    lock_ref.part,
+                    series(&lock.version)
+                );
                 return fetch_newer(apt, lock_ref, spec, lock);
             }
         }
@@ -300,7 +326,11 @@ fn fetch_newer(
             Ok(found) => found,
             Err(why) => return Err(format!("{}: {why}", lock_ref.part)),
         };
-        let was = lock.debs.get(i).or(lock.debs.last()).expect("a lock has debs");
+        let was = lock
+            .debs
+            .get(i)
+            .or(lock.debs.last())
+            .expect("a lock has debs");
         u.instead_of = Some(format!("{}={}", was.package, lock.version));
         paths.push(p);
         used.push(u);

@@ -6,13 +6,13 @@
 //! rewrites the small guest archive; the kernel part is never touched by it.
 
 pub mod apt;
+pub mod cache;
 pub mod cpio;
 pub mod elf;
+pub mod fetch;
 pub mod kernel;
 pub mod recipe;
 pub mod resolve;
-pub mod cache;
-pub mod fetch;
 pub mod store;
 pub mod tools;
 

@@ -230,7 +230,8 @@ pub fn layer(names: &[String]) -> Result<Layer> {
     }
     let remembered = memo.and_then(|m| {
         let debs: Vec<LockedDeb> = m.effective.all().cloned().collect();
-        m.cached(&debs).map(|(paths, inputs)| (paths, m.effective, inputs))
+        m.cached(&debs)
+            .map(|(paths, inputs)| (paths, m.effective, inputs))
     });
     let (debs, effective, inputs) = match remembered {
         Some(r) => r,
@@ -276,11 +277,14 @@ fn cached_layer(lock: &ToolsLock) -> Option<Layer> {
     if !parent.join(&key).join("manifest.json").is_file() {
         return None;
     }
-    let (dir, manifest, verified) =
-        store::cached_dir(&parent, &key, "tools layer", |_| Ok(()), |_| {
-            Err("not cached after all".to_string())
-        })
-        .ok()?;
+    let (dir, manifest, verified) = store::cached_dir(
+        &parent,
+        &key,
+        "tools layer",
+        |_| Ok(()),
+        |_| Err("not cached after all".to_string()),
+    )
+    .ok()?;
     Some(Layer {
         dir,
         manifest,
@@ -588,6 +592,18 @@ mod tests {
         );
         let e = ToolsLock::parse(&l.to_text().replace("size:", "sise:"), p).unwrap_err();
         assert!(e.contains("unknown field `sise`"), "{e}");
+    }
+
+    #[test]
+    fn a_lock_from_before_snapshot_addresses_still_loads() {
+        // tools.lock as committed on 2026-11-23: five of its packages left trixie within
+        // nine days. It must still parse (the fetch then falls back, with a warning).
+        let p = crate::util::root().join("xtask/tests/fixtures/tools-2026-11-stale.lock");
+        let l = ToolsLock::parse(&std::fs::read_to_string(&p).unwrap(), &p).unwrap();
+        assert!(l.snapshot.is_none() && l.all().all(|d| d.sha1.is_none()));
+        let libc = l.all().find(|d| d.package == "libc6").unwrap();
+        assert_eq!(libc.version, "2.41-12+deb13u4");
+        assert_eq!(ToolsLock::parse(&l.to_text(), &p).unwrap(), l);
     }
 
     #[test]

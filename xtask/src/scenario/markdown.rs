@@ -112,7 +112,11 @@ fn context(s: &Session) -> String {
         let _ = writeln!(out, "- kernel `{}`: {}", cell(name), cell(release));
     }
     for inputs in &h.inputs {
-        let warn = if inputs.newer().is_empty() { "" } else { "**warning**: " };
+        let warn = if inputs.newer().is_empty() {
+            ""
+        } else {
+            "**warning**: "
+        };
         let _ = writeln!(out, "- {warn}`{}`", cell(&inputs.line()));
     }
     out + "\n"
