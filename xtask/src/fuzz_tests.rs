@@ -118,8 +118,15 @@ fn recipe_and_lock_survive_mutation() {
     fuzz("recipe.yaml", &recipe, |t, p| {
         Recipe::parse(t, p).map(|_| ())
     });
-    for k in Recipe::load().unwrap().kernels {
+    for k in Recipe::load()
+        .unwrap()
+        .kernels
+        .into_iter()
+        .filter(|k| !k.moving)
+    {
         let lock = std::fs::read_to_string(k.lock_path()).unwrap();
-        fuzz(&k.lock, &lock, |t, p| KernelLock::parse(t, p).map(|_| ()));
+        fuzz(k.lock.as_deref().unwrap_or_default(), &lock, |t, p| {
+            KernelLock::parse(t, p).map(|_| ())
+        });
     }
 }

@@ -52,6 +52,16 @@ struct Archive {
     keyring: PathBuf,
 }
 
+impl Drop for Archive {
+    /// gpg starts an agent per home directory: it must not outlive the test.
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", &self.gnupg)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
+
 impl Archive {
     fn new(base: &Path) -> Archive {
         let dir = base.join("archive");

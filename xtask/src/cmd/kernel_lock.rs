@@ -32,7 +32,7 @@ pub fn check(args: Args) -> Result<usize> {
             .collect::<Result<_>>()?
     };
     let mut stale = 0;
-    for spec in specs {
+    for spec in specs.into_iter().filter(|s| !s.moving) {
         stale += usize::from(one(spec, args.upgrade)?);
     }
     Ok(stale)
@@ -53,8 +53,15 @@ fn one(spec: &KernelSpec, upgrade: bool) -> Result<bool> {
     }
     println!("  newest:  {} from {}", show(&newest), apt.describe());
     let stale = !current.as_ref().is_some_and(|c| same_packages(c, &newest));
-    if !stale {
-        println!("  up to date");
+    // A lock from before locks recorded snapshot addresses is rewritten too (same packages).
+    let unaddressed = current
+        .as_ref()
+        .is_some_and(|c| c.snapshot.is_none() || c.debs.iter().any(|d| d.sha1.is_none()));
+    if !stale && !(upgrade && unaddressed) {
+        match unaddressed {
+            true => println!("  up to date (without snapshot addresses: `--upgrade` records them)"),
+            false => println!("  up to date"),
+        }
     } else if !upgrade {
         println!(
             "  run `cargo xtask kernel-lock --upgrade {}` to lock the newest",
@@ -91,6 +98,7 @@ fn with_sha1(apt: &Apt, spec: &KernelSpec, mut lock: KernelLock) -> Result<Kerne
         path: &path,
         upgrade: &upgrade,
         snapshot: None,
+        moving: false,
     };
     let version = lock.version.clone();
     for d in lock.debs.iter_mut() {

@@ -14,9 +14,11 @@ pub fn run() -> Result<i32> {
     );
     for (i, spec) in recipe.kernels.iter().enumerate() {
         let lock = KernelLock::load(&spec.lock_path()).ok();
-        let version = lock
-            .as_ref()
-            .map_or("not locked".to_string(), |l| l.version.clone());
+        let version = match (&lock, spec.moving) {
+            (_, true) => "moving (newest)".to_string(),
+            (Some(l), _) => l.version.clone(),
+            (None, _) => "not locked".to_string(),
+        };
         let cached = lock
             .as_ref()
             .is_some_and(|l| kernel::debian_is_cached(&recipe, l));

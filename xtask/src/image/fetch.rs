@@ -60,6 +60,9 @@ pub struct Inputs {
     /// The command that locks what the suite offers now.
     pub upgrade: String,
     pub debs: Vec<Used>,
+    /// A moving series (`debian-newest`): resolved when used, never locked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moving: bool,
 }
 
 impl Inputs {
@@ -74,6 +77,18 @@ impl Inputs {
     pub fn line(&self) -> String {
         let n = self.debs.len();
         let newer = self.newer();
+        if self.moving {
+            let what: Vec<String> = self
+                .debs
+                .iter()
+                .map(|u| format!("{} {} from {}", u.package, u.version, u.from))
+                .collect();
+            return format!(
+                "{}: moving series, resolved when used: {}",
+                self.part,
+                what.join(", ")
+            );
+        }
         if newer.is_empty() {
             let mut from: BTreeMap<&str, usize> = BTreeMap::new();
             for u in &self.debs {
@@ -153,6 +168,8 @@ pub struct LockRef<'a> {
     pub upgrade: &'a str,
     /// The lock's `snapshot` time.
     pub snapshot: Option<&'a str>,
+    /// A moving series: nothing is locked.
+    pub moving: bool,
 }
 
 impl LockRef<'_> {
@@ -171,6 +188,7 @@ impl LockRef<'_> {
             lock: self.shown(),
             upgrade: self.upgrade.to_string(),
             debs,
+            moving: self.moving,
         }
     }
 
@@ -228,12 +246,16 @@ pub fn all(
     let mut paths = Vec::new();
     let mut effective = Vec::new();
     let mut used = Vec::new();
+    let mut told = false;
     for d in debs {
         let (p, u, e) = match exact(apt, lock, d)? {
             Ok((p, u)) => (p, u, d.clone()),
             Err(why) if locked() => return Err(lock.refusal(d, apt, &why)),
             Err(why) => {
-                eprintln!("xtask: {}: {why}; taking the newest build", lock.part);
+                // Why the first one could not be had exactly; the warning names them all.
+                if !std::mem::replace(&mut told, true) {
+                    eprintln!("xtask: {}: {why}; taking the newest build", lock.part);
+                }
                 newest(apt, d)?
             }
         };
@@ -496,6 +518,7 @@ mod tests {
             lock: "vm-images/tools.lock".into(),
             upgrade: "cargo xtask tools-lock --upgrade".into(),
             debs: vec![u("fio", "3.39-1", None), u("bash", "5.2", None)],
+            moving: false,
         };
         assert_eq!(
             i.line(),

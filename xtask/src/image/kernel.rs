@@ -180,17 +180,18 @@ fn modules_key(recipe: &Recipe) -> String {
 /// it, when one is cached; else its .debs fetched (`fetch`) and unpacked.
 fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
     let spec = recipe.kernel(name)?;
-    let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+    let upgrade = match spec.moving {
+        true => format!("nothing: {} is a moving series", spec.name),
+        false => format!("cargo xtask kernel-lock --upgrade {}", spec.name),
+    };
     let lock_path = spec.lock_path();
-    let lock = KernelLock::load(&lock_path).map_err(|e| match lock_path.exists() {
-        true => e,
-        false => format!("kernel {} is not locked yet: run `{upgrade}`", spec.name),
-    })?;
+    let lock = lock_for(spec)?;
     let lock_ref = fetch::LockRef {
         part: format!("kernel {}", spec.name),
         path: &lock_path,
         upgrade: &upgrade,
         snapshot: lock.snapshot.as_deref(),
+        moving: spec.moving,
     };
     let exact_inputs = |from: &str| {
         lock_ref.inputs(
@@ -245,6 +246,72 @@ fn prepare_debian(name: &str, recipe: &Recipe) -> Result<Kernel> {
     store::cached_kernel(&key, |tmp| {
         unpack_debian(tmp, &key, spec, &effective, &debs, inputs, recipe)
     })
+}
+
+/// The lock of kernel `spec`: its lock file, or for a moving series what its package
+/// resolves to now (once per process; offline, the last resolution, with a warning).
+pub fn lock_for(spec: &KernelSpec) -> Result<KernelLock> {
+    if !spec.moving {
+        let path = spec.lock_path();
+        return KernelLock::load(&path).map_err(|e| match path.exists() {
+            true => e,
+            false => format!(
+                "kernel {} is not locked yet: run `cargo xtask kernel-lock --upgrade {}`",
+                spec.name, spec.name
+            ),
+        });
+    }
+    if fetch::locked() {
+        return Err(format!(
+            "{} is a moving series (always {}'s newest), which --locked cannot pin: use a locked kernel (`cargo xtask kernels`) or drop --locked",
+            spec.name,
+            spec.suite.as_deref().unwrap_or("the host's sources")
+        ));
+    }
+    static RESOLVED: std::sync::Mutex<Vec<(String, KernelLock)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut done = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, l)) = done.iter().find(|(n, _)| *n == spec.name) {
+        return Ok(l.clone());
+    }
+    let lock = resolve_moving(spec)?;
+    done.push((spec.name.clone(), lock.clone()));
+    Ok(lock)
+}
+
+fn resolve_moving(spec: &KernelSpec) -> Result<KernelLock> {
+    let apt = Apt::new(spec.suite.as_deref());
+    let memo = crate::image::cache::memo_path(&format!("moving-{}", spec.name));
+    let now = apt
+        .update(false)
+        .and_then(|()| crate::image::resolve::resolve(&apt, &spec.package));
+    match now {
+        Ok(lock) => {
+            eprintln!(
+                "xtask: {} (moving) resolves to {} {} in {}",
+                spec.name,
+                lock.package,
+                lock.version,
+                apt.describe()
+            );
+            let _ = crate::util::write_atomic(&memo, lock.to_text().as_bytes());
+            Ok(lock)
+        }
+        Err(e) => {
+            let last = std::fs::read_to_string(&memo).map_err(|_| {
+                format!(
+                    "{} (moving): {e}; and it was never resolved before",
+                    spec.name
+                )
+            })?;
+            let lock = KernelLock::parse(&last, &memo)?;
+            eprintln!(
+                "xtask: warning: {} (moving) could not be resolved ({e}); using its last resolution, {} {}",
+                spec.name, lock.package, lock.version
+            );
+            Ok(lock)
+        }
+    }
 }
 
 /// The kernel part built from exactly `lock`, if the cache holds it.

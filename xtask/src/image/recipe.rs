@@ -61,13 +61,22 @@ pub struct KernelSpec {
     /// What `kernel-lock --upgrade` resolves to an exact image package: a (meta)package, or a
     /// pattern with `*` (the newest match wins), e.g. linux-image-7.2.*-cloud-amd64.
     pub package: String,
-    /// Lock file, relative to vm-images/.
-    pub lock: String,
+    /// Lock file, relative to vm-images/ (absent for a moving series).
+    #[serde(default)]
+    pub lock: Option<String>,
+    /// A moving series (`debian-newest`): `package` is resolved when the kernel is used, never
+    /// locked; what it resolved to is printed and recorded like a fallback.
+    #[serde(default)]
+    pub moving: bool,
 }
 
 impl KernelSpec {
+    /// The lock file (for a moving series: a name that never exists, so loading it fails).
     pub fn lock_path(&self) -> PathBuf {
-        Recipe::dir().join(&self.lock)
+        match &self.lock {
+            Some(l) => Recipe::dir().join(l),
+            None => Recipe::dir().join(format!("{}.lock", self.name)),
+        }
     }
 }
 
@@ -218,6 +227,17 @@ impl Recipe {
                 );
                 return fail("kernels", m);
             }
+            if k.moving == k.lock.is_some() {
+                let m = format!(
+                    "kernel {:?}: give either `lock: FILE` (a locked kernel) or `moving: true` (resolved when used), not both or neither",
+                    k.name
+                );
+                return fail("kernels", m);
+            }
+        }
+        if r.kernels[0].moving {
+            let m = "the first kernel is the default and must be locked, not moving".to_string();
+            return fail("kernels", m);
         }
         let pkg_ok = |p: &String| {
             p.len() >= 2
@@ -395,7 +415,7 @@ sha256: 5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
             "the default guest kernel must be 6.12: {}",
             l.package
         );
-        for k in &r.kernels {
+        for k in r.kernels.iter().filter(|k| !k.moving) {
             let l = KernelLock::load(&k.lock_path()).unwrap_or_else(|e| panic!("{e}"));
             let version = k.name.trim_start_matches("debian-");
             assert!(
@@ -426,5 +446,14 @@ sha256: 5195b288dec79e2981d6b84457f38b7ce7310a2d702930ec7d07209c7f78ce37\n";
         )
         .unwrap_err();
         assert!(e.contains("not listed under modules"), "{e}");
+        let e = Recipe::parse(
+            &text.replace("moving: true", "moving: true, lock: x.lock"),
+            Path::new("r.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.contains("either `lock: FILE`"), "{e}");
+        let e =
+            Recipe::parse(&text.replace(", moving: true", ""), Path::new("r.yaml")).unwrap_err();
+        assert!(e.contains("not both or neither"), "{e}");
     }
 }

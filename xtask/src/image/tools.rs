@@ -208,6 +208,7 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         path: &lock_path,
         upgrade: UPGRADE,
         snapshot: lock.snapshot.as_deref(),
+        moving: false,
     };
     if let Some(l) = cached_layer(&lock) {
         fetch::record(&l.manifest.inputs.clone().unwrap_or_else(|| {

@@ -267,6 +267,45 @@ mod tests {
     }
 
     #[test]
+    fn image_inputs_newer_than_the_lock_are_a_warning_line() {
+        let mut s = session(vec![run("a", 1, Verdict::Pass, None)]);
+        let used = |p: &str, v: &str, instead: Option<&str>| crate::image::fetch::Used {
+            package: p.into(),
+            version: v.into(),
+            sha256: "0".repeat(64),
+            from: "archive".into(),
+            instead_of: instead.map(String::from),
+        };
+        s.head.inputs = vec![crate::image::fetch::Inputs {
+            part: "tools layer".into(),
+            lock: "vm-images/tools.lock".into(),
+            upgrade: "cargo xtask tools-lock --upgrade".into(),
+            debs: vec![
+                used("fio", "3.39-1", None),
+                used(
+                    "libc6",
+                    "2.41-12+deb13u5`|<b>",
+                    Some("libc6=2.41-12+deb13u4"),
+                ),
+            ],
+            moving: false,
+        }];
+        let md = render(&s, None);
+        assert!(
+            md.contains("- **warning**: `tools layer: 1 of 2 packages newer than vm-images/tools.lock (libc6 2.41-12+deb13u4 → 2.41-12+deb13u5'/<b>); run cargo xtask tools-lock --upgrade`"),
+            "{md}"
+        );
+        s.head.inputs[0].debs.pop();
+        let md = render(&s, None);
+        assert!(
+            md.contains(
+                "- `tools layer: 1 packages as locked in vm-images/tools.lock (1 from archive)`"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn a_failing_session_names_its_runs_and_evidence() {
         let s = session(vec![
             run("a", 1, Verdict::Pass, None),

@@ -80,7 +80,7 @@ impl Suite {
 pub fn for_kernel(name: &str) -> Result<Suite> {
     let recipe = Recipe::load()?;
     let spec = recipe.kernel(name)?;
-    let lock = KernelLock::load(&spec.lock_path())?;
+    let lock = crate::image::kernel::lock_for(spec)?;
     if lock.selftests.is_empty() {
         let newer: Vec<&str> = recipe
             .kernels
@@ -152,6 +152,7 @@ fn build(origin: &Origin, tmp: &Path) -> Result<SuiteManifest> {
             path: &lock_path,
             upgrade: &upgrade,
             snapshot: lock.snapshot.as_deref(),
+            moving: spec.moving,
         };
         let deb = |prefix: &str| {
             let d = lock
