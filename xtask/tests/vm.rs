@@ -481,17 +481,20 @@ fn kernel_path_provider_boots_an_installed_tree() {
     // Make sure the default image (and so the downloaded .deb) exists.
     let o = run(&["vm-build"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let downloads = root().join("target/vm-images/downloads");
-    let deb = std::fs::read_dir(&downloads)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        // The default kernel's (other kernels' .debs may be cached too).
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("linux-image-6.12."))
-        })
-        .expect("the locked .deb is cached");
+    // The locked .deb, from the download cache every checkout shares (by its sha256).
+    let dir = run(&["cache", "dir"]);
+    let cache = PathBuf::from(String::from_utf8_lossy(&dir.stdout).trim());
+    let lock = std::fs::read_to_string(root().join("vm-images/kernel.lock")).unwrap();
+    let sha = lock
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .unwrap();
+    let deb = cache.join("debs").join(format!("{sha}.deb"));
+    assert!(
+        deb.is_file(),
+        "the locked .deb is not in {}",
+        cache.display()
+    );
     let tree = std::env::temp_dir().join(format!("xtask-kernel-tree-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tree);
     let x = Command::new("dpkg-deb")
@@ -591,11 +594,12 @@ fn tools_layer_runs_fio_only_when_asked_and_is_rebuilt_when_damaged() {
     assert_eq!(etc_apt_digest(), apt_before, "/etc/apt was changed");
 }
 
-/// A lock naming a version the archive no longer carries: one line that says so and names
-/// the command that locks the current one (the recipe is a copy, pointed at by
-/// UBLK_VM_RECIPE, so the checkout is untouched).
+/// A lock naming a version no source carries any more (the real host archive; the snapshot
+/// archive pointed at a closed port): the newest 6.12 is used with one warning naming both
+/// versions and the upgrade command; with --locked, one error and exit 125 (the recipe is a
+/// copy, pointed at by UBLK_VM_RECIPE, so the checkout is untouched).
 #[test]
-fn a_lock_whose_package_left_the_archive_names_the_upgrade_command() {
+fn a_lock_whose_package_left_the_archive_falls_back_or_refuses() {
     let tmp = std::env::temp_dir().join(format!("xtask-gone-lock-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
@@ -604,38 +608,58 @@ fn a_lock_whose_package_left_the_archive_names_the_upgrade_command() {
         std::fs::copy(images.join(f), tmp.join(f)).unwrap();
     }
     let lock = std::fs::read_to_string(images.join("kernel.lock")).unwrap();
-    let version = lock
-        .lines()
-        .find_map(|l| l.strip_prefix("version: "))
-        .unwrap()
-        .to_string();
+    let field = |k: &str| {
+        lock.lines()
+            .find_map(|l| l.trim().strip_prefix(k))
+            .unwrap()
+            .to_string()
+    };
+    let (version, package) = (field("version: "), field("package: "));
     let gone = format!("{version}~gone1");
     // A new version with new content (the cache is keyed by content: an old sha256 would be
-    // found there and never fetched).
-    let sha = lock
+    // found there and never fetched), and no snapshot address.
+    let lock: String = lock
+        .replace(&version, &gone)
+        .replace(&field("sha256: "), &"0".repeat(64))
         .lines()
-        .find_map(|l| l.trim().strip_prefix("sha256: "))
-        .unwrap();
-    let lock = lock.replace(&version, &gone).replace(sha, &"0".repeat(64));
+        .filter(|l| !l.trim_start().starts_with("sha1: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(tmp.join("kernel.lock"), lock).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["vm-build", "--kernel", "debian-6.12"])
-        .env("UBLK_VM_RECIPE", tmp.join("recipe.yaml"))
-        .output()
-        .unwrap();
+    let build = |locked: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["cache", "fetch", "--kernel", "debian-6.12", "--no-tools"])
+            .args(locked)
+            .env("UBLK_VM_RECIPE", tmp.join("recipe.yaml"))
+            .env("UBLK_VM_SNAPSHOT_URL", "http://127.0.0.1:1")
+            .env_remove("UBLK_VM_LOCKED")
+            .output()
+            .unwrap()
+    };
+    let o = build(&["--locked"]);
     let e = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(o.status.code(), Some(125), "{e}");
     let line = e
         .lines()
         .find(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("{e}"));
     assert!(
-        line.contains(&format!("={gone}"))
-            && line.contains("is no longer in")
-            && line.ends_with(
-                "run `cargo xtask kernel-lock --upgrade debian-6.12` to lock the current version"
-            ),
+        line.contains(&format!("{package}={gone} (locked in"))
+            && line.contains("--locked forbids")
+            && line.contains("run `cargo xtask kernel-lock --upgrade debian-6.12`"),
         "{line}"
+    );
+    let o = build(&[]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    let warning = format!(
+        "warning: kernel debian-6.12: 1 of 1 packages newer than {}/kernel.lock ({package} {gone} → {version});",
+        tmp.display()
+    );
+    assert_eq!(e.matches(&warning).count(), 1, "{e}");
+    assert!(
+        e.contains("run cargo xtask kernel-lock --upgrade debian-6.12"),
+        "{e}"
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }

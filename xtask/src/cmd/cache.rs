@@ -11,7 +11,7 @@ pub enum Cmd {
     /// Every cached file, least recently used first, with its size and package
     List,
     /// Remove least recently used files until the cache holds at most SIZE (default: its bound,
-    /// UBLK_VM_CACHE_MAX or 8G); `--max 0` empties it
+    /// UBLK_VM_CACHE_MAX or 8G); `--max 0` empties it, remembered fallbacks included
     Prune {
         #[arg(long, value_name = "SIZE")]
         max: Option<String>,
@@ -80,6 +80,10 @@ fn prune(max: Option<String>) -> Result<i32> {
         None => cache::max_bytes()?,
     };
     let (files, bytes) = cache::prune(max_bytes, None)?;
+    if max_bytes == 0 {
+        // Emptied: the remembered resolutions go too (the next run resolves afresh).
+        let _ = std::fs::remove_dir_all(cache::dir().join("resolved"));
+    }
     println!(
         "removed {files} files ({:.1} MiB) from {}",
         bytes as f64 / 1048576.0,

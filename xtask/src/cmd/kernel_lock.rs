@@ -57,7 +57,8 @@ fn one(spec: &KernelSpec, upgrade: bool) -> Result<bool> {
     let unaddressed = current
         .as_ref()
         .is_some_and(|c| c.snapshot.is_none() || c.debs.iter().any(|d| d.sha1.is_none()));
-    if !stale && !(upgrade && unaddressed) {
+    let rewrite = stale || (upgrade && unaddressed);
+    if !rewrite {
         match unaddressed {
             true => println!("  up to date (without snapshot addresses: `--upgrade` records them)"),
             false => println!("  up to date"),

@@ -21,7 +21,7 @@ pub fn run() -> Result<i32> {
         };
         let cached = lock
             .as_ref()
-            .is_some_and(|l| kernel::debian_is_cached(&recipe, l));
+            .is_some_and(|l| crate::image::debian::is_cached(&recipe, l));
         let features = lock
             .as_ref()
             // Debian names the image package after the release: linux-image-<release>.

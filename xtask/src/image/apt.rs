@@ -138,7 +138,7 @@ impl Apt {
     /// lists that do not know it are refreshed once per process (the host's only as root).
     pub fn has_version(&self, package: &str, version: &str) -> Result<bool> {
         let want = (package.to_string(), version.to_string());
-        Ok(self.known(&[want.clone()])?.contains(&want))
+        Ok(self.known(std::slice::from_ref(&want))?.contains(&want))
     }
 
     /// Which of `wanted` (package, version) the package lists know, asked in one go.

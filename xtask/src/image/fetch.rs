@@ -475,13 +475,16 @@ pub fn memo_key(part: &str, lock_text: &str) -> String {
     crate::util::key_of(&[("part", part.as_bytes()), ("lock", lock_text.as_bytes())])
 }
 
-/// The remembered fallback for this lock, unless `--locked`.
-pub fn load_memo<T: for<'de> Deserialize<'de>>(key: &str) -> Option<Memo<T>> {
+/// The remembered fallback for this lock, unless `--locked`; its record names this lock
+/// (another checkout with the same lock may have made it).
+pub fn load_memo<T: for<'de> Deserialize<'de>>(key: &str, lock: &LockRef) -> Option<Memo<T>> {
     if locked() {
         return None;
     }
     let text = std::fs::read_to_string(cache::memo_path(key)).ok()?;
-    serde_json::from_str(&text).ok()
+    let mut memo: Memo<T> = serde_json::from_str(&text).ok()?;
+    memo.inputs = lock.inputs(std::mem::take(&mut memo.inputs.debs));
+    Some(memo)
 }
 
 pub fn save_memo<T: Serialize>(key: &str, effective: &T, inputs: &Inputs) {

@@ -8,6 +8,7 @@
 pub mod apt;
 pub mod cache;
 pub mod cpio;
+pub mod debian;
 pub mod elf;
 pub mod fetch;
 pub mod kernel;

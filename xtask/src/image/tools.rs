@@ -224,7 +224,7 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         return Ok(l);
     }
     let memo_key = fetch::memo_key(&lock_ref.part, &lock.to_text());
-    let memo = fetch::load_memo::<ToolsLock>(&memo_key);
+    let memo = fetch::load_memo::<ToolsLock>(&memo_key, &lock_ref);
     if let Some(l) = memo.as_ref().and_then(|m| cached_layer(&m.effective)) {
         fetch::record(&memo.expect("memo").inputs);
         return Ok(l);

@@ -80,7 +80,7 @@ impl Suite {
 pub fn for_kernel(name: &str) -> Result<Suite> {
     let recipe = Recipe::load()?;
     let spec = recipe.kernel(name)?;
-    let lock = crate::image::kernel::lock_for(spec)?;
+    let lock = crate::image::debian::lock_for(spec)?;
     if lock.selftests.is_empty() {
         let newer: Vec<&str> = recipe
             .kernels
