@@ -20,6 +20,12 @@ pub fn could_not_test(message: String) -> String {
     message
 }
 
+/// Marks an error as bad input (exit 2): a flag, file or combination the command refuses.
+pub fn bad_input(message: String) -> String {
+    ERROR_EXIT.store(2, std::sync::atomic::Ordering::Relaxed);
+    message
+}
+
 /// The exit code for a command that ended with an error: 1, or what `could_not_test` set.
 pub fn error_exit_code() -> i32 {
     ERROR_EXIT.load(std::sync::atomic::Ordering::Relaxed)

@@ -495,3 +495,35 @@ fn a_copied_checkout_reads_its_own_files() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Bad input exits 2 before anything is fetched: a moving series under --locked, a bad size.
+#[test]
+fn contradictions_and_bad_sizes_are_bad_input() {
+    let o = xtask()
+        .args([
+            "cache",
+            "fetch",
+            "--kernel",
+            "debian-newest",
+            "--no-tools",
+            "--locked",
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("debian-newest is a moving series") && e.contains("--locked cannot pin"),
+        "{e}"
+    );
+    let o = xtask()
+        .args(["cache", "prune", "--max", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -75,8 +75,11 @@ fn list() -> Result<i32> {
 
 fn prune(max: Option<String>) -> Result<i32> {
     let max_bytes = match max {
-        Some(s) => cache::parse_bytes(&s)
-            .ok_or_else(|| format!("--max {s:?}: expected a size such as 8G, 500M or 0"))?,
+        Some(s) => cache::parse_bytes(&s).ok_or_else(|| {
+            crate::util::bad_input(format!(
+                "--max {s:?}: expected a size such as 8G, 500M or 0"
+            ))
+        })?,
         None => cache::max_bytes()?,
     };
     let (files, bytes) = cache::prune(max_bytes, None)?;

@@ -117,11 +117,11 @@ pub fn lock_for(spec: &KernelSpec) -> Result<KernelLock> {
         });
     }
     if fetch::locked() {
-        return Err(format!(
+        return Err(crate::util::bad_input(format!(
             "{} is a moving series (always {}'s newest), which --locked cannot pin: use a locked kernel (`cargo xtask kernels`) or drop --locked",
             spec.name,
             spec.suite.as_deref().unwrap_or("the host's sources")
-        ));
+        )));
     }
     static RESOLVED: std::sync::Mutex<Vec<(String, KernelLock)>> =
         std::sync::Mutex::new(Vec::new());
