@@ -18,9 +18,9 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Deepest nesting accepted (the deepest real file nests 5).
 pub const MAX_DEPTH: usize = 32;
 
-/// `file:line:column: message` (1-based).
+/// `file:line:column: message` (1-based): an error in a file the user gave, so bad input.
 pub fn located(path: &Path, (line, col): (usize, usize), msg: &str) -> String {
-    format!("{}:{line}:{col}: {msg}", path.display())
+    crate::util::bad_input(format!("{}:{line}:{col}: {msg}", path.display()))
 }
 
 /// Reads `path` as bounded UTF-8 text.
@@ -29,21 +29,78 @@ pub fn read(path: &Path) -> Result<String> {
 }
 
 /// Reads `path` as UTF-8 text of at most `max_bytes` (e.g. a summary.json, larger than YAML).
+/// Every error is bad input (exit 2).
 pub fn read_limited(path: &Path, max_bytes: u64) -> Result<String> {
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    read_limited_inner(path, max_bytes).map_err(crate::util::bad_input)
+}
+
+fn read_limited_inner(path: &Path, max_bytes: u64) -> Result<String> {
+    let (f, len) = open_regular(path)?;
+    if len > max_bytes {
+        return Err(too_large(path, max_bytes));
+    }
     let mut bytes = Vec::new();
     f.take(max_bytes + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     if bytes.len() as u64 > max_bytes {
-        return Err(format!(
-            "{}: larger than {} KiB; this is not a file xtask should read",
-            path.display(),
-            max_bytes >> 10
-        ));
+        return Err(too_large(path, max_bytes));
     }
     text_of(bytes, path)
+}
+
+fn too_large(path: &Path, max_bytes: u64) -> String {
+    format!(
+        "{}: larger than {} KiB; this is not a file xtask should read",
+        path.display(),
+        max_bytes >> 10
+    )
+}
+
+/// Opens `path` for reading without blocking (a FIFO would wait for a writer forever) and
+/// refuses anything but a regular file (a FIFO, a device such as /dev/zero, a directory)
+/// with one line. Returns the file and its size.
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "{}: is {what}, not a regular file; give the path of a file",
+            path.display()
+        ));
+    }
+    // Reads of a regular file never block; clear O_NONBLOCK for the code that follows.
+    // SAFETY: fcntl on a descriptor we own, with flags read from it.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok((f, meta.len()))
 }
 
 /// The bytes as text, or an error at the first byte that is not UTF-8.
@@ -55,10 +112,10 @@ pub fn text_of(bytes: Vec<u8>, path: &Path) -> Result<String> {
     })
 }
 
-/// Checks the bounds, then deserializes one document strictly.
+/// Checks the bounds, then deserializes one document strictly. Errors are bad input.
 pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
-    check_shape(text).map_err(|(pos, msg)| located(path, pos, &msg))?;
-    serde_yaml::from_str(text).map_err(|e| yaml_error(path, text, &e))
+    check_shape(text).map_err(|(pos, msg)| crate::util::bad_input(located(path, pos, &msg)))?;
+    serde_yaml::from_str(text).map_err(|e| crate::util::bad_input(yaml_error(path, text, &e)))
 }
 
 /// Formats a serde_yaml error as `file:line:column: message`.
@@ -331,6 +388,27 @@ mod tests {
         let e = read(&p).unwrap_err();
         std::fs::remove_file(&p).unwrap();
         assert!(e.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    /// A FIFO would block the open (and a read) forever; /dev/zero would be read until
+    /// memory runs out; a directory is no file either. Each is one line, at once.
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("xtask-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("s.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t = Instant::now();
+        let e = read(&fifo).unwrap_err();
+        assert!(e.contains("is a FIFO (named pipe), not a regular file"), "{e}");
+        let e = read(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("/dev/zero: is a device"), "{e}");
+        let e = read(&dir).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+        assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

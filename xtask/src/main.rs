@@ -14,6 +14,7 @@ mod selftests;
 mod server;
 #[cfg(test)]
 mod tidy_tests;
+mod text;
 mod ui;
 mod util;
 mod vm;

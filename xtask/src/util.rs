@@ -259,7 +259,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         path.file_name().unwrap().to_string_lossy(),
         std::process::id()
     ));
-    let result = std::fs::write(&tmp, data)
+    // A stale temporary (or a link planted in its place) is removed, then the file is
+    // created new: never written through a symlink.
+    let _ = std::fs::remove_file(&tmp);
+    let result = write_new(&tmp, data)
         .map_err(|e| format!("write {}: {e}", path.display()))
         .and_then(|()| {
             std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
@@ -268,6 +271,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp); // never leave a .tmp file behind
     }
     result
+}
+
+/// Creates `path` (it must not exist; a symlink there is not followed) holding `data`.
+fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(data)
 }
 
 pub fn is_root() -> bool {

@@ -328,6 +328,7 @@ fn a_vm_e2e_summary_parses_as_the_bisect_view() {
         flaky: Default::default(),
         reproduce: String::new(),
         runs,
+        notes: Vec::new(),
     };
     let view: signature::SummaryView =
         serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

@@ -4,13 +4,18 @@
 //! the verdict recomputed over every run.
 //!
 //! Exit codes as `vm-e2e`: 0 every run passed or skipped and no shard is missing; 1 a run
-//! failed or timed out; 125 none failed but some could not be tested or a shard is missing.
+//! failed or timed out; 2 an input refused (not a summary, a hostile or over-bound one, two
+//! sessions of different commits, a run twice, an --out that is a symlink); 125 none failed
+//! but some could not be tested, a shard is missing, or the reports could not be written.
+//!
+//! The inputs may be other jobs' artifacts: see `scenario::evidence` for what is trusted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::runs::{RunDir, EXIT_INFRA};
-use crate::scenario::{merge, session, shard};
-use crate::util::Result;
+use crate::scenario::{evidence, merge, session, shard};
+use crate::text::term;
+use crate::util::{bad_input, could_not_test, Result};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
@@ -44,17 +49,17 @@ pub fn run(cmd: Cmd) -> Result<i32> {
 fn run_merge(a: MergeArgs) -> Result<i32> {
     let inputs = merge::load(&a.inputs)?;
     let n = inputs.len();
+    let origins = merge::origins(&inputs);
     let mut merged = merge::merge(inputs)?;
-    let out = match &a.out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            dir.clone()
-        }
-        None => RunDir::create("merged")?.path,
-    };
+    let out = output_dir(a.out.as_deref())?;
     if a.evidence {
-        for missing in merge::copy_evidence(&mut merged, &a.inputs, &out)? {
-            eprintln!("report merge: no evidence for {missing}");
+        evidence::copy(
+            &mut merged,
+            |o| origins.get(&merge::key_of(o)).cloned(),
+            &out,
+        )?;
+        for note in &merged.notes {
+            eprintln!("report merge: evidence: {}", term(note));
         }
     }
     let url = a.evidence_url.clone().or_else(github_run_url);
@@ -63,15 +68,34 @@ fn run_merge(a: MergeArgs) -> Result<i32> {
     session::print_summary(&merged, &written);
     let gaps = shard::gaps(&merged.head.shards);
     for g in &gaps {
-        println!("report merge: {g}: its runs were not tested");
+        println!("report merge: {}: its runs were not tested", term(g));
     }
     if let Err(e) = written {
-        return Err(format!("the merged reports could not be written: {e}"));
+        return Err(could_not_test(format!(
+            "the merged reports could not be written: {e}"
+        )));
     }
     Ok(match session::exit_code(&merged.runs) {
         0 if !gaps.is_empty() => EXIT_INFRA,
         code => code,
     })
+}
+
+/// `--out` (created when absent; a symlink is refused: the merge writes only inside a
+/// directory of its own), or a new `<time>-merged` under the runs directory.
+fn output_dir(out: Option<&Path>) -> Result<PathBuf> {
+    let Some(dir) = out else {
+        return Ok(RunDir::create("merged").map_err(could_not_test)?.path);
+    };
+    if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+        return Err(bad_input(format!(
+            "--out {}: is a symlink or not a directory; give a directory of its own",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| could_not_test(format!("create {}: {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
 }
 
 /// `$GITHUB_SERVER_URL/$GITHUB_REPOSITORY/actions/runs/$GITHUB_RUN_ID` when all are set.

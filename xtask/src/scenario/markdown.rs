@@ -1,7 +1,10 @@
 //! summary.md: a session (one run of `vm-e2e`/`vm-selftests`, or shards merged by `report
 //! merge`) as Markdown fit for `$GITHUB_STEP_SUMMARY`: the verdict line, one row per scenario,
-//! the runs that did not pass with their evidence directories, flaky scenarios, missing shards
-//! and the reproduce line.
+//! the runs that did not pass with their evidence directories, flaky scenarios, missing shards,
+//! the merge's evidence notes and the reproduce line.
+//!
+//! Every string that is not this file's own goes through `text::md_code` or `text::md_block`:
+//! a summary.json written by another job cannot add HTML, links, headings or rows.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,11 +14,19 @@ use super::run::Outcome;
 use super::session::exit_code;
 use super::shard;
 use crate::runs::Verdict;
+use crate::text::{bound, md_block, md_code};
 
-/// Longest reason quoted in a table cell.
-const MAX_REASON_CHARS: usize = 300;
+/// Longest reason quoted in a table cell, in bytes.
+const MAX_REASON_BYTES: usize = 600;
 /// Most failing runs listed (the rest are counted).
 const MAX_LISTED_RUNS: usize = 50;
+/// Most evidence notes listed (the rest are counted).
+const MAX_LISTED_NOTES: usize = 100;
+/// Longest reproduce text shown.
+const MAX_REPRODUCE_BYTES: usize = 16 << 10;
+
+/// The tools whose name may stand as plain text in the headline.
+pub const TOOLS: [&str; 3] = ["vm-e2e", "vm-selftests", "vm-test"];
 
 /// The whole summary. `evidence_url`: where the evidence directories can be downloaded (e.g.
 /// the workflow run's artifacts page); each directory name links there.
@@ -23,12 +34,12 @@ pub fn render(s: &Session, evidence_url: Option<&str>) -> String {
     let mut out = headline(s);
     out += &context(s);
     out += &scenario_table(&s.runs);
-    out += &failing_runs(&s.runs, evidence_url);
+    out += &failing_runs(&s.runs, evidence_url.filter(|u| is_plain_url(u)));
     let flaky: Vec<String> = s
         .flaky
         .iter()
         .filter(|(_, t)| t.failed > 0 && t.failed < t.runs)
-        .map(|(name, t)| format!("- `{}`: {}\n", cell(name), t.describe()))
+        .map(|(name, t)| format!("- {}: {}\n", md_code(name), t.describe()))
         .collect();
     if !flaky.is_empty() {
         out += "\n#### Flaky\n\n";
@@ -39,13 +50,27 @@ pub fn render(s: &Session, evidence_url: Option<&str>) -> String {
     if !gaps.is_empty() {
         out += "\n#### Missing shards (their runs were not tested)\n\n";
         for g in gaps {
-            let _ = writeln!(out, "- {g}");
+            let _ = writeln!(out, "- {}", md_code(&g));
         }
     }
+    out += &notes(&s.notes);
     if exit_code(&s.runs) != 0 {
-        let _ = write!(out, "\nReproduce:\n\n```\n{}\n```\n", s.reproduce);
+        let _ = write!(
+            out,
+            "\nReproduce:\n\n{}",
+            md_block(&bound(&s.reproduce, MAX_REPRODUCE_BYTES))
+        );
     }
     out
+}
+
+/// A link target shown as given: http(s), and no character Markdown or HTML could act on.
+fn is_plain_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() <= 2048
+        && u
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#@!$&'*+,;=%".contains(c))
 }
 
 /// The verdict of the whole: what a CI job's status would say.
@@ -71,21 +96,20 @@ fn headline(s: &Session) -> String {
             parts.push(format!("{} {}", count(v), v.name()));
         }
     }
-    format!(
-        "### {} {}: {}\n\n",
-        s.head.tool,
-        verdict_word(s),
-        parts.join(", ")
-    )
+    let tool = match TOOLS.contains(&s.head.tool.as_str()) {
+        true => s.head.tool.clone(),
+        false => md_code(&s.head.tool),
+    };
+    format!("### {tool} {}: {}\n\n", verdict_word(s), parts.join(", "))
 }
 
 fn context(s: &Session) -> String {
     let h = &s.head;
-    let mut bits = vec![format!("commit `{}`", cell(&h.commit))];
+    let mut bits = vec![format!("commit {}", md_code(&h.commit))];
     if let Some(seed) = h.seed {
         bits.push(format!("seed {seed}"));
     }
-    bits.push(format!("accel {}", h.accelerator));
+    bits.push(format!("accel {}", md_code(&h.accelerator)));
     if h.timeout_scale != 1.0 {
         bits.push(format!("limits x{}", h.timeout_scale));
     }
@@ -109,7 +133,7 @@ fn context(s: &Session) -> String {
         } else {
             &k.release
         };
-        let _ = writeln!(out, "- kernel `{}`: {}", cell(name), cell(release));
+        let _ = writeln!(out, "- kernel {}: {}", md_code(name), md_code(release));
     }
     for inputs in &h.inputs {
         let warn = if inputs.newer().is_empty() {
@@ -117,7 +141,7 @@ fn context(s: &Session) -> String {
         } else {
             "**warning**: "
         };
-        let _ = writeln!(out, "- {warn}`{}`", cell(&inputs.line()));
+        let _ = writeln!(out, "- {warn}{}", md_code(&inputs.line()));
     }
     out + "\n"
 }
@@ -142,8 +166,8 @@ fn scenario_table(runs: &[Outcome]) -> String {
     for (label, c) in rows {
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} | {} | {} | {} |",
-            cell(&label),
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            md_code(&label),
             c[0],
             c[1],
             c[2],
@@ -175,17 +199,16 @@ fn failing_runs(runs: &[Outcome], evidence_url: Option<&str>) -> String {
             .unwrap_or_default();
         let evidence = match (evidence_url, dir.is_empty()) {
             (_, true) => "-".to_string(),
-            (Some(url), false) => format!("[`{}`]({url})", cell(&dir)),
-            (None, false) => format!("`{}`", cell(&dir)),
+            (Some(url), false) => format!("[{}]({url})", md_code(&dir)),
+            (None, false) => md_code(&dir),
         };
         let _ = writeln!(
             out,
-            "| `{} #{}` | {} | {} | {} | {} |",
-            cell(&o.label()),
-            o.run,
+            "| {} | {} | {} | {} | {} |",
+            md_code(&format!("{} #{}", o.label(), o.run)),
             o.verdict.name(),
-            cell(o.failed_step.as_deref().unwrap_or("-")),
-            cell(&shorten(o.reason.as_deref().unwrap_or("-"))),
+            md_code(o.failed_step.as_deref().unwrap_or("-")),
+            md_code(&bound(o.reason.as_deref().unwrap_or("-"), MAX_REASON_BYTES)),
             evidence
         );
     }
@@ -204,36 +227,33 @@ fn skipped(runs: &[Outcome]) -> String {
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
     for o in runs.iter().filter(|o| o.verdict == Verdict::Skip) {
         let why = o.reason.as_deref().unwrap_or("no reason recorded");
-        reasons.entry(o.label()).or_insert_with(|| shorten(why));
+        reasons
+            .entry(o.label())
+            .or_insert_with(|| bound(why, MAX_REASON_BYTES).into_owned());
     }
     if reasons.is_empty() {
         return String::new();
     }
     let mut out = String::from("\n#### Skipped\n\n");
     for (label, why) in reasons {
-        let _ = writeln!(out, "- `{}`: {}", cell(&label), cell(&why));
+        let _ = writeln!(out, "- {}: {}", md_code(&label), md_code(&why));
     }
     out
 }
 
-fn shorten(s: &str) -> String {
-    if s.chars().count() <= MAX_REASON_CHARS {
-        return s.to_string();
+/// What `report merge` left out of the evidence, and why.
+fn notes(notes: &[String]) -> String {
+    if notes.is_empty() {
+        return String::new();
     }
-    let cut: String = s.chars().take(MAX_REASON_CHARS).collect();
-    format!("{cut}...")
-}
-
-/// Text safe inside a table cell (and inside backticks): no pipes, newlines or backticks.
-fn cell(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '|' => '/',
-            '\n' | '\r' | '\t' => ' ',
-            '`' => '\'',
-            c => c,
-        })
-        .collect()
+    let mut out = String::from("\n#### Evidence notes\n\n");
+    for n in notes.iter().take(MAX_LISTED_NOTES) {
+        let _ = writeln!(out, "- {}", md_code(&bound(n, MAX_REASON_BYTES)));
+    }
+    if notes.len() > MAX_LISTED_NOTES {
+        let _ = writeln!(out, "- ... and {} more", notes.len() - MAX_LISTED_NOTES);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -263,6 +283,7 @@ mod tests {
             flaky: tally(&runs),
             reproduce: "cargo xtask vm-e2e a --seed 7".into(),
             runs,
+            notes: Vec::new(),
         }
     }
 
@@ -292,7 +313,7 @@ mod tests {
         }];
         let md = render(&s, None);
         assert!(
-            md.contains("- **warning**: `tools layer: 1 of 2 packages newer than vm-images/tools.lock (libc6 2.41-12+deb13u4 → 2.41-12+deb13u5'/<b>); run cargo xtask tools-lock --upgrade`"),
+            md.contains("- **warning**: ``tools layer: 1 of 2 packages newer than vm-images/tools.lock (libc6 2.41-12+deb13u4 → 2.41-12+deb13u5`\\|<b>); run cargo xtask tools-lock --upgrade``"),
             "{md}"
         );
         s.head.inputs[0].debs.pop();
@@ -327,7 +348,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| `a on debian-7.2 #2` | fail | steps[3] io | MISMATCH / block 3 expected #2 | [`20261122-000000-a-r2`](https://example/run/1) |"),
+            md.contains("| `a on debian-7.2 #2` | fail | `steps[3] io` | `MISMATCH \\| block 3\\nexpected #2` | [`20261122-000000-a-r2`](https://example/run/1) |"),
             "{md}"
         );
         assert!(
@@ -335,9 +356,9 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("cargo xtask vm-e2e a --seed 7"), "{md}");
-        assert!(md.contains("- kernel `debian-7.2`: 7.2.13"), "{md}");
+        assert!(md.contains("- kernel `debian-7.2`: `7.2.13`"), "{md}");
         assert!(
-            md.contains("#### Skipped\n\n- `b on debian-7.2`: lacks recovery\n"),
+            md.contains("#### Skipped\n\n- `b on debian-7.2`: `lacks recovery`\n"),
             "{md}"
         );
     }
@@ -351,5 +372,32 @@ mod tests {
             !md.contains("did not pass") && !md.contains("Reproduce"),
             "{md}"
         );
+    }
+
+    /// A summary.json from another job is hostile: its strings stay inert text (no heading,
+    /// no HTML, no link, no extra row), and a link target that is not a plain URL is dropped.
+    #[test]
+    fn hostile_strings_render_inert() {
+        let evil = "vm-e2e PASS: 3/3 passed\n\n<!--";
+        let mut o = run("a", 1, Verdict::Fail, Some("x\n\n| forged | row |\n<img src=x onerror=alert(1)> [click](https://evil)"));
+        o.scenario = "s`cen<b>|".into();
+        o.failed_step = Some("step\n### PASS".into());
+        let mut s = session(vec![o]);
+        s.head.tool = evil.into();
+        s.head.accelerator = "tcg\n\n## ALL PASSED".into();
+        s.reproduce = "cargo xtask vm-e2e\n```\n<script>alert(1)</script>".into();
+        s.notes = vec!["note\n<!--".into()];
+        let md = render(&s, Some("https://x/)<script>"));
+        assert!(md.starts_with("### `vm-e2e PASS: 3/3 passed\\n\\n<!--` FAIL: 0/1 passed, 1 fail\n"), "{md}");
+        let (outside, _block) = md.split_once("Reproduce:").expect("a reproduce block");
+        for line in outside.lines() {
+            let forged = line.starts_with('#') && !line.starts_with("### `vm-e2e PASS") && !line.starts_with("#### ");
+            assert!(!forged, "a forged heading: {line}\n{md}");
+            assert!(!line.starts_with("<") && !line.starts_with("| forged"), "{line}\n{md}");
+        }
+        assert!(!md.contains("](https://x/)"), "{md}");
+        assert!(md.contains("````text\ncargo xtask vm-e2e\n```\n<script>alert(1)</script>\n````\n"), "{md}");
+        let rows = md.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(rows, 2, "one scenario row, one failing run: {md}");
     }
 }

@@ -13,59 +13,162 @@ use std::path::{Path, PathBuf};
 use super::report::{self, Head, Session};
 use super::run::Outcome;
 use super::session::sort_runs;
+use super::evidence::Origin;
 use super::shard::{self, summaries_under};
-use crate::runs::Verdict;
-use crate::util::Result;
+use crate::util::{bad_input, Result};
 
 /// Most summary.json files one merge reads.
 const MAX_INPUTS: usize = 1024;
 /// Largest summary.json read.
 pub const MAX_SUMMARY_BYTES: u64 = 64 << 20;
-/// Evidence copy bounds: total bytes, files, directory depth.
-const MAX_EVIDENCE_BYTES: u64 = 2 << 30;
-const MAX_EVIDENCE_FILES: usize = 100_000;
-const MAX_EVIDENCE_DEPTH: usize = 8;
+/// Bounds a summary.json must keep (see `validate`).
+const MAX_RUNS_TOTAL: usize = 200_000;
+const MAX_JOBS: u64 = 4096;
+const MAX_REPEAT: u64 = 100_000;
+const MAX_SHARD_ENTRIES: u64 = 1024;
+const MAX_NAME_BYTES: usize = 512;
+const MAX_REPRODUCE_BYTES: usize = 64 << 10;
+/// A reason read from a summary is cut to this (head and tail kept).
+const MAX_REASON_BYTES: usize = 16 << 10;
 
-/// A summary.json and what it says.
+/// A summary.json and what it says, and where it was found (evidence is looked for there).
 pub struct Input {
     pub path: PathBuf,
     pub session: Session,
+    pub origin: Origin,
 }
 
 /// Every summary.json under the paths given (a file, a session directory, or a directory of
-/// them, e.g. downloaded artifacts).
+/// them, e.g. downloaded artifacts), each checked by `validate`. Errors are bad input.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<Input>> {
     let mut inputs: Vec<Input> = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut runs = 0usize;
     for p in paths {
-        let files = summaries_under(p, MAX_INPUTS)?;
+        let root = std::fs::canonicalize(p)
+            .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
+        let files = summaries_under(&root, MAX_INPUTS).map_err(bad_input)?;
         if files.is_empty() {
-            return Err(format!(
+            return Err(bad_input(format!(
                 "{}: no summary.json there (give session directories, or a directory holding them)",
                 p.display()
-            ));
+            )));
         }
+        let tree = if root.is_dir() {
+            root.clone()
+        } else {
+            root.parent().unwrap_or(Path::new("/")).to_path_buf()
+        };
         for f in files {
-            let canon = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
-            if !seen.insert(canon) {
-                return Err(format!("{} is given twice", f.display()));
+            if !seen.insert(f.clone()) {
+                return Err(bad_input(format!("{} is given twice", f.display())));
             }
-            let text = crate::input::read_limited(&f, MAX_SUMMARY_BYTES)?;
-            let session: Session = serde_json::from_str(&text).map_err(|e| {
-                format!(
-                    "{}:{}:{}: not a vm-e2e/vm-selftests summary.json: {e}",
-                    f.display(),
-                    e.line(),
-                    e.column()
-                )
-            })?;
-            inputs.push(Input { path: f, session });
+            let session = read_summary(&f)?;
+            runs += session.runs.len();
+            if runs > MAX_RUNS_TOTAL || inputs.len() >= MAX_INPUTS {
+                return Err(bad_input(format!(
+                    "more than {MAX_INPUTS} summaries or {MAX_RUNS_TOTAL} runs to merge"
+                )));
+            }
+            let summary_dir = f.parent().unwrap_or(&tree).to_path_buf();
+            let origin = Origin {
+                root: tree.clone(),
+                summary_dir,
+            };
+            inputs.push(Input {
+                path: f,
+                session,
+                origin,
+            });
         }
-    }
-    if inputs.len() > MAX_INPUTS {
-        return Err(format!("more than {MAX_INPUTS} summaries to merge"));
     }
     Ok(inputs)
+}
+
+/// One summary.json, parsed, checked and with its free text bounded.
+fn read_summary(f: &Path) -> Result<Session> {
+    let text = crate::input::read_limited(f, MAX_SUMMARY_BYTES)?;
+    let mut session: Session = serde_json::from_str(&text).map_err(|e| {
+        bad_input(format!(
+            "{}:{}:{}: not a vm-e2e/vm-selftests summary.json: {e}",
+            f.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    validate(&session).map_err(|e| bad_input(format!("{}: {e}", f.display())))?;
+    for o in &mut session.runs {
+        if let Some(r) = &mut o.reason {
+            *r = crate::text::bound(r, MAX_REASON_BYTES).into_owned();
+        }
+    }
+    Ok(session)
+}
+
+/// What a summary.json must be before anything of it is used: a known tool, bounded counts
+/// (shards, jobs, repeats, runs, notes), names without control characters, finite times.
+pub fn validate(s: &Session) -> std::result::Result<(), String> {
+    let h = &s.head;
+    if !super::markdown::TOOLS.contains(&h.tool.as_str()) {
+        return Err(format!(
+            "tool {} is not one of {}",
+            crate::text::term(&h.tool),
+            super::markdown::TOOLS.join(", ")
+        ));
+    }
+    let word = |what: &str, v: &str, max: usize| -> std::result::Result<(), String> {
+        if v.len() > max || v.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "{what} {} is longer than {max} bytes or holds control characters",
+                crate::text::term(&crate::text::bound(v, 80))
+            ));
+        }
+        Ok(())
+    };
+    word("commit", &h.commit, 128)?;
+    word("accelerator", &h.accelerator, 64)?;
+    word("started_at", &h.started_at, 64)?;
+    word("image_hash", &h.image_hash, 256)?;
+    word("reproduce", &s.reproduce.replace('\n', " "), MAX_REPRODUCE_BYTES)?;
+    let bounded = |what: &str, v: u64, max: u64| -> std::result::Result<(), String> {
+        match v <= max {
+            true => Ok(()),
+            false => Err(format!("{what} {v} is over {max}")),
+        }
+    };
+    bounded("jobs", h.jobs as u64, MAX_JOBS)?;
+    bounded("repeat", h.repeat as u64, MAX_REPEAT)?;
+    bounded("runs", s.runs.len() as u64, MAX_RUNS_TOTAL as u64)?;
+    bounded("shards", h.shards.len() as u64, MAX_SHARD_ENTRIES)?;
+    bounded("inputs", h.inputs.len() as u64, 64)?;
+    bounded("notes", s.notes.len() as u64, 1000)?;
+    for i in &h.shards {
+        if i.index == 0 || i.index > i.count || i.count > shard::MAX_SHARDS {
+            return Err(format!(
+                "shard {}/{} is not K/N with 1 <= K <= N <= {}",
+                i.index,
+                i.count,
+                shard::MAX_SHARDS
+            ));
+        }
+        if i.plan.is_empty() || i.plan.len() > 64 || !i.plan.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("shard plan {} is not a hex digest", crate::text::term(&crate::text::bound(&i.plan, 80))));
+        }
+    }
+    let finite = [s.wall_s, h.timeout_scale]
+        .into_iter()
+        .chain(s.runs.iter().map(|o| o.duration_s))
+        .all(|x| x.is_finite() && (0.0..=1e9).contains(&x));
+    if !finite {
+        return Err("a duration or scale is not a finite, non-negative number".into());
+    }
+    for o in &s.runs {
+        word("scenario", &o.scenario, MAX_NAME_BYTES)?;
+        word("server", &o.server, MAX_NAME_BYTES)?;
+        word("kernel", &o.kernel, MAX_NAME_BYTES)?;
+        bounded("run number", o.run as u64, MAX_REPEAT)?;
+    }
+    Ok(())
 }
 
 /// One session of every input's runs.
@@ -73,30 +176,34 @@ pub fn merge(inputs: Vec<Input>) -> Result<Session> {
     assert!(!inputs.is_empty(), "load() refuses an empty merge");
     same(&inputs, "commit", |h| h.commit.clone())?;
     same(&inputs, "tool", |h| h.tool.clone())?;
-    let mut owner: BTreeMap<(String, String, String, u32), PathBuf> = BTreeMap::new();
+    let mut owner: BTreeMap<RunKey, (PathBuf, String)> = BTreeMap::new();
     for i in &inputs {
         for o in &i.session.runs {
-            let key = (
-                o.scenario.clone(),
-                o.server.clone(),
-                o.kernel.clone(),
-                o.run,
-            );
-            if let Some(other) = owner.insert(key, i.path.clone()) {
-                return Err(format!(
+            let record = fingerprint(o);
+            if let Some((other, theirs)) = owner.get(&key_of(o)) {
+                if *theirs == record {
+                    continue; // the same run reported twice (a shard and a merge of it)
+                }
+                return Err(bad_input(format!(
                     "run {} #{} is in both {} and {}: merge each session once (two sessions of one plan need distinct shards)",
-                    o.label(),
+                    crate::text::term(&o.label()),
                     o.run,
                     other.display(),
                     i.path.display()
-                ));
+                )));
             }
+            owner.insert(key_of(o), (i.path.clone(), record));
         }
     }
     let head = merged_head(&inputs);
     let reproduce = merged_reproduce(&inputs);
     let wall_s = inputs.iter().map(|i| i.session.wall_s).fold(0.0, f64::max);
-    let mut runs: Vec<Outcome> = inputs.into_iter().flat_map(|i| i.session.runs).collect();
+    let mut seen = BTreeSet::new();
+    let mut runs: Vec<Outcome> = inputs
+        .into_iter()
+        .flat_map(|i| i.session.runs)
+        .filter(|o| seen.insert(key_of(o)))
+        .collect();
     sort_runs(&mut runs);
     Ok(Session {
         head,
@@ -105,7 +212,23 @@ pub fn merge(inputs: Vec<Input>) -> Result<Session> {
         flaky: report::tally(&runs),
         reproduce,
         runs,
+        notes: Vec::new(),
     })
+}
+
+/// A run's identity in a merge: scenario, server, kernel, run number.
+pub type RunKey = (String, String, String, u32);
+
+pub fn key_of(o: &Outcome) -> RunKey {
+    (o.scenario.clone(), o.server.clone(), o.kernel.clone(), o.run)
+}
+
+/// What a run recorded, but where its evidence lies (a merge moves that).
+fn fingerprint(o: &Outcome) -> String {
+    let mut o = o.clone();
+    o.run_dir = PathBuf::new();
+    o.freeze_frame = None;
+    serde_json::to_string(&o).expect("an outcome serialises")
 }
 
 /// Fails unless every input agrees on `what`.
@@ -114,11 +237,13 @@ fn same(inputs: &[Input], what: &str, get: impl Fn(&Head) -> String) -> Result<(
     for i in &inputs[1..] {
         let v = get(&i.session.head);
         if v != first {
-            return Err(format!(
-                "{} has {what} {v} but {} has {first}: merge the sessions of one {what} only",
+            return Err(bad_input(format!(
+                "{} has {what} {} but {} has {}: merge the sessions of one {what} only",
                 i.path.display(),
-                inputs[0].path.display()
-            ));
+                crate::text::term(&v),
+                inputs[0].path.display(),
+                crate::text::term(&first)
+            )));
         }
     }
     Ok(())
@@ -140,6 +265,7 @@ fn merged_head(inputs: &[Input]) -> Head {
         .flat_map(|h| h.shards.iter().cloned())
         .collect();
     shards.sort_by(|a, b| (&a.plan, a.index).cmp(&(&b.plan, b.index)));
+    shards.dedup(); // one shard in two inputs (a shard and a merge of it) counts once
     Head {
         tool: heads[0].tool.clone(),
         started_at: heads
@@ -158,7 +284,7 @@ fn merged_head(inputs: &[Input]) -> Head {
             "several (see each run)",
         ),
         accelerator: accels.into_iter().collect::<Vec<_>>().join(","),
-        jobs: heads.iter().map(|h| h.jobs).sum(),
+        jobs: heads.iter().fold(0usize, |n, h| n.saturating_add(h.jobs)),
         repeat: heads.iter().map(|h| h.repeat).max().expect("inputs"),
         timeout_scale: heads.iter().map(|h| h.timeout_scale).fold(0.0, f64::max),
         shards,
@@ -193,111 +319,29 @@ fn merged_reproduce(inputs: &[Input]) -> String {
     lines.join("\n")
 }
 
-/// Copies the run directory of every run that did not pass (fail, timeout, infra-error,
-/// interrupted) into `out/runs/`, and points the session at the copies. A directory is found
-/// where the summary says it is, else by its name under `roots` (downloaded artifacts keep
-/// the name, not the path). Returns the runs whose evidence was not found.
-pub fn copy_evidence(s: &mut Session, roots: &[PathBuf], out: &Path) -> Result<Vec<String>> {
-    let mut budget = Budget {
-        bytes: MAX_EVIDENCE_BYTES,
-        files: MAX_EVIDENCE_FILES,
-    };
-    let mut missing = Vec::new();
-    for o in s.runs.iter_mut() {
-        if matches!(o.verdict, Verdict::Pass | Verdict::Skip) || o.run_dir.as_os_str().is_empty() {
-            continue;
-        }
-        let Some(name) = o.run_dir.file_name().map(|n| n.to_os_string()) else {
-            continue;
-        };
-        let dest = out.join("runs").join(&name);
-        let found = if o.run_dir.is_dir() {
-            Some(o.run_dir.clone())
-        } else {
-            roots.iter().find_map(|r| find_dir(r, &name, 0))
-        };
-        let Some(src) = found else {
-            missing.push(format!(
-                "{} #{}: {} not found",
-                o.label(),
-                o.run,
-                o.run_dir.display()
-            ));
-            continue;
-        };
-        if std::fs::canonicalize(&src).ok() != std::fs::canonicalize(&dest).ok() {
-            copy_tree(&src, &dest, 0, &mut budget)?;
-        }
-        if let Some(ff) = &o.freeze_frame {
-            if let Ok(rest) = ff.strip_prefix(&o.run_dir) {
-                o.freeze_frame = Some(dest.join(rest));
-            }
-        }
-        o.run_dir = dest;
-    }
-    Ok(missing)
-}
-
-struct Budget {
-    bytes: u64,
-    files: usize,
-}
-
-fn find_dir(root: &Path, name: &std::ffi::OsStr, depth: usize) -> Option<PathBuf> {
-    if depth > shard::MAX_SEARCH_DEPTH {
-        return None;
-    }
-    let entries = std::fs::read_dir(root).ok()?;
-    let mut subdirs = Vec::new();
-    for e in entries.flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            if e.file_name() == name {
-                return Some(e.path());
-            }
-            subdirs.push(e.path());
+/// The origin of every run (where its summary.json was found), by run key.
+pub fn origins(inputs: &[Input]) -> BTreeMap<RunKey, Origin> {
+    let mut m = BTreeMap::new();
+    for i in inputs {
+        for o in &i.session.runs {
+            m.entry(key_of(o)).or_insert_with(|| i.origin.clone());
         }
     }
-    subdirs.sort();
-    subdirs
-        .into_iter()
-        .find_map(|d| find_dir(&d, name, depth + 1))
-}
-
-fn copy_tree(src: &Path, dest: &Path, depth: usize, budget: &mut Budget) -> Result<()> {
-    if depth > MAX_EVIDENCE_DEPTH {
-        return Err(format!(
-            "{}: evidence nested deeper than {MAX_EVIDENCE_DEPTH} directories; not a run directory",
-            src.display()
-        ));
-    }
-    std::fs::create_dir_all(dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
-    let entries = std::fs::read_dir(src).map_err(|e| format!("read {}: {e}", src.display()))?;
-    for e in entries.flatten() {
-        let (from, to) = (e.path(), dest.join(e.file_name()));
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            copy_tree(&from, &to, depth + 1, budget)?;
-        } else if ft.is_file() {
-            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-            if len > budget.bytes || budget.files == 0 {
-                return Err(format!(
-                    "the evidence to copy exceeds {} GiB or {MAX_EVIDENCE_FILES} files (at {}): copy fewer runs",
-                    MAX_EVIDENCE_BYTES >> 30,
-                    from.display()
-                ));
-            }
-            std::fs::copy(&from, &to).map_err(|e| format!("copy {}: {e}", from.display()))?;
-            budget.bytes -= len;
-            budget.files -= 1;
-        }
-    }
-    Ok(())
+    m
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runs::Verdict;
     use crate::scenario::shard::{select, Planned, Shard};
+
+    fn origin() -> Origin {
+        Origin {
+            root: "/nowhere".into(),
+            summary_dir: "/nowhere".into(),
+        }
+    }
 
     fn outcome(name: &str, run: u32, verdict: Verdict) -> Outcome {
         let mut o = Outcome::named(name, run, 7, Path::new(""), "h");
@@ -321,6 +365,7 @@ mod tests {
             flaky: report::tally(&runs),
             reproduce: "cargo xtask vm-e2e b --seed 7".into(),
             runs,
+            notes: Vec::new(),
         }
     }
 
@@ -354,6 +399,7 @@ mod tests {
                 Input {
                     path: format!("shard{index}/summary.json").into(),
                     session: session(runs, vec![info]),
+                    origin: origin(),
                 }
             })
             .collect()
@@ -389,6 +435,7 @@ mod tests {
         let first_two = Input {
             path: "m/summary.json".into(),
             session: merge(parts).unwrap(),
+            origin: origin(),
         };
         let again = merge(vec![first_two, third]).unwrap();
         assert_eq!(key(&again), key(&merged));
@@ -408,12 +455,27 @@ mod tests {
             md.contains("Missing shards") && md.contains("shard 2/3"),
             "{md}"
         );
+        // The same records twice (a shard and an earlier merge of it: a re-run merge job
+        // downloads both) are one run each; the verdict and the shards are unchanged.
         let mut parts = sharded(2);
-        let dup = Input {
+        let earlier = merge(sharded(2)).unwrap();
+        parts.push(Input {
+            path: "merged/summary.json".into(),
+            session: earlier,
+            origin: origin(),
+        });
+        let again = merge(parts).unwrap();
+        assert_eq!(again.runs.len(), 9);
+        assert!(shard::gaps(&again.head.shards).is_empty(), "{:?}", again.head.shards);
+        // Another session of the same run (it took another time) is refused.
+        let mut parts = sharded(2);
+        let mut other = parts[0].session.clone();
+        other.runs[0].duration_s += 1.0;
+        parts.push(Input {
             path: "again/summary.json".into(),
-            session: parts[0].session.clone(),
-        };
-        parts.push(dup);
+            session: other,
+            origin: origin(),
+        });
         let e = merge(parts).unwrap_err();
         assert!(
             e.contains("is in both shard1/summary.json and again/summary.json"),
@@ -432,14 +494,17 @@ mod tests {
         );
     }
 
+    /// A merged artifact keeps each run's evidence in `runs/<name>` beside its summary: found
+    /// there (not by searching every input for the name), copied under the run's id.
     #[test]
-    fn evidence_is_found_by_name_and_copied() {
+    fn evidence_is_found_beside_its_summary_and_copied_under_the_run_id() {
         let tmp = std::env::temp_dir().join(format!("xtask-merge-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let shard_dir = tmp.join("artifacts/e2e-1/runs/20261122-b-r2");
-        std::fs::create_dir_all(shard_dir.join("freeze")).unwrap();
-        std::fs::write(shard_dir.join("serial.log"), "boot\n").unwrap();
-        std::fs::write(shard_dir.join("freeze/frame.txt"), "tags\n").unwrap();
+        let shard_dir = tmp.join("artifacts/e2e-1");
+        let run_dir = shard_dir.join("runs/20261122-b-r2");
+        std::fs::create_dir_all(run_dir.join("freeze")).unwrap();
+        std::fs::write(run_dir.join("serial.log"), "boot\n").unwrap();
+        std::fs::write(run_dir.join("freeze/frame.txt"), "tags\n").unwrap();
         let mut s = session(full(), Vec::new());
         for o in s.runs.iter_mut() {
             o.run_dir = format!("/elsewhere/vm-runs/20261122-{}-r{}", o.scenario, o.run).into();
@@ -451,14 +516,19 @@ mod tests {
             .unwrap();
         b2.freeze_frame = Some(b2.run_dir.join("freeze/frame.txt"));
         let out = tmp.join("out");
-        let missing = copy_evidence(&mut s, &[tmp.join("artifacts")], &out).unwrap();
-        assert!(missing.is_empty(), "{missing:?}");
-        let copied = out.join("runs/20261122-b-r2");
+        std::fs::create_dir_all(&out).unwrap();
+        let g = Origin {
+            root: std::fs::canonicalize(tmp.join("artifacts")).unwrap(),
+            summary_dir: std::fs::canonicalize(&shard_dir).unwrap(),
+        };
+        super::super::evidence::copy(&mut s, |_| Some(g.clone()), &out).unwrap();
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        let b2 = s.runs.iter().find(|o| o.verdict == Verdict::Fail).unwrap();
+        let copied = out.join("runs").join(b2.id());
         assert_eq!(
             std::fs::read_to_string(copied.join("serial.log")).unwrap(),
             "boot\n"
         );
-        let b2 = s.runs.iter().find(|o| o.verdict == Verdict::Fail).unwrap();
         assert_eq!(b2.run_dir, copied);
         assert_eq!(
             b2.freeze_frame.as_deref(),

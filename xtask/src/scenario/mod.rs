@@ -1,5 +1,6 @@
 //! YAML scenarios: the format (`model`), the runner, freeze-frames and reports.
 
+pub mod evidence;
 pub mod freeze;
 pub mod lifecycle;
 pub mod markdown;

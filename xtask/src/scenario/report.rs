@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::run::Outcome;
 use super::shard::ShardInfo;
 use crate::runs::Verdict;
+use crate::text::{bound, term};
 
 /// What a session's reports say about it besides its runs (summary.json's top-level fields).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,6 +76,10 @@ pub struct Session {
     pub flaky: BTreeMap<String, Tally>,
     pub reproduce: String,
     pub runs: Vec<Outcome>,
+    /// What `report merge` left out of the evidence it copied, and why (a skipped symlink,
+    /// a file over its bound, a directory that could not be written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +101,9 @@ pub fn kernels(runs: &[Outcome]) -> BTreeMap<String, KernelInfo> {
     m
 }
 
+/// Longest details column of the terminal table, in bytes.
+const MAX_DETAILS_BYTES: usize = 2048;
+
 /// The report header: one line per kernel.
 pub fn kernels_header(kernels: &BTreeMap<String, KernelInfo>) -> String {
     kernels
@@ -106,7 +114,12 @@ pub fn kernels_header(kernels: &BTreeMap<String, KernelInfo>) -> String {
             } else {
                 k.ublk_features.join(" ")
             };
-            format!("kernel {name}: {}, ublk features: {f}\n", k.release)
+            format!(
+                "kernel {}: {}, ublk features: {}\n",
+                term(name),
+                term(&k.release),
+                term(&f)
+            )
         })
         .collect()
 }
@@ -185,12 +198,12 @@ pub fn table(runs: &[Outcome]) -> String {
         let _ = writeln!(
             s,
             "{:<32} {:>4} {:<12} {:>8.1} s {:>8}  {}",
-            r.label(),
+            term(&r.label()),
             r.run,
             r.verdict.name(),
             r.duration_s,
             boot,
-            details
+            term(&bound(&details, MAX_DETAILS_BYTES))
         );
     }
     s
@@ -326,6 +339,7 @@ mod tests {
             runs: runs.clone(),
             flaky,
             reproduce: String::new(),
+            notes: Vec::new(),
         };
         let x = junit(&s);
         assert!(

@@ -94,6 +94,21 @@ impl Outcome {
 
     /// The scenario's name, with `@server` unless it ran against the default server and
     /// ` on KERNEL` unless it booted the default kernel.
+    /// The run's identity in every report and merged artifact: scenario, server, kernel and
+    /// run number (a merge refuses two runs with the same four), as a file name. A readable
+    /// slug plus a hash of the exact four, so distinct runs never share one.
+    pub fn id(&self) -> String {
+        let key = crate::util::key_of(&[
+            ("scenario", self.scenario.as_bytes()),
+            ("server", self.server.as_bytes()),
+            ("kernel", self.kernel.as_bytes()),
+            ("run", &self.run.to_le_bytes()),
+        ]);
+        let mut slug = crate::util::slug(&self.label());
+        slug.truncate(80);
+        format!("{slug}-r{}-{}", self.run, &key[..12])
+    }
+
     pub fn label(&self) -> String {
         let mut l = self.scenario.clone();
         if !self.server.is_empty() && self.server != crate::server::DEFAULT {

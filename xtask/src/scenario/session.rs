@@ -15,6 +15,7 @@ use super::markdown;
 use super::report::{self, Head, Session};
 use super::run::Outcome;
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
+use crate::text::{bound, term, term_lines};
 use crate::util::{write_atomic, Result};
 
 /// Runs `one` over `work` on `jobs` workers, printing each outcome as it ends.
@@ -55,12 +56,12 @@ pub fn run_pool<W: Send>(
                     let line = format!(
                         "{:<12} {} #{} in {:.1} s{}",
                         o.verdict.name(),
-                        o.label(),
+                        term(&o.label()),
                         o.run,
                         o.duration_s,
                         o.reason
                             .as_ref()
-                            .map(|r| format!(": {r}"))
+                            .map(|r| format!(": {}", term(&bound(r, 2048))))
                             .unwrap_or_default()
                     );
                     // A hidden bar (not a terminal, e.g. CI) swallows println: print plainly.
@@ -98,6 +99,7 @@ pub fn conclude(
         flaky: report::tally(&outcomes),
         reproduce: reproduce(&outcomes),
         runs: outcomes,
+        notes: Vec::new(),
     };
     let reports = RunDir::create(name).and_then(|d| write_reports(&session, &d.path, None));
     print_summary(&session, &reports);
@@ -171,12 +173,12 @@ pub fn write_reports(session: &Session, dir: &Path, evidence_url: Option<&str>) 
 
 /// The kernels header, the table, flakiness (with repeats), the totals and the reproduce line.
 pub fn print_summary(session: &Session, reports: &Result<PathBuf>) {
-    let tool = session.head.tool.as_str();
+    let tool = term(&session.head.tool);
     print!("{}", report::kernels_header(&session.kernels));
     println!("{}", report::table(&session.runs));
     if session.head.repeat > 1 {
         for (name, t) in &session.flaky {
-            println!("{name}: {}", t.describe());
+            println!("{}: {}", term(name), t.describe());
         }
     }
     let total = session.runs.len();
@@ -216,7 +218,10 @@ pub fn print_summary(session: &Session, reports: &Result<PathBuf>) {
         .iter()
         .any(|o| !matches!(o.verdict, Verdict::Pass | Verdict::Skip))
     {
-        println!("{tool}: reproduce with: {}", session.reproduce);
+        println!(
+            "{tool}: reproduce with: {}",
+            term_lines(&bound(&session.reproduce, 16 << 10))
+        );
     }
 }
 
