@@ -31,10 +31,29 @@ pub fn read(path: &Path) -> Result<String> {
 /// Reads `path` as UTF-8 text of at most `max_bytes` (e.g. a summary.json, larger than YAML).
 /// Every error is bad input (exit 2).
 pub fn read_limited(path: &Path, max_bytes: u64) -> Result<String> {
-    read_limited_inner(path, max_bytes).map_err(crate::util::bad_input)
+    read_bounded(path, max_bytes).map_err(crate::util::bad_input)
 }
 
-fn read_limited_inner(path: &Path, max_bytes: u64) -> Result<String> {
+/// The bytes of a file the user named (a server binary, a script), at most `max_bytes`,
+/// refused unless regular (never blocking on a FIFO). Errors are bad input.
+pub fn read_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let (f, len) = open_regular(path).map_err(crate::util::bad_input)?;
+    if len > max_bytes {
+        return Err(crate::util::bad_input(too_large(path, max_bytes)));
+    }
+    let mut bytes = Vec::new();
+    f.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::util::bad_input(format!("{}: cannot read: {e}", path.display())))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(crate::util::bad_input(too_large(path, max_bytes)));
+    }
+    Ok(bytes)
+}
+
+/// `read_limited` for xtask's own state (a cache record that may be missing): its errors are
+/// not the user's.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<String> {
     let (f, len) = open_regular(path)?;
     if len > max_bytes {
         return Err(too_large(path, max_bytes));
@@ -402,7 +421,10 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let t = Instant::now();
         let e = read(&fifo).unwrap_err();
-        assert!(e.contains("is a FIFO (named pipe), not a regular file"), "{e}");
+        assert!(
+            e.contains("is a FIFO (named pipe), not a regular file"),
+            "{e}"
+        );
         let e = read(Path::new("/dev/zero")).unwrap_err();
         assert!(e.contains("/dev/zero: is a device"), "{e}");
         let e = read(&dir).unwrap_err();

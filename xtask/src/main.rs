@@ -12,9 +12,9 @@ mod runs;
 mod scenario;
 mod selftests;
 mod server;
+mod text;
 #[cfg(test)]
 mod tidy_tests;
-mod text;
 mod ui;
 mod util;
 mod vm;
@@ -120,10 +120,10 @@ fn main() {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", text::term_lines(&e));
             match host::procs::interrupted() {
                 Some(sig) => 128 + sig,
-                None => util::error_exit_code(),
+                None => util::exit_code_for(&e),
             }
         }
     };

@@ -146,7 +146,7 @@ impl Verdict {
 /// Exit code for "timed out", as timeout(1).
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit code for "could not test" (infra error), as `git bisect run`'s skip.
-pub const EXIT_INFRA: i32 = 125;
+pub const EXIT_INFRA: i32 = crate::util::EXIT_COULD_NOT_TEST;
 
 #[derive(Debug, Serialize)]
 pub struct RunResult {

@@ -17,15 +17,16 @@ use std::fmt::Write as _;
 
 /// `s` as one inert line for a terminal or CI log.
 pub fn term(s: &str) -> Cow<'_, str> {
-    let clean = !s.starts_with("::") && !s.chars().any(needs_escape);
-    if clean {
+    let lead = s.len() - s.trim_start().len();
+    let command = s[lead..].starts_with("::");
+    if !command && !s.chars().any(needs_escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
-    if s.starts_with("::") {
-        out.push('\\');
-    }
-    for c in s.chars() {
+    for (i, c) in s.char_indices() {
+        if command && i == lead {
+            out.push('\\');
+        }
         push_escaped(&mut out, c);
     }
     Cow::Owned(out)
@@ -63,10 +64,13 @@ fn push_escaped(out: &mut String, c: char) {
 /// `s` as an inline code span: inert Markdown, safe inside a table cell.
 pub fn md_code(s: &str) -> String {
     let body: String = term(s).replace('|', "\\|");
+    if body.is_empty() {
+        return "` `".into();
+    }
     let run = longest_backtick_run(&body);
     let fence = "`".repeat(run + 1);
     // A space on each side when the body touches a backtick (CommonMark strips one each).
-    let pad = if body.starts_with('`') || body.ends_with('`') || body.is_empty() {
+    let pad = if body.starts_with('`') || body.ends_with('`') {
         " "
     } else {
         ""
@@ -132,6 +136,8 @@ mod tests {
             "x\\n::error::owned\\r\\x1b[2J"
         );
         assert_eq!(term("::warning::x"), "\\::warning::x");
+        assert_eq!(term("  ::warning::x"), "  \\::warning::x");
+        assert_eq!(term("\t::x"), "\\t\\::x");
         assert_eq!(term("abc\u{202e}def"), "abc\\u{202e}def");
         assert!(!term("a\u{85}b").contains('\u{85}'));
         assert_eq!(term_lines("one\n::error::two"), "one\n\\::error::two");
@@ -153,7 +159,10 @@ mod tests {
     #[test]
     fn blocks_cannot_be_closed_from_inside() {
         let b = md_block("a\n```\n<script>");
-        assert!(b.starts_with("````text\n") && b.ends_with("\n````\n"), "{b}");
+        assert!(
+            b.starts_with("````text\n") && b.ends_with("\n````\n"),
+            "{b}"
+        );
         assert_eq!(md_block("x"), "```text\nx\n```\n");
     }
 

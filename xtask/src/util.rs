@@ -9,26 +9,57 @@ use sha2::{Digest, Sha256};
 
 pub type Result<T, E = String> = std::result::Result<T, E>;
 
-/// The exit code an error ends the command with, when it is not 1 (see `could_not_test`).
-static ERROR_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
+/// The exit codes every command follows (README: "Exit codes"). A failure of the thing under
+/// test is never an error: a command returns it as its exit code.
+pub const EXIT_PASS: i32 = 0;
+pub const EXIT_FAIL: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_COULD_NOT_TEST: i32 = 125;
+
+/// Errors marked where their input was checked (bad input) or their cause known (could not
+/// test), by message: the class travels with the text, so an error a caller swallowed (a
+/// probe) never changes the exit code of a later one. Bounded: the newest are kept.
+static MARKED: std::sync::Mutex<Vec<(i32, String)>> = std::sync::Mutex::new(Vec::new());
+const MAX_MARKED: usize = 256;
+const MAX_MARKED_BYTES: usize = 4096;
+
+fn mark(code: i32, message: &str) {
+    let mut m = MARKED.lock().unwrap_or_else(|e| e.into_inner());
+    if m.len() >= MAX_MARKED {
+        m.remove(0);
+    }
+    let mut end = message.len().min(MAX_MARKED_BYTES);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    m.push((code, message[..end].to_string()));
+}
 
 /// Marks an error as "could not test" (exit 125, `git bisect run`'s skip): the environment
-/// cannot provide what the test needs (a locked package no archive has any more, under
-/// `--locked`), which says nothing about the thing under test. Returns the message.
+/// cannot provide what the test needs (a package no archive has, an unwritable disk), which
+/// says nothing about the thing under test. Returns the message.
 pub fn could_not_test(message: String) -> String {
-    ERROR_EXIT.store(125, std::sync::atomic::Ordering::Relaxed);
+    mark(EXIT_COULD_NOT_TEST, &message);
     message
 }
 
-/// Marks an error as bad input (exit 2): a flag, file or combination the command refuses.
+/// Marks an error as bad input (exit 2): a flag, file, name or combination the command
+/// refuses. Returns the message.
 pub fn bad_input(message: String) -> String {
-    ERROR_EXIT.store(2, std::sync::atomic::Ordering::Relaxed);
+    mark(EXIT_BAD_INPUT, &message);
     message
 }
 
-/// The exit code for a command that ended with an error: 1, or what `could_not_test` set.
-pub fn error_exit_code() -> i32 {
-    ERROR_EXIT.load(std::sync::atomic::Ordering::Relaxed)
+/// The one function that decides the exit code of a command that ended with `error`: the
+/// class of the outermost marked message it holds (wrappers add context around a message,
+/// so the longest contained one is the outermost), else 125 — the command ended before a
+/// verdict, so nothing was learned about the thing under test.
+pub fn exit_code_for(error: &str) -> i32 {
+    let m = MARKED.lock().unwrap_or_else(|e| e.into_inner());
+    m.iter()
+        .filter(|(_, msg)| !msg.is_empty() && error.contains(msg.as_str()))
+        .max_by_key(|(_, msg)| msg.len())
+        .map_or(EXIT_COULD_NOT_TEST, |(code, _)| *code)
 }
 
 /// The workspace root (the directory holding the top-level Cargo.toml), found at run time:
@@ -306,6 +337,22 @@ pub fn which(prog: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The class of an error travels with its message: a swallowed probe does not change
+    /// the code of a later, unrelated error; a wrapper keeps its inner class unless marked.
+    #[test]
+    fn an_error_exits_with_the_class_of_its_outermost_marked_message() {
+        let _probe = bad_input("probe-7c1: not there".into());
+        assert_eq!(
+            exit_code_for("apt-get update failed: Temporary failure"),
+            125
+        );
+        let inner = bad_input("--kernel /x-7c1: no such file".into());
+        assert_eq!(exit_code_for(&format!("building images: {inner}")), 2);
+        let outer = could_not_test(format!("fetching for {inner}: offline"));
+        assert_eq!(exit_code_for(&format!("vm-e2e: {outer}")), 125);
+        assert_eq!(exit_code_for(""), 125);
+    }
 
     #[test]
     fn sizes() {

@@ -442,6 +442,16 @@ fn image_inputs_survive_the_archive_moving() {
     let t = text(&o);
     assert!(o.status.success() && t.contains(&warn), "{t}");
     assert_eq!(keys(&o), newer);
+    // Offline (no archive, no snapshot) with an empty cache: could not fetch (125), and the
+    // message says so rather than advising a re-lock (the locks are fine).
+    let o = w3.xtask(&fetch, "cache-offline");
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(125), "{t}");
+    assert!(t.contains("could not fetch"), "{t}");
+    assert!(
+        !t.contains("--upgrade"),
+        "a re-lock cannot help offline: {t}"
+    );
     assert_eq!(
         etc_apt_digest(),
         apt_before,

@@ -205,7 +205,7 @@ fn scenario_check_rejects_bad_files_with_a_location() {
         std::fs::write(&path, text).unwrap();
         let o = run(&["scenario", "check", path.to_str().unwrap()]);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         let line = err.lines().next().unwrap_or("");
         assert_eq!(err.lines().count(), 1, "{name}: one line expected: {err}");
         let prefix = format!("{}:", path.display());
@@ -225,7 +225,7 @@ fn scenario_check_rejects_bad_files_with_a_location() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Line-level mutations of the shipped scenarios through the command line: exit 0 or 1, never
+/// Line-level mutations of the shipped scenarios through the command line: exit 0 or 2, never
 /// a panic, one located error per rejected file, well under a second each.
 #[test]
 fn scenario_check_survives_line_mutations() {
@@ -269,7 +269,7 @@ fn scenario_check_survives_line_mutations() {
             assert!(!err.contains("panicked"), "{}: {err}", path.display());
             match o.status.code() {
                 Some(0) => {}
-                Some(1) => {
+                Some(2) => {
                     rejected += 1;
                     let line = err.lines().next().unwrap_or_default();
                     let rest = line
@@ -801,7 +801,7 @@ fn crash_recover_fails_without_recovery_through_the_action() {
     );
     let dir_name = run_dir.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
-        md.contains("`crash-recover@mine-no-recovery #1` | fail | steps[3] recover")
+        md.contains("`crash-recover@mine-no-recovery #1` | fail | `steps[3] recover`")
             && md.contains(&dir_name),
         "{md}"
     );

@@ -131,7 +131,7 @@ fn a_short_run_passes_the_committed_baseline_and_the_gate_can_fail() {
     std::fs::write(&better, "{\"sessions\": 3}").unwrap();
     let o = gate(&better);
     let e = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(o.status.code(), Some(2), "bad input: {e}");
     assert!(
         e.contains("better.json:1:") && e.contains("--save-baseline"),
         "{e}"

@@ -17,7 +17,7 @@ fn fixture(name: &str) -> String {
 #[test]
 fn a_kernel_without_the_suite_gets_one_line_naming_the_fix() {
     let o = run(&["vm-selftests", "--kernel", "debian-6.12"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "{e}");
@@ -26,7 +26,7 @@ fn a_kernel_without_the_suite_gets_one_line_naming_the_fix() {
         "{e}"
     );
     let o = run(&["vm-selftests", "--list", "no_such_group"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("groups: "), "{}", stderr(&o));
 }
 

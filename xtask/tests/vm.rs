@@ -407,7 +407,7 @@ fn bad_input_gets_one_clear_error() {
         stderr(&o)
     );
     let o = run(&["vm-run", "--kernel", "/no/such/tree", "--", "true"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("no such file or directory"),
         "{}",
@@ -537,7 +537,7 @@ fn tools_layer_runs_fio_only_when_asked_and_is_rebuilt_when_damaged() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let apt_before = etc_apt_digest();
     let o = run(&["vm-run", "--tools", "fio,stress-ng", "--", "true"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
         e.contains("no program \"stress-ng\"") && e.contains("tools-lock --upgrade"),

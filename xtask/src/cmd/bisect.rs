@@ -61,10 +61,10 @@ pub struct Args {
     pub build: Option<String>,
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    #[arg(long, default_value_t = 30, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub max_runs_per_commit: u32,
     /// Runs at once (VMs or processes), chosen together for the most information
-    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH as i64))]
+    #[arg(short = 'j', long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH as i64))]
     pub jobs: u32,
     /// Limit of one test run in seconds (a timeout counts as a failure)
     #[arg(long, default_value_t = 900)]
@@ -83,13 +83,13 @@ pub enum Sub {
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Seeded trials per cell
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub trials: u32,
     /// Commits per synthetic history (both ends included)
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(3..=1024))]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(3..=1024))]
     pub commits: u64,
     /// Runs chosen at once by ours (the others run one at a time)
-    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH as i64))]
+    #[arg(short = 'j', long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=policy::MAX_BATCH as i64))]
     pub jobs: u32,
     #[arg(long, default_value_t = 0.98)]
     pub confidence: f64,
@@ -168,12 +168,19 @@ fn test_of(args: &Args) -> Result<Test> {
         ),
         (None, None, Some(c)) => {
             let pattern = match &args.pattern {
-                Some(p) => Some(regex::Regex::new(p).map_err(|e| format!("--match {p:?}: {e}"))?),
+                Some(p) => Some(
+                    regex::Regex::new(p)
+                        .map_err(|e| crate::util::bad_input(format!("--match {p:?}: {e}")))?,
+                ),
                 None => None,
             };
             (TestKind::Cmd { pattern }, None, c.clone())
         }
-        _ => return Err("give exactly one of --scenario, --sim or --cmd".into()),
+        _ => {
+            return Err(crate::util::bad_input(
+                "give exactly one of --scenario, --sim or --cmd".into(),
+            ))
+        }
     };
     Ok(Test {
         kind,
@@ -186,7 +193,9 @@ fn test_of(args: &Args) -> Result<Test> {
 /// --good, then the first-parent commits up to --bad.
 fn candidates(repo: &Path, args: &Args) -> Result<Vec<Candidate>> {
     let (Some(good), Some(bad)) = (&args.good, &args.bad) else {
-        return Err("give --good REV and --bad REV (or `bisect bench`)".into());
+        return Err(crate::util::bad_input(
+            "give --good REV and --bad REV (or `bisect bench`)".into(),
+        ));
     };
     let git = |a: &[&str]| -> Result<String> {
         let o = procs::run_ok(
@@ -226,7 +235,9 @@ fn candidates(repo: &Path, args: &Args) -> Result<Vec<Candidate>> {
         });
     }
     if cands.len() < 2 {
-        return Err("no commits between --good and --bad".into());
+        return Err(crate::util::bad_input(
+            "no commits between --good and --bad".into(),
+        ));
     }
     Ok(cands)
 }

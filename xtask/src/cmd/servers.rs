@@ -1,5 +1,5 @@
 //! `cargo xtask servers [FILES]`: list the built-in server profiles, or check profile files
-//! (file:line:column errors, exit 1) without a VM.
+//! (file:line:column errors, exit 2 as vm-e2e --server gives them) without a VM.
 
 use std::path::PathBuf;
 
@@ -35,5 +35,6 @@ pub fn run(args: Args) -> Result<i32> {
             }
         }
     }
-    Ok(if bad > 0 { 1 } else { 0 })
+    // An invalid profile is bad input, as it is to vm-e2e --server (exit 2).
+    Ok(if bad > 0 { 2 } else { 0 })
 }

@@ -31,10 +31,10 @@ pub struct Args {
     /// Scenario names (files in scenarios/, without .yaml) or paths; default: all
     pub names: Vec<String>,
     /// Run every scenario N times (each in a fresh VM) and report flakiness
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
     /// Scenario runs in parallel
-    #[arg(short = 'j', long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(short = 'j', long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
     /// Seed for every run's data (default: chosen at random and printed)
     #[arg(long)]
@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<i32> {
     }
     let seed = match (args.seed, &args.shard) {
         (Some(s), _) => s,
-        (None, Some(_)) => return Err("--shard needs --seed S, the same for every shard, so the merged report is one session with one seed (e.g. --seed $GITHUB_RUN_ID)".into()),
+        (None, Some(_)) => return Err(crate::util::bad_input("--shard needs --seed S, the same for every shard, so the merged report is one session with one seed (e.g. --seed $GITHUB_RUN_ID)".into())),
         (None, None) => random_seed(),
     };
     let started_at = rfc3339_now();
@@ -327,7 +327,9 @@ fn kernels_of(cli: &[String], sc: &Scenario) -> Vec<String> {
 fn load_scenarios(names: &[String]) -> Result<Vec<Scenario>> {
     let files = crate::scenario::resolve(names)?;
     if files.is_empty() {
-        return Err("no scenarios found in scenarios/".into());
+        return Err(crate::util::bad_input(
+            "no scenarios found in scenarios/".into(),
+        ));
     }
     let scenarios: Vec<Scenario> = files
         .iter()
@@ -337,17 +339,17 @@ fn load_scenarios(names: &[String]) -> Result<Vec<Scenario>> {
     for sc in &scenarios {
         if let Some(other) = seen.insert(&sc.name, &sc.source) {
             if std::fs::canonicalize(other).ok() == std::fs::canonicalize(&sc.source).ok() {
-                return Err(format!(
+                return Err(crate::util::bad_input(format!(
                     "{} is named twice on the command line",
                     sc.source.display()
-                ));
+                )));
             }
-            return Err(format!(
+            return Err(crate::util::bad_input(format!(
                 "{} and {} are both named `{}`: results would merge; give one another `name:`",
                 other.display(),
                 sc.source.display(),
                 sc.name
-            ));
+            )));
         }
     }
     Ok(scenarios)

@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME[,...]", value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Rounds: each cell is measured once per round, targets interleaved
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: u32,
     /// Measured seconds per cell (after the warm-up)
     #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = secs)]
@@ -53,10 +53,10 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 0.5, value_parser = secs)]
     pub ramp: f64,
     /// Device size in MiB (the region fio works on)
-    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=4096))]
+    #[arg(long, value_name = "MIB", default_value_t = 256, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(16..=4096))]
     pub size: u64,
     /// Virtual CPUs (also the queue count of every multi-queue target)
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub cpus: u32,
     /// Guest clock: `auto` (icount under TCG, plain under KVM), `plain`, or `icount` /
     /// `icount:SHIFT` (QEMU's instruction-counting clock, TCG only; default shift 3)
@@ -158,7 +158,9 @@ struct Setup {
 impl Setup {
     fn prepare(args: &Args) -> Result<Setup> {
         if args.runtime < 0.5 {
-            return Err("--runtime: at least 0.5 s, or fio measures too few I/Os".into());
+            return Err(crate::util::bad_input(
+                "--runtime: at least 0.5 s, or fio measures too few I/Os".into(),
+            ));
         }
         let targets = targets(args)?;
         let workloads = workloads(&args.workloads)?;
@@ -168,9 +170,9 @@ impl Setup {
         let (accel, why) = accel::choose(args.accel, &kernels[0].1)?;
         let clock = match (args.clock, accel) {
             (Clock::Icount(_), Accel::Kvm) => {
-                return Err(
+                return Err(crate::util::bad_input(
                     "--clock icount needs TCG (--accel tcg): KVM runs on the host's clock".into(),
-                )
+                ))
             }
             (Clock::Auto, Accel::Kvm) => Clock::Plain,
             (Clock::Auto, Accel::Tcg) => Clock::Icount(DEFAULT_SHIFT),
@@ -242,7 +244,9 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
     let mut seen = std::collections::BTreeSet::new();
     for n in &names {
         if !seen.insert(n.as_str()) {
-            return Err(format!("--targets names `{n}` twice"));
+            return Err(crate::util::bad_input(format!(
+                "--targets names `{n}` twice"
+            )));
         }
     }
     Ok(names.iter().map(|n| Target::parse(n)).collect())
@@ -286,15 +290,14 @@ fn reevaluate(report: &PerfReport, base: Option<&PerfReport>, args: &Args) -> Re
 }
 
 fn load_report(path: &Path, flag: &str) -> Result<PerfReport> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let text = crate::input::read_limited(path, 64 << 20).map_err(|e| format!("{flag} {e}"))?;
     serde_json::from_str(&text).map_err(|e| {
-        format!(
+        crate::util::bad_input(format!(
             "{flag} {}:{}:{}: not a vm-perf perf.json ({e}); write one with --save-baseline",
             path.display(),
             e.line(),
             e.column()
-        )
+        ))
     })
 }
 
@@ -325,9 +328,9 @@ fn plan(
         .collect();
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
-            return Err(format!(
+            return Err(crate::util::bad_input(format!(
                 "two targets are called `{n}`: give one profile another `name:`"
-            ));
+            )));
         }
     }
     Ok(Plan {

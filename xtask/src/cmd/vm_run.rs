@@ -27,10 +27,10 @@ pub struct Args {
     #[arg(long)]
     pub locked: bool,
     /// Hard limit in seconds for the whole VM run (boot + command) [default: 60 under KVM, 300 under TCG]
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
     /// Virtual CPUs
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=crate::vm::qemu::MAX_CPUS as i64))]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=crate::vm::qemu::MAX_CPUS as i64))]
     pub cpus: u32,
     /// Guest memory, e.g. 512M or 2G
     #[arg(long, default_value = "1G", value_parser = parse_memory)]
@@ -68,7 +68,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
     if args.command[0].is_empty() || args.command.iter().any(|a| a.contains('\0')) {
-        return Err("the guest command must be non-empty and contain no NUL bytes".into());
+        return Err(crate::util::bad_input(
+            "the guest command must be non-empty and contain no NUL bytes".into(),
+        ));
     }
     let image = image::build(&Source::parse(&args.kernel))?;
     let server = match &args.server {

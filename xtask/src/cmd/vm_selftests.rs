@@ -35,13 +35,13 @@ pub struct Args {
     #[arg(long, value_name = "NAME|PATH")]
     pub suite: Option<String>,
     /// VMs at once
-    #[arg(short = 'j', long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    #[arg(short = 'j', long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub jobs: u32,
     /// Runs of each test (k/N flakiness per test)
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
     /// Hard limit per test script in seconds [default: the suite's own (150), doubled under TCG]
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
     /// Also run this script of your own with the suite (test_<group>_<nn>.sh; it may source
     /// test_common.sh and use kublk like the suite's own); repeatable
@@ -232,14 +232,17 @@ fn read_scripts(paths: &[std::path::PathBuf]) -> Result<Vec<(String, Vec<u8>)>> 
                 && name.ends_with(".sh")
                 && name.matches('_').count() >= 2;
             if !ok {
-                return Err(format!(
+                return Err(crate::util::bad_input(format!(
                     "--script {}: name it test_<group>_<nn>.sh like the suite's scripts",
                     p.display()
-                ));
+                )));
             }
-            let data = std::fs::read(p).map_err(|e| format!("--script {}: {e}", p.display()))?;
+            let data = crate::input::read_bytes(p, 4 << 20).map_err(|e| format!("--script {e}"))?;
             if data.len() > 1 << 20 {
-                return Err(format!("--script {}: larger than 1 MiB", p.display()));
+                return Err(crate::util::bad_input(format!(
+                    "--script {}: larger than 1 MiB",
+                    p.display()
+                )));
             }
             Ok((name, data))
         })
@@ -293,7 +296,7 @@ fn suite_tree(path: &str) -> Result<std::path::PathBuf> {
         Some(p.to_path_buf())
     };
     tree.filter(|t| t.is_dir()).ok_or_else(|| {
-        format!("{path}: no kernel source tree here to take the selftests from; name one with --suite PATH or a locked kernel with --suite debian-7.2")
+        crate::util::bad_input(format!("{path}: no kernel source tree here to take the selftests from; name one with --suite PATH or a locked kernel with --suite debian-7.2"))
     })
 }
 
@@ -322,10 +325,10 @@ fn select(tests: &[String], names: &[String]) -> Result<Vec<String>> {
         if !hit {
             let mut groups: Vec<&str> = tests.iter().map(|t| suite::group_of(t)).collect();
             groups.dedup();
-            return Err(format!(
+            return Err(crate::util::bad_input(format!(
                 "no selftest or group {n:?}; groups: {} (`cargo xtask vm-selftests --list` shows every test)",
                 groups.join(" ")
-            ));
+            )));
         }
     }
     Ok(tests

@@ -126,7 +126,12 @@ impl Apt {
         eprintln!("xtask: fetching the package lists of {}", self.describe());
         let mut cmd = self.command("apt-get");
         cmd.arg("update");
-        procs::run_ok(&mut cmd, LIMIT, &format!("apt-get update ({suite})"))?;
+        procs::run_ok(&mut cmd, LIMIT, &format!("apt-get update ({suite})")).map_err(|e| {
+            crate::util::could_not_test(format!(
+                "could not fetch the package lists of {} (offline, or the mirror is unreachable?): {e}\ncheck the network or UBLK_VM_DEBIAN_MIRROR and rerun: packages fetched before are served from the shared download cache (`cargo xtask cache list`)",
+                self.describe()
+            ))
+        })?;
         self.refreshed();
         std::fs::write(lists.join("lock"), b"").map_err(|e| format!("touch lists: {e}"))
     }
@@ -216,7 +221,10 @@ impl Apt {
             .lines()
             .rfind(|l| l.starts_with("E:"))
             .unwrap_or("no reason given");
-        Err(format!("apt-get download {spec}: {}", said.trim()))
+        Err(format!(
+            "could not fetch {spec} (apt-get download): {}",
+            said.trim()
+        ))
     }
 
     /// `apt-get download` of every package=version in one go; each .deb is then kept in the

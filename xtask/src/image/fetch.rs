@@ -482,7 +482,7 @@ pub fn load_memo<T: for<'de> Deserialize<'de>>(key: &str, lock: &LockRef) -> Opt
         return None;
     }
     // A memo is a few KiB; anything larger is not one of ours.
-    let text = crate::input::read_limited(&cache::memo_path(key), 1 << 20).ok()?;
+    let text = crate::input::read_bounded(&cache::memo_path(key), 1 << 20).ok()?;
     let mut memo: Memo<T> = serde_json::from_str(&text).ok()?;
     memo.inputs = lock.inputs(std::mem::take(&mut memo.inputs.debs));
     Some(memo)

@@ -220,7 +220,7 @@ fn locate_tree(p: &Path) -> Result<(PathBuf, PathBuf)> {
         ));
     }
     if !p.is_dir() {
-        return Err(format!("--kernel {}: no such file or directory (expected debian, host, a bzImage, or a kernel build tree)", p.display()));
+        return Err(crate::util::bad_input(format!("--kernel {}: no such file or directory (expected debian, host, a bzImage, or a kernel build tree)", p.display())));
     }
     for cand in [
         "arch/x86/boot/bzImage",
@@ -246,7 +246,7 @@ fn locate_tree(p: &Path) -> Result<(PathBuf, PathBuf)> {
     if let [one] = boot.as_slice() {
         return Ok((one.clone(), p.to_path_buf()));
     }
-    Err(format!("--kernel {}: no arch/x86/boot/bzImage, bzImage or vmlinuz inside; build the kernel first (make bzImage modules)", p.display()))
+    Err(crate::util::bad_input(format!("--kernel {}: no arch/x86/boot/bzImage, bzImage or vmlinuz inside; build the kernel first (make bzImage modules)", p.display())))
 }
 
 pub(super) fn only_subdir(dir: &Path) -> Result<String> {

@@ -143,10 +143,10 @@ pub fn check_names(names: &[String]) -> Result<()> {
 fn check_names_in(lock: &ToolsLock, names: &[String]) -> Result<()> {
     match names.iter().find(|n| !lock.executables.contains(n)) {
         None => Ok(()),
-        Some(n) => Err(format!(
+        Some(n) => Err(crate::util::bad_input(format!(
             "the guest tools layer has no program {n:?}; it offers: {} (to add one, put its Debian package under tools.packages in vm-images/recipe.yaml and run `{UPGRADE}`)",
             lock.executables.join(" ")
-        )),
+        ))),
     }
 }
 

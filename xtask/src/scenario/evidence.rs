@@ -58,7 +58,11 @@ struct RunCopy<'a> {
 /// Copies the evidence of every run that did not pass into `out/runs/<id>` and points the
 /// session at the copies; `origin` says where each run's summary was found. What could not
 /// be found or copied becomes a note in the session. Errors only for an unusable `out`.
-pub fn copy(s: &mut Session, origin: impl Fn(&Outcome) -> Option<Origin>, out: &Path) -> Result<()> {
+pub fn copy(
+    s: &mut Session,
+    origin: impl Fn(&Outcome) -> Option<Origin>,
+    out: &Path,
+) -> Result<()> {
     let runs_out = prepare_out(out)?;
     let mut budget = Budget {
         total_bytes: MAX_TOTAL_BYTES,
@@ -96,7 +100,10 @@ pub fn copy(s: &mut Session, origin: impl Fn(&Outcome) -> Option<Origin>, out: &
         }
         notes.extend(copy.notes.iter().map(|n| format!("{who}: {n}")));
         if let Some(e) = &copy.write_error {
-            super::session::mark_incomplete(o, &format!("the merge could not write its evidence: {e}"));
+            super::session::mark_incomplete(
+                o,
+                &format!("the merge could not write its evidence: {e}"),
+            );
         }
         o.freeze_frame = freeze
             .as_deref()
@@ -234,7 +241,11 @@ impl RunCopy<'_> {
             } else if ft.is_file() {
                 self.file(&from, &to);
             } else {
-                let what = if ft.is_symlink() { "a symlink" } else { "not a regular file" };
+                let what = if ft.is_symlink() {
+                    "a symlink"
+                } else {
+                    "not a regular file"
+                };
                 self.note(format!("{}: {what}; not copied", from.display()));
             }
         }
@@ -249,7 +260,10 @@ impl RunCopy<'_> {
             }
         };
         let over = if len > MAX_FILE_BYTES {
-            Some(format!("the {} MiB bound for one file", MAX_FILE_BYTES >> 20))
+            Some(format!(
+                "the {} MiB bound for one file",
+                MAX_FILE_BYTES >> 20
+            ))
         } else if self.bytes + len > MAX_RUN_BYTES || self.files >= MAX_RUN_FILES {
             Some(format!(
                 "the bound for one run ({} MiB, {MAX_RUN_FILES} files)",
@@ -264,7 +278,10 @@ impl RunCopy<'_> {
             None
         };
         if let Some(bound) = over {
-            self.note(format!("{}: {len} bytes, over {bound}; not copied", from.display()));
+            self.note(format!(
+                "{}: {len} bytes, over {bound}; not copied",
+                from.display()
+            ));
             return;
         }
         match write_new(to, &mut f, len) {

@@ -68,8 +68,7 @@ pub fn render(s: &Session, evidence_url: Option<&str>) -> String {
 fn is_plain_url(u: &str) -> bool {
     (u.starts_with("https://") || u.starts_with("http://"))
         && u.len() <= 2048
-        && u
-            .chars()
+        && u.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#@!$&'*+,;=%".contains(c))
 }
 
@@ -379,7 +378,12 @@ mod tests {
     #[test]
     fn hostile_strings_render_inert() {
         let evil = "vm-e2e PASS: 3/3 passed\n\n<!--";
-        let mut o = run("a", 1, Verdict::Fail, Some("x\n\n| forged | row |\n<img src=x onerror=alert(1)> [click](https://evil)"));
+        let mut o = run(
+            "a",
+            1,
+            Verdict::Fail,
+            Some("x\n\n| forged | row |\n<img src=x onerror=alert(1)> [click](https://evil)"),
+        );
         o.scenario = "s`cen<b>|".into();
         o.failed_step = Some("step\n### PASS".into());
         let mut s = session(vec![o]);
@@ -388,15 +392,26 @@ mod tests {
         s.reproduce = "cargo xtask vm-e2e\n```\n<script>alert(1)</script>".into();
         s.notes = vec!["note\n<!--".into()];
         let md = render(&s, Some("https://x/)<script>"));
-        assert!(md.starts_with("### `vm-e2e PASS: 3/3 passed\\n\\n<!--` FAIL: 0/1 passed, 1 fail\n"), "{md}");
+        assert!(
+            md.starts_with("### `vm-e2e PASS: 3/3 passed\\n\\n<!--` FAIL: 0/1 passed, 1 fail\n"),
+            "{md}"
+        );
         let (outside, _block) = md.split_once("Reproduce:").expect("a reproduce block");
         for line in outside.lines() {
-            let forged = line.starts_with('#') && !line.starts_with("### `vm-e2e PASS") && !line.starts_with("#### ");
+            let forged = line.starts_with('#')
+                && !line.starts_with("### `vm-e2e PASS")
+                && !line.starts_with("#### ");
             assert!(!forged, "a forged heading: {line}\n{md}");
-            assert!(!line.starts_with("<") && !line.starts_with("| forged"), "{line}\n{md}");
+            assert!(
+                !line.starts_with("<") && !line.starts_with("| forged"),
+                "{line}\n{md}"
+            );
         }
         assert!(!md.contains("](https://x/)"), "{md}");
-        assert!(md.contains("````text\ncargo xtask vm-e2e\n```\n<script>alert(1)</script>\n````\n"), "{md}");
+        assert!(
+            md.contains("````text\ncargo xtask vm-e2e\n```\n<script>alert(1)</script>\n````\n"),
+            "{md}"
+        );
         let rows = md.lines().filter(|l| l.starts_with("| `")).count();
         assert_eq!(rows, 2, "one scenario row, one failing run: {md}");
     }

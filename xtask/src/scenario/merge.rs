@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use super::evidence::Origin;
 use super::report::{self, Head, Session};
 use super::run::Outcome;
 use super::session::sort_runs;
-use super::evidence::Origin;
 use super::shard::{self, summaries_under};
 use crate::util::{bad_input, Result};
 
@@ -45,8 +45,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Input>> {
     let mut seen = BTreeSet::new();
     let mut runs = 0usize;
     for p in paths {
-        let root = std::fs::canonicalize(p)
-            .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
+        let root =
+            std::fs::canonicalize(p).map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
         let files = summaries_under(&root, MAX_INPUTS).map_err(bad_input)?;
         if files.is_empty() {
             return Err(bad_input(format!(
@@ -129,7 +129,11 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
     word("accelerator", &h.accelerator, 64)?;
     word("started_at", &h.started_at, 64)?;
     word("image_hash", &h.image_hash, 256)?;
-    word("reproduce", &s.reproduce.replace('\n', " "), MAX_REPRODUCE_BYTES)?;
+    word(
+        "reproduce",
+        &s.reproduce.replace('\n', " "),
+        MAX_REPRODUCE_BYTES,
+    )?;
     let bounded = |what: &str, v: u64, max: u64| -> std::result::Result<(), String> {
         match v <= max {
             true => Ok(()),
@@ -151,8 +155,12 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
                 shard::MAX_SHARDS
             ));
         }
-        if i.plan.is_empty() || i.plan.len() > 64 || !i.plan.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("shard plan {} is not a hex digest", crate::text::term(&crate::text::bound(&i.plan, 80))));
+        if i.plan.is_empty() || i.plan.len() > 64 || !i.plan.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "shard plan {} is not a hex digest",
+                crate::text::term(&crate::text::bound(&i.plan, 80))
+            ));
         }
     }
     let finite = [s.wall_s, h.timeout_scale]
@@ -220,7 +228,12 @@ pub fn merge(inputs: Vec<Input>) -> Result<Session> {
 pub type RunKey = (String, String, String, u32);
 
 pub fn key_of(o: &Outcome) -> RunKey {
-    (o.scenario.clone(), o.server.clone(), o.kernel.clone(), o.run)
+    (
+        o.scenario.clone(),
+        o.server.clone(),
+        o.kernel.clone(),
+        o.run,
+    )
 }
 
 /// What a run recorded, but where its evidence lies (a merge moves that).
@@ -466,7 +479,11 @@ mod tests {
         });
         let again = merge(parts).unwrap();
         assert_eq!(again.runs.len(), 9);
-        assert!(shard::gaps(&again.head.shards).is_empty(), "{:?}", again.head.shards);
+        assert!(
+            shard::gaps(&again.head.shards).is_empty(),
+            "{:?}",
+            again.head.shards
+        );
         // Another session of the same run (it took another time) is refused.
         let mut parts = sharded(2);
         let mut other = parts[0].session.clone();

@@ -41,7 +41,8 @@ pub fn resolve(names: &[String]) -> Result<Vec<PathBuf>> {
         .iter()
         .map(|n| {
             let p = Path::new(n);
-            if p.is_file() {
+            // A path (even one that is no regular file: loading it says what it is).
+            if p.is_file() || n.contains('/') || n.ends_with(".yaml") || n.ends_with(".yml") {
                 return Ok(p.to_path_buf());
             }
             known
@@ -53,7 +54,10 @@ pub fn resolve(names: &[String]) -> Result<Vec<PathBuf>> {
                         .iter()
                         .filter_map(|k| k.file_stem().map(|s| s.to_string_lossy().into_owned()))
                         .collect();
-                    format!("no scenario named {n:?}; known: {}", names.join(", "))
+                    crate::util::bad_input(format!(
+                        "no scenario named {n:?}; known: {}",
+                        names.join(", ")
+                    ))
                 })
         })
         .collect()

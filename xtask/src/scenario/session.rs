@@ -218,21 +218,25 @@ pub fn print_summary(session: &Session, reports: &Result<PathBuf>) {
         .iter()
         .any(|o| !matches!(o.verdict, Verdict::Pass | Verdict::Skip))
     {
-        println!(
-            "{tool}: reproduce with: {}",
-            term_lines(&bound(&session.reproduce, 16 << 10))
-        );
+        let lines = term_lines(&bound(&session.reproduce, 16 << 10));
+        match lines.contains('\n') {
+            false => println!("{tool}: reproduce with: {lines}"),
+            true => println!(
+                "{tool}: reproduce with:\n    {}",
+                lines.replace('\n', "\n    ")
+            ),
+        }
     }
 }
 
 pub fn exit_code(outcomes: &[Outcome]) -> i32 {
     let any = |v: &[Verdict]| outcomes.iter().any(|o| v.contains(&o.verdict));
     if any(&[Verdict::Fail, Verdict::Timeout]) {
-        1
+        crate::util::EXIT_FAIL
     } else if any(&[Verdict::InfraError, Verdict::Interrupted]) {
         EXIT_INFRA
     } else {
-        0
+        crate::util::EXIT_PASS
     }
 }
 

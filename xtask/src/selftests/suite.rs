@@ -89,13 +89,13 @@ pub fn for_kernel(name: &str) -> Result<Suite> {
             .map(|k| k.name.as_str())
             .collect();
         let (major, minor) = crate::image::resolve::SELFTESTS_SINCE;
-        return Err(format!(
+        return Err(crate::util::bad_input(format!(
             "kernel {} ({}) has no ublk selftests: the suite first shipped in {major}.{minor}. Run a newer suite against it: `cargo xtask vm-selftests --kernel {} --suite {}` (its scripts skip what the kernel lacks)",
             spec.name,
             lock.version,
             spec.name,
             newer.first().copied().unwrap_or("debian-7.2")
-        ));
+        )));
     }
     cached(&Origin::Locked(spec, &lock), None)
 }

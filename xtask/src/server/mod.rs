@@ -286,6 +286,9 @@ impl Vars {
     }
 }
 
+/// Largest server binary copied into a guest.
+const MAX_BINARY_BYTES: u64 = 512 << 20;
+
 impl Profile {
     /// A built-in profile by name, or a profile file by path.
     pub fn resolve(name_or_path: &str) -> Result<Profile> {
@@ -297,10 +300,10 @@ impl Profile {
         if builtin.is_file() {
             return Profile::load(&builtin);
         }
-        Err(format!(
+        Err(crate::util::bad_input(format!(
             "no server named {name_or_path:?}; built in: {} (or give a profile's path)",
             builtin_names().join(", ")
-        ))
+        )))
     }
 
     pub fn load(path: &Path) -> Result<Profile> {
@@ -420,7 +423,8 @@ impl Profile {
             }
         };
         let what = format!("server {}: binary {}", self.name, path.display());
-        let data = std::fs::read(&path).map_err(|e| format!("{what}: {e}"))?;
+        let data =
+            input::read_bytes(&path, MAX_BINARY_BYTES).map_err(|e| format!("{what}: {e}"))?;
         if !crate::image::elf::is_static(&data).map_err(|e| format!("{what}: {e}"))? {
             self.host_libs = shared_closure(&path).map_err(|e| format!("{what}: {e}"))?;
         }
