@@ -502,3 +502,94 @@ fn refusals_are_bad_input_and_a_rerun_merge_passes() {
         assert_eq!(code, 2, "{err}");
     }
 }
+
+/// The action's scripts check their inputs before anything runs (exit 2, one line naming the
+/// input), write `$GITHUB_OUTPUT` only in the delimiter form (a newline in an input cannot add
+/// an output), pass scenario words after `--` (a word like `--list` is a name, refused as
+/// one) and name shard artifacts so that the merge's download pattern never matches the
+/// merged report (a re-run merge job).
+#[test]
+fn the_action_scripts_refuse_hostile_inputs() {
+    let t = Tmp::new("action-inputs");
+    let scripts = root().join(".github/actions/ublk-vm/scripts");
+    let script = |name: &str, env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new("bash");
+        c.arg(scripts.join(name))
+            .current_dir(&t.0)
+            .env_remove("GITHUB_ACTIONS")
+            .env("UBLK_VM_XTASK", env!("CARGO_BIN_EXE_xtask"))
+            .env("RUNNER_TEMP", &t.0)
+            .env("GITHUB_OUTPUT", t.0.join("out.txt"));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        finish(c.spawn().unwrap(), std::time::Duration::from_secs(120))
+    };
+    let o = script(
+        "where.sh",
+        &[("PREFIX", "x\nartifact=evil"), ("MODE", "merge")],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("artifact-prefix must be"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !t.0.join("out.txt").exists(),
+        "nothing written on bad input"
+    );
+    let o = script(
+        "where.sh",
+        &[("PREFIX", "ci"), ("MODE", "run"), ("SERVER", "-x")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = gh_outputs(&std::fs::read_to_string(t.0.join("out.txt")).unwrap());
+    assert_eq!(said["artifact"], "ci-shard--x-default-1-of-1", "{said:?}");
+    assert_eq!(said.len(), 4, "{said:?}");
+    let text = std::fs::read_to_string(t.0.join("out.txt")).unwrap();
+    assert!(
+        text.lines().all(|l| !l.starts_with("artifact=")),
+        "delimiter form: {text}"
+    );
+    let action =
+        std::fs::read_to_string(root().join(".github/actions/ublk-vm/action.yml")).unwrap();
+    assert!(
+        action.contains("pattern: ${{ inputs.artifact-prefix }}-shard-*"),
+        "{action}"
+    );
+    assert!(
+        action.contains("name: ${{ inputs.artifact-prefix }}-merged"),
+        "{action}"
+    );
+    for (k, v, want) in [
+        ("UBLK_VM_REPEAT", "-1", "repeat must be"),
+        ("UBLK_VM_JOBS", "2; rm -rf /", "jobs must be"),
+        ("UBLK_VM_ACCEL", "kvm\n", "accel must be"),
+        (
+            "UBLK_VM_KERNELS",
+            "debian-7.2\n::error::x",
+            "kernels must be",
+        ),
+        (
+            "UBLK_VM_SCENARIOS",
+            "--list",
+            "no scenario named \"--list\"",
+        ),
+    ] {
+        let out = t.0.join(format!("shard-{}", k.to_lowercase()));
+        let o = script(
+            "run.sh",
+            &[
+                ("UBLK_VM_SEED", "7"),
+                ("UBLK_VM_OUT", out.to_str().unwrap()),
+                (k, v),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{k}={v:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{k}={v:?}: {}", stderr(&o));
+    }
+}

@@ -258,10 +258,18 @@ fn read_all(mut r: impl Read) -> String {
     String::from_utf8_lossy(&v).into_owned()
 }
 
-/// The last `n` lines of `s`.
+/// Longest line `tail` keeps whole (a longer one keeps its head and tail), and its total.
+const MAX_TAIL_LINE_BYTES: usize = 2048;
+const MAX_TAIL_BYTES: usize = 16 << 10;
+
+/// The last `n` lines of `s`, bounded in bytes too: one 70 MB line is not a reason.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let kept: Vec<String> = lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| crate::text::bound(l, MAX_TAIL_LINE_BYTES).into_owned())
+        .collect();
+    crate::text::bound(&kept.join("\n"), MAX_TAIL_BYTES).into_owned()
 }
 
 /// True if `pid` is alive and still the process started at `start_ticks` (guards pid reuse).

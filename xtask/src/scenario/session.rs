@@ -131,6 +131,7 @@ pub fn sort_runs(outcomes: &mut [Outcome]) {
 /// applies the evidence rule; returns the outcome as it stands then.
 /// A run decided before any VM (a skip) has no run directory: there is nothing to write.
 pub fn seal(mut outcome: Outcome, file: &str, extra: serde_json::Value) -> Outcome {
+    bound_reasons(&mut outcome);
     if outcome.run_dir.as_os_str().is_empty() {
         return outcome;
     }
@@ -147,6 +148,20 @@ pub fn seal(mut outcome: Outcome, file: &str, extra: serde_json::Value) -> Outco
         mark_incomplete(&mut outcome, &why);
     }
     outcome
+}
+
+/// Longest reason a report keeps (head and tail; the whole output is in the run directory).
+pub const MAX_REASON_BYTES: usize = 16 << 10;
+
+/// Reasons are bounded in bytes, not lines: a server's 70 MB stderr line must not make a
+/// summary.json that `report merge` refuses (and so lose the run's failure).
+fn bound_reasons(o: &mut Outcome) {
+    if let Some(r) = &mut o.reason {
+        *r = bound(r, MAX_REASON_BYTES).into_owned();
+    }
+    if let Some(a) = &mut o.first_attempt {
+        a.reason = bound(&a.reason, MAX_REASON_BYTES).into_owned();
+    }
 }
 
 /// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
@@ -264,6 +279,21 @@ mod tests {
         mark_incomplete(&mut f, "disk full");
         assert_eq!(f.verdict, Fail);
         assert!(f.reason.unwrap().contains("evidence incomplete: disk full"));
+    }
+
+    /// A reason of any size is kept within its byte bound, head and tail (the failing part
+    /// is usually at the end).
+    #[test]
+    fn reasons_are_bounded_in_bytes() {
+        let mut o = Outcome::named("t", 1, 1, Path::new(""), "h");
+        o.verdict = Verdict::Fail;
+        o.reason = Some(format!("server said: {}END", "x".repeat(70 << 20)));
+        let sealed = seal(o, "unused.json", serde_json::json!({}));
+        let r = sealed.reason.unwrap();
+        assert!(r.len() <= MAX_REASON_BYTES, "{}", r.len());
+        assert!(r.starts_with("server said: ") && r.ends_with("END"));
+        let t = crate::host::procs::tail(&format!("a\n{}\nlast", "y".repeat(1 << 20)), 30);
+        assert!(t.len() < 4096 && t.ends_with("\nlast"), "{}", t.len());
     }
 
     /// A skip decided before any VM has no run directory: sealing it writes nothing (it once

@@ -178,3 +178,24 @@ pub fn etc_apt_digest() -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `$GITHUB_OUTPUT` as GitHub reads it: `NAME=VALUE` lines and `NAME<<DELIM` blocks.
+pub fn gh_outputs(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if let Some((name, delim)) = l.split_once("<<") {
+            let mut value = Vec::new();
+            for v in lines.by_ref() {
+                if v == delim {
+                    break;
+                }
+                value.push(v);
+            }
+            out.insert(name.to_string(), value.join("\n"));
+        } else if let Some((name, value)) = l.split_once('=') {
+            out.insert(name.to_string(), value.to_string());
+        }
+    }
+    out
+}

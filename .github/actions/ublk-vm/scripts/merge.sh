@@ -2,8 +2,10 @@
 # Every shard's report (directories holding summary.json, e.g. downloaded artifacts) into
 # one: summary.json, junit.xml, summary.md (appended to $GITHUB_STEP_SUMMARY when set) and
 # the evidence of the runs that did not pass. Exits with the merged verdict: 0 pass, 1 a run
-# failed or timed out, 125 nothing failed but something could not be tested (an infra error,
-# a missing shard).
+# failed or timed out, 2 the reports were refused (not summaries, hostile, of different
+# commits), 125 nothing failed but something could not be tested (an infra error, a missing
+# shard). The artifacts are other jobs' output: `report merge` reads nothing outside them
+# and writes nothing outside OUT (see README.md, "What merge trusts").
 #
 # Usage: merge.sh OUT DIR...
 set -euo pipefail

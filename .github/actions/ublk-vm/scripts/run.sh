@@ -15,7 +15,8 @@
 #   UBLK_VM_DURATIONS   optional summary.json (file or directory) that balances the shards
 #   UBLK_VM_OUT         where the report and the evidence go (required)
 # Exit: 0 once the report is written, whatever the verdict (the merge decides; the verdict is
-# in $UBLK_VM_OUT/exit-code); 2 on bad input; other codes if the suite could not start.
+# in $UBLK_VM_OUT/exit-code); 2 on bad input (one line naming it, also when vm-e2e refuses
+# an input); 125 if the suite could not start or no report was written.
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -25,14 +26,15 @@ root="$(platform_root)"
 : "${UBLK_VM_SEED:?set UBLK_VM_SEED: the same seed for every shard (e.g. the workflow run id)}"
 : "${UBLK_VM_OUT:?set UBLK_VM_OUT: the directory for the report and the evidence}"
 shard="${UBLK_VM_SHARD:-1/1}"
-if ! [[ "$shard" =~ ^[0-9]+/[0-9]+$ ]]; then
-    echo "run.sh: shard must be K/N (e.g. 2/3), got '$shard'" >&2
-    exit 2
-fi
-if ! [[ "$UBLK_VM_SEED" =~ ^[0-9]+$ ]]; then
-    echo "run.sh: seed must be a non-negative integer, got '$UBLK_VM_SEED'" >&2
-    exit 2
-fi
+check_input shard "$shard" '^[0-9]{1,4}/[0-9]{1,4}$' "K/N (e.g. 2/3)"
+check_input seed "$UBLK_VM_SEED" '^[0-9]{1,20}$' "a non-negative integer"
+check_input repeat "${UBLK_VM_REPEAT:-1}" '^[0-9]{1,4}$' "a whole number of runs (1 to 1000)"
+check_input jobs "${UBLK_VM_JOBS:-2}" '^[0-9]{1,2}$' "a whole number of VMs (1 to 64)"
+check_input accel "${UBLK_VM_ACCEL:-auto}" '^(auto|kvm|tcg)$' "auto, kvm or tcg"
+check_input timeout-scale "${UBLK_VM_TIMEOUT_SCALE:-1}" '^[0-9]{1,3}([.][0-9]{1,3})?$' "a number"
+check_input kernels "${UBLK_VM_KERNELS:-}" '^[A-Za-z0-9._/+,-]{0,512}$' "comma-separated kernel names or paths"
+check_input server "${UBLK_VM_SERVER:-ublk-mem}" '^[^[:cntrl:]]{1,1024}$' "a profile name or path"
+check_input scenarios "${UBLK_VM_SCENARIOS:-}" '^[^[:cntrl:]]{0,4096}$' "scenario names or paths, space-separated"
 
 args=(vm-e2e --seed "$UBLK_VM_SEED" --shard "$shard" -j "${UBLK_VM_JOBS:-2}"
     --repeat "${UBLK_VM_REPEAT:-1}" --accel "${UBLK_VM_ACCEL:-auto}"
@@ -43,9 +45,10 @@ fi
 if [ -n "${UBLK_VM_DURATIONS:-}" ]; then
     args+=(--durations "$UBLK_VM_DURATIONS")
 fi
-# Scenario names are words; paths may not contain spaces here.
+# Scenario names are words; paths may not contain spaces here. After `--`: a word that
+# looks like a flag (`--list`) is a scenario name, never an option.
 read -r -a scenarios <<<"${UBLK_VM_SCENARIOS:-}"
-args+=("${scenarios[@]}")
+args+=(-- "${scenarios[@]}")
 
 if [ -e "$UBLK_VM_OUT" ] && [ -n "$(ls -A "$UBLK_VM_OUT")" ]; then
     echo "run.sh: $UBLK_VM_OUT exists and is not empty: give UBLK_VM_OUT a new directory" >&2
@@ -62,6 +65,10 @@ export UBLK_VM_RUNS_DIR="$runs"
 xtask "${args[@]}" || code=$?
 case "$code" in
 0 | 1 | 125) ;;
+2)
+    echo "run.sh: vm-e2e refused its input (exit 2, see above)" >&2
+    exit 2
+    ;;
 *)
     echo "run.sh: vm-e2e exited $code before a verdict (see above)" >&2
     exit "$code"

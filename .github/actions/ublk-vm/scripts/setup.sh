@@ -8,6 +8,9 @@
 # UBLK_VM_KVM_DEVICE (default /dev/kvm): the device to look at.
 set -euo pipefail
 
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 kvm="${UBLK_VM_KVM_DEVICE:-/dev/kvm}"
 tcg_scale="${UBLK_VM_TCG_TIMEOUT_SCALE:-2}"
 if ! [[ "$tcg_scale" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
@@ -44,9 +47,5 @@ if [ "${GITHUB_ACTIONS:-}" = true ] && [ "$accel" = tcg ]; then
 fi
 echo "accel=$accel"
 echo "timeout-scale=$scale"
-if [ -n "${GITHUB_OUTPUT:-}" ]; then
-    {
-        echo "accel=$accel"
-        echo "timeout-scale=$scale"
-    } >>"$GITHUB_OUTPUT"
-fi
+gh_output accel "$accel"
+gh_output timeout-scale "$scale"
