@@ -593,3 +593,129 @@ fn the_action_scripts_refuse_hostile_inputs() {
         assert!(stderr(&o).contains(want), "{k}={v:?}: {}", stderr(&o));
     }
 }
+
+/// Runs `report merge` with every file it writes limited to `max_file_bytes` (RLIMIT_FSIZE,
+/// SIGXFSZ ignored so a write over it fails with EFBIG): a disk that fills mid-merge.
+fn merge_with_file_limit(args: &[&str], max_file_bytes: u64) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut c = xtask();
+    c.args(["report", "merge"]).args(args);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: max_file_bytes,
+                rlim_max: max_file_bytes,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            Ok(())
+        });
+    }
+    let o = finish(c.spawn().unwrap(), std::time::Duration::from_secs(120));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    (o.status.code().unwrap_or(-1), out, stderr(&o))
+}
+
+/// A full `--out`: evidence that cannot be written is a note and the run's reason says its
+/// evidence is incomplete, the other runs' evidence is still copied and the report written
+/// (the failing run keeps exit 1); when even the reports cannot be written, exit 125.
+#[test]
+fn a_full_out_directory_loses_one_runs_evidence_not_the_report() {
+    let t = Tmp::new("merge-full");
+    let shard = t.0.join("in/a");
+    let big = shard.join("runs/big");
+    let small = shard.join("runs/small");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(big.join("serial.log"), vec![b'x'; 1 << 20]).unwrap();
+    std::fs::write(small.join("serial.log"), "small\n").unwrap();
+    write_summary(
+        &shard,
+        &summary(vec![
+            outcome("big", "debian", "fail", big.to_str().unwrap()),
+            outcome("small", "debian", "fail", small.to_str().unwrap()),
+        ]),
+    );
+    let out = t.0.join("out");
+    let (code, stdout, err) = merge_with_file_limit(
+        &[
+            shard.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--evidence",
+        ],
+        256 << 10,
+    );
+    assert_eq!(code, 1, "{stdout}\n{err}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let run = |name: &str| {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scenario"] == name)
+            .unwrap()
+            .clone()
+    };
+    let why = run("big")["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("evidence incomplete") && why.contains("could not write"),
+        "{why}"
+    );
+    let small_dir = PathBuf::from(run("small")["run_dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(small_dir.join("serial.log")).unwrap(),
+        "small\n"
+    );
+    // Nothing can be written at all: could not test.
+    let (code, _, err) = merge_with_file_limit(
+        &[
+            shard.to_str().unwrap(),
+            "--out",
+            t.0.join("out2").to_str().unwrap(),
+        ],
+        64,
+    );
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("could not be written"), "{err}");
+}
+
+/// A merged summary of 100,000 distinct runs still makes a bounded summary.md.
+#[test]
+fn summary_md_is_bounded_whatever_the_summary_holds() {
+    let t = Tmp::new("merge-many");
+    let shard = t.0.join("in/a");
+    let runs: Vec<Value> = (0..100_000)
+        .map(|i| {
+            outcome(
+                &format!("s{i}"),
+                "debian",
+                if i % 2 == 0 { "skip" } else { "pass" },
+                "",
+            )
+        })
+        .collect();
+    write_summary(&shard, &summary(runs));
+    let out = t.0.join("out");
+    // The terminal table lists every run: more than a pipe holds, so it goes nowhere.
+    let mut c = xtask();
+    c.args([
+        "report",
+        "merge",
+        shard.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let o = finish(c.spawn().unwrap(), std::time::Duration::from_secs(120));
+    assert_eq!(o.status.code(), Some(0));
+    let md = std::fs::metadata(out.join("summary.md")).unwrap().len();
+    assert!(md < 512 << 10, "summary.md is {md} bytes");
+}

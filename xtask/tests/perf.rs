@@ -143,3 +143,105 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// QEMU's pid among the descendants of `pid`, if one runs.
+fn qemu_under(pid: u32) -> Option<i32> {
+    let mut parent = std::collections::BTreeMap::new();
+    let mut comm = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse().ok());
+        parent.insert(p, ppid.unwrap_or(0));
+        comm.insert(p, stat[open + 1..close].to_string());
+    }
+    comm.iter()
+        .filter(|(_, c)| c.starts_with("qemu-system"))
+        .map(|(p, _)| *p)
+        .find(|p| {
+            let mut at = *p;
+            for _ in 0..16 {
+                match parent.get(&at) {
+                    Some(&pp) if pp == pid as i32 => return true,
+                    Some(&pp) if pp > 1 => at = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+}
+
+/// A VM that dies in the middle of the measurement (QEMU killed after the first cell) is
+/// "could not test" (exit 125, naming the VM's end), never a regression (exit 1).
+#[test]
+fn a_vm_that_dies_mid_measurement_is_could_not_test() {
+    use std::io::BufRead;
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = spawn(&[
+        "vm-perf",
+        "--accel",
+        "tcg",
+        "--clock",
+        "icount:3",
+        "--targets",
+        "brd,ublk-mem",
+        "--workloads",
+        "randread-4k-qd32",
+        "--rounds",
+        "3",
+        "--runtime",
+        "1",
+        "--ramp",
+        "0.5",
+        "--size",
+        "64",
+    ]);
+    let pid = child.id();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut killed = false;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < LIMIT {
+        match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(line) => {
+                let first_cell = line.trim_start().starts_with("[1/");
+                seen.push(line);
+                if first_cell && !killed {
+                    let q = qemu_under(pid).expect("a QEMU under vm-perf");
+                    // SAFETY: a signal to a process of this test's own tree.
+                    unsafe { libc::kill(q, libc::SIGKILL) };
+                    killed = true;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let o = finish(child, LIMIT);
+    reader.join().unwrap();
+    let text = seen.join("\n");
+    assert!(killed, "no cell was measured: {text}");
+    assert_eq!(o.status.code(), Some(125), "{text}");
+    let error = seen
+        .iter()
+        .find(|l| l.starts_with("error: "))
+        .expect("one error line");
+    assert!(!error.contains("regress"), "{error}");
+    eprintln!("{error}");
+}

@@ -85,10 +85,11 @@ struct Plan {
 
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
+    // Inputs first: a bad --script is refused before any suite is built.
+    let extra = read_scripts(&args.script)?;
     let kernels = kernels_to_boot(&args.kernel)?;
     let suites = suites_for(&kernels, args.suite.as_deref())?;
     let first = suites.values().next().expect("at least one kernel");
-    let extra = read_scripts(&args.script)?;
     let mut all = first.manifest.tests.clone();
     all.extend(extra.iter().map(|(n, _)| n.clone()));
     let tests = select(&all, &args.names)?;

@@ -22,6 +22,9 @@ const MAX_REASON_BYTES: usize = 600;
 const MAX_LISTED_RUNS: usize = 50;
 /// Most evidence notes listed (the rest are counted).
 const MAX_LISTED_NOTES: usize = 100;
+/// Most rows of the scenario table, the flaky and the skipped lists (the rest are counted):
+/// summary.md stays readable, and bounded whatever a merged summary holds.
+const MAX_ROWS: usize = 500;
 /// Longest reproduce text shown.
 const MAX_REPRODUCE_BYTES: usize = 16 << 10;
 
@@ -43,7 +46,7 @@ pub fn render(s: &Session, evidence_url: Option<&str>) -> String {
         .collect();
     if !flaky.is_empty() {
         out += "\n#### Flaky\n\n";
-        out += &flaky.concat();
+        out += &capped(flaky);
     }
     out += &skipped(&s.runs);
     let gaps = shard::gaps(&s.head.shards);
@@ -162,7 +165,8 @@ fn scenario_table(runs: &[Outcome]) -> String {
     let mut out = String::from(
         "| scenario | pass | fail | timeout | infra-error | interrupted | skip |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (label, c) in rows {
+    let more = rows.len().saturating_sub(MAX_ROWS);
+    for (label, c) in rows.into_iter().take(MAX_ROWS) {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -174,6 +178,22 @@ fn scenario_table(runs: &[Outcome]) -> String {
             c[4],
             c[5]
         );
+    }
+    if more > 0 {
+        let _ = writeln!(
+            out,
+            "\n... and {more} more scenarios (summary.json lists every run)"
+        );
+    }
+    out
+}
+
+/// Lines of a list, at most `MAX_ROWS` of them (the rest counted).
+fn capped(lines: Vec<String>) -> String {
+    let more = lines.len().saturating_sub(MAX_ROWS);
+    let mut out: String = lines.into_iter().take(MAX_ROWS).collect();
+    if more > 0 {
+        let _ = writeln!(out, "- ... and {more} more");
     }
     out
 }
@@ -233,11 +253,11 @@ fn skipped(runs: &[Outcome]) -> String {
     if reasons.is_empty() {
         return String::new();
     }
-    let mut out = String::from("\n#### Skipped\n\n");
-    for (label, why) in reasons {
-        let _ = writeln!(out, "- {}: {}", md_code(&label), md_code(&why));
-    }
-    out
+    let lines = reasons
+        .into_iter()
+        .map(|(label, why)| format!("- {}: {}\n", md_code(&label), md_code(&why)))
+        .collect();
+    String::from("\n#### Skipped\n\n") + &capped(lines)
 }
 
 /// What `report merge` left out of the evidence, and why.

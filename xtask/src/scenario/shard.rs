@@ -268,11 +268,16 @@ pub fn estimates(durations: &Durations, runs: &[(&str, &str, &str, u64)]) -> Vec
 /// `path` itself if it is a file, else every summary.json under it (depth and count bounded),
 /// sorted.
 pub fn summaries_under(path: &Path, max_files: usize) -> Result<Vec<PathBuf>> {
-    if path.is_file() {
+    if path.is_dir() {
+        // searched below
+    } else if path.symlink_metadata().is_err() {
+        return Err(crate::util::bad_input(format!(
+            "{}: no such file or directory",
+            path.display()
+        )));
+    } else {
+        crate::input::open_regular(path).map_err(crate::util::bad_input)?;
         return Ok(vec![path.to_path_buf()]);
-    }
-    if !path.is_dir() {
-        return Err(format!("{}: no such file or directory", path.display()));
     }
     let mut out = Vec::new();
     let mut stack = vec![(path.to_path_buf(), 0usize)];
