@@ -207,16 +207,20 @@ impl Durations {
     pub fn load(path: &Path) -> Result<Durations> {
         let files = summaries_under(path, MAX_DURATION_FILES)?;
         if files.is_empty() {
-            return Err(format!(
+            return Err(crate::util::bad_input(format!(
                 "--durations {}: no summary.json there (give a session directory or its summary.json)",
                 path.display()
-            ));
+            )));
         }
         let mut all: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
         for f in &files {
             let text = crate::input::read_limited(f, super::merge::MAX_SUMMARY_BYTES)?;
-            let s: super::report::Session = serde_json::from_str(&text)
-                .map_err(|e| format!("--durations {}: not a summary.json ({e})", f.display()))?;
+            let s: super::report::Session = serde_json::from_str(&text).map_err(|e| {
+                crate::util::bad_input(format!(
+                    "--durations {}: not a summary.json ({e})",
+                    f.display()
+                ))
+            })?;
             for r in s.runs.into_iter().filter(|r| r.verdict.judged()) {
                 let d = r.duration_s;
                 if d.is_finite() && d >= 0.0 {
