@@ -70,6 +70,17 @@ fn merge(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     (o.status.code().unwrap_or(-1), out, stderr(&o))
 }
 
+/// The merged summary.json in `out`.
+fn merged(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+/// The run of scenario `name` in a summary.
+fn run_named(v: &Value, name: &str) -> Value {
+    let runs = v["runs"].as_array().unwrap();
+    runs.iter().find(|r| r["scenario"] == name).unwrap().clone()
+}
+
 /// Every file under `dir` (no symlink may be there), read whole.
 fn files_under(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -161,17 +172,8 @@ fn hostile_evidence_paths_never_copy_host_files() {
             p.display()
         );
     }
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let run = |name: &str| {
-        v["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["scenario"] == name)
-            .unwrap()
-            .clone()
-    };
+    let v = merged(&out);
+    let run = |name: &str| run_named(&v, name);
     let copied = PathBuf::from(run("good")["run_dir"].as_str().unwrap());
     assert!(copied.starts_with(out.join("runs")), "{copied:?}");
     assert_eq!(
@@ -456,29 +458,25 @@ fn refusals_are_bad_input_and_a_rerun_merge_passes() {
     let mut other = summary(vec![outcome("x", "debian", "pass", "")]);
     other["runs"][0]["duration_s"] = json!(9.0);
     write_summary(&b, &other);
-    let (code, _, err) = merge(
-        &[
-            a.to_str().unwrap(),
-            b.to_str().unwrap(),
-            "--out",
-            t.0.join("o2").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let merge_ab = |out: &str| {
+        let out = t.0.join(out);
+        merge(
+            &[
+                a.to_str().unwrap(),
+                b.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let (code, _, err) = merge_ab("o2");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is in both"), "{err}");
     other["commit"] = json!("def");
     other["runs"][0]["scenario"] = json!("z");
     write_summary(&b, &other);
-    let (code, _, err) = merge(
-        &[
-            a.to_str().unwrap(),
-            b.to_str().unwrap(),
-            "--out",
-            t.0.join("o3").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, _, err) = merge_ab("o3");
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("merge the sessions of one commit only"),
@@ -651,17 +649,8 @@ fn a_full_out_directory_loses_one_runs_evidence_not_the_report() {
         256 << 10,
     );
     assert_eq!(code, 1, "{stdout}\n{err}");
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let run = |name: &str| {
-        v["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["scenario"] == name)
-            .unwrap()
-            .clone()
-    };
+    let v = merged(&out);
+    let run = |name: &str| run_named(&v, name);
     let why = run("big")["reason"].as_str().unwrap().to_string();
     assert!(
         why.contains("evidence incomplete") && why.contains("could not write"),
