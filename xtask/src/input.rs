@@ -37,23 +37,17 @@ pub fn read_limited(path: &Path, max_bytes: u64) -> Result<String> {
 /// The bytes of a file the user named (a server binary, a script), at most `max_bytes`,
 /// refused unless regular (never blocking on a FIFO). Errors are bad input.
 pub fn read_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
-    let (f, len) = open_regular(path).map_err(crate::util::bad_input)?;
-    if len > max_bytes {
-        return Err(crate::util::bad_input(too_large(path, max_bytes)));
-    }
-    let mut bytes = Vec::new();
-    f.take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| crate::util::bad_input(format!("{}: cannot read: {e}", path.display())))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(crate::util::bad_input(too_large(path, max_bytes)));
-    }
-    Ok(bytes)
+    read_raw(path, max_bytes).map_err(crate::util::bad_input)
 }
 
 /// `read_limited` for xtask's own state (a cache record that may be missing): its errors are
 /// not the user's.
 pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<String> {
+    text_of(read_raw(path, max_bytes)?, path)
+}
+
+/// At most `max_bytes` of a regular file (refused unless regular, never blocking).
+fn read_raw(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     let (f, len) = open_regular(path)?;
     if len > max_bytes {
         return Err(too_large(path, max_bytes));
@@ -65,7 +59,7 @@ pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<String> {
     if bytes.len() as u64 > max_bytes {
         return Err(too_large(path, max_bytes));
     }
-    text_of(bytes, path)
+    Ok(bytes)
 }
 
 fn too_large(path: &Path, max_bytes: u64) -> String {

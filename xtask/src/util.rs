@@ -304,16 +304,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     result
 }
 
-/// Creates `path` (it must not exist; a symlink there is not followed) holding `data`.
-fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
+/// Creates `path` for writing: it must not exist, and a symlink there is not followed.
+pub fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.write_all(data)
+        .open(path)
+}
+
+/// Creates `path` (see `create_new`) holding `data`.
+fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    create_new(path)?.write_all(data)
 }
 
 pub fn is_root() -> bool {

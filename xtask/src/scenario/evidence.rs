@@ -316,11 +316,6 @@ fn open_no_follow(p: &Path) -> std::io::Result<(std::fs::File, u64)> {
 /// Writes at most `len` bytes of `src` into the new file `to` (never an existing file or a
 /// link); the bytes written.
 fn write_new(to: &Path, src: &mut std::fs::File, len: u64) -> std::io::Result<u64> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(to)?;
+    let mut out = crate::util::create_new(to)?;
     std::io::copy(&mut src.take(len), &mut out)
 }
