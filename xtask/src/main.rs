@@ -101,6 +101,8 @@ fn main() {
             durations: None,
             list: false,
             timeout_scale: 1.0,
+            queues: None,
+            depth: None,
             locked: false,
         }),
         Cmd::Scenario(c) => cmd::scenario::run(c),

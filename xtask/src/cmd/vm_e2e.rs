@@ -13,7 +13,7 @@ use crate::image::kernel::Source;
 use crate::image::tools::Layer;
 use crate::image::{self, Image};
 use crate::runs::RunDir;
-use crate::scenario::model::Scenario;
+use crate::scenario::model::{DeviceOverride, Scenario};
 use crate::scenario::run::{self, Outcome};
 use crate::scenario::{session, shard};
 use crate::server::{self, Profile};
@@ -65,6 +65,13 @@ pub struct Args {
     /// Multiply every scenario and step limit by F (e.g. 2 on a slow machine without KVM)
     #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_scale)]
     pub timeout_scale: f64,
+    /// Every device gets N queues, replacing each start step's and `device:` value (e.g.
+    /// `--queues 1` to see whether a failure needs several queues); recorded in the reports
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=crate::scenario::model::MAX_OVERRIDE_QUEUES as i64))]
+    pub queues: Option<u16>,
+    /// Every device gets queue depth N, replacing each start step's and `device:` value
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=crate::scenario::model::MAX_OVERRIDE_DEPTH as i64))]
+    pub depth: Option<u16>,
     /// Accepted for older command lines: the exit codes always follow `git bisect run`
     /// (0 pass, 1 fail or timeout, 125 could not test)
     #[arg(long)]
@@ -122,6 +129,7 @@ pub fn run(args: Args) -> Result<i32> {
         timeout_scale: args.timeout_scale,
         shards: shard_info.into_iter().collect(),
         inputs: crate::image::fetch::recorded(),
+        overrides: overrides(&args),
     };
     let plan = Plan {
         scenarios: Arc::new(scenarios),
@@ -134,6 +142,8 @@ pub fn run(args: Args) -> Result<i32> {
         seed,
         commit,
         timeout_scale: args.timeout_scale,
+        overrides: overrides(&args),
+        repeat: args.repeat,
     };
     let outcomes = run_all(&plan, work, args.jobs as usize);
     Ok(session::conclude(
@@ -143,6 +153,13 @@ pub fn run(args: Args) -> Result<i32> {
         |o| reproduce(&plan, o),
         "e2e",
     ))
+}
+
+fn overrides(args: &Args) -> DeviceOverride {
+    DeviceOverride {
+        queues: args.queues,
+        depth: args.depth,
+    }
 }
 
 /// One run to make: scenario (index), server (key as asked for), kernel (as asked for), repeat.
@@ -267,6 +284,8 @@ struct Plan {
     seed: u64,
     commit: String,
     timeout_scale: f64,
+    overrides: DeviceOverride,
+    repeat: u32,
 }
 
 fn servers_of(cli: &[String], sc: &Scenario) -> Vec<String> {
@@ -385,9 +404,10 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
         image: &plan.images[kernel],
         tools: plan.tools.as_ref().filter(|_| !sc.vm.tools.is_empty()),
         accel: plan.accel,
-        seed: plan.seed,
+        seed: run_seed(plan.seed, r),
         run: r,
         timeout_scale: plan.timeout_scale,
+        overrides: plan.overrides,
     };
     let mut label = sc.name.clone();
     if profile.name != server::DEFAULT {
@@ -396,15 +416,51 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
     if kernel != "debian" {
         label = format!("{label}-{}", crate::util::slug(kernel));
     }
-    let outcome = run::run(&job, |attempt| {
+    let mut outcome = run::run(&job, |attempt| {
         let suffix = if attempt == 1 { "" } else { "-retry" };
         RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
     });
-    let extra = serde_json::json!({
-        "commit": &plan.commit,
-        "reproduce": format!("cargo xtask vm-e2e {} --seed {}", sc.cli_name(), plan.seed),
-    });
+    outcome.reproduce = run_reproduce(plan, sc, server, kernel, job.seed);
+    let extra = serde_json::json!({ "commit": &plan.commit });
     session::seal(outcome, "scenario-result.json", extra)
+}
+
+/// The seed of repeat `run`: the session's seed for the first, a seed derived from it for
+/// each further repeat (so `--repeat` explores other data and crash moments, and every run's
+/// own reproduce line names the seed it ran with).
+pub fn run_seed(seed: u64, run: u32) -> u64 {
+    if run <= 1 {
+        return seed;
+    }
+    let key = crate::util::key_of(&[("seed", &seed.to_le_bytes()), ("run", &run.to_le_bytes())]);
+    u64::from_str_radix(&key[..15], 16).expect("hex") % 1_000_000_000
+}
+
+/// The command that reruns exactly this one run: its scenario, server and kernel as asked
+/// for, its own seed, the session's time scale and overrides.
+fn run_reproduce(plan: &Plan, sc: &Scenario, server: &str, kernel: &str, seed: u64) -> String {
+    let mut argv: Vec<String> = ["cargo", "xtask", "vm-e2e"].map(String::from).into();
+    argv.push(sc.cli_name());
+    argv.extend(["--server".into(), server.to_string()]);
+    argv.extend(["--kernel".into(), kernel.to_string()]);
+    argv.extend(["--seed".into(), seed.to_string()]);
+    argv.extend(common_flags(plan));
+    shell_line(&argv)
+}
+
+/// The flags every reproduce line carries beside what it selects.
+fn common_flags(plan: &Plan) -> Vec<String> {
+    let mut v = Vec::new();
+    if plan.timeout_scale != 1.0 {
+        v.extend(["--timeout-scale".into(), plan.timeout_scale.to_string()]);
+    }
+    v.extend(plan.overrides.args());
+    v
+}
+
+fn shell_line(argv: &[String]) -> String {
+    let words: Vec<String> = argv.iter().map(|a| crate::util::shell_quote(a)).collect();
+    words.join(" ")
 }
 
 /// The command that reruns what did not pass (or everything), with the same seed.
@@ -423,25 +479,20 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
     if names.is_empty() {
         names = plan.scenarios.iter().map(|s| s.cli_name()).collect();
     }
-    let mut kernel = String::new();
+    let mut argv: Vec<String> = ["cargo", "xtask", "vm-e2e"].map(String::from).into();
+    argv.extend(names);
     if !plan.kernel.is_empty() {
-        kernel = format!(
-            " --kernel {}",
-            crate::util::shell_quote(&plan.kernel.join(","))
-        );
+        argv.extend(["--kernel".into(), plan.kernel.join(",")]);
     }
     if !plan.cli_servers.is_empty() {
-        kernel += &format!(
-            " --server {}",
-            crate::util::shell_quote(&plan.cli_servers.join(","))
-        );
+        argv.extend(["--server".into(), plan.cli_servers.join(",")]);
     }
-    let names: Vec<String> = names.iter().map(|n| crate::util::shell_quote(n)).collect();
-    format!(
-        "cargo xtask vm-e2e {}{kernel} --seed {}",
-        names.join(" "),
-        plan.seed
-    )
+    argv.extend(["--seed".into(), plan.seed.to_string()]);
+    if plan.repeat > 1 {
+        argv.extend(["--repeat".into(), plan.repeat.to_string()]);
+    }
+    argv.extend(common_flags(plan));
+    shell_line(&argv)
 }
 
 fn random_seed() -> u64 {

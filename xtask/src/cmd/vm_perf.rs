@@ -444,7 +444,7 @@ fn measure(
         cells: report::cells(&samples, names, &wl),
         samples,
     };
-    Ok((session, splats?))
+    Ok((session, splats))
 }
 
 /// The scenario the server lifecycle code runs under: only its device defaults matter.

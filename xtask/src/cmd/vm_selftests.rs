@@ -174,6 +174,7 @@ fn finish(
         timeout_scale: 1.0,
         shards: shard_info.into_iter().collect(),
         inputs: crate::image::fetch::recorded(),
+        overrides: Default::default(),
     };
     Ok(session::conclude(
         head,

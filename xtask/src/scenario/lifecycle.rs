@@ -56,7 +56,7 @@ impl Runner<'_> {
         deadline: Instant,
         log_name: &str,
     ) -> Result<(), StepError> {
-        let p = self.sc.device_params(s);
+        let p = self.overrides.apply(self.sc.device_params(s));
         let vars = Vars {
             size: p.size_bytes,
             queues: p.queues,

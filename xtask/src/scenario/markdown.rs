@@ -115,6 +115,9 @@ fn context(s: &Session) -> String {
     if h.timeout_scale != 1.0 {
         bits.push(format!("limits x{}", h.timeout_scale));
     }
+    if !h.overrides.is_empty() {
+        bits.push(format!("device override {}", h.overrides.describe()));
+    }
     if !h.shards.is_empty() {
         let names: Vec<String> = h
             .shards
@@ -208,7 +211,7 @@ fn failing_runs(runs: &[Outcome], evidence_url: Option<&str>) -> String {
         return String::new();
     }
     let mut out = String::from(
-        "\n#### Runs that did not pass\n\n| run | verdict | step | reason | evidence |\n|---|---|---|---|---|\n",
+        "\n#### Runs that did not pass\n\n| run | verdict | step | reason | evidence | reproduce |\n|---|---|---|---|---|---|\n",
     );
     for o in bad.iter().take(MAX_LISTED_RUNS) {
         let dir = o
@@ -223,12 +226,16 @@ fn failing_runs(runs: &[Outcome], evidence_url: Option<&str>) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             md_code(&format!("{} #{}", o.label(), o.run)),
             o.verdict.name(),
             md_code(o.failed_step.as_deref().unwrap_or("-")),
             md_code(&bound(o.reason.as_deref().unwrap_or("-"), MAX_REASON_BYTES)),
-            evidence
+            evidence,
+            match o.reproduce.is_empty() {
+                true => "-".to_string(),
+                false => md_code(&bound(&o.reproduce, MAX_REPRODUCE_BYTES)),
+            }
         );
     }
     if bad.len() > MAX_LISTED_RUNS {

@@ -170,7 +170,17 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
     if !finite {
         return Err("a duration or scale is not a finite, non-negative number".into());
     }
+    h.overrides.check()?;
     for o in &s.runs {
+        word("reproduce", &o.reproduce, MAX_REPRODUCE_BYTES)?;
+        bounded(
+            "splats",
+            o.splats.len() as u64,
+            super::run::MAX_SPLATS as u64,
+        )?;
+        for splat in &o.splats {
+            word("splat", splat, super::run::MAX_SPLAT_BYTES)?;
+        }
         word("scenario", &o.scenario, MAX_NAME_BYTES)?;
         word("server", &o.server, MAX_NAME_BYTES)?;
         word("kernel", &o.kernel, MAX_NAME_BYTES)?;
@@ -184,6 +194,7 @@ pub fn merge(inputs: Vec<Input>) -> Result<Session> {
     assert!(!inputs.is_empty(), "load() refuses an empty merge");
     same(&inputs, "commit", |h| h.commit.clone())?;
     same(&inputs, "tool", |h| h.tool.clone())?;
+    same(&inputs, "device override", |h| h.overrides.describe())?;
     let mut owner: BTreeMap<RunKey, (PathBuf, String)> = BTreeMap::new();
     for i in &inputs {
         for o in &i.session.runs {
@@ -302,6 +313,7 @@ fn merged_head(inputs: &[Input]) -> Head {
         timeout_scale: heads.iter().map(|h| h.timeout_scale).fold(0.0, f64::max),
         shards,
         inputs: merged_inputs(&heads),
+        overrides: heads[0].overrides,
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use super::model::DeviceOverride;
 use super::run::Outcome;
 use super::shard::ShardInfo;
 use crate::runs::Verdict;
@@ -34,6 +35,9 @@ pub struct Head {
     /// newer than the lock (a fallback), package by package.
     #[serde(default)]
     pub inputs: Vec<crate::image::fetch::Inputs>,
+    /// `--queues`/`--depth`, when the session replaced the scenarios' own values.
+    #[serde(default, skip_serializing_if = "DeviceOverride::is_empty")]
+    pub overrides: DeviceOverride,
 }
 
 #[cfg(test)]
@@ -52,6 +56,7 @@ impl Head {
             timeout_scale: 1.0,
             shards: Vec::new(),
             inputs: Vec::new(),
+            overrides: DeviceOverride::default(),
         }
     }
 }
@@ -174,12 +179,23 @@ pub fn tally(runs: &[Outcome]) -> BTreeMap<String, Tally> {
     m
 }
 
+/// The widest label column: longer labels (rare) push their own row only.
+const MAX_LABEL_CHARS: usize = 96;
+
 pub fn table(runs: &[Outcome]) -> String {
+    let labels: Vec<String> = runs.iter().map(|r| term(&r.label()).into_owned()).collect();
+    let w = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .chain([32])
+        .max()
+        .expect("one")
+        .min(MAX_LABEL_CHARS);
     let mut s = format!(
-        "{:<32} {:>4} {:<12} {:>10} {:>8}  {}\n",
+        "{:<w$} {:>4} {:<12} {:>10} {:>8}  {}\n",
         "scenario", "run", "verdict", "duration", "boot", "details"
     );
-    for r in runs {
+    for (r, label) in runs.iter().zip(&labels) {
         let boot = r
             .boot_s
             .map(|b| format!("{b:.2} s"))
@@ -197,8 +213,7 @@ pub fn table(runs: &[Outcome]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<32} {:>4} {:<12} {:>8.1} s {:>8}  {}",
-            term(&r.label()),
+            "{label:<w$} {:>4} {:<12} {:>8.1} s {:>8}  {}",
             r.run,
             r.verdict.name(),
             r.duration_s,
@@ -303,6 +318,8 @@ mod tests {
             freeze_frame: None,
             image_hash: "h".into(),
             first_attempt: None,
+            splats: Vec::new(),
+            reproduce: String::new(),
         }
     }
 
@@ -362,6 +379,22 @@ mod tests {
         let t = table(&runs);
         assert!(
             t.contains("timeout") && t.contains("steps[2] io: hung"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_table_stays_aligned_with_long_labels() {
+        let mut long = outcome("quiesce-upgrade", 1, Verdict::Fail, Some("x"));
+        long.server = "my-go-server-with-a-long-name".into();
+        long.kernel = "debian-7.2".into();
+        let runs = vec![outcome("a", 1, Verdict::Pass, None), long];
+        let t = table(&runs);
+        let col = |line: &str| line.find(" fail").or_else(|| line.find(" pass"));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(col(lines[1]), col(lines[2]), "{t}");
+        assert!(
+            lines[2].starts_with("quiesce-upgrade@my-go-server-with-a-long-name on debian-7.2 "),
             "{t}"
         );
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::freeze;
-use super::model::{KernelVersion, Scenario};
+use super::model::{DeviceOverride, KernelVersion, Scenario};
 use super::steps::{Runner, StepError};
 use crate::host::procs::{interrupted, signal_name};
 use crate::image::tools::Layer;
@@ -53,7 +53,19 @@ pub struct Outcome {
     pub image_hash: String,
     /// The first attempt, when its VM died before the first step and the run was retried.
     pub first_attempt: Option<Attempt>,
+    /// Kernel splats the scenario did not expect, whatever else happened (at most
+    /// `MAX_SPLATS`, each at most `MAX_SPLAT_BYTES`; the whole log is dmesg.txt).
+    #[serde(default)]
+    pub splats: Vec<String>,
+    /// The command that reproduces this run alone, as printed (shell-quoted).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reproduce: String,
 }
+
+/// Splat lines kept in an outcome (dmesg.txt has them all).
+pub const MAX_SPLATS: usize = 10;
+pub const MAX_SPLAT_BYTES: usize = 512;
 
 /// A discarded attempt, kept as evidence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +101,8 @@ impl Outcome {
             freeze_frame: None,
             image_hash: image_hash.to_string(),
             first_attempt: None,
+            splats: Vec::new(),
+            reproduce: String::new(),
         }
     }
 
@@ -149,6 +163,8 @@ pub struct Job<'a> {
     pub run: u32,
     /// Every limit of the scenario (its timeout, each step's) is multiplied by this.
     pub timeout_scale: f64,
+    /// `--queues`/`--depth` for every device of the run.
+    pub overrides: DeviceOverride,
 }
 
 /// A limit of `s` seconds, multiplied by `--timeout-scale`.
@@ -300,33 +316,56 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
     }
     let mut r = Runner::new(sc, job.server, vm, dir, seed);
+    r.overrides = job.overrides;
     let result = run_steps(&mut r, deadline, job.timeout_scale, &mut out);
     if out.freeze_frame.is_none() {
         out.freeze_frame = r.freeze.as_ref().map(|f| f.dir.clone());
     }
     out.device_features = std::mem::take(&mut r.device_features);
-    // The kernel log is always checked, whatever happened.
+    // The kernel log is always checked, whatever happened, and both causes are kept.
     let splats = r.splats();
     r.save_artifacts();
     r.vm.kill();
-    let out = match (result, splats) {
-        (Some((verdict, why, step)), _) => {
-            out.failed_step = Some(step);
-            out.finish(start, verdict, Some(why))
-        }
-        (None, Err(m)) => out.finish(start, Verdict::InfraError, Some(m)),
-        (None, Ok(found)) if !found.is_empty() => {
-            out.failed_step = Some("kernel log".into());
-            let why = format!(
-                "kernel splat: {} (and {} more; see dmesg.txt)",
-                found[0],
-                found.len() - 1
-            );
-            out.finish(start, Verdict::Fail, Some(why))
-        }
-        (None, Ok(_)) => out.finish(start, Verdict::Pass, None),
-    };
+    out.splats = bounded_splats(&splats);
+    let (verdict, why, step) = judge(result, &splats);
+    out.failed_step = step;
+    let out = out.finish(start, verdict, why);
     (out, true)
+}
+
+/// The run's verdict from its steps' result and the kernel log's splats: a step's verdict
+/// stands (a splat is named beside it, never instead of it); steps that passed with a splat
+/// in the log fail at "kernel log". Returns (verdict, reason, failed step).
+pub fn judge(
+    steps: Option<(Verdict, String, String)>,
+    splats: &[String],
+) -> (Verdict, Option<String>, Option<String>) {
+    let splat_note = |first: &str| match splats.len() {
+        1 => format!("kernel splat: {first} (see dmesg.txt)"),
+        n => format!("kernel splat: {first} (and {} more; see dmesg.txt)", n - 1),
+    };
+    match (steps, splats.first()) {
+        (Some((verdict, why, step)), None) => (verdict, Some(why), Some(step)),
+        (Some((verdict, why, step)), Some(first)) => {
+            let why = format!("{why}; and a {}", splat_note(first));
+            (verdict, Some(why), Some(step))
+        }
+        (None, Some(first)) => (
+            Verdict::Fail,
+            Some(splat_note(first)),
+            Some("kernel log".into()),
+        ),
+        (None, None) => (Verdict::Pass, None, None),
+    }
+}
+
+/// The splats an outcome keeps: the first `MAX_SPLATS`, each bounded.
+fn bounded_splats(splats: &[String]) -> Vec<String> {
+    splats
+        .iter()
+        .take(MAX_SPLATS)
+        .map(|s| crate::text::bound(s, MAX_SPLAT_BYTES).into_owned())
+        .collect()
 }
 
 /// The steps in order; the first that does not pass ends the run: (verdict, why, step label).
@@ -489,5 +528,54 @@ mod tests {
             assert_eq!(calls, 1, "{verdict:?} started={started}");
             assert!(o.first_attempt.is_none());
         }
+    }
+
+    #[test]
+    fn a_step_failure_keeps_the_kernel_splat() {
+        let warn =
+            "WARNING: CPU: 0 PID: 9 at drivers/block/ublk_drv.c:1 __ublk_complete_rq".to_string();
+        let failed = || {
+            Some((
+                Verdict::Fail,
+                "data mismatch".to_string(),
+                "steps[1] io".to_string(),
+            ))
+        };
+        let (v, why, step) = judge(failed(), std::slice::from_ref(&warn));
+        assert_eq!(v, Verdict::Fail);
+        let why = why.unwrap();
+        assert!(
+            why.starts_with("data mismatch; and a kernel splat: WARNING"),
+            "{why}"
+        );
+        assert_eq!(step.as_deref(), Some("steps[1] io"));
+        // A hang stays a timeout, its splat named beside the freeze-frame.
+        let hung = Some((
+            Verdict::Timeout,
+            "hung; freeze-frame: x".to_string(),
+            "s".to_string(),
+        ));
+        let (v, why, _) = judge(hung, &[warn.clone(), warn.clone()]);
+        assert_eq!(v, Verdict::Timeout);
+        assert!(why.unwrap().contains("freeze-frame: x; and a kernel splat: WARNING: CPU: 0 PID: 9 at drivers/block/ublk_drv.c:1 __ublk_complete_rq (and 1 more"));
+        // Steps that passed: the splat fails the run at the kernel log.
+        let (v, why, step) = judge(None, &[warn]);
+        assert_eq!((v, step.as_deref()), (Verdict::Fail, Some("kernel log")));
+        assert!(why.unwrap().contains("(see dmesg.txt)"));
+        assert_eq!(judge(None, &[]), (Verdict::Pass, None, None));
+    }
+
+    #[test]
+    fn splats_kept_in_an_outcome_are_bounded() {
+        let many: Vec<String> = (0..50)
+            .map(|i| format!("WARNING: {i} {}", "x".repeat(4000)))
+            .collect();
+        let kept = bounded_splats(&many);
+        assert_eq!(kept.len(), MAX_SPLATS);
+        assert!(
+            kept.iter().all(|s| s.len() <= MAX_SPLAT_BYTES),
+            "{}",
+            kept[0].len()
+        );
     }
 }

@@ -190,6 +190,12 @@ pub fn write_reports(session: &Session, dir: &Path, evidence_url: Option<&str>) 
 pub fn print_summary(session: &Session, reports: &Result<PathBuf>) {
     let tool = term(&session.head.tool);
     print!("{}", report::kernels_header(&session.kernels));
+    if !session.head.overrides.is_empty() {
+        println!(
+            "{tool}: device override {} (every start step)",
+            session.head.overrides.describe()
+        );
+    }
     println!("{}", report::table(&session.runs));
     if session.head.repeat > 1 {
         for (name, t) in &session.flaky {
@@ -241,6 +247,32 @@ pub fn print_summary(session: &Session, reports: &Result<PathBuf>) {
                 lines.replace('\n', "\n    ")
             ),
         }
+        print_run_reproduce(&tool, &session.runs);
+    }
+}
+
+/// Most runs listed with their own reproduce line.
+const MAX_RUN_REPRODUCE_LINES: usize = 10;
+
+/// Each failed run's own command (its server, kernel and seed), for the first few.
+fn print_run_reproduce(tool: &str, runs: &[Outcome]) {
+    let bad: Vec<&Outcome> = runs
+        .iter()
+        .filter(|o| o.verdict.wants_rerun() && !o.reproduce.is_empty())
+        .collect();
+    for o in bad.iter().take(MAX_RUN_REPRODUCE_LINES) {
+        println!(
+            "{tool}: {} #{} alone: {}",
+            term(&o.label()),
+            o.run,
+            term(&bound(&o.reproduce, 4 << 10))
+        );
+    }
+    if bad.len() > MAX_RUN_REPRODUCE_LINES {
+        println!(
+            "{tool}: ... and {} more (each run's line is in summary.json)",
+            bad.len() - MAX_RUN_REPRODUCE_LINES
+        );
     }
 }
 

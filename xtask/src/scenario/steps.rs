@@ -90,6 +90,8 @@ pub struct Runner<'a> {
     pub freeze: Option<FreezeFrame>,
     /// Device name → the ublk features it ran with, as its server (or the kernel) reported.
     pub device_features: BTreeMap<String, Vec<String>>,
+    /// `--queues`/`--depth`: replace every start step's values.
+    pub overrides: model::DeviceOverride,
 }
 
 impl<'a> Runner<'a> {
@@ -109,6 +111,7 @@ impl<'a> Runner<'a> {
             jobs: HashMap::new(),
             freeze: None,
             device_features: BTreeMap::new(),
+            overrides: model::DeviceOverride::default(),
         }
     }
 
@@ -361,7 +364,7 @@ impl<'a> Runner<'a> {
 
     /// No splat so far, and exactly one ublk block device per running daemon.
     fn check(&mut self, deadline: Instant, log_name: &str) -> Result<(), StepError> {
-        let found = self.splats().map_err(StepError::Infra)?;
+        let found = self.splats();
         if let Some(first) = found.first() {
             return Err(StepError::Fail(format!("kernel splat: {first}")));
         }
@@ -414,7 +417,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Kernel splats in the guest's log that the scenario does not expect.
-    pub fn splats(&self) -> Result<Vec<String>, String> {
+    pub fn splats(&self) -> Vec<String> {
         let log = match self
             .vm
             .agent
@@ -428,10 +431,10 @@ impl<'a> Runner<'a> {
             // The agent may be gone (the kernel died): the serial log is the fallback.
             Err(_) => std::fs::read_to_string(self.vm.paths.serial_log()).unwrap_or_default(),
         };
-        Ok(splat::scan(&log, &self.sc.expect_splats)
+        splat::scan(&log, &self.sc.expect_splats)
             .into_iter()
             .map(|s| s.trim().to_string())
-            .collect())
+            .collect()
     }
 
     /// Daemon output and traces, while the agent still answers.
