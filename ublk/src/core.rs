@@ -487,15 +487,22 @@ impl QueueCore {
                     let read = op == sys::UBLK_IO_OP_READ;
                     let replay = planted::active(Bug::ReplayAck) && self.cfg.recovered && !read;
                     let first = self.served.iter().sum::<u64>() <= self.cfg.depth as u64;
+                    let (from, extra) = match read && planted::active(Bug::OversizeCommit) {
+                        true if offset + bytes + 4096 <= backing.size_bytes() => {
+                            (offset + 4096, 4096)
+                        }
+                        true => (offset, 4096),
+                        false => (offset, 0),
+                    };
                     let moved = match replay && first {
                         true => Ok(()), // "already stored by the dead server": not stored
-                        false => transfer(read, offset, bytes as usize, data, backing),
+                        false => transfer(read, from, bytes as usize, data, backing),
                     };
                     match moved {
                         Ok(()) if read => {
                             self.stats.reads += 1;
                             self.stats.read_bytes += bytes;
-                            bytes as i32
+                            bytes as i32 + extra
                         }
                         Ok(()) => {
                             self.stats.writes += 1;

@@ -27,10 +27,14 @@ pub enum Bug {
     ReplayAck = 8,
     /// END_USER_RECOVERY is sent before the new server fetched its tags.
     EarlyEndRecovery = 9,
+    /// A READ is served from one 4 KiB block further on and committed with a result 4 KiB
+    /// larger than the request (a server that mapped the wrong descriptor: with buffer copy the
+    /// kernel warns in `ublk_unmap_io`, and the data read back is wrong).
+    OversizeCommit = 10,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::StartBeforeFetch,
         Bug::SegmentOffset,
         Bug::TagReuse,
@@ -40,6 +44,7 @@ impl Bug {
         Bug::RecoveryRefetch,
         Bug::ReplayAck,
         Bug::EarlyEndRecovery,
+        Bug::OversizeCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Bug {
             Bug::RecoveryRefetch => "recovery-refetch",
             Bug::ReplayAck => "replay-ack",
             Bug::EarlyEndRecovery => "early-end-recovery",
+            Bug::OversizeCommit => "oversize-commit",
         }
     }
 

@@ -28,7 +28,7 @@ pub fn run(args: Args) -> Result<i32> {
     for f in &files {
         let loaded = Profile::load(f).and_then(|mut p| p.prepare(&recipe).map(|()| p));
         match loaded {
-            Ok(p) => println!("ok   {}", p.describe()),
+            Ok(p) => println!("ok   {}\n", p.describe()),
             Err(e) => {
                 bad += 1;
                 eprintln!("{e}");

@@ -301,6 +301,19 @@ fn sysrq(vm: &Vm, ff: &mut FreezeFrame) {
     }
 }
 
+/// Adds `lines` to the freeze-frame's notes and to its summary.txt (the servers' own dumps,
+/// taken after the kernel-side probes so that a dump signal cannot disturb them).
+pub fn append_notes(ff: &mut FreezeFrame, lines: &[String]) {
+    ff.notes.extend(lines.iter().cloned());
+    let path = ff.dir.join("summary.txt");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text += "\nserver dumps:\n";
+    for l in lines {
+        text += &format!("  {l}\n");
+    }
+    crate::runs::save(&path, text);
+}
+
 fn write_summary(ff: &FreezeFrame, why: &str, dmesg_tail: &str) {
     let mut s = format!("freeze-frame: {why}\n\nstuck tags:\n");
     let list = |v: &[String]| {

@@ -10,7 +10,7 @@ use ublk::contract;
 
 use super::freeze::{self, DaemonRef};
 use super::model::{self, Sig};
-use super::steps::{tail_of, Job, Runner, StepError};
+use super::steps::{tail_of, Job, Runner, StepError, Stream};
 use crate::server::{Mode, Ready, Stop, Storage, Vars};
 
 pub struct Daemon {
@@ -45,6 +45,31 @@ impl Daemon {
     }
 }
 
+/// Longest ready line read (a longer line is not one).
+const MAX_READY_LINE_BYTES: usize = 64 << 10;
+
+/// `/dev/ublkbN` → N.
+fn bdev_id(path: &str) -> Option<u32> {
+    path.strip_prefix("/dev/ublkb")?.parse().ok()
+}
+
+/// The device id a ready line's `dev` or `dev_id` group names (None: no such group).
+fn id_of(c: &regex::Captures, line: &str) -> Result<Option<u32>, String> {
+    if let Some(m) = c.name("dev") {
+        return bdev_id(m.as_str())
+            .map(Some)
+            .ok_or_else(|| format!("group `dev` is {:?}, not /dev/ublkbN: {line:?}", m.as_str()));
+    }
+    if let Some(m) = c.name("dev_id") {
+        return m
+            .as_str()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("group `dev_id` is {:?}, not a number: {line:?}", m.as_str()));
+    }
+    Ok(None)
+}
+
 /// How often the kernel's device list is polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -74,10 +99,21 @@ impl Runner<'_> {
             self.backing_file(&vars, deadline, log_name)?;
         }
         let argv = self.add_argv(s, &vars);
-        let mut job = self.exec(&argv, log_name)?;
         let how = &self.server.add;
-        let (dev_id, pid, features) =
-            self.ready(how, &mut job, &argv, vars.dev_id, deadline, log_name)?;
+        let before = match how.uses_dev_id() {
+            true => Vec::new(),
+            false => self.device_ids()?,
+        };
+        let mut job = self.exec(&argv, log_name)?;
+        let (dev_id, pid, features) = self.ready(
+            how,
+            &mut job,
+            &argv,
+            vars.dev_id,
+            &before,
+            deadline,
+            log_name,
+        )?;
         let vars = Vars { dev_id, ..vars }; // the id the kernel gave, for stop and recover
         self.log(&format!(
             "device {} (ublk{dev_id}) runs with ublk features: {}",
@@ -139,20 +175,23 @@ impl Runner<'_> {
     }
 
     /// (device id, server pid, the ublk features the device runs with) once the device is up,
-    /// the way the profile says to learn it.
+    /// the way the profile says to learn it. `before`: the devices the kernel had before the
+    /// command started (a server that chooses its own id is found as the one new device).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn ready(
         &self,
         how: &crate::server::Add,
         job: &mut Job,
         argv: &[String],
         dev_id: u32,
+        before: &[u32],
         deadline: Instant,
         log_name: &str,
     ) -> Result<(u32, i32, Vec<String>), StepError> {
         let what = &self.server.name;
-        let id = match (how.mode, how.ready) {
+        let said: Option<u32> = match (how.mode, &how.ready) {
             (Mode::Foreground, Ready::Json) => {
-                let r = self.ready_line(job, deadline, log_name, what)?;
+                let r = self.first_stdout_line(job, deadline, log_name, what)?;
                 let ready: contract::Ready = serde_json::from_str(&r).map_err(|e| {
                     let m =
                         format!("{what}'s ready line is not a ublk::contract::Ready ({e}): {r}");
@@ -161,33 +200,56 @@ impl Runner<'_> {
                 return Ok((ready.dev_id, ready.pid, ready.features));
             }
             (Mode::Foreground, Ready::Path) => {
-                let r = self.ready_line(job, deadline, log_name, what)?;
-                let id = r
-                    .trim()
-                    .strip_prefix("/dev/ublkb")
-                    .and_then(|n| n.parse().ok());
-                id.ok_or_else(|| {
+                let r = self.first_stdout_line(job, deadline, log_name, what)?;
+                let id = bdev_id(r.trim());
+                Some(id.ok_or_else(|| {
                     StepError::Fail(format!("{what}'s first line is not /dev/ublkbN: {r:?}"))
-                })?
+                })?)
             }
-            (Mode::Foreground, Ready::Kernel) => dev_id,
-            (Mode::Daemon, _) => {
-                let status = self.finish_job(job, deadline, &format!("{what} add"))?;
-                if status != 0 {
-                    let log = tail_of(&self.dir.join("steps").join(log_name), 6);
-                    let m = format!("`{}` exited {status}: {log}", argv.join(" "));
-                    return Err(StepError::Fail(m));
+            (mode, Ready::Line(_)) => {
+                let re = how.ready.regex().expect("checked when the profile loaded");
+                let id = self.matching_line(job, &re, deadline, log_name, what)?;
+                if mode == Mode::Daemon {
+                    self.daemon_add_exited(job, argv, deadline, log_name)?;
                 }
-                dev_id
+                id
             }
+            (Mode::Foreground, Ready::Kernel) => None,
+            (Mode::Daemon, Ready::Kernel) => {
+                self.daemon_add_exited(job, argv, deadline, log_name)?;
+                None
+            }
+            (Mode::Daemon, _) => unreachable!("a daemon's ready is kernel or line (checked)"),
+        };
+        let id = match said.or(how.uses_dev_id().then_some(dev_id)) {
+            Some(id) => id,
+            None => self.new_device(before, deadline, job, what)?,
         };
         // Any server: the kernel's GET_DEV_INFO flags are the features the device runs with.
         let d = self.live_device(id, deadline, job, what)?;
         Ok((id, d.pid, d.flags))
     }
 
+    /// A daemonizing add command must exit 0 once its device is up.
+    fn daemon_add_exited(
+        &self,
+        job: &mut Job,
+        argv: &[String],
+        deadline: Instant,
+        log_name: &str,
+    ) -> Result<(), StepError> {
+        let what = &self.server.name;
+        let status = self.finish_job(job, deadline, &format!("{what} add"))?;
+        if status != 0 {
+            let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+            let m = format!("`{}` exited {status}: {log}", argv.join(" "));
+            return Err(StepError::Fail(m));
+        }
+        Ok(())
+    }
+
     /// The first stdout line of a foreground server, or why there is none.
-    fn ready_line(
+    fn first_stdout_line(
         &self,
         job: &mut Job,
         deadline: Instant,
@@ -196,25 +258,116 @@ impl Runner<'_> {
     ) -> Result<String, StepError> {
         let mut line = Vec::new();
         let mut ready = false;
-        job.pump(deadline, |chunk| {
-            line.extend_from_slice(chunk);
-            ready = line.contains(&b'\n');
-            ready
+        job.pump(deadline, |stream, chunk| {
+            if stream == Stream::Stdout && line.len() < MAX_READY_LINE_BYTES {
+                line.extend_from_slice(chunk);
+                ready = line.contains(&b'\n');
+            }
+            ready || line.len() >= MAX_READY_LINE_BYTES
         });
         if ready {
             let text = String::from_utf8_lossy(&line);
             return Ok(text.lines().next().unwrap_or_default().to_string());
         }
+        Err(self.not_ready(job, log_name, what, "not ready within the step timeout"))
+    }
+
+    /// Waits for the first stdout or stderr line `re` matches; the device id its `dev` or
+    /// `dev_id` group names, if it has one.
+    fn matching_line(
+        &self,
+        job: &mut Job,
+        re: &regex::Regex,
+        deadline: Instant,
+        log_name: &str,
+        what: &str,
+    ) -> Result<Option<u32>, StepError> {
+        let mut bufs = [Vec::new(), Vec::new()];
+        let mut found: Option<Result<Option<u32>, String>> = None;
+        job.pump(deadline, |stream, chunk| {
+            let buf = &mut bufs[stream as usize];
+            buf.extend_from_slice(chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(c) = re.captures(line.trim_end()) {
+                    found = Some(id_of(&c, line.trim_end()));
+                    return true;
+                }
+            }
+            if buf.len() > MAX_READY_LINE_BYTES {
+                buf.clear(); // a line this long is not the ready line
+            }
+            false
+        });
+        match found {
+            Some(Ok(id)) => Ok(id),
+            Some(Err(m)) => Err(StepError::Fail(format!("{what}'s ready line: {m}"))),
+            None => {
+                let why = format!(
+                    "printed no line matching {:?} within the step timeout",
+                    re.as_str()
+                );
+                Err(self.not_ready(job, log_name, what, &why))
+            }
+        }
+    }
+
+    /// Why a server that should have said it was ready did not: it exited, the VM was lost, or
+    /// it hung.
+    fn not_ready(&self, job: &Job, log_name: &str, what: &str, hang: &str) -> StepError {
         let log = tail_of(&self.dir.join("steps").join(log_name), 6);
-        Err(match (job.status, job.lost.clone()) {
+        match (job.status, job.lost.clone()) {
             (Some(st), _) => StepError::Fail(format!(
                 "{what} exited {st} before the device was ready: {log}"
             )),
             (None, Some(why)) => StepError::Infra(why),
-            (None, None) => {
-                StepError::Hang(format!("{what} not ready within the step timeout: {log}"))
+            (None, None) => StepError::Hang(format!("{what} {hang}: {log}")),
+        }
+    }
+
+    /// The one device a server added (new since `before`), for servers that choose their own id.
+    fn new_device(
+        &self,
+        before: &[u32],
+        deadline: Instant,
+        job: &mut Job,
+        what: &str,
+    ) -> Result<u32, StepError> {
+        loop {
+            let new: Vec<u32> = self
+                .devices()?
+                .into_iter()
+                .map(|d| d.dev_id)
+                .filter(|id| !before.contains(id))
+                .collect();
+            match new.as_slice() {
+                [id] => return Ok(*id),
+                [] => {}
+                many => {
+                    return Err(StepError::Fail(format!(
+                        "{what} added {} devices ({many:?}) for one start step",
+                        many.len()
+                    )))
+                }
             }
-        })
+            if job.pump(Instant::now() + POLL, |_, _| false) && job.status.is_some_and(|s| s != 0) {
+                return Err(StepError::Fail(format!(
+                    "{what} exited {} before adding a device",
+                    job.status.unwrap_or(-1)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::Hang(format!(
+                    "{what} added no device within the step timeout"
+                )));
+            }
+        }
+    }
+
+    /// The ids of every device the kernel has now.
+    pub(super) fn device_ids(&self) -> Result<Vec<u32>, StepError> {
+        Ok(self.devices()?.into_iter().map(|d| d.dev_id).collect())
     }
 
     /// Device `id` as the kernel reports it, once live and served (a server pid set).
@@ -232,7 +385,7 @@ impl Runner<'_> {
                 }
             }
             // A foreground server that died will never bring the device up.
-            if job.pump(Instant::now() + POLL, |_| false) && job.status.is_some_and(|s| s != 0) {
+            if job.pump(Instant::now() + POLL, |_, _| false) && job.status.is_some_and(|s| s != 0) {
                 return Err(StepError::Fail(format!(
                     "{what} exited {} before device {id} was live",
                     job.status.unwrap_or(-1)
@@ -383,7 +536,7 @@ impl Runner<'_> {
             }
         }
         let d = self.daemons.get_mut(name).expect("checked above");
-        if !d.job.pump(deadline, |_| false) {
+        if !d.job.pump(deadline, |_, _| false) {
             return Err(StepError::Hang(format!(
                 "daemon `{name}` still running after {after}"
             )));
@@ -427,5 +580,95 @@ impl Runner<'_> {
         }
         self.daemons.retain(|_, d| d.running());
         Ok(())
+    }
+}
+
+/// How long a server's dump (after its signal) is read, and the most of it kept.
+const DUMP_WAIT: Duration = Duration::from_secs(3);
+const MAX_DUMP_BYTES: usize = 4 << 20;
+
+impl Runner<'_> {
+    /// Each running server's own state dump (the profile's `dump:`), into `dir` as
+    /// `dump-NAME.txt`; one line per server for the freeze-frame's summary.
+    pub(super) fn dump_servers(&mut self, dir: &std::path::Path) -> Vec<String> {
+        let Some(how) = self.server.dump.clone() else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = self
+            .daemons
+            .iter()
+            .filter(|(_, d)| d.running())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        let mut lines = Vec::new();
+        for name in names {
+            let (text, line) = match &how {
+                crate::server::Dump::Signal(sig) => self.dump_by_signal(&name, *sig),
+                crate::server::Dump::Command(t) => self.dump_by_command(&name, t),
+            };
+            let file = format!("dump-{}.txt", crate::util::slug(&name));
+            crate::runs::save(&dir.join(&file), &text);
+            lines.push(format!("server dump of `{name}`: {line}; see {file}"));
+        }
+        lines
+    }
+
+    /// Sends the dump signal and keeps what the server prints in the next seconds (a
+    /// daemonized server's output is not ours to read: only the signal is sent).
+    fn dump_by_signal(&mut self, name: &str, sig: Sig) -> (Vec<u8>, String) {
+        let d = &self.daemons[name];
+        if let Err(e) = freeze::signal_server(&self.vm, &d.as_ref(name), sig.number()) {
+            return (
+                Vec::new(),
+                format!("SIG{} could not be sent: {e}", sig.name()),
+            );
+        }
+        if d.mode == Mode::Daemon {
+            let m = "a daemonized server's output is not captured: look in its own log";
+            return (Vec::new(), format!("SIG{} sent ({m})", sig.name()));
+        }
+        let mut out = Vec::new();
+        let d = self.daemons.get_mut(name).expect("listed above");
+        let ended = d.job.pump(Instant::now() + DUMP_WAIT, |_, chunk| {
+            let room = MAX_DUMP_BYTES.saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            false
+        });
+        let mut line = format!(
+            "SIG{} sent, {} bytes of output in {} s",
+            sig.name(),
+            out.len(),
+            DUMP_WAIT.as_secs()
+        );
+        if ended {
+            let st = d
+                .job
+                .status
+                .map_or("lost".to_string(), |s| format!("exited {s}"));
+            line += &format!(" (the server {st} after it)");
+        }
+        (out, line)
+    }
+
+    /// Runs the dump command (rendered with the device's values), bounded.
+    fn dump_by_command(&self, name: &str, template: &[String]) -> (Vec<u8>, String) {
+        let argv = self.daemons[name].vars.render(template);
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        match self
+            .vm
+            .agent
+            .run_capture(&refs, Instant::now() + Duration::from_secs(10))
+        {
+            Ok((st, mut out, err)) => {
+                out.extend_from_slice(&err);
+                out.truncate(MAX_DUMP_BYTES);
+                (out, format!("`{}` exited {st}", argv.join(" ")))
+            }
+            Err(e) => (
+                Vec::new(),
+                format!("`{}` did not finish: {e}", argv.join(" ")),
+            ),
+        }
     }
 }

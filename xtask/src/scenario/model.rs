@@ -291,9 +291,27 @@ pub enum Sig {
     Stop,
     Cont,
     Usr1,
+    Usr2,
+    Quit,
+    Hup,
 }
 
 impl Sig {
+    /// TERM, USR1, ... (as written in YAML).
+    pub fn name(self) -> &'static str {
+        match self {
+            Sig::Term => "TERM",
+            Sig::Int => "INT",
+            Sig::Kill => "KILL",
+            Sig::Stop => "STOP",
+            Sig::Cont => "CONT",
+            Sig::Usr1 => "USR1",
+            Sig::Usr2 => "USR2",
+            Sig::Quit => "QUIT",
+            Sig::Hup => "HUP",
+        }
+    }
+
     pub fn number(self) -> i32 {
         match self {
             Sig::Term => libc::SIGTERM,
@@ -302,11 +320,17 @@ impl Sig {
             Sig::Stop => libc::SIGSTOP,
             Sig::Cont => libc::SIGCONT,
             Sig::Usr1 => libc::SIGUSR1,
+            Sig::Usr2 => libc::SIGUSR2,
+            Sig::Quit => libc::SIGQUIT,
+            Sig::Hup => libc::SIGHUP,
         }
     }
     /// Whether the daemon is expected to exit after this signal.
     pub fn ends_daemon(self) -> bool {
-        matches!(self, Sig::Term | Sig::Int | Sig::Kill)
+        matches!(
+            self,
+            Sig::Term | Sig::Int | Sig::Kill | Sig::Quit | Sig::Hup
+        )
     }
 }
 

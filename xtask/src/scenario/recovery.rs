@@ -153,7 +153,7 @@ impl Runner<'_> {
         }
         let started = Instant::now();
         let mut job = self.exec(&argv, log_name)?;
-        let ready = self.ready(&how, &mut job, &argv, vars.dev_id, deadline, log_name);
+        let ready = self.ready(&how, &mut job, &argv, vars.dev_id, &[], deadline, log_name);
         let (dev_id, pid, _) = ready.map_err(|e| self.with_control_state(e, vars.dev_id))?;
         if dev_id != vars.dev_id {
             let m = format!(

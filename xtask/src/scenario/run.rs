@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::freeze;
 use super::model::{DeviceOverride, KernelVersion, Scenario};
 use super::steps::{Runner, StepError};
 use crate::host::procs::{interrupted, signal_name};
@@ -412,12 +411,8 @@ fn classify(r: &mut Runner, label: &str, e: StepError, out: &mut Outcome) -> (Ve
         StepError::Fail(m) => (Verdict::Fail, m),
         StepError::Infra(m) => (Verdict::InfraError, m),
         StepError::Hang(m) => {
-            let ff = freeze::collect(
-                &r.vm,
-                &r.daemon_refs(),
-                &r.dir.join("freeze-frame"),
-                &format!("{label} hung: {m}"),
-            );
+            let dir = r.dir.join("freeze-frame");
+            let ff = r.freeze_frame(&dir, &format!("{label} hung: {m}"));
             out.freeze_frame = Some(ff.dir.clone());
             // Collecting takes seconds: an interrupt or a VM death meanwhile still wins.
             if let Some(f) = r.vm.gone() {

@@ -31,23 +31,28 @@ pub struct Job {
 }
 
 impl Job {
-    /// Pumps events until `deadline`, or until `until` (shown each stdout chunk) says stop.
-    /// Returns true once the job has ended.
-    pub fn pump(&mut self, deadline: Instant, mut until: impl FnMut(&[u8]) -> bool) -> bool {
+    /// Pumps events until `deadline`, or until `until` (shown each output chunk, with
+    /// `Stream::Stdout` or `Stream::Stderr`) says stop. Returns true once the job has ended.
+    pub fn pump(
+        &mut self,
+        deadline: Instant,
+        mut until: impl FnMut(Stream, &[u8]) -> bool,
+    ) -> bool {
         if self.status.is_some() || self.lost.is_some() {
             return true;
         }
         loop {
             match wait(&self.rx, deadline) {
                 Some(Event::Frame(f)) => match f.kind {
-                    Frame::Stdout => {
+                    Frame::Stdout | Frame::Stderr => {
                         runs::record(&self.log_path, self.log.write_all(&f.payload));
-                        if until(&f.payload) {
+                        let stream = match f.kind {
+                            Frame::Stdout => Stream::Stdout,
+                            _ => Stream::Stderr,
+                        };
+                        if until(stream, &f.payload) {
                             return false;
                         }
-                    }
-                    Frame::Stderr => {
-                        runs::record(&self.log_path, self.log.write_all(&f.payload));
                     }
                     Frame::Exit => {
                         self.status = Some(vm_agent::exit_code(f.payload_i32().unwrap_or(-1)));
@@ -67,6 +72,13 @@ impl Job {
             }
         }
     }
+}
+
+/// Which output of a guest command a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
 }
 
 /// Why a step did not pass.
@@ -148,7 +160,7 @@ impl<'a> Runner<'a> {
         deadline: Instant,
         what: &str,
     ) -> Result<i32, StepError> {
-        if !job.pump(deadline, |_| false) {
+        if !job.pump(deadline, |_, _| false) {
             return Err(StepError::Hang(format!(
                 "{what} did not finish within its timeout"
             )));
@@ -157,6 +169,16 @@ impl<'a> Runner<'a> {
             return Err(StepError::Infra(format!("{what}: {why}")));
         }
         Ok(job.status.unwrap())
+    }
+
+    /// A freeze-frame of the guest now, with each server's own dump (the profile's `dump:`).
+    pub fn freeze_frame(&mut self, dir: &Path, why: &str) -> FreezeFrame {
+        let mut ff = freeze::collect(&self.vm, &self.daemon_refs(), dir, why);
+        let dumps = self.dump_servers(dir);
+        if !dumps.is_empty() {
+            freeze::append_notes(&mut ff, &dumps);
+        }
+        ff
     }
 
     pub fn daemon_refs(&self) -> Vec<DaemonRef<'_>> {
@@ -325,7 +347,7 @@ impl<'a> Runner<'a> {
             (None, None) => unreachable!("validated"),
         };
         let mut job = self.exec(&argv, log_name)?;
-        if job.pump(deadline, |_| false) {
+        if job.pump(deadline, |_, _| false) {
             return Err(match (&job.lost, job.status) {
                 (Some(why), _) => StepError::Infra(why.clone()),
                 (None, status) => StepError::Fail(format!(
@@ -335,9 +357,7 @@ impl<'a> Runner<'a> {
                 )),
             });
         }
-        let ff = freeze::collect(
-            &self.vm,
-            &self.daemon_refs(),
+        let ff = self.freeze_frame(
             &self.dir.join(format!("freeze-frame-{i:02}")),
             &format!("steps[{i}] hung as expected"),
         );
@@ -442,7 +462,7 @@ impl<'a> Runner<'a> {
         let until = Instant::now() + Duration::from_millis(200);
         for (name, d) in self.daemons.iter_mut() {
             if d.mode == crate::server::Mode::Foreground {
-                d.job.pump(until.max(Instant::now()), |_| false);
+                d.job.pump(until.max(Instant::now()), |_, _| false);
             }
             if let Some((prefix, queues)) = &d.trace {
                 for q in 0..*queues {
@@ -458,7 +478,7 @@ impl<'a> Runner<'a> {
             }
         }
         for job in self.jobs.values_mut() {
-            job.pump(Instant::now() + Duration::from_millis(100), |_| false);
+            job.pump(Instant::now() + Duration::from_millis(100), |_, _| false);
         }
     }
 }

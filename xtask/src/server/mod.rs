@@ -75,6 +75,9 @@ pub struct Profile {
     pub options: Options,
     /// User recovery, if the server has it.
     pub recovery: Option<Recovery>,
+    /// The server's own state dump, taken into every freeze-frame.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub dump: Option<Dump>,
     #[serde(skip)]
     pub source: PathBuf,
     /// The host file copied into the guest's /bin, once `prepare` found or built it.
@@ -119,6 +122,7 @@ pub struct Add {
     /// `{dev_id}`, `{backing_file}` (storage: file) are filled in.
     pub argv: Vec<String>,
     pub mode: Mode,
+    #[serde(with = "serde_yaml::with::singleton_map")]
     pub ready: Ready,
 }
 
@@ -131,16 +135,52 @@ pub enum Mode {
     Daemon,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ready {
     /// The first stdout line is a `ublk::contract::Ready` JSON object.
     Json,
     /// The first stdout line is the block device path, /dev/ublkbN.
     Path,
-    /// Nothing useful on stdout: the device is the one with `{dev_id}`, found live through
-    /// /dev/ublk-control (GET_DEV_INFO), whose server pid the kernel knows.
+    /// Nothing useful on the output: the device is the one with `{dev_id}` if argv passes it,
+    /// else the one device this server added (new in the kernel's list since the command
+    /// started), found live through /dev/ublk-control (GET_DEV_INFO), whose server pid the
+    /// kernel knows.
     Kernel,
+    /// The first line of stdout or stderr this regex matches says the device is ready; a
+    /// named group `dev` (a path /dev/ublkbN) or `dev_id` (a number) says which, else it is
+    /// found from the kernel as for `kernel`. E.g. `{line: 'Device created: (?P<dev>\S+)'}`.
+    Line(String),
+}
+
+impl Ready {
+    pub fn name(&self) -> String {
+        match self {
+            Ready::Json => "json".into(),
+            Ready::Path => "path".into(),
+            Ready::Kernel => "kernel".into(),
+            Ready::Line(re) => format!("line matching {re:?}"),
+        }
+    }
+
+    /// The compiled `line` regex (checked when the profile loads).
+    pub fn regex(&self) -> Option<regex::Regex> {
+        match self {
+            Ready::Line(re) => regex::Regex::new(re).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// How the platform asks a server for its own state dump when a run hangs (a Go server's
+/// SIGQUIT goroutine dump, a C server's SIGUSR1 handler, or a command); what the server (or
+/// the command) prints in the next seconds lands in the freeze-frame as `dump-NAME.txt`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Dump {
+    Signal(crate::scenario::model::Sig),
+    /// Run in the guest (a template like `stop.command`).
+    Command(Vec<String>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,22 +308,70 @@ impl Vars {
         })
     }
 
-    /// The template with every `{name}` replaced (names were checked when the profile loaded).
+    /// The template with every `{name}` replaced and `{{`/`}}` made `{`/`}` (names were
+    /// checked when the profile loaded).
     pub fn render(&self, template: &[String]) -> Vec<String> {
         template
             .iter()
             .map(|arg| {
-                let mut out = arg.clone();
-                for key in PLACEHOLDERS {
-                    let pat = format!("{{{key}}}");
-                    if out.contains(&pat) {
-                        out = out.replace(&pat, &self.get(key).unwrap_or_default());
+                let mut out = String::new();
+                for piece in pieces(arg).unwrap_or_default() {
+                    match piece {
+                        Piece::Text(t) => out.push_str(&t),
+                        Piece::Var(k) => out.push_str(&self.get(&k).unwrap_or_default()),
                     }
                 }
                 out
             })
             .collect()
     }
+}
+
+enum Piece {
+    Text(String),
+    Var(String),
+}
+
+/// An argv template split into text and `{name}` placeholders; `{{` and `}}` are a literal
+/// brace. An unclosed `{` or a lone `}` is an error.
+fn pieces(arg: &str) -> std::result::Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('{', Some('{')) | ('}', Some('}')) => {
+                chars.next();
+                text.push(c);
+            }
+            ('{', _) => {
+                let mut key = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        closed = true;
+                        break;
+                    }
+                    key.push(c);
+                }
+                if !closed {
+                    return Err(format!(
+                        "{arg:?}: an unclosed {{ (write {{{{ for a literal brace)"
+                    ));
+                }
+                out.push(Piece::Text(std::mem::take(&mut text)));
+                out.push(Piece::Var(key));
+            }
+            ('}', _) => {
+                return Err(format!(
+                    "{arg:?}: a lone }} (write }}}} for a literal brace)"
+                ));
+            }
+            (c, _) => text.push(c),
+        }
+    }
+    out.push(Piece::Text(text));
+    Ok(out)
 }
 
 /// Largest server binary copied into a guest.
@@ -367,8 +455,8 @@ impl Profile {
         Ok(())
     }
 
-    /// One line for listings.
-    pub fn describe(&self) -> String {
+    /// What the server offers beyond the basics, by name.
+    pub fn extras(&self) -> Vec<String> {
         let mut caps: Vec<String> = self.capabilities.iter().map(|c| c.name().into()).collect();
         if let Some(r) = &self.recovery {
             let modes: Vec<&str> = r.modes().iter().map(|m| m.name()).collect();
@@ -377,19 +465,48 @@ impl Profile {
                 caps.push("quiesce".into());
             }
         }
-        format!(
-            "{}: {} [{:?}, ready {:?}, storage {:?}; {}]",
-            self.name,
-            self.description,
-            self.add.mode,
-            self.add.ready,
-            self.storage,
-            if caps.is_empty() {
-                "no extras".to_string()
-            } else {
-                caps.join(", ")
-            }
-        )
+        caps
+    }
+
+    /// A few lines for `servers`: name and description, then how it runs.
+    pub fn describe(&self) -> String {
+        let mode = match self.add.mode {
+            Mode::Foreground => "runs in the foreground",
+            Mode::Daemon => "daemonizes",
+        };
+        let storage = match self.storage {
+            Storage::Memory => "stores data in memory",
+            Storage::File => "stores data in a backing file",
+            Storage::None => "stores no data (reads are not verified)",
+        };
+        let stop = match &self.stop {
+            Stop::Signal(sig) => format!("SIG{}", sig.name()),
+            Stop::Command(c) => format!("`{}`", c.join(" ")),
+        };
+        let dump = match &self.dump {
+            None => "none".to_string(),
+            Some(Dump::Signal(sig)) => format!("SIG{}", sig.name()),
+            Some(Dump::Command(c)) => format!("`{}`", c.join(" ")),
+        };
+        let extras = self.extras();
+        let lines = [
+            format!("{}: {}", self.name, self.description),
+            format!("    add:     `{}`", self.add.argv.join(" ")),
+            format!(
+                "    runs:    {mode}, {storage}; ready: {}",
+                self.add.ready.name()
+            ),
+            format!("    stop:    {stop}; state dump on a hang: {dump}"),
+            format!(
+                "    extras:  {}",
+                if extras.is_empty() {
+                    "none".to_string()
+                } else {
+                    extras.join(", ")
+                }
+            ),
+        ];
+        crate::text::term_lines(&lines.join("\n"))
     }
 
     /// Finds (or builds) the host binary to copy into the guest, and checks it can run there.
@@ -465,6 +582,15 @@ impl Profile {
                 None => {}
             }
         }
+        if let Some(Dump::Command(c)) = &self.dump {
+            if c.is_empty() {
+                return Err((
+                    vec!["dump"],
+                    "dump.command needs at least the program".into(),
+                ));
+            }
+            templates.push(("dump", c));
+        }
         if let Some(r) = &self.recovery {
             templates.extend(r.add.values().map(|a| ("recovery", a)));
             templates.push(("recovery", &r.recover.argv));
@@ -478,7 +604,7 @@ impl Profile {
                 }
             }
         }
-        check_start(&self.add).map_err(|(k, m)| (vec!["add", k], m))?;
+        check_start(&self.add, false).map_err(|(k, m)| (vec!["add", k], m))?;
         self.check_recovery()?;
         if let Binary::Crate(spec) = &self.binary {
             spec.check().map_err(|m| (vec!["binary"], m))?;
@@ -513,25 +639,41 @@ impl Profile {
                 "recovery.quiesce needs at least the program".into(),
             ));
         }
-        check_start(&r.recover).map_err(|(_, m)| (at("recover"), format!("recovery.recover: {m}")))
+        check_start(&r.recover, true)
+            .map_err(|(_, m)| (at("recover"), format!("recovery.recover: {m}")))
     }
 }
 
-/// The rules an add (or a recover) command obeys, with the key that locates a violation.
-fn check_start(add: &Add) -> std::result::Result<(), (&'static str, String)> {
+/// The rules an add (or a recover) command obeys, with the key that locates a violation. A
+/// recover command must name the device it takes over (`{dev_id}`).
+fn check_start(add: &Add, recover: bool) -> std::result::Result<(), (&'static str, String)> {
     if add.argv.is_empty() || add.argv[0].is_empty() {
         return Err(("argv", "argv needs at least the program".into()));
     }
-    let uses_id = add.argv.iter().any(|a| a.contains("{dev_id}"));
-    if add.ready == Ready::Kernel && !uses_id {
-        let m = "ready: kernel finds the device by its id: argv must pass {dev_id}";
-        return Err(("ready", m.into()));
+    if recover && !add.uses_dev_id() {
+        let m = "a recover command takes over one device: argv must pass {dev_id}";
+        return Err(("argv", m.into()));
     }
-    if add.mode == Mode::Daemon && add.ready != Ready::Kernel {
-        let m = "mode: daemon needs ready: kernel (a daemon's output ends when the command exits)";
+    if let Ready::Line(re) = &add.ready {
+        let r = regex::Regex::new(re).map_err(|e| ("ready", format!("ready.line: {e}")))?;
+        let names: Vec<&str> = r.capture_names().flatten().collect();
+        if names.iter().any(|n| *n != "dev" && *n != "dev_id") {
+            let m = format!("ready.line: named groups may be `dev` (a /dev/ublkbN path) or `dev_id` (a number), not {names:?}");
+            return Err(("ready", m));
+        }
+    }
+    if add.mode == Mode::Daemon && !matches!(add.ready, Ready::Kernel | Ready::Line(_)) {
+        let m = "mode: daemon needs ready: kernel or ready: {line: REGEX} (a daemon's output ends when the command exits)";
         return Err(("mode", m.into()));
     }
     Ok(())
+}
+
+impl Add {
+    /// Does the command pass the device id the platform chose?
+    pub fn uses_dev_id(&self) -> bool {
+        self.argv.iter().any(|a| a.contains("{dev_id}"))
+    }
 }
 
 /// The shared libraries (and the loader) a dynamic binary needs, as the host's loader resolves
@@ -559,20 +701,15 @@ fn shared_closure(bin: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn check_placeholders(arg: &str) -> std::result::Result<(), String> {
-    let mut rest = arg;
-    while let Some(i) = rest.find('{') {
-        let after = &rest[i + 1..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("{arg:?}: an unclosed {{"))?;
-        let key = &after[..end];
-        if !PLACEHOLDERS.contains(&key) {
-            return Err(format!(
-                "{arg:?}: unknown placeholder {{{key}}}; known: {}",
-                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(" ")
-            ));
+    for piece in pieces(arg)? {
+        if let Piece::Var(key) = piece {
+            if !PLACEHOLDERS.contains(&key.as_str()) {
+                return Err(format!(
+                    "{arg:?}: unknown placeholder {{{key}}}; known: {} (and {{{{ }}}} for literal braces)",
+                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(" ")
+                ));
+            }
         }
-        rest = &after[end + 1..];
     }
     Ok(())
 }
@@ -624,9 +761,10 @@ mod tests {
         let r = p.recovery.as_ref().unwrap();
         assert_eq!(r.modes(), [RecoveryMode::Reissue, RecoveryMode::FailIo]);
         assert!(
-            p.describe().contains("recovery (reissue, fail-io)"),
-            "{}",
-            p.describe()
+            p.extras()
+                .contains(&"recovery (reissue, fail-io)".to_string()),
+            "{:?}",
+            p.extras()
         );
         let with_q = format!("{GOOD}{rec}  quiesce: [s, quiesce, -n, '{{dev_id}}']\n");
         assert!(Profile::parse(&with_q, Path::new("p.yaml"))
