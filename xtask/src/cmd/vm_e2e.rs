@@ -227,6 +227,15 @@ fn plan_runs(
 }
 
 fn print_plan(scenarios: &[Scenario], work: &[RunSpec], info: Option<&shard::ShardInfo>) {
+    if let Ok(groups) = crate::scenario::groups() {
+        for (tag, files) in groups {
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            println!("group {tag}: {}", names.join(" "));
+        }
+    }
     if let Some(i) = info {
         println!(
             "shard {}/{} of plan {}: {} of {} runs, ~{:.0} s of runs (estimates: {})",

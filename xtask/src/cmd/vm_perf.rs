@@ -462,6 +462,7 @@ fn scenario(plan: &Plan) -> Scenario {
         },
         expect_splats: Vec::new(),
         server: None,
+        tags: Vec::new(),
         requires: Requires::default(),
         steps: Vec::new(),
         source: PathBuf::from("<vm-perf>"),

@@ -31,34 +31,63 @@ pub fn all_files() -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Resolves scenario names (or paths) to files; no names = all.
+/// Resolves scenario names (or paths) to files; no names = all. A word that names no
+/// scenario file but a group (a scenario's `tags:`) stands for every scenario of the group.
 pub fn resolve(names: &[String]) -> Result<Vec<PathBuf>> {
     if names.is_empty() {
         return all_files();
     }
     let known = all_files()?;
-    names
-        .iter()
-        .map(|n| {
-            let p = Path::new(n);
-            // A path (even one that is no regular file: loading it says what it is).
-            if p.is_file() || n.contains('/') || n.ends_with(".yaml") || n.ends_with(".yml") {
-                return Ok(p.to_path_buf());
+    let mut out = Vec::new();
+    for n in names {
+        let p = Path::new(n);
+        // A path (even one that is no regular file: loading it says what it is).
+        if p.is_file() || n.contains('/') || n.ends_with(".yaml") || n.ends_with(".yml") {
+            out.push(p.to_path_buf());
+            continue;
+        }
+        if let Some(k) = known
+            .iter()
+            .find(|k| k.file_stem().is_some_and(|s| s == n.as_str()))
+        {
+            out.push(k.clone());
+            continue;
+        }
+        let groups = groups()?;
+        match groups.get(n) {
+            Some(members) => {
+                let new: Vec<PathBuf> = members
+                    .iter()
+                    .filter(|m| !out.contains(m))
+                    .cloned()
+                    .collect();
+                out.extend(new);
             }
-            known
-                .iter()
-                .find(|k| k.file_stem().is_some_and(|s| s == n.as_str()))
-                .cloned()
-                .ok_or_else(|| {
-                    let names: Vec<String> = known
-                        .iter()
-                        .filter_map(|k| k.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                        .collect();
-                    crate::util::bad_input(format!(
-                        "no scenario named {n:?}; known: {}",
-                        names.join(", ")
-                    ))
-                })
-        })
-        .collect()
+            None => {
+                let names: Vec<String> = known
+                    .iter()
+                    .filter_map(|k| k.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .collect();
+                let groups: Vec<&str> = groups.keys().map(String::as_str).collect();
+                return Err(crate::util::bad_input(format!(
+                    "no scenario or group named {n:?}; scenarios: {}; groups: {}",
+                    names.join(", "),
+                    groups.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The shipped scenarios' groups: tag → the files tagged with it, sorted.
+pub fn groups() -> Result<std::collections::BTreeMap<String, Vec<PathBuf>>> {
+    let mut groups: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for f in all_files()? {
+        let sc = model::Scenario::load(&f)?;
+        for t in sc.tags {
+            groups.entry(t).or_default().push(f.clone());
+        }
+    }
+    Ok(groups)
 }

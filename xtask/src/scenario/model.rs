@@ -32,6 +32,10 @@ pub struct Scenario {
     pub expect_splats: Vec<String>,
     /// Server this scenario runs against unless `--server` says otherwise (default ublk-mem).
     pub server: Option<String>,
+    /// Groups it belongs to: `vm-e2e GROUP` runs every scenario tagged GROUP (e.g.
+    /// `freeze-frame`: stalled-tag and stopped-server).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// What the server (and the kernel) must support beyond what the steps imply (see `needs`).
     #[serde(default)]
     pub requires: Requires,
@@ -859,6 +863,15 @@ struct Checker<'a> {
     jobs: Vec<&'a str>,
 }
 
+/// Most tags (groups) one scenario has.
+pub const MAX_TAGS: usize = 8;
+
+fn tag_ok(t: &str) -> bool {
+    (1..=32).contains(&t.len())
+        && t.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 impl<'a> Checker<'a> {
     fn new(sc: &'a Scenario, text: &'a str, path: &'a Path) -> Checker<'a> {
         Checker {
@@ -899,6 +912,14 @@ impl<'a> Checker<'a> {
                 sc.name
             );
             return Err(self.at_key(&["name"], &m));
+        }
+        if let Some(t) = sc.tags.iter().find(|t| !tag_ok(t)) {
+            let m = format!("tag {t:?} must be 1..=32 lowercase letters, digits or '-'");
+            return Err(self.at_key(&["tags"], &m));
+        }
+        if sc.tags.len() > MAX_TAGS {
+            let m = format!("at most {MAX_TAGS} tags; this one has {}", sc.tags.len());
+            return Err(self.at_key(&["tags"], &m));
         }
         if sc.steps.is_empty() || sc.steps.len() > MAX_STEPS {
             let m = format!(

@@ -777,7 +777,7 @@ mod tests {
         );
         let e = err(&format!("{GOOD}recovery:\n  add: {{reissue: []}}\n  recover: {{argv: [s], mode: daemon, ready: kernel}}\n"));
         assert!(
-            e.contains("recovery.recover: ready: kernel finds the device by its id"),
+            e.contains("recovery.recover: a recover command takes over one device: argv must pass {dev_id}"),
             "{e}"
         );
         let e = err(&format!("{GOOD}capabilities: [recovery]\n"));
