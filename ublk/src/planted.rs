@@ -108,3 +108,15 @@ pub fn plant_from_env() {
         plant(bug);
     }
 }
+
+/// What a test build prints before the device path of a plain (`add` without `--json`) ready
+/// line, from `UBLK_MEM_READY_PREFIX`: dressed up as a third-party server's
+/// (`Device created: /dev/ublkb0`), so tests prove profiles read such lines with no wrapper.
+/// Empty without the feature.
+pub fn ready_prefix() -> String {
+    #[cfg(feature = "planted-bugs")]
+    if let Ok(p) = std::env::var("UBLK_MEM_READY_PREFIX") {
+        return p.chars().filter(|c| !c.is_control()).take(200).collect();
+    }
+    String::new()
+}

@@ -563,7 +563,7 @@ fn announce(opts: &Options, info: &sys::ublksrv_ctrl_dev_info, queues: u16, dept
             serde_json::to_string(&ready).expect("plain data serialises")
         );
     } else {
-        println!("{bdev}");
+        println!("{}{bdev}", crate::planted::ready_prefix());
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -8,6 +8,7 @@ mod host;
 mod image;
 mod input;
 mod perf;
+mod reason;
 mod runs;
 mod scenario;
 mod selftests;

@@ -288,3 +288,83 @@ fn a_bad_regex_is_one_clear_error() {
         stderr(&o)
     );
 }
+
+fn worktrees(repo: &Path) -> usize {
+    git(repo, &["worktree", "list"]).lines().count() - 1
+}
+
+/// Waits (bounded) until bisect has a candidate's worktree checked out.
+fn await_worktree(repo: &Path, child: &mut std::process::Child) {
+    let t0 = std::time::Instant::now();
+    while worktrees(repo) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "bisect ended before it made a worktree"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "no worktree"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Bisect removes the worktrees it made: after an interrupt (SIGINT: exit 130, none left),
+/// and — when a run was killed outright and could not clean up — the next `--resume` of the
+/// same bisection removes what that run left, registration and directory both.
+#[test]
+fn worktrees_are_removed_after_an_interrupt_and_by_a_resume() {
+    let (repo, hashes) = synthetic_repo("sweep", 12);
+    let args = [
+        "bisect",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--good",
+        &hashes[0],
+        "--bad",
+        &hashes[11],
+        "--cmd",
+        "sleep 0.5; [ \"$(cat version)\" -lt 7 ]",
+        "--max-runs-per-commit",
+        "4",
+    ];
+    let mut child = spawn(&args);
+    await_worktree(&repo, &mut child);
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = finish(child, LIMIT);
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(worktrees(&repo), 0, "{}", stderr(&o));
+
+    // Killed outright (no cleanup possible): its worktrees stay until the next run.
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let mut child = spawn(&resumed);
+    await_worktree(&repo, &mut child);
+    child.kill().unwrap();
+    let o = finish(child, LIMIT);
+    let left = worktrees(&repo);
+    assert!(left > 0, "a killed run leaves its worktrees (the premise)");
+    let e = stderr(&o);
+    let session = Path::new(
+        e.split("log: ")
+            .nth(1)
+            .and_then(|t| t.lines().next())
+            .unwrap(),
+    )
+    .parent()
+    .unwrap()
+    .to_path_buf();
+    let o = run(&resumed);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(e.contains("worktree(s) an earlier run left"), "{e}");
+    assert_eq!(worktrees(&repo), 0, "{e}");
+    let stray: Vec<_> = std::fs::read_dir(&session)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("wt-"))
+        .collect();
+    assert!(stray.is_empty(), "worktree directories removed: {stray:?}");
+    std::fs::remove_dir_all(&repo).unwrap();
+}

@@ -147,6 +147,66 @@ pub fn remove_worktree(repo: &Path, wt: &Path) {
     }
 }
 
+/// Removes every worktree of `repo` that a bisection in `dir` made (`dir/wt-*`: this run's, or
+/// those of an earlier run of the same bisection that a second signal or a crash cut short),
+/// then prunes registrations whose directory is gone. Returns how many it removed. Bounded:
+/// one `git worktree list`, one remove per worktree found, one prune.
+pub fn sweep_worktrees(repo: &Path, dir: &Path) -> usize {
+    let ours = |p: &Path| {
+        let named = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("wt-"));
+        let canon = |x: &Path| x.canonicalize().unwrap_or_else(|_| x.to_path_buf());
+        named && p.parent().map(canon) == Some(canon(dir))
+    };
+    let limit = Duration::from_secs(60);
+    let listed = procs::run_cleanup(git(repo).args(["worktree", "list", "--porcelain"]), limit);
+    let mut found: Vec<PathBuf> = listed
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree "))
+        .map(PathBuf::from)
+        .filter(|p| ours(p))
+        .collect();
+    // Left on disk but no longer registered (a registration pruned by hand, say).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten().take(10_000) {
+            let p = e.path();
+            if ours(&p) && p.is_dir() && !found.contains(&p) {
+                found.push(p);
+            }
+        }
+    }
+    for wt in &found {
+        let _ = procs::run_cleanup(
+            git(repo).args(["worktree", "remove", "--force"]).arg(wt),
+            limit,
+        );
+        let _ = std::fs::remove_dir_all(wt);
+    }
+    let _ = procs::run_cleanup(git(repo).args(["worktree", "prune"]), limit);
+    found.len()
+}
+
+/// Sweeps a bisection's worktrees when dropped: at the end of the command, on an error, and
+/// on a panic. (A second signal exits at once; the next run of the bisection sweeps then.)
+pub struct Sweep {
+    pub repo: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let n = sweep_worktrees(&self.repo, &self.dir);
+        if n > 0 {
+            eprintln!(
+                "bisect: removed {n} worktree(s) under {}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
 fn git(repo: &Path) -> Command {
     let mut c = Command::new("git");
     c.arg("-C").arg(repo);

@@ -115,6 +115,16 @@ pub fn run(args: Args) -> Result<i32> {
         resolve_images_once()?;
     }
     let mut session = Session::open(&repo, &cands, &test, &args)?;
+    // Worktrees an earlier, cut-short run of this bisection left are removed now; this run's
+    // when `_sweep` drops (also on an error or a panic).
+    let stale = runner::sweep_worktrees(&repo, &session.dir);
+    if stale > 0 {
+        eprintln!("bisect: removed {stale} worktree(s) an earlier run left");
+    }
+    let _sweep = runner::Sweep {
+        repo: repo.clone(),
+        dir: session.dir.clone(),
+    };
     let limits = Limits {
         confidence: args.confidence,
         max_runs_per_commit: args.max_runs_per_commit,
@@ -123,11 +133,8 @@ pub fn run(args: Args) -> Result<i32> {
     let outcome = bisect(&repo, &mut cands, &test, &mut session, limits);
     let tally = session.evidence.tally();
     print_table(&cands, &tally, &session.model);
-    for c in &cands {
-        if let Some(wt) = &c.worktree {
-            runner::remove_worktree(&repo, wt);
-        }
-    }
+    let removed = runner::sweep_worktrees(&repo, &session.dir);
+    eprintln!("bisect: removed {removed} worktree(s)");
     print_verdict(&cands, &tally, &session, outcome?)
 }
 

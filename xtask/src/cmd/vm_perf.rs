@@ -1,8 +1,11 @@
 //! `cargo xtask vm-perf`: brd, null_blk, loop and ublk servers measured side by side with fio
 //! in one VM per kernel, interleaved over rounds, each cell on a fresh device; a table,
 //! perf.json, perf.svg, and a regression gate against a baseline that only fails beyond the
-//! noise the runs measured. Exit codes: 0 measured (and no regression), 1 a regression or a
-//! kernel splat, 2 the measurement could not be completed.
+//! noise the runs measured. A target that fails (a server whose device hangs, a setup error)
+//! ends as a row naming its first cause and evidence; a fresh VM measures the others. Exit
+//! codes: 0 measured (and no regression), 1 a server target failed, a regression beyond noise
+//! or a kernel splat, 2 bad input, 125 could not measure (no VM, or only one of the kernel's
+//! own targets failed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::image::kernel::Source;
 use crate::image::{self, tools, Image};
 use crate::perf::report::{self, Machine, PerfReport, Session};
-use crate::perf::session::{self as perf_session, Plan};
+use crate::perf::session::{self as perf_session, Ended, Plan, Progress};
 use crate::perf::workload::{self, Target, Workload, KERNEL_TARGETS, REFERENCE, WORKLOADS};
 use crate::perf::{baseline, chart};
 use crate::runs::RunDir;
@@ -55,13 +58,23 @@ pub struct Args {
     /// Device size in MiB (the region fio works on)
     #[arg(long, value_name = "MIB", default_value_t = 256, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(16..=4096))]
     pub size: u64,
-    /// Virtual CPUs (also the queue count of every multi-queue target)
+    /// Virtual CPUs
     #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub cpus: u32,
+    /// Hardware queues of every multi-queue target (null_blk, the ublk servers) [default: --cpus]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: Option<u16>,
+    /// Queue depth of every multi-queue target (null_blk, the ublk servers)
+    #[arg(long, value_name = "N", default_value_t = 64, allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub depth: u16,
     /// Guest clock: `auto` (icount under TCG, plain under KVM), `plain`, or `icount` /
     /// `icount:SHIFT` (QEMU's instruction-counting clock, TCG only; default shift 3)
     #[arg(long, value_name = "auto|plain|icount[:N]", default_value = "auto", value_parser = clock)]
     pub clock: Clock,
+    /// Per-cell limit in seconds beyond fio's own run time (device setup, fill, teardown); a
+    /// cell past it is a hang with a freeze-frame [default: 20, x5 under TCG]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub cell_limit: Option<u64>,
     /// Compare with this perf.json: exit 1 if a cell's ratio to brd dropped beyond the noise
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
@@ -140,6 +153,13 @@ pub fn run(args: Args) -> Result<i32> {
     let setup = Setup::prepare(&args)?;
     let (report, splats) = measure_kernels(&args, &setup)?;
     write_outputs(&report, &setup.run.path, args.save_baseline.as_deref())?;
+    if let Some(sig) = crate::host::procs::interrupted() {
+        eprintln!(
+            "vm-perf: interrupted by {}; what was measured is in perf.json",
+            crate::host::procs::signal_name(sig)
+        );
+        return Ok(128 + sig);
+    }
     Ok(verdict(&report, base.as_ref(), args.tolerance, &splats))
 }
 
@@ -181,13 +201,16 @@ impl Setup {
         let plan = plan(args, targets, &profiles, workloads, accel)?;
         let run = RunDir::create("perf")?;
         eprintln!(
-            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell | accel {} ({why}), clock {} | {}",
+            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell (limit {} s more), {} queue(s) x depth {} | accel {} ({why}), clock {} | {}",
             plan.targets.len(),
             plan.workloads.len(),
             plan.rounds,
             kernels.len(),
             plan.runtime_s,
             plan.ramp_s,
+            plan.cell_budget.as_secs(),
+            plan.queues,
+            plan.depth,
             accel.name(),
             clock.name(),
             run.path.display()
@@ -204,24 +227,68 @@ impl Setup {
     }
 }
 
-/// One session per kernel, in order; the report and any kernel splats.
+/// One session per kernel, in order; the report and any kernel splats. A kernel whose VM
+/// could not be had is a session with every target not measured (the others still are).
 fn measure_kernels(args: &Args, setup: &Setup) -> Result<(PerfReport, Vec<String>)> {
     let mut report = head(args, setup);
     let mut splats = Vec::new();
     for (name, image) in &setup.kernels {
         let dir = setup.run.path.join(crate::util::slug(name));
         let vm = vm_config(args, setup);
-        let (session, found) = measure(name, image, &vm, &setup.plan, &setup.profiles, &dir)
-            .map_err(|e| format!("vm-perf on {name}: {e} (evidence in {})", dir.display()))?;
+        if let Some(sig) = crate::host::procs::interrupted() {
+            let why = format!("interrupted by {}", crate::host::procs::signal_name(sig));
+            report
+                .sessions
+                .push(unmeasured(name, image, &setup.plan, &why));
+            continue;
+        }
+        let session = match measure(name, image, &vm, &setup.plan, &setup.profiles, &dir) {
+            Ok((session, found)) => {
+                splats.extend(found.into_iter().map(|s| format!("{name}: {s}")));
+                session
+            }
+            Err(e) => unmeasured(
+                name,
+                image,
+                &setup.plan,
+                &format!("{e} (evidence in {})", dir.display()),
+            ),
+        };
         eprintln!(
             "\n{name} ({}):\n{}",
             session.kernel_release,
             report::table(&session)
         );
-        splats.extend(found.into_iter().map(|s| format!("{name}: {s}")));
         report.sessions.push(session);
     }
     Ok((report, splats))
+}
+
+/// A kernel's session that never measured: every target failed for `cause` (not the servers'
+/// fault: exit 125 unless something else failed).
+fn unmeasured(kernel: &str, image: &Image, plan: &Plan, cause: &str) -> Session {
+    let failures = plan
+        .names
+        .iter()
+        .map(|n| report::Failure {
+            target: n.clone(),
+            workload: plan.workloads[0].name.to_string(),
+            round: 0,
+            server_fault: false,
+            cause: cause.to_string(),
+            evidence: None,
+        })
+        .collect();
+    Session {
+        kernel: kernel.to_string(),
+        kernel_release: image.manifest.kernel_release.clone(),
+        image_hash: image.hash().to_string(),
+        boot_s: 0.0,
+        device_features: BTreeMap::new(),
+        samples: Vec::new(),
+        cells: Vec::new(),
+        failures,
+    }
 }
 
 /// Targets in measurement order, brd first and always present.
@@ -341,9 +408,9 @@ fn plan(
         runtime_s: args.runtime,
         ramp_s: args.ramp,
         size_bytes: args.size << 20,
-        queues: args.cpus as u16,
-        depth: 64,
-        cell_budget: Duration::from_secs(20 * accel.timeout_scale()),
+        queues: args.queues.unwrap_or(args.cpus as u16),
+        depth: args.depth,
+        cell_budget: Duration::from_secs(args.cell_limit.unwrap_or(20 * accel.timeout_scale())),
     })
 }
 
@@ -376,6 +443,7 @@ fn head(args: &Args, setup: &Setup) -> PerfReport {
         size_bytes: plan.size_bytes,
         queues: plan.queues,
         depth: plan.depth,
+        cell_limit_s: plan.cell_budget.as_secs(),
         targets: plan.names.clone(),
         workloads: plan.workloads.iter().map(|w| w.name.to_string()).collect(),
         tools: setup.tools.manifest.packages.clone(),
@@ -400,7 +468,9 @@ fn machine() -> Machine {
     }
 }
 
-/// One kernel's session: boot, install the servers, measure every cell, scan for splats.
+/// One kernel's session: VMs in turn — a fresh one after each target that failed, so what it
+/// left behind (a hung server, a stuck device) cannot disturb the others — every cell measured
+/// or its target's failure recorded, the kernel log scanned in each VM.
 fn measure(
     kernel: &str,
     image: &Image,
@@ -409,6 +479,73 @@ fn measure(
     profiles: &BTreeMap<String, Profile>,
     dir: &Path,
 ) -> Result<(Session, Vec<String>)> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let mut state = Progress::new(dir);
+    let mut splats = Vec::new();
+    let mut boot_s = None;
+    let mut device_features = BTreeMap::new();
+    // Bounded: every VM after the first follows a failure, and a target fails at most once.
+    for n in 0..=plan.targets.len() {
+        let vm_dir = match n {
+            0 => dir.to_path_buf(),
+            _ => dir.join(format!("vm{}", n + 1)),
+        };
+        let vm = match one_vm(image, cfg, plan, profiles, &vm_dir, &mut state) {
+            Ok(vm) => vm,
+            Err(e) if n == 0 => return Err(e),
+            Err(e) => {
+                let after = &state.failures.last().expect("a VM after a failure").target;
+                state.abandon(plan, &format!("the fresh VM after {after}'s failure: {e}"));
+                break;
+            }
+        };
+        boot_s.get_or_insert(vm.boot_s);
+        splats.extend(vm.splats);
+        device_features.extend(vm.device_features);
+        if vm.ended != Ended::TargetFailed || !state.pending(plan) {
+            break;
+        }
+    }
+    let (samples, failures) = (state.samples, state.failures);
+    let failed: Vec<&str> = failures.iter().map(|f| f.target.as_str()).collect();
+    let measured: Vec<String> = plan
+        .names
+        .iter()
+        .filter(|n| !failed.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    let wl: Vec<String> = plan.workloads.iter().map(|w| w.name.to_string()).collect();
+    let session = Session {
+        kernel: kernel.to_string(),
+        kernel_release: image.manifest.kernel_release.clone(),
+        image_hash: image.hash().to_string(),
+        boot_s: boot_s.unwrap_or_default(),
+        device_features,
+        cells: report::cells(&samples, &measured, &wl),
+        samples,
+        failures,
+    };
+    Ok((session, splats))
+}
+
+/// What one VM of a session measured, besides the samples it added.
+struct VmRun {
+    ended: Ended,
+    boot_s: f64,
+    splats: Vec<String>,
+    device_features: BTreeMap<String, Vec<String>>,
+}
+
+/// Boots a VM, installs the servers and measures from where `state` stands until all cells are
+/// done or a target fails; then the kernel log, the servers' output, and the VM is killed.
+fn one_vm(
+    image: &Image,
+    cfg: &VmConfig,
+    plan: &Plan,
+    profiles: &BTreeMap<String, Profile>,
+    dir: &Path,
+    state: &mut Progress,
+) -> Result<VmRun> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let setup_deadline = Instant::now() + Duration::from_secs(60 * cfg.accel.timeout_scale());
     let vm = Vm::boot(image, cfg, dir, setup_deadline).map_err(|f| format!("boot: {f:?}"))?;
@@ -419,7 +556,7 @@ fn measure(
     let sc = scenario(plan);
     let default = &profiles[crate::server::DEFAULT];
     let mut r = Runner::new(&sc, default, vm, dir, 0);
-    let samples = perf_session::run(&mut r, plan, profiles, |s, i, n| {
+    let ended = perf_session::run(&mut r, plan, profiles, state, |s, i, n| {
         eprintln!(
             "  [{i}/{n}] round {} {:<18} {:<12} {:>9.0} IOPS {:>8.1} MB/s",
             s.round + 1,
@@ -429,22 +566,30 @@ fn measure(
             s.bw_bytes_s / 1e6
         )
     });
+    if ended == Ended::Stopped {
+        let f = state.failures.last().expect("the stop was recorded");
+        eprintln!(
+            "  the session on this kernel ends: {}",
+            crate::text::term(&f.cause)
+        );
+    }
+    if ended == Ended::TargetFailed {
+        let f = state.failures.last().expect("a failure was recorded");
+        eprintln!(
+            "  {}: {}; its other cells are skipped and a fresh VM measures the rest",
+            crate::text::term(&f.target),
+            f.describe()
+        );
+    }
     let splats = r.splats();
     r.save_artifacts();
     r.vm.kill();
-    let samples = samples?;
-    let names = &plan.names;
-    let wl: Vec<String> = plan.workloads.iter().map(|w| w.name.to_string()).collect();
-    let session = Session {
-        kernel: kernel.to_string(),
-        kernel_release: image.manifest.kernel_release.clone(),
-        image_hash: image.hash().to_string(),
+    Ok(VmRun {
+        ended,
         boot_s,
+        splats,
         device_features: std::mem::take(&mut r.device_features),
-        cells: report::cells(&samples, names, &wl),
-        samples,
-    };
-    Ok((session, splats))
+    })
 }
 
 /// The scenario the server lifecycle code runs under: only its device defaults matter.
@@ -485,7 +630,8 @@ fn write_outputs(report: &PerfReport, dir: &Path, save: Option<&Path>) -> Result
     Ok(())
 }
 
-/// 1 on a regression beyond noise or a kernel splat, else 0.
+/// 1 on a server target's failure, a regression beyond noise or a kernel splat; else 125 if
+/// one of the kernel's own targets failed (the comparison lacks its reference); else 0.
 fn verdict(
     report: &PerfReport,
     base: Option<&PerfReport>,
@@ -493,24 +639,112 @@ fn verdict(
     splats: &[String],
 ) -> i32 {
     for s in splats {
-        eprintln!("vm-perf: kernel splat during the measurement: {s}");
+        eprintln!(
+            "vm-perf: kernel splat during the measurement: {}",
+            crate::text::term(s)
+        );
     }
-    let Some(base) = base else {
-        return i32::from(!splats.is_empty());
-    };
+    let failures: Vec<_> = report
+        .sessions
+        .iter()
+        .flat_map(|s| s.failures.iter().map(move |f| (s, f)))
+        .collect();
+    for (s, f) in &failures {
+        eprintln!(
+            "vm-perf: {} on {}: {}",
+            crate::text::term(&f.target),
+            crate::text::term(&s.kernel),
+            f.describe()
+        );
+    }
+    let server_failed = failures.iter().any(|(_, f)| f.server_fault);
+    let regressed = base.is_some_and(|b| gate(report, b, tolerance));
+    match (
+        server_failed || regressed || !splats.is_empty(),
+        failures.is_empty(),
+    ) {
+        (true, _) => 1,
+        (false, false) => 125,
+        (false, true) => 0,
+    }
+}
+
+/// The baseline comparison, printed; true if some cell regressed beyond noise.
+fn gate(report: &PerfReport, base: &PerfReport, tolerance: f64) -> bool {
     for w in baseline::mismatch(base, report) {
         eprintln!("vm-perf: warning: {w}");
     }
     let deltas = baseline::compare(base, report, tolerance);
-    let regressed: Vec<_> = deltas.iter().filter(|d| d.regressed()).collect();
+    let regressed = deltas.iter().filter(|d| d.regressed()).count();
     for d in &deltas {
         let mark = if d.regressed() { "REGRESSION" } else { "ok" };
         eprintln!("  {mark:<10} {}", d.describe());
     }
     eprintln!(
-        "vm-perf: {} cell(s) compared with the baseline, {} regressed beyond noise",
+        "vm-perf: {} cell(s) compared with the baseline, {regressed} regressed beyond noise",
         deltas.len(),
-        regressed.len()
     );
-    i32::from(!regressed.is_empty() || !splats.is_empty())
+    regressed > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perf::report::{test_report, Failure};
+
+    fn session(failures: Vec<Failure>) -> Session {
+        Session {
+            kernel: "k".into(),
+            kernel_release: "r".into(),
+            image_hash: String::new(),
+            boot_s: 0.0,
+            device_features: BTreeMap::new(),
+            samples: vec![],
+            cells: vec![],
+            failures,
+        }
+    }
+
+    fn failure(target: &str, server: bool) -> Failure {
+        Failure {
+            target: target.into(),
+            workload: "w".into(),
+            round: 0,
+            server_fault: server,
+            cause: "hang".into(),
+            evidence: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_server_fails_the_run_and_a_failed_reference_means_could_not_measure() {
+        let code = |f: Vec<Failure>, splats: &[String]| {
+            verdict(&test_report(&["brd"], vec![session(f)]), None, 0.05, splats)
+        };
+        assert_eq!(code(vec![], &[]), 0);
+        assert_eq!(code(vec![failure("broken", true)], &[]), 1);
+        assert_eq!(code(vec![failure("null_blk", false)], &[]), 125);
+        let both = vec![failure("null_blk", false), failure("broken", true)];
+        assert_eq!(code(both, &[]), 1, "the server's failure is the verdict");
+        let splat = ["k: WARNING".to_string()];
+        assert_eq!(code(vec![failure("null_blk", false)], &splat), 1);
+    }
+
+    #[test]
+    fn queues_default_to_the_cpus_and_the_flags_override_them() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        let a = Cli::try_parse_from(["x", "--cpus", "4"]).unwrap().a;
+        assert_eq!((a.queues, a.depth), (None, 64));
+        let a = Cli::try_parse_from(["x", "--queues", "1", "--depth", "8"])
+            .unwrap()
+            .a;
+        assert_eq!((a.queues, a.depth), (Some(1), 8));
+        assert!(Cli::try_parse_from(["x", "--queues", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--depth", "5000"]).is_err());
+    }
 }

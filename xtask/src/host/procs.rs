@@ -239,6 +239,28 @@ pub fn run(cmd: &mut Command, limit: Duration, what: &str) -> Result<Output> {
     })
 }
 
+/// Runs a short cleanup command (`git worktree remove`) even after an interrupt, when `run`
+/// refuses to start anything: its stdout if it exited 0 within `limit` (killed past it).
+/// Not a registered group: a cleanup is what an interrupted command does on its way out.
+pub fn run_cleanup(cmd: &mut Command, limit: Duration) -> Option<String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().ok()?;
+    let out = child.stdout.take()?;
+    let reader = thread::spawn(move || read_all(out));
+    let status = match child.wait_timeout(limit) {
+        Ok(Some(s)) => s,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+    };
+    let stdout = reader.join().unwrap_or_default();
+    status.success().then_some(stdout)
+}
+
 /// Like `run`, but a non-zero exit is an error carrying the tail of stderr.
 pub fn run_ok(cmd: &mut Command, limit: Duration, what: &str) -> Result<Output> {
     let out = run(cmd, limit, what)?;

@@ -104,20 +104,25 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
             esc(w)
         ));
     }
-    legend(s, report, y0, per_group);
+    legend(s, report, session, y0, per_group);
 }
 
-fn legend(s: &mut String, report: &PerfReport, y0: f64, per_group: f64) {
+/// One entry per target; a target that failed on this kernel says so (its bars are absent).
+fn legend(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_group: f64) {
     let x = LEFT + report.workloads.len() as f64 * per_group + 12.0;
     for (ti, t) in report.targets.iter().enumerate() {
         let y = y0 + TOP + 16.0 * ti as f64;
+        let label = match session.failures.iter().any(|f| &f.target == t) {
+            true => format!("{t} (not measured: see perf.json)"),
+            false => t.clone(),
+        };
         s.push_str(&format!(
             "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
             COLOURS[ti % COLOURS.len()],
             x + 14.0,
             y + 9.0,
-            esc(t)
+            esc(&label)
         ));
     }
 }
@@ -152,27 +157,9 @@ mod tests {
             cpu_us_per_io: None,
             ratio: Some(r),
         };
-        let report = PerfReport {
-            started_at: String::new(),
-            commit: String::new(),
-            machine: crate::perf::report::Machine {
-                cpu_model: String::new(),
-                host_cpus: 2,
-                host_kernel: String::new(),
-            },
-            accelerator: "tcg".into(),
-            clock: "icount:3".into(),
-            vcpus: 2,
-            rounds: 3,
-            runtime_s: 1.0,
-            ramp_s: 0.0,
-            size_bytes: 1,
-            queues: 2,
-            depth: 64,
-            targets: vec!["brd".into(), "a<b".into()],
-            workloads: vec!["w".into()],
-            tools: vec![],
-            sessions: vec![Session {
+        let report = crate::perf::report::test_report(
+            &["brd", "a<b", "broken"],
+            vec![Session {
                 kernel: "k".into(),
                 kernel_release: "r".into(),
                 image_hash: String::new(),
@@ -180,8 +167,16 @@ mod tests {
                 device_features: Default::default(),
                 samples: vec![],
                 cells: vec![cell("brd", s(1.0, 1.0, 1.0)), cell("a<b", s(0.5, 0.4, 0.6))],
+                failures: vec![crate::perf::report::Failure {
+                    target: "broken".into(),
+                    workload: "w".into(),
+                    round: 0,
+                    server_fault: true,
+                    cause: "hang".into(),
+                    evidence: None,
+                }],
             }],
-        };
+        );
         let svg = svg(&report);
         assert!(
             svg.contains("a&lt;b") && !svg.contains("a<b"),
@@ -200,6 +195,14 @@ mod tests {
                 }
             }
         }
-        assert_eq!(svg.matches("stroke=\"black\"").count(), 2);
+        assert_eq!(
+            svg.matches("stroke=\"black\"").count(),
+            2,
+            "no bar for a failed target"
+        );
+        assert!(
+            svg.contains(">broken (not measured: see perf.json)</text>"),
+            "{svg}"
+        );
     }
 }

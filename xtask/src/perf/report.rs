@@ -85,6 +85,40 @@ pub struct Session {
     pub device_features: std::collections::BTreeMap<String, Vec<String>>,
     pub samples: Vec<Sample>,
     pub cells: Vec<Cell>,
+    /// Targets that could not be measured (their cells are absent; the others' are complete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
+}
+
+/// A target whose measurement failed: the first cause, where it happened, and its evidence.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub target: String,
+    pub workload: String,
+    pub round: u32,
+    /// The failure is a ublk server's own (its cell failed: the thing under test), not a
+    /// kernel target's, the VM's or an interrupt's.
+    pub server_fault: bool,
+    pub cause: String,
+    /// A freeze-frame directory or a log, relative to the kernel's session directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+}
+
+impl Failure {
+    /// One line for the table: where it failed, why, and where to look.
+    pub fn describe(&self) -> String {
+        let mut d = format!(
+            "not measured: {} (round {}) failed: {}",
+            self.workload,
+            self.round + 1,
+            self.cause
+        );
+        if let Some(e) = &self.evidence {
+            d.push_str(&format!(" [evidence: {e}]"));
+        }
+        crate::text::term(&crate::text::bound(&d, 1024)).into_owned()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,10 +144,41 @@ pub struct PerfReport {
     pub size_bytes: u64,
     pub queues: u16,
     pub depth: u16,
+    /// Each cell's limit beyond fio's run time (`--cell-limit`); 0 in reports from before it.
+    #[serde(default)]
+    pub cell_limit_s: u64,
     pub targets: Vec<String>,
     pub workloads: Vec<String>,
     pub tools: Vec<String>,
     pub sessions: Vec<Session>,
+}
+
+/// A report around `sessions` with neutral values elsewhere, for tests.
+#[cfg(test)]
+pub fn test_report(targets: &[&str], sessions: Vec<Session>) -> PerfReport {
+    PerfReport {
+        started_at: String::new(),
+        commit: String::new(),
+        machine: Machine {
+            cpu_model: String::new(),
+            host_cpus: 2,
+            host_kernel: String::new(),
+        },
+        accelerator: "tcg".into(),
+        clock: "icount:3".into(),
+        vcpus: 2,
+        rounds: 3,
+        runtime_s: 1.0,
+        ramp_s: 0.0,
+        size_bytes: 1,
+        queues: 2,
+        depth: 64,
+        cell_limit_s: 100,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        workloads: vec!["w".into()],
+        tools: vec![],
+        sessions,
+    }
 }
 
 /// Summarises the samples into cells, in the order of `targets` × `workloads`.
@@ -168,6 +233,7 @@ pub fn table(s: &Session) -> String {
         .cells
         .iter()
         .map(|c| c.target.len())
+        .chain(s.failures.iter().map(|f| f.target.len()))
         .max()
         .unwrap_or(0)
         .max(6);
@@ -201,6 +267,9 @@ pub fn table(s: &Session) -> String {
             cpu,
             ratio
         ));
+    }
+    for f in &s.failures {
+        t.push_str(&format!("{:<18} {:<tw$} {}\n", "-", f.target, f.describe()));
     }
     t
 }
@@ -265,8 +334,38 @@ mod tests {
             device_features: Default::default(),
             samples,
             cells: cs,
+            failures: vec![Failure {
+                target: "a-long-server-name".into(),
+                workload: w.into(),
+                round: 1,
+                server_fault: true,
+                cause: "hang: fio\nstuck".into(),
+                evidence: Some("freeze-r1".into()),
+            }],
         });
         assert!(table.contains("0.50 [0.50-0.60]"), "{table}");
+        let failed = table.lines().last().unwrap();
+        assert!(
+            failed.contains("a-long-server-name not measured: randread-4k-qd32 (round 2) failed: hang: fio\\nstuck [evidence: freeze-r1]"),
+            "one escaped line per failed target: {table}"
+        );
+        let tw = "a-long-server-name".len();
+        for (line, name) in table
+            .lines()
+            .skip(1)
+            .zip(["brd", "ublk-mem", "a-long-server-name"])
+        {
+            assert!(
+                line[19..].starts_with(name),
+                "target column aligned: {table}"
+            );
+            assert_ne!(
+                &line[19 + tw..20 + tw],
+                "-",
+                "name padded to the widest: {table}"
+            );
+        }
+        assert!(failed[19 + tw + 1..].starts_with("not measured"), "{table}");
     }
 
     #[test]

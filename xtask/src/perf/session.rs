@@ -8,17 +8,20 @@
 //!     ─► fill it (steady state) ─► server CPU snapshot ─► fio ─► CPU snapshot
 //!     ─► remove device (rmmod / losetup -d / the profile's stop: it must exit cleanly)
 //! ```
-//! A cell past its limit takes a freeze-frame and ends the session with the cell named.
+//! A cell past its limit takes a freeze-frame. A failed cell ends its target's part of the
+//! session (its first cause and evidence recorded as a `Failure`); the caller boots a fresh VM
+//! and the other targets go on.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::fio;
-use super::report::Sample;
+use super::report::{Failure, Sample};
 use super::workload::{Target, Workload};
-use crate::scenario::freeze::{self, DaemonRef};
 use crate::scenario::model::Start;
 use crate::scenario::steps::{Runner, StepError};
+use crate::vm::Failure as VmFailure;
 
 pub struct Plan {
     pub targets: Vec<Target>,
@@ -42,50 +45,208 @@ pub fn order(targets: usize, round: u32, w: usize) -> Vec<usize> {
     (0..targets).map(|i| (i + shift) % targets).collect()
 }
 
-/// Runs every cell; `progress` sees each sample as it lands.
+/// One cell of the session: which round, workload and target, and the target's position in
+/// that round's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CellRef {
+    pub round: u32,
+    pub workload: usize,
+    pub slot: usize,
+    pub target: usize,
+}
+
+/// Every cell in measurement order.
+pub fn cells(plan: &Plan) -> Vec<CellRef> {
+    let mut out =
+        Vec::with_capacity(plan.rounds as usize * plan.workloads.len() * plan.targets.len());
+    for round in 0..plan.rounds {
+        for wi in 0..plan.workloads.len() {
+            for (slot, ti) in order(plan.targets.len(), round, wi).into_iter().enumerate() {
+                out.push(CellRef {
+                    round,
+                    workload: wi,
+                    slot,
+                    target: ti,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Where one kernel's session stands, across the VMs it takes: the samples so far, the
+/// targets that failed (each once, with its first cause), and the next cell to measure.
+pub struct Progress {
+    pub samples: Vec<Sample>,
+    pub failures: Vec<Failure>,
+    next: usize,
+    /// Evidence paths are recorded relative to this directory (the kernel's session directory).
+    root: PathBuf,
+}
+
+impl Progress {
+    pub fn new(root: &std::path::Path) -> Progress {
+        Progress {
+            samples: Vec::new(),
+            failures: Vec::new(),
+            next: 0,
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// Every target with cells still ahead, not measured for `cause` (a replacement VM that
+    /// would not come up); the session ends.
+    pub fn abandon(&mut self, plan: &Plan, cause: &str) {
+        let all = cells(plan);
+        for c in &all[self.next.min(all.len())..] {
+            let name = &plan.names[c.target];
+            if !self.failed(name) {
+                self.failures.push(Failure {
+                    target: name.clone(),
+                    workload: plan.workloads[c.workload].name.to_string(),
+                    round: c.round,
+                    server_fault: false, // the VM's end or an interrupt: not the target's doing
+                    cause: cause.to_string(),
+                    evidence: None,
+                });
+            }
+        }
+        self.next = all.len();
+    }
+
+    /// True if a cell ahead belongs to a target that has not failed (another VM has work).
+    pub fn pending(&self, plan: &Plan) -> bool {
+        let all = cells(plan);
+        all[self.next.min(all.len())..]
+            .iter()
+            .any(|c| !self.failed(&plan.names[c.target]))
+    }
+
+    pub fn failed(&self, target: &str) -> bool {
+        self.failures.iter().any(|f| f.target == target)
+    }
+}
+
+/// Why `run` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Every cell was measured or skipped (its target had failed).
+    AllCells,
+    /// A target failed (the last entry of `failures`): the VM may hold its leftovers (a hung
+    /// server, a stuck device), so the caller boots a fresh one before it calls `run` again.
+    TargetFailed,
+    /// The VM died or the user interrupted: every target with cells ahead is recorded as not
+    /// measured, for that reason (not its fault), and the session ends.
+    Stopped,
+}
+
+/// Measures cells from where `state` stands until all are done or a target fails; the cells
+/// of a target that failed earlier are skipped. `progress` sees each sample as it lands.
 pub fn run<'a>(
     r: &mut Runner<'a>,
     plan: &Plan,
     profiles: &'a BTreeMap<String, crate::server::Profile>,
+    state: &mut Progress,
     mut progress: impl FnMut(&Sample, usize, usize),
-) -> Result<Vec<Sample>, String> {
-    let total = plan.rounds as usize * plan.workloads.len() * plan.targets.len();
-    let mut samples = Vec::with_capacity(total);
-    for round in 0..plan.rounds {
-        for (wi, w) in plan.workloads.iter().enumerate() {
-            for (slot, ti) in order(plan.targets.len(), round, wi).into_iter().enumerate() {
-                let t = &plan.targets[ti];
-                let name = &plan.names[ti];
-                let label = format!("r{round}-{}-{}", w.name, crate::util::slug(name));
-                let m = match t {
-                    Target::Server(name) => {
-                        r.server = profiles.get(name).expect("every server target is loaded");
-                        server_cell(r, plan, w, &label)
-                    }
-                    _ => kernel_cell(r, plan, t, w, &label),
+) -> Ended {
+    let all = cells(plan);
+    while state.next < all.len() {
+        if let Some(sig) = crate::host::procs::interrupted() {
+            let why = format!("interrupted by {}", crate::host::procs::signal_name(sig));
+            state.abandon(plan, &why);
+            return Ended::Stopped;
+        }
+        let c = all[state.next];
+        state.next += 1;
+        let (t, name, w) = (
+            &plan.targets[c.target],
+            &plan.names[c.target],
+            &plan.workloads[c.workload],
+        );
+        if state.failed(name) {
+            continue;
+        }
+        let label = format!("r{}-{}-{}", c.round, w.name, crate::util::slug(name));
+        let measured = match t {
+            Target::Server(key) => {
+                r.server = profiles.get(key).expect("every server target is loaded");
+                server_cell(r, plan, w, &label)
+            }
+            _ => kernel_cell(r, plan, t, w, &label),
+        };
+        match measured {
+            Ok((m, cpu)) => {
+                state.samples.push(sample(c, name, w, m, cpu));
+                progress(
+                    state.samples.last().expect("just pushed"),
+                    state.next,
+                    all.len(),
+                );
+            }
+            Err(e) => {
+                if let Some(f) = r.vm.gone() {
+                    state.next -= 1; // the cell that saw it was not measured either
+                    let why = match f {
+                        VmFailure::Interrupted(sig) => {
+                            format!("interrupted by {}", crate::host::procs::signal_name(sig))
+                        }
+                        VmFailure::Timeout(w) | VmFailure::Infra(w) => format!("the VM died: {w}"),
+                    };
+                    state.abandon(plan, &format!("{why} (in cell {label})"));
+                    return Ended::Stopped;
                 }
-                .map_err(|e| format!("{} on {name} (round {}): {e}", w.name, round + 1))?;
-                let s = Sample {
-                    round,
-                    slot: slot as u32,
+                state.failures.push(Failure {
                     target: name.clone(),
                     workload: w.name.to_string(),
-                    ios: m.0.ios,
-                    iops: m.0.iops,
-                    bw_bytes_s: m.0.bw_bytes_s,
-                    lat_mean_us: m.0.lat_mean_us,
-                    lat_p99_us: m.0.lat_p99_us,
-                    server_cpu_ns: m.1,
-                };
-                samples.push(s);
-                progress(samples.last().expect("just pushed"), samples.len(), total);
+                    round: c.round,
+                    server_fault: matches!(t, Target::Server(_)),
+                    cause: e.cause,
+                    evidence: e.evidence.map(|p| {
+                        p.strip_prefix(&state.root)
+                            .unwrap_or(&p)
+                            .display()
+                            .to_string()
+                    }),
+                });
+                return Ended::TargetFailed;
             }
         }
     }
-    Ok(samples)
+    Ended::AllCells
 }
 
-type CellResult = Result<(fio::Measured, Option<u64>), String>;
+fn sample(c: CellRef, target: &str, w: &Workload, m: fio::Measured, cpu: Option<u64>) -> Sample {
+    Sample {
+        round: c.round,
+        slot: c.slot as u32,
+        target: target.to_string(),
+        workload: w.name.to_string(),
+        ios: m.ios,
+        iops: m.iops,
+        bw_bytes_s: m.bw_bytes_s,
+        lat_mean_us: m.lat_mean_us,
+        lat_p99_us: m.lat_p99_us,
+        server_cpu_ns: cpu,
+    }
+}
+
+/// Why a cell failed, and the file or directory that shows it.
+#[derive(Debug)]
+pub struct CellError {
+    pub cause: String,
+    pub evidence: Option<PathBuf>,
+}
+
+impl CellError {
+    fn new(cause: String) -> CellError {
+        CellError {
+            cause,
+            evidence: None,
+        }
+    }
+}
+
+type CellResult = Result<(fio::Measured, Option<u64>), CellError>;
 
 /// brd, null_blk, loop: the whole cell is one guest script.
 fn kernel_cell(r: &mut Runner, plan: &Plan, t: &Target, w: &Workload, label: &str) -> CellResult {
@@ -93,37 +254,44 @@ fn kernel_cell(r: &mut Runner, plan: &Plan, t: &Target, w: &Workload, label: &st
         .setup(plan.size_bytes, plan.queues, plan.depth)
         .expect("a kernel target");
     let script = format!(
-        "set -e\n{setup}\n{}\n{}",
+        "set -e\n{}{setup}\n{}\n{}{}",
+        phase(&format!("setting up {}", t.name())),
         measure_script(plan, w, None),
+        phase(&format!("removing {}", t.name())),
         t.teardown()
     );
-    let (out, cpu) = guest_script(r, plan, &script, label, &[])?;
+    let (out, cpu) = guest_script(r, plan, &script, label)?;
     assert!(cpu.is_none(), "no server, no server CPU time");
     Ok((out, None))
 }
 
 /// A ublk server: its profile adds the device, the script measures it, the profile stops it.
+/// A failed measurement ends the cell at once: stopping a server whose I/O hung would only
+/// put a second error over the first, and the caller replaces the VM anyway.
 fn server_cell(r: &mut Runner, plan: &Plan, w: &Workload, label: &str) -> CellResult {
     let deadline = Instant::now() + plan.cell_budget;
+    let server_log = r.dir.join("steps").join(format!("{label}.add"));
+    let lifecycle = |what: &str, e: StepError| CellError {
+        cause: format!("{what}: {}", step_error(e)),
+        evidence: Some(server_log.clone()),
+    };
     r.start(&Start::named("perf"), deadline, &format!("{label}.add"))
-        .map_err(step_error)?;
+        .map_err(|e| lifecycle("adding the device", e))?;
     let features = r.device_features.remove("perf").unwrap_or_default();
     r.device_features.insert(r.server.name.clone(), features);
     let d = &r.daemons["perf"];
     let (pid, bdev) = (d.pid, d.bdev.clone());
     let script = format!("set -e\nDEV={bdev}\n{}", measure_script(plan, w, Some(pid)));
-    let measured = guest_script(r, plan, &script, label, &["perf"]);
+    let (out, cpu) =
+        guest_script(r, plan, &script, label).map_err(|e| server_failure(r, label, e))?;
     r.stop(
         "perf",
         Instant::now() + plan.cell_budget,
         &format!("{label}.stop"),
     )
-    .map_err(|e| format!("stopping the server: {}", step_error(e)))?;
-    let (out, cpu) = measured?;
-    Ok((
-        out,
-        Some(cpu.ok_or("the script printed no server CPU time")?),
-    ))
+    .map_err(|e| lifecycle("stopping the server", e))?;
+    let cpu = cpu.ok_or_else(|| CellError::new("the script printed no server CPU time".into()))?;
+    Ok((out, Some(cpu)))
 }
 
 fn step_error(e: StepError) -> String {
@@ -148,18 +316,33 @@ fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
         ),
         None => fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s),
     };
-    format!("{fill}\n{cpu}")
+    format!(
+        "{}{fill}\n{}{cpu}",
+        phase("the fill (fio --name=fill)"),
+        phase(&format!("the measurement (fio --name={})", w.name))
+    )
+}
+
+/// Where a cell script says what it is doing, so a hang names the phase that hung.
+const PHASE_FILE: &str = "/run/perf-phase";
+
+fn phase(what: &str) -> String {
+    assert!(!what.contains('\''), "a phase name is quoted in shell");
+    format!("echo '{what}' > {PHASE_FILE}\n")
+}
+
+/// The phase a hung cell script was in, from the guest (bounded).
+fn hung_phase(r: &Runner) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    match r.vm.agent.run_capture(&["cat", PHASE_FILE], deadline) {
+        Ok((0, out, _)) => String::from_utf8_lossy(&out).trim().to_string(),
+        _ => "the cell script".to_string(),
+    }
 }
 
 /// Runs a cell script under the cell's limit; fio's JSON from stdout, the CPU line from
 /// stderr. Both streams are kept in steps/<label>.log.
-fn guest_script(
-    r: &Runner,
-    plan: &Plan,
-    script: &str,
-    label: &str,
-    daemons: &[&str],
-) -> Result<(fio::Measured, Option<u64>), String> {
+fn guest_script(r: &mut Runner, plan: &Plan, script: &str, label: &str) -> CellResult {
     let limit = plan.cell_budget + Duration::from_secs_f64(2.0 * (plan.runtime_s + plan.ramp_s));
     let started = Instant::now();
     let res =
@@ -167,23 +350,35 @@ fn guest_script(
             .run_capture(&["sh", "-c", script], started + limit);
     let (status, out, err) = match res {
         Ok(x) => x,
-        Err(why) if started.elapsed() >= limit => return Err(freeze(r, daemons, label, &why)),
-        Err(why) => return Err(why),
+        Err(_) if started.elapsed() >= limit => {
+            let why = format!(
+                "{} did not finish within {} s",
+                hung_phase(r),
+                limit.as_secs()
+            );
+            return Err(freeze(r, label, &why));
+        }
+        Err(why) => return Err(CellError::new(format!("the guest agent: {why}"))),
     };
     let log = r.dir.join("steps").join(format!("{label}.log"));
     crate::runs::save(&log, [&out[..], b"\n--- stderr\n", &err[..]].concat());
     let status = vm_agent::exit_code(status);
     let err = String::from_utf8_lossy(&err);
     if status != 0 {
-        let tail: Vec<&str> = err.lines().rev().take(4).collect();
-        return Err(format!(
-            "cell script exited {status}: {} (see {})",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
-            log.display()
-        ));
+        return Err(CellError {
+            cause: format!(
+                "cell script exited {status}: {}",
+                crate::reason::of(&err, 4)
+            ),
+            evidence: Some(log),
+        });
     }
-    let measured = fio::parse(&String::from_utf8_lossy(&out))?;
-    Ok((measured, cpu_ns(&err)?))
+    let bad = |why: String| CellError {
+        cause: why,
+        evidence: Some(log.clone()),
+    };
+    let measured = fio::parse(&String::from_utf8_lossy(&out)).map_err(bad)?;
+    Ok((measured, cpu_ns(&err).map_err(bad)?))
 }
 
 /// `perf-cpu-ns A B` → B - A.
@@ -203,23 +398,49 @@ fn cpu_ns(stderr: &str) -> Result<Option<u64>, String> {
     }
 }
 
-/// A cell past its limit: freeze-frame, then the error that ends the session.
-fn freeze(r: &Runner, daemons: &[&str], label: &str, why: &str) -> String {
-    let refs: Vec<DaemonRef> = daemons
-        .iter()
-        .filter_map(|n| r.daemons.get(*n).map(|d| d.as_ref(n)))
-        .collect();
+/// A cell past its limit: a freeze-frame (with the servers' own dumps), named as the cause.
+fn freeze(r: &mut Runner, label: &str, why: &str) -> CellError {
+    let (stuck, dir) = freeze_frame(r, label, why);
+    CellError {
+        cause: format!("hang: {why}; stuck: {stuck}"),
+        evidence: Some(dir),
+    }
+}
+
+/// The stuck tags (or "none seen") and the directory of a freeze-frame taken now.
+fn freeze_frame(r: &mut Runner, label: &str, why: &str) -> (String, PathBuf) {
     let dir = r.dir.join(format!("freeze-{label}"));
-    let f = freeze::collect(&r.vm, &refs, &dir, why);
-    format!(
-        "hang: {why}; freeze-frame {} (stuck: {})",
-        f.dir.display(),
-        if f.stuck_tags.is_empty() {
-            "none seen".to_string()
-        } else {
-            f.stuck_tags.join("; ")
-        }
-    )
+    let f = r.freeze_frame(&dir, why);
+    let stuck = match f.stuck_tags.is_empty() {
+        true => "none seen".to_string(),
+        false => f.stuck_tags.join("; "),
+    };
+    (stuck, f.dir)
+}
+
+/// A server cell's script failed without hanging (fio gave up on a stuck job, an I/O error,
+/// a mismatch): the device's state now is the evidence (a freeze-frame, the server's own
+/// dump), and what the server printed joins the cause. A hang has its freeze-frame already.
+fn server_failure(r: &mut Runner, label: &str, e: CellError) -> CellError {
+    let hung = e.cause.starts_with("hang: ");
+    if r.vm.gone().is_some() {
+        return e;
+    }
+    let notes = r.server_notes();
+    let mut cause = e.cause;
+    if !notes.is_empty() {
+        cause = format!("{cause}; {}", notes.join("; "));
+    }
+    if hung {
+        return CellError { cause, ..e };
+    }
+    let log = e.evidence.as_ref().map(|p| p.display().to_string());
+    let why = format!("{cause} (log: {})", log.unwrap_or_default());
+    let (stuck, dir) = freeze_frame(r, label, &why);
+    CellError {
+        cause: format!("{cause}; stuck: {stuck}"),
+        evidence: Some(dir),
+    }
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ pub fn daemon_state(vm: &Vm, d: &DaemonRef) -> Option<(StateDump, Vec<u8>)> {
 fn daemon_dump(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
     if d.state_file.is_none() {
         ff.notes.push(format!(
-            "server {} (pid {}) has no state dump: stuck tags come from the kernel side only",
+            "server {} (pid {}) writes no ublk-mem state file: stuck tags come from the kernel side only",
             d.name, d.pid
         ));
         return;

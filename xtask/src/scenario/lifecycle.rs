@@ -10,7 +10,7 @@ use ublk::contract;
 
 use super::freeze::{self, DaemonRef};
 use super::model::{self, Sig};
-use super::steps::{tail_of, Job, Runner, StepError, Stream};
+use super::steps::{reason_of, Job, Runner, StepError, Stream};
 use crate::server::{Mode, Ready, Stop, Storage, Vars};
 
 pub struct Daemon {
@@ -23,7 +23,7 @@ pub struct Daemon {
     pub vars: Vars,
     pub state_file: Option<String>,
     pub trace: Option<(String, u16)>,
-    /// Daemon mode: the server was seen to exit.
+    /// A step (stop, signal, reset) saw the server exit, as it expected.
     pub ended: bool,
 }
 
@@ -69,6 +69,9 @@ fn id_of(c: &regex::Captures, line: &str) -> Result<Option<u32>, String> {
     }
     Ok(None)
 }
+
+/// At most this many servers are quoted in one step's reason.
+const MAX_SERVER_NOTES: usize = 4;
 
 /// How often the kernel's device list is polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
@@ -241,7 +244,7 @@ impl Runner<'_> {
         let what = &self.server.name;
         let status = self.finish_job(job, deadline, &format!("{what} add"))?;
         if status != 0 {
-            let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+            let log = reason_of(&self.dir.join("steps").join(log_name), 6);
             let m = format!("`{}` exited {status}: {log}", argv.join(" "));
             return Err(StepError::Fail(m));
         }
@@ -316,7 +319,7 @@ impl Runner<'_> {
     /// Why a server that should have said it was ready did not: it exited, the VM was lost, or
     /// it hung.
     fn not_ready(&self, job: &Job, log_name: &str, what: &str, hang: &str) -> StepError {
-        let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+        let log = reason_of(&self.dir.join("steps").join(log_name), 6);
         match (job.status, job.lost.clone()) {
             (Some(st), _) => StepError::Fail(format!(
                 "{what} exited {st} before the device was ready: {log}"
@@ -443,7 +446,7 @@ impl Runner<'_> {
                 let mut job = self.exec(&argv, log_name)?;
                 let status = self.finish_job(&mut job, deadline, &argv.join(" "))?;
                 if status != 0 {
-                    let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+                    let log = reason_of(&self.dir.join("steps").join(log_name), 6);
                     return Err(StepError::Fail(format!(
                         "`{}` exited {status}: {log}",
                         argv.join(" ")
@@ -472,7 +475,7 @@ impl Runner<'_> {
         if !sg.signal.ends_daemon() {
             return Ok(());
         }
-        let status = self.await_end(&sg.device, deadline, &format!("SIG{:?}", sg.signal))?;
+        let status = self.await_end(&sg.device, deadline, &format!("SIG{}", sg.signal.name()))?;
         let want = match sg.signal {
             Sig::Kill => 128 + libc::SIGKILL,
             _ => sg.expect_exit.unwrap_or(0),
@@ -482,8 +485,9 @@ impl Runner<'_> {
             None => Ok(()),
             Some(st) if st == want => Ok(()),
             Some(st) => Err(StepError::Fail(format!(
-                "daemon `{}` exited {st} after SIG{:?}, expected {want}",
-                sg.device, sg.signal
+                "daemon `{}` exited {st} after SIG{}, expected {want}",
+                sg.device,
+                sg.signal.name()
             ))),
         }
     }
@@ -544,7 +548,38 @@ impl Runner<'_> {
         if let Some(why) = &d.job.lost {
             return Err(StepError::Infra(format!("daemon `{name}`: {why}")));
         }
+        d.ended = true;
         Ok(d.job.status)
+    }
+
+    /// What the servers said that a failed step's reason should carry: a foreground server
+    /// that exited with no step expecting it, with the telling lines of its output (or its
+    /// last ones); a running one only if its output has error lines. In name order, bounded.
+    pub(crate) fn server_notes(&mut self) -> Vec<String> {
+        let until = Instant::now() + Duration::from_millis(200);
+        let mut names: Vec<String> = self.daemons.keys().cloned().collect();
+        names.sort();
+        let mut notes = Vec::new();
+        for name in names.into_iter().take(MAX_SERVER_NOTES) {
+            let d = self.daemons.get_mut(&name).expect("listed above");
+            if d.mode != Mode::Foreground || d.ended {
+                continue;
+            }
+            d.job.pump(until.max(Instant::now()), |_, _| false);
+            let log = crate::reason::read_tail(&d.job.log_path);
+            match d.job.status {
+                Some(st) => notes.push(format!(
+                    "server `{name}` exited {st}: {}",
+                    crate::reason::of(&log, 3)
+                )),
+                None => {
+                    if let Some(said) = crate::reason::telling(&log) {
+                        notes.push(format!("server `{name}` printed: {said}"));
+                    }
+                }
+            }
+        }
+        notes
     }
 
     /// Stops every server, deletes every device, reloads ublk_drv, and checks the state is clean.
@@ -575,7 +610,7 @@ impl Runner<'_> {
         if status != 0 {
             return Err(StepError::Fail(format!(
                 "reset failed: {}",
-                tail_of(&self.dir.join("steps").join(log_name), 6)
+                reason_of(&self.dir.join("steps").join(log_name), 6)
             )));
         }
         self.daemons.retain(|_, d| d.running());

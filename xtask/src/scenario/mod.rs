@@ -91,3 +91,34 @@ pub fn groups() -> Result<std::collections::BTreeMap<String, Vec<PathBuf>>> {
     }
     Ok(groups)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stems(files: &[PathBuf]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_group_name_stands_for_its_members_once_each() {
+        let ff = resolve(&["freeze-frame".into()]).unwrap();
+        assert_eq!(stems(&ff), ["stalled-tag", "stopped-server"]);
+        let both = resolve(&["stalled-tag".into(), "freeze-frame".into()]).unwrap();
+        assert_eq!(
+            stems(&both),
+            ["stalled-tag", "stopped-server"],
+            "no duplicate"
+        );
+        let g = groups().unwrap();
+        assert!(
+            g.contains_key("recovery") && g.contains_key("data"),
+            "{g:?}"
+        );
+        let e = resolve(&["no-such".into()]).unwrap_err();
+        assert!(e.contains("groups: ") && e.contains("freeze-frame"), "{e}");
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::lifecycle::Daemon;
 use super::model;
-use super::steps::{tail_of, Runner, StepError};
+use super::steps::{reason_of, Runner, StepError};
 
 impl Runner<'_> {
     /// The seeded wait before a signal (and, with `in_flight`, until the device has writes
@@ -35,8 +35,9 @@ impl Runner<'_> {
             false => self.inflight(&name),
         };
         self.log(&format!(
-            "SIG{:?} to {} after {delay_ms} ms (seeded); in flight at the block layer just before: {inflight}",
-            sg.signal, sg.device
+            "SIG{} to {} after {delay_ms} ms (seeded); in flight at the block layer just before: {inflight}",
+            sg.signal.name(),
+            sg.device
         ));
         Ok(())
     }
@@ -109,7 +110,7 @@ impl Runner<'_> {
         let mut job = self.exec(&argv, log_name)?;
         let status = self.finish_job(&mut job, deadline, &argv.join(" "))?;
         if status != 0 {
-            let log = tail_of(&self.dir.join("steps").join(log_name), 6);
+            let log = reason_of(&self.dir.join("steps").join(log_name), 6);
             let m = format!("`{}` exited {status}: {log}", argv.join(" "));
             return Err(StepError::Fail(m));
         }

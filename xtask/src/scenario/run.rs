@@ -407,6 +407,13 @@ fn classify(r: &mut Runner, label: &str, e: StepError, out: &mut Outcome) -> (Ve
     if let Some(f) = r.vm.gone() {
         return failure_verdict(&f);
     }
+    let notes = r.server_notes();
+    let e = match (e, notes.is_empty()) {
+        (e, true) => e,
+        (StepError::Fail(m), false) => StepError::Fail(format!("{m}; {}", notes.join("; "))),
+        (StepError::Hang(m), false) => StepError::Hang(format!("{m}; {}", notes.join("; "))),
+        (e, false) => e,
+    };
     match e {
         StepError::Fail(m) => (Verdict::Fail, m),
         StepError::Infra(m) => (Verdict::InfraError, m),

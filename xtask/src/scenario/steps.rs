@@ -25,7 +25,7 @@ pub struct Job {
     pub id: u32,
     rx: Receiver<Event>,
     log: File,
-    log_path: PathBuf,
+    pub log_path: PathBuf,
     pub status: Option<i32>,
     pub lost: Option<String>,
 }
@@ -286,7 +286,7 @@ impl<'a> Runner<'a> {
         if status != 0 {
             return Err(StepError::Fail(format!(
                 "io failed with status {status}: {}",
-                tail_of(&self.dir.join("steps").join(log_name), 6)
+                reason_of(&self.dir.join("steps").join(log_name), 6)
             )));
         }
         if io.spread && io.write {
@@ -312,7 +312,7 @@ impl<'a> Runner<'a> {
                 "`{}` exited {status}, expected {}: {}",
                 sh.run,
                 sh.expect_status,
-                tail_of(&self.dir.join("steps").join(log_name), 6)
+                reason_of(&self.dir.join("steps").join(log_name), 6)
             )));
         }
         Ok(())
@@ -353,7 +353,7 @@ impl<'a> Runner<'a> {
                 (None, status) => StepError::Fail(format!(
                     "expected a hang, but the command exited {}: {}",
                     status.expect("an ended job has a status or a loss"),
-                    tail_of(&self.dir.join("steps").join(log_name), 6)
+                    reason_of(&self.dir.join("steps").join(log_name), 6)
                 )),
             });
         }
@@ -483,7 +483,7 @@ impl<'a> Runner<'a> {
     }
 }
 
-pub fn tail_of(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    crate::host::procs::tail(&text, n).replace('\n', " | ")
+/// What a step's log says went wrong (`reason::of`: its telling lines, else its last `n`).
+pub fn reason_of(path: &Path, n: usize) -> String {
+    crate::reason::of_file(path, n)
 }

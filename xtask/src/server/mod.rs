@@ -829,4 +829,86 @@ mod tests {
         let e = err(&format!("{GOOD}capabilities: [teleport]\n"));
         assert!(e.contains("unknown variant `teleport`"), "{e}");
     }
+
+    const FOREIGN: &str = "name: go\ndescription: d\nbinary: {path: ./go}\nadd:\n  argv: [go, serve, --size, '{size}']\n  mode: foreground\n  ready: {line: 'Device created: (?P<dev>/dev/ublkb[0-9]+)'}\nstop: {signal: TERM}\nstorage: memory\n";
+
+    #[test]
+    fn a_server_that_prints_its_own_ready_line_and_picks_its_own_id_needs_no_wrapper() {
+        let p = Profile::parse(FOREIGN, Path::new("p.yaml")).unwrap();
+        assert!(
+            !p.add.uses_dev_id(),
+            "the kernel's new device is the one it added"
+        );
+        let re = p.add.ready.regex().unwrap();
+        let c = re
+            .captures("2026/12/03 Device created: /dev/ublkb7")
+            .unwrap();
+        assert_eq!(&c["dev"], "/dev/ublkb7");
+        let daemon = FOREIGN.replace("mode: foreground", "mode: daemon");
+        assert!(
+            Profile::parse(&daemon, Path::new("p.yaml")).is_ok(),
+            "a daemon may say it too"
+        );
+        let kernel = FOREIGN.replace(
+            "ready: {line: 'Device created: (?P<dev>/dev/ublkb[0-9]+)'}",
+            "ready: kernel",
+        );
+        assert!(
+            Profile::parse(&kernel, Path::new("p.yaml")).is_ok(),
+            "ready: kernel without {{dev_id}}"
+        );
+        let e = err(&FOREIGN.replace("(?P<dev>", "(?P<device>"));
+        assert!(
+            e.contains("named groups may be `dev`") && e.contains("device"),
+            "{e}"
+        );
+        let e = err(&FOREIGN.replace("[0-9]+)'", "[0-9]+'"));
+        assert!(e.starts_with("p.yaml:") && e.contains("ready.line"), "{e}");
+    }
+
+    #[test]
+    fn doubled_braces_are_literal_braces() {
+        let v = Vars {
+            size: 4096,
+            dev_id: 2,
+            ..Default::default()
+        };
+        let t = |s: &str| v.render(&[s.to_string()]).remove(0);
+        assert_eq!(t("{{x}}"), "{x}");
+        assert_eq!(t("{{{size}}}"), "{4096}");
+        assert_eq!(
+            t("awk '{{print $1}}' /sys/block/ublkb{dev_id}/inflight"),
+            "awk '{print $1}' /sys/block/ublkb2/inflight"
+        );
+        let ok = FOREIGN.replace("'{size}']", "'{size}', '--json={{}}']");
+        assert!(Profile::parse(&ok, Path::new("p.yaml")).is_ok());
+        let e = err(&FOREIGN.replace("'{size}']", "'{nope}']"));
+        assert!(e.contains("unknown placeholder {nope}"), "{e}");
+    }
+
+    #[test]
+    fn a_dump_hook_is_a_signal_or_a_command() {
+        let sig = Profile::parse(
+            &format!("{FOREIGN}dump: {{signal: QUIT}}\n"),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert!(matches!(sig.dump, Some(Dump::Signal(s)) if s.name() == "QUIT"));
+        let cmd = format!("{FOREIGN}dump: {{command: [go-ctl, dump, '{{dev_id}}']}}\n");
+        let cmd = Profile::parse(&cmd, Path::new("p.yaml")).unwrap();
+        assert!(matches!(&cmd.dump, Some(Dump::Command(c)) if c.len() == 3));
+        assert!(
+            cmd.describe().contains("go-ctl dump {dev_id}"),
+            "{}",
+            cmd.describe()
+        );
+        let e = err(&format!("{FOREIGN}dump: {{command: []}}\n"));
+        assert!(e.contains("dump.command needs at least the program"), "{e}");
+        let e = err(&format!("{FOREIGN}dump: {{signal: WINCH}}\n"));
+        assert!(e.contains("WINCH"), "{e}");
+        assert!(Profile::parse(FOREIGN, Path::new("p.yaml"))
+            .unwrap()
+            .dump
+            .is_none());
+    }
 }
