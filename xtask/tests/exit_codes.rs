@@ -56,7 +56,7 @@ fn bad_input_exits_2_with_one_line_for_every_command() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["vm-e2e".into(), "nosuch".into()],
-            "no scenario named \"nosuch\"",
+            "no scenario or group named \"nosuch\"",
         ),
         (
             vec!["vm-e2e".into(), "--repeat".into(), "-1".into()],

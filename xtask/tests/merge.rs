@@ -575,7 +575,7 @@ fn the_action_scripts_refuse_hostile_inputs() {
         (
             "UBLK_VM_SCENARIOS",
             "--list",
-            "no scenario named \"--list\"",
+            "no scenario or group named \"--list\"",
         ),
     ] {
         let out = t.0.join(format!("shard-{}", k.to_lowercase()));
