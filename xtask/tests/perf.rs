@@ -269,7 +269,7 @@ fn a_vm_that_dies_mid_measurement_is_could_not_test() {
 }
 
 /// The acceptance line: `vm-perf --server ublk-mem,BROKEN` where BROKEN's device stops
-/// answering. Every other target is measured in every round (a fresh VM after the hang),
+/// answering in the fill. Every other target is measured in every round (a fresh VM after the hang),
 /// BROKEN's row names the phase that hung and the stuck tag, its freeze-frame holds the
 /// profile's dump, perf.json, the chart and `--queues 1` are recorded, and the run fails
 /// (exit 1: a server under test failed).
@@ -309,9 +309,9 @@ fn a_server_that_hangs_is_one_row_and_the_others_are_measured() {
         .unwrap_or_else(|| panic!("a row for the broken server: {e}"));
     // Under the icount clock an idle guest's time runs ahead: fio's own watchdog may give up
     // on the stuck job before the cell's limit. Either way the row names the hang.
-    let hung = (row.contains("hang: the ") && row.contains("did not finish"))
-        || row.contains("appears to be stuck");
-    assert!(row.contains("not measured") && hung, "{row}");
+    let hung = (row.contains("hang: the fill") && row.contains("did not finish"))
+        || (row.contains("job 'fill'") && row.contains("appears to be stuck"));
+    assert!(row.contains("not measured") && hung, "the fill hung: {row}");
     assert!(row.contains("stuck: ") && row.contains("tag 0"), "{row}");
     let perf = outputs(&o);
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&perf).unwrap()).unwrap();
