@@ -80,9 +80,19 @@ fn exit_codes_skips_and_splats_become_verdicts() {
     assert_eq!(verdict("splat_02"), "pass", "{v}");
     assert!(
         out.contains(
-            "reproduce with: cargo xtask vm-selftests splat_01 --kernel debian-7.2 --script "
+            "reproduce with: cargo xtask vm-selftests splat_01 --kernel debian-7.2 --expect-splat known_fixture_warning --script "
         ),
         "{out}"
+    );
+    // The run's own line selects the same: its test, kernel, expectations and scripts.
+    let line = run_of(&v, "splat_01")["reproduce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        line.starts_with("cargo xtask vm-selftests splat_01 --kernel debian-7.2 --expect-splat known_fixture_warning --script ")
+            && line.matches("--script ").count() == 2,
+        "{line}"
     );
 }
 

@@ -73,14 +73,38 @@ struct Plan {
     /// kernel name → (its image, the suite it runs).
     kernels: BTreeMap<String, (Image, Suite)>,
     tests: Vec<String>,
-    /// `--script` files: (name, bytes), and where they came from.
+    /// `--script` files: (name, bytes).
     extra: Vec<(String, Vec<u8>)>,
-    scripts: Vec<std::path::PathBuf>,
     expect_splats: Vec<String>,
     tools: tools::Layer,
     accel: Accel,
     timeout_s: Option<u64>,
+    /// `--suite`, `--timeout`, `--expect-splat`, `--script` as given: every reproduce line's.
+    flags: Vec<String>,
     commit: String,
+}
+
+/// The flags beside test names and kernels that decide what a run did.
+fn reproduce_flags(args: &Args) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(s) = &args.suite {
+        v.extend(["--suite".into(), s.clone()]);
+    }
+    if let Some(t) = args.timeout {
+        v.extend(["--timeout".into(), t.to_string()]);
+    }
+    for e in &args.expect_splat {
+        v.extend(["--expect-splat".into(), e.clone()]);
+    }
+    for p in &args.script {
+        v.extend(["--script".into(), p.display().to_string()]);
+    }
+    v
+}
+
+fn shell_line(words: &[String]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| crate::util::shell_quote(w)).collect();
+    quoted.join(" ")
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -136,11 +160,11 @@ pub fn run(args: Args) -> Result<i32> {
         kernels: plan_kernels,
         tests,
         extra,
-        scripts: args.script.clone(),
         expect_splats: args.expect_splat.clone(),
         tools,
         accel,
         timeout_s: args.timeout,
+        flags: reproduce_flags(&args),
         commit: crate::cmd::vm_e2e::git_commit(),
     };
     let outcomes = session::run_pool(work, args.jobs as usize, "vm-selftests", |(t, k, r)| {
@@ -386,14 +410,19 @@ fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
         suite::test_id(script),
         crate::util::slug(kernel)
     );
-    let outcome = strun::run(&job, |attempt| {
+    let mut outcome = strun::run(&job, |attempt| {
         let suffix = if attempt == 1 { "" } else { "-retry" };
         RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
     });
+    let mut words: Vec<String> = ["cargo", "xtask", "vm-selftests"].map(String::from).into();
+    words.push(suite::test_id(script).to_string());
+    words.extend(["--kernel".into(), kernel.to_string()]);
+    words.extend(plan.flags.iter().cloned());
+    outcome.reproduce = shell_line(&words);
     let extra = serde_json::json!({
         "commit": &plan.commit,
         "suite": &suite.manifest.source_version,
-        "reproduce": format!("cargo xtask vm-selftests {} --kernel {kernel}", suite::test_id(script)),
+        "reproduce": &outcome.reproduce,
     });
     session::seal(outcome, "selftest-result.json", extra)
 }
@@ -414,19 +443,9 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
             .collect();
     }
     let kernels: Vec<&str> = plan.kernels.keys().map(String::as_str).collect();
-    let scripts: String = plan
-        .scripts
-        .iter()
-        .map(|p| {
-            format!(
-                " --script {}",
-                crate::util::shell_quote(&p.display().to_string())
-            )
-        })
-        .collect();
-    format!(
-        "cargo xtask vm-selftests {} --kernel {}{scripts}",
-        ids.join(" "),
-        kernels.join(",")
-    )
+    let mut words: Vec<String> = ["cargo", "xtask", "vm-selftests"].map(String::from).into();
+    words.extend(ids);
+    words.extend(["--kernel".into(), kernels.join(",")]);
+    words.extend(plan.flags.iter().cloned());
+    shell_line(&words)
 }
