@@ -1,6 +1,8 @@
 //! Docs that drift from code fail the build (after rust-analyzer's tidy.rs): the step kinds in
-//! scenarios/README.md are the parser's, every command is in README.md's command table, and
-//! every long flag of every command is documented somewhere a user reads.
+//! scenarios/README.md are the parser's, every command is in README.md's command table, every
+//! long flag of every command is documented somewhere a user reads, ARCHITECTURE.md's codemap
+//! names files that exist and every module, its crate table every workspace crate and its
+//! vm-e2e diagram every step kind, and the servers README's format block loads as a profile.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -184,4 +186,141 @@ fn the_action_its_docs_and_its_users_agree() {
             .mode();
         assert!(mode & 0o111 != 0, "{} is not executable", p.display());
     }
+}
+
+/// `a/{b,c}.rs` → `a/b.rs`, `a/c.rs`; anything else as it is.
+fn expand_braces(path: &str) -> Vec<String> {
+    match (path.find('{'), path.find('}')) {
+        (Some(a), Some(b)) if a < b => path[a + 1..b]
+            .split(',')
+            .map(|alt| format!("{}{alt}{}", &path[..a], &path[b + 1..]))
+            .collect(),
+        _ => vec![path.to_string()],
+    }
+}
+
+/// The code spans of the last column of every row of ARCHITECTURE.md's codemap table.
+fn codemap_paths(text: &str) -> Vec<String> {
+    let after = text
+        .split_once("## Where each concern lives (xtask/src)")
+        .expect("ARCHITECTURE.md has its codemap")
+        .1;
+    let rows = after
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'));
+    let mut out = Vec::new();
+    for row in rows.skip(2) {
+        let cells: Vec<&str> = row.split('|').collect();
+        let last = cells[cells.len().saturating_sub(2)];
+        for (i, span) in last.split('`').enumerate() {
+            if i % 2 == 1 && (span.ends_with(".rs") || span.ends_with('/')) {
+                out.extend(expand_braces(span));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn architecture_md_names_files_that_exist_and_every_module() {
+    let text = read("ARCHITECTURE.md");
+    let paths = codemap_paths(&text);
+    assert!(paths.len() > 40, "the codemap was found: {paths:?}");
+    let src = root().join("xtask/src");
+    for p in &paths {
+        let exists = src.join(p).exists() || root().join(p).exists();
+        assert!(
+            exists,
+            "ARCHITECTURE.md's codemap names `{p}`, which does not exist"
+        );
+    }
+    // Every module of xtask (a file or a folder under src/) is on the map.
+    let named: BTreeSet<&str> = paths.iter().map(String::as_str).collect();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with("_tests.rs") || name == "main.rs" {
+            continue;
+        }
+        let module = match e.path().is_dir() {
+            true => format!("{name}/"),
+            false => name.clone(),
+        };
+        let on_map =
+            named.contains(module.as_str()) || named.iter().any(|n| n.starts_with(&module));
+        assert!(
+            on_map,
+            "module `{module}` is not in ARCHITECTURE.md's codemap"
+        );
+    }
+    for f in ["tidy_tests.rs", "fuzz_tests.rs"] {
+        assert!(named.contains(f), "{f} is on the map");
+    }
+}
+
+#[test]
+fn architecture_md_lists_every_crate_and_every_step_kind() {
+    let text = read("ARCHITECTURE.md");
+    let crates = table_names(&text, "## Crates");
+    let manifest = read("Cargo.toml");
+    let members = manifest
+        .split_once("members = [")
+        .and_then(|(_, r)| r.split_once(']'))
+        .expect("workspace members")
+        .0;
+    for m in members.split(',').map(|m| m.trim().trim_matches('"')) {
+        let pkg = read(&format!("{m}/Cargo.toml"));
+        let name = pkg
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .expect("a package name")
+            .trim_matches('"');
+        assert!(
+            crates.iter().any(|c| c == name),
+            "crate {name} ({m}) is not in ARCHITECTURE.md's crate table: {crates:?}"
+        );
+    }
+    // The vm-e2e diagram's step list is the parser's.
+    let diagram = text
+        .split_once("## Scenarios: `cargo xtask vm-e2e`")
+        .and_then(|(_, r)| r.split_once("```\n"))
+        .and_then(|(_, r)| r.split_once("```"))
+        .expect("the vm-e2e diagram")
+        .0;
+    let listed: Vec<&str> = diagram
+        .lines()
+        .filter_map(|l| {
+            let (word, rest) = l.trim_start().split_once(' ')?;
+            let kind_like = word.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            (kind_like && rest.trim_start().starts_with('→')).then_some(word)
+        })
+        .collect();
+    assert_eq!(listed, KINDS, "ARCHITECTURE.md's vm-e2e step list");
+}
+
+#[test]
+fn the_servers_readme_format_block_is_a_profile_the_loader_takes() {
+    let text = read("vm-images/servers/README.md");
+    let block = text
+        .split_once("## Format\n\n```yaml\n")
+        .and_then(|(_, r)| r.split_once("```"))
+        .expect("the format block")
+        .0;
+    // Comments out: what is left is the example as written, every key of it.
+    let yaml: String = block
+        .lines()
+        .map(|l| match l.find(" #") {
+            Some(i) => &l[..i],
+            None if l.trim_start().starts_with('#') => "",
+            None => l,
+        })
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let p = crate::server::Profile::parse(&yaml, Path::new("vm-images/servers/README.md"))
+        .unwrap_or_else(|e| panic!("the format block does not load: {e}\n{yaml}"));
+    assert!(
+        p.dump.is_some() && p.recovery.is_some(),
+        "every section shown"
+    );
 }

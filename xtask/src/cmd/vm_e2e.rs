@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::image::kernel::Source;
 use crate::image::tools::Layer;
@@ -108,7 +108,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(first) => accel::choose(args.accel, first)?,
         None => (Accel::Tcg, "no run in this shard".to_string()),
     };
-    let commit = git_commit();
+    let commit = crate::util::git_commit();
     announce(&args, &work, seed, &commit, &images, accel, &accel_reason);
     prepare_servers(&mut servers, &work)?;
     let used: Vec<&Scenario> = work.iter().map(|w| &scenarios[w.scenario]).collect();
@@ -510,20 +510,6 @@ fn random_seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     (t ^ (std::process::id() as u64) << 32) % 1_000_000_000
-}
-
-pub fn git_commit() -> String {
-    let out = crate::host::procs::run(
-        std::process::Command::new("git")
-            .current_dir(crate::util::root())
-            .args(["describe", "--always", "--dirty", "--abbrev=12"]),
-        Duration::from_secs(10),
-        "git describe",
-    );
-    match out {
-        Ok(o) if o.status.success() => o.stdout.trim().to_string(),
-        _ => "unknown".into(),
-    }
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<i32> {
         accel,
         timeout_s: args.timeout,
         flags: reproduce_flags(&args),
-        commit: crate::cmd::vm_e2e::git_commit(),
+        commit: crate::util::git_commit(),
     };
     let outcomes = session::run_pool(work, args.jobs as usize, "vm-selftests", |(t, k, r)| {
         one_run(&plan, t, k, *r)

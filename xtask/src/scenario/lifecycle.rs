@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use ublk::contract;
 
 use super::freeze::{self, DaemonRef};
-use super::model::{self, Sig};
+use super::model;
 use super::steps::{reason_of, Job, Runner, StepError, Stream};
+use crate::server::Sig;
 use crate::server::{Mode, Ready, Stop, Storage, Vars};
 
 pub struct Daemon {

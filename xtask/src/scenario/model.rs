@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::input::{self, key_position, located};
-use crate::server::{Capability, RecoveryMode};
+use crate::server::{Capability, RecoveryMode, Sig};
 use crate::util::Result;
 
 /// Limits that keep a scenario bounded whatever its author writes.
@@ -284,58 +284,6 @@ pub struct Shell {
     #[serde(default)]
     pub expect_status: i32,
     pub background: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Sig {
-    Term,
-    Int,
-    Kill,
-    Stop,
-    Cont,
-    Usr1,
-    Usr2,
-    Quit,
-    Hup,
-}
-
-impl Sig {
-    /// TERM, USR1, ... (as written in YAML).
-    pub fn name(self) -> &'static str {
-        match self {
-            Sig::Term => "TERM",
-            Sig::Int => "INT",
-            Sig::Kill => "KILL",
-            Sig::Stop => "STOP",
-            Sig::Cont => "CONT",
-            Sig::Usr1 => "USR1",
-            Sig::Usr2 => "USR2",
-            Sig::Quit => "QUIT",
-            Sig::Hup => "HUP",
-        }
-    }
-
-    pub fn number(self) -> i32 {
-        match self {
-            Sig::Term => libc::SIGTERM,
-            Sig::Int => libc::SIGINT,
-            Sig::Kill => libc::SIGKILL,
-            Sig::Stop => libc::SIGSTOP,
-            Sig::Cont => libc::SIGCONT,
-            Sig::Usr1 => libc::SIGUSR1,
-            Sig::Usr2 => libc::SIGUSR2,
-            Sig::Quit => libc::SIGQUIT,
-            Sig::Hup => libc::SIGHUP,
-        }
-    }
-    /// Whether the daemon is expected to exit after this signal.
-    pub fn ends_daemon(self) -> bool {
-        matches!(
-            self,
-            Sig::Term | Sig::Int | Sig::Kill | Sig::Quit | Sig::Hup
-        )
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

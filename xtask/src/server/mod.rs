@@ -12,7 +12,10 @@ use serde::Deserialize;
 use crate::input::{self, key_position, located};
 
 pub mod build;
+mod signal;
+
 use crate::util::{root, Result};
+pub use signal::Sig;
 
 /// The built-in profiles' folder.
 pub const DIR: &str = "vm-images/servers";
@@ -178,7 +181,7 @@ impl Ready {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Dump {
-    Signal(crate::scenario::model::Sig),
+    Signal(Sig),
     /// Run in the guest (a template like `stop.command`).
     Command(Vec<String>),
 }
@@ -187,7 +190,7 @@ pub enum Dump {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Stop {
     /// A signal to the server process (its whole process group in foreground mode).
-    Signal(crate::scenario::model::Sig),
+    Signal(Sig),
     /// The server's own command (e.g. `[rublk, del, -n, "{dev_id}"]`).
     Command(Vec<String>),
 }
