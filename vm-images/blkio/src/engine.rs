@@ -233,3 +233,15 @@ pub fn size_of(file: &File) -> Result<u64, String> {
         .map(|m| m.len())
         .map_err(|e| format!("size of device: {e}"))
 }
+
+/// One line of what a run did: requests, MiB, seconds, IOPS, MiB/s.
+pub fn report(what: &str, st: &Stats) {
+    let secs = st.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{what}: {} requests, {} MiB in {secs:.2} s ({:.0} IOPS, {:.1} MiB/s)",
+        st.ops,
+        st.bytes >> 20,
+        st.ops as f64 / secs,
+        st.bytes as f64 / secs / 1048576.0
+    );
+}

@@ -217,6 +217,16 @@ impl Model {
     }
 }
 
+/// Where `blkio write` saves the model of `dev` and `blkio verify` looks for it, unless given.
+pub fn default_path(dev: &str, given: &Option<String>) -> String {
+    given.clone().unwrap_or_else(|| {
+        format!(
+            "/tmp/blkio-{}.model",
+            dev.rsplit('/').next().unwrap_or("dev")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 use crate::block::BLOCK;
 use crate::rng::Rng;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Pattern {
     /// Back to back from offset 0.
     Sequential,
@@ -12,6 +13,17 @@ pub enum Pattern {
     Scattered,
     /// Uniformly random aligned offsets: overlaps happen by chance.
     Random,
+}
+
+impl Pattern {
+    /// As the command line and scenario files write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Sequential => "sequential",
+            Pattern::Scattered => "scattered",
+            Pattern::Random => "random",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use blkio::plan::Pattern;
+
 use crate::input::{self, key_position, located};
 use crate::server::{Capability, RecoveryMode, Sig};
 use crate::util::Result;
@@ -233,14 +235,6 @@ pub struct StopStep {
     pub device: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pattern {
-    Sequential,
-    Scattered,
-    Random,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Io {
@@ -419,12 +413,6 @@ impl<'de> Deserialize<'de> for Secs {
 /// A byte size written like "64MiB", "4KiB", "1G" or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
-
-impl Size {
-    pub fn arg(self) -> String {
-        self.0.to_string()
-    }
-}
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Size, D::Error> {
@@ -1038,11 +1026,7 @@ impl<'a> Checker<'a> {
         }
         let spec = blkio::plan::PlanSpec {
             seed: 0,
-            pattern: match io.pattern {
-                Pattern::Sequential => blkio::plan::Pattern::Sequential,
-                Pattern::Scattered => blkio::plan::Pattern::Scattered,
-                Pattern::Random => blkio::plan::Pattern::Random,
-            },
+            pattern: io.pattern,
             bytes: io.bytes.map_or(0, |b| b.0),
             count: io.count.unwrap_or(0),
             span,

@@ -205,57 +205,60 @@ impl<'a> Runner<'a> {
         ]
     }
 
+    /// `blkio write` and/or `blkio verify` for an io step, built from blkio's own types
+    /// (`blkio::cli`): every value explicit, the defaults blkio's.
     fn io_argv(&self, io: &model::Io) -> Result<Vec<String>, StepError> {
+        use blkio::cli::{Cmd, Common, PlanArgs};
         let d = self
             .daemons
             .get(&io.device)
             .ok_or_else(|| StepError::Fail(format!("device `{}` is not running", io.device)))?;
-        let seed = io.seed.unwrap_or(self.seed);
-        let qd = io.qd.unwrap_or(32).to_string();
-        let mut script = String::new();
+        let c = Common {
+            qd: io.qd.map_or(blkio::cli::DEFAULT_QD, |q| q as usize),
+            ..Common::new(&d.bdev)
+        };
+        let mut cmds = Vec::new();
         if io.write {
-            let pattern = match io.pattern {
-                model::Pattern::Sequential => "sequential",
-                model::Pattern::Scattered => "scattered",
-                model::Pattern::Random => "random",
+            let defaults = PlanArgs::default();
+            let p = PlanArgs {
+                seed: io.seed.unwrap_or(self.seed),
+                pattern: io.pattern,
+                bytes: io.bytes.map_or(defaults.bytes, |b| b.0),
+                count: io.count.unwrap_or(defaults.count),
+                min: io.min.map_or(defaults.min, |m| m.0),
+                max: io.max.map_or(defaults.max, |m| m.0),
+                overlap: io.overlap,
+                ..defaults
             };
-            script += &format!(
-                "blkio write --dev {} --seed {seed} --pattern {pattern} --qd {qd}",
-                d.bdev
-            );
-            if let Some(b) = io.bytes {
-                script += &format!(" --bytes {}", b.arg());
-            }
-            if let Some(c) = io.count {
-                script += &format!(" --count {c}");
-            }
-            if let Some(m) = io.min {
-                script += &format!(" --min {}", m.arg());
-            }
-            if let Some(m) = io.max {
-                script += &format!(" --max {}", m.arg());
-            }
-            if io.overlap {
-                script += " --overlap";
-            }
-            if io.spread {
-                script += " --spread";
-            }
-            if io.allow_errors {
-                script += " --allow-errors";
-            }
+            cmds.push(Cmd::Write {
+                c: c.clone(),
+                p,
+                model: None,
+                spread: io.spread,
+                allow_errors: io.allow_errors,
+            });
         }
         if io.verify {
-            if !script.is_empty() {
-                script += " && ";
-            }
-            script += &format!(
-                "blkio verify --dev {} --qd {qd}{}",
-                d.bdev,
-                if io.full { " --full" } else { "" }
-            );
+            cmds.push(Cmd::Verify {
+                c,
+                model: None,
+                full: io.full,
+                offset: None,
+                len: None,
+            });
         }
-        Ok(vec!["sh".into(), "-c".into(), script])
+        let lines: Vec<String> = cmds
+            .iter()
+            .map(|cmd| {
+                let words: Vec<String> = cmd
+                    .to_argv()
+                    .iter()
+                    .map(|w| crate::util::shell_quote(w))
+                    .collect();
+                words.join(" ")
+            })
+            .collect();
+        Ok(vec!["sh".into(), "-c".into(), lines.join(" && ")])
     }
 
     pub fn step(&mut self, i: usize, step: &Step, deadline: Instant) -> Result<(), StepError> {
