@@ -40,31 +40,12 @@ fn step_kinds_in_the_docs_are_the_parsers() {
     assert_eq!(documented, KINDS, "scenarios/README.md's step kinds table");
     // Every listed kind parses (and to itself): the list is the parser's, not a wish.
     for kind in KINDS {
-        let body = match kind {
-            "start" => "{}".to_string(),
-            "io" => "{bytes: 4KiB}".into(),
-            "shell" => "{run: 'true'}".into(),
-            "signal" => "{signal: TERM}".into(),
-            "expect_timeout" => "{shell: 'sleep 9'}".into(),
-            "wait" => "{job: j, expect: pass}".into(),
-            _ => "{}".into(),
-        };
-        let pre = match kind {
-            "io" | "signal" | "expect_timeout" | "stop" => "  - {start: {}, timeout: 1}\n",
-            "wait" => {
-                "  - {start: {}, timeout: 1}\n  - {shell: {run: x, background: j}, timeout: 1}\n"
-            }
-            "quiesce" => "  - {start: {recovery: reissue}, timeout: 1}\n",
-            "recover" => {
-                "  - {start: {recovery: reissue}, timeout: 1}\n  - {signal: {signal: KILL}, timeout: 1}\n"
-            }
-            _ => "",
-        };
+        let (pre, body) = crate::scenario::model::Kind::example(kind).expect("every kind has one");
         let text = format!(
             "name: t\ndescription: d\ntimeout: 9\nsteps:\n{pre}  - {{{kind}: {body}, timeout: 1}}\n"
         );
         let sc = Scenario::parse(&text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sc.steps.last().unwrap().kind.name(), kind);
+        assert_eq!(sc.steps.last().unwrap().kind.name(), *kind);
     }
 }
 

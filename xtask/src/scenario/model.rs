@@ -77,99 +77,105 @@ pub struct Step {
     pub kind: Kind,
 }
 
-#[derive(Debug, Clone)]
-pub enum Kind {
-    Start(Start),
-    Stop(StopStep),
-    Io(Io),
-    Shell(Shell),
-    Signal(Signal),
-    Recover(Recover),
-    Quiesce(Quiesce),
-    ExpectTimeout(ExpectTimeout),
-    Wait(Wait),
-    Reset(Reset),
-    Check(Check),
-}
-
-/// Every step kind, in the order the docs list them. `Kind::name` is exhaustive over the enum
-/// and `tidy_tests.rs` holds this list, the parser and scenarios/README.md to each other.
-pub const KINDS: [&str; 11] = [
-    "start",
-    "stop",
-    "io",
-    "shell",
-    "signal",
-    "recover",
-    "quiesce",
-    "expect_timeout",
-    "wait",
-    "reset",
-    "check",
-];
-
-impl Kind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Start(_) => "start",
-            Kind::Stop(_) => "stop",
-            Kind::Io(_) => "io",
-            Kind::Shell(_) => "shell",
-            Kind::Signal(_) => "signal",
-            Kind::Recover(_) => "recover",
-            Kind::Quiesce(_) => "quiesce",
-            Kind::ExpectTimeout(_) => "expect_timeout",
-            Kind::Wait(_) => "wait",
-            Kind::Reset(_) => "reset",
-            Kind::Check(_) => "check",
+/// The step kinds, one row each: its YAML key, its variant and options type, what `KEY:` with
+/// no options means (`None`: options required), and a minimal use (the options, with the
+/// steps it needs before it) that the docs' tidy test parses. The enum, `KINDS` (which the docs
+/// are checked against), `Kind::name`, the YAML fields and "exactly one kind per step" all come
+/// from this table; `needs`, the checker and the runner match every kind explicitly, so the
+/// compiler asks for a new kind's arm in each.
+macro_rules! step_kinds {
+    ($( $key:ident => $variant:ident($ty:ty), bare: $bare:expr, example: ($pre:literal, $body:literal); )*) => {
+        #[derive(Debug, Clone)]
+        pub enum Kind {
+            $( $variant($ty), )*
         }
-    }
+
+        /// Every step kind, in the order the docs list them.
+        pub const KINDS: &[&str] = &[ $( stringify!($key), )* ];
+
+        impl Kind {
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Kind::$variant(_) => stringify!($key), )*
+                }
+            }
+
+            /// (steps it needs before it, its options) for a minimal scenario using `kind`.
+            #[cfg(test)]
+            pub fn example(kind: &str) -> Option<(&'static str, &'static str)> {
+                match kind {
+                    $( stringify!($key) => Some(($pre, $body)), )*
+                    _ => None,
+                }
+            }
+        }
+
+        $( impl KindBody for $ty {
+            fn bare() -> Option<Self> {
+                $bare
+            }
+        } )*
+
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct StepRaw {
+            /// Required: every step is bounded.
+            timeout: Secs,
+            #[serde(default)]
+            label: Option<String>,
+            $( #[serde(default, deserialize_with = "body")]
+            $key: Option<$ty>, )*
+        }
+
+        impl StepRaw {
+            /// The kinds this step names (a valid step names exactly one).
+            fn kinds(self) -> Vec<Kind> {
+                let mut v = Vec::new();
+                $( v.extend(self.$key.map(Kind::$variant)); )*
+                v
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepRaw {
-    /// Required: every step is bounded.
-    timeout: Secs,
-    #[serde(default)]
-    label: Option<String>,
-    start: Option<Start>,
-    stop: Option<StopStep>,
-    io: Option<Io>,
-    shell: Option<Shell>,
-    signal: Option<Signal>,
-    recover: Option<Recover>,
-    quiesce: Option<Quiesce>,
-    expect_timeout: Option<ExpectTimeout>,
-    wait: Option<Wait>,
-    #[serde(default, deserialize_with = "present")]
-    reset: Option<Reset>,
-    #[serde(default, deserialize_with = "present")]
-    check: Option<Check>,
+step_kinds! {
+    start => Start(Start), bare: None, example: ("", "{}");
+    stop => Stop(StopStep), bare: None, example: ("  - {start: {}, timeout: 1}\n", "{}");
+    io => Io(Io), bare: None, example: ("  - {start: {}, timeout: 1}\n", "{bytes: 4KiB}");
+    shell => Shell(Shell), bare: None, example: ("", "{run: 'true'}");
+    signal => Signal(Signal), bare: None, example: ("  - {start: {}, timeout: 1}\n", "{signal: TERM}");
+    recover => Recover(Recover), bare: None, example: ("  - {start: {recovery: reissue}, timeout: 1}\n  - {signal: {signal: KILL}, timeout: 1}\n", "{}");
+    quiesce => Quiesce(Quiesce), bare: None, example: ("  - {start: {recovery: reissue}, timeout: 1}\n", "{}");
+    expect_timeout => ExpectTimeout(ExpectTimeout), bare: None, example: ("  - {start: {}, timeout: 1}\n", "{shell: 'sleep 9'}");
+    wait => Wait(Wait), bare: None, example: ("  - {start: {}, timeout: 1}\n  - {shell: {run: x, background: j}, timeout: 1}\n", "{job: j, expect: pass}");
+    wait_until => WaitUntil(WaitUntil), bare: None, example: ("  - {start: {}, timeout: 1}\n", "{run: 'test -b $DEV_d0', every_ms: 50}");
+    reset => Reset(Reset), bare: Some(Reset {}), example: ("", "{}");
+    check => Check(Check), bare: Some(Check {}), example: ("", "{}");
 }
 
-/// A kind without options may be written `check:` (null) as well as `check: {}`.
-fn present<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+/// What `KIND:` with no options (YAML null) means for a kind: its options' defaults, or None
+/// when the kind needs options.
+trait KindBody: Sized {
+    fn bare() -> Option<Self>;
+}
+
+/// A kind's options; `check:` (null) is `check: {}` for the kinds that allow it.
+fn body<'de, D: Deserializer<'de>, T: KindBody + Deserialize<'de>>(
     d: D,
 ) -> std::result::Result<Option<T>, D::Error> {
-    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+    match Option::<T>::deserialize(d)? {
+        Some(t) => Ok(Some(t)),
+        None => T::bare()
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("this step kind needs its options ({...})")),
+    }
 }
 
 impl<'de> Deserialize<'de> for Step {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Step, D::Error> {
         let r = StepRaw::deserialize(d)?;
-        let mut kinds: Vec<Kind> = Vec::new();
-        kinds.extend(r.start.map(Kind::Start));
-        kinds.extend(r.stop.map(Kind::Stop));
-        kinds.extend(r.io.map(Kind::Io));
-        kinds.extend(r.shell.map(Kind::Shell));
-        kinds.extend(r.signal.map(Kind::Signal));
-        kinds.extend(r.recover.map(Kind::Recover));
-        kinds.extend(r.quiesce.map(Kind::Quiesce));
-        kinds.extend(r.expect_timeout.map(Kind::ExpectTimeout));
-        kinds.extend(r.wait.map(Kind::Wait));
-        kinds.extend(r.reset.map(Kind::Reset));
-        kinds.extend(r.check.map(Kind::Check));
+        let (label, timeout) = (r.label.clone(), r.timeout);
+        let mut kinds = r.kinds();
         if kinds.len() != 1 {
             let found: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
             return Err(serde::de::Error::custom(format!(
@@ -183,9 +189,9 @@ impl<'de> Deserialize<'de> for Step {
             )));
         }
         Ok(Step {
-            label: r.label,
-            timeout: r.timeout,
-            kind: kinds.pop().unwrap(),
+            label,
+            timeout,
+            kind: kinds.pop().expect("exactly one"),
         })
     }
 }
@@ -348,6 +354,25 @@ pub enum Expect {
 pub struct Wait {
     pub job: String,
     pub expect: Expect,
+}
+
+/// Polls a shell condition until it holds: `run` (as `shell` runs it) every `every_ms` until
+/// it exits 0; still failing at the step's timeout is a hang (freeze-frame, the last output).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitUntil {
+    pub run: String,
+    #[serde(default = "default_every_ms")]
+    pub every_ms: u64,
+}
+
+/// How often `wait_until` tries by default, and its bounds (a busy loop is not a poll; a
+/// poll rarer than every 10 s is a `shell` step with a sleep).
+pub const DEFAULT_EVERY_MS: u64 = 100;
+pub const EVERY_MS: std::ops::RangeInclusive<u64> = 10..=10_000;
+
+fn default_every_ms() -> u64 {
+    DEFAULT_EVERY_MS
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -722,7 +747,15 @@ impl Scenario {
                     Capability::StateDump,
                     format!("{at} USR1 asks for a state dump"),
                 )),
-                _ => {}
+                // Every server can do these (no `_` arm: a new kind must say what it needs).
+                Kind::Signal(_)
+                | Kind::ExpectTimeout(ExpectTimeout { io: None, .. })
+                | Kind::Stop(_)
+                | Kind::Shell(_)
+                | Kind::WaitUntil(_)
+                | Kind::Wait(_)
+                | Kind::Reset(_)
+                | Kind::Check(_) => {}
             }
         }
         v
@@ -946,6 +979,16 @@ impl<'a> Checker<'a> {
             Kind::Wait(w) => {
                 if !self.jobs.contains(&w.job.as_str()) {
                     return Err(format!("wait: no earlier background job named `{}`", w.job));
+                }
+            }
+            Kind::WaitUntil(w) => {
+                if !EVERY_MS.contains(&w.every_ms) {
+                    return Err(format!(
+                        "wait_until: every_ms {} is outside {}..={}",
+                        w.every_ms,
+                        EVERY_MS.start(),
+                        EVERY_MS.end()
+                    ));
                 }
             }
             Kind::Reset(_) => {

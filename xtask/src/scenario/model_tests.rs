@@ -348,3 +348,33 @@ fn recovery_steps_need_a_recoverable_device_without_a_server() {
     let e = err(&RECOVERY.replace("recovery: fail-io", "recovery: retry"));
     assert!(e.contains("retry"), "{e}");
 }
+
+#[test]
+fn wait_until_polls_within_bounds_and_needs_a_condition() {
+    let with = |step: &str| {
+        GOOD.replace(
+            "  - check: {}\n",
+            &format!("  - {step}\n    timeout: 5\n  - check: {{}}\n"),
+        )
+    };
+    let sc = Scenario::parse(
+        &with("wait_until: {run: 'test -b $DEV_d0'}"),
+        Path::new("x.yaml"),
+    )
+    .unwrap();
+    let Kind::WaitUntil(w) = &sc.steps[4].kind else {
+        panic!("{:?}", sc.steps[4].kind)
+    };
+    assert_eq!(
+        (w.run.as_str(), w.every_ms),
+        ("test -b $DEV_d0", DEFAULT_EVERY_MS)
+    );
+    let e = err(&with("wait_until: {run: x, every_ms: 1}"));
+    assert!(e.contains("every_ms 1 is outside 10..=10000"), "{e}");
+    let e = err(&with("wait_until:"));
+    assert!(e.contains("needs its options"), "{e}");
+    let e = err(&with("wait_until: {every_ms: 50}"));
+    assert!(e.contains("missing field `run`"), "{e}");
+    // A kind that may go without options still may.
+    assert!(Scenario::parse(&with("reset:"), Path::new("x.yaml")).is_ok());
+}

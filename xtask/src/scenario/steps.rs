@@ -269,6 +269,7 @@ impl<'a> Runner<'a> {
             Kind::Io(io) => self.io(io, deadline, &log_name),
             Kind::Shell(sh) => self.shell(sh, deadline, &log_name),
             Kind::Wait(w) => self.wait(w, deadline),
+            Kind::WaitUntil(w) => self.wait_until(w, deadline, &log_name),
             Kind::Signal(sg) => self.signal(sg, i, deadline),
             Kind::Recover(r) => self.recover(r, deadline, &log_name),
             Kind::Quiesce(q) => self.quiesce(q, deadline, &log_name),
@@ -319,6 +320,44 @@ impl<'a> Runner<'a> {
             )));
         }
         Ok(())
+    }
+
+    /// Runs the condition every `every_ms` until it exits 0; bounded by the step's deadline
+    /// (each try too). Its log holds the last try's output.
+    fn wait_until(
+        &mut self,
+        w: &model::WaitUntil,
+        deadline: Instant,
+        log_name: &str,
+    ) -> Result<(), StepError> {
+        assert!(
+            model::EVERY_MS.contains(&w.every_ms),
+            "checked when the file loaded"
+        );
+        let every = Duration::from_millis(w.every_ms);
+        let argv = self.shell_argv(&w.run);
+        let mut tries = 0u64;
+        let last = loop {
+            tries += 1;
+            let mut job = self.exec(&argv, log_name)?;
+            match self.finish_job(&mut job, deadline, "the wait_until condition") {
+                Ok(0) => return Ok(()),
+                Ok(status) => {
+                    if Instant::now() + every >= deadline {
+                        break format!("it last exited {status}");
+                    }
+                    std::thread::sleep(every);
+                }
+                Err(StepError::Hang(_)) => break "its last try was still running".to_string(),
+                Err(e) => return Err(e),
+            }
+        };
+        Err(StepError::Hang(format!(
+            "`{}` did not succeed within the step's timeout ({tries} tries every {} ms; {last}): {}",
+            w.run,
+            w.every_ms,
+            reason_of(&self.dir.join("steps").join(log_name), 4)
+        )))
     }
 
     fn wait(&mut self, w: &model::Wait, deadline: Instant) -> Result<(), StepError> {
