@@ -199,29 +199,18 @@ fn plan_runs(
         Some(p) => shard::Durations::load(p)?,
         None => shard::Durations::none(),
     };
-    let names: Vec<(&str, &str, &str, u64)> = work
+    let keys: Vec<(shard::RunKey, u64)> = work
         .iter()
         .map(|w| {
             let sc = &scenarios[w.scenario];
+            let server = &servers[&w.server].name;
             (
-                sc.name.as_str(),
-                servers[&w.server].name.as_str(),
-                w.kernel.as_str(),
+                shard::RunKey::new(&sc.name, server, &w.kernel, w.run),
                 sc.timeout.0,
             )
         })
         .collect();
-    let planned: Vec<shard::Planned> = shard::estimates(&durations, &names)
-        .into_iter()
-        .zip(&names)
-        .zip(&work)
-        .map(
-            |((estimate_s, (sc, server, kernel, _)), w)| shard::Planned {
-                key: format!("{sc}|{server}|{kernel}|{}", w.run),
-                estimate_s,
-            },
-        )
-        .collect();
+    let planned = shard::planned(&durations, keys);
     let (work, info) = shard::select(work, &planned, sh, &durations.source);
     Ok((work, Some(info)))
 }

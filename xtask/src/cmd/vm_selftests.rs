@@ -229,18 +229,11 @@ fn plan_runs(
         None => shard::Durations::none(),
     };
     let limit_s = args.timeout.unwrap_or(150);
-    let names: Vec<(&str, &str, &str, u64)> = work
+    let keys: Vec<(shard::RunKey, u64)> = work
         .iter()
-        .map(|(t, k, _)| (t.as_str(), "kublk", k.as_str(), limit_s))
+        .map(|(t, k, r)| (shard::RunKey::new(t, "kublk", k, *r), limit_s))
         .collect();
-    let planned: Vec<shard::Planned> = shard::estimates(&durations, &names)
-        .into_iter()
-        .zip(&work)
-        .map(|(estimate_s, (t, k, r))| shard::Planned {
-            key: format!("{t}|kublk|{k}|{r}"),
-            estimate_s,
-        })
-        .collect();
+    let planned = shard::planned(&durations, keys);
     let (work, info) = shard::select(work, &planned, sh, &durations.source);
     Ok((work, Some(info)))
 }

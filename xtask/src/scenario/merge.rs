@@ -414,7 +414,7 @@ mod tests {
         let planned: Vec<Planned> = all
             .iter()
             .map(|o| Planned {
-                key: format!("{}|{}", o.scenario, o.run),
+                key: crate::scenario::shard::RunKey::new(&o.scenario, "", "", o.run),
                 estimate_s: o.duration_s,
             })
             .collect();

@@ -76,11 +76,39 @@ pub struct ShardInfo {
     pub estimates_from: String,
 }
 
+/// One run of a session: the test (a scenario, a selftest), the server, the kernel and the
+/// repeat. Unique within a session; `id()` is its form in plan hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunKey {
+    pub test: String,
+    pub server: String,
+    pub kernel: String,
+    pub repeat: u32,
+}
+
+impl RunKey {
+    pub fn new(test: &str, server: &str, kernel: &str, repeat: u32) -> RunKey {
+        RunKey {
+            test: test.to_string(),
+            server: server.to_string(),
+            kernel: kernel.to_string(),
+            repeat,
+        }
+    }
+
+    /// `test|server|kernel|repeat`: what the plan hash and the split's tie-break read.
+    pub fn id(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.test, self.server, self.kernel, self.repeat
+        )
+    }
+}
+
 /// One run as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Planned {
-    /// Unique within the session: scenario|server|kernel|run.
-    pub key: String,
+    pub key: RunKey,
     pub estimate_s: f64,
 }
 
@@ -90,12 +118,13 @@ pub fn assign(runs: &[Planned], count: u32) -> Vec<usize> {
     assert!(runs
         .iter()
         .all(|r| r.estimate_s.is_finite() && r.estimate_s >= 0.0));
+    let ids: Vec<String> = runs.iter().map(|r| r.key.id()).collect();
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|&a, &b| {
         let (ra, rb) = (&runs[a], &runs[b]);
         rb.estimate_s
             .total_cmp(&ra.estimate_s)
-            .then_with(|| ra.key.cmp(&rb.key))
+            .then_with(|| ids[a].cmp(&ids[b]))
     });
     let mut load = vec![0.0f64; count as usize];
     let mut shard_of = vec![usize::MAX; runs.len()];
@@ -112,9 +141,9 @@ pub fn assign(runs: &[Planned], count: u32) -> Vec<usize> {
 
 /// The hash that names a plan: two shards agree on the split exactly when it is equal.
 pub fn plan_hash(runs: &[Planned], count: u32) -> String {
-    let mut keys: Vec<(&str, u64)> = runs
+    let mut keys: Vec<(String, u64)> = runs
         .iter()
-        .map(|r| (r.key.as_str(), r.estimate_s.to_bits()))
+        .map(|r| (r.key.id(), r.estimate_s.to_bits()))
         .collect();
     keys.sort();
     let mut h = Sha256::new();
@@ -137,7 +166,7 @@ pub fn select<W>(
     assert_eq!(work.len(), runs.len());
     let mut seen = std::collections::BTreeSet::new();
     assert!(
-        runs.iter().all(|r| seen.insert(&r.key)),
+        runs.iter().all(|r| seen.insert(r.key.id())),
         "run keys are unique"
     );
     let shard_of = assign(runs, shard.count);
@@ -243,29 +272,30 @@ impl Durations {
         })
     }
 
-    pub fn get(&self, scenario: &str, server: &str, kernel: &str) -> Option<f64> {
-        let k = (scenario.to_string(), server.to_string(), kernel.to_string());
+    /// The recorded median of runs like `key` (any repeat).
+    pub fn get(&self, key: &RunKey) -> Option<f64> {
+        let k = (key.test.clone(), key.server.clone(), key.kernel.clone());
         self.median_s.get(&k).copied()
     }
 }
 
-/// Estimates for runs given as (scenario, server, kernel, timeout_s): the recorded median, or
-/// the timeout scaled by the median recorded/timeout ratio.
-pub fn estimates(durations: &Durations, runs: &[(&str, &str, &str, u64)]) -> Vec<f64> {
-    let recorded: Vec<Option<f64>> = runs
-        .iter()
-        .map(|(s, v, k, _)| durations.get(s, v, k))
-        .collect();
+/// The planner's view of runs given as (key, limit in seconds): each estimate is the recorded
+/// median, or the limit scaled by the median recorded/limit ratio.
+pub fn planned(durations: &Durations, runs: Vec<(RunKey, u64)>) -> Vec<Planned> {
+    let recorded: Vec<Option<f64>> = runs.iter().map(|(k, _)| durations.get(k)).collect();
     let mut ratios: Vec<f64> = runs
         .iter()
         .zip(&recorded)
-        .filter_map(|((.., t), d)| d.map(|d| d / (*t).max(1) as f64))
+        .filter_map(|((_, t), d)| d.map(|d| d / (*t).max(1) as f64))
         .collect();
     ratios.sort_by(f64::total_cmp);
     let ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(1.0);
-    runs.iter()
+    runs.into_iter()
         .zip(recorded)
-        .map(|((.., t), d)| d.unwrap_or(*t as f64 * ratio))
+        .map(|((key, t), d)| Planned {
+            key,
+            estimate_s: d.unwrap_or(t as f64 * ratio),
+        })
         .collect()
 }
 
@@ -315,7 +345,12 @@ mod tests {
     fn runs(n: usize) -> Vec<Planned> {
         (0..n)
             .map(|i| Planned {
-                key: format!("sc{}|ublk-mem|debian|{}", i % 7, i / 7 + 1),
+                key: RunKey::new(
+                    &format!("sc{}", i % 7),
+                    "ublk-mem",
+                    "debian",
+                    i as u32 / 7 + 1,
+                ),
                 estimate_s: ((i * 37) % 50) as f64 + 1.0,
             })
             .collect()
@@ -329,7 +364,7 @@ mod tests {
                 let mut seen: Vec<String> = Vec::new();
                 let mut plans = std::collections::BTreeSet::new();
                 for index in 1..=count {
-                    let work: Vec<String> = all.iter().map(|r| r.key.clone()).collect();
+                    let work: Vec<String> = all.iter().map(|r| r.key.id()).collect();
                     let (kept, info) = select(work, &all, Shard { index, count }, "t");
                     assert_eq!(info.runs, kept.len());
                     assert_eq!(info.planned_runs, n_runs);
@@ -337,7 +372,7 @@ mod tests {
                     seen.extend(kept);
                 }
                 assert_eq!(plans.len(), 1, "every shard names the same plan");
-                let mut want: Vec<String> = all.iter().map(|r| r.key.clone()).collect();
+                let mut want: Vec<String> = all.iter().map(|r| r.key.id()).collect();
                 seen.sort();
                 want.sort();
                 assert_eq!(seen, want, "{n_runs} runs in {count} shards");
@@ -354,7 +389,7 @@ mod tests {
         let b = assign(&rev, 3);
         for (i, r) in all.iter().enumerate() {
             let j = rev.iter().position(|x| x.key == r.key).unwrap();
-            assert_eq!(a[i], b[j], "{}", r.key);
+            assert_eq!(a[i], b[j], "{}", r.key.id());
         }
         assert_eq!(plan_hash(&all, 3), plan_hash(&rev, 3));
         assert_ne!(plan_hash(&all, 3), plan_hash(&all, 4));
@@ -413,19 +448,12 @@ mod tests {
         let k = |s: &str| (s.to_string(), "ublk-mem".to_string(), "debian".to_string());
         d.median_s.insert(k("a"), 30.0);
         d.median_s.insert(k("b"), 10.0);
-        let e = estimates(
-            &d,
-            &[
-                ("a", "ublk-mem", "debian", 60),
-                ("b", "ublk-mem", "debian", 40),
-                ("c", "ublk-mem", "debian", 100),
-            ],
-        );
+        let key = |s: &str| RunKey::new(s, "ublk-mem", "debian", 1);
+        let e = planned(&d, vec![(key("a"), 60), (key("b"), 40), (key("c"), 100)]);
         // ratios 0.5 and 0.25: the median (upper) is 0.5.
+        let e: Vec<f64> = e.iter().map(|p| p.estimate_s).collect();
         assert_eq!(e, vec![30.0, 10.0, 50.0]);
-        assert_eq!(
-            estimates(&Durations::none(), &[("x", "s", "k", 7)]),
-            vec![7.0]
-        );
+        let none = planned(&Durations::none(), vec![(RunKey::new("x", "s", "k", 1), 7)]);
+        assert_eq!(none[0].estimate_s, 7.0);
     }
 }
