@@ -338,23 +338,6 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The checkout's commit (`git describe --always --dirty`), or "unknown"; bounded.
-pub fn git_commit() -> String {
-    let out = crate::host::procs::run(
-        std::process::Command::new("git").current_dir(root()).args([
-            "describe",
-            "--always",
-            "--dirty",
-            "--abbrev=12",
-        ]),
-        std::time::Duration::from_secs(10),
-        "git describe",
-    );
-    match out {
-        Ok(o) if o.status.success() => o.stdout.trim().to_string(),
-        _ => "unknown".into(),
-    }
-}
 
 #[cfg(test)]
 mod tests {

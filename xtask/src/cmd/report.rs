@@ -75,7 +75,7 @@ fn run_merge(a: MergeArgs) -> Result<i32> {
             "the merged reports could not be written: {e}"
         )));
     }
-    Ok(match session::exit_code(&merged.runs) {
+    Ok(match crate::scenario::report::exit_code(&merged.runs) {
         0 if !gaps.is_empty() => EXIT_INFRA,
         code => code,
     })

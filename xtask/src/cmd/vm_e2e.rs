@@ -108,7 +108,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(first) => accel::choose(args.accel, first)?,
         None => (Accel::Tcg, "no run in this shard".to_string()),
     };
-    let commit = crate::util::git_commit();
+    let commit = crate::host::git::commit();
     announce(&args, &work, seed, &commit, &images, accel, &accel_reason);
     prepare_servers(&mut servers, &work)?;
     let used: Vec<&Scenario> = work.iter().map(|w| &scenarios[w.scenario]).collect();

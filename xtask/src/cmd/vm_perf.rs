@@ -432,7 +432,7 @@ fn head(args: &Args, setup: &Setup) -> PerfReport {
     let plan = &setup.plan;
     PerfReport {
         started_at: rfc3339_now(),
-        commit: crate::util::git_commit(),
+        commit: crate::host::git::commit(),
         machine: machine(),
         accelerator: setup.accel.name().into(),
         clock: setup.clock.name(),

@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<i32> {
         accel,
         timeout_s: args.timeout,
         flags: reproduce_flags(&args),
-        commit: crate::util::git_commit(),
+        commit: crate::host::git::commit(),
     };
     let outcomes = session::run_pool(work, args.jobs as usize, "vm-selftests", |(t, k, r)| {
         one_run(&plan, t, k, *r)

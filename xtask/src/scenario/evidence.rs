@@ -100,7 +100,7 @@ pub fn copy(
         }
         notes.extend(copy.notes.iter().map(|n| format!("{who}: {n}")));
         if let Some(e) = &copy.write_error {
-            super::session::mark_incomplete(
+            super::report::mark_incomplete(
                 o,
                 &format!("the merge could not write its evidence: {e}"),
             );

@@ -9,10 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::report::exit_code;
 use super::report::Session;
 use super::run::Outcome;
-use super::session::exit_code;
-use super::shard;
 use crate::runs::Verdict;
 use crate::text::{bound, md_block, md_code};
 
@@ -49,7 +48,7 @@ pub fn render(s: &Session, evidence_url: Option<&str>) -> String {
         out += &capped(flaky);
     }
     out += &skipped(&s.runs);
-    let gaps = shard::gaps(&s.head.shards);
+    let gaps = super::report::gaps(&s.head.shards);
     if !gaps.is_empty() {
         out += "\n#### Missing shards (their runs were not tested)\n\n";
         for g in gaps {
@@ -78,7 +77,7 @@ fn is_plain_url(u: &str) -> bool {
 /// The verdict of the whole: what a CI job's status would say.
 pub fn verdict_word(s: &Session) -> &'static str {
     match exit_code(&s.runs) {
-        0 if shard::gaps(&s.head.shards).is_empty() => "PASS",
+        0 if super::report::gaps(&s.head.shards).is_empty() => "PASS",
         0 | 125 => "COULD NOT TEST",
         _ => "FAIL",
     }

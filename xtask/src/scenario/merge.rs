@@ -11,16 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::evidence::Origin;
-use super::report::{self, Head, Session};
+use super::report::{self, sort_runs, Head, Session, MAX_SUMMARY_BYTES};
 use super::run::Outcome;
-use super::session::sort_runs;
 use super::shard::{self, summaries_under};
 use crate::util::{bad_input, Result};
 
 /// Most summary.json files one merge reads.
 const MAX_INPUTS: usize = 1024;
-/// Largest summary.json read.
-pub const MAX_SUMMARY_BYTES: u64 = 64 << 20;
 /// Bounds a summary.json must keep (see `validate`).
 const MAX_RUNS_TOTAL: usize = 200_000;
 const MAX_JOBS: u64 = 4096;
@@ -451,7 +448,7 @@ mod tests {
         );
         assert_eq!(merged.flaky, whole.flaky);
         assert_eq!(merged.flaky["b"].describe(), "1 of 3 runs failed (FLAKY)");
-        assert_eq!(super::super::session::exit_code(&merged.runs), 1);
+        assert_eq!(super::super::report::exit_code(&merged.runs), 1);
         assert!(shard::gaps(&merged.head.shards).is_empty());
         assert_eq!(merged.head.shards.len(), 3);
         // Merging is associative: (1 + 2) + 3 is 1 + 2 + 3.

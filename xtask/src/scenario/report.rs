@@ -1,4 +1,6 @@
-//! Reports of a vm-e2e session: the terminal table, JUnit XML for CI, JSON for tools.
+//! The session model and what renders from it alone: `Session`, `Head`, `ShardInfo`, the
+//! exit code of a session's verdicts, the order of runs; the terminal table, JUnit XML for CI,
+//! JSON for tools. It imports nothing of the planner, the renderers or merge (they import it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,8 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::DeviceOverride;
 use super::run::Outcome;
-use super::shard::ShardInfo;
-use crate::runs::Verdict;
+use crate::runs::{Verdict, EXIT_INFRA};
 use crate::text::{bound, term};
 
 /// What a session's reports say about it besides its runs (summary.json's top-level fields).
@@ -292,6 +293,86 @@ pub fn junit(session: &Session) -> String {
     }
     s += "</testsuite></testsuites>\n";
     s
+}
+
+/// Largest summary.json read (by `report merge`, by `--durations`).
+pub const MAX_SUMMARY_BYTES: u64 = 64 << 20;
+
+/// What a shard's summary.json says about the slice it ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: u32,
+    pub count: u32,
+    /// sha256 (16 hex digits) of every run's key and estimate and of `count`.
+    pub plan: String,
+    /// Runs in all shards of the plan together.
+    pub planned_runs: usize,
+    /// Runs in this shard.
+    pub runs: usize,
+    /// This shard's estimated duration (sum of its runs' estimates).
+    pub estimate_s: f64,
+    /// Where the estimates came from ("scenario timeouts" or the --durations path).
+    pub estimates_from: String,
+}
+
+/// What keeps a set of shards from being whole: per plan, each shard missing or present twice.
+pub fn gaps(infos: &[ShardInfo]) -> Vec<String> {
+    let mut by_plan: BTreeMap<(&str, u32), Vec<u32>> = BTreeMap::new();
+    for i in infos {
+        by_plan.entry((&i.plan, i.count)).or_default().push(i.index);
+    }
+    let mut out = Vec::new();
+    for ((plan, count), have) in by_plan {
+        for k in 1..=count {
+            match have.iter().filter(|i| **i == k).count() {
+                0 => out.push(format!("shard {k}/{count} of plan {plan} is missing")),
+                1 => {}
+                n => out.push(format!(
+                    "shard {k}/{count} of plan {plan} is there {n} times"
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// The order of every report: scenario, server, kernel, run.
+pub fn sort_runs(outcomes: &mut [Outcome]) {
+    outcomes.sort_by(|a, b| {
+        let key = |o: &Outcome| {
+            (
+                o.scenario.clone(),
+                o.server.clone(),
+                o.kernel.clone(),
+                o.run,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+}
+
+/// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
+/// not test"); any other verdict stands, with the gap named.
+pub fn mark_incomplete(o: &mut Outcome, why: &str) {
+    if o.verdict == Verdict::Pass {
+        o.verdict = Verdict::InfraError;
+        o.reason = Some(format!("passed, but its evidence is incomplete: {why}"));
+    } else {
+        let r = o.reason.take().unwrap_or_default();
+        o.reason = Some(format!("{r}; evidence incomplete: {why}"));
+    }
+}
+
+/// The session's exit code from its runs' verdicts (README, "Exit codes").
+pub fn exit_code(outcomes: &[Outcome]) -> i32 {
+    let any = |v: &[Verdict]| outcomes.iter().any(|o| v.contains(&o.verdict));
+    if any(&[Verdict::Fail, Verdict::Timeout]) {
+        crate::util::EXIT_FAIL
+    } else if any(&[Verdict::InfraError, Verdict::Interrupted]) {
+        EXIT_INFRA
+    } else {
+        crate::util::EXIT_PASS
+    }
 }
 
 #[cfg(test)]

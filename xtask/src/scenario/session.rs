@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::markdown;
-use super::report::{self, Head, Session};
+use super::report::{self, exit_code, mark_incomplete, sort_runs, Head, Session};
 use super::run::Outcome;
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::text::{bound, term, term_lines};
@@ -112,21 +112,6 @@ pub fn conclude(
     }
 }
 
-/// The order of every report: scenario, server, kernel, run.
-pub fn sort_runs(outcomes: &mut [Outcome]) {
-    outcomes.sort_by(|a, b| {
-        let key = |o: &Outcome| {
-            (
-                o.scenario.clone(),
-                o.server.clone(),
-                o.kernel.clone(),
-                o.run,
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-}
-
 /// Writes a run's record (`file` in its run directory: the outcome plus `extra` fields) and
 /// applies the evidence rule; returns the outcome as it stands then.
 /// A run decided before any VM (a skip) has no run directory: there is nothing to write.
@@ -161,18 +146,6 @@ fn bound_reasons(o: &mut Outcome) {
     }
     if let Some(a) = &mut o.first_attempt {
         a.reason = bound(&a.reason, MAX_REASON_BYTES).into_owned();
-    }
-}
-
-/// A run whose evidence could not be written: a pass cannot be trusted (infra-error, "could
-/// not test"); any other verdict stands, with the gap named.
-pub fn mark_incomplete(o: &mut Outcome, why: &str) {
-    if o.verdict == Verdict::Pass {
-        o.verdict = Verdict::InfraError;
-        o.reason = Some(format!("passed, but its evidence is incomplete: {why}"));
-    } else {
-        let r = o.reason.take().unwrap_or_default();
-        o.reason = Some(format!("{r}; evidence incomplete: {why}"));
     }
 }
 
@@ -273,17 +246,6 @@ fn print_run_reproduce(tool: &str, runs: &[Outcome]) {
             "{tool}: ... and {} more (each run's line is in summary.json)",
             bad.len() - MAX_RUN_REPRODUCE_LINES
         );
-    }
-}
-
-pub fn exit_code(outcomes: &[Outcome]) -> i32 {
-    let any = |v: &[Verdict]| outcomes.iter().any(|o| v.contains(&o.verdict));
-    if any(&[Verdict::Fail, Verdict::Timeout]) {
-        crate::util::EXIT_FAIL
-    } else if any(&[Verdict::InfraError, Verdict::Interrupted]) {
-        EXIT_INFRA
-    } else {
-        crate::util::EXIT_PASS
     }
 }
 

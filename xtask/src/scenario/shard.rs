@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+pub use super::report::{gaps, ShardInfo};
+
 use sha2::{Digest, Sha256};
 
 use crate::util::Result;
@@ -57,23 +58,6 @@ impl FromStr for Shard {
         }
         Ok(Shard { index, count })
     }
-}
-
-/// What a shard's summary.json says about the slice it ran.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ShardInfo {
-    pub index: u32,
-    pub count: u32,
-    /// sha256 (16 hex digits) of every run's key and estimate and of `count`.
-    pub plan: String,
-    /// Runs in all shards of the plan together.
-    pub planned_runs: usize,
-    /// Runs in this shard.
-    pub runs: usize,
-    /// This shard's estimated duration (sum of its runs' estimates).
-    pub estimate_s: f64,
-    /// Where the estimates came from ("scenario timeouts" or the --durations path).
-    pub estimates_from: String,
 }
 
 /// One run of a session: the test (a scenario, a selftest), the server, the kernel and the
@@ -195,27 +179,6 @@ pub fn select<W>(
     (kept, info)
 }
 
-/// What keeps a set of shards from being whole: per plan, each shard missing or present twice.
-pub fn gaps(infos: &[ShardInfo]) -> Vec<String> {
-    let mut by_plan: BTreeMap<(&str, u32), Vec<u32>> = BTreeMap::new();
-    for i in infos {
-        by_plan.entry((&i.plan, i.count)).or_default().push(i.index);
-    }
-    let mut out = Vec::new();
-    for ((plan, count), have) in by_plan {
-        for k in 1..=count {
-            match have.iter().filter(|i| **i == k).count() {
-                0 => out.push(format!("shard {k}/{count} of plan {plan} is missing")),
-                1 => {}
-                n => out.push(format!(
-                    "shard {k}/{count} of plan {plan} is there {n} times"
-                )),
-            }
-        }
-    }
-    out
-}
-
 /// Recorded durations: (scenario, server, kernel) → the median of its runs' durations.
 #[derive(Clone, Debug, Default)]
 pub struct Durations {
@@ -243,7 +206,7 @@ impl Durations {
         }
         let mut all: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
         for f in &files {
-            let text = crate::input::read_limited(f, super::merge::MAX_SUMMARY_BYTES)?;
+            let text = crate::input::read_limited(f, super::report::MAX_SUMMARY_BYTES)?;
             let s: super::report::Session = serde_json::from_str(&text).map_err(|e| {
                 crate::util::bad_input(format!(
                     "--durations {}: not a summary.json ({e})",
