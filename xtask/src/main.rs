@@ -101,7 +101,7 @@ fn main() {
             shard: None,
             durations: None,
             list: false,
-            timeout_scale: 1.0,
+            timeout_scale: None,
             queues: None,
             depth: None,
             locked: false,

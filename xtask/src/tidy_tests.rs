@@ -317,7 +317,11 @@ fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
             let rel = p.strip_prefix(&src).unwrap().display().to_string();
             let text = std::fs::read_to_string(&p).unwrap();
             // Only the code before the tests counts: a test may reach anywhere.
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_string();
+            let code = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or_default()
+                .to_string();
             out.push((rel, code));
         }
     }
@@ -331,18 +335,30 @@ fn the_layering_rules_of_architecture_md_hold() {
     for (rel, code) in &files {
         let in_cmd = rel.starts_with("cmd/");
         if !in_cmd && rel != "main.rs" && !rel.ends_with("_tests.rs") {
-            assert!(!code.contains("crate::cmd::"), "{rel}: a lower layer imports a command");
+            assert!(
+                !code.contains("crate::cmd::"),
+                "{rel}: a lower layer imports a command"
+            );
         }
         // A command imports no other command (`locks` runs kernel-lock's and tools-lock's checks).
         if in_cmd && rel != "cmd/locks.rs" && rel != "cmd/mod.rs" {
-            assert!(!code.contains("crate::cmd::"), "{rel}: a command imports another command");
+            assert!(
+                !code.contains("crate::cmd::"),
+                "{rel}: a command imports another command"
+            );
         }
     }
     // The session model imports nothing of the planner, the renderers or merge.
-    let (_, report) = files.iter().find(|(r, _)| r == "scenario/report.rs").unwrap();
+    let (_, report) = files
+        .iter()
+        .find(|(r, _)| r == "scenario/report.rs")
+        .unwrap();
     for sibling in ["session", "markdown", "merge", "shard", "evidence"] {
         for form in [format!("super::{sibling}"), format!("scenario::{sibling}")] {
-            assert!(!report.contains(&form), "scenario/report.rs imports {sibling}");
+            assert!(
+                !report.contains(&form),
+                "scenario/report.rs imports {sibling}"
+            );
         }
     }
 }

@@ -338,7 +338,6 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,10 +78,14 @@ fn exit_codes_skips_and_splats_become_verdicts() {
         "{v}"
     );
     assert_eq!(verdict("splat_02"), "pass", "{v}");
+    let session_line = out
+        .lines()
+        .find_map(|l| l.split_once("reproduce with: ").map(|x| x.1))
+        .unwrap_or_else(|| panic!("a reproduce line: {out}"));
     assert!(
-        out.contains(
-            "reproduce with: cargo xtask vm-selftests splat_01 --kernel debian-7.2 --expect-splat known_fixture_warning --script "
-        ),
+        session_line
+            .starts_with("cargo xtask vm-selftests splat_01 --kernel debian-7.2 --timeout-scale ")
+            && session_line.contains(" --expect-splat known_fixture_warning --script "),
         "{out}"
     );
     // The run's own line selects the same: its test, kernel, expectations and scripts.
@@ -90,7 +94,8 @@ fn exit_codes_skips_and_splats_become_verdicts() {
         .unwrap()
         .to_string();
     assert!(
-        line.starts_with("cargo xtask vm-selftests splat_01 --kernel debian-7.2 --expect-splat known_fixture_warning --script ")
+        line.starts_with("cargo xtask vm-selftests splat_01 --kernel debian-7.2 --timeout-scale ")
+            && line.contains(" --expect-splat known_fixture_warning --script ")
             && line.matches("--script ").count() == 2,
         "{line}"
     );

@@ -62,9 +62,9 @@ pub struct Args {
     /// Print the runs this invocation would make (with --shard: this shard's) and exit
     #[arg(long)]
     pub list: bool,
-    /// Multiply every scenario and step limit by F (e.g. 2 on a slow machine without KVM)
-    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_scale)]
-    pub timeout_scale: f64,
+    /// Multiply every scenario and step limit by F [default: 1 under KVM, 2 under TCG]
+    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
+    pub timeout_scale: Option<f64>,
     /// Every device gets N queues, replacing each start step's and `device:` value (e.g.
     /// `--queues 1` to see whether a failure needs several queues); recorded in the reports
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=crate::scenario::model::MAX_OVERRIDE_QUEUES as i64))]
@@ -76,15 +76,6 @@ pub struct Args {
     /// (0 pass, 1 fail or timeout, 125 could not test)
     #[arg(long)]
     pub bisect_exit_codes: bool,
-}
-
-fn parse_scale(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if (0.1..=100.0).contains(&f) => Ok(f),
-        _ => Err(format!(
-            "--timeout-scale wants a number from 0.1 to 100, got `{s}`"
-        )),
-    }
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -109,7 +100,16 @@ pub fn run(args: Args) -> Result<i32> {
         None => (Accel::Tcg, "no run in this shard".to_string()),
     };
     let commit = crate::host::git::commit();
-    announce(&args, &work, seed, &commit, &images, accel, &accel_reason);
+    let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
+    announce(
+        &args,
+        &work,
+        seed,
+        &commit,
+        &images,
+        (accel, &accel_reason),
+        limits,
+    );
     prepare_servers(&mut servers, &work)?;
     let used: Vec<&Scenario> = work.iter().map(|w| &scenarios[w.scenario]).collect();
     let tools = tools_layer(&used)?;
@@ -126,7 +126,7 @@ pub fn run(args: Args) -> Result<i32> {
         accelerator: accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        timeout_scale: args.timeout_scale,
+        timeout_scale: limits.scale,
         shards: shard_info.into_iter().collect(),
         inputs: crate::image::fetch::recorded(),
         overrides: overrides(&args),
@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<i32> {
         accel,
         seed,
         commit,
-        timeout_scale: args.timeout_scale,
+        timeout_scale: limits.scale,
         overrides: overrides(&args),
         repeat: args.repeat,
     };
@@ -246,8 +246,8 @@ fn announce(
     seed: u64,
     commit: &str,
     images: &BTreeMap<String, Arc<Image>>,
-    accel: Accel,
-    accel_reason: &str,
+    (accel, accel_reason): (Accel, &str),
+    limits: crate::vm::limits::Limits,
 ) {
     let shard = args
         .shard
@@ -260,9 +260,10 @@ fn announce(
     );
     if let Some(first) = images.values().next() {
         eprintln!(
-            "vm-e2e: {} | accel {} ({accel_reason})",
+            "vm-e2e: {} | accel {} ({accel_reason}) | {}",
             image::describe(first),
-            accel.name()
+            accel.name(),
+            limits.describe()
         );
     }
 }
@@ -448,10 +449,11 @@ fn run_reproduce(plan: &Plan, sc: &Scenario, server: &str, kernel: &str, seed: u
 
 /// The flags every reproduce line carries beside what it selects.
 fn common_flags(plan: &Plan) -> Vec<String> {
-    let mut v = Vec::new();
-    if plan.timeout_scale != 1.0 {
-        v.extend(["--timeout-scale".into(), plan.timeout_scale.to_string()]);
-    }
+    // The scale always: a KVM machine's default differs from TCG's.
+    let mut v = vec![
+        "--timeout-scale".to_string(),
+        plan.timeout_scale.to_string(),
+    ];
     v.extend(plan.overrides.args());
     v
 }

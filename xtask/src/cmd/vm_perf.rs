@@ -71,10 +71,15 @@ pub struct Args {
     /// `icount:SHIFT` (QEMU's instruction-counting clock, TCG only; default shift 3)
     #[arg(long, value_name = "auto|plain|icount[:N]", default_value = "auto", value_parser = clock)]
     pub clock: Clock,
-    /// Per-cell limit in seconds beyond fio's own run time (device setup, fill, teardown); a
-    /// cell past it is a hang with a freeze-frame [default: 20, x5 under TCG]
+    /// Per-cell limit in seconds beyond fio's own run time (device setup, fill, teardown),
+    /// taken as given; a cell past it is a hang with a freeze-frame [default: 20 x the limits
+    /// scale]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub cell_limit: Option<u64>,
+    /// Multiply the default limits (boot and setup 60 s, a cell 20 s) by F [default: 1 under
+    /// KVM, 2 under TCG]
+    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
+    pub timeout_scale: Option<f64>,
     /// Compare with this perf.json: exit 1 if a cell's ratio to brd dropped beyond the noise
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
@@ -201,7 +206,7 @@ impl Setup {
         let plan = plan(args, targets, &profiles, workloads, accel)?;
         let run = RunDir::create("perf")?;
         eprintln!(
-            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell (limit {} s more), {} queue(s) x depth {} | accel {} ({why}), clock {} | {}",
+            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell (limit {} s more), {} queue(s) x depth {} | accel {} ({why}), {}, clock {} | {}",
             plan.targets.len(),
             plan.workloads.len(),
             plan.rounds,
@@ -212,6 +217,7 @@ impl Setup {
             plan.queues,
             plan.depth,
             accel.name(),
+            plan.limits.describe(),
             clock.name(),
             run.path.display()
         );
@@ -386,6 +392,7 @@ fn plan(
     workloads: Vec<Workload>,
     accel: Accel,
 ) -> Result<Plan> {
+    let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
     let names: Vec<String> = targets
         .iter()
         .map(|t| match t {
@@ -410,7 +417,8 @@ fn plan(
         size_bytes: args.size << 20,
         queues: args.queues.unwrap_or(args.cpus as u16),
         depth: args.depth,
-        cell_budget: Duration::from_secs(args.cell_limit.unwrap_or(20 * accel.timeout_scale())),
+        cell_budget: Duration::from_secs(args.cell_limit.unwrap_or(limits.secs(20))),
+        limits,
     })
 }
 
@@ -444,6 +452,7 @@ fn head(args: &Args, setup: &Setup) -> PerfReport {
         queues: plan.queues,
         depth: plan.depth,
         cell_limit_s: plan.cell_budget.as_secs(),
+        timeout_scale: plan.limits.scale,
         targets: plan.names.clone(),
         workloads: plan.workloads.iter().map(|w| w.name.to_string()).collect(),
         tools: setup.tools.manifest.packages.clone(),
@@ -547,7 +556,7 @@ fn one_vm(
     state: &mut Progress,
 ) -> Result<VmRun> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let setup_deadline = Instant::now() + Duration::from_secs(60 * cfg.accel.timeout_scale());
+    let setup_deadline = Instant::now() + Duration::from_secs(plan.limits.secs(60));
     let vm = Vm::boot(image, cfg, dir, setup_deadline).map_err(|f| format!("boot: {f:?}"))?;
     let boot_s = vm.boot_s;
     for p in profiles.values() {

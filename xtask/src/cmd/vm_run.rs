@@ -26,9 +26,13 @@ pub struct Args {
     /// record in every report); also UBLK_VM_LOCKED=1
     #[arg(long)]
     pub locked: bool,
-    /// Hard limit in seconds for the whole VM run (boot + command) [default: 60 under KVM, 300 under TCG]
+    /// Hard limit in seconds for the whole VM run (boot + command), taken as given [default:
+    /// 60 x the limits scale: 60 s under KVM, 120 s under TCG]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
+    /// Multiply the default limit by F [default: 1 under KVM, 2 under TCG]
+    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
+    pub timeout_scale: Option<f64>,
     /// Virtual CPUs
     #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=crate::vm::qemu::MAX_CPUS as i64))]
     pub cpus: u32,
@@ -86,13 +90,16 @@ pub fn run(args: Args) -> Result<i32> {
         false => Some(image::tools::layer(&args.tools)?),
     };
     let (accel, accel_reason) = accel::choose(args.accel, &image)?;
-    let timeout_s = args
-        .timeout
-        .unwrap_or(DEFAULT_TIMEOUT_S * accel.timeout_scale());
+    let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
+    let timeout_s = args.timeout.unwrap_or(limits.secs(DEFAULT_TIMEOUT_S));
     eprintln!(
-        "vm-run: {} | accel {} ({accel_reason}) | limit {timeout_s} s",
+        "vm-run: {} | accel {} ({accel_reason}) | limit {timeout_s} s{}",
         image::describe(&image),
-        accel.name()
+        accel.name(),
+        match args.timeout {
+            Some(_) => " (--timeout)".to_string(),
+            None => format!(" ({})", limits.describe()),
+        }
     );
     let name = args.name.clone().unwrap_or_else(|| args.command.join(" "));
     let run = RunDir::create(&name)?;

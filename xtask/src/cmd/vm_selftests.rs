@@ -40,9 +40,13 @@ pub struct Args {
     /// Runs of each test (k/N flakiness per test)
     #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
-    /// Hard limit per test script in seconds [default: the suite's own (150), doubled under TCG]
+    /// Hard limit per test script in seconds, taken as given [default: the suite's own (150)
+    /// x the limits scale]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
+    /// Multiply the suite's default limit by F [default: 1 under KVM, 2 under TCG]
+    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
+    pub timeout_scale: Option<f64>,
     /// Also run this script of your own with the suite (test_<group>_<nn>.sh; it may source
     /// test_common.sh and use kublk like the suite's own); repeatable
     #[arg(long, value_name = "FILE")]
@@ -79,14 +83,15 @@ struct Plan {
     tools: tools::Layer,
     accel: Accel,
     timeout_s: Option<u64>,
-    /// `--suite`, `--timeout`, `--expect-splat`, `--script` as given: every reproduce line's.
+    limits: crate::vm::limits::Limits,
+    /// `--timeout-scale`, `--suite`, `--timeout`, `--expect-splat`, `--script` as given: every reproduce line's.
     flags: Vec<String>,
     commit: String,
 }
 
 /// The flags beside test names and kernels that decide what a run did.
-fn reproduce_flags(args: &Args) -> Vec<String> {
-    let mut v = Vec::new();
+fn reproduce_flags(args: &Args, limits: crate::vm::limits::Limits) -> Vec<String> {
+    let mut v: Vec<String> = limits.flag().into();
     if let Some(s) = &args.suite {
         v.extend(["--suite".into(), s.clone()]);
     }
@@ -148,13 +153,15 @@ pub fn run(args: Args) -> Result<i32> {
         Some((image0, _)) => accel::choose(args.accel, image0)?,
         None => (Accel::Tcg, "no run in this shard".to_string()),
     };
+    let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
     eprintln!(
-        "vm-selftests: {} test(s) x {} kernel(s) x {} run(s), -j {} | accel {} ({why})",
+        "vm-selftests: {} test(s) x {} kernel(s) x {} run(s), -j {} | accel {} ({why}) | {}",
         tests.len(),
         plan_kernels.len(),
         args.repeat,
         args.jobs,
-        accel.name()
+        accel.name(),
+        limits.describe()
     );
     let plan = Plan {
         kernels: plan_kernels,
@@ -164,7 +171,8 @@ pub fn run(args: Args) -> Result<i32> {
         tools,
         accel,
         timeout_s: args.timeout,
-        flags: reproduce_flags(&args),
+        limits,
+        flags: reproduce_flags(&args, limits),
         commit: crate::host::git::commit(),
     };
     let outcomes = session::run_pool(work, args.jobs as usize, "vm-selftests", |(t, k, r)| {
@@ -195,7 +203,7 @@ fn finish(
         accelerator: plan.accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
-        timeout_scale: 1.0,
+        timeout_scale: plan.limits.scale,
         shards: shard_info.into_iter().collect(),
         inputs: crate::image::fetch::recorded(),
         overrides: Default::default(),
@@ -380,10 +388,6 @@ fn print_list(suite: &Suite, tests: &[String]) {
 
 fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
     let (image, suite) = &plan.kernels[kernel];
-    let scale = match plan.accel {
-        Accel::Kvm => 1,
-        Accel::Tcg => 2,
-    };
     let job = Job {
         suite,
         script,
@@ -393,7 +397,7 @@ fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
         accel: plan.accel,
         timeout_s: plan
             .timeout_s
-            .unwrap_or(suite.manifest.settings_timeout_s * scale),
+            .unwrap_or(plan.limits.secs(suite.manifest.settings_timeout_s)),
         run: r,
         extra: &plan.extra,
         expect_splats: &plan.expect_splats,

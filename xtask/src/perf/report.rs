@@ -147,6 +147,9 @@ pub struct PerfReport {
     /// Each cell's limit beyond fio's run time (`--cell-limit`); 0 in reports from before it.
     #[serde(default)]
     pub cell_limit_s: u64,
+    /// The limits scale the session ran with (`vm::limits`); 0 in reports from before it.
+    #[serde(default)]
+    pub timeout_scale: f64,
     pub targets: Vec<String>,
     pub workloads: Vec<String>,
     pub tools: Vec<String>,
@@ -174,6 +177,7 @@ pub fn test_report(targets: &[&str], sessions: Vec<Session>) -> PerfReport {
         queues: 2,
         depth: 64,
         cell_limit_s: 100,
+        timeout_scale: 2.0,
         targets: targets.iter().map(|t| t.to_string()).collect(),
         workloads: vec!["w".into()],
         tools: vec![],

@@ -36,6 +36,8 @@ pub struct Plan {
     pub depth: u16,
     /// Per-cell limit beyond fio's own run time (device setup, fill, teardown).
     pub cell_budget: Duration,
+    /// The command's limits policy (boot and setup, the cell default).
+    pub limits: crate::vm::limits::Limits,
 }
 
 /// The targets in the order round `round` measures workload `w` (a rotation).

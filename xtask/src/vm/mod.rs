@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod limits;
 pub mod qemu;
 
 use std::fs::File;

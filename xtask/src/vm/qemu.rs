@@ -21,14 +21,6 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
-
-    /// Default run limits are written for KVM; software emulation is this much slower.
-    pub fn timeout_scale(self) -> u64 {
-        match self {
-            Accel::Kvm => 1,
-            Accel::Tcg => 5,
-        }
-    }
 }
 
 /// Most virtual CPUs a VM gets (`--cpus`, a scenario's `vm.cpus`).
@@ -236,7 +228,8 @@ mod tests {
 
     #[test]
     fn tcg_runs_get_longer_default_limits() {
-        assert!(Accel::Tcg.timeout_scale() > Accel::Kvm.timeout_scale());
+        use crate::vm::limits::Limits;
+        assert!(Limits::new(Accel::Tcg, None).scale > Limits::new(Accel::Kvm, None).scale);
         assert_eq!(Accel::Kvm.name(), "kvm");
     }
 }
