@@ -135,24 +135,17 @@ fn zeroes(c: &Common, offset: u64, len: u64) -> Result<(), String> {
         len: chunk.min(offset + len - o),
         seq: 0,
     });
-    engine::run(
-        &f,
-        &mut ops,
-        c.qd,
-        chunk as usize,
-        c.deadline(),
-        false,
-        &mut |_, _| {},
-        &mut |op, data| match data.iter().position(|b| *b != 0) {
-            None => Ok(()),
-            Some(i) => Err(format!(
-                "byte {} is {:#04x}, not zero",
-                op.offset + i as u64,
-                data[i]
-            )),
-        },
-        None,
-    )?;
+    blkio::verify::read(&f, c, &mut ops, chunk as usize, &mut |op, data| match data
+        .iter()
+        .position(|b| *b != 0)
+    {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "byte {} is {:#04x}, not zero",
+            op.offset + i as u64,
+            data[i]
+        )),
+    })?;
     println!("zeroes: {len} bytes at offset {offset} read back as zeroes");
     Ok(())
 }

@@ -34,25 +34,15 @@ pub fn verify(
         len,
         seq: i as u64,
     });
-    let st = engine::run(
-        &f,
-        &mut ops,
-        c.qd,
-        VERIFY_CHUNK as usize,
-        c.deadline(),
-        false,
-        &mut |_, _| {},
-        &mut |op, data| {
-            for (i, blk) in data.chunks_exact(BLOCK).enumerate() {
-                check.block(&model, blk, op.offset + (i * BLOCK) as u64);
-            }
-            if md5 {
-                chunk_md5[(op.offset / VERIFY_CHUNK) as usize] = Some(Md5::digest(data).into());
-            }
-            Ok(())
-        },
-        None,
-    )?;
+    let st = read(&f, c, &mut ops, VERIFY_CHUNK as usize, &mut |op, data| {
+        for (i, blk) in data.chunks_exact(BLOCK).enumerate() {
+            check.block(&model, blk, op.offset + (i * BLOCK) as u64);
+        }
+        if md5 {
+            chunk_md5[(op.offset / VERIFY_CHUNK) as usize] = Some(Md5::digest(data).into());
+        }
+        Ok(())
+    })?;
     engine::report(&format!("verify seed {seed} bytes {lo}..{hi}"), &st);
     check.mismatches()?;
     if md5 && check.torn_blocks > 0 {
@@ -76,6 +66,29 @@ pub fn verify(
         }
     );
     Ok(())
+}
+
+/// Reads `ops` (none longer than `chunk`) at `c`'s depth and by its deadline; `on_data` sees
+/// (and may fail on) each one's bytes.
+pub fn read(
+    f: &std::fs::File,
+    c: &Common,
+    ops: &mut dyn Iterator<Item = Op>,
+    chunk: usize,
+    on_data: &mut engine::Complete,
+) -> Result<engine::Stats, String> {
+    let mut nothing = |_: &Op, _: &mut [u8]| {};
+    engine::run(
+        f,
+        ops,
+        c.qd,
+        chunk,
+        c.deadline(),
+        false,
+        &mut nothing,
+        on_data,
+        None,
+    )
 }
 
 /// Reads are issued in chunks of this many bytes (and md5'd per chunk).
@@ -274,17 +287,7 @@ pub fn snapshot(f: &std::fs::File, span: u64, c: &Common) -> Result<Vec<[u8; 16]
         }
         Ok(())
     };
-    engine::run(
-        f,
-        &mut ops,
-        c.qd,
-        chunk as usize,
-        c.deadline(),
-        false,
-        &mut |_, _| {},
-        &mut keep,
-        None,
-    )?;
+    read(f, c, &mut ops, chunk as usize, &mut keep)?;
     Ok(digests)
 }
 

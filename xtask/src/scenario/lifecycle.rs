@@ -77,6 +77,26 @@ const MAX_SERVER_NOTES: usize = 4;
 /// How often the kernel's device list is polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
 
+/// One poll interval of waiting for a server's device: `what` failed if its foreground job
+/// exited non-zero meanwhile (it will never bring the device up: "`what` exited N `dead`"),
+/// hung if the deadline passed ("`what` `late`").
+fn wait_a_poll(
+    job: &mut Job,
+    deadline: Instant,
+    what: &str,
+    dead: &str,
+    late: &str,
+) -> Result<(), StepError> {
+    if job.pump(Instant::now() + POLL, |_, _| false) && job.status.is_some_and(|s| s != 0) {
+        let st = job.status.unwrap_or(-1);
+        return Err(StepError::Fail(format!("{what} exited {st} {dead}")));
+    }
+    if Instant::now() >= deadline {
+        return Err(StepError::Hang(format!("{what} {late}")));
+    }
+    Ok(())
+}
+
 impl Runner<'_> {
     /// The `start` step: the profile's add command, then the device and the server's pid.
     pub(crate) fn start(
@@ -355,17 +375,14 @@ impl Runner<'_> {
                     )))
                 }
             }
-            if job.pump(Instant::now() + POLL, |_, _| false) && job.status.is_some_and(|s| s != 0) {
-                return Err(StepError::Fail(format!(
-                    "{what} exited {} before adding a device",
-                    job.status.unwrap_or(-1)
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(StepError::Hang(format!(
-                    "{what} added no device within the step timeout"
-                )));
-            }
+            let dead = "before adding a device";
+            wait_a_poll(
+                job,
+                deadline,
+                what,
+                dead,
+                "added no device within the step timeout",
+            )?;
         }
     }
 
@@ -388,18 +405,11 @@ impl Runner<'_> {
                     return Ok(d);
                 }
             }
-            // A foreground server that died will never bring the device up.
-            if job.pump(Instant::now() + POLL, |_, _| false) && job.status.is_some_and(|s| s != 0) {
-                return Err(StepError::Fail(format!(
-                    "{what} exited {} before device {id} was live",
-                    job.status.unwrap_or(-1)
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(StepError::Hang(format!(
-                    "device {id} of {what} was not live within the step timeout"
-                )));
-            }
+            let (dead, late) = (
+                format!("before device {id} was live"),
+                format!("had device {id} not live within the step timeout"),
+            );
+            wait_a_poll(job, deadline, what, &dead, &late)?;
         }
     }
 
