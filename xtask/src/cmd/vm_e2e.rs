@@ -87,11 +87,7 @@ pub fn run(args: Args) -> Result<i32> {
         print_plan(&scenarios, &work, shard_info.as_ref());
         return Ok(0);
     }
-    let seed = match (args.seed, &args.shard) {
-        (Some(s), _) => s,
-        (None, Some(_)) => return Err(crate::util::bad_input("--shard needs --seed S, the same for every shard, so the merged report is one session with one seed (e.g. --seed $GITHUB_RUN_ID)".into())),
-        (None, None) => random_seed(),
-    };
+    let seed = session_seed(&args)?;
     let started_at = rfc3339_now();
     let t0 = Instant::now();
     let images = build_images(&work)?;
@@ -118,11 +114,6 @@ pub fn run(args: Args) -> Result<i32> {
         started_at,
         seed: Some(seed),
         commit: commit.clone(),
-        image_hash: images
-            .values()
-            .next()
-            .map(|i| i.hash().to_string())
-            .unwrap_or_default(),
         accelerator: accel.name().into(),
         jobs: args.jobs as usize,
         repeat: args.repeat,
@@ -130,6 +121,7 @@ pub fn run(args: Args) -> Result<i32> {
         shards: shard_info.into_iter().collect(),
         inputs: crate::image::fetch::recorded(),
         overrides: overrides(&args),
+        image_hash: first_image_hash(&images),
     };
     let plan = Plan {
         scenarios: Arc::new(scenarios),
@@ -153,6 +145,23 @@ pub fn run(args: Args) -> Result<i32> {
         |o| reproduce(&plan, o),
         "e2e",
     ))
+}
+
+/// `--seed`, required with `--shard` (every shard must run the same session), else random.
+fn session_seed(args: &Args) -> Result<u64> {
+    match (args.seed, &args.shard) {
+        (Some(s), _) => Ok(s),
+        (None, Some(_)) => Err(crate::util::bad_input("--shard needs --seed S, the same for every shard, so the merged report is one session with one seed (e.g. --seed $GITHUB_RUN_ID)".into())),
+        (None, None) => Ok(random_seed()),
+    }
+}
+
+fn first_image_hash(images: &BTreeMap<String, Arc<Image>>) -> String {
+    images
+        .values()
+        .next()
+        .map(|i| i.hash().to_string())
+        .unwrap_or_default()
 }
 
 fn overrides(args: &Args) -> DeviceOverride {

@@ -185,36 +185,48 @@ pub fn run<'a>(
                     all.len(),
                 );
             }
-            Err(e) => {
-                if let Some(f) = r.vm.gone() {
-                    state.next -= 1; // the cell that saw it was not measured either
-                    let why = match f {
-                        VmFailure::Interrupted(sig) => {
-                            format!("interrupted by {}", crate::host::procs::signal_name(sig))
-                        }
-                        VmFailure::Timeout(w) | VmFailure::Infra(w) => format!("the VM died: {w}"),
-                    };
-                    state.abandon(plan, &format!("{why} (in cell {label})"));
-                    return Ended::Stopped;
-                }
-                state.failures.push(Failure {
-                    target: name.clone(),
-                    workload: w.name.to_string(),
-                    round: c.round,
-                    server_fault: matches!(t, Target::Server(_)),
-                    cause: e.cause,
-                    evidence: e.evidence.map(|p| {
-                        p.strip_prefix(&state.root)
-                            .unwrap_or(&p)
-                            .display()
-                            .to_string()
-                    }),
-                });
-                return Ended::TargetFailed;
-            }
+            Err(e) => return failed(r, plan, state, c, &label, e),
         }
     }
     Ended::AllCells
+}
+
+/// A cell failed: if the VM is gone (or the user interrupted), every target with cells ahead
+/// is not measured for that reason; else the cell's target failed with `e`, its first cause.
+fn failed(
+    r: &mut Runner,
+    plan: &Plan,
+    state: &mut Progress,
+    c: CellRef,
+    label: &str,
+    e: CellError,
+) -> Ended {
+    if let Some(f) = r.vm.gone() {
+        state.next -= 1; // the cell that saw it was not measured either
+        let why = match f {
+            VmFailure::Interrupted(sig) => {
+                format!("interrupted by {}", crate::host::procs::signal_name(sig))
+            }
+            VmFailure::Timeout(w) | VmFailure::Infra(w) => format!("the VM died: {w}"),
+        };
+        state.abandon(plan, &format!("{why} (in cell {label})"));
+        return Ended::Stopped;
+    }
+    let evidence = e.evidence.map(|p| {
+        p.strip_prefix(&state.root)
+            .unwrap_or(&p)
+            .display()
+            .to_string()
+    });
+    state.failures.push(Failure {
+        target: plan.names[c.target].clone(),
+        workload: plan.workloads[c.workload].name.to_string(),
+        round: c.round,
+        server_fault: matches!(plan.targets[c.target], Target::Server(_)),
+        cause: e.cause,
+        evidence,
+    });
+    Ended::TargetFailed
 }
 
 fn sample(c: CellRef, target: &str, w: &Workload, m: fio::Measured, cpu: Option<u64>) -> Sample {
