@@ -9,7 +9,7 @@ use crate::util::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Kernel provider: debian (the locked package), host, or a PATH (build tree or bzImage)
-    #[arg(long, default_value = "debian", value_name = "debian|host|PATH")]
+    #[arg(long, default_value = crate::image::kernel::DEFAULT_KERNEL, value_name = "debian|host|PATH")]
     pub kernel: String,
 }
 

@@ -347,7 +347,11 @@ fn kernels_of(cli: &[String], sc: &Scenario) -> Vec<String> {
     if !cli.is_empty() {
         return cli.to_vec();
     }
-    vec![sc.vm.kernel.clone().unwrap_or_else(|| "debian".into())]
+    vec![sc
+        .vm
+        .kernel
+        .clone()
+        .unwrap_or_else(|| crate::image::kernel::DEFAULT_KERNEL.into())]
 }
 
 /// The scenarios named (or all), each name used once.
@@ -421,7 +425,7 @@ fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome
     if profile.name != server::DEFAULT {
         label = format!("{label}-{}", profile.name);
     }
-    if kernel != "debian" {
+    if kernel != crate::image::kernel::DEFAULT_KERNEL {
         label = format!("{label}-{}", crate::util::slug(kernel));
     }
     let mut outcome = run::run(&job, |attempt| {

@@ -376,7 +376,7 @@ fn load_report(path: &Path, flag: &str) -> Result<PerfReport> {
 
 fn kernels(cli: &[String]) -> Result<Vec<(String, Image)>> {
     let names = match cli.is_empty() {
-        true => vec!["debian".to_string()],
+        true => vec![crate::image::kernel::DEFAULT_KERNEL.to_string()],
         false => cli.to_vec(),
     };
     names

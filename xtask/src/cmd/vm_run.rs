@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
     /// Kernel provider: debian (the locked package), host, or a PATH (build tree or bzImage)
-    #[arg(long, default_value = "debian", value_name = "debian|host|PATH")]
+    #[arg(long, default_value = crate::image::kernel::DEFAULT_KERNEL, value_name = "debian|host|PATH")]
     pub kernel: String,
     /// Name of the run directory (default: derived from the command)
     #[arg(long)]

@@ -301,7 +301,7 @@ fn suites_for(kernels: &[String], suite: Option<&str>) -> Result<BTreeMap<String
     let mut out = BTreeMap::new();
     for k in kernels {
         let from = suite.unwrap_or(k);
-        let built = match from.starts_with("debian") {
+        let built = match matches!(Source::parse(from), Source::Debian(_)) {
             true => suite::for_kernel(from)?,
             // A kernel tree (`--kernel PATH` boots its kernel, `--suite PATH` takes its suite).
             false => suite::for_tree(&suite_tree(from)?)?,

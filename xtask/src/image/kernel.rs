@@ -21,9 +21,13 @@ use crate::util::{key_of, sha256_file, Result};
 /// Bumped when the layout or processing of the kernel part changes.
 pub(super) const FORMAT: u32 = 1;
 
+/// The name of the default kernel: the recipe's first locked Debian kernel (`debian-6.12`).
+/// Reports and reproduce lines leave it out; every other kernel is named.
+pub const DEFAULT_KERNEL: &str = "debian";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// A locked Debian kernel of the recipe, by name ("debian" is the default one).
+    /// A locked Debian kernel of the recipe, by name (`DEFAULT_KERNEL` is the default one).
     Debian(String),
     Host,
     Path(PathBuf),
@@ -33,7 +37,7 @@ impl Source {
     pub fn parse(s: &str) -> Source {
         match s {
             "host" => Source::Host,
-            n if n == "debian" || (n.starts_with("debian-") && !n.contains('/')) => {
+            n if n == DEFAULT_KERNEL || (n.starts_with("debian-") && !n.contains('/')) => {
                 Source::Debian(n.to_string())
             }
             p => Source::Path(PathBuf::from(p)),
@@ -41,7 +45,7 @@ impl Source {
     }
 
     pub fn default_debian() -> Source {
-        Source::Debian("debian".into())
+        Source::Debian(DEFAULT_KERNEL.into())
     }
 }
 

@@ -282,7 +282,7 @@ impl Recipe {
 
     /// The kernel called `name` (`debian` is the first).
     pub fn kernel(&self, name: &str) -> Result<&KernelSpec> {
-        if name == "debian" {
+        if name == super::kernel::DEFAULT_KERNEL {
             return Ok(&self.kernels[0]);
         }
         self.kernels.iter().find(|k| k.name == name).ok_or_else(|| {

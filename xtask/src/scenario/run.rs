@@ -127,7 +127,7 @@ impl Outcome {
         if !self.server.is_empty() && self.server != crate::server::DEFAULT {
             l = format!("{l}@{}", self.server);
         }
-        if !self.kernel.is_empty() && self.kernel != "debian" {
+        if !self.kernel.is_empty() && self.kernel != crate::image::kernel::DEFAULT_KERNEL {
             l = format!("{l} on {}", self.kernel);
         }
         l
