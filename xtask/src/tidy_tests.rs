@@ -362,3 +362,26 @@ fn the_layering_rules_of_architecture_md_hold() {
         }
     }
 }
+
+#[test]
+fn the_readme_server_table_has_a_column_for_every_shipped_scenario() {
+    let readme = read("README.md");
+    let header = readme
+        .lines()
+        .find(|l| l.starts_with("| server | simple-e2e |"))
+        .expect("README.md's server x scenario table");
+    let mut columns: Vec<&str> = header
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .skip(1)
+        .collect();
+    columns.sort();
+    let mut shipped: Vec<String> = crate::scenario::resolve(&[])
+        .unwrap()
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(columns, shipped, "README.md's server x scenario table");
+}

@@ -386,6 +386,34 @@ impl Runner<'_> {
         }
     }
 
+    /// Waits until the kernel has released device `dev_id` for recovery: `quiesced` or
+    /// `fail-io`, no longer `live` (it takes the kernel a moment to see a killed server go).
+    /// The kernel's own selftests wait for this before `kublk recover`; so does the platform,
+    /// so a server that does not retry START_USER_RECOVERY's EBUSY is not failed for the race
+    /// (one that retries, like ublk-mem, loses nothing). Still live at the deadline: a hang.
+    pub(super) fn await_released(&self, dev_id: u32, deadline: Instant) -> Result<(), StepError> {
+        loop {
+            let devices = self.devices()?;
+            let state = devices
+                .iter()
+                .find(|d| d.dev_id == dev_id)
+                .map(|d| d.state.as_str());
+            match state {
+                Some("quiesced" | "fail-io") => return Ok(()),
+                None | Some("dead") => {
+                    let m = format!("device ublk{dev_id} is gone (or dead): nothing to recover");
+                    return Err(StepError::Fail(m));
+                }
+                Some(other) if Instant::now() >= deadline => {
+                    return Err(StepError::Hang(format!(
+                        "device ublk{dev_id} is still {other} after its server ended: the kernel did not release it for recovery within the step timeout"
+                    )))
+                }
+                Some(_) => std::thread::sleep(POLL),
+            }
+        }
+    }
+
     /// The ids of every device the kernel has now.
     pub(super) fn device_ids(&self) -> Result<Vec<u32>, StepError> {
         Ok(self.devices()?.into_iter().map(|d| d.dev_id).collect())

@@ -153,6 +153,7 @@ impl Runner<'_> {
             argv.extend(vars.render(t));
         }
         let started = Instant::now();
+        self.await_released(vars.dev_id, deadline)?;
         let mut job = self.exec(&argv, log_name)?;
         let ready = self.ready(&how, &mut job, &argv, vars.dev_id, &[], deadline, log_name);
         let (dev_id, pid, _) = ready.map_err(|e| self.with_control_state(e, vars.dev_id))?;
