@@ -69,6 +69,26 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// `--server`: the profile, its binary ready for the guest.
+fn prepared_server(name: &str) -> Result<Profile> {
+    let mut p = Profile::resolve(name)?;
+    p.prepare(&image::recipe::Recipe::load()?)?;
+    Ok(p)
+}
+
+/// Where every .deb of the kernel part and the tools layer came from.
+fn inputs_of(image: &image::Image, cfg: &VmConfig) -> Vec<crate::image::fetch::Inputs> {
+    let tools = cfg.tools.as_ref().and_then(|l| l.manifest.inputs.as_ref());
+    image
+        .kernel
+        .manifest
+        .inputs
+        .iter()
+        .chain(tools)
+        .cloned()
+        .collect()
+}
+
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
     if args.command[0].is_empty() || args.command.iter().any(|a| a.contains('\0')) {
@@ -77,14 +97,7 @@ pub fn run(args: Args) -> Result<i32> {
         ));
     }
     let image = image::build(&Source::parse(&args.kernel))?;
-    let server = match &args.server {
-        Some(s) => {
-            let mut p = Profile::resolve(s)?;
-            p.prepare(&image::recipe::Recipe::load()?)?;
-            Some(p)
-        }
-        None => None,
-    };
+    let server = args.server.as_deref().map(prepared_server).transpose()?;
     let tools = match args.tools.is_empty() {
         true => None,
         false => Some(image::tools::layer(&args.tools)?),
@@ -137,14 +150,7 @@ pub fn run(args: Args) -> Result<i32> {
             .as_ref()
             .map(|l| l.manifest.packages.clone())
             .unwrap_or_default(),
-        inputs: image
-            .kernel
-            .manifest
-            .inputs
-            .iter()
-            .chain(cfg.tools.as_ref().and_then(|l| l.manifest.inputs.as_ref()))
-            .cloned()
-            .collect(),
+        inputs: inputs_of(&image, &cfg),
         started_at,
         qemu_pid: session.qemu_pid,
         run_dir: run.path.clone(),
