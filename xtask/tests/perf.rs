@@ -351,4 +351,35 @@ fn a_server_that_hangs_is_one_row_and_the_others_are_measured() {
     );
     let svg = std::fs::read_to_string(perf.with_file_name("perf.svg")).unwrap();
     assert!(svg.contains("broken-stall (not measured"), "charted: {svg}");
+
+    // The reproduce line, run as printed, measures the same cells the same way.
+    let line = report["reproduce"].as_str().unwrap();
+    for part in [
+        "--targets brd,null_blk,loop,ublk-mem,xtask/tests/servers/ublk-mem-stalls.yaml",
+        "--queues 1",
+        "--cell-limit 30",
+        "--rounds 2",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    let again = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = finish(again, LIMIT);
+    assert_eq!(o.status.code(), Some(1), "{line}: {}", stderr(&o));
+    let rerun: Value =
+        serde_json::from_str(&std::fs::read_to_string(outputs(&o)).unwrap()).unwrap();
+    let s = &rerun["sessions"][0];
+    assert_eq!(s["failures"][0]["target"], "broken-stall", "{s}");
+    assert_eq!(s["cells"].as_array().unwrap().len(), cells.len(), "{s}");
+    assert_eq!(
+        rerun["reproduce"], report["reproduce"],
+        "the line reproduces itself"
+    );
 }

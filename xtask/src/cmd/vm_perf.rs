@@ -158,6 +158,10 @@ pub fn run(args: Args) -> Result<i32> {
     let setup = Setup::prepare(&args)?;
     let (report, splats) = measure_kernels(&args, &setup)?;
     write_outputs(&report, &setup.run.path, args.save_baseline.as_deref())?;
+    eprintln!(
+        "vm-perf: reproduce with: {}",
+        crate::text::term(&report.reproduce)
+    );
     if let Some(sig) = crate::host::procs::interrupted() {
         eprintln!(
             "vm-perf: interrupted by {}; what was measured is in perf.json",
@@ -456,8 +460,44 @@ fn head(args: &Args, setup: &Setup) -> PerfReport {
         targets: plan.names.clone(),
         workloads: plan.workloads.iter().map(|w| w.name.to_string()).collect(),
         tools: setup.tools.manifest.packages.clone(),
+        reproduce: reproduce(args, setup),
         sessions: Vec::new(),
     }
+}
+
+/// The command that measures the same cells the same way: every target and kernel as asked
+/// for, each measurement choice explicit (a default that changes later cannot change it).
+fn reproduce(args: &Args, setup: &Setup) -> String {
+    let plan = &setup.plan;
+    let list = |v: Vec<String>| v.join(",");
+    let mut argv: Vec<String> = ["cargo", "xtask", "vm-perf"].map(String::from).into();
+    let kernels = setup.kernels.iter().map(|(k, _)| k.clone()).collect();
+    let targets = plan.targets.iter().map(|t| t.name().to_string()).collect();
+    let workloads = plan.workloads.iter().map(|w| w.name.to_string()).collect();
+    let pairs = [
+        ("--kernel", list(kernels)),
+        ("--targets", list(targets)),
+        ("--workloads", list(workloads)),
+        ("--rounds", plan.rounds.to_string()),
+        ("--runtime", plan.runtime_s.to_string()),
+        ("--ramp", plan.ramp_s.to_string()),
+        ("--size", (plan.size_bytes >> 20).to_string()),
+        ("--cpus", args.cpus.to_string()),
+        ("--queues", plan.queues.to_string()),
+        ("--depth", plan.depth.to_string()),
+        ("--accel", setup.accel.name().to_string()),
+        ("--clock", setup.clock.name()),
+        ("--timeout-scale", plan.limits.scale.to_string()),
+        ("--cell-limit", plan.cell_budget.as_secs().to_string()),
+    ];
+    for (flag, value) in pairs {
+        argv.extend([flag.to_string(), value]);
+    }
+    if args.locked {
+        argv.push("--locked".into());
+    }
+    let words: Vec<String> = argv.iter().map(|w| crate::util::shell_quote(w)).collect();
+    words.join(" ")
 }
 
 fn machine() -> Machine {

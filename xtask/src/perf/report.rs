@@ -153,6 +153,9 @@ pub struct PerfReport {
     pub targets: Vec<String>,
     pub workloads: Vec<String>,
     pub tools: Vec<String>,
+    /// The command that measures the same cells again (every choice explicit).
+    #[serde(default)]
+    pub reproduce: String,
     pub sessions: Vec<Session>,
 }
 
@@ -181,6 +184,7 @@ pub fn test_report(targets: &[&str], sessions: Vec<Session>) -> PerfReport {
         targets: targets.iter().map(|t| t.to_string()).collect(),
         workloads: vec!["w".into()],
         tools: vec![],
+        reproduce: String::new(),
         sessions,
     }
 }
