@@ -153,7 +153,16 @@ impl Runner<'_> {
             argv.extend(vars.render(t));
         }
         let started = Instant::now();
-        self.await_released(vars.dev_id, deadline)?;
+        // Only a device the kernel runs with USER_RECOVERY is ever released for a new server
+        // (asking the kernel about any other one can block behind its teardown): for those,
+        // the recover command itself says what is wrong.
+        let recoverable = self
+            .device_features
+            .get(&r.device)
+            .is_some_and(|f| f.iter().any(|x| x == "USER_RECOVERY"));
+        if recoverable {
+            self.await_released(vars.dev_id, deadline)?;
+        }
         let mut job = self.exec(&argv, log_name)?;
         let ready = self.ready(&how, &mut job, &argv, vars.dev_id, &[], deadline, log_name);
         let (dev_id, pid, _) = ready.map_err(|e| self.with_control_state(e, vars.dev_id))?;
