@@ -1107,20 +1107,6 @@ fn two_kernels_side_by_side_with_their_features() {
     assert_eq!(etc_apt_digest(), apt_before, "/etc/apt was changed");
 }
 
-/// A shell line run as printed (cwd: the repository), bounded.
-fn run_line(line: &str) -> std::process::Output {
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(line)
-        .current_dir(root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    finish(child, LIMIT)
-}
-
 /// A server that corrupts data and makes the kernel warn (planted: a READ committed with a
 /// result 4 KiB larger than the request, with buffer copy, so `ublk_unmap_io` WARNs): on both
 /// kernels the verdict names the data failure *and* the kernel splat, in the table,

@@ -362,16 +362,7 @@ fn a_server_that_hangs_is_one_row_and_the_others_are_measured() {
     ] {
         assert!(line.contains(part), "{part} in {line}");
     }
-    let again = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(line)
-        .current_dir(root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = finish(again, LIMIT);
+    let o = run_line(line);
     assert_eq!(o.status.code(), Some(1), "{line}: {}", stderr(&o));
     let rerun: Value =
         serde_json::from_str(&std::fs::read_to_string(outputs(&o)).unwrap()).unwrap();

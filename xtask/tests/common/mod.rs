@@ -199,3 +199,17 @@ pub fn gh_outputs(text: &str) -> std::collections::BTreeMap<String, String> {
     }
     out
 }
+
+/// A shell line run as printed (cwd: the repository), bounded.
+pub fn run_line(line: &str) -> std::process::Output {
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, LIMIT)
+}
