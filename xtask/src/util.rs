@@ -248,6 +248,12 @@ pub fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// `argv` as one line a POSIX shell runs as that argv (every word quoted where needed).
+pub fn shell_line(argv: &[String]) -> String {
+    let words: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+    words.join(" ")
+}
+
 pub fn shell_join<S: AsRef<str>>(args: &[S]) -> String {
     args.iter()
         .map(|a| shell_quote(a.as_ref()))

@@ -257,12 +257,7 @@ impl Cmd {
             Cmd::Zeroes { c, offset, len } => {
                 v.push("zeroes".into());
                 c.push(&mut v);
-                v.extend([
-                    "--offset".into(),
-                    offset.to_string(),
-                    "--len".into(),
-                    len.to_string(),
-                ]);
+                values(&mut v, &[("--offset", offset), ("--len", len)]);
             }
             Cmd::Discard {
                 dev,
@@ -270,14 +265,8 @@ impl Cmd {
                 len,
                 zeroout,
             } => {
-                v.push("discard".into());
-                v.extend(["--dev".into(), dev.clone()]);
-                v.extend([
-                    "--offset".into(),
-                    offset.to_string(),
-                    "--len".into(),
-                    len.to_string(),
-                ]);
+                v.extend(["discard".into(), "--dev".into(), dev.clone()]);
+                values(&mut v, &[("--offset", offset), ("--len", len)]);
                 flag(&mut v, "--zeroout", *zeroout);
             }
             Cmd::Bench {
@@ -289,21 +278,21 @@ impl Cmd {
             } => {
                 v.push("bench".into());
                 c.push(&mut v);
-                v.extend([
-                    "--rw".into(),
-                    rw.name().into(),
-                    "--bs".into(),
-                    bs.to_string(),
-                ]);
-                v.extend([
-                    "--seconds".into(),
-                    seconds.to_string(),
-                    "--seed".into(),
-                    seed.to_string(),
-                ]);
+                v.extend(["--rw".into(), rw.name().into()]);
+                values(
+                    &mut v,
+                    &[("--bs", bs), ("--seconds", seconds), ("--seed", seed)],
+                );
             }
         }
         v
+    }
+}
+
+/// `--name value` for each pair.
+fn values(v: &mut Vec<String>, pairs: &[(&str, &u64)]) {
+    for (name, value) in pairs {
+        v.extend([name.to_string(), value.to_string()]);
     }
 }
 

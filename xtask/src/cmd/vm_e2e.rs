@@ -457,7 +457,7 @@ fn run_reproduce(plan: &Plan, sc: &Scenario, server: &str, kernel: &str, seed: u
     argv.extend(["--kernel".into(), kernel.to_string()]);
     argv.extend(["--seed".into(), seed.to_string()]);
     argv.extend(common_flags(plan));
-    shell_line(&argv)
+    crate::util::shell_line(&argv)
 }
 
 /// The flags every reproduce line carries beside what it selects.
@@ -469,11 +469,6 @@ fn common_flags(plan: &Plan) -> Vec<String> {
     ];
     v.extend(plan.overrides.args());
     v
-}
-
-fn shell_line(argv: &[String]) -> String {
-    let words: Vec<String> = argv.iter().map(|a| crate::util::shell_quote(a)).collect();
-    words.join(" ")
 }
 
 /// The command that reruns what did not pass (or everything), with the same seed.
@@ -505,7 +500,7 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
         argv.extend(["--repeat".into(), plan.repeat.to_string()]);
     }
     argv.extend(common_flags(plan));
-    shell_line(&argv)
+    crate::util::shell_line(&argv)
 }
 
 fn random_seed() -> u64 {

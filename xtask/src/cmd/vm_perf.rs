@@ -496,8 +496,7 @@ fn reproduce(args: &Args, setup: &Setup) -> String {
     if args.locked {
         argv.push("--locked".into());
     }
-    let words: Vec<String> = argv.iter().map(|w| crate::util::shell_quote(w)).collect();
-    words.join(" ")
+    crate::util::shell_line(&argv)
 }
 
 fn machine() -> Machine {

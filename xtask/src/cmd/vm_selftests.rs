@@ -107,11 +107,6 @@ fn reproduce_flags(args: &Args, limits: crate::vm::limits::Limits) -> Vec<String
     v
 }
 
-fn shell_line(words: &[String]) -> String {
-    let quoted: Vec<String> = words.iter().map(|w| crate::util::shell_quote(w)).collect();
-    quoted.join(" ")
-}
-
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
     // Inputs first: a bad --script is refused before any suite is built.
@@ -415,7 +410,7 @@ fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
     words.push(suite::test_id(script).to_string());
     words.extend(["--kernel".into(), kernel.to_string()]);
     words.extend(plan.flags.iter().cloned());
-    outcome.reproduce = shell_line(&words);
+    outcome.reproduce = crate::util::shell_line(&words);
     let extra = serde_json::json!({
         "commit": &plan.commit,
         "suite": &suite.manifest.source_version,
@@ -444,5 +439,5 @@ fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
     words.extend(ids);
     words.extend(["--kernel".into(), kernels.join(",")]);
     words.extend(plan.flags.iter().cloned());
-    shell_line(&words)
+    crate::util::shell_line(&words)
 }

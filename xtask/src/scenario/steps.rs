@@ -249,14 +249,7 @@ impl<'a> Runner<'a> {
         }
         let lines: Vec<String> = cmds
             .iter()
-            .map(|cmd| {
-                let words: Vec<String> = cmd
-                    .to_argv()
-                    .iter()
-                    .map(|w| crate::util::shell_quote(w))
-                    .collect();
-                words.join(" ")
-            })
+            .map(|cmd| crate::util::shell_line(&cmd.to_argv()))
             .collect();
         Ok(vec!["sh".into(), "-c".into(), lines.join(" && ")])
     }
