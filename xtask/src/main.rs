@@ -13,6 +13,7 @@ mod runs;
 mod scenario;
 mod selftests;
 mod server;
+mod session;
 mod text;
 #[cfg(test)]
 mod tidy_tests;

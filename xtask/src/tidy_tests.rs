@@ -348,17 +348,46 @@ fn the_layering_rules_of_architecture_md_hold() {
             );
         }
     }
-    // The session model imports nothing of the planner, the renderers or merge.
-    let (_, report) = files
-        .iter()
-        .find(|(r, _)| r == "scenario/report.rs")
-        .unwrap();
-    for sibling in ["session", "markdown", "merge", "shard", "evidence"] {
-        for form in [format!("super::{sibling}"), format!("scenario::{sibling}")] {
-            assert!(
-                !report.contains(&form),
-                "scenario/report.rs imports {sibling}"
-            );
+    let code_of = |path: &str| {
+        let (_, code) = files
+            .iter()
+            .find(|(r, _)| r == path)
+            .unwrap_or_else(|| panic!("{path} exists"));
+        code
+    };
+    // The session model imports nothing of the pipeline, the planner, the renderers or merge.
+    for model in ["session/report.rs", "session/outcome.rs"] {
+        let code = code_of(model);
+        for sibling in ["pool", "markdown", "merge", "shard", "evidence", "Suite"] {
+            for form in [format!("super::{sibling}"), format!("session::{sibling}")] {
+                assert!(!code.contains(&form), "{model} imports {sibling}");
+            }
+        }
+    }
+    // Renderers depend only on the model.
+    for form in ["super::pool", "super::merge", "super::shard", "super::{"] {
+        assert!(
+            !code_of("session/markdown.rs").contains(form),
+            "session/markdown.rs imports {form}"
+        );
+    }
+    // Suites plug into the pipeline, never the reverse; servers know neither scenarios nor
+    // sessions (kublk is built from the selftests suite: `server` may read `selftests::suite`).
+    for (rel, code) in &files {
+        let above: &[&str] = if rel.starts_with("session/") {
+            &[
+                "crate::scenario",
+                "crate::selftests",
+                "crate::perf",
+                "crate::bisect",
+            ]
+        } else if rel.starts_with("server/") {
+            &["crate::scenario", "crate::session"]
+        } else {
+            &[]
+        };
+        for layer in above {
+            assert!(!code.contains(layer), "{rel} imports {layer}");
         }
     }
 }

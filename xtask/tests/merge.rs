@@ -402,7 +402,7 @@ fn hostile_strings_are_inert_and_hostile_counts_are_refused() {
         (
             "tool",
             json!("vm-e2e PASS: 3/3 passed\n\n<!--"),
-            "is not one of",
+            "is not a command name",
         ),
         ("jobs", json!(u64::MAX), "jobs 18446744073709551615 is over"),
         (

@@ -158,7 +158,7 @@ fn check_of(reason: &str) -> String {
     normalize(reason)
 }
 
-/// The fields of a vm-e2e summary.json (`scenario::report::Session`) a bisection reads. A
+/// The fields of a vm-e2e summary.json (`session::report::Session`) a bisection reads. A
 /// candidate's xtask may be older or newer than this one: unknown fields are ignored.
 #[derive(Debug, Deserialize)]
 pub struct SummaryView {

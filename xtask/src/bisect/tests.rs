@@ -314,8 +314,8 @@ fn signatures_drop_what_varies_between_runs_of_one_bug() {
 #[test]
 fn a_vm_e2e_summary_parses_as_the_bisect_view() {
     use crate::runs::Verdict;
-    use crate::scenario::report::{Head, Session};
-    use crate::scenario::run::Outcome;
+    use crate::session::outcome::Outcome;
+    use crate::session::report::{Head, Session};
     let mut o = Outcome::named("s", 1, 9, std::path::Path::new("/tmp/x"), "h");
     o.verdict = Verdict::Timeout;
     o.failed_step = Some("steps[2] stop (server)".into());

@@ -8,12 +8,12 @@
 //! sessions of different commits, a run twice, an --out that is a symlink); 125 none failed
 //! but some could not be tested, a shard is missing, or the reports could not be written.
 //!
-//! The inputs may be other jobs' artifacts: see `scenario::evidence` for what is trusted.
+//! The inputs may be other jobs' artifacts: see `session::evidence` for what is trusted.
 
 use std::path::{Path, PathBuf};
 
 use crate::runs::{RunDir, EXIT_INFRA};
-use crate::scenario::{evidence, merge, session, shard};
+use crate::session::{evidence, merge, pool, shard};
 use crate::text::term;
 use crate::util::{bad_input, could_not_test, Result};
 
@@ -63,9 +63,9 @@ fn run_merge(a: MergeArgs) -> Result<i32> {
         }
     }
     let url = a.evidence_url.clone().or_else(github_run_url);
-    let written = session::write_reports(&merged, &out, url.as_deref());
+    let written = pool::write_reports(&merged, &out, url.as_deref());
     eprintln!("report merge: {n} summaries, {} runs", merged.runs.len());
-    session::print_summary(&merged, &written);
+    pool::print_summary(&merged, &written);
     let gaps = shard::gaps(&merged.head.shards);
     for g in &gaps {
         println!("report merge: {}: its runs were not tested", term(g));
@@ -75,7 +75,7 @@ fn run_merge(a: MergeArgs) -> Result<i32> {
             "the merged reports could not be written: {e}"
         )));
     }
-    Ok(match crate::scenario::report::exit_code(&merged.runs) {
+    Ok(match crate::session::report::exit_code(&merged.runs) {
         0 if !gaps.is_empty() => EXIT_INFRA,
         code => code,
     })

@@ -7,19 +7,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::image::kernel::Source;
 use crate::image::tools::Layer;
-use crate::image::{self, Image};
-use crate::runs::RunDir;
-use crate::scenario::model::{DeviceOverride, Scenario};
-use crate::scenario::run::{self, Outcome};
-use crate::scenario::{session, shard};
+use crate::image::Image;
+use crate::scenario::model::Scenario;
+use crate::scenario::run;
+use crate::server::device::DeviceOverride;
 use crate::server::{self, Profile};
-use crate::util::{rfc3339_now, Result};
-use crate::vm::accel::{self, Choice};
-use crate::vm::qemu::Accel;
+use crate::session::outcome::Outcome;
+use crate::session::shard::{self, RunKey};
+use crate::session::{self, Context, Options, Run, Suite, Unit};
+use crate::util::Result;
+use crate::vm::accel::Choice;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -81,219 +80,213 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
     let scenarios = load_scenarios(&args.names)?;
-    let mut servers = resolve_servers(&args.server, &scenarios)?;
-    let (work, shard_info) = plan_runs(&args, &scenarios, &servers)?;
-    if args.list {
-        print_plan(&scenarios, &work, shard_info.as_ref());
-        return Ok(0);
-    }
-    let seed = session_seed(&args)?;
-    let started_at = rfc3339_now();
-    let t0 = Instant::now();
-    let images = build_images(&work)?;
-    let (accel, accel_reason) = match images.values().next() {
-        Some(first) => accel::choose(args.accel, first)?,
-        None => (Accel::Tcg, "no run in this shard".to_string()),
-    };
-    let commit = crate::host::git::commit();
-    let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
-    announce(
-        &args,
-        &work,
-        seed,
-        &commit,
-        &images,
-        (accel, &accel_reason),
-        limits,
-    );
-    prepare_servers(&mut servers, &work)?;
-    let used: Vec<&Scenario> = work.iter().map(|w| &scenarios[w.scenario]).collect();
-    let tools = tools_layer(&used)?;
-    let head = crate::scenario::report::Head {
-        tool: "vm-e2e".into(),
-        started_at,
-        seed: Some(seed),
-        commit: commit.clone(),
-        accelerator: accel.name().into(),
-        jobs: args.jobs as usize,
+    let servers = resolve_servers(&args.server, &scenarios)?;
+    let opts = Options {
+        tool: "vm-e2e",
+        reports: "e2e",
+        jobs: args.jobs,
         repeat: args.repeat,
-        timeout_scale: limits.scale,
-        shards: shard_info.into_iter().collect(),
-        inputs: crate::image::fetch::recorded(),
-        overrides: overrides(&args),
-        image_hash: first_image_hash(&images),
+        seed: args.seed,
+        shard: args.shard,
+        durations: args.durations.clone(),
+        list: args.list,
+        accel: args.accel,
+        timeout_scale: args.timeout_scale,
     };
-    let plan = Plan {
-        scenarios: Arc::new(scenarios),
+    let mut suite = Scenarios {
+        scenarios,
         servers,
-        cli_servers: args.server.clone(),
-        images,
-        tools,
-        kernel: args.kernel.clone(),
-        accel,
-        seed,
-        commit,
-        timeout_scale: limits.scale,
-        overrides: overrides(&args),
-        repeat: args.repeat,
+        tools: None,
+        overrides: DeviceOverride {
+            queues: args.queues,
+            depth: args.depth,
+        },
+        args,
     };
-    let outcomes = run_all(&plan, work, args.jobs as usize);
-    Ok(session::conclude(
-        head,
-        t0,
-        outcomes,
-        |o| reproduce(&plan, o),
-        "e2e",
-    ))
+    session::run(&mut suite, &opts)
 }
 
-/// `--seed`, required with `--shard` (every shard must run the same session), else random.
-fn session_seed(args: &Args) -> Result<u64> {
-    match (args.seed, &args.shard) {
-        (Some(s), _) => Ok(s),
-        (None, Some(_)) => Err(crate::util::bad_input("--shard needs --seed S, the same for every shard, so the merged report is one session with one seed (e.g. --seed $GITHUB_RUN_ID)".into())),
-        (None, None) => Ok(random_seed()),
-    }
+/// The scenarios of a session against their servers: vm-e2e's suite.
+struct Scenarios {
+    args: Args,
+    scenarios: Vec<Scenario>,
+    /// Profiles by the name or path they were asked for with.
+    servers: BTreeMap<String, Profile>,
+    /// The guest tools layer, if any scenario asks for a program from it.
+    tools: Option<Layer>,
+    overrides: DeviceOverride,
 }
 
-fn first_image_hash(images: &BTreeMap<String, Arc<Image>>) -> String {
-    images
-        .values()
-        .next()
-        .map(|i| i.hash().to_string())
-        .unwrap_or_default()
-}
-
-fn overrides(args: &Args) -> DeviceOverride {
-    DeviceOverride {
-        queues: args.queues,
-        depth: args.depth,
-    }
-}
-
-/// One run to make: scenario (index), server (key as asked for), kernel (as asked for), repeat.
-#[derive(Clone, Debug)]
-struct RunSpec {
+/// One scenario (index) against one server (as asked for).
+struct Test {
     scenario: usize,
     server: String,
-    kernel: String,
-    run: u32,
 }
 
-/// Every run of the session, or this shard's.
-fn plan_runs(
-    args: &Args,
-    scenarios: &[Scenario],
-    servers: &BTreeMap<String, Profile>,
-) -> Result<(Vec<RunSpec>, Option<shard::ShardInfo>)> {
-    let mut work = Vec::new();
-    for run in 1..=args.repeat {
-        for (i, sc) in scenarios.iter().enumerate() {
-            for kernel in kernels_of(&args.kernel, sc) {
-                for server in servers_of(&args.server, sc) {
-                    work.push(RunSpec {
-                        scenario: i,
-                        server,
-                        kernel: kernel.clone(),
-                        run,
+impl Scenarios {
+    fn job<'a>(&'a self, run: &'a Run<Test>) -> run::Job<'a> {
+        let sc = &self.scenarios[run.test.scenario];
+        run::Job {
+            sc,
+            server: &self.servers[&run.test.server],
+            kernel: &run.key.kernel,
+            image: run.image,
+            tools: self.tools.as_ref().filter(|_| !sc.vm.tools.is_empty()),
+            accel: run.ctx.accel,
+            seed: run.seed,
+            run: run.key.repeat,
+            timeout_scale: run.ctx.limits.scale,
+            overrides: self.overrides,
+        }
+    }
+}
+
+impl Suite for Scenarios {
+    type Test = Test;
+
+    /// scenario × kernel × server, each estimated by its scenario's timeout.
+    fn units(&self) -> Vec<Unit<Test>> {
+        let mut units = Vec::new();
+        for (i, sc) in self.scenarios.iter().enumerate() {
+            for kernel in kernels_of(&self.args.kernel, sc) {
+                for server in servers_of(&self.args.server, sc) {
+                    let name = &self.servers[&server].name;
+                    units.push(Unit {
+                        key: RunKey::new(&sc.name, name, &kernel, 1),
+                        test: Test {
+                            scenario: i,
+                            server,
+                        },
+                        estimate_s: sc.timeout.0,
                     });
                 }
             }
         }
+        units
     }
-    let Some(sh) = args.shard else {
-        return Ok((work, None));
-    };
-    let durations = match &args.durations {
-        Some(p) => shard::Durations::load(p)?,
-        None => shard::Durations::none(),
-    };
-    let keys: Vec<(shard::RunKey, u64)> = work
-        .iter()
-        .map(|w| {
-            let sc = &scenarios[w.scenario];
-            let server = &servers[&w.server].name;
-            (
-                shard::RunKey::new(&sc.name, server, &w.kernel, w.run),
-                sc.timeout.0,
-            )
-        })
-        .collect();
-    let planned = shard::planned(&durations, keys);
-    let (work, info) = shard::select(work, &planned, sh, &durations.source);
-    Ok((work, Some(info)))
-}
 
-fn print_plan(scenarios: &[Scenario], work: &[RunSpec], info: Option<&shard::ShardInfo>) {
-    if let Ok(groups) = crate::scenario::groups() {
-        for (tag, files) in groups {
-            let names: Vec<String> = files
-                .iter()
-                .filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
-                .collect();
-            println!("group {tag}: {}", names.join(" "));
+    fn seeded(&self) -> bool {
+        true
+    }
+
+    fn list_intro(&self, _sharded: bool) -> bool {
+        if let Ok(groups) = crate::scenario::groups() {
+            for (tag, files) in groups {
+                let names: Vec<String> = files
+                    .iter()
+                    .filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .collect();
+                println!("group {tag}: {}", names.join(" "));
+            }
         }
+        true
     }
-    if let Some(i) = info {
-        println!(
-            "shard {}/{} of plan {}: {} of {} runs, ~{:.0} s of runs (estimates: {})",
-            i.index, i.count, i.plan, i.runs, i.planned_runs, i.estimate_s, i.estimates_from
-        );
-    }
-    for w in work {
-        println!(
+
+    fn list_line(&self, test: &Test, key: &RunKey) -> String {
+        format!(
             "{} {} {} #{}",
-            scenarios[w.scenario].name, w.server, w.kernel, w.run
-        );
+            key.test, test.server, key.kernel, key.repeat
+        )
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn announce(
-    args: &Args,
-    work: &[RunSpec],
-    seed: u64,
-    commit: &str,
-    images: &BTreeMap<String, Arc<Image>>,
-    (accel, accel_reason): (Accel, &str),
-    limits: crate::vm::limits::Limits,
-) {
-    let shard = args
-        .shard
-        .map(|s| format!(", shard {}/{}", s.index, s.count))
-        .unwrap_or_default();
-    eprintln!(
-        "vm-e2e: {} run(s){shard}, -j {}, seed {seed}, commit {commit}",
-        work.len(),
-        args.jobs
-    );
-    if let Some(first) = images.values().next() {
-        eprintln!(
-            "vm-e2e: {} | accel {} ({accel_reason}) | {}",
-            image::describe(first),
-            accel.name(),
-            limits.describe()
-        );
+    /// The profiles the runs use made ready (binaries built or copied), the tools layer.
+    fn prepare(&mut self, images: &BTreeMap<String, Arc<Image>>) -> Result<()> {
+        let recipe = crate::image::recipe::Recipe::load()?;
+        let units = self.units();
+        let used: Vec<&Unit<Test>> = units
+            .iter()
+            .filter(|u| images.contains_key(&u.key.kernel))
+            .collect();
+        for (key, p) in self.servers.iter_mut() {
+            if used.iter().any(|u| &u.test.server == key) {
+                p.prepare(&recipe)?;
+            }
+        }
+        let scenarios: Vec<&Scenario> = used
+            .iter()
+            .map(|u| &self.scenarios[u.test.scenario])
+            .collect();
+        self.tools = tools_layer(&scenarios)?;
+        Ok(())
     }
-}
 
-/// Every run's inputs, shared by the workers.
-struct Plan {
-    scenarios: Arc<Vec<Scenario>>,
-    /// Profiles by the name or path they were asked for with.
-    servers: BTreeMap<String, Profile>,
-    /// `--server`, if given: every scenario runs against each.
-    cli_servers: Vec<String>,
-    images: BTreeMap<String, Arc<Image>>,
-    /// The guest tools layer, if any scenario asks for a program from it.
-    tools: Option<Layer>,
-    kernel: Vec<String>,
-    accel: Accel,
-    seed: u64,
-    commit: String,
-    timeout_scale: f64,
-    overrides: DeviceOverride,
-    repeat: u32,
+    fn overrides(&self) -> DeviceOverride {
+        self.overrides
+    }
+
+    fn before_boot(&self, r: &Run<Test>) -> Option<Outcome> {
+        run::before_boot(&self.job(r))
+    }
+
+    fn dir_label(&self, r: &Run<Test>) -> String {
+        let sc = &self.scenarios[r.test.scenario];
+        let mut label = sc.name.clone();
+        if r.key.server != server::DEFAULT {
+            label = format!("{label}-{}", r.key.server);
+        }
+        if r.key.kernel != crate::image::kernel::DEFAULT_KERNEL {
+            label = format!("{label}-{}", crate::util::slug(&r.key.kernel));
+        }
+        label
+    }
+
+    fn attempt(&self, r: &Run<Test>, dir: &Path) -> (Outcome, bool) {
+        run::attempt(&self.job(r), dir)
+    }
+
+    fn stamp(&self, r: &Run<Test>, outcome: &mut Outcome) {
+        run::stamp(&self.job(r), outcome)
+    }
+
+    /// Its scenario, server and kernel as asked for, its own seed.
+    fn select_run(&self, r: &Run<Test>) -> Vec<String> {
+        vec![
+            self.scenarios[r.test.scenario].cli_name(),
+            "--server".into(),
+            r.test.server.clone(),
+            "--kernel".into(),
+            r.key.kernel.clone(),
+            "--seed".into(),
+            r.seed.to_string(),
+        ]
+    }
+
+    /// The scenarios that did not pass (or all), the session's kernels, servers and seed.
+    fn select_session(&self, ctx: &Context, outcomes: &[Outcome]) -> Vec<String> {
+        let failed = |sc: &&Scenario| {
+            outcomes
+                .iter()
+                .any(|o| o.scenario == sc.name && o.verdict.wants_rerun())
+        };
+        let mut words: Vec<String> = self
+            .scenarios
+            .iter()
+            .filter(failed)
+            .map(|s| s.cli_name())
+            .collect();
+        if words.is_empty() {
+            words = self.scenarios.iter().map(|s| s.cli_name()).collect();
+        }
+        if !self.args.kernel.is_empty() {
+            words.extend(["--kernel".into(), self.args.kernel.join(",")]);
+        }
+        if !self.args.server.is_empty() {
+            words.extend(["--server".into(), self.args.server.join(",")]);
+        }
+        words.extend(["--seed".into(), ctx.seed.unwrap_or(0).to_string()]);
+        if ctx.repeat > 1 {
+            words.extend(["--repeat".into(), ctx.repeat.to_string()]);
+        }
+        words
+    }
+
+    fn flags(&self) -> Vec<String> {
+        self.overrides.args()
+    }
+
+    fn record(&self, _run: &Run<Test>) -> (&'static str, serde_json::Value) {
+        ("scenario-result.json", serde_json::json!({}))
+    }
 }
 
 fn servers_of(cli: &[String], sc: &Scenario) -> Vec<String> {
@@ -329,18 +322,6 @@ fn resolve_servers(cli: &[String], scenarios: &[Scenario]) -> Result<BTreeMap<St
         }
     }
     Ok(out)
-}
-
-/// The profiles this session's runs use, made ready (binaries built or copied) before any VM.
-fn prepare_servers(servers: &mut BTreeMap<String, Profile>, work: &[RunSpec]) -> Result<()> {
-    let recipe = crate::image::recipe::Recipe::load()?;
-    let used: std::collections::BTreeSet<&str> = work.iter().map(|w| w.server.as_str()).collect();
-    for (key, p) in servers.iter_mut() {
-        if used.contains(key.as_str()) {
-            p.prepare(&recipe)?;
-        }
-    }
-    Ok(())
 }
 
 fn kernels_of(cli: &[String], sc: &Scenario) -> Vec<String> {
@@ -384,131 +365,6 @@ fn load_scenarios(names: &[String]) -> Result<Vec<Scenario>> {
         }
     }
     Ok(scenarios)
-}
-
-/// One image per kernel the runs use, built before any VM starts.
-fn build_images(work: &[RunSpec]) -> Result<BTreeMap<String, Arc<Image>>> {
-    let mut images = BTreeMap::new();
-    for w in work {
-        if !images.contains_key(&w.kernel) {
-            let image = Arc::new(image::build(&Source::parse(&w.kernel))?);
-            images.insert(w.kernel.clone(), image);
-        }
-    }
-    Ok(images)
-}
-
-/// Runs every planned run on `jobs` worker threads; prints each verdict as it lands.
-fn run_all(plan: &Plan, work: Vec<RunSpec>, jobs: usize) -> Vec<Outcome> {
-    session::run_pool(work, jobs, "vm-e2e", |w| {
-        one_run(plan, w.scenario, &w.server, &w.kernel, w.run)
-    })
-}
-
-/// One scenario run (with its boot retry), its evidence checked and its record written.
-fn one_run(plan: &Plan, i: usize, server: &str, kernel: &str, r: u32) -> Outcome {
-    let sc = &plan.scenarios[i];
-    let profile = &plan.servers[server];
-    let job = run::Job {
-        sc,
-        server: profile,
-        kernel,
-        image: &plan.images[kernel],
-        tools: plan.tools.as_ref().filter(|_| !sc.vm.tools.is_empty()),
-        accel: plan.accel,
-        seed: run_seed(plan.seed, r),
-        run: r,
-        timeout_scale: plan.timeout_scale,
-        overrides: plan.overrides,
-    };
-    let mut label = sc.name.clone();
-    if profile.name != server::DEFAULT {
-        label = format!("{label}-{}", profile.name);
-    }
-    if kernel != crate::image::kernel::DEFAULT_KERNEL {
-        label = format!("{label}-{}", crate::util::slug(kernel));
-    }
-    let mut outcome = run::run(&job, |attempt| {
-        let suffix = if attempt == 1 { "" } else { "-retry" };
-        RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
-    });
-    outcome.reproduce = run_reproduce(plan, sc, server, kernel, job.seed);
-    let extra = serde_json::json!({ "commit": &plan.commit });
-    session::seal(outcome, "scenario-result.json", extra)
-}
-
-/// The seed of repeat `run`: the session's seed for the first, a seed derived from it for
-/// each further repeat (so `--repeat` explores other data and crash moments, and every run's
-/// own reproduce line names the seed it ran with).
-pub fn run_seed(seed: u64, run: u32) -> u64 {
-    if run <= 1 {
-        return seed;
-    }
-    let key = crate::util::key_of(&[("seed", &seed.to_le_bytes()), ("run", &run.to_le_bytes())]);
-    u64::from_str_radix(&key[..15], 16).expect("hex") % 1_000_000_000
-}
-
-/// The command that reruns exactly this one run: its scenario, server and kernel as asked
-/// for, its own seed, the session's time scale and overrides.
-fn run_reproduce(plan: &Plan, sc: &Scenario, server: &str, kernel: &str, seed: u64) -> String {
-    let mut argv: Vec<String> = ["cargo", "xtask", "vm-e2e"].map(String::from).into();
-    argv.push(sc.cli_name());
-    argv.extend(["--server".into(), server.to_string()]);
-    argv.extend(["--kernel".into(), kernel.to_string()]);
-    argv.extend(["--seed".into(), seed.to_string()]);
-    argv.extend(common_flags(plan));
-    crate::util::shell_line(&argv)
-}
-
-/// The flags every reproduce line carries beside what it selects.
-fn common_flags(plan: &Plan) -> Vec<String> {
-    // The scale always: a KVM machine's default differs from TCG's.
-    let mut v = vec![
-        "--timeout-scale".to_string(),
-        plan.timeout_scale.to_string(),
-    ];
-    v.extend(plan.overrides.args());
-    v
-}
-
-/// The command that reruns what did not pass (or everything), with the same seed.
-fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
-    let failed = |sc: &&Scenario| {
-        outcomes
-            .iter()
-            .any(|o| o.scenario == sc.name && o.verdict.wants_rerun())
-    };
-    let mut names: Vec<String> = plan
-        .scenarios
-        .iter()
-        .filter(failed)
-        .map(|s| s.cli_name())
-        .collect();
-    if names.is_empty() {
-        names = plan.scenarios.iter().map(|s| s.cli_name()).collect();
-    }
-    let mut argv: Vec<String> = ["cargo", "xtask", "vm-e2e"].map(String::from).into();
-    argv.extend(names);
-    if !plan.kernel.is_empty() {
-        argv.extend(["--kernel".into(), plan.kernel.join(",")]);
-    }
-    if !plan.cli_servers.is_empty() {
-        argv.extend(["--server".into(), plan.cli_servers.join(",")]);
-    }
-    argv.extend(["--seed".into(), plan.seed.to_string()]);
-    if plan.repeat > 1 {
-        argv.extend(["--repeat".into(), plan.repeat.to_string()]);
-    }
-    argv.extend(common_flags(plan));
-    crate::util::shell_line(&argv)
-}
-
-fn random_seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (t ^ (std::process::id() as u64) << 32) % 1_000_000_000
 }
 
 #[cfg(test)]

@@ -3,19 +3,18 @@
 //! and the same reports as vm-e2e. Exit codes as vm-e2e's.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::Arc;
 
 use crate::image::kernel::Source;
 use crate::image::{self, tools, Image};
-use crate::runs::RunDir;
 use crate::scenario::model::KernelVersion;
-use crate::scenario::run::Outcome;
-use crate::scenario::{session, shard};
 use crate::selftests::run::{self as strun, Job};
 use crate::selftests::suite::{self, Suite};
-use crate::util::{rfc3339_now, Result};
-use crate::vm::accel::{self, Choice};
-use crate::vm::qemu::Accel;
+use crate::session::outcome::Outcome;
+use crate::session::shard::{self, RunKey};
+use crate::session::{self, Context, Options, Run, Unit};
+use crate::util::Result;
+use crate::vm::accel::Choice;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -69,44 +68,6 @@ pub struct Args {
     pub durations: Option<std::path::PathBuf>,
 }
 
-/// One run: (test script, kernel, repeat).
-type Work = (String, String, u32);
-
-/// Everything the workers share.
-struct Plan {
-    /// kernel name → (its image, the suite it runs).
-    kernels: BTreeMap<String, (Image, Suite)>,
-    tests: Vec<String>,
-    /// `--script` files: (name, bytes).
-    extra: Vec<(String, Vec<u8>)>,
-    expect_splats: Vec<String>,
-    tools: tools::Layer,
-    accel: Accel,
-    timeout_s: Option<u64>,
-    limits: crate::vm::limits::Limits,
-    /// `--timeout-scale`, `--suite`, `--timeout`, `--expect-splat`, `--script` as given: every reproduce line's.
-    flags: Vec<String>,
-    commit: String,
-}
-
-/// The flags beside test names and kernels that decide what a run did.
-fn reproduce_flags(args: &Args, limits: crate::vm::limits::Limits) -> Vec<String> {
-    let mut v: Vec<String> = limits.flag().into();
-    if let Some(s) = &args.suite {
-        v.extend(["--suite".into(), s.clone()]);
-    }
-    if let Some(t) = args.timeout {
-        v.extend(["--timeout".into(), t.to_string()]);
-    }
-    for e in &args.expect_splat {
-        v.extend(["--expect-splat".into(), e.clone()]);
-    }
-    for p in &args.script {
-        v.extend(["--script".into(), p.display().to_string()]);
-    }
-    v
-}
-
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
     // Inputs first: a bad --script is refused before any suite is built.
@@ -117,128 +78,158 @@ pub fn run(args: Args) -> Result<i32> {
     let mut all = first.manifest.tests.clone();
     all.extend(extra.iter().map(|(n, _)| n.clone()));
     let tests = select(&all, &args.names)?;
-    let (work, shard_info) = plan_runs(&args, &tests, &suites)?;
-    if args.list {
-        match &shard_info {
-            None => print_list(first, &tests),
-            Some(i) => {
-                println!(
-                    "shard {}/{} of plan {}: {} of {} runs",
-                    i.index, i.count, i.plan, i.runs, i.planned_runs
-                );
-                for (t, k, r) in &work {
-                    println!("{t} {k} #{r}");
-                }
-            }
-        }
-        return Ok(0);
-    }
-    let mut suites = suites;
-    suites.retain(|k, _| work.iter().any(|w| &w.1 == k));
-    let t0 = Instant::now();
-    let started_at = rfc3339_now();
-    let tools = tools::layer(&["fio".into(), "bash".into()])?;
-    let mut plan_kernels = BTreeMap::new();
-    for (k, s) in suites {
-        let image = image::build(&Source::parse(&k))?;
-        warn_if_newer(&k, &image, &s);
-        plan_kernels.insert(k, (image, s));
-    }
-    let (accel, why) = match plan_kernels.values().next() {
-        Some((image0, _)) => accel::choose(args.accel, image0)?,
-        None => (Accel::Tcg, "no run in this shard".to_string()),
+    let opts = Options {
+        tool: "vm-selftests",
+        reports: "selftests",
+        jobs: args.jobs,
+        repeat: args.repeat,
+        seed: None,
+        shard: args.shard,
+        durations: args.durations.clone(),
+        list: args.list,
+        accel: args.accel,
+        timeout_scale: args.timeout_scale,
     };
-    let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
-    eprintln!(
-        "vm-selftests: {} test(s) x {} kernel(s) x {} run(s), -j {} | accel {} ({why}) | {}",
-        tests.len(),
-        plan_kernels.len(),
-        args.repeat,
-        args.jobs,
-        accel.name(),
-        limits.describe()
-    );
-    let plan = Plan {
-        kernels: plan_kernels,
+    let mut suite = Selftests {
+        suites,
         tests,
         extra,
-        expect_splats: args.expect_splat.clone(),
-        tools,
-        accel,
-        timeout_s: args.timeout,
-        limits,
-        flags: reproduce_flags(&args, limits),
-        commit: crate::host::git::commit(),
+        tools: None,
+        args,
     };
-    let outcomes = session::run_pool(work, args.jobs as usize, "vm-selftests", |(t, k, r)| {
-        one_run(&plan, t, k, *r)
-    });
-    finish(&plan, &args, outcomes, started_at, t0, shard_info)
+    session::run(&mut suite, &opts)
 }
 
-fn finish(
-    plan: &Plan,
-    args: &Args,
-    outcomes: Vec<Outcome>,
-    started_at: String,
-    t0: Instant,
-    shard_info: Option<shard::ShardInfo>,
-) -> Result<i32> {
-    let image_hash = plan
-        .kernels
-        .values()
-        .next()
-        .map(|(i, _)| i.hash().to_string());
-    let head = crate::scenario::report::Head {
-        tool: "vm-selftests".into(),
-        started_at,
-        seed: None,
-        commit: plan.commit.clone(),
-        image_hash: image_hash.unwrap_or_default(),
-        accelerator: plan.accel.name().into(),
-        jobs: args.jobs as usize,
-        repeat: args.repeat,
-        timeout_scale: plan.limits.scale,
-        shards: shard_info.into_iter().collect(),
-        inputs: crate::image::fetch::recorded(),
-        overrides: Default::default(),
-    };
-    Ok(session::conclude(
-        head,
-        t0,
-        outcomes,
-        |o| reproduce(plan, o),
-        "selftests",
-    ))
+/// The kernel's ublk selftests on each kernel: vm-selftests' suite.
+struct Selftests {
+    args: Args,
+    /// kernel name → the suite it runs.
+    suites: BTreeMap<String, Suite>,
+    /// The scripts selected, in the suite's order.
+    tests: Vec<String>,
+    /// `--script` files: (name, bytes).
+    extra: Vec<(String, Vec<u8>)>,
+    tools: Option<tools::Layer>,
 }
 
-/// Every (test, kernel, repeat), or this shard's.
-fn plan_runs(
-    args: &Args,
-    tests: &[String],
-    suites: &BTreeMap<String, Suite>,
-) -> Result<(Vec<Work>, Option<shard::ShardInfo>)> {
-    let mut work: Vec<Work> = Vec::new();
-    for r in 1..=args.repeat {
-        for t in tests {
-            work.extend(suites.keys().map(|k| (t.clone(), k.clone(), r)));
+impl Selftests {
+    fn job<'a>(&'a self, run: &'a Run<String>) -> Job<'a> {
+        let suite = &self.suites[&run.key.kernel];
+        let limits = run.ctx.limits;
+        Job {
+            suite,
+            script: run.test,
+            kernel: &run.key.kernel,
+            image: run.image,
+            tools: self.tools.as_ref().expect("prepared"),
+            accel: run.ctx.accel,
+            timeout_s: (self.args.timeout)
+                .unwrap_or(limits.secs(suite.manifest.settings_timeout_s)),
+            run: run.key.repeat,
+            extra: &self.extra,
+            expect_splats: &self.args.expect_splat,
         }
     }
-    let Some(sh) = args.shard else {
-        return Ok((work, None));
-    };
-    let durations = match &args.durations {
-        Some(p) => shard::Durations::load(p)?,
-        None => shard::Durations::none(),
-    };
-    let limit_s = args.timeout.unwrap_or(150);
-    let keys: Vec<(shard::RunKey, u64)> = work
-        .iter()
-        .map(|(t, k, r)| (shard::RunKey::new(t, "kublk", k, *r), limit_s))
-        .collect();
-    let planned = shard::planned(&durations, keys);
-    let (work, info) = shard::select(work, &planned, sh, &durations.source);
-    Ok((work, Some(info)))
+}
+
+impl session::Suite for Selftests {
+    type Test = String;
+
+    /// script × kernel, each estimated by `--timeout` or the suite's usual limit.
+    fn units(&self) -> Vec<Unit<String>> {
+        let limit_s = self.args.timeout.unwrap_or(150);
+        let mut units = Vec::new();
+        for t in &self.tests {
+            units.extend(self.suites.keys().map(|k| Unit {
+                test: t.clone(),
+                key: RunKey::new(t, "kublk", k, 1),
+                estimate_s: limit_s,
+            }));
+        }
+        units
+    }
+
+    fn list_intro(&self, sharded: bool) -> bool {
+        if !sharded {
+            let first = self.suites.values().next().expect("at least one kernel");
+            print_list(first, &self.tests);
+        }
+        sharded
+    }
+
+    fn list_line(&self, test: &String, key: &RunKey) -> String {
+        format!("{test} {} #{}", key.kernel, key.repeat)
+    }
+
+    fn prepare(&mut self, images: &BTreeMap<String, Arc<Image>>) -> Result<()> {
+        self.tools = Some(tools::layer(&["fio".into(), "bash".into()])?);
+        for (k, image) in images {
+            warn_if_newer(k, image, &self.suites[k]);
+        }
+        Ok(())
+    }
+
+    fn dir_label(&self, r: &Run<String>) -> String {
+        let id = suite::test_id(r.test);
+        format!("selftest-{id}-{}", crate::util::slug(&r.key.kernel))
+    }
+
+    fn attempt(&self, r: &Run<String>, dir: &std::path::Path) -> (Outcome, bool) {
+        strun::attempt(&self.job(r), dir)
+    }
+
+    fn stamp(&self, r: &Run<String>, outcome: &mut Outcome) {
+        strun::stamp(&self.job(r), outcome)
+    }
+
+    fn select_run(&self, r: &Run<String>) -> Vec<String> {
+        let id = suite::test_id(r.test).to_string();
+        vec![id, "--kernel".into(), r.key.kernel.clone()]
+    }
+
+    /// The tests that did not pass (or all) on the session's kernels.
+    fn select_session(&self, ctx: &Context, outcomes: &[Outcome]) -> Vec<String> {
+        let bad = |o: &&Outcome| o.verdict.wants_rerun();
+        let mut ids: Vec<String> = outcomes
+            .iter()
+            .filter(bad)
+            .map(|o| o.scenario.clone())
+            .collect();
+        ids.dedup();
+        if ids.is_empty() {
+            ids = (self.tests.iter())
+                .map(|t| suite::test_id(t).to_string())
+                .collect();
+        }
+        let kernels: Vec<&str> = ctx.images.keys().map(String::as_str).collect();
+        ids.extend(["--kernel".into(), kernels.join(",")]);
+        ids
+    }
+
+    /// `--suite`, `--timeout`, `--expect-splat`, `--script` as given.
+    fn flags(&self) -> Vec<String> {
+        let args = &self.args;
+        let mut v = Vec::new();
+        if let Some(s) = &args.suite {
+            v.extend(["--suite".into(), s.clone()]);
+        }
+        if let Some(t) = args.timeout {
+            v.extend(["--timeout".into(), t.to_string()]);
+        }
+        for e in &args.expect_splat {
+            v.extend(["--expect-splat".into(), e.clone()]);
+        }
+        for p in &args.script {
+            v.extend(["--script".into(), p.display().to_string()]);
+        }
+        v
+    }
+
+    fn record(&self, r: &Run<String>) -> (&'static str, serde_json::Value) {
+        let suite = &self.suites[&r.key.kernel];
+        let extra = serde_json::json!({ "suite": &suite.manifest.source_version });
+        ("selftest-result.json", extra)
+    }
 }
 
 /// `--script` files, named like the suite's (`test_<group>_<nn>.sh`), at most 1 MiB each.
@@ -379,65 +370,4 @@ fn print_list(suite: &Suite, tests: &[String]) {
     for (g, ids) in by_group {
         println!("  {g:<10} {}", ids.join(" "));
     }
-}
-
-fn one_run(plan: &Plan, script: &str, kernel: &str, r: u32) -> Outcome {
-    let (image, suite) = &plan.kernels[kernel];
-    let job = Job {
-        suite,
-        script,
-        kernel,
-        image,
-        tools: &plan.tools,
-        accel: plan.accel,
-        timeout_s: plan
-            .timeout_s
-            .unwrap_or(plan.limits.secs(suite.manifest.settings_timeout_s)),
-        run: r,
-        extra: &plan.extra,
-        expect_splats: &plan.expect_splats,
-    };
-    let label = format!(
-        "selftest-{}-{}",
-        suite::test_id(script),
-        crate::util::slug(kernel)
-    );
-    let mut outcome = strun::run(&job, |attempt| {
-        let suffix = if attempt == 1 { "" } else { "-retry" };
-        RunDir::create(&format!("{label}-r{r}{suffix}")).map(|d| d.path)
-    });
-    let mut words: Vec<String> = ["cargo", "xtask", "vm-selftests"].map(String::from).into();
-    words.push(suite::test_id(script).to_string());
-    words.extend(["--kernel".into(), kernel.to_string()]);
-    words.extend(plan.flags.iter().cloned());
-    outcome.reproduce = crate::util::shell_line(&words);
-    let extra = serde_json::json!({
-        "commit": &plan.commit,
-        "suite": &suite.manifest.source_version,
-        "reproduce": &outcome.reproduce,
-    });
-    session::seal(outcome, "selftest-result.json", extra)
-}
-
-fn reproduce(plan: &Plan, outcomes: &[Outcome]) -> String {
-    let bad = |o: &&Outcome| o.verdict.wants_rerun();
-    let mut ids: Vec<String> = outcomes
-        .iter()
-        .filter(bad)
-        .map(|o| o.scenario.clone())
-        .collect();
-    ids.dedup();
-    if ids.is_empty() {
-        ids = plan
-            .tests
-            .iter()
-            .map(|t| suite::test_id(t).to_string())
-            .collect();
-    }
-    let kernels: Vec<&str> = plan.kernels.keys().map(String::as_str).collect();
-    let mut words: Vec<String> = ["cargo", "xtask", "vm-selftests"].map(String::from).into();
-    words.extend(ids);
-    words.extend(["--kernel".into(), kernels.join(",")]);
-    words.extend(plan.flags.iter().cloned());
-    crate::util::shell_line(&words)
 }

@@ -1,16 +1,10 @@
-//! YAML scenarios: the format (`model`), the runner, freeze-frames and reports.
+//! YAML scenarios: the format (`model`), the steps, one run's rules (`run`), freeze-frames.
 
-pub mod evidence;
 pub mod freeze;
 pub mod lifecycle;
-pub mod markdown;
-pub mod merge;
 pub mod model;
 pub mod recovery;
-pub mod report;
 pub mod run;
-pub mod session;
-pub mod shard;
 pub mod splat;
 pub mod steps;
 

@@ -8,145 +8,19 @@
 //! - a VM that died before the first step started gets one more fresh VM (both attempts are
 //!   recorded); a run that failed after its first step started is never retried.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use super::model::{DeviceOverride, KernelVersion, Scenario};
 use super::steps::{Runner, StepError};
-use crate::host::procs::{interrupted, signal_name};
+use crate::host::procs::interrupted;
 use crate::image::tools::Layer;
 use crate::image::Image;
 use crate::runs::Verdict;
 use crate::server::Profile;
+use crate::session::outcome::{failure_verdict, Outcome, MAX_SPLATS, MAX_SPLAT_BYTES};
 use crate::vm::qemu::{Accel, VmConfig};
-use crate::vm::{Failure, Vm};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    pub scenario: String,
-    /// The server profile it ran against.
-    pub server: String,
-    /// The kernel it booted, as asked for (`debian`, `debian-7.2`, `host`, a path).
-    pub kernel: String,
-    /// The guest kernel's release and its ublk features (GET_FEATURES), by name.
-    pub kernel_release: String,
-    pub kernel_features: Vec<String>,
-    /// Device name → the ublk features the server's device ran with (ADD_DEV's granted flags).
-    pub device_features: BTreeMap<String, Vec<String>>,
-    /// package=version of every .deb in the attached guest tools layer; empty: none attached.
-    pub tools: Vec<String>,
-    pub run: u32,
-    pub verdict: Verdict,
-    pub reason: Option<String>,
-    /// Index and kind of the step that failed or hung.
-    pub failed_step: Option<String>,
-    pub duration_s: f64,
-    pub boot_s: Option<f64>,
-    pub seed: u64,
-    pub run_dir: PathBuf,
-    pub freeze_frame: Option<PathBuf>,
-    /// What booted, exactly (with the seed and the session's commit: enough to reproduce).
-    pub image_hash: String,
-    /// The first attempt, when its VM died before the first step and the run was retried.
-    pub first_attempt: Option<Attempt>,
-    /// Kernel splats the scenario did not expect, whatever else happened (at most
-    /// `MAX_SPLATS`, each at most `MAX_SPLAT_BYTES`; the whole log is dmesg.txt).
-    #[serde(default)]
-    pub splats: Vec<String>,
-    /// The command that reproduces this run alone, as printed (shell-quoted).
-    #[serde(default)]
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub reproduce: String,
-}
-
-/// Splat lines kept in an outcome (dmesg.txt has them all).
-pub const MAX_SPLATS: usize = 10;
-pub const MAX_SPLAT_BYTES: usize = 512;
-
-/// A discarded attempt, kept as evidence.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Attempt {
-    pub verdict: Verdict,
-    pub reason: String,
-    pub run_dir: PathBuf,
-}
-
-impl Outcome {
-    pub fn new(sc: &Scenario, run: u32, seed: u64, dir: &Path, image_hash: &str) -> Outcome {
-        Outcome::named(&sc.name, run, seed, dir, image_hash)
-    }
-
-    /// An outcome of something that is not a scenario file (e.g. a kernel selftest).
-    pub fn named(name: &str, run: u32, seed: u64, dir: &Path, image_hash: &str) -> Outcome {
-        Outcome {
-            scenario: name.to_string(),
-            server: String::new(),
-            kernel: String::new(),
-            kernel_release: String::new(),
-            kernel_features: Vec::new(),
-            device_features: BTreeMap::new(),
-            tools: Vec::new(),
-            run,
-            verdict: Verdict::Pass,
-            reason: None,
-            failed_step: None,
-            duration_s: 0.0,
-            boot_s: None,
-            seed,
-            run_dir: dir.to_path_buf(),
-            freeze_frame: None,
-            image_hash: image_hash.to_string(),
-            first_attempt: None,
-            splats: Vec::new(),
-            reproduce: String::new(),
-        }
-    }
-
-    /// The scenario's name, with `@server` unless it ran against the default server and
-    /// ` on KERNEL` unless it booted the default kernel.
-    /// The run's identity in every report and merged artifact: scenario, server, kernel and
-    /// run number (a merge refuses two runs with the same four), as a file name. A readable
-    /// slug plus a hash of the exact four, so distinct runs never share one.
-    pub fn id(&self) -> String {
-        let key = crate::util::key_of(&[
-            ("scenario", self.scenario.as_bytes()),
-            ("server", self.server.as_bytes()),
-            ("kernel", self.kernel.as_bytes()),
-            ("run", &self.run.to_le_bytes()),
-        ]);
-        let mut slug = crate::util::slug(&self.label());
-        slug.truncate(80);
-        format!("{slug}-r{}-{}", self.run, &key[..12])
-    }
-
-    pub fn label(&self) -> String {
-        let mut l = self.scenario.clone();
-        if !self.server.is_empty() && self.server != crate::server::DEFAULT {
-            l = format!("{l}@{}", self.server);
-        }
-        if !self.kernel.is_empty() && self.kernel != crate::image::kernel::DEFAULT_KERNEL {
-            l = format!("{l} on {}", self.kernel);
-        }
-        l
-    }
-
-    /// Ends the outcome with the verdict of a VM failure, blaming `step`.
-    pub fn failed_at(mut self, start: Instant, step: &str, f: &Failure) -> Outcome {
-        let (verdict, why) = failure_verdict(f);
-        self.failed_step = Some(step.into());
-        self.finish(start, verdict, Some(why))
-    }
-
-    pub fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {
-        self.verdict = verdict;
-        self.reason = reason;
-        self.duration_s = start.elapsed().as_secs_f64();
-        self
-    }
-}
+use crate::vm::Vm;
 
 /// What one run is made of.
 pub struct Job<'a> {
@@ -172,31 +46,28 @@ fn scaled(s: u64, scale: f64) -> Duration {
     Duration::from_secs_f64(s as f64 * scale)
 }
 
-/// Runs the scenario, with at most one retry for a VM that died before the first step; a
-/// scenario the server cannot run is a skip (no VM). `dir_for(attempt)` makes the run
-/// directory of attempt 1 or 2.
-pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outcome {
-    let mut out = Outcome::new(job.sc, job.run, job.seed, Path::new(""), job.image.hash());
+/// A run decided before any VM: a scenario the server cannot run, or a kernel known to be
+/// too old or to lack a feature it needs, is a skip.
+pub fn before_boot(job: &Job) -> Option<Outcome> {
+    let mut out = Outcome::named(
+        &job.sc.name,
+        job.run,
+        job.seed,
+        Path::new(""),
+        job.image.hash(),
+    );
     out.server = job.server.name.clone();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
     let release = out.kernel_release.clone();
     let why = skip_reason(job.sc, job.server)
         .or_else(|| too_old(job.sc, &release))
-        .or_else(|| lacks_known_feature(job.sc, &release, &mut out));
-    if let Some(why) = why {
-        return out.finish(Instant::now(), Verdict::Skip, Some(why));
-    }
-    let mut out = retry_once(|attempt| match dir_for(attempt) {
-        Ok(dir) => run_once(job, &dir),
-        Err(e) => {
-            let out = Outcome::new(job.sc, job.run, job.seed, Path::new(""), job.image.hash());
-            (
-                out.finish(Instant::now(), Verdict::InfraError, Some(e)),
-                false,
-            )
-        }
-    });
+        .or_else(|| lacks_known_feature(job.sc, &release, &mut out))?;
+    Some(out.finish(Instant::now(), Verdict::Skip, Some(why)))
+}
+
+/// What every attempted run records of its job (after `retry_once` over `attempt`).
+pub fn stamp(job: &Job, out: &mut Outcome) {
     out.server = job.server.name.clone();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
@@ -204,7 +75,6 @@ pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<PathBuf, String>) -> Outco
         .tools
         .map(|l| l.manifest.packages.clone())
         .unwrap_or_default();
-    out
 }
 
 /// Why `server` cannot run `sc` (the first capability it lacks, and which step needs it).
@@ -266,25 +136,8 @@ fn lacks_known_feature(sc: &Scenario, release: &str, out: &mut Outcome) -> Optio
     ))
 }
 
-/// The retry rule, apart from VMs: `attempt(n)` returns the outcome and whether the first
-/// step started.
-pub fn retry_once(mut attempt: impl FnMut(u32) -> (Outcome, bool)) -> Outcome {
-    let (first, started) = attempt(1);
-    let died_at_boot = first.verdict == Verdict::InfraError && !started;
-    if !died_at_boot || interrupted().is_some() {
-        return first;
-    }
-    let (mut second, _) = attempt(2);
-    second.first_attempt = Some(Attempt {
-        verdict: first.verdict,
-        reason: first.reason.unwrap_or_default(),
-        run_dir: first.run_dir,
-    });
-    second
-}
-
 /// One attempt in one fresh VM; true if the first step started.
-fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
+pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     let Job {
         sc,
         image,
@@ -295,7 +148,7 @@ fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
     } = *job;
     let start = Instant::now();
     let deadline = start + scaled(sc.timeout.0, job.timeout_scale);
-    let mut out = Outcome::new(sc, run, seed, dir, image.hash());
+    let mut out = Outcome::named(&sc.name, run, seed, dir, image.hash());
     let cfg = VmConfig {
         cpus: sc.cpus(),
         memory_mib: sc.memory_mib(),
@@ -396,7 +249,11 @@ fn run_steps(
             return Some((verdict, why, label));
         }
         if let Some(sig) = interrupted() {
-            return Some((Verdict::Interrupted, interrupted_by(sig), label));
+            return Some((
+                Verdict::Interrupted,
+                crate::session::outcome::interrupted_by(sig),
+                label,
+            ));
         }
     }
     None
@@ -461,76 +318,9 @@ fn kernel_gate(
     Some((Verdict::Skip, why))
 }
 
-pub fn failure_verdict(f: &Failure) -> (Verdict, String) {
-    match f {
-        Failure::Timeout(why) => (Verdict::Timeout, why.clone()),
-        Failure::Infra(why) => (Verdict::InfraError, why.clone()),
-        Failure::Interrupted(sig) => (Verdict::Interrupted, interrupted_by(*sig)),
-    }
-}
-
-fn interrupted_by(sig: i32) -> String {
-    format!("interrupted by {}", signal_name(sig))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outcome(verdict: Verdict, dir: &str) -> Outcome {
-        let sc: Scenario = serde_yaml::from_str(
-            "name: t\ndescription: d\ntimeout: 5\nsteps: [{check: {}, timeout: 1}]",
-        )
-        .unwrap();
-        let mut o = Outcome::new(&sc, 1, 7, Path::new(dir), "h");
-        o.verdict = verdict;
-        o.reason = Some(format!("{} in {dir}", verdict.name()));
-        o
-    }
-
-    #[test]
-    fn a_vm_that_died_at_boot_is_retried_once_and_both_attempts_kept() {
-        let mut calls = 0;
-        let o = retry_once(|n| {
-            calls += 1;
-            match n {
-                1 => (outcome(Verdict::InfraError, "a1"), false),
-                _ => (outcome(Verdict::Pass, "a2"), true),
-            }
-        });
-        assert_eq!(calls, 2);
-        assert_eq!(o.verdict, Verdict::Pass);
-        assert_eq!(o.run_dir, Path::new("a2"));
-        let first = o.first_attempt.expect("first attempt recorded");
-        assert_eq!(first.run_dir, Path::new("a1"));
-        assert_eq!(first.verdict, Verdict::InfraError);
-        // Dying at boot twice: two attempts, never a third, and the verdict stays infra-error.
-        let mut calls = 0;
-        let o = retry_once(|_| {
-            calls += 1;
-            (outcome(Verdict::InfraError, "x"), false)
-        });
-        assert_eq!((calls, o.verdict), (2, Verdict::InfraError));
-        assert!(o.first_attempt.is_some());
-    }
-
-    #[test]
-    fn nothing_else_is_retried() {
-        for (verdict, started) in [
-            (Verdict::InfraError, true), // died after the first step started
-            (Verdict::Fail, true),
-            (Verdict::Timeout, false), // a boot that hangs is not a VM that died
-            (Verdict::Pass, true),
-        ] {
-            let mut calls = 0;
-            let o = retry_once(|_| {
-                calls += 1;
-                (outcome(verdict, "d"), started)
-            });
-            assert_eq!(calls, 1, "{verdict:?} started={started}");
-            assert!(o.first_attempt.is_none());
-        }
-    }
 
     #[test]
     fn a_step_failure_keeps_the_kernel_splat() {

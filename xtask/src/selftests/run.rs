@@ -19,8 +19,8 @@ use crate::image::tools::Layer;
 use crate::image::Image;
 use crate::runs::{self, Verdict};
 use crate::scenario::freeze::{self, DaemonRef};
-use crate::scenario::run::{failure_verdict, retry_once, Outcome};
 use crate::scenario::splat;
+use crate::session::outcome::{failure_verdict, Outcome};
 use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::{Failure, Outcome as VmOutcome, Vm};
 
@@ -49,27 +49,16 @@ pub struct Job<'a> {
     pub expect_splats: &'a [String],
 }
 
-/// Runs the script (a VM that died before the script started gets one retry).
-pub fn run(job: &Job, dir_for: impl Fn(u32) -> Result<std::path::PathBuf, String>) -> Outcome {
-    let name = super::suite::test_id(job.script).to_string();
-    let mut out = retry_once(|attempt| match dir_for(attempt) {
-        Ok(dir) => run_once(job, &dir),
-        Err(e) => {
-            let o = Outcome::named(&name, job.run, 0, Path::new(""), job.image.hash());
-            (
-                o.finish(Instant::now(), Verdict::InfraError, Some(e)),
-                false,
-            )
-        }
-    });
+/// What every attempted run records of its job (after `retry_once` over `attempt`).
+pub fn stamp(job: &Job, out: &mut Outcome) {
     out.server = "kublk".into();
     out.kernel = job.kernel.to_string();
     out.kernel_release = job.image.manifest.kernel_release.clone();
     out.tools = job.tools.manifest.packages.clone();
-    out
 }
 
-fn run_once(job: &Job, dir: &Path) -> (Outcome, bool) {
+/// One attempt in one fresh VM; true if the script started.
+pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     let start = Instant::now();
     let name = super::suite::test_id(job.script);
     let mut out = Outcome::named(name, job.run, 0, dir, job.image.hash());

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::input::{self, key_position, located};
 
 pub mod build;
+pub mod device;
 mod signal;
 
 use crate::util::{root, Result};

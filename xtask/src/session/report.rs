@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::DeviceOverride;
-use super::run::Outcome;
+use super::outcome::Outcome;
 use crate::runs::{Verdict, EXIT_INFRA};
+use crate::server::device::DeviceOverride;
 use crate::text::{bound, term};
 
 /// What a session's reports say about it besides its runs (summary.json's top-level fields).
@@ -60,6 +60,16 @@ impl Head {
             overrides: DeviceOverride::default(),
         }
     }
+}
+
+/// A command's name as a session records it (`vm-e2e`, `vm-selftests`, a new suite's): safe
+/// as plain text in every report; anything else in a summary is refused or quoted.
+pub fn is_tool_name(s: &str) -> bool {
+    let rest = s.strip_prefix("vm-").unwrap_or("");
+    (1..=30).contains(&rest.len())
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn vm_e2e() -> String {

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::evidence::Origin;
+use super::outcome::Outcome;
 use super::report::{self, sort_runs, Head, Session, MAX_SUMMARY_BYTES};
-use super::run::Outcome;
 use super::shard::{self, summaries_under};
 use crate::util::{bad_input, Result};
 
@@ -102,15 +102,14 @@ fn read_summary(f: &Path) -> Result<Session> {
     Ok(session)
 }
 
-/// What a summary.json must be before anything of it is used: a known tool, bounded counts
+/// What a summary.json must be before anything of it is used: a command's name, bounded counts
 /// (shards, jobs, repeats, runs, notes), names without control characters, finite times.
 pub fn validate(s: &Session) -> std::result::Result<(), String> {
     let h = &s.head;
-    if !super::markdown::TOOLS.contains(&h.tool.as_str()) {
+    if !super::report::is_tool_name(&h.tool) {
         return Err(format!(
-            "tool {} is not one of {}",
-            crate::text::term(&h.tool),
-            super::markdown::TOOLS.join(", ")
+            "tool {} is not a command name (vm-, then at most 30 lowercase letters, digits or dashes)",
+            crate::text::term(&crate::text::bound(&h.tool, 80))
         ));
     }
     let word = |what: &str, v: &str, max: usize| -> std::result::Result<(), String> {
@@ -173,10 +172,10 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
         bounded(
             "splats",
             o.splats.len() as u64,
-            super::run::MAX_SPLATS as u64,
+            super::outcome::MAX_SPLATS as u64,
         )?;
         for splat in &o.splats {
-            word("splat", splat, super::run::MAX_SPLAT_BYTES)?;
+            word("splat", splat, super::outcome::MAX_SPLAT_BYTES)?;
         }
         word("scenario", &o.scenario, MAX_NAME_BYTES)?;
         word("server", &o.server, MAX_NAME_BYTES)?;
@@ -356,7 +355,7 @@ pub fn origins(inputs: &[Input]) -> BTreeMap<RunKey, Origin> {
 mod tests {
     use super::*;
     use crate::runs::Verdict;
-    use crate::scenario::shard::{select, Planned, Shard};
+    use crate::session::shard::{select, Planned, Shard};
 
     fn origin() -> Origin {
         Origin {
@@ -411,7 +410,7 @@ mod tests {
         let planned: Vec<Planned> = all
             .iter()
             .map(|o| Planned {
-                key: crate::scenario::shard::RunKey::new(&o.scenario, "", "", o.run),
+                key: crate::session::shard::RunKey::new(&o.scenario, "", "", o.run),
                 estimate_s: o.duration_s,
             })
             .collect();

@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::outcome::Outcome;
 use super::report::exit_code;
 use super::report::Session;
-use super::run::Outcome;
 use crate::runs::Verdict;
 use crate::text::{bound, md_block, md_code};
 
@@ -26,9 +26,6 @@ const MAX_LISTED_NOTES: usize = 100;
 const MAX_ROWS: usize = 500;
 /// Longest reproduce text shown.
 const MAX_REPRODUCE_BYTES: usize = 16 << 10;
-
-/// The tools whose name may stand as plain text in the headline.
-pub const TOOLS: [&str; 3] = ["vm-e2e", "vm-selftests", "vm-test"];
 
 /// The whole summary. `evidence_url`: where the evidence directories can be downloaded (e.g.
 /// the workflow run's artifacts page); each directory name links there.
@@ -97,7 +94,7 @@ fn headline(s: &Session) -> String {
             parts.push(format!("{} {}", count(v), v.name()));
         }
     }
-    let tool = match TOOLS.contains(&s.head.tool.as_str()) {
+    let tool = match super::report::is_tool_name(&s.head.tool) {
         true => s.head.tool.clone(),
         false => md_code(&s.head.tool),
     };
@@ -284,7 +281,7 @@ fn notes(notes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::report::{kernels, tally, Head};
+    use crate::session::report::{kernels, tally, Head};
     use std::path::Path;
 
     fn run(name: &str, r: u32, v: Verdict, why: Option<&str>) -> Outcome {

@@ -17,8 +17,8 @@
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
+use super::outcome::Outcome;
 use super::report::Session;
-use super::run::Outcome;
 use crate::runs::Verdict;
 use crate::util::Result;
 

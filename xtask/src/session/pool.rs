@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::markdown;
+use super::outcome::Outcome;
 use super::report::{self, exit_code, mark_incomplete, sort_runs, Head, Session};
-use super::run::Outcome;
 use crate::runs::{self, RunDir, Verdict, EXIT_INFRA};
 use crate::text::{bound, term, term_lines};
 use crate::util::{write_atomic, Result};
