@@ -18,8 +18,8 @@ use crate::perf::session::{self as perf_session, Ended, Plan, Progress};
 use crate::perf::workload::{self, Target, Workload, KERNEL_TARGETS, REFERENCE, WORKLOADS};
 use crate::perf::{baseline, chart};
 use crate::runs::RunDir;
-use crate::scenario::model::{DeviceSpec, Requires, Scenario, Secs, Size, VmSpec};
-use crate::scenario::steps::Runner;
+use crate::scenario::model::{DeviceSpec, Size};
+use crate::scenario::runner::Runner;
 use crate::server::Profile;
 use crate::util::{rfc3339_now, Result};
 use crate::vm::accel::{self, Choice};
@@ -601,9 +601,9 @@ fn one_vm(
     for p in profiles.values() {
         p.install(&vm, setup_deadline)?;
     }
-    let sc = scenario(plan);
     let default = &profiles[crate::server::DEFAULT];
-    let mut r = Runner::new(&sc, default, vm, dir, 0);
+    let mut r = Runner::new(default, vm, dir, 0);
+    r.device = device(plan);
     let ended = perf_session::run(&mut r, plan, profiles, state, |s, i, n| {
         eprintln!(
             "  [{i}/{n}] round {} {:<18} {:<12} {:>9.0} IOPS {:>8.1} MB/s",
@@ -640,25 +640,13 @@ fn one_vm(
     })
 }
 
-/// The scenario the server lifecycle code runs under: only its device defaults matter.
-fn scenario(plan: &Plan) -> Scenario {
-    Scenario {
-        name: "vm-perf".into(),
-        description: "vm-perf's server cells".into(),
-        timeout: Secs(crate::scenario::model::MAX_TIMEOUT_S),
-        vm: VmSpec::default(),
-        device: DeviceSpec {
-            size: Some(Size(plan.size_bytes)),
-            queues: Some(plan.queues),
-            depth: Some(plan.depth),
-            block_size: Some(4096),
-        },
-        expect_splats: Vec::new(),
-        server: None,
-        tags: Vec::new(),
-        requires: Requires::default(),
-        steps: Vec::new(),
-        source: PathBuf::from("<vm-perf>"),
+/// The device every server cell asks its server for (`--size`, `--queues`, `--depth`).
+fn device(plan: &Plan) -> DeviceSpec {
+    DeviceSpec {
+        size: Some(Size(plan.size_bytes)),
+        queues: Some(plan.queues),
+        depth: Some(plan.depth),
+        block_size: Some(4096),
     }
 }
 

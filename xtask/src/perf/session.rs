@@ -20,7 +20,7 @@ use super::fio;
 use super::report::{Failure, Sample};
 use super::workload::{Target, Workload};
 use crate::scenario::model::Start;
-use crate::scenario::steps::{Runner, StepError};
+use crate::scenario::runner::{Runner, StepError};
 use crate::vm::Failure as VmFailure;
 
 pub struct Plan {

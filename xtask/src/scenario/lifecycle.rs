@@ -8,43 +8,11 @@ use std::time::{Duration, Instant};
 
 use ublk::contract;
 
-use super::freeze::{self, DaemonRef};
+use super::freeze;
 use super::model;
-use super::steps::{reason_of, Job, Runner, StepError, Stream};
+use super::runner::{reason_of, Daemon, Job, Runner, StepError, Stream};
 use crate::server::Sig;
 use crate::server::{Mode, Ready, Stop, Storage, Vars};
-
-pub struct Daemon {
-    /// The `add` command: the server itself in foreground mode; in daemon mode it has exited.
-    pub job: Job,
-    pub mode: Mode,
-    pub pid: i32,
-    pub bdev: String,
-    /// The values its argv was rendered with (the stop command uses them too).
-    pub vars: Vars,
-    pub state_file: Option<String>,
-    pub trace: Option<(String, u16)>,
-    /// A step (stop, signal, reset) saw the server exit, as it expected.
-    pub ended: bool,
-}
-
-impl Daemon {
-    pub fn running(&self) -> bool {
-        match self.mode {
-            Mode::Foreground => self.job.status.is_none() && self.job.lost.is_none(),
-            Mode::Daemon => !self.ended,
-        }
-    }
-
-    pub fn as_ref<'a>(&'a self, name: &'a str) -> DaemonRef<'a> {
-        DaemonRef {
-            name,
-            exec_id: (self.mode == Mode::Foreground).then_some(self.job.id),
-            pid: self.pid,
-            state_file: self.state_file.as_deref(),
-        }
-    }
-}
 
 /// Longest ready line read (a longer line is not one).
 const MAX_READY_LINE_BYTES: usize = 64 << 10;
@@ -105,7 +73,7 @@ impl Runner<'_> {
         deadline: Instant,
         log_name: &str,
     ) -> Result<(), StepError> {
-        let p = self.overrides.apply(self.sc.device_params(s));
+        let p = self.overrides.apply(self.device.params(s));
         let vars = Vars {
             size: p.size_bytes,
             queues: p.queues,

@@ -5,6 +5,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod recovery;
 pub mod run;
+pub mod runner;
 pub mod splat;
 pub mod steps;
 

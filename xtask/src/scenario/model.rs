@@ -69,6 +69,18 @@ pub struct DeviceSpec {
     pub block_size: Option<u32>,
 }
 
+impl DeviceSpec {
+    /// What a start step asks for: its own values over these, else the defaults.
+    pub fn params(&self, s: &Start) -> DeviceParams {
+        DeviceParams {
+            size_bytes: s.size.or(self.size).map_or(256 << 20, |v| v.0),
+            queues: s.queues.or(self.queues).unwrap_or(1),
+            depth: s.depth.or(self.depth).unwrap_or(64),
+            block_size: s.block_size.or(self.block_size).unwrap_or(4096),
+        }
+    }
+}
+
 /// A step: exactly one kind, a timeout in seconds, an optional label.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -628,13 +640,7 @@ impl Scenario {
     }
 
     pub fn device_params(&self, s: &Start) -> DeviceParams {
-        let d = &self.device;
-        DeviceParams {
-            size_bytes: s.size.or(d.size).map_or(256 << 20, |v| v.0),
-            queues: s.queues.or(d.queues).unwrap_or(1),
-            depth: s.depth.or(d.depth).unwrap_or(64),
-            block_size: s.block_size.or(d.block_size).unwrap_or(4096),
-        }
+        self.device.params(s)
     }
 
     /// What a server must support to run this scenario: `requires` plus what the steps imply

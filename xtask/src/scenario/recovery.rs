@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::lifecycle::Daemon;
 use super::model;
-use super::steps::{reason_of, Runner, StepError};
+use super::runner::Daemon;
+use super::runner::{reason_of, Runner, StepError};
 
 impl Runner<'_> {
     /// The seeded wait before a signal (and, with `in_flight`, until the device has writes

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::model::{DeviceOverride, KernelVersion, Scenario};
-use super::steps::{Runner, StepError};
+use super::runner::{Runner, StepError};
 use crate::host::procs::interrupted;
 use crate::image::tools::Layer;
 use crate::image::Image;
@@ -167,9 +167,11 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     if let Err(why) = job.server.install(&vm, deadline) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
     }
-    let mut r = Runner::new(sc, job.server, vm, dir, seed);
+    let mut r = Runner::new(job.server, vm, dir, seed);
+    r.device = sc.device.clone();
+    r.expect_splats = &sc.expect_splats;
     r.overrides = job.overrides;
-    let result = run_steps(&mut r, deadline, job.timeout_scale, &mut out);
+    let result = run_steps(&mut r, sc, deadline, job.timeout_scale, &mut out);
     if out.freeze_frame.is_none() {
         out.freeze_frame = r.freeze.as_ref().map(|f| f.dir.clone());
     }
@@ -223,11 +225,12 @@ fn bounded_splats(splats: &[String]) -> Vec<String> {
 /// The steps in order; the first that does not pass ends the run: (verdict, why, step label).
 fn run_steps(
     r: &mut Runner,
+    sc: &Scenario,
     deadline: Instant,
     timeout_scale: f64,
     out: &mut Outcome,
 ) -> Option<(Verdict, String, String)> {
-    for (i, step) in r.sc.steps.iter().enumerate() {
+    for (i, step) in sc.steps.iter().enumerate() {
         let label = format!(
             "steps[{i}] {}{}",
             step.kind.name(),
