@@ -18,8 +18,7 @@ use crate::perf::session::{self as perf_session, Ended, Plan, Progress};
 use crate::perf::workload::{self, Target, Workload, KERNEL_TARGETS, REFERENCE, WORKLOADS};
 use crate::perf::{baseline, chart};
 use crate::runs::RunDir;
-use crate::scenario::model::{DeviceSpec, Size};
-use crate::scenario::runner::Runner;
+use crate::server::fleet::Fleet;
 use crate::server::Profile;
 use crate::util::{rfc3339_now, Result};
 use crate::vm::accel::{self, Choice};
@@ -344,7 +343,7 @@ fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
         Target::Server(n) => Some(n),
         _ => None,
     });
-    // The default profile too: the lifecycle runner needs one before any server cell.
+    // The default profile too: the fleet needs one before any server cell.
     for name in servers.chain([&crate::server::DEFAULT.to_string()]) {
         if out.contains_key(name) {
             continue;
@@ -602,8 +601,7 @@ fn one_vm(
         p.install(&vm, setup_deadline)?;
     }
     let default = &profiles[crate::server::DEFAULT];
-    let mut r = Runner::new(default, vm, dir, 0);
-    r.device = device(plan);
+    let mut r = Fleet::new(default, vm, dir);
     let ended = perf_session::run(&mut r, plan, profiles, state, |s, i, n| {
         eprintln!(
             "  [{i}/{n}] round {} {:<18} {:<12} {:>9.0} IOPS {:>8.1} MB/s",
@@ -629,7 +627,7 @@ fn one_vm(
             f.describe()
         );
     }
-    let splats = r.splats();
+    let splats = r.splats(&[]);
     r.save_artifacts();
     r.vm.kill();
     Ok(VmRun {
@@ -638,16 +636,6 @@ fn one_vm(
         splats,
         device_features: std::mem::take(&mut r.device_features),
     })
-}
-
-/// The device every server cell asks its server for (`--size`, `--queues`, `--depth`).
-fn device(plan: &Plan) -> DeviceSpec {
-    DeviceSpec {
-        size: Some(Size(plan.size_bytes)),
-        queues: Some(plan.queues),
-        depth: Some(plan.depth),
-        block_size: Some(4096),
-    }
 }
 
 fn write_outputs(report: &PerfReport, dir: &Path, save: Option<&Path>) -> Result<()> {

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use super::fio;
 use super::report::{Failure, Sample};
 use super::workload::{Target, Workload};
-use crate::scenario::model::Start;
-use crate::scenario::runner::{Runner, StepError};
+use crate::server::device::DeviceParams;
+use crate::server::fleet::{Fleet, Start};
+use crate::vm::job::JobError;
 use crate::vm::Failure as VmFailure;
 
 pub struct Plan {
@@ -145,7 +146,7 @@ pub enum Ended {
 /// Measures cells from where `state` stands until all are done or a target fails; the cells
 /// of a target that failed earlier are skipped. `progress` sees each sample as it lands.
 pub fn run<'a>(
-    r: &mut Runner<'a>,
+    r: &mut Fleet<'a>,
     plan: &Plan,
     profiles: &'a BTreeMap<String, crate::server::Profile>,
     state: &mut Progress,
@@ -194,7 +195,7 @@ pub fn run<'a>(
 /// A cell failed: if the VM is gone (or the user interrupted), every target with cells ahead
 /// is not measured for that reason; else the cell's target failed with `e`, its first cause.
 fn failed(
-    r: &mut Runner,
+    r: &mut Fleet,
     plan: &Plan,
     state: &mut Progress,
     c: CellRef,
@@ -263,7 +264,7 @@ impl CellError {
 type CellResult = Result<(fio::Measured, Option<u64>), CellError>;
 
 /// brd, null_blk, loop: the whole cell is one guest script.
-fn kernel_cell(r: &mut Runner, plan: &Plan, t: &Target, w: &Workload, label: &str) -> CellResult {
+fn kernel_cell(r: &mut Fleet, plan: &Plan, t: &Target, w: &Workload, label: &str) -> CellResult {
     let setup = t
         .setup(plan.size_bytes, plan.queues, plan.depth)
         .expect("a kernel target");
@@ -282,15 +283,25 @@ fn kernel_cell(r: &mut Runner, plan: &Plan, t: &Target, w: &Workload, label: &st
 /// A ublk server: its profile adds the device, the script measures it, the profile stops it.
 /// A failed measurement ends the cell at once: stopping a server whose I/O hung would only
 /// put a second error over the first, and the caller replaces the VM anyway.
-fn server_cell(r: &mut Runner, plan: &Plan, w: &Workload, label: &str) -> CellResult {
+fn server_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellResult {
     let deadline = Instant::now() + plan.cell_budget;
     let server_log = r.dir.join("steps").join(format!("{label}.add"));
-    let lifecycle = |what: &str, e: StepError| CellError {
+    let lifecycle = |what: &str, e: JobError| CellError {
         cause: format!("{what}: {}", step_error(e)),
         evidence: Some(server_log.clone()),
     };
-    r.start(&Start::named("perf"), deadline, &format!("{label}.add"))
-        .map_err(|e| lifecycle("adding the device", e))?;
+    let params = DeviceParams {
+        size_bytes: plan.size_bytes,
+        queues: plan.queues,
+        depth: plan.depth,
+        block_size: 4096,
+    };
+    r.start(
+        &Start::new("perf", params),
+        deadline,
+        &format!("{label}.add"),
+    )
+    .map_err(|e| lifecycle("adding the device", e))?;
     let features = r.device_features.remove("perf").unwrap_or_default();
     r.device_features.insert(r.server.name.clone(), features);
     let d = &r.daemons["perf"];
@@ -308,10 +319,10 @@ fn server_cell(r: &mut Runner, plan: &Plan, w: &Workload, label: &str) -> CellRe
     Ok((out, Some(cpu)))
 }
 
-fn step_error(e: StepError) -> String {
+fn step_error(e: JobError) -> String {
     match e {
-        StepError::Fail(m) | StepError::Infra(m) => m,
-        StepError::Hang(m) => format!("hang: {m}"),
+        JobError::Fail(m) | JobError::Infra(m) => m,
+        JobError::Hang(m) => format!("hang: {m}"),
     }
 }
 
@@ -346,7 +357,7 @@ fn phase(what: &str) -> String {
 }
 
 /// The phase a hung cell script was in, from the guest (bounded).
-fn hung_phase(r: &Runner) -> String {
+fn hung_phase(r: &Fleet) -> String {
     let deadline = Instant::now() + Duration::from_secs(3);
     match r.vm.agent.run_capture(&["cat", PHASE_FILE], deadline) {
         Ok((0, out, _)) => String::from_utf8_lossy(&out).trim().to_string(),
@@ -356,7 +367,7 @@ fn hung_phase(r: &Runner) -> String {
 
 /// Runs a cell script under the cell's limit; fio's JSON from stdout, the CPU line from
 /// stderr. Both streams are kept in steps/<label>.log.
-fn guest_script(r: &mut Runner, plan: &Plan, script: &str, label: &str) -> CellResult {
+fn guest_script(r: &mut Fleet, plan: &Plan, script: &str, label: &str) -> CellResult {
     let limit = plan.cell_budget + Duration::from_secs_f64(2.0 * (plan.runtime_s + plan.ramp_s));
     let started = Instant::now();
     let res =
@@ -413,7 +424,7 @@ fn cpu_ns(stderr: &str) -> Result<Option<u64>, String> {
 }
 
 /// A cell past its limit: a freeze-frame (with the servers' own dumps), named as the cause.
-fn freeze(r: &mut Runner, label: &str, why: &str) -> CellError {
+fn freeze(r: &mut Fleet, label: &str, why: &str) -> CellError {
     let (stuck, dir) = freeze_frame(r, label, why);
     CellError {
         cause: format!("hang: {why}; stuck: {stuck}"),
@@ -422,7 +433,7 @@ fn freeze(r: &mut Runner, label: &str, why: &str) -> CellError {
 }
 
 /// The stuck tags (or "none seen") and the directory of a freeze-frame taken now.
-fn freeze_frame(r: &mut Runner, label: &str, why: &str) -> (String, PathBuf) {
+fn freeze_frame(r: &mut Fleet, label: &str, why: &str) -> (String, PathBuf) {
     let dir = r.dir.join(format!("freeze-{label}"));
     let f = r.freeze_frame(&dir, why);
     let stuck = match f.stuck_tags.is_empty() {
@@ -435,7 +446,7 @@ fn freeze_frame(r: &mut Runner, label: &str, why: &str) -> (String, PathBuf) {
 /// A server cell's script failed without hanging (fio gave up on a stuck job, an I/O error,
 /// a mismatch): the device's state now is the evidence (a freeze-frame, the server's own
 /// dump), and what the server printed joins the cause. A hang has its freeze-frame already.
-fn server_failure(r: &mut Runner, label: &str, e: CellError) -> CellError {
+fn server_failure(r: &mut Fleet, label: &str, e: CellError) -> CellError {
     let hung = e.cause.starts_with("hang: ");
     if r.vm.gone().is_some() {
         return e;

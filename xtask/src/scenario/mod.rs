@@ -1,12 +1,9 @@
 //! YAML scenarios: the format (`model`), the steps, one run's rules (`run`), freeze-frames.
 
-pub mod freeze;
-pub mod lifecycle;
 pub mod model;
 pub mod recovery;
 pub mod run;
 pub mod runner;
-pub mod splat;
 pub mod steps;
 
 use std::path::{Path, PathBuf};

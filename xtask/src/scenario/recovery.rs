@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use super::model;
-use super::runner::Daemon;
 use super::runner::{reason_of, Runner, StepError};
+use crate::server::fleet::Daemon;
+use crate::server::Sig;
 
 impl Runner<'_> {
     /// The seeded wait before a signal (and, with `in_flight`, until the device has writes
@@ -89,6 +90,35 @@ impl Runner<'_> {
             _ => StepError::Fail(format!(
                 "{why}; ublk{dev_id}'s control commands got no answer within 5 s after it (the kernel still holds the dead server's device)"
             )),
+        }
+    }
+
+    /// The `signal` step.
+    pub(super) fn signal(
+        &mut self,
+        sg: &model::Signal,
+        step: usize,
+        deadline: Instant,
+    ) -> Result<(), StepError> {
+        self.before_signal(sg, step, deadline)?;
+        self.send(&sg.device, sg.signal.number())?;
+        if !sg.signal.ends_daemon() {
+            return Ok(());
+        }
+        let status = self.await_end(&sg.device, deadline, &format!("SIG{}", sg.signal.name()))?;
+        let want = match sg.signal {
+            Sig::Kill => 128 + libc::SIGKILL,
+            _ => sg.expect_exit.unwrap_or(0),
+        };
+        match status {
+            // A daemonized server is not our child: its exit status is unknowable.
+            None => Ok(()),
+            Some(st) if st == want => Ok(()),
+            Some(st) => Err(StepError::Fail(format!(
+                "daemon `{}` exited {st} after SIG{}, expected {want}",
+                sg.device,
+                sg.signal.name()
+            ))),
         }
     }
 

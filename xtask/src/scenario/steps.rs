@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::freeze;
 use super::model::{self, Expect, Kind, Name, Step};
 use super::runner::{reason_of, Runner, StepError};
+use crate::vm::freeze;
 
 impl Runner<'_> {
     /// `sh -c` with `$DEV_<name>` (the block device of each running daemon) exported.
@@ -76,7 +76,7 @@ impl Runner<'_> {
     pub fn step(&mut self, i: usize, step: &Step, deadline: Instant) -> Result<(), StepError> {
         let log_name = format!("{i:02}-{}.log", step.kind.name());
         match &step.kind {
-            Kind::Start(s) => self.start(s, deadline, &log_name),
+            Kind::Start(s) => self.start_step(s, deadline, &log_name),
             Kind::Stop(st) => self.stop(&st.device, deadline, &log_name),
             Kind::Io(io) => self.io(io, deadline, &log_name),
             Kind::Shell(sh) => self.shell(sh, deadline, &log_name),
@@ -211,10 +211,8 @@ impl Runner<'_> {
                 )),
             });
         }
-        let ff = self.freeze_frame(
-            &self.dir.join(format!("freeze-frame-{i:02}")),
-            &format!("steps[{i}] hung as expected"),
-        );
+        let ff_dir = self.dir.join(format!("freeze-frame-{i:02}"));
+        let ff = self.freeze_frame(&ff_dir, &format!("steps[{i}] hung as expected"));
         let _ = self.vm.agent.signal(job.id, libc::SIGKILL);
         let mut missing = Vec::new();
         for n in &e.must_name {

@@ -18,10 +18,10 @@ use super::suite::Suite;
 use crate::image::tools::Layer;
 use crate::image::Image;
 use crate::runs::{self, Verdict};
-use crate::scenario::freeze::{self, DaemonRef};
-use crate::scenario::splat;
 use crate::session::outcome::{failure_verdict, Outcome};
+use crate::vm::freeze::{self, DaemonRef};
 use crate::vm::qemu::{Accel, VmConfig};
+use crate::vm::splat;
 use crate::vm::{Failure, Outcome as VmOutcome, Vm};
 
 /// kselftest's "skip" exit code.

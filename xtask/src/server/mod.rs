@@ -13,6 +13,7 @@ use crate::input::{self, key_position, located};
 
 pub mod build;
 pub mod device;
+pub mod fleet;
 mod signal;
 
 use crate::util::{root, Result};

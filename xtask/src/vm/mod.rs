@@ -3,8 +3,11 @@
 
 pub mod accel;
 pub mod agent;
+pub mod freeze;
+pub mod job;
 pub mod limits;
 pub mod qemu;
+pub mod splat;
 
 use std::fs::File;
 use std::io::{Read, Write};

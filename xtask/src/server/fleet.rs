@@ -1,18 +1,217 @@
-//! A server's life in a scenario, through its profile (`server::Profile`): `start` adds a
+//! The servers of one VM (`Fleet`), through their profiles (`server::Profile`): `start` adds a
 //! device — a foreground server keeps running as the agent job that started it, a daemonizing
 //! one's `add` exits 0 — and the platform learns the device and the server's pid from the ready
 //! line or from the kernel (`ublk-mem list --json`, GET_DEV_INFO on /dev/ublk-control, for any
-//! server). `stop`, `signal` and `reset` end servers the way their profile says.
+//! server). `stop`, `send`, `await_end` and `reset` end servers the way their profile says;
+//! `freeze_frame` adds each server's own dump. Scenarios (their start/stop/signal/recover
+//! steps) and vm-perf (its server cells) both drive servers through it, with the device
+//! parameters they choose.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ublk::contract;
 
-use super::freeze;
-use super::model;
-use super::runner::{reason_of, Daemon, Job, Runner, StepError, Stream};
-use crate::server::Sig;
-use crate::server::{Mode, Ready, Stop, Storage, Vars};
+use super::device::{DeviceOverride, DeviceParams};
+use super::{Mode, Profile, Ready, RecoveryMode, Sig, Stop, Storage, Vars};
+use crate::runs;
+use crate::vm::freeze::{self, DaemonRef, FreezeFrame};
+use crate::vm::job::{Job, JobError, Stream};
+use crate::vm::Vm;
+
+/// What a start asks of the fleet's server: a device by name, with its parameters.
+#[derive(Clone, Debug)]
+pub struct Start {
+    /// The device's name in the run (`$DEV_<name>`, log and artifact names).
+    pub name: String,
+    pub params: DeviceParams,
+    /// The profile's fault option with this value (`{fault}`), if any.
+    pub fault: Option<String>,
+    /// The profile's trace option (ublk-mem's per-queue tag trace).
+    pub trace: bool,
+    /// Start the device for this user-recovery mode (the profile's `recovery.add`).
+    pub recovery: Option<RecoveryMode>,
+}
+
+impl Start {
+    /// A plain device `name` with `params`.
+    pub fn new(name: &str, params: DeviceParams) -> Start {
+        Start {
+            name: name.into(),
+            params,
+            fault: None,
+            trace: false,
+            recovery: None,
+        }
+    }
+}
+
+/// The servers one VM runs, and the VM.
+pub struct Fleet<'a> {
+    pub server: &'a Profile,
+    pub vm: Vm,
+    /// The run directory (steps.log, steps/, dumps, traces).
+    pub dir: PathBuf,
+    /// The id the next `start` passes as `{dev_id}`.
+    pub next_dev_id: u32,
+    pub daemons: HashMap<String, Daemon>,
+    /// Device name → the ublk features it ran with, as its server (or the kernel) reported.
+    pub device_features: BTreeMap<String, Vec<String>>,
+    /// `--queues`/`--depth`: replace every start's values.
+    pub overrides: DeviceOverride,
+}
+
+/// A server the fleet started, and how to reach it.
+pub struct Daemon {
+    /// The `add` command: the server itself in foreground mode; in daemon mode it has exited.
+    pub job: Job,
+    pub mode: Mode,
+    pub pid: i32,
+    pub bdev: String,
+    /// The values its argv was rendered with (the stop command uses them too).
+    pub vars: Vars,
+    pub state_file: Option<String>,
+    pub trace: Option<(String, u16)>,
+    /// A step (stop, signal, reset) saw the server exit, as it expected.
+    pub ended: bool,
+}
+
+impl Daemon {
+    pub fn running(&self) -> bool {
+        match self.mode {
+            Mode::Foreground => self.job.status.is_none() && self.job.lost.is_none(),
+            Mode::Daemon => !self.ended,
+        }
+    }
+
+    pub fn as_ref<'a>(&'a self, name: &'a str) -> DaemonRef<'a> {
+        DaemonRef {
+            name,
+            exec_id: (self.mode == Mode::Foreground).then_some(self.job.id),
+            pid: self.pid,
+            state_file: self.state_file.as_deref(),
+        }
+    }
+}
+
+impl<'a> Fleet<'a> {
+    pub fn new(server: &'a Profile, vm: Vm, dir: &Path) -> Fleet<'a> {
+        runs::record(
+            &dir.join("steps"),
+            std::fs::create_dir_all(dir.join("steps")),
+        );
+        Fleet {
+            server,
+            vm,
+            dir: dir.to_path_buf(),
+            next_dev_id: 0,
+            daemons: HashMap::new(),
+            device_features: BTreeMap::new(),
+            overrides: DeviceOverride::default(),
+        }
+    }
+
+    /// Appends a line to steps.log.
+    pub fn log(&self, line: &str) {
+        let path = self.dir.join("steps.log");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        runs::record(&path, f.and_then(|mut f| writeln!(f, "{line}")));
+    }
+
+    pub fn exec(&self, argv: &[String], log_name: &str) -> Result<Job, JobError> {
+        let log_path = self.dir.join("steps").join(log_name);
+        let log = File::create(&log_path)
+            .map_err(|e| JobError::Infra(format!("create {}: {e}", log_path.display())))?;
+        let (id, rx) = self.vm.agent.exec(argv).map_err(JobError::Infra)?;
+        self.vm.agent.stdin(id, &[]).map_err(JobError::Infra)?;
+        Ok(Job::new(id, rx, log, log_path))
+    }
+
+    /// Waits for a job to exit; Hang at the deadline.
+    pub fn finish_job(
+        &self,
+        job: &mut Job,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<i32, JobError> {
+        if !job.pump(deadline, |_, _| false) {
+            return Err(JobError::Hang(format!(
+                "{what} did not finish within its timeout"
+            )));
+        }
+        if let Some(why) = &job.lost {
+            return Err(JobError::Infra(format!("{what}: {why}")));
+        }
+        Ok(job.status.unwrap())
+    }
+
+    /// A freeze-frame of the guest now, with each server's own dump (the profile's `dump:`).
+    pub fn freeze_frame(&mut self, dir: &Path, why: &str) -> FreezeFrame {
+        let mut ff = freeze::collect(&self.vm, &self.daemon_refs(), dir, why);
+        let dumps = self.dump_servers(dir);
+        if !dumps.is_empty() {
+            freeze::append_notes(&mut ff, &dumps);
+        }
+        ff
+    }
+
+    pub fn daemon_refs(&self) -> Vec<DaemonRef<'_>> {
+        self.daemons
+            .iter()
+            .filter(|(_, d)| d.running())
+            .map(|(n, d)| d.as_ref(n))
+            .collect()
+    }
+
+    /// Kernel splats in the guest's log (saved as dmesg.txt) but the `expected` ones.
+    pub fn splats(&self, expected: &[String]) -> Vec<String> {
+        let log = match self
+            .vm
+            .agent
+            .run_capture(&["dmesg"], Instant::now() + Duration::from_secs(3))
+        {
+            Ok((_, out, _)) => {
+                let text = String::from_utf8_lossy(&out).into_owned();
+                runs::save(&self.dir.join("dmesg.txt"), &text);
+                text
+            }
+            // The agent may be gone (the kernel died): the serial log is the fallback.
+            Err(_) => std::fs::read_to_string(self.vm.paths.serial_log()).unwrap_or_default(),
+        };
+        crate::vm::splat::scan(&log, expected)
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .collect()
+    }
+
+    /// Server output and traces, while the agent still answers.
+    pub fn save_artifacts(&mut self) {
+        let until = Instant::now() + Duration::from_millis(200);
+        for (name, d) in self.daemons.iter_mut() {
+            if d.mode == crate::server::Mode::Foreground {
+                d.job.pump(until.max(Instant::now()), |_, _| false);
+            }
+            if let Some((prefix, queues)) = &d.trace {
+                for q in 0..*queues {
+                    let path = format!("{prefix}.q{q}");
+                    if let Ok(data) = self.vm.agent.get_file(
+                        &path,
+                        256 << 20,
+                        Instant::now() + Duration::from_secs(10),
+                    ) {
+                        runs::save(&self.dir.join(format!("trace-{name}.q{q}")), data);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Longest ready line read (a longer line is not one).
 const MAX_READY_LINE_BYTES: usize = 64 << 10;
@@ -54,26 +253,22 @@ fn wait_a_poll(
     what: &str,
     dead: &str,
     late: &str,
-) -> Result<(), StepError> {
+) -> Result<(), JobError> {
     if job.pump(Instant::now() + POLL, |_, _| false) && job.status.is_some_and(|s| s != 0) {
         let st = job.status.unwrap_or(-1);
-        return Err(StepError::Fail(format!("{what} exited {st} {dead}")));
+        return Err(JobError::Fail(format!("{what} exited {st} {dead}")));
     }
     if Instant::now() >= deadline {
-        return Err(StepError::Hang(format!("{what} {late}")));
+        return Err(JobError::Hang(format!("{what} {late}")));
     }
     Ok(())
 }
 
-impl Runner<'_> {
-    /// The `start` step: the profile's add command, then the device and the server's pid.
-    pub(crate) fn start(
-        &mut self,
-        s: &model::Start,
-        deadline: Instant,
-        log_name: &str,
-    ) -> Result<(), StepError> {
-        let p = self.overrides.apply(self.device.params(s));
+impl Fleet<'_> {
+    /// Starts a device: the profile's add command (with the session's overrides applied to
+    /// `s.params`), then the device and the server's pid.
+    pub fn start(&mut self, s: &Start, deadline: Instant, log_name: &str) -> Result<(), JobError> {
+        let p = self.overrides.apply(s.params);
         let vars = Vars {
             size: p.size_bytes,
             queues: p.queues,
@@ -81,7 +276,7 @@ impl Runner<'_> {
             block_size: p.block_size,
             dev_id: self.next_dev_id,
             backing_file: format!("/run/ublk-{}.img", s.name),
-            fault: s.fault.as_ref().map(|f| f.0.clone()).unwrap_or_default(),
+            fault: s.fault.clone().unwrap_or_default(),
             trace: format!("/run/ublk-{}.trace", s.name),
             state_file: format!("/run/ublk-{}.state.json", s.name),
             recovery: s.recovery.map(|m| m.name().to_string()).unwrap_or_default(),
@@ -129,24 +324,19 @@ impl Runner<'_> {
     }
 
     /// A file of the device's size on the guest's tmpfs, for `storage: file` servers.
-    fn backing_file(
-        &self,
-        vars: &Vars,
-        deadline: Instant,
-        log_name: &str,
-    ) -> Result<(), StepError> {
+    fn backing_file(&self, vars: &Vars, deadline: Instant, log_name: &str) -> Result<(), JobError> {
         let mk = format!("truncate -s {} {}", vars.size, vars.backing_file);
         let log = format!("{log_name}.backing");
         let mut job = self.exec(&["sh".into(), "-c".into(), mk], &log)?;
         if self.finish_job(&mut job, deadline, "creating the backing file")? != 0 {
             let m = format!("could not create {}", vars.backing_file);
-            return Err(StepError::Infra(m));
+            return Err(JobError::Infra(m));
         }
         Ok(())
     }
 
     /// The add command: the profile's template plus the options this step asks for.
-    fn add_argv(&self, s: &model::Start, vars: &Vars) -> Vec<String> {
+    fn add_argv(&self, s: &Start, vars: &Vars) -> Vec<String> {
         let opts = &self.server.options;
         let mut argv = vars.render(&self.server.add.argv);
         let extra = [
@@ -170,7 +360,7 @@ impl Runner<'_> {
     /// the way the profile says to learn it. `before`: the devices the kernel had before the
     /// command started (a server that chooses its own id is found as the one new device).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn ready(
+    pub fn ready(
         &self,
         how: &crate::server::Add,
         job: &mut Job,
@@ -179,7 +369,7 @@ impl Runner<'_> {
         before: &[u32],
         deadline: Instant,
         log_name: &str,
-    ) -> Result<(u32, i32, Vec<String>), StepError> {
+    ) -> Result<(u32, i32, Vec<String>), JobError> {
         let what = &self.server.name;
         let said: Option<u32> = match (how.mode, &how.ready) {
             (Mode::Foreground, Ready::Json) => {
@@ -187,7 +377,7 @@ impl Runner<'_> {
                 let ready: contract::Ready = serde_json::from_str(&r).map_err(|e| {
                     let m =
                         format!("{what}'s ready line is not a ublk::contract::Ready ({e}): {r}");
-                    StepError::Fail(m)
+                    JobError::Fail(m)
                 })?;
                 return Ok((ready.dev_id, ready.pid, ready.features));
             }
@@ -195,7 +385,7 @@ impl Runner<'_> {
                 let r = self.first_stdout_line(job, deadline, log_name, what)?;
                 let id = bdev_id(r.trim());
                 Some(id.ok_or_else(|| {
-                    StepError::Fail(format!("{what}'s first line is not /dev/ublkbN: {r:?}"))
+                    JobError::Fail(format!("{what}'s first line is not /dev/ublkbN: {r:?}"))
                 })?)
             }
             (mode, Ready::Line(_)) => {
@@ -229,13 +419,13 @@ impl Runner<'_> {
         argv: &[String],
         deadline: Instant,
         log_name: &str,
-    ) -> Result<(), StepError> {
+    ) -> Result<(), JobError> {
         let what = &self.server.name;
         let status = self.finish_job(job, deadline, &format!("{what} add"))?;
         if status != 0 {
-            let log = reason_of(&self.dir.join("steps").join(log_name), 6);
+            let log = crate::reason::of_file(&self.dir.join("steps").join(log_name), 6);
             let m = format!("`{}` exited {status}: {log}", argv.join(" "));
-            return Err(StepError::Fail(m));
+            return Err(JobError::Fail(m));
         }
         Ok(())
     }
@@ -247,7 +437,7 @@ impl Runner<'_> {
         deadline: Instant,
         log_name: &str,
         what: &str,
-    ) -> Result<String, StepError> {
+    ) -> Result<String, JobError> {
         let mut line = Vec::new();
         let mut ready = false;
         job.pump(deadline, |stream, chunk| {
@@ -273,7 +463,7 @@ impl Runner<'_> {
         deadline: Instant,
         log_name: &str,
         what: &str,
-    ) -> Result<Option<u32>, StepError> {
+    ) -> Result<Option<u32>, JobError> {
         let mut bufs = [Vec::new(), Vec::new()];
         let mut found: Option<Result<Option<u32>, String>> = None;
         job.pump(deadline, |stream, chunk| {
@@ -294,7 +484,7 @@ impl Runner<'_> {
         });
         match found {
             Some(Ok(id)) => Ok(id),
-            Some(Err(m)) => Err(StepError::Fail(format!("{what}'s ready line: {m}"))),
+            Some(Err(m)) => Err(JobError::Fail(format!("{what}'s ready line: {m}"))),
             None => {
                 let why = format!(
                     "printed no line matching {:?} within the step timeout",
@@ -307,14 +497,14 @@ impl Runner<'_> {
 
     /// Why a server that should have said it was ready did not: it exited, the VM was lost, or
     /// it hung.
-    fn not_ready(&self, job: &Job, log_name: &str, what: &str, hang: &str) -> StepError {
-        let log = reason_of(&self.dir.join("steps").join(log_name), 6);
+    fn not_ready(&self, job: &Job, log_name: &str, what: &str, hang: &str) -> JobError {
+        let log = crate::reason::of_file(&self.dir.join("steps").join(log_name), 6);
         match (job.status, job.lost.clone()) {
-            (Some(st), _) => StepError::Fail(format!(
+            (Some(st), _) => JobError::Fail(format!(
                 "{what} exited {st} before the device was ready: {log}"
             )),
-            (None, Some(why)) => StepError::Infra(why),
-            (None, None) => StepError::Hang(format!("{what} {hang}: {log}")),
+            (None, Some(why)) => JobError::Infra(why),
+            (None, None) => JobError::Hang(format!("{what} {hang}: {log}")),
         }
     }
 
@@ -325,7 +515,7 @@ impl Runner<'_> {
         deadline: Instant,
         job: &mut Job,
         what: &str,
-    ) -> Result<u32, StepError> {
+    ) -> Result<u32, JobError> {
         loop {
             let new: Vec<u32> = self
                 .devices()?
@@ -337,7 +527,7 @@ impl Runner<'_> {
                 [id] => return Ok(*id),
                 [] => {}
                 many => {
-                    return Err(StepError::Fail(format!(
+                    return Err(JobError::Fail(format!(
                         "{what} added {} devices ({many:?}) for one start step",
                         many.len()
                     )))
@@ -359,7 +549,7 @@ impl Runner<'_> {
     /// The kernel's own selftests wait for this before `kublk recover`; so does the platform,
     /// so a server that does not retry START_USER_RECOVERY's EBUSY is not failed for the race
     /// (one that retries, like ublk-mem, loses nothing). Still live at the deadline: a hang.
-    pub(super) fn await_released(&self, dev_id: u32, deadline: Instant) -> Result<(), StepError> {
+    pub fn await_released(&self, dev_id: u32, deadline: Instant) -> Result<(), JobError> {
         loop {
             let devices = self.devices()?;
             let state = devices
@@ -370,10 +560,10 @@ impl Runner<'_> {
                 Some("quiesced" | "fail-io") => return Ok(()),
                 None | Some("dead") => {
                     let m = format!("device ublk{dev_id} is gone (or dead): nothing to recover");
-                    return Err(StepError::Fail(m));
+                    return Err(JobError::Fail(m));
                 }
                 Some(other) if Instant::now() >= deadline => {
-                    return Err(StepError::Hang(format!(
+                    return Err(JobError::Hang(format!(
                         "device ublk{dev_id} is still {other} after its server ended: the kernel did not release it for recovery within the step timeout"
                     )))
                 }
@@ -383,7 +573,7 @@ impl Runner<'_> {
     }
 
     /// The ids of every device the kernel has now.
-    pub(super) fn device_ids(&self) -> Result<Vec<u32>, StepError> {
+    pub fn device_ids(&self) -> Result<Vec<u32>, JobError> {
         Ok(self.devices()?.into_iter().map(|d| d.dev_id).collect())
     }
 
@@ -394,7 +584,7 @@ impl Runner<'_> {
         deadline: Instant,
         job: &mut Job,
         what: &str,
-    ) -> Result<contract::Device, StepError> {
+    ) -> Result<contract::Device, JobError> {
         loop {
             if let Some(d) = self.devices()?.into_iter().find(|d| d.dev_id == id) {
                 if d.state == "live" && d.pid > 0 {
@@ -410,7 +600,7 @@ impl Runner<'_> {
     }
 
     /// Every ublk device the kernel knows, whoever created it.
-    pub(super) fn devices(&self) -> Result<Vec<contract::Device>, StepError> {
+    pub fn devices(&self) -> Result<Vec<contract::Device>, JobError> {
         let (status, out, err) = self
             .vm
             .agent
@@ -418,10 +608,10 @@ impl Runner<'_> {
                 &["ublk-mem", "list", "--json"],
                 Instant::now() + Duration::from_secs(5),
             )
-            .map_err(StepError::Infra)?;
+            .map_err(JobError::Infra)?;
         if status != 0 {
             let err = String::from_utf8_lossy(&err);
-            return Err(StepError::Infra(format!(
+            return Err(JobError::Infra(format!(
                 "ublk-mem list exited {status}: {}",
                 err.trim()
             )));
@@ -430,18 +620,18 @@ impl Runner<'_> {
             .lines()
             .map(|l| {
                 serde_json::from_str(l)
-                    .map_err(|e| StepError::Infra(format!("ublk-mem list: {e}: {l}")))
+                    .map_err(|e| JobError::Infra(format!("ublk-mem list: {e}: {l}")))
             })
             .collect()
     }
 
     /// The `stop` step: the profile's way to end the server; it must end in time.
-    pub(crate) fn stop(
+    pub fn stop(
         &mut self,
         device: &str,
         deadline: Instant,
         log_name: &str,
-    ) -> Result<(), StepError> {
+    ) -> Result<(), JobError> {
         let how = self.server.stop.clone();
         match how {
             Stop::Signal(sig) => {
@@ -453,8 +643,8 @@ impl Runner<'_> {
                 let mut job = self.exec(&argv, log_name)?;
                 let status = self.finish_job(&mut job, deadline, &argv.join(" "))?;
                 if status != 0 {
-                    let log = reason_of(&self.dir.join("steps").join(log_name), 6);
-                    return Err(StepError::Fail(format!(
+                    let log = crate::reason::of_file(&self.dir.join("steps").join(log_name), 6);
+                    return Err(JobError::Fail(format!(
                         "`{}` exited {status}: {log}",
                         argv.join(" ")
                     )));
@@ -463,62 +653,33 @@ impl Runner<'_> {
         }
         let status = self.await_end(device, deadline, "stop")?;
         match status {
-            Some(st) if st != 0 => Err(StepError::Fail(format!(
+            Some(st) if st != 0 => Err(JobError::Fail(format!(
                 "server `{device}` exited {st} on stop, expected 0"
             ))),
             _ => Ok(()),
         }
     }
 
-    /// The `signal` step.
-    pub(super) fn signal(
-        &mut self,
-        sg: &model::Signal,
-        step: usize,
-        deadline: Instant,
-    ) -> Result<(), StepError> {
-        self.before_signal(sg, step, deadline)?;
-        self.send(&sg.device, sg.signal.number())?;
-        if !sg.signal.ends_daemon() {
-            return Ok(());
-        }
-        let status = self.await_end(&sg.device, deadline, &format!("SIG{}", sg.signal.name()))?;
-        let want = match sg.signal {
-            Sig::Kill => 128 + libc::SIGKILL,
-            _ => sg.expect_exit.unwrap_or(0),
-        };
-        match status {
-            // A daemonized server is not our child: its exit status is unknowable.
-            None => Ok(()),
-            Some(st) if st == want => Ok(()),
-            Some(st) => Err(StepError::Fail(format!(
-                "daemon `{}` exited {st} after SIG{}, expected {want}",
-                sg.device,
-                sg.signal.name()
-            ))),
-        }
-    }
-
-    pub(super) fn daemon(&self, name: &str) -> Result<&Daemon, StepError> {
+    pub fn daemon(&self, name: &str) -> Result<&Daemon, JobError> {
         self.daemons
             .get(name)
             .filter(|d| d.running())
-            .ok_or_else(|| StepError::Fail(format!("device `{name}` is not running")))
+            .ok_or_else(|| JobError::Fail(format!("device `{name}` is not running")))
     }
 
-    fn send(&self, name: &str, sig: i32) -> Result<(), StepError> {
+    pub fn send(&self, name: &str, sig: i32) -> Result<(), JobError> {
         let d = self.daemon(name)?;
-        freeze::signal_server(&self.vm, &d.as_ref(name), sig).map_err(StepError::Infra)
+        freeze::signal_server(&self.vm, &d.as_ref(name), sig).map_err(JobError::Infra)
     }
 
     /// Waits until the server has exited: Some(status) for a foreground server (our child),
     /// None for a daemon (seen gone from /proc).
-    pub(super) fn await_end(
+    pub fn await_end(
         &mut self,
         name: &str,
         deadline: Instant,
         after: &str,
-    ) -> Result<Option<i32>, StepError> {
+    ) -> Result<Option<i32>, JobError> {
         let (mode, pid) = {
             let d = self.daemon(name)?;
             (d.mode, d.pid)
@@ -533,13 +694,13 @@ impl Runner<'_> {
                         &["sh", "-c", &probe],
                         Instant::now() + Duration::from_secs(5),
                     )
-                    .map_err(StepError::Infra)?;
+                    .map_err(JobError::Infra)?;
                 if st != 0 {
                     self.daemons.get_mut(name).expect("checked above").ended = true;
                     return Ok(None);
                 }
                 if Instant::now() >= deadline {
-                    return Err(StepError::Hang(format!(
+                    return Err(JobError::Hang(format!(
                         "server `{name}` (pid {pid}) still running after {after}"
                     )));
                 }
@@ -548,12 +709,12 @@ impl Runner<'_> {
         }
         let d = self.daemons.get_mut(name).expect("checked above");
         if !d.job.pump(deadline, |_, _| false) {
-            return Err(StepError::Hang(format!(
+            return Err(JobError::Hang(format!(
                 "daemon `{name}` still running after {after}"
             )));
         }
         if let Some(why) = &d.job.lost {
-            return Err(StepError::Infra(format!("daemon `{name}`: {why}")));
+            return Err(JobError::Infra(format!("daemon `{name}`: {why}")));
         }
         d.ended = true;
         Ok(d.job.status)
@@ -562,7 +723,7 @@ impl Runner<'_> {
     /// What the servers said that a failed step's reason should carry: a foreground server
     /// that exited with no step expecting it, with the telling lines of its output (or its
     /// last ones); a running one only if its output has error lines. In name order, bounded.
-    pub(crate) fn server_notes(&mut self) -> Vec<String> {
+    pub fn server_notes(&mut self) -> Vec<String> {
         let until = Instant::now() + Duration::from_millis(200);
         let mut names: Vec<String> = self.daemons.keys().cloned().collect();
         names.sort();
@@ -590,7 +751,7 @@ impl Runner<'_> {
     }
 
     /// Stops every server, deletes every device, reloads ublk_drv, and checks the state is clean.
-    pub(super) fn reset(&mut self, deadline: Instant, log_name: &str) -> Result<(), StepError> {
+    pub fn reset(&mut self, deadline: Instant, log_name: &str) -> Result<(), JobError> {
         let mut running: Vec<String> = self
             .daemons
             .iter()
@@ -601,7 +762,7 @@ impl Runner<'_> {
         for name in running {
             self.stop(&name, deadline, &format!("{log_name}.stop-{name}"))
                 .map_err(|e| match e {
-                    StepError::Hang(m) => StepError::Hang(format!("reset: {m}")),
+                    JobError::Hang(m) => JobError::Hang(format!("reset: {m}")),
                     other => other,
                 })?;
         }
@@ -615,9 +776,9 @@ impl Runner<'_> {
         let mut job = self.exec(&["sh".into(), "-c".into(), script.into()], log_name)?;
         let status = self.finish_job(&mut job, deadline, "reset")?;
         if status != 0 {
-            return Err(StepError::Fail(format!(
+            return Err(JobError::Fail(format!(
                 "reset failed: {}",
-                reason_of(&self.dir.join("steps").join(log_name), 6)
+                crate::reason::of_file(&self.dir.join("steps").join(log_name), 6)
             )));
         }
         self.daemons.retain(|_, d| d.running());
@@ -629,10 +790,10 @@ impl Runner<'_> {
 const DUMP_WAIT: Duration = Duration::from_secs(3);
 const MAX_DUMP_BYTES: usize = 4 << 20;
 
-impl Runner<'_> {
+impl Fleet<'_> {
     /// Each running server's own state dump (the profile's `dump:`), into `dir` as
     /// `dump-NAME.txt`; one line per server for the freeze-frame's summary.
-    pub(super) fn dump_servers(&mut self, dir: &std::path::Path) -> Vec<String> {
+    pub fn dump_servers(&mut self, dir: &std::path::Path) -> Vec<String> {
         let Some(how) = self.server.dump.clone() else {
             return Vec::new();
         };
