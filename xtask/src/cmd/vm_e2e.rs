@@ -190,13 +190,12 @@ impl Suite for Scenarios {
     }
 
     /// The profiles the runs use made ready (binaries built or copied), the tools layer.
-    fn prepare(&mut self, images: &BTreeMap<String, Arc<Image>>) -> Result<()> {
+    fn prepare(
+        &mut self,
+        _images: &BTreeMap<String, Arc<Image>>,
+        used: &[&Unit<Test>],
+    ) -> Result<()> {
         let recipe = crate::image::recipe::Recipe::load()?;
-        let units = self.units();
-        let used: Vec<&Unit<Test>> = units
-            .iter()
-            .filter(|u| images.contains_key(&u.key.kernel))
-            .collect();
         for (key, p) in self.servers.iter_mut() {
             if used.iter().any(|u| &u.test.server == key) {
                 p.prepare(&recipe)?;

@@ -161,7 +161,11 @@ impl session::Suite for Selftests {
         format!("{test} {} #{}", key.kernel, key.repeat)
     }
 
-    fn prepare(&mut self, images: &BTreeMap<String, Arc<Image>>) -> Result<()> {
+    fn prepare(
+        &mut self,
+        images: &BTreeMap<String, Arc<Image>>,
+        _used: &[&Unit<String>],
+    ) -> Result<()> {
         self.tools = Some(tools::layer(&["fio".into(), "bash".into()])?);
         for (k, image) in images {
             warn_if_newer(k, image, &self.suites[k]);

@@ -860,16 +860,7 @@ impl<'a> Checker<'a> {
             ));
         }
         match &step.kind {
-            Kind::Start(s) => {
-                if self.device(&s.name).is_some() {
-                    return Err(format!("start: device `{}` is already started", s.name));
-                }
-                let p = self.sc.device_params(s);
-                server_options(p, s.fault.as_ref())
-                    .map_err(|(key, e)| format!("start: {key}: {e}"))?;
-                self.devices.push((&s.name, p.size_bytes));
-                self.recoverable.extend(s.recovery.map(|_| s.name.as_str()));
-            }
+            Kind::Start(s) => self.start(s)?,
             Kind::Io(io) => {
                 self.io(io)?;
                 self.jobs.extend(io.background.as_deref());
@@ -885,24 +876,8 @@ impl<'a> Checker<'a> {
                 self.devices.retain(|(d, _)| *d != st.device);
             }
             Kind::Signal(sg) => self.signal(sg)?,
-            Kind::Quiesce(q) => {
-                if !self.recoverable.contains(&q.device.as_str()) {
-                    return Err(format!(
-                        "quiesce: device `{}` is not started (with `recovery:`) by an earlier step",
-                        q.device
-                    ));
-                }
-                self.orphan(&q.device, "quiesce")?;
-            }
-            Kind::Recover(r) => {
-                let Some(at) = self.orphans.iter().position(|(d, _)| *d == r.device) else {
-                    return Err(format!(
-                        "recover: device `{}` has no dead server to replace (a KILL signal or a quiesce step on a device started with `recovery:` comes first)",
-                        r.device
-                    ));
-                };
-                self.devices.push(self.orphans.remove(at));
-            }
+            Kind::Quiesce(q) => self.quiesce(q)?,
+            Kind::Recover(r) => self.recover(r)?,
             Kind::ExpectTimeout(e) => match (&e.shell, &e.io) {
                 (Some(_), None) => {}
                 (None, Some(io)) => self.io(io)?,
@@ -929,6 +904,38 @@ impl<'a> Checker<'a> {
             }
             Kind::Check(_) => {}
         }
+        Ok(())
+    }
+
+    fn start(&mut self, s: &'a Start) -> std::result::Result<(), String> {
+        if self.device(&s.name).is_some() {
+            return Err(format!("start: device `{}` is already started", s.name));
+        }
+        let p = self.sc.device_params(s);
+        server_options(p, s.fault.as_ref()).map_err(|(key, e)| format!("start: {key}: {e}"))?;
+        self.devices.push((&s.name, p.size_bytes));
+        self.recoverable.extend(s.recovery.map(|_| s.name.as_str()));
+        Ok(())
+    }
+
+    fn quiesce(&mut self, q: &'a Quiesce) -> std::result::Result<(), String> {
+        if !self.recoverable.contains(&q.device.as_str()) {
+            return Err(format!(
+                "quiesce: device `{}` is not started (with `recovery:`) by an earlier step",
+                q.device
+            ));
+        }
+        self.orphan(&q.device, "quiesce")
+    }
+
+    fn recover(&mut self, r: &'a Recover) -> std::result::Result<(), String> {
+        let Some(at) = self.orphans.iter().position(|(d, _)| *d == r.device) else {
+            return Err(format!(
+                "recover: device `{}` has no dead server to replace (a KILL signal or a quiesce step on a device started with `recovery:` comes first)",
+                r.device
+            ));
+        };
+        self.devices.push(self.orphans.remove(at));
         Ok(())
     }
 

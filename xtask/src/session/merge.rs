@@ -112,15 +112,6 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
             crate::text::term(&crate::text::bound(&h.tool, 80))
         ));
     }
-    let word = |what: &str, v: &str, max: usize| -> std::result::Result<(), String> {
-        if v.len() > max || v.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "{what} {} is longer than {max} bytes or holds control characters",
-                crate::text::term(&crate::text::bound(v, 80))
-            ));
-        }
-        Ok(())
-    };
     word("commit", &h.commit, 128)?;
     word("accelerator", &h.accelerator, 64)?;
     word("started_at", &h.started_at, 64)?;
@@ -130,35 +121,13 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
         &s.reproduce.replace('\n', " "),
         MAX_REPRODUCE_BYTES,
     )?;
-    let bounded = |what: &str, v: u64, max: u64| -> std::result::Result<(), String> {
-        match v <= max {
-            true => Ok(()),
-            false => Err(format!("{what} {v} is over {max}")),
-        }
-    };
     bounded("jobs", h.jobs as u64, MAX_JOBS)?;
     bounded("repeat", h.repeat as u64, MAX_REPEAT)?;
     bounded("runs", s.runs.len() as u64, MAX_RUNS_TOTAL as u64)?;
     bounded("shards", h.shards.len() as u64, MAX_SHARD_ENTRIES)?;
     bounded("inputs", h.inputs.len() as u64, 64)?;
     bounded("notes", s.notes.len() as u64, 1000)?;
-    for i in &h.shards {
-        if i.index == 0 || i.index > i.count || i.count > shard::MAX_SHARDS {
-            return Err(format!(
-                "shard {}/{} is not K/N with 1 <= K <= N <= {}",
-                i.index,
-                i.count,
-                shard::MAX_SHARDS
-            ));
-        }
-        if i.plan.is_empty() || i.plan.len() > 64 || !i.plan.chars().all(|c| c.is_ascii_hexdigit())
-        {
-            return Err(format!(
-                "shard plan {} is not a hex digest",
-                crate::text::term(&crate::text::bound(&i.plan, 80))
-            ));
-        }
-    }
+    h.shards.iter().try_for_each(valid_shard)?;
     let finite = [s.wall_s, h.timeout_scale]
         .into_iter()
         .chain(s.runs.iter().map(|o| o.duration_s))
@@ -167,22 +136,60 @@ pub fn validate(s: &Session) -> std::result::Result<(), String> {
         return Err("a duration or scale is not a finite, non-negative number".into());
     }
     h.overrides.check()?;
-    for o in &s.runs {
-        word("reproduce", &o.reproduce, MAX_REPRODUCE_BYTES)?;
-        bounded(
-            "splats",
-            o.splats.len() as u64,
-            super::outcome::MAX_SPLATS as u64,
-        )?;
-        for splat in &o.splats {
-            word("splat", splat, super::outcome::MAX_SPLAT_BYTES)?;
-        }
-        word("scenario", &o.scenario, MAX_NAME_BYTES)?;
-        word("server", &o.server, MAX_NAME_BYTES)?;
-        word("kernel", &o.kernel, MAX_NAME_BYTES)?;
-        bounded("run number", o.run as u64, MAX_REPEAT)?;
+    s.runs.iter().try_for_each(valid_run)
+}
+
+/// A text field of a summary: bounded, no control characters.
+fn word(what: &str, v: &str, max: usize) -> std::result::Result<(), String> {
+    if v.len() > max || v.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "{what} {} is longer than {max} bytes or holds control characters",
+            crate::text::term(&crate::text::bound(v, 80))
+        ));
     }
     Ok(())
+}
+
+/// A count of a summary: at most `max`.
+fn bounded(what: &str, v: u64, max: u64) -> std::result::Result<(), String> {
+    match v <= max {
+        true => Ok(()),
+        false => Err(format!("{what} {v} is over {max}")),
+    }
+}
+
+fn valid_shard(i: &super::report::ShardInfo) -> std::result::Result<(), String> {
+    if i.index == 0 || i.index > i.count || i.count > shard::MAX_SHARDS {
+        return Err(format!(
+            "shard {}/{} is not K/N with 1 <= K <= N <= {}",
+            i.index,
+            i.count,
+            shard::MAX_SHARDS
+        ));
+    }
+    if i.plan.is_empty() || i.plan.len() > 64 || !i.plan.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "shard plan {} is not a hex digest",
+            crate::text::term(&crate::text::bound(&i.plan, 80))
+        ));
+    }
+    Ok(())
+}
+
+fn valid_run(o: &Outcome) -> std::result::Result<(), String> {
+    word("reproduce", &o.reproduce, MAX_REPRODUCE_BYTES)?;
+    bounded(
+        "splats",
+        o.splats.len() as u64,
+        super::outcome::MAX_SPLATS as u64,
+    )?;
+    for splat in &o.splats {
+        word("splat", splat, super::outcome::MAX_SPLAT_BYTES)?;
+    }
+    word("scenario", &o.scenario, MAX_NAME_BYTES)?;
+    word("server", &o.server, MAX_NAME_BYTES)?;
+    word("kernel", &o.kernel, MAX_NAME_BYTES)?;
+    bounded("run number", o.run as u64, MAX_REPEAT)
 }
 
 /// One session of every input's runs.

@@ -117,8 +117,12 @@ pub trait Suite: Sync {
     }
 
     /// Everything the runs need besides images (servers built, tools layer), once, before
-    /// any VM; only for the kernels this invocation boots.
-    fn prepare(&mut self, images: &BTreeMap<String, Arc<Image>>) -> Result<()>;
+    /// any VM; only for `used`, the units this invocation (this shard) runs.
+    fn prepare(
+        &mut self,
+        images: &BTreeMap<String, Arc<Image>>,
+        used: &[&Unit<Self::Test>],
+    ) -> Result<()>;
 
     /// `--queues`/`--depth`, recorded in the reports.
     fn overrides(&self) -> DeviceOverride {
@@ -172,7 +176,11 @@ pub fn run<S: Suite>(suite: &mut S, opts: &Options) -> Result<i32> {
     let limits = Limits::new(accel, opts.timeout_scale);
     let commit = crate::host::git::commit();
     announce(opts, &work, seed, &commit, &images, &accel_reason, limits);
-    suite.prepare(&images)?;
+    let mut used: Vec<usize> = work.iter().map(|w| w.unit).collect();
+    used.sort();
+    used.dedup();
+    let used: Vec<&Unit<S::Test>> = used.iter().map(|&i| &units[i]).collect();
+    suite.prepare(&images, &used)?;
     let ctx = Context {
         tool: opts.tool,
         images,

@@ -42,7 +42,11 @@ impl Suite for Shell {
             .collect()
     }
 
-    fn prepare(&mut self, _images: &BTreeMap<String, Arc<Image>>) -> Result<()> {
+    fn prepare(
+        &mut self,
+        _images: &BTreeMap<String, Arc<Image>>,
+        _used: &[&Unit<Self::Test>],
+    ) -> Result<()> {
         Ok(())
     }
 

@@ -102,20 +102,7 @@ pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeF
     );
     ff.blocked_tasks = blocked_tasks(&blocked);
     for d in daemons {
-        let threads = probe(
-            vm,
-            dir,
-            &format!("daemon-{}-threads", d.name),
-            &format!("for t in /proc/{}/task/*; do echo \"== tid ${{t##*/}} $(cat $t/comm) $(awk '/^State:/{{print $2, $3}}' $t/status)\"; cat $t/stack 2>&1; done", d.pid),
-        );
-        if let Some(state) = threads.lines().find(|l| l.starts_with("== tid")) {
-            ff.notes.push(format!(
-                "daemon {} (pid {}) main thread: {}",
-                d.name,
-                d.pid,
-                state.trim_start_matches("== ")
-            ));
-        }
+        daemon_threads(vm, d, dir, &mut ff);
     }
     let dmesg = probe(vm, dir, "dmesg", "dmesg | tail -n 200");
     let tail: Vec<&str> = dmesg
@@ -128,6 +115,24 @@ pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeF
         .collect();
     write_summary(&ff, why, &tail.join("\n"));
     ff
+}
+
+/// Every thread of a server with its state and kernel stack; its main thread's state noted.
+fn daemon_threads(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
+    let threads = probe(
+        vm,
+        dir,
+        &format!("daemon-{}-threads", d.name),
+        &format!("for t in /proc/{}/task/*; do echo \"== tid ${{t##*/}} $(cat $t/comm) $(awk '/^State:/{{print $2, $3}}' $t/status)\"; cat $t/stack 2>&1; done", d.pid),
+    );
+    if let Some(state) = threads.lines().find(|l| l.starts_with("== tid")) {
+        ff.notes.push(format!(
+            "daemon {} (pid {}) main thread: {}",
+            d.name,
+            d.pid,
+            state.trim_start_matches("== ")
+        ));
+    }
 }
 
 /// Runs one shell probe (bounded) and saves its output; returns the output.
