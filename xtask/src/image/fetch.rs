@@ -158,7 +158,11 @@ pub fn record(inputs: &Inputs) {
 
 /// Every part recorded by this process so far.
 pub fn recorded() -> Vec<Inputs> {
-    RECORDED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    let mut v = RECORDED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // By part, not by the order a command happened to build them in: equal sessions record
+    // equal inputs.
+    v.sort_by(|a, b| a.part.cmp(&b.part));
+    v
 }
 
 /// The lock a part follows, and how to renew it.
