@@ -20,6 +20,7 @@ mod tidy_tests;
 mod ui;
 mod util;
 mod vm;
+mod vmtest;
 
 use clap::{Parser, Subcommand};
 
@@ -73,6 +74,9 @@ enum Cmd {
     KernelLock(cmd::kernel_lock::Args),
     /// The kernel's own ublk selftests, each script in a fresh VM (hard limit, freeze-frame, splat scan)
     VmSelftests(cmd::vm_selftests::Args),
+    /// A project's own test programs and scripts, each in a fresh VM (hard limit, kselftest
+    /// exit codes, freeze-frame, splat scan, repeats, shards, reports)
+    VmTest(cmd::vm_test::Args),
     /// Compare the guest tools layer's lock with its Debian suite; --upgrade locks the newest
     ToolsLock(cmd::tools_lock::Args),
     /// The download cache shared by every checkout: list, prune, fetch every image input, dir
@@ -118,6 +122,7 @@ fn main() {
         Cmd::Kernels => cmd::kernels::run(),
         Cmd::ToolsLock(a) => cmd::tools_lock::run(a),
         Cmd::VmSelftests(a) => cmd::vm_selftests::run(a),
+        Cmd::VmTest(a) => cmd::vm_test::run(a),
         Cmd::Cache(c) => cmd::cache::run(c),
         Cmd::Locks(a) => cmd::locks::run(a),
     };

@@ -15,3 +15,4 @@ pub mod vm_probe;
 pub mod vm_reset;
 pub mod vm_run;
 pub mod vm_selftests;
+pub mod vm_test;

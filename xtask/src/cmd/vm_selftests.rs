@@ -8,13 +8,14 @@ use std::sync::Arc;
 use crate::image::kernel::Source;
 use crate::image::{self, tools, Image};
 use crate::scenario::model::KernelVersion;
-use crate::selftests::run::{self as strun, Job};
+use crate::selftests::run as strun;
 use crate::selftests::suite::{self, Suite};
 use crate::session::outcome::Outcome;
 use crate::session::shard::{self, RunKey};
 use crate::session::{self, Context, Options, Run, Unit};
 use crate::util::Result;
 use crate::vm::accel::Choice;
+use crate::vmtest::run::{self as vmrun, Env};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -113,12 +114,10 @@ struct Selftests {
 }
 
 impl Selftests {
-    fn job<'a>(&'a self, run: &'a Run<String>) -> Job<'a> {
+    fn env<'a>(&'a self, run: &'a Run<String>) -> Env<'a> {
         let suite = &self.suites[&run.key.kernel];
         let limits = run.ctx.limits;
-        Job {
-            suite,
-            script: run.test,
+        Env {
             kernel: &run.key.kernel,
             image: run.image,
             tools: self.tools.as_ref().expect("prepared"),
@@ -126,7 +125,6 @@ impl Selftests {
             timeout_s: (self.args.timeout)
                 .unwrap_or(limits.secs(suite.manifest.settings_timeout_s)),
             run: run.key.repeat,
-            extra: &self.extra,
             expect_splats: &self.args.expect_splat,
         }
     }
@@ -179,11 +177,14 @@ impl session::Suite for Selftests {
     }
 
     fn attempt(&self, r: &Run<String>, dir: &std::path::Path) -> (Outcome, bool) {
-        strun::attempt(&self.job(r), dir)
+        let suite = &self.suites[&r.key.kernel];
+        let env = self.env(r);
+        let test = strun::test(suite, r.test, &self.extra, env.tools);
+        vmrun::attempt(&test, &env, dir)
     }
 
     fn stamp(&self, r: &Run<String>, outcome: &mut Outcome) {
-        strun::stamp(&self.job(r), outcome)
+        vmrun::stamp(&self.env(r), "kublk", outcome)
     }
 
     fn select_run(&self, r: &Run<String>) -> Vec<String> {

@@ -135,6 +135,31 @@ fn daemon_threads(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
     }
 }
 
+/// Most sleeping tasks named (their stacks are all in sleeping-tasks.txt).
+const MAX_SLEEPING_TASKS: usize = 16;
+
+/// Every user task in interruptible sleep (S) with its kernel stack, but the guest's own
+/// init and agent (and this probe's shell): what a hang that blocks nothing in D shows (a test waiting forever for a
+/// device that never comes), newest first. One grep and shell builtins, no process per task
+/// (TCG).
+pub fn sleeping_tasks(vm: &Vm, dir: &Path) -> Vec<String> {
+    let text = probe(
+        vm,
+        dir,
+        "sleeping-tasks",
+        "for f in $(grep -l '^State:[[:space:]]*S' /proc/[0-9]*/status 2>/dev/null); do p=${f%/status}; [ $p = /proc/$$ ] && continue; [ -e $p/exe ] || continue; read c < $p/comm; case $c in vm-agent|init) continue;; esac; echo \"== pid ${p#/proc/} $c state S\"; while read l; do echo \"$l\"; done < $p/stack; done",
+    );
+    let mut tasks = blocked_tasks(&text);
+    // Newest first: the test's own tasks, not the guest's early ones.
+    let pid = |t: &String| -> u32 {
+        let n = t.strip_prefix("pid ").unwrap_or_default();
+        n.split(' ').next().unwrap_or_default().parse().unwrap_or(0)
+    };
+    tasks.sort_by_key(|t| std::cmp::Reverse(pid(t)));
+    tasks.truncate(MAX_SLEEPING_TASKS);
+    tasks
+}
+
 /// Runs one shell probe (bounded) and saves its output; returns the output.
 fn probe(vm: &Vm, dir: &Path, name: &str, script: &str) -> String {
     let out = match vm
@@ -272,7 +297,7 @@ pub fn blocked_tasks(probe: &str) -> Vec<String> {
             .collect();
         out.push(format!(
             "pid {}: {}",
-            head.replace(" state D", " (D)"),
+            head.replace(" state D", " (D)").replace(" state S", " (S)"),
             interesting
                 .iter()
                 .map(|s| s.as_str())
@@ -309,10 +334,15 @@ fn sysrq(vm: &Vm, ff: &mut FreezeFrame) {
 /// Adds `lines` to the freeze-frame's notes and to its summary.txt (the servers' own dumps,
 /// taken after the kernel-side probes so that a dump signal cannot disturb them).
 pub fn append_notes(ff: &mut FreezeFrame, lines: &[String]) {
+    append_section(ff, "server dumps", lines);
+}
+
+/// Adds a titled section to the freeze-frame's notes and its summary.txt.
+pub fn append_section(ff: &mut FreezeFrame, title: &str, lines: &[String]) {
     ff.notes.extend(lines.iter().cloned());
     let path = ff.dir.join("summary.txt");
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-    text += "\nserver dumps:\n";
+    text += &format!("\n{title}:\n");
     for l in lines {
         text += &format!("  {l}\n");
     }

@@ -1,0 +1,136 @@
+//! `vm-test --exec`: a project's own test programs, each in a fresh VM with ublk_drv, through
+//! the one run pipeline (repeats, shards, reports, merge).
+
+mod common;
+
+use common::*;
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("xtask/tests/vmtest")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Bad `--exec` files are refused before any VM, each with one line and exit 2.
+#[test]
+fn bad_test_files_are_refused_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("vm-test-bad-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    std::fs::write(dir.join("t.sh"), "exit 0\n").unwrap();
+    std::fs::write(dir.join("b/t.sh"), "exit 0\n").unwrap();
+    std::fs::write(dir.join("a b.sh"), "exit 0\n").unwrap();
+    let p = |n: &str| dir.join(n).display().to_string();
+    for (args, want) in [
+        (vec![p("missing.sh")], "No such file"),
+        (vec![p("b")], "not a regular file"),
+        (vec![p("t.sh"), p("b/t.sh")], "are both named `t.sh`"),
+        (vec![p("a b.sh")], "name the file with letters"),
+    ] {
+        let mut argv = vec!["vm-test", "--exec"];
+        argv.extend(args.iter().map(String::as_str));
+        let o = run(&argv);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert!(
+            errors.len() == 1 && errors[0].contains(want),
+            "{args:?}: {e}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Five fixtures, twice each, as two shards merged: pass, fail (its message), skip (its
+/// reason), timeout (a freeze-frame naming where the test sleeps) and a splat that fails a
+/// test that exited 0 — then accepted by `--expect-splat`; a run's reproduce line, run as
+/// printed, fails the same way.
+#[test]
+fn test_programs_get_verdicts_shards_repeats_and_merge() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let names = ["passes.sh", "fails.sh", "skips.sh", "hangs.sh", "warns.sh"];
+    let files: Vec<String> = names.iter().map(|n| fixture(n)).collect();
+    let mut dirs = Vec::new();
+    for shard in ["1/2", "2/2"] {
+        let mut argv = vec!["vm-test", "--timeout", "10", "--repeat", "2"];
+        argv.extend(["-j", "2", "--shard", shard, "--exec"]);
+        argv.extend(files.iter().map(String::as_str));
+        let o = run(&argv);
+        assert_eq!(o.status.code(), Some(1), "{shard}: {}", stderr(&o));
+        dirs.push(summary(&o).0);
+    }
+    let merged = std::env::temp_dir().join(format!("vm-test-merged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&merged);
+    let mut argv = vec!["report", "merge", "--out", merged.to_str().unwrap()];
+    argv.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+    let o = run(&argv);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("summary.json")).unwrap())
+            .unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 10, "{v}");
+    for (name, want) in [
+        ("passes.sh", "pass"),
+        ("fails.sh", "fail"),
+        ("skips.sh", "skip"),
+        ("hangs.sh", "timeout"),
+        ("warns.sh", "fail"),
+    ] {
+        let of: Vec<&serde_json::Value> = runs.iter().filter(|r| r["scenario"] == name).collect();
+        assert_eq!(of.len(), 2, "{name} ran twice: {v}");
+        assert!(of.iter().all(|r| r["verdict"] == want), "{name}: {v}");
+    }
+    let why = |name: &str| run_of(&v, name)["reason"].as_str().unwrap().to_string();
+    assert!(
+        why("fails.sh").contains("exit 3: the device never appeared"),
+        "{v}"
+    );
+    assert_eq!(why("skips.sh"), "skipping: needs a zoned device");
+    let hang = why("hangs.sh");
+    assert!(
+        hang.contains("still running after 10 s")
+            && hang.contains("sleeping: pid ")
+            && hang.contains("sleep (S): hrtimer_nanosleep")
+            && hang.contains("hangs.sh (S)"),
+        "{hang}"
+    );
+    let ff = std::path::PathBuf::from(run_of(&v, "hangs.sh")["freeze_frame"].as_str().unwrap());
+    let text = std::fs::read_to_string(ff.join("summary.txt")).unwrap();
+    assert!(
+        text.contains("sleeping tasks (S state)") && text.contains("sleep (S)"),
+        "{text}"
+    );
+    assert!(
+        why("warns.sh").contains("kernel splat: ") && why("warns.sh").contains("vm_test_fixture")
+    );
+    assert_eq!(v["flaky"]["fails.sh"]["failed"], 2, "{v}");
+    let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase").count(), 10, "{junit}");
+    let md = std::fs::read_to_string(merged.join("summary.md")).unwrap();
+    assert!(md.contains("### vm-test FAIL"), "{md}");
+    // The failing run's own line, run as printed, fails the same way.
+    let line = run_of(&v, "fails.sh")["reproduce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        line.starts_with("cargo xtask vm-test --exec ") && line.contains(" --timeout 10"),
+        "{line}"
+    );
+    let o = run_line(&line);
+    assert_eq!(o.status.code(), Some(1), "{line}: {}", stderr(&o));
+    let (_, again) = summary(&o);
+    assert_eq!(run_of(&again, "fails.sh")["verdict"], "fail");
+    // A known splat is not a failure.
+    let o = run(&[
+        "vm-test",
+        "--exec",
+        &fixture("warns.sh"),
+        "--expect-splat",
+        "vm_test_fixture",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::remove_dir_all(&merged).unwrap();
+}
