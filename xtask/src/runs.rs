@@ -178,6 +178,9 @@ pub struct RunResult {
     pub inputs: Vec<crate::image::fetch::Inputs>,
     pub started_at: String,
     pub qemu_pid: Option<i32>,
+    /// Kernel splats in the guest's log but the `--expect-splat` ones (at most `MAX_SPLATS`).
+    #[serde(default)]
+    pub splats: Vec<String>,
     pub run_dir: PathBuf,
 }
 

@@ -290,7 +290,79 @@ fn copy_flags_the_guest_cannot_honour_are_user_errors() {
         "{}",
         stderr(&o)
     );
+    // The status line names the code vm-run returns, and the command's own beside it.
+    assert!(
+        stderr(&o).contains("vm-run: fail (exit 2; the command exited 0) |"),
+        "{}",
+        stderr(&o)
+    );
     assert_qemu_gone(&result_of(&o).1);
+}
+
+/// `--copy-in` of a directory: its files with their modes, under parent directories it makes;
+/// a symbolic link inside is skipped and said.
+#[test]
+fn copy_in_takes_a_directory_and_makes_its_parents() {
+    use std::os::unix::fs::PermissionsExt;
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tree = std::env::temp_dir().join(format!("xtask-tree-{}", std::process::id()));
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(tree.join("sub/b.txt"), "beta\n").unwrap();
+    std::fs::write(tree.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", tree.join("link")).unwrap();
+    let spec = format!("{}:/opt/deep/tree", tree.display());
+    let script =
+        "cd /opt/deep/tree && find . -type f | sort && cat sub/b.txt && ./run.sh && ! test -e link";
+    let o = run(&["vm-run", "--copy-in", &spec, "--", "sh", "-c", script]);
+    std::fs::remove_dir_all(&tree).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out, "./a.txt\n./run.sh\n./sub/b.txt\nbeta\nran\n");
+    assert!(
+        stderr(&o).contains("link (not a regular file or directory)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A splat the command leaves is printed and recorded; `--fail-on-splat` fails the run, and
+/// `--expect-splat` accepts a known one.
+#[test]
+fn vm_run_says_what_the_kernel_said() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let warn = "echo 'WARNING: CPU: 0 PID: 1 at fixture/vmrun.c:1 vm_run_fixture' > /dev/kmsg";
+    let o = run(&["vm-run", "--", "sh", "-c", warn]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kernel splat: ") && stderr(&o).contains("vm_run_fixture"),
+        "{}",
+        stderr(&o)
+    );
+    let (_, r) = result_of(&o);
+    assert_eq!(r["splats"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["verdict"], "pass");
+    let o = run(&["vm-run", "--fail-on-splat", "--", "sh", "-c", warn]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(result_of(&o).1["verdict"], "fail");
+    assert!(
+        stderr(&o).contains("vm-run: fail (exit 1; the command exited 0)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "vm-run",
+        "--fail-on-splat",
+        "--expect-splat",
+        "vm_run_fixture",
+        "--",
+        "sh",
+        "-c",
+        warn,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(result_of(&o).1["splats"].as_array().unwrap().len(), 0);
 }
 
 /// vm-reset kills a VM whose xtask is gone and leaves a running xtask's VM alone.

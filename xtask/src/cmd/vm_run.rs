@@ -48,7 +48,9 @@ pub struct Args {
     /// Name of the run directory (default: derived from the command)
     #[arg(long)]
     pub name: Option<String>,
-    /// Copy a host file into the guest before the command: HOST_PATH[:GUEST_PATH] (default /tmp/NAME)
+    /// Copy a host file or directory into the guest before the command:
+    /// HOST_PATH[:GUEST_PATH] (default /tmp/NAME); parent directories are made, a directory is
+    /// copied whole (its files and modes; symbolic links are skipped and said)
     #[arg(long, value_name = "HOST[:GUEST]", value_parser = parse_copy_in)]
     pub copy_in: Vec<CopyIn>,
     /// Copy a guest file out after the command, into the run directory's files/
@@ -61,6 +63,14 @@ pub struct Args {
     /// Attach the guest tools layer and check it offers these programs (e.g. fio,bash)
     #[arg(long, value_name = "PROGRAM[,...]", value_delimiter = ',')]
     pub tools: Vec<String>,
+    /// A kernel-log substring that is known and not a splat (e.g. a warning your kernel is
+    /// known for); repeatable
+    #[arg(long, value_name = "TEXT")]
+    pub expect_splat: Vec<String>,
+    /// A kernel splat (WARNING, BUG, UBSAN, KASAN, lockdep, ...) the command left fails the run
+    /// (exit 1) even when the command passed; without it a splat is printed and recorded only
+    #[arg(long)]
+    pub fail_on_splat: bool,
     /// Forward xtask's stdin to the guest command (otherwise it reads an empty stdin)
     #[arg(short = 'i', long)]
     pub stdin: bool,
@@ -128,6 +138,7 @@ pub fn run(args: Args) -> Result<i32> {
     let deadline = start + Duration::from_secs(timeout_s);
     let session = execute(&args, server.as_ref(), &image, &cfg, &run.path, deadline);
     let ended = judge(&session.outcome, &session.user_error, timeout_s);
+    let ended = with_splats(ended, &session.splats, args.fail_on_splat);
     let result = RunResult {
         name,
         command: args.command.clone(),
@@ -153,6 +164,7 @@ pub fn run(args: Args) -> Result<i32> {
         inputs: inputs_of(&image, &cfg),
         started_at,
         qemu_pid: session.qemu_pid,
+        splats: session.splats,
         run_dir: run.path.clone(),
     };
     Ok(record(result, &args.command))
@@ -167,6 +179,8 @@ struct Session {
     boot_s: Option<f64>,
     qemu_pid: Option<i32>,
     ublk_features: Vec<String>,
+    /// Kernel splats in the guest's log but the expected ones (bounded).
+    splats: Vec<String>,
 }
 
 /// Boots, copies in, runs, copies out, saves the kernel log, kills the VM.
@@ -186,6 +200,7 @@ fn execute(
                 boot_s: None,
                 qemu_pid: None,
                 ublk_features: Vec::new(),
+                splats: Vec::new(),
             }
         }
         Ok(vm) => vm,
@@ -221,13 +236,17 @@ fn execute(
             }
         }
     }
-    // Keep the guest's whole kernel log as evidence while the agent still answers.
-    if matches!(
+    // Keep the guest's whole kernel log as evidence while the agent still answers; else the
+    // serial log holds what the kernel said.
+    let log = match matches!(
         outcome,
         Outcome::Exited(_) | Outcome::Failed(Failure::Timeout(_))
     ) {
-        save_dmesg(&vm, dir);
-    }
+        true => save_dmesg(&vm, dir),
+        false => None,
+    };
+    let log =
+        log.unwrap_or_else(|| std::fs::read_to_string(vm.paths.serial_log()).unwrap_or_default());
     vm.kill();
     Session {
         outcome,
@@ -235,6 +254,7 @@ fn execute(
         boot_s: Some(vm.boot_s),
         qemu_pid: Some(vm.qemu_pid()),
         ublk_features,
+        splats: bounded_splats(&crate::vm::splat::scan(&log, &args.expect_splat)),
     }
 }
 
@@ -315,10 +335,12 @@ fn record(mut result: RunResult, command: &[String]) -> i32 {
         .boot_s
         .map(|b| format!("{b:.2} s"))
         .unwrap_or_else(|| "-".into());
-    let status = result
-        .exit_status
-        .map(|c| format!(" (exit {c})"))
-        .unwrap_or_default();
+    let status = match result.exit_status {
+        Some(c) if c != result.exit_code => {
+            format!(" (exit {}; the command exited {c})", result.exit_code)
+        }
+        _ => format!(" (exit {})", result.exit_code),
+    };
     eprintln!(
         "vm-run: {}{status} | accel {} | boot {boot} | wall {:.2} s | {}",
         result.verdict.name(),
@@ -337,33 +359,80 @@ fn record(mut result: RunResult, command: &[String]) -> i32 {
     result.exit_code
 }
 
-fn save_dmesg(vm: &Vm, dir: &std::path::Path) {
+/// Saves the guest's kernel log as dmesg.txt; returns it.
+fn save_dmesg(vm: &Vm, dir: &std::path::Path) -> Option<String> {
     match vm
         .agent
         .run_capture(&["dmesg"], Instant::now() + DMESG_BUDGET)
     {
-        Ok((_, out, _)) => runs::save(&dir.join("dmesg.txt"), out),
-        Err(e) => vm.agent.note(&format!("dmesg not saved: {e}")),
+        Ok((_, out, _)) => {
+            let text = String::from_utf8_lossy(&out).into_owned();
+            runs::save(&dir.join("dmesg.txt"), &text);
+            Some(text)
+        }
+        Err(e) => {
+            vm.agent.note(&format!("dmesg not saved: {e}"));
+            None
+        }
     }
+}
+
+fn bounded_splats(found: &[&str]) -> Vec<String> {
+    use crate::session::outcome::{MAX_SPLATS, MAX_SPLAT_BYTES};
+    (found.iter())
+        .take(MAX_SPLATS)
+        .map(|s| crate::text::bound(s.trim(), MAX_SPLAT_BYTES).into_owned())
+        .collect()
+}
+
+/// A splat is always said; with `--fail-on-splat` it fails a command that passed.
+fn with_splats(mut ended: Ended, splats: &[String], fail_on_splat: bool) -> Ended {
+    let Some(first) = splats.first() else {
+        return ended;
+    };
+    let what = format!(
+        "kernel splat: {first} (and {} more; see dmesg.txt)",
+        splats.len() - 1
+    );
+    if fail_on_splat && ended.verdict == Verdict::Pass {
+        ended.verdict = Verdict::Fail;
+        ended.exit_code = 1;
+        ended.reason = Some(format!("{what} (--fail-on-splat)"));
+        return ended;
+    }
+    ended.reason = Some(match ended.reason {
+        Some(r) => format!("{r}; and a {what}"),
+        None => format!("{what} (the command passed: --fail-on-splat fails it)"),
+    });
+    ended
 }
 
 fn parse_memory(s: &str) -> Result<u64> {
     parse_mib(s)
 }
 
-/// One --copy-in: a readable host file and where it goes in the guest.
+/// One --copy-in: a readable host file, or a directory's files, and where they go in the
+/// guest.
 #[derive(Clone, Debug)]
 pub struct CopyIn {
     host: PathBuf,
     guest: String,
-    mode: u32,
+    /// (host file, guest path, mode): the file itself, or every file under the directory.
+    files: Vec<(PathBuf, String, u32)>,
+    /// Symbolic links (and other non-files) under a directory, left out and said.
+    skipped: Vec<PathBuf>,
 }
+
+/// Most files one `--copy-in` directory may hold, and their total size.
+const MAX_COPY_IN_FILES: usize = 10_000;
+const MAX_COPY_IN_BYTES: u64 = 2 << 30;
+/// Deepest directory nesting copied.
+const MAX_COPY_IN_DEPTH: usize = 32;
 
 /// HOST[:GUEST], checked at parse time: bad values are usage errors (exit 2).
 fn parse_copy_in(spec: &str) -> Result<CopyIn> {
-    use std::os::unix::fs::PermissionsExt;
     let (host, guest) = match spec.split_once(':') {
-        Some((h, g)) if g.starts_with('/') => (h.to_string(), g.to_string()),
+        Some((h, g)) if g.starts_with('/') => (h.to_string(), g.trim_end_matches('/').to_string()),
         Some(_) => return Err(format!("{spec}: the guest path must be absolute")),
         None => {
             let name = Path::new(spec)
@@ -372,31 +441,114 @@ fn parse_copy_in(spec: &str) -> Result<CopyIn> {
             (spec.to_string(), format!("/tmp/{}", name.to_string_lossy()))
         }
     };
-    let meta = std::fs::metadata(&host).map_err(|e| format!("{host}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{host} is not a regular file"));
+    if guest.is_empty() || guest.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "{spec}: the guest path must be absolute, without `..`"
+        ));
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    Ok(CopyIn {
-        host: host.into(),
-        guest,
-        mode,
-    })
+    let meta = std::fs::metadata(&host).map_err(|e| format!("{host}: {e}"))?;
+    let mut c = CopyIn {
+        host: host.clone().into(),
+        guest: guest.clone(),
+        files: Vec::new(),
+        skipped: Vec::new(),
+    };
+    if meta.is_file() {
+        c.files.push((host.into(), guest, mode_of(&meta)));
+    } else if meta.is_dir() {
+        let mut total = 0;
+        walk(Path::new(&host), &guest, 0, &mut c, &mut total)?;
+    } else {
+        return Err(format!("{host} is not a regular file or a directory"));
+    }
+    Ok(c)
 }
 
-fn copy_files_in(vm: &Vm, files: &[CopyIn], deadline: Instant) -> Result<()> {
-    for c in files {
-        let data = std::fs::read(&c.host)
-            .map_err(|e| format!("--copy-in: read {}: {e}", c.host.display()))?;
-        vm.agent
-            .put_file(&c.guest, c.mode, &data, deadline)
-            .map_err(|e| {
-                format!(
-                    "--copy-in {}: the guest could not write {}: {e}",
-                    c.host.display(),
-                    c.guest
-                )
-            })?;
+fn mode_of(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o7777
+}
+
+/// Every regular file under `dir` (not following links), bounded in count, size and depth.
+fn walk(dir: &Path, guest: &str, depth: usize, c: &mut CopyIn, total: &mut u64) -> Result<()> {
+    if depth > MAX_COPY_IN_DEPTH {
+        return Err(format!(
+            "{}: nested deeper than {MAX_COPY_IN_DEPTH} directories",
+            dir.display()
+        ));
+    }
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let to = format!("{guest}/{}", e.file_name().to_string_lossy());
+        let meta = e
+            .metadata()
+            .map_err(|err| format!("{}: {err}", path.display()))?;
+        if meta.is_dir() {
+            walk(&path, &to, depth + 1, c, total)?;
+        } else if meta.is_file() {
+            *total += meta.len();
+            c.files.push((path, to, mode_of(&meta)));
+        } else {
+            c.skipped.push(path);
+        }
+        if c.files.len() > MAX_COPY_IN_FILES || *total > MAX_COPY_IN_BYTES {
+            return Err(format!(
+                "{}: more than {MAX_COPY_IN_FILES} files or {} GiB to copy",
+                c.host.display(),
+                MAX_COPY_IN_BYTES >> 30
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Copies every --copy-in file, making its parent directories first.
+fn copy_files_in(vm: &Vm, copies: &[CopyIn], deadline: Instant) -> Result<()> {
+    for c in copies {
+        for skipped in &c.skipped {
+            eprintln!(
+                "vm-run: --copy-in {}: skipped {} (not a regular file or directory)",
+                c.host.display(),
+                skipped.display()
+            );
+        }
+        let mut dirs: Vec<&str> = (c.files.iter())
+            .filter_map(|(_, g, _)| g.rsplit_once('/').map(|(d, _)| d))
+            .filter(|d| !d.is_empty())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let cannot = |e: String| {
+            format!(
+                "--copy-in {}: the guest could not write {}: {e}",
+                c.host.display(),
+                c.guest
+            )
+        };
+        if !dirs.is_empty() {
+            let mut argv = vec!["mkdir", "-p", "--"];
+            argv.extend(dirs.iter().copied());
+            match vm.agent.run_capture(&argv, deadline) {
+                Ok((0, _, _)) => {}
+                Ok((st, _, err)) => {
+                    let why = String::from_utf8_lossy(&err).trim().to_string();
+                    return Err(cannot(format!("mkdir exited {st}: {why}")));
+                }
+                Err(e) => return Err(cannot(e)),
+            }
+        }
+        for (host, guest, mode) in &c.files {
+            let data = std::fs::read(host)
+                .map_err(|e| format!("--copy-in: read {}: {e}", host.display()))?;
+            vm.agent
+                .put_file(guest, *mode, &data, deadline)
+                .map_err(|e| cannot(format!("{guest}: {e}")))?;
+        }
     }
     Ok(())
 }
