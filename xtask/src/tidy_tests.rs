@@ -414,3 +414,136 @@ fn the_readme_server_table_has_a_column_for_every_shipped_scenario() {
     shipped.sort();
     assert_eq!(columns, shipped, "README.md's server x scenario table");
 }
+
+/// The module a source file is (`a/b.rs` → `a::b`, `a/mod.rs` → `a`, `main.rs` → ``).
+fn module_of(rel: &str) -> String {
+    let m = rel.trim_end_matches(".rs").replace('/', "::");
+    let m = m.strip_suffix("::mod").unwrap_or(&m).to_string();
+    if m == "main" {
+        return String::new();
+    }
+    m
+}
+
+/// The modules a file's code names through `crate::` and `super::` paths (brace groups
+/// expanded), each resolved to the longest known module prefix.
+fn imports_of(module: &str, code: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+    let parent: Vec<&str> = match module.rsplit_once("::") {
+        Some((p, _)) => p.split("::").collect(),
+        None => Vec::new(),
+    };
+    let resolve = |path: &str| -> Option<String> {
+        let mut parts: Vec<&str> = path.split("::").filter(|p| !p.is_empty()).collect();
+        let mut base: Vec<&str> = match parts.first() {
+            Some(&"crate") => Vec::new(),
+            Some(&"super") => parent.clone(),
+            _ => return None,
+        };
+        parts.remove(0);
+        base.extend(parts);
+        (1..=base.len())
+            .rev()
+            .map(|n| base[..n].join("::"))
+            .find(|m| known.contains(m))
+    };
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = BTreeSet::new();
+    for start in ["crate::", "super::"] {
+        for (at, _) in code.match_indices(start) {
+            if code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let path: String = code[at..].chars().take_while(|c| word(*c)).collect();
+            let rest = &code[at + path.len()..];
+            let mut paths = vec![path.clone()];
+            if let Some(group) = rest.strip_prefix('{').and_then(|r| r.split_once('}')) {
+                paths = (group.0.split(','))
+                    .map(|item| format!("{path}{}", item.trim().split(' ').next().unwrap_or("")))
+                    .collect();
+            }
+            out.extend(paths.iter().filter_map(|p| resolve(p)));
+        }
+    }
+    // A parent names its children by relative paths (`shard::select` in session/mod.rs).
+    let prefix = format!("{module}::");
+    for child in known.iter().filter_map(|k| k.strip_prefix(&prefix)) {
+        let first = child.split("::").next().unwrap_or(child);
+        let named = code.match_indices(&format!("{first}::")).any(|(at, _)| {
+            !code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        });
+        if named && !child.contains("::") && !module.is_empty() {
+            out.insert(format!("{prefix}{child}"));
+        }
+    }
+    out.retain(|m| m != module && !m.is_empty());
+    out
+}
+
+/// A circle of imports between modules, if any (depth-first search, one path shown).
+fn find_circle(
+    edges: &std::collections::BTreeMap<String, BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        m: &str,
+        edges: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == m) {
+            let mut circle = path[i..].to_vec();
+            circle.push(m.to_string());
+            return Some(circle);
+        }
+        if !done.insert(m.to_string()) {
+            return None;
+        }
+        path.push(m.to_string());
+        for next in edges.get(m).into_iter().flatten() {
+            if let Some(c) = visit(next, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    edges
+        .keys()
+        .find_map(|m| visit(m, edges, &mut Vec::new(), &mut done))
+}
+
+/// ARCHITECTURE.md: "Circles left ...: none". A module that imports one that imports it back
+/// (through any chain) fails the build, naming the circle.
+#[test]
+fn no_module_imports_itself_through_others() {
+    let mut files = Vec::new();
+    sources(&root().join("xtask/src"), &mut files);
+    let known: BTreeSet<String> = files.iter().map(|(rel, _)| module_of(rel)).collect();
+    let edges: std::collections::BTreeMap<String, BTreeSet<String>> = (files.iter())
+        .filter(|(rel, _)| !rel.ends_with("_tests.rs"))
+        .map(|(rel, code)| {
+            let m = module_of(rel);
+            let imports = imports_of(&m, code, &known);
+            (m, imports)
+        })
+        .collect();
+    assert!(
+        edges["session"].contains("session::shard"),
+        "the graph is read"
+    );
+    assert!(
+        edges["cmd::vm_e2e"].contains("session"),
+        "{:?}",
+        edges["cmd::vm_e2e"]
+    );
+    if let Some(circle) = find_circle(&edges) {
+        panic!("import circle: {}", circle.join(" -> "));
+    }
+    // The checker finds one when there is one.
+    let mut planted = edges.clone();
+    planted
+        .get_mut("session::report")
+        .unwrap()
+        .insert("session::merge".into());
+    assert!(find_circle(&planted).is_some());
+}

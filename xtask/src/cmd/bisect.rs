@@ -144,7 +144,7 @@ pub fn run(args: Args) -> Result<i32> {
 fn resolve_images_once() -> Result<()> {
     let recipe = crate::image::recipe::Recipe::load()?;
     let source = crate::image::kernel::Source::default_debian();
-    crate::image::kernel::prepare(&source, &recipe)?;
+    crate::image::prepare_kernel(&source, &recipe)?;
     crate::image::tools::layer(&[])?;
     for inputs in crate::image::fetch::recorded() {
         println!("bisect: image inputs: {}", inputs.line());

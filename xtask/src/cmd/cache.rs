@@ -103,7 +103,7 @@ fn fetch_all(kernels: Vec<String>, no_tools: bool, locked: bool) -> Result<i32> 
         false => kernels,
     };
     for name in &names {
-        let k = kernel::prepare(&kernel::Source::parse(name), &recipe)?;
+        let k = crate::image::prepare_kernel(&kernel::Source::parse(name), &recipe)?;
         println!(
             "{name}: kernel part {} ({})",
             &k.manifest.key[..16],

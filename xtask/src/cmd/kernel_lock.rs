@@ -106,12 +106,12 @@ fn with_sha1(apt: &Apt, spec: &KernelSpec, mut lock: KernelLock) -> Result<Kerne
         let want = d.locked(&version);
         let (file, _) = crate::image::fetch::exact(apt, &lock_ref, &want)?
             .map_err(|why| format!("{}: {why}", d.package))?;
-        d.sha1 = Some(crate::image::resolve::sha1_file(&file)?);
+        d.sha1 = Some(crate::image::apt::sha1_file(&file)?);
     }
     for d in lock.selftests.iter_mut() {
         let (file, _) = crate::image::fetch::exact(apt, &lock_ref, d)?
             .map_err(|why| format!("{}: {why}", d.package))?;
-        d.sha1 = Some(crate::image::resolve::sha1_file(&file)?);
+        d.sha1 = Some(crate::image::apt::sha1_file(&file)?);
     }
     Ok(lock)
 }

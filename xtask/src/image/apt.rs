@@ -252,10 +252,7 @@ impl Apt {
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 let url = f.next()?.trim_matches('\'');
-                Some((
-                    f.next()?.to_string(),
-                    crate::image::resolve::archive_and_pool(url),
-                ))
+                Some((f.next()?.to_string(), archive_and_pool(url)))
             })
             .collect();
         eprintln!(
@@ -276,7 +273,7 @@ impl Apt {
                 continue;
             };
             let (sha256, size) = sha256_file(&e.path())?;
-            let sha1 = Some(crate::image::resolve::sha1_file(&e.path())?);
+            let sha1 = Some(sha1_file(&e.path())?);
             let (archive, pool) = where_of.get(&filename).cloned().unwrap_or_default();
             let d = LockedDeb {
                 package: package.clone(),
@@ -303,5 +300,28 @@ impl Apt {
             return Err(format!("apt-get download produced no .deb for {p}"));
         }
         Ok(out)
+    }
+}
+/// `http://deb.debian.org/debian-security/pool/updates/main/...deb` → (`debian-security`,
+/// `pool/updates/main/...deb`): the archive's name and the file's path in it.
+pub fn archive_and_pool(url: &str) -> (Option<String>, Option<String>) {
+    let Some(at) = url.find("/pool/") else {
+        return (None, None);
+    };
+    let archive = url[..at].rsplit('/').next().filter(|a| !a.is_empty());
+    (archive.map(str::to_string), Some(url[at + 1..].to_string()))
+}
+
+/// sha1 of a file (`sha1sum`, bounded): the snapshot archive addresses files by it.
+pub fn sha1_file(path: &std::path::Path) -> Result<String> {
+    let out = procs::run_ok(
+        std::process::Command::new("sha1sum").arg(path),
+        Duration::from_secs(300),
+        "sha1sum",
+    )?;
+    let sum = out.stdout.split_whitespace().next().unwrap_or_default();
+    match sum.len() == 40 && sum.chars().all(|c| c.is_ascii_hexdigit()) {
+        true => Ok(sum.to_ascii_lowercase()),
+        false => Err(format!("sha1sum printed {:?}", out.stdout.trim())),
     }
 }

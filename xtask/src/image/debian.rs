@@ -98,7 +98,7 @@ pub fn prepare(name: &str, recipe: &Recipe) -> Result<Kernel> {
     fetch::save_memo(&memo_key, &effective, &inputs);
     fetch::record(&inputs);
     let key = part_key(recipe, &effective);
-    store::cached_kernel(&key, |tmp| {
+    crate::image::kernel::cached_kernel(&key, |tmp| {
         unpack_debian(tmp, &key, spec, &effective, &debs, inputs, recipe)
     })
 }
@@ -175,7 +175,7 @@ fn cached_part(recipe: &Recipe, lock: &KernelLock) -> Option<Kernel> {
         return None;
     }
     let key = part_key(recipe, lock);
-    store::cached_kernel(&key, |_| Err("not cached after all".into())).ok()
+    crate::image::kernel::cached_kernel(&key, |_| Err("not cached after all".into())).ok()
 }
 
 /// The lock's .debs exactly; else (without --locked) the newest kernel of the same series in

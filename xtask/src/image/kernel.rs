@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::image::recipe::Recipe;
-use crate::image::{debian, elf, fetch, store};
+use crate::image::{elf, fetch, store};
 use crate::util::{key_of, sha256_file, Result};
 
 /// Bumped when the layout or processing of the kernel part changes.
@@ -23,7 +23,7 @@ pub(super) const FORMAT: u32 = 1;
 
 /// The name of the default kernel: the recipe's first locked Debian kernel (`debian-6.12`).
 /// Reports and reproduce lines leave it out; every other kernel is named.
-pub const DEFAULT_KERNEL: &str = "debian";
+pub use super::recipe::DEFAULT_KERNEL;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -143,22 +143,13 @@ pub fn known_features(release: &str) -> Option<Vec<String>> {
     serde_json::from_str(&text).ok()
 }
 
-/// Returns the verified kernel part for `source`, building it if needed.
-pub fn prepare(source: &Source, recipe: &Recipe) -> Result<Kernel> {
-    match source {
-        Source::Debian(name) => debian::prepare(name, recipe),
-        Source::Host => prepare_host(recipe),
-        Source::Path(p) => prepare_path(p, recipe),
-    }
-}
-
 /// The recipe's module lists, as a cache-key part.
 pub(super) fn modules_key(recipe: &Recipe) -> String {
     recipe.modules.join(",") + "|" + &recipe.boot_modules.join(",")
 }
 
 /// The host's own kernel image and modules.
-fn prepare_host(recipe: &Recipe) -> Result<Kernel> {
+pub(super) fn prepare_host(recipe: &Recipe) -> Result<Kernel> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_err(|e| format!("read host kernel release: {e}"))?;
     let release = release.trim().to_string();
@@ -176,13 +167,13 @@ fn prepare_host(recipe: &Recipe) -> Result<Kernel> {
         ("modules", modules_key(recipe).as_bytes()),
     ]);
     let source = format!("host {release}");
-    store::cached_kernel(&key, |tmp| {
+    cached_kernel(&key, |tmp| {
         assemble(tmp, &key, &source, &bz, &modroot, &release, recipe)
     })
 }
 
 /// A kernel build tree, an installed tree, or a bzImage on disk.
-fn prepare_path(p: &Path, recipe: &Recipe) -> Result<Kernel> {
+pub(super) fn prepare_path(p: &Path, recipe: &Recipe) -> Result<Kernel> {
     let (bz, tree) = locate_tree(p)?;
     let data = std::fs::read(&bz).map_err(|e| format!("read {}: {e}", bz.display()))?;
     let release = bzimage_release(&data).ok_or_else(|| {
@@ -209,7 +200,7 @@ fn prepare_path(p: &Path, recipe: &Recipe) -> Result<Kernel> {
         ("modules", modules_key(recipe).as_bytes()),
     ]);
     let source = format!("path {}", p.display());
-    store::cached_kernel(&key, |tmp| {
+    cached_kernel(&key, |tmp| {
         assemble(tmp, &key, &source, &bz, &modroot, &release, recipe)
     })
 }
@@ -467,6 +458,31 @@ fn extract_vmlinux(bz: &[u8]) -> Option<Vec<u8>> {
         return None;
     };
     elf::has_pvh_note(&vmlinux).ok()?.then_some(vmlinux)
+}
+
+impl store::HasFiles for Manifest {
+    fn files(&self) -> &BTreeMap<String, store::FileSum> {
+        &self.files
+    }
+    fn files_mut(&mut self) -> &mut BTreeMap<String, store::FileSum> {
+        &mut self.files
+    }
+}
+
+/// The kernel part cached under `key`, built by `build` into a fresh directory if absent.
+pub fn cached_kernel(key: &str, build: impl FnOnce(&Path) -> Result<Manifest>) -> Result<Kernel> {
+    let (dir, manifest, verified) = store::cached_dir(
+        &store::dir().join("kernels"),
+        key,
+        "kernel",
+        |_| Ok(()),
+        build,
+    )?;
+    Ok(Kernel {
+        dir,
+        manifest,
+        verified,
+    })
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ pub fn build(source: &Source) -> Result<Image> {
     let _lock = store::lock(Duration::from_secs(1800))?;
     deps::ensure(deps::needs(source))?;
     let recipe = Recipe::load()?;
-    let kernel = crate::image::kernel::prepare(source, &recipe)?;
+    let kernel = prepare_kernel(source, &recipe)?;
     let input = inputs(&recipe)?;
     let kernel_sum = kernel
         .manifest
@@ -352,4 +352,12 @@ pub fn describe(image: &Image) -> String {
             .unwrap_or("?"),
         image.manifest.boot_kind,
     )
+}
+/// Returns the verified kernel part for `source`, building it if needed.
+pub fn prepare_kernel(source: &Source, recipe: &Recipe) -> Result<Kernel> {
+    match source {
+        Source::Debian(name) => debian::prepare(name, recipe),
+        Source::Host => kernel::prepare_host(recipe),
+        Source::Path(p) => kernel::prepare_path(p, recipe),
+    }
 }

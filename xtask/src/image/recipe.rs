@@ -11,6 +11,8 @@ use crate::util::{root, Result};
 
 pub const RECIPE: &str = "vm-images/recipe.yaml";
 
+/// The kernel a run boots when none is named: the recipe's first (`debian-6.12`).
+pub const DEFAULT_KERNEL: &str = "debian";
 #[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -282,7 +284,7 @@ impl Recipe {
 
     /// The kernel called `name` (`debian` is the first).
     pub fn kernel(&self, name: &str) -> Result<&KernelSpec> {
-        if name == super::kernel::DEFAULT_KERNEL {
+        if name == DEFAULT_KERNEL {
             return Ok(&self.kernels[0]);
         }
         self.kernels.iter().find(|k| k.name == name).ok_or_else(|| {

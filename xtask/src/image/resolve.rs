@@ -150,7 +150,7 @@ fn parse_print_uris(text: &str, package: &str) -> Result<Deb> {
     let sha256 = sum
         .strip_prefix("SHA256:")
         .ok_or_else(|| format!("apt-get gave no SHA256 for {package}: {line}"))?;
-    let (archive, pool) = archive_and_pool(url.trim_matches('\''));
+    let (archive, pool) = crate::image::apt::archive_and_pool(url.trim_matches('\''));
     Ok(Deb {
         package: filename.split('_').next().unwrap_or_default().to_string(),
         filename: filename.to_string(),
@@ -160,30 +160,6 @@ fn parse_print_uris(text: &str, package: &str) -> Result<Deb> {
         pool,
         sha1: None,
     })
-}
-
-/// `http://deb.debian.org/debian-security/pool/updates/main/...deb` → (`debian-security`,
-/// `pool/updates/main/...deb`): the archive's name and the file's path in it.
-pub fn archive_and_pool(url: &str) -> (Option<String>, Option<String>) {
-    let Some(at) = url.find("/pool/") else {
-        return (None, None);
-    };
-    let archive = url[..at].rsplit('/').next().filter(|a| !a.is_empty());
-    (archive.map(str::to_string), Some(url[at + 1..].to_string()))
-}
-
-/// sha1 of a file (`sha1sum`, bounded): the snapshot archive addresses files by it.
-pub fn sha1_file(path: &std::path::Path) -> Result<String> {
-    let out = procs::run_ok(
-        std::process::Command::new("sha1sum").arg(path),
-        Duration::from_secs(300),
-        "sha1sum",
-    )?;
-    let sum = out.stdout.split_whitespace().next().unwrap_or_default();
-    match sum.len() == 40 && sum.chars().all(|c| c.is_ascii_hexdigit()) {
-        true => Ok(sum.to_ascii_lowercase()),
-        false => Err(format!("sha1sum printed {:?}", out.stdout.trim())),
-    }
 }
 
 /// Now as the snapshot archive's timestamp, `YYYYMMDDTHHMMSSZ`.
@@ -222,7 +198,10 @@ linux-image-6.12.117+deb12-cloud-amd64_6.12.117-1~deb12u1_amd64.deb 34307256 SHA
             d.pool.as_deref(),
             Some("pool/updates/main/l/linux-signed-6.12-amd64/linux-image-6.12.117%2bdeb12-cloud-amd64_6.12.117-1%7edeb12u1_amd64.deb")
         );
-        assert_eq!(archive_and_pool("file:///x/y.deb"), (None, None));
+        assert_eq!(
+            crate::image::apt::archive_and_pool("file:///x/y.deb"),
+            (None, None)
+        );
         assert!(parse_print_uris("", "pkg")
             .unwrap_err()
             .contains("no download URI for pkg"));

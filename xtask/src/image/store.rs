@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::kernel::{Kernel, Manifest};
 use crate::util::{sha256_file, target_dir, write_atomic, Result};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -262,25 +261,6 @@ where
 pub trait HasFiles {
     fn files(&self) -> &BTreeMap<String, FileSum>;
     fn files_mut(&mut self) -> &mut BTreeMap<String, FileSum>;
-}
-
-impl HasFiles for Manifest {
-    fn files(&self) -> &BTreeMap<String, FileSum> {
-        &self.files
-    }
-    fn files_mut(&mut self) -> &mut BTreeMap<String, FileSum> {
-        &mut self.files
-    }
-}
-
-pub fn cached_kernel(key: &str, build: impl FnOnce(&Path) -> Result<Manifest>) -> Result<Kernel> {
-    let (dir, manifest, verified) =
-        cached_dir(&dir().join("kernels"), key, "kernel", |_| Ok(()), build)?;
-    Ok(Kernel {
-        dir,
-        manifest,
-        verified,
-    })
 }
 
 #[cfg(test)]
