@@ -134,3 +134,64 @@ fn test_programs_get_verdicts_shards_repeats_and_merge() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     std::fs::remove_dir_all(&merged).unwrap();
 }
+
+/// A Rust package's tests, built static on the host and each run alone in a fresh VM: pass,
+/// fail (its panic), timeout (a freeze-frame of where it sleeps), a "skipping:" line and an
+/// `#[ignore]` as skips (the latter without a VM), an integration test that runs the
+/// package's example by its path; one test's reproduce line reruns that test alone.
+#[test]
+fn a_rust_packages_tests_run_one_per_vm() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = root().join("xtask/tests/vmtest/cargo-fixture");
+    let dir = dir.to_str().unwrap();
+    let o = run(&["vm-test", "--cargo", dir, "--timeout", "10", "-j", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let t = |name: &str| run_of(&v, &format!("vmtest_fixture::tests::{name}")).clone();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 6, "{v}");
+    assert_eq!(t("passes_with_ublk")["verdict"], "pass", "{v}");
+    let fail = t("fails");
+    assert_eq!(fail["verdict"], "fail");
+    assert!(
+        fail["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("exit 101: thread ")
+            && fail["reason"]
+                .as_str()
+                .unwrap()
+                .contains("arithmetic is broken"),
+        "{fail}"
+    );
+    let hang = t("hangs");
+    assert_eq!(hang["verdict"], "timeout", "{hang}");
+    let why = hang["reason"].as_str().unwrap();
+    // The test's own thread (libtest names it after the test) is where it waits.
+    assert!(
+        why.contains("still running after 10 s")
+            && why.contains("tests::hangs (S): hrtimer_nanosleep"),
+        "{why}"
+    );
+    assert!(hang["freeze_frame"].as_str().is_some());
+    let skip = t("skips_when_the_kernel_lacks_a_feature");
+    assert_eq!(skip["verdict"], "skip");
+    assert_eq!(skip["reason"], "skipping: kernel lacks UBLK_F_FIXTURE");
+    let ignored = t("ignored");
+    assert_eq!(ignored["verdict"], "skip");
+    assert_eq!(ignored["run_dir"], "", "no VM for an ignored test");
+    assert_eq!(
+        run_of(&v, "companion::runs_the_example_beside_it")["verdict"],
+        "pass",
+        "{v}"
+    );
+    let line = fail["reproduce"].as_str().unwrap().to_string();
+    assert!(
+        line.contains(" --only vmtest_fixture::tests::fails "),
+        "{line}"
+    );
+    let o = run_line(&line);
+    assert_eq!(o.status.code(), Some(1), "{line}: {}", stderr(&o));
+    let (_, again) = summary(&o);
+    assert_eq!(again["runs"].as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(again["runs"][0]["verdict"], "fail");
+}

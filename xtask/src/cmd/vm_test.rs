@@ -1,19 +1,23 @@
-//! `cargo xtask vm-test --exec FILE...`: a project's own test programs and scripts, each in a
-//! fresh VM with ublk_drv, under a hard limit, with kselftest exit codes (0 pass, 4 skip, else
-//! fail), freeze-frames on a hang, splat scans, repeats, shards and the reports of every
-//! suite (`session::run`). Exit codes as vm-e2e's.
+//! `cargo xtask vm-test --exec FILE... | --cargo PATH [-- CARGO ARGS]`: a project's own tests,
+//! each in a fresh VM with ublk_drv, under a hard limit: programs and scripts with kselftest
+//! exit codes (0 pass, 4 skip, else fail), or a Rust package's tests one by one (libtest's
+//! result; `#[ignore]` and a "skipping:" line are skips); freeze-frames on a hang, splat
+//! scans, repeats, shards and the reports of every suite (`session::run`). Exit codes as
+//! vm-e2e's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::image::{tools, Image};
+use crate::runs::Verdict;
 use crate::session::outcome::Outcome;
 use crate::session::shard::{self, RunKey};
 use crate::session::{self, Context, Options, Run, Unit};
 use crate::util::{bad_input, Result};
 use crate::vm::accel::Choice;
-use crate::vmtest::run::{self as vmrun, last_line, Content, Env, Ship, Test};
+use crate::vmtest::cargo::{self, Built};
+use crate::vmtest::run::{self as vmrun, kselftest, last_line, Content, Env, Ship, Test};
 
 /// Where the tests live in the guest (each runs from there).
 const GUEST_DIR: &str = "/root/tests";
@@ -33,8 +37,22 @@ pub struct Args {
     /// Test programs or scripts, each one test in its own fresh VM (run as root from
     /// /root/tests, with the guest tools layer: bash, coreutils, util-linux, fio, ...);
     /// exit 0 pass, 4 skip (kselftest), anything else fail
-    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present = "cargo", conflicts_with = "cargo")]
     pub exec: Vec<PathBuf>,
+    /// A Rust package (its directory): its tests built static on the host (`cargo test
+    /// --no-run`, `+crt-static`), each test run alone in its own fresh VM (`--exact`), with the
+    /// package's bins and examples at the paths cargo gave them
+    #[arg(long, value_name = "PATH")]
+    pub cargo: Option<PathBuf>,
+    /// `--cargo`: run only this test (`TARGET::PATH`, as the reports name it); repeatable
+    #[arg(long, value_name = "NAME", requires = "cargo")]
+    pub only: Vec<String>,
+    /// `--cargo`: a line of a passing test's output matching this makes it a skip
+    #[arg(long, value_name = "REGEX", default_value = "skipping:")]
+    pub skip_pattern: String,
+    /// `--cargo`: arguments for `cargo test --no-run` (features, `-p NAME`, `--test NAME`)
+    #[arg(last = true, value_name = "CARGO ARGS")]
+    pub cargo_args: Vec<String>,
     /// Kernel(s), comma-separated: locked names (debian-6.12, debian-7.2), host or a PATH;
     /// every test runs on each [default: debian]
     #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
@@ -70,7 +88,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     crate::image::fetch::set_locked(args.locked);
-    let tests = check_files(&args.exec)?;
+    let skip = regex::Regex::new(&args.skip_pattern)
+        .map_err(|e| bad_input(format!("--skip-pattern: {e}")))?;
+    let (tests, built) = match &args.cargo {
+        Some(dir) => cargo_tests(dir, &args.cargo_args, &args.only)?,
+        None => (check_files(&args.exec)?, None),
+    };
     let opts = Options {
         tool: "vm-test",
         reports: "test",
@@ -85,16 +108,52 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut suite = Programs {
         tests,
+        built,
+        skip,
         tools: None,
         args,
     };
     session::run(&mut suite, &opts)
 }
 
-/// One test: its name (the file name) and the file as given.
+/// One test: its name in the reports and what it is.
 struct Program {
     name: String,
-    path: PathBuf,
+    kind: Kind,
+}
+
+enum Kind {
+    /// `--exec`: the file as given.
+    Exec(PathBuf),
+    /// `--cargo`: a test of the built package (`Built::tests`).
+    Cargo(usize),
+}
+
+/// The package's tests, built; each one a test of the session.
+fn cargo_tests(
+    dir: &Path,
+    cargo_args: &[String],
+    only: &[String],
+) -> Result<(Vec<Program>, Option<Built>)> {
+    let key = crate::util::key_of(&[("package", dir.display().to_string().as_bytes())]);
+    let target_dir = crate::util::target_dir()
+        .join("vm-test/cargo")
+        .join(&key[..16]);
+    let built = cargo::build(dir, cargo_args, &target_dir)?;
+    let tests: Vec<Program> = (built.tests.iter().enumerate())
+        .map(|(i, t)| Program {
+            name: t.id(&built),
+            kind: Kind::Cargo(i),
+        })
+        .filter(|p| only.is_empty() || only.contains(&p.name))
+        .collect();
+    if let Some(missing) = only.iter().find(|n| !tests.iter().any(|t| &t.name == *n)) {
+        return Err(bad_input(format!(
+            "--only {missing}: no such test in {} (names are TARGET::PATH, as `--list` prints)",
+            dir.display()
+        )));
+    }
+    Ok((tests, Some(built)))
 }
 
 /// Every test file exists, is a regular file within its bound, and has its own name.
@@ -135,7 +194,7 @@ fn check_files(paths: &[PathBuf]) -> Result<Vec<Program>> {
         }
         out.push(Program {
             name,
-            path: p.clone(),
+            kind: Kind::Exec(p.clone()),
         });
     }
     Ok(out)
@@ -153,6 +212,10 @@ fn plain_name(n: &str) -> bool {
 struct Programs {
     args: Args,
     tests: Vec<Program>,
+    /// `--cargo`: the package, built.
+    built: Option<Built>,
+    /// `--skip-pattern`.
+    skip: regex::Regex,
     tools: Option<tools::Layer>,
 }
 
@@ -213,22 +276,29 @@ impl session::Suite for Programs {
         format!("test-{name}-{}", crate::util::slug(&r.key.kernel))
     }
 
+    /// An `#[ignore]`d cargo test is a skip, without a VM.
+    fn before_boot(&self, r: &Run<usize>) -> Option<Outcome> {
+        let Kind::Cargo(i) = self.tests[*r.test].kind else {
+            return None;
+        };
+        if !self.built.as_ref()?.tests[i].ignored {
+            return None;
+        }
+        let t = &self.tests[*r.test];
+        let mut out = Outcome::named(&t.name, r.key.repeat, 0, Path::new(""), r.image.hash());
+        out.kernel = r.key.kernel.clone();
+        out.kernel_release = r.image.manifest.kernel_release.clone();
+        let why = "#[ignore]d (run it with `cargo test -- --ignored` on a machine with ublk)";
+        Some(out.finish(std::time::Instant::now(), Verdict::Skip, Some(why.into())))
+    }
+
     fn attempt(&self, r: &Run<usize>, dir: &Path) -> (Outcome, bool) {
         let t = &self.tests[*r.test];
-        let test = Test {
-            name: &t.name,
-            dir: GUEST_DIR,
-            files: vec![Ship {
-                path: t.name.clone(),
-                content: Content::Host(t.path.clone()),
-            }],
-            command: format!("exec ./{}", t.name),
-            step: &t.name,
-            servers: &[],
-            recheck: Box::new(|| unchanged(t)),
-            skip_reason: Box::new(|out| {
-                last_line(out, "exit 4 (kselftest skip); the test printed no reason")
-            }),
+        let test = match &t.kind {
+            Kind::Exec(path) => exec_test(t, path),
+            Kind::Cargo(i) => {
+                cargo_test(self.built.as_ref().expect("built"), *i, &t.name, &self.skip)
+            }
         };
         vmrun::attempt(&test, &self.env(r), dir)
     }
@@ -238,14 +308,9 @@ impl session::Suite for Programs {
     }
 
     fn select_run(&self, r: &Run<usize>) -> Vec<String> {
-        let t = &self.tests[*r.test];
-        let path = t.path.display().to_string();
-        vec![
-            "--exec".into(),
-            path,
-            "--kernel".into(),
-            r.key.kernel.clone(),
-        ]
+        let mut words = self.selection(&[&self.tests[*r.test]]);
+        words.extend(["--kernel".into(), r.key.kernel.clone()]);
+        words
     }
 
     /// The tests that did not pass (or all) on the session's kernels, as often.
@@ -257,8 +322,7 @@ impl session::Suite for Programs {
         if chosen.is_empty() {
             chosen = self.tests.iter().collect();
         }
-        let mut words = vec!["--exec".to_string()];
-        words.extend(chosen.iter().map(|t| t.path.display().to_string()));
+        let mut words = self.selection(&chosen);
         let kernels: Vec<&str> = ctx.images.keys().map(String::as_str).collect();
         words.extend(["--kernel".into(), kernels.join(",")]);
         if ctx.repeat > 1 {
@@ -267,30 +331,128 @@ impl session::Suite for Programs {
         words
     }
 
-    /// `--timeout`, `--expect-splat` as given.
+    /// `--timeout`, `--expect-splat`, `--skip-pattern` as given; cargo's arguments last.
     fn flags(&self) -> Vec<String> {
         let mut v = Vec::new();
+        if self.args.cargo.is_some() && self.args.skip_pattern != "skipping:" {
+            v.extend(["--skip-pattern".into(), self.args.skip_pattern.clone()]);
+        }
         if let Some(t) = self.args.timeout {
             v.extend(["--timeout".into(), t.to_string()]);
         }
         for e in &self.args.expect_splat {
             v.extend(["--expect-splat".into(), e.clone()]);
         }
+        if self.args.cargo.is_some() && !self.args.cargo_args.is_empty() {
+            v.push("--".into());
+            v.extend(self.args.cargo_args.iter().cloned());
+        }
         v
     }
 
     fn record(&self, r: &Run<usize>) -> (&'static str, serde_json::Value) {
-        let t = &self.tests[*r.test];
-        let extra = serde_json::json!({ "program": t.path.display().to_string() });
+        let extra = match &self.tests[*r.test].kind {
+            Kind::Exec(path) => serde_json::json!({ "program": path.display().to_string() }),
+            Kind::Cargo(i) => {
+                let built = self.built.as_ref().expect("built");
+                let bin = &built.binaries[built.tests[*i].binary];
+                serde_json::json!({
+                    "binary": bin.path.display().to_string(),
+                    "package": built.package_dir.display().to_string(),
+                })
+            }
+        };
         ("test-result.json", extra)
     }
 }
 
+impl Programs {
+    /// The words that select `tests` again: their files (`--exec`), or the package and, when
+    /// not all of its tests, each by `--only`.
+    fn selection(&self, tests: &[&Program]) -> Vec<String> {
+        match &self.args.cargo {
+            Some(dir) => {
+                let mut words = vec!["--cargo".to_string(), dir.display().to_string()];
+                if tests.len() < self.tests.len() || !self.args.only.is_empty() {
+                    for t in tests {
+                        words.extend(["--only".to_string(), t.name.clone()]);
+                    }
+                }
+                words
+            }
+            None => {
+                let mut words = vec!["--exec".to_string()];
+                for t in tests {
+                    if let Kind::Exec(p) = &t.kind {
+                        words.push(p.display().to_string());
+                    }
+                }
+                words
+            }
+        }
+    }
+}
+
+/// An `--exec` file: shipped to GUEST_DIR, run there, kselftest's codes.
+fn exec_test<'a>(t: &'a Program, path: &'a Path) -> Test<'a> {
+    Test {
+        name: &t.name,
+        dir: GUEST_DIR,
+        files: vec![Ship {
+            path: t.name.clone(),
+            content: Content::Host(path.to_path_buf()),
+        }],
+        command: format!("exec ./{}", t.name),
+        step: &t.name,
+        servers: &[],
+        recheck: Box::new(move || unchanged(path)),
+        verdict_of: Box::new(|st, out| {
+            kselftest(st, out, |out| {
+                last_line(out, "exit 4 (kselftest skip); the test printed no reason")
+            })
+        }),
+    }
+}
+
+/// One cargo test: its binary and the package's bins and examples at their host paths, run
+/// alone from the package directory as `cargo test` would.
+fn cargo_test<'a>(built: &'a Built, i: usize, name: &'a str, skip: &'a regex::Regex) -> Test<'a> {
+    let t = &built.tests[i];
+    let bin = &built.binaries[t.binary].path;
+    let files = std::iter::once(bin)
+        .chain(&built.companions)
+        .map(|p| Ship {
+            path: p.display().to_string().trim_start_matches('/').to_string(),
+            content: Content::Host(p.clone()),
+        })
+        .collect();
+    let pkg = crate::util::shell_line(&[built.package_dir.display().to_string()]);
+    let run = crate::util::shell_line(&[
+        bin.display().to_string(),
+        "--exact".into(),
+        t.name.clone(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]);
+    Test {
+        name,
+        dir: "/",
+        files,
+        command: format!(
+            "mkdir -p {pkg} && cd {pkg} && CARGO_MANIFEST_DIR={pkg} RUST_BACKTRACE=1 exec {run}"
+        ),
+        step: &t.name,
+        servers: &[],
+        recheck: Box::new(move || unchanged(bin)),
+        verdict_of: Box::new(move |st, out| cargo::verdict_of(st, out, skip)),
+    }
+}
+
 /// A test file is still a regular file within its bound when its VM boots.
-fn unchanged(t: &Program) -> std::result::Result<(), String> {
-    match std::fs::metadata(&t.path) {
+fn unchanged(path: &Path) -> std::result::Result<(), String> {
+    match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.len() <= MAX_TEST_BYTES => Ok(()),
-        Ok(_) => Err(format!("{} changed into something else", t.path.display())),
-        Err(e) => Err(format!("{}: {e}", t.path.display())),
+        Ok(_) => Err(format!("{} changed into something else", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

@@ -4,7 +4,7 @@
 
 use super::suite::Suite;
 use crate::image::tools::Layer;
-use crate::vmtest::run::{last_line, Content, Ship, Test};
+use crate::vmtest::run::{kselftest, last_line, Content, Ship, Test};
 
 /// Where the suite lives in the guest (the scripts find kublk beside themselves).
 pub const GUEST_DIR: &str = "/root/ublk";
@@ -35,7 +35,9 @@ pub fn test<'a>(
         step: script,
         servers: &["kublk"],
         recheck: Box::new(|| suite.recheck()),
-        skip_reason: Box::new(move |out| skip_reason(suite, script, tools, out)),
+        verdict_of: Box::new(move |st, out| {
+            kselftest(st, out, |out| skip_reason(suite, script, tools, out))
+        }),
     }
 }
 

@@ -138,7 +138,7 @@ fn daemon_threads(vm: &Vm, d: &DaemonRef, dir: &Path, ff: &mut FreezeFrame) {
 /// Most sleeping tasks named (their stacks are all in sleeping-tasks.txt).
 const MAX_SLEEPING_TASKS: usize = 16;
 
-/// Every user task in interruptible sleep (S) with its kernel stack, but the guest's own
+/// Every user thread in interruptible sleep (S) with its kernel stack, but the guest's own
 /// init and agent (and this probe's shell): what a hang that blocks nothing in D shows (a test waiting forever for a
 /// device that never comes), newest first. One grep and shell builtins, no process per task
 /// (TCG).
@@ -147,7 +147,7 @@ pub fn sleeping_tasks(vm: &Vm, dir: &Path) -> Vec<String> {
         vm,
         dir,
         "sleeping-tasks",
-        "for f in $(grep -l '^State:[[:space:]]*S' /proc/[0-9]*/status 2>/dev/null); do p=${f%/status}; [ $p = /proc/$$ ] && continue; [ -e $p/exe ] || continue; read c < $p/comm; case $c in vm-agent|init) continue;; esac; echo \"== pid ${p#/proc/} $c state S\"; while read l; do echo \"$l\"; done < $p/stack; done",
+        "for f in $(grep -l '^State:[[:space:]]*S' /proc/[0-9]*/task/[0-9]*/status 2>/dev/null); do t=${f%/status}; p=${t%/task/*}; [ $p = /proc/$$ ] && continue; [ -e $p/exe ] || continue; read c < $t/comm; case $c in vm-agent|init) continue;; esac; echo \"== pid ${t##*/} $c state S\"; while read l; do echo \"$l\"; done < $t/stack; done",
     );
     let mut tasks = blocked_tasks(&text);
     // Newest first: the test's own tasks, not the guest's early ones.

@@ -1,4 +1,6 @@
 //! Test executables in fresh VMs: one program or script per VM under a hard limit, kselftest
-//! exit codes (`run`). vm-selftests runs the kernel's scripts through it, vm-test users'.
+//! exit codes (`run`). vm-selftests runs the kernel's scripts through it, vm-test users'
+//! programs and a Rust package's tests (`cargo`: built static, listed, one test per VM).
 
+pub mod cargo;
 pub mod run;

@@ -3,7 +3,8 @@
 //! exit code to a verdict, take a freeze-frame if it hangs, scan the kernel log for splats.
 //!
 //! ```text
-//!   boot ──► ship files ──► run command ─┬─ exit 0 ─────────────► pass   ─┐
+//!   boot ──► ship files ──► run command ─┬─ exit 0 ─────────────► pass   ─┐   (kselftest's codes;
+//!                                        │                                   the test's verdict_of)
 //!                                        ├─ exit 4 ─────────────► skip   ─┤
 //!                                        ├─ exit other ─────────► fail   ─┼─► splat scan (a splat
 //!                                        ├─ limit reached ─► freeze-frame ─► timeout      turns pass/skip into fail)
@@ -47,6 +48,12 @@ pub struct Ship<'a> {
     pub content: Content<'a>,
 }
 
+/// A verdict and its reason.
+pub type Judged = (Verdict, Option<String>);
+
+/// How a test's exit status and output become its verdict.
+pub type VerdictOf<'a> = Box<dyn Fn(i32, &str) -> Judged + 'a>;
+
 /// What runs: the test's files, its command, how to read it.
 pub struct Test<'a> {
     /// The test's name in the reports.
@@ -62,8 +69,26 @@ pub struct Test<'a> {
     pub servers: &'a [&'a str],
     /// Checked before boot: the shipped files are still what was built (damage → infra).
     pub recheck: Box<dyn Fn() -> Result<(), String> + 'a>,
-    /// Why a test that exited 4 skipped, from its output.
-    pub skip_reason: Box<dyn Fn(&str) -> String + 'a>,
+    /// The verdict of an exit status and the test's output (`kselftest` for scripts and
+    /// programs; libtest's for cargo tests).
+    pub verdict_of: VerdictOf<'a>,
+}
+
+/// kselftest's exit codes: 0 pass, 4 skip (`skip_reason` of the output), else fail with the
+/// output's last line.
+pub fn kselftest(
+    status: i32,
+    output: &str,
+    skip_reason: impl Fn(&str) -> String,
+) -> (Verdict, Option<String>) {
+    match status {
+        0 => (Verdict::Pass, None),
+        KSFT_SKIP => (Verdict::Skip, Some(skip_reason(output))),
+        st => (
+            Verdict::Fail,
+            Some(format!("exit {st}: {}", last_line(output, "no output"))),
+        ),
+    }
 }
 
 /// Where it runs: the kernel, the tools layer, the limit, the known splats.
@@ -173,15 +198,13 @@ fn execute(
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     out.failed_step = Some(job.step.to_string());
     match ended {
-        VmOutcome::Exited(0) => {
-            out.failed_step = None;
-            (Verdict::Pass, None)
+        VmOutcome::Exited(st) => {
+            let (verdict, why) = (job.verdict_of)(st, &text);
+            if verdict == Verdict::Pass {
+                out.failed_step = None;
+            }
+            (verdict, why)
         }
-        VmOutcome::Exited(KSFT_SKIP) => (Verdict::Skip, Some((job.skip_reason)(&text))),
-        VmOutcome::Exited(st) => (
-            Verdict::Fail,
-            Some(format!("exit {st}: {}", last_line(&text, "no output"))),
-        ),
         VmOutcome::Failed(Failure::Timeout(_)) => {
             let why = format!("{} still running after {timeout_s} s", job.step);
             (Verdict::Timeout, Some(frozen(vm, job, dir, out, &why)))
