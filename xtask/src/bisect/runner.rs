@@ -178,8 +178,13 @@ pub fn sweep_worktrees(repo: &Path, dir: &Path) -> usize {
         }
     }
     for wt in &found {
+        // An interrupted `git worktree add` leaves its worktree locked ("initializing"): a
+        // locked one is neither removed by one --force nor pruned. Unlock, then force twice.
+        let _ = procs::run_cleanup(git(repo).args(["worktree", "unlock"]).arg(wt), limit);
         let _ = procs::run_cleanup(
-            git(repo).args(["worktree", "remove", "--force"]).arg(wt),
+            git(repo)
+                .args(["worktree", "remove", "--force", "--force"])
+                .arg(wt),
             limit,
         );
         let _ = std::fs::remove_dir_all(wt);
@@ -334,5 +339,61 @@ mod tests {
         std::fs::create_dir_all(repo.join("target/release/.fingerprint")).unwrap();
         assert_eq!(donor(&repo, &built), repo.join("target"));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn git_ok(repo: &Path, args: &[&str]) -> String {
+        let o = git(repo).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A worktree whose `git worktree add` was interrupted stays locked ("initializing"):
+    /// plain `remove --force` and `prune` both leave it. The sweep removes it anyway.
+    #[test]
+    fn a_locked_worktree_left_by_an_interrupted_add_is_swept() {
+        let base = std::env::temp_dir().join(format!("xtask-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (repo, dir) = (base.join("repo"), base.join("bisect"));
+        std::fs::create_dir_all(&repo).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        git_ok(&repo, &["init", "-q"]);
+        std::fs::write(repo.join("f"), "x").unwrap();
+        git_ok(&repo, &["add", "f"]);
+        git_ok(
+            &repo,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "c",
+            ],
+        );
+        let wt = dir.join("wt-1");
+        git_ok(
+            &repo,
+            &["worktree", "add", "-q", "--detach", wt.to_str().unwrap()],
+        );
+        git_ok(
+            &repo,
+            &[
+                "worktree",
+                "lock",
+                "--reason",
+                "initializing",
+                wt.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(sweep_worktrees(&repo, &dir), 1);
+        let listed = git_ok(&repo, &["worktree", "list", "--porcelain"]);
+        assert!(!listed.contains("wt-1"), "{listed}");
+        assert!(!wt.exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
