@@ -5,7 +5,7 @@
 //! could not be tested (infra errors, evidence that could not be written); 128+n interrupted.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::image::tools::Layer;
@@ -15,26 +15,16 @@ use crate::scenario::run;
 use crate::server::device::DeviceOverride;
 use crate::server::{self, Profile};
 use crate::session::outcome::Outcome;
-use crate::session::shard::{self, RunKey};
-use crate::session::{self, Context, Options, Run, Suite, Unit};
+use crate::session::shard::RunKey;
+use crate::session::{self, Context, Run, Suite, Unit};
 use crate::util::Result;
-use crate::vm::accel::Choice;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
-    /// longer has one (default: the newest build of the same suite, with a warning and a
-    /// record in every report); also UBLK_VM_LOCKED=1
-    #[arg(long)]
-    pub locked: bool,
+    #[command(flatten)]
+    pub session: session::SessionArgs,
     /// Scenario names (files in scenarios/, without .yaml) or paths; default: all
     pub names: Vec<String>,
-    /// Run every scenario N times (each in a fresh VM) and report flakiness
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub repeat: u32,
-    /// Scenario runs in parallel
-    #[arg(short = 'j', long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub jobs: u32,
     /// Seed for every run's data (default: chosen at random and printed)
     #[arg(long)]
     pub seed: Option<u64>,
@@ -43,27 +33,10 @@ pub struct Args {
     /// (default: the scenario's vm.kernel, else debian)
     #[arg(long, value_name = "NAME|host|PATH[,...]", value_delimiter = ',')]
     pub kernel: Vec<String>,
-    #[arg(long, value_enum, default_value_t = Choice::Auto)]
-    pub accel: Choice,
     /// Server(s) to test: built-in profile names or profile paths, comma-separated; every
     /// scenario runs against each (default: each scenario's `server:`, else ublk-mem)
     #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
     pub server: Vec<String>,
-    /// Run only shard K of N: a deterministic slice of the (scenario x kernel x server x
-    /// repeat) runs, balanced by --durations; shards 1..N together are exactly the full set.
-    /// Needs --seed (the same for every shard); `report merge` joins the shards' reports
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<shard::Shard>,
-    /// Earlier sessions' summary.json (a file or a directory of them) whose durations
-    /// balance the shards; every shard must be given the same (default: scenario timeouts)
-    #[arg(long, value_name = "PATH")]
-    pub durations: Option<PathBuf>,
-    /// Print the runs this invocation would make (with --shard: this shard's) and exit
-    #[arg(long)]
-    pub list: bool,
-    /// Multiply every scenario and step limit by F [default: 1 under KVM, 2 under TCG]
-    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
-    pub timeout_scale: Option<f64>,
     /// Every device gets N queues, replacing each start step's and `device:` value (e.g.
     /// `--queues 1` to see whether a failure needs several queues); recorded in the reports
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=crate::scenario::model::MAX_OVERRIDE_QUEUES as i64))]
@@ -78,21 +51,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    crate::image::fetch::set_locked(args.locked);
+    let opts = args.session.options("vm-e2e", "e2e", args.seed);
     let scenarios = load_scenarios(&args.names)?;
     let servers = resolve_servers(&args.server, &scenarios)?;
-    let opts = Options {
-        tool: "vm-e2e",
-        reports: "e2e",
-        jobs: args.jobs,
-        repeat: args.repeat,
-        seed: args.seed,
-        shard: args.shard,
-        durations: args.durations.clone(),
-        list: args.list,
-        accel: args.accel,
-        timeout_scale: args.timeout_scale,
-    };
     let mut suite = Scenarios {
         scenarios,
         servers,

@@ -11,19 +11,15 @@ use crate::scenario::model::KernelVersion;
 use crate::selftests::run as strun;
 use crate::selftests::suite::{self, Suite};
 use crate::session::outcome::Outcome;
-use crate::session::shard::{self, RunKey};
-use crate::session::{self, Context, Options, Run, Unit};
+use crate::session::shard::RunKey;
+use crate::session::{self, Context, Run, Unit};
 use crate::util::Result;
-use crate::vm::accel::Choice;
 use crate::vmtest::run::{self as vmrun, Env};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
-    /// longer has one (default: the newest build of the same suite, with a warning and a
-    /// record in every report); also UBLK_VM_LOCKED=1
-    #[arg(long)]
-    pub locked: bool,
+    #[command(flatten)]
+    pub session: session::SessionArgs,
     /// Tests (null_01, test_null_01.sh) or groups (null, generic, stress, ...); default: all
     pub names: Vec<String>,
     /// Kernel(s) to boot, comma-separated: locked names, or a kernel tree PATH (whose own suite
@@ -34,19 +30,10 @@ pub struct Args {
     /// 6.12) or a kernel source tree's (its tools/testing/selftests/ublk)
     #[arg(long, value_name = "NAME|PATH")]
     pub suite: Option<String>,
-    /// VMs at once
-    #[arg(short = 'j', long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub jobs: u32,
-    /// Runs of each test (k/N flakiness per test)
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub repeat: u32,
     /// Hard limit per test script in seconds, taken as given [default: the suite's own (150)
     /// x the limits scale]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
-    /// Multiply the suite's default limit by F [default: 1 under KVM, 2 under TCG]
-    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
-    pub timeout_scale: Option<f64>,
     /// Also run this script of your own with the suite (test_<group>_<nn>.sh; it may source
     /// test_common.sh and use kublk like the suite's own); repeatable
     #[arg(long, value_name = "FILE")]
@@ -55,22 +42,20 @@ pub struct Args {
     /// known for); repeatable
     #[arg(long, value_name = "TEXT")]
     pub expect_splat: Vec<String>,
-    /// List the tests (by group) and exit
-    #[arg(long)]
-    pub list: bool,
-    #[arg(long, value_enum, default_value_t = Choice::Auto)]
-    pub accel: Choice,
-    /// Run only shard K of N of the (test x kernel x repeat) runs (see vm-e2e --shard);
-    /// `report merge` joins the shards' reports
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<shard::Shard>,
-    /// Earlier sessions' summary.json (file or directory) whose durations balance the shards
-    #[arg(long, value_name = "PATH")]
-    pub durations: Option<std::path::PathBuf>,
 }
 
+/// Most selftest VMs at once (each has `vmtest::run::MEMORY_MIB`).
+const MAX_JOBS: u32 = 16;
+
 pub fn run(args: Args) -> Result<i32> {
-    crate::image::fetch::set_locked(args.locked);
+    let opts = args.session.options("vm-selftests", "selftests", None);
+    if opts.jobs > MAX_JOBS {
+        return Err(crate::util::bad_input(format!(
+            "-j {}: at most {MAX_JOBS} selftest VMs at once (each has {} MiB)",
+            opts.jobs,
+            crate::vmtest::run::MEMORY_MIB
+        )));
+    }
     // Inputs first: a bad --script is refused before any suite is built.
     let extra = read_scripts(&args.script)?;
     let kernels = kernels_to_boot(&args.kernel)?;
@@ -79,18 +64,6 @@ pub fn run(args: Args) -> Result<i32> {
     let mut all = first.manifest.tests.clone();
     all.extend(extra.iter().map(|(n, _)| n.clone()));
     let tests = select(&all, &args.names)?;
-    let opts = Options {
-        tool: "vm-selftests",
-        reports: "selftests",
-        jobs: args.jobs,
-        repeat: args.repeat,
-        seed: None,
-        shard: args.shard,
-        durations: args.durations.clone(),
-        list: args.list,
-        accel: args.accel,
-        timeout_scale: args.timeout_scale,
-    };
     let mut suite = Selftests {
         suites,
         tests,

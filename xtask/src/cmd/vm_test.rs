@@ -12,10 +12,9 @@ use std::sync::Arc;
 use crate::image::{tools, Image};
 use crate::runs::Verdict;
 use crate::session::outcome::Outcome;
-use crate::session::shard::{self, RunKey};
-use crate::session::{self, Context, Options, Run, Unit};
+use crate::session::shard::RunKey;
+use crate::session::{self, Context, Run, Unit};
 use crate::util::{bad_input, Result};
-use crate::vm::accel::Choice;
 use crate::vmtest::cargo::{self, Built};
 use crate::vmtest::run::{self as vmrun, kselftest, last_line, Content, Env, Ship, Test};
 
@@ -30,10 +29,8 @@ const MAX_TESTS: usize = 1000;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Use exactly the packages the locks name, or fail with exit 125 when some source no
-    /// longer has one; also UBLK_VM_LOCKED=1
-    #[arg(long)]
-    pub locked: bool,
+    #[command(flatten)]
+    pub session: session::SessionArgs,
     /// Test programs or scripts, each one test in its own fresh VM (run as root from
     /// /root/tests, with the guest tools layer: bash, coreutils, util-linux, fio, ...);
     /// exit 0 pass, 4 skip (kselftest), anything else fail
@@ -57,54 +54,21 @@ pub struct Args {
     /// every test runs on each [default: debian]
     #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
     pub kernel: Vec<String>,
-    /// VMs at once
-    #[arg(short = 'j', long, default_value_t = 2, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub jobs: u32,
-    /// Runs of each test (k/N flakiness per test)
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub repeat: u32,
     /// Hard limit per test in seconds, taken as given [default: 120 x the limits scale]
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: Option<u64>,
-    /// Multiply the default limit by F [default: 1 under KVM, 2 under TCG]
-    #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
-    pub timeout_scale: Option<f64>,
     /// A kernel-log substring that is known and not a failure; repeatable
     #[arg(long, value_name = "TEXT")]
     pub expect_splat: Vec<String>,
-    /// List the runs and exit
-    #[arg(long)]
-    pub list: bool,
-    #[arg(long, value_enum, default_value_t = Choice::Auto)]
-    pub accel: Choice,
-    /// Run only shard K of N of the (test x kernel x repeat) runs (see vm-e2e --shard);
-    /// `report merge` joins the shards' reports
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<shard::Shard>,
-    /// Earlier sessions' summary.json (file or directory) whose durations balance the shards
-    #[arg(long, value_name = "PATH")]
-    pub durations: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    crate::image::fetch::set_locked(args.locked);
+    let opts = args.session.options("vm-test", "test", None);
     let skip = regex::Regex::new(&args.skip_pattern)
         .map_err(|e| bad_input(format!("--skip-pattern: {e}")))?;
     let (tests, built) = match &args.cargo {
         Some(dir) => cargo_tests(dir, &args.cargo_args, &args.only)?,
         None => (check_files(&args.exec)?, None),
-    };
-    let opts = Options {
-        tool: "vm-test",
-        reports: "test",
-        jobs: args.jobs,
-        repeat: args.repeat,
-        seed: None,
-        shard: args.shard,
-        durations: args.durations.clone(),
-        list: args.list,
-        accel: args.accel,
-        timeout_scale: args.timeout_scale,
     };
     let mut suite = Programs {
         tests,

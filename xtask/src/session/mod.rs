@@ -16,6 +16,7 @@
 //! The session model (`report`, `outcome`) imports nothing of this module; the renderers
 //! (`markdown`, `report::table`/`junit`) and `merge` depend only on it.
 
+pub mod args;
 pub mod evidence;
 pub mod markdown;
 pub mod merge;
@@ -39,6 +40,7 @@ use crate::util::{rfc3339_now, Result};
 use crate::vm::accel::{self, Choice};
 use crate::vm::limits::Limits;
 use crate::vm::qemu::Accel;
+pub use args::SessionArgs;
 use outcome::{retry_once, Outcome};
 use report::{Head, ShardInfo};
 use shard::{RunKey, Shard};

@@ -30,7 +30,7 @@ pub const KSFT_SKIP: i32 = 4;
 /// Budget for boot and shipping the files, beyond the test's own limit.
 const SETUP_BUDGET: Duration = Duration::from_secs(120);
 /// Guest memory: tests keep backing files on tmpfs.
-const MEMORY_MIB: u64 = 2048;
+pub const MEMORY_MIB: u64 = 2048;
 /// Most server processes whose threads a freeze-frame shows.
 const MAX_FROZEN_PROCESSES: usize = 8;
 
