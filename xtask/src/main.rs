@@ -41,6 +41,8 @@ enum Cmd {
     VmBuild(cmd::vm_build::Args),
     /// Boot a fresh VM, run one command in it, exit with its status (124 timeout, 125 infra error)
     VmRun(cmd::vm_run::Args),
+    /// cargo's `target.runner`: a test binary in a fresh VM, exiting with its status
+    VmRunner(cmd::vm_run::runner::Args),
     /// Run YAML scenarios, each in a fresh VM (all of scenarios/ by default)
     VmE2e(cmd::vm_e2e::Args),
     /// Run the simple-e2e scenario
@@ -92,6 +94,7 @@ fn main() {
     let result = match cli.command {
         Cmd::VmBuild(a) => cmd::vm_build::run(a),
         Cmd::VmRun(a) => cmd::vm_run::run(a),
+        Cmd::VmRunner(a) => cmd::vm_run::runner::run(a),
         Cmd::VmE2e(a) => cmd::vm_e2e::run(a),
         Cmd::VmPerf(a) => cmd::vm_perf::run(a),
         Cmd::VmSimpleE2e { seed, kernel } => cmd::vm_e2e::run(cmd::vm_e2e::Args {

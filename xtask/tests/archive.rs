@@ -460,6 +460,147 @@ fn image_inputs_survive_the_archive_moving() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+fn extra_deb(a: &Archive, version: &str) -> PathBuf {
+    let script = format!("#!/bin/sh\necho fakeextra {version}\n");
+    a.deb(
+        "fakeextra",
+        version,
+        &[("usr/bin/fakeextra", script.as_bytes())],
+    )
+}
+
+/// A project's own guest packages (`--package`, `--package-lock`), against the same kind of
+/// archive: resolved on top of the tools layer into the project's lock file; that file used as
+/// it is (also with --locked); --locked refusing a missing lock, an unpinned request and a
+/// lock of other packages; a locked package gone from every source replaced by the newest
+/// build, said in one warning that names the project's lock.
+#[test]
+fn a_projects_own_packages_are_locked_in_its_own_file() {
+    let base = std::env::temp_dir().join(format!("xtask-extras-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("recipe")).unwrap();
+    let a = Archive::new(&base);
+    let (k1, t1, e1) = (
+        kernel_deb(&a, 1),
+        tool_deb(&a, "1.0-1"),
+        extra_deb(&a, "2.0-1"),
+    );
+    a.publish(&[&k1, &t1, &e1]);
+    std::fs::write(base.join("recipe/recipe.yaml"), RECIPE).unwrap();
+    std::fs::write(base.join("recipe/init"), "#!/bin/sh\n").unwrap();
+    let w = World {
+        recipe: base.join("recipe/recipe.yaml"),
+        archive_url: format!("file://{}", a.dir.display()),
+        keyring: a.keyring.clone(),
+        snapshot_url: "http://127.0.0.1:1".into(),
+        base: base.clone(),
+        step: std::cell::Cell::new(0),
+    };
+    let o = w.xtask(&["locks", "--upgrade"], "cache-lock");
+    assert!(o.status.success(), "{}", text(&o));
+    let lock = base.join("project/ublk-vm.lock");
+    let lock_s = lock.to_str().unwrap();
+    let fetch = |extra: &[&str], cache: &str| {
+        let mut args = vec!["cache", "fetch", "--kernel", "debian-fake", "--no-tools"];
+        args.extend(extra);
+        w.xtask(&args, cache)
+    };
+    // Written by the first run, holding only what the tools layer lacks.
+    let o = fetch(
+        &["--package", "fakeextra", "--package-lock", lock_s],
+        "cache-1",
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("wrote {lock_s}: 1 packages and 0 libraries")),
+        "{t}"
+    );
+    assert!(t.contains("tools layer with project packages: "), "{t}");
+    let written = std::fs::read_to_string(&lock).unwrap();
+    assert!(
+        written.contains("package: fakeextra") && written.contains("version: 2.0-1"),
+        "{written}"
+    );
+    assert!(
+        !written.contains("faketool"),
+        "the tools layer's own package: {written}"
+    );
+    // Used as it is: nothing resolved, also with --locked, also with the lock alone.
+    for extra in [
+        vec![
+            "--package",
+            "fakeextra",
+            "--package-lock",
+            lock_s,
+            "--locked",
+        ],
+        vec!["--package-lock", lock_s, "--locked"],
+    ] {
+        let o = fetch(&extra, "cache-1");
+        let t = text(&o);
+        assert!(o.status.success(), "{extra:?}: {t}");
+        assert!(
+            !t.contains("resolving") && !t.contains("wrote"),
+            "{extra:?}: {t}"
+        );
+        assert!(
+            t.contains("project packages: 2 packages as locked in"),
+            "{t}"
+        );
+    }
+    // --locked refuses what is not a lock, exit 125 with one line.
+    let missing = base.join("project/none.lock");
+    let missing_s = missing.to_str().unwrap();
+    for (extra, want) in [
+        (
+            vec!["--package", "fakeextra", "--locked"],
+            "--package needs --package-lock FILE",
+        ),
+        (
+            vec![
+                "--package",
+                "fakeextra",
+                "--package-lock",
+                missing_s,
+                "--locked",
+            ],
+            "does not exist; run once without --locked",
+        ),
+        (
+            vec![
+                "--package",
+                "fakeextra,faketool",
+                "--package-lock",
+                lock_s,
+                "--locked",
+            ],
+            "locks fakeextra, but the run asks for fakeextra faketool",
+        ),
+    ] {
+        let o = fetch(&extra, "cache-1");
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(125), "{extra:?}: {t}");
+        assert!(t.contains(want), "{extra:?}: want {want:?}: {t}");
+    }
+    assert!(!missing.exists());
+    // A lock file that is not there and no packages: bad input.
+    let o = fetch(&["--package-lock", missing_s], "cache-1");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // The archive moves on and the cache is new: the newest build, said once, naming the lock.
+    let e2 = extra_deb(&a, "2.0-2");
+    a.publish(&[&k1, &t1, &e2]);
+    std::fs::remove_file(&e1).unwrap();
+    let o = fetch(&["--package-lock", lock_s], "cache-2");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let warn = format!(
+        "warning: project packages: 1 of 2 packages newer than {lock_s} (fakeextra 2.0-1 → 2.0-2)"
+    );
+    assert_eq!(t.matches(&warn).count(), 1, "{t}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// A checkout copied with its target/ (which cargo does not rebuild) acts on its own files.
 #[test]
 fn a_copied_checkout_reads_its_own_files() {

@@ -129,6 +129,30 @@ fn bad_input_exits_2_with_one_line_for_every_command() {
             "first shipped in 6.15",
         ),
         (
+            vec!["vm-selftests".into(), "-j".into(), "17".into()],
+            "-j 17: at most 16",
+        ),
+        (
+            vec![
+                "vm-test".into(),
+                "-j".into(),
+                "17".into(),
+                "--exec".into(),
+                "/bin/true".into(),
+            ],
+            "-j 17: at most 16",
+        ),
+        (
+            vec![
+                "vm-test".into(),
+                "--skip-pattern".into(),
+                "(unclosed".into(),
+                "--exec".into(),
+                "/bin/true".into(),
+            ],
+            "--skip-pattern (unclosed: not a regular expression: unclosed group",
+        ),
+        (
             vec!["vm-perf".into(), "--from".into(), p("perf.json")],
             "is a FIFO",
         ),

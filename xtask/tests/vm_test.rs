@@ -194,4 +194,84 @@ fn a_rust_packages_tests_run_one_per_vm() {
     let (_, again) = summary(&o);
     assert_eq!(again["runs"].as_array().unwrap().len(), 1, "{again}");
     assert_eq!(again["runs"][0]["verdict"], "fail");
+    // A name that is no test of the package is bad input, named, before any VM.
+    let o = run(&[
+        "vm-test",
+        "--cargo",
+        dir,
+        "--only",
+        "vmtest_fixture::tests::nosuch",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--only vmtest_fixture::tests::nosuch: no such test"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The README's runner snippet, as environment (what `.cargo/config.toml` says): plain `cargo
+/// test` in the fixture package runs each test binary in a fresh VM (the unit test that needs
+/// /dev/ublk-control passes; the example beside the integration test is shipped and runs) and
+/// exits as cargo does — 0, and 101 when a test failed.
+#[test]
+fn plain_cargo_test_runs_in_vms_through_the_runner() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let base = std::env::temp_dir().join(format!("vm-runner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = base.join("cargo-fixture");
+    let copy = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(root().join("xtask/tests/vmtest/cargo-fixture"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let runner = format!("{} vm-runner --timeout 120", env!("CARGO_BIN_EXE_xtask"));
+    let cargo_test = |args: &[&str]| {
+        let mut c = std::process::Command::new("cargo");
+        c.current_dir(&dir)
+            .args(["test", "--locked"])
+            .args(args)
+            .env("CARGO_BUILD_TARGET", "x86_64-unknown-linux-gnu")
+            .env(
+                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static",
+            )
+            .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", &runner)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env_remove("RUSTFLAGS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        finish(c.spawn().unwrap(), LIMIT)
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = cargo_test(&["--lib", "--", "passes_with_ublk"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("test tests::passes_with_ublk ... ok"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("vm-run: pass (exit 0)"), "{}", text(&o));
+    let o = cargo_test(&["--test", "companion"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = cargo_test(&["--no-fail-fast", "--", "--skip", "hangs"]);
+    assert_eq!(o.status.code(), Some(101), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("test tests::fails ... FAILED"), "{t}");
+    assert!(t.contains("test runs_the_example_beside_it ... ok"), "{t}");
+    assert!(
+        !dir.join("target/vm-runs").exists(),
+        "the runner's runs stay in its checkout"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

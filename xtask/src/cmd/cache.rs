@@ -28,6 +28,9 @@ pub enum Cmd {
         /// Use exactly what the locks name, or fail (exit 125); also UBLK_VM_LOCKED=1
         #[arg(long)]
         locked: bool,
+        /// A project's own guest packages too (as vm-test and vm-run take them)
+        #[command(flatten)]
+        packages: crate::image::extra::Request,
     },
     /// Print the cache directory
     Dir,
@@ -41,7 +44,8 @@ pub fn run(cmd: Cmd) -> Result<i32> {
             kernel,
             no_tools,
             locked,
-        } => fetch_all(kernel, no_tools, locked),
+            packages,
+        } => fetch_all(kernel, no_tools, locked, &packages),
         Cmd::Dir => {
             println!("{}", cache::dir().display());
             Ok(0)
@@ -95,8 +99,14 @@ fn prune(max: Option<String>) -> Result<i32> {
     Ok(0)
 }
 
-fn fetch_all(kernels: Vec<String>, no_tools: bool, locked: bool) -> Result<i32> {
+fn fetch_all(
+    kernels: Vec<String>,
+    no_tools: bool,
+    locked: bool,
+    packages: &crate::image::extra::Request,
+) -> Result<i32> {
     fetch::set_locked(locked);
+    crate::image::extra::check_names(&packages.packages)?;
     let recipe = Recipe::load()?;
     let names: Vec<String> = match kernels.is_empty() {
         true => recipe.kernels.iter().map(|k| k.name.clone()).collect(),
@@ -114,6 +124,14 @@ fn fetch_all(kernels: Vec<String>, no_tools: bool, locked: bool) -> Result<i32> 
         let layer = tools::layer(&[])?;
         let key = layer.dir.file_name().unwrap_or_default().to_string_lossy();
         println!("tools layer: {}", &key[..16.min(key.len())]);
+    }
+    if !packages.is_empty() {
+        let layer = crate::image::extra::layer(&[], packages)?;
+        let key = layer.dir.file_name().unwrap_or_default().to_string_lossy();
+        println!(
+            "tools layer with project packages: {}",
+            &key[..16.min(key.len())]
+        );
     }
     for inputs in fetch::recorded() {
         println!("{}", inputs.line());

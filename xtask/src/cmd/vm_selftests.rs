@@ -44,18 +44,9 @@ pub struct Args {
     pub expect_splat: Vec<String>,
 }
 
-/// Most selftest VMs at once (each has `vmtest::run::MEMORY_MIB`).
-const MAX_JOBS: u32 = 16;
-
 pub fn run(args: Args) -> Result<i32> {
     let opts = args.session.options("vm-selftests", "selftests", None);
-    if opts.jobs > MAX_JOBS {
-        return Err(crate::util::bad_input(format!(
-            "-j {}: at most {MAX_JOBS} selftest VMs at once (each has {} MiB)",
-            opts.jobs,
-            crate::vmtest::run::MEMORY_MIB
-        )));
-    }
+    crate::vmtest::run::check_jobs(opts.jobs)?;
     // Inputs first: a bad --script is refused before any suite is built.
     let extra = read_scripts(&args.script)?;
     let kernels = kernels_to_boot(&args.kernel)?;
@@ -89,17 +80,10 @@ struct Selftests {
 impl Selftests {
     fn env<'a>(&'a self, run: &'a Run<String>) -> Env<'a> {
         let suite = &self.suites[&run.key.kernel];
-        let limits = run.ctx.limits;
-        Env {
-            kernel: &run.key.kernel,
-            image: run.image,
-            tools: self.tools.as_ref().expect("prepared"),
-            accel: run.ctx.accel,
-            timeout_s: (self.args.timeout)
-                .unwrap_or(limits.secs(suite.manifest.settings_timeout_s)),
-            run: run.key.repeat,
-            expect_splats: &self.args.expect_splat,
-        }
+        let timeout_s =
+            (self.args.timeout).unwrap_or(run.ctx.limits.secs(suite.manifest.settings_timeout_s));
+        let tools = self.tools.as_ref().expect("prepared");
+        Env::of(run, tools, timeout_s, &self.args.expect_splat)
     }
 }
 

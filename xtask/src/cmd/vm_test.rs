@@ -31,6 +31,8 @@ const MAX_TESTS: usize = 1000;
 pub struct Args {
     #[command(flatten)]
     pub session: session::SessionArgs,
+    #[command(flatten)]
+    pub packages: crate::image::extra::Request,
     /// Test programs or scripts, each one test in its own fresh VM (run as root from
     /// /root/tests, with the guest tools layer: bash, coreutils, util-linux, fio, ...);
     /// exit 0 pass, 4 skip (kselftest), anything else fail
@@ -62,10 +64,14 @@ pub struct Args {
     pub expect_splat: Vec<String>,
 }
 
-pub fn run(args: Args) -> Result<i32> {
+pub fn run(mut args: Args) -> Result<i32> {
     let opts = args.session.options("vm-test", "test", None);
-    let skip = regex::Regex::new(&args.skip_pattern)
-        .map_err(|e| bad_input(format!("--skip-pattern: {e}")))?;
+    crate::vmtest::run::check_jobs(opts.jobs)?;
+    crate::image::extra::check_names(&args.packages.packages)?;
+    if let (Some(dir), true) = (&args.cargo, args.packages.is_empty()) {
+        args.packages = cargo::asked_packages(dir)?;
+    }
+    let skip = skip_regex(&args.skip_pattern)?;
     let (tests, built) = match &args.cargo {
         Some(dir) => cargo_tests(dir, &args.cargo_args, &args.only)?,
         None => (check_files(&args.exec)?, None),
@@ -78,6 +84,23 @@ pub fn run(args: Args) -> Result<i32> {
         args,
     };
     session::run(&mut suite, &opts)
+}
+
+/// `--skip-pattern` compiled, or one line saying why not (the regex crate's message spans
+/// several lines, with a caret under the offending character).
+fn skip_regex(pattern: &str) -> Result<regex::Regex> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let text = e.to_string();
+            let why = text.lines().last().unwrap_or("").trim();
+            let why = why.strip_prefix("error: ").unwrap_or(why);
+            bad_input(format!(
+                "--skip-pattern {}: not a regular expression: {why}",
+                crate::text::term(pattern)
+            ))
+        })
 }
 
 /// One test: its name in the reports and what it is.
@@ -185,16 +208,9 @@ struct Programs {
 
 impl Programs {
     fn env<'a>(&'a self, run: &'a Run<usize>) -> Env<'a> {
-        let limits = run.ctx.limits;
-        Env {
-            kernel: &run.key.kernel,
-            image: run.image,
-            tools: self.tools.as_ref().expect("prepared"),
-            accel: run.ctx.accel,
-            timeout_s: (self.args.timeout).unwrap_or(limits.secs(DEFAULT_TIMEOUT_S)),
-            run: run.key.repeat,
-            expect_splats: &self.args.expect_splat,
-        }
+        let timeout_s = (self.args.timeout).unwrap_or(run.ctx.limits.secs(DEFAULT_TIMEOUT_S));
+        let tools = self.tools.as_ref().expect("prepared");
+        Env::of(run, tools, timeout_s, &self.args.expect_splat)
     }
 
     fn kernels(&self) -> Vec<String> {
@@ -231,7 +247,10 @@ impl session::Suite for Programs {
         _images: &BTreeMap<String, Arc<Image>>,
         _used: &[&Unit<usize>],
     ) -> Result<()> {
-        self.tools = Some(tools::layer(&["bash".into()])?);
+        self.tools = Some(crate::image::extra::layer(
+            &["bash".into()],
+            &self.args.packages,
+        )?);
         Ok(())
     }
 
@@ -295,7 +314,8 @@ impl session::Suite for Programs {
         words
     }
 
-    /// `--timeout`, `--expect-splat`, `--skip-pattern` as given; cargo's arguments last.
+    /// `--timeout`, `--expect-splat`, `--skip-pattern`, `--package(-lock)` as given; cargo's
+    /// arguments last.
     fn flags(&self) -> Vec<String> {
         let mut v = Vec::new();
         if self.args.cargo.is_some() && self.args.skip_pattern != "skipping:" {
@@ -306,6 +326,12 @@ impl session::Suite for Programs {
         }
         for e in &self.args.expect_splat {
             v.extend(["--expect-splat".into(), e.clone()]);
+        }
+        if !self.args.packages.packages.is_empty() {
+            v.extend(["--package".into(), self.args.packages.packages.join(",")]);
+        }
+        if let Some(l) = &self.args.packages.lock {
+            v.extend(["--package-lock".into(), l.display().to_string()]);
         }
         if self.args.cargo.is_some() && !self.args.cargo_args.is_empty() {
             v.push("--".into());

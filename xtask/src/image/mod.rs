@@ -7,9 +7,11 @@
 
 pub mod apt;
 pub mod cache;
+pub mod closure;
 pub mod cpio;
 pub mod debian;
 pub mod elf;
+pub mod extra;
 pub mod fetch;
 pub mod kernel;
 pub mod recipe;

@@ -76,7 +76,12 @@ impl ToolsLock {
                 path.display()
             ));
         }
-        let l = ToolsLock::parse(&input::read(&path)?, &path)?;
+        let text = input::read(&path)?;
+        let l = ToolsLock::parse(&text, &path)?;
+        if l.executables.is_empty() {
+            let m = format!("the layer offers no executables; regenerate it with `{UPGRADE}`");
+            return Err(located(&path, key_position(&text, &["executables"]), &m));
+        }
         let locked: BTreeSet<&str> = l.packages.iter().map(|d| d.package.as_str()).collect();
         let wanted: BTreeSet<&str> = spec.packages.iter().map(String::as_str).collect();
         if locked != wanted || l.suite != spec.suite {
@@ -111,9 +116,6 @@ impl ToolsLock {
                     return fail(key, format!("{}: bad filename or size", d.package));
                 }
             }
-        }
-        if l.executables.is_empty() {
-            return fail("executables", "the layer offers no executables".into());
         }
         Ok(l)
     }
@@ -200,8 +202,6 @@ pub fn layer(names: &[String]) -> Result<Layer> {
     let recipe = Recipe::load()?;
     let lock = ToolsLock::load(&recipe.tools)?;
     check_names_in(&lock, names)?;
-    let _guard = store::lock(Duration::from_secs(1800))?;
-    crate::host::deps::ensure(crate::host::deps::TOOLS_LAYER.to_vec())?;
     let lock_path = recipe.tools.lock_path();
     let lock_ref = fetch::LockRef {
         part: "tools layer".into(),
@@ -210,7 +210,15 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         snapshot: lock.snapshot.as_deref(),
         moving: false,
     };
-    if let Some(l) = cached_layer(&lock) {
+    layer_of(&lock, &lock_ref)
+}
+
+/// The layer of exactly `lock` (the recipe's, or the recipe's with a project's packages on
+/// top, `image::extra`): cached, or fetched by `lock_ref`'s rules and built.
+pub fn layer_of(lock: &ToolsLock, lock_ref: &fetch::LockRef) -> Result<Layer> {
+    let _guard = store::lock(Duration::from_secs(1800))?;
+    crate::host::deps::ensure(crate::host::deps::TOOLS_LAYER.to_vec())?;
+    if let Some(l) = cached_layer(lock) {
         fetch::record(&l.manifest.inputs.clone().unwrap_or_else(|| {
             let used = lock.all().map(|d| fetch::Used {
                 package: d.package.clone(),
@@ -224,7 +232,7 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         return Ok(l);
     }
     let memo_key = fetch::memo_key(&lock_ref.part, &lock.to_text());
-    let memo = fetch::load_memo::<ToolsLock>(&memo_key, &lock_ref);
+    let memo = fetch::load_memo::<ToolsLock>(&memo_key, lock_ref);
     if let Some(l) = memo.as_ref().and_then(|m| cached_layer(&m.effective)) {
         fetch::record(&memo.expect("memo").inputs);
         return Ok(l);
@@ -239,7 +247,7 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         None => {
             let apt = Apt::new(Some(&lock.suite));
             let wanted: Vec<LockedDeb> = lock.all().cloned().collect();
-            let (debs, effective, inputs) = fetch::all(&apt, &lock_ref, &wanted)?;
+            let (debs, effective, inputs) = fetch::all(&apt, lock_ref, &wanted)?;
             let effective = ToolsLock {
                 packages: effective[..lock.packages.len()].to_vec(),
                 libraries: effective[lock.packages.len()..].to_vec(),
@@ -255,7 +263,7 @@ pub fn layer(names: &[String]) -> Result<Layer> {
         &layer_key(&effective),
         "tools layer",
         |_| Ok(()),
-        |tmp| build(&effective, &debs, inputs, tmp),
+        |tmp| build(&effective, &debs, inputs, lock_ref.upgrade, tmp),
     )?;
     Ok(Layer {
         dir,
@@ -297,6 +305,7 @@ fn build(
     lock: &ToolsLock,
     debs: &[PathBuf],
     inputs: fetch::Inputs,
+    upgrade: &str,
     tmp: &Path,
 ) -> Result<LayerManifest> {
     let spinner = crate::ui::spinner("building the guest tools layer");
@@ -315,7 +324,7 @@ fn build(
         let missing = unresolved(&stage)?;
         if let Some((soname, who)) = missing.iter().next() {
             return Err(format!(
-                "the tools lock is incomplete: {who} needs {soname}, which no locked package holds; run `{UPGRADE}`"
+                "the tools lock is incomplete: {who} needs {soname}, which no locked package holds; run `{upgrade}`"
             ));
         }
         mkfs(&stage, &tmp.join("tools.img"))

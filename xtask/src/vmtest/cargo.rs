@@ -113,6 +113,7 @@ fn cargo_no_run(dir: &Path, cargo_args: &[String], target_dir: &Path) -> Result<
             "--message-format=json-render-diagnostics",
         ])
         .args(["--target", TARGET])
+        .args(lock_flag(dir, cargo_args))
         .args(cargo_args)
         .env("RUSTFLAGS", rustflags.trim())
         .env("CARGO_TARGET_DIR", target_dir)
@@ -120,13 +121,135 @@ fn cargo_no_run(dir: &Path, cargo_args: &[String], target_dir: &Path) -> Result<
     let out = procs::run(&mut cmd, BUILD_LIMIT, "cargo test --no-run")?;
     if !out.status.success() {
         let tail = crate::reason::of(&out.stderr, 12);
+        let hint = host_dependency_hint(&out.stderr)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
         return Err(format!(
-            "cargo test --no-run in {} failed ({}): {tail}",
+            "cargo test --no-run in {} failed ({}){hint}: {tail}",
             dir.display(),
             out.status
         ));
     }
     Ok(out.stdout)
+}
+
+/// What the host lacks, when a build failed for a known host build dependency: the Debian
+/// package that provides it. (Host tools are the user's to install: vm-test builds on the host
+/// and never changes its packages.)
+fn host_dependency_hint(stderr: &str) -> Option<&'static str> {
+    const KNOWN: [(&str, &str); 4] = [
+        (
+            "Unable to find libclang",
+            "a build script runs bindgen, which needs libclang: apt-get install libclang-dev",
+        ),
+        (
+            "Could not run `\"pkg-config\"",
+            "a build script needs pkg-config: apt-get install pkg-config",
+        ),
+        (
+            "linker `cc` not found",
+            "no C toolchain: apt-get install build-essential",
+        ),
+        (
+            "cannot find -l",
+            "a static library is missing (static builds link every C library statically): install its Debian -dev package",
+        ),
+    ];
+    KNOWN
+        .iter()
+        .find(|(m, _)| stderr.contains(m))
+        .map(|(_, h)| *h)
+}
+
+/// `--locked` when the package has a Cargo.lock (its own or its workspace's) and the user
+/// passed no lock flag of their own: vm-test builds the versions the project locked and never
+/// rewrites the user's lock file. Without a lock file cargo resolves (and writes one), as
+/// `cargo test` would; a line says so.
+fn lock_flag(dir: &Path, cargo_args: &[String]) -> Option<&'static str> {
+    let own = ["--locked", "--frozen", "--offline"];
+    if cargo_args.iter().any(|a| own.contains(&a.as_str())) {
+        return None;
+    }
+    if workspace_root(dir).is_some_and(|root| root.join("Cargo.lock").is_file()) {
+        return Some("--locked");
+    }
+    eprintln!(
+        "vm-test: {} has no Cargo.lock: cargo resolves the newest dependencies and writes one",
+        dir.display()
+    );
+    None
+}
+
+/// The guest packages the package asks for in its own manifest:
+///
+/// ```toml
+/// [package.metadata.ublk-vm]
+/// packages = ["qemu-utils", "diffutils"]
+/// package-lock = "ublk-vm.lock"   # relative to the package; optional
+/// ```
+///
+/// read through `cargo metadata --no-deps` (cargo parses the TOML). Errors name the manifest.
+pub fn asked_packages(dir: &Path) -> Result<crate::image::extra::Request> {
+    let manifest = std::fs::canonicalize(dir.join("Cargo.toml"))
+        .map_err(|e| bad_input(format!("--cargo {}: {e}", dir.display())))?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(dir)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stdin(std::process::Stdio::null());
+    let out = procs::run(&mut cmd, LIST_LIMIT, "cargo metadata")?;
+    if !out.status.success() {
+        let tail = crate::reason::of(&out.stderr, 6);
+        return Err(bad_input(format!(
+            "cargo metadata in {}: {tail}",
+            dir.display()
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("cargo metadata printed bad JSON: {e}"))?;
+    let ours = (v["packages"].as_array().into_iter().flatten())
+        .find(|p| p["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path()));
+    let m = ours.map_or(&serde_json::Value::Null, |p| &p["metadata"]["ublk-vm"]);
+    let bad = |what: &str| {
+        bad_input(format!(
+            "{}: [package.metadata.ublk-vm] {what}",
+            manifest.display()
+        ))
+    };
+    let mut req = crate::image::extra::Request::default();
+    match &m["packages"] {
+        serde_json::Value::Null => {}
+        serde_json::Value::Array(list) => {
+            for p in list {
+                let name = p
+                    .as_str()
+                    .ok_or_else(|| bad("packages: a list of package names"))?;
+                req.packages.push(name.to_string());
+            }
+        }
+        _ => return Err(bad("packages: a list of package names")),
+    }
+    match &m["package-lock"] {
+        serde_json::Value::Null => {}
+        serde_json::Value::String(l) if !l.is_empty() && !l.contains('\0') => {
+            req.lock = Some(manifest.parent().expect("a file's parent").join(l));
+        }
+        _ => return Err(bad("package-lock: a file name, relative to the package")),
+    }
+    crate::image::extra::check_names(&req.packages).map_err(|e| bad(&e))?;
+    Ok(req)
+}
+
+/// The directory of the package's workspace root (`cargo locate-project --workspace`), where
+/// its Cargo.lock lives.
+fn workspace_root(dir: &Path) -> Option<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(dir)
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .stdin(std::process::Stdio::null());
+    let out = procs::run(&mut cmd, LIST_LIMIT, "cargo locate-project").ok()?;
+    let manifest = PathBuf::from(out.stdout.trim());
+    (out.status.success() && manifest.is_absolute())
+        .then(|| manifest.parent().map(Path::to_path_buf))?
 }
 
 /// Test binaries and companions (bins, examples) from cargo's JSON messages.
@@ -222,6 +345,15 @@ fn panic_of(output: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_host_build_dependency_is_named() {
+        let bindgen = "  thread 'main' panicked at bindgen-0.69.5/lib.rs:622:31:\n  Unable to find libclang: \"couldn't find any valid shared libraries\"";
+        assert!(host_dependency_hint(bindgen)
+            .unwrap()
+            .contains("apt-get install libclang-dev"));
+        assert_eq!(host_dependency_hint("error[E0308]: mismatched types"), None);
+    }
 
     #[test]
     fn libtest_results_become_verdicts() {

@@ -104,6 +104,40 @@ pub struct Env<'a> {
     pub expect_splats: &'a [String],
 }
 
+/// Most test VMs at once (each has `MEMORY_MIB`).
+pub const MAX_JOBS: u32 = 16;
+
+/// `-j` within `MAX_JOBS`, or bad input.
+pub fn check_jobs(jobs: u32) -> crate::util::Result<()> {
+    if jobs > MAX_JOBS {
+        return Err(crate::util::bad_input(format!(
+            "-j {jobs}: at most {MAX_JOBS} test VMs at once (each has {MEMORY_MIB} MiB)"
+        )));
+    }
+    Ok(())
+}
+
+impl<'a> Env<'a> {
+    /// The environment of one run of a session: its kernel, image and accelerator, with the
+    /// suite's tools layer, limit and accepted splats.
+    pub fn of<T>(
+        run: &'a crate::session::Run<T>,
+        tools: &'a Layer,
+        timeout_s: u64,
+        expect_splats: &'a [String],
+    ) -> Env<'a> {
+        Env {
+            kernel: &run.key.kernel,
+            image: run.image,
+            tools,
+            accel: run.ctx.accel,
+            timeout_s,
+            run: run.key.repeat,
+            expect_splats,
+        }
+    }
+}
+
 /// What every attempted run records of where it ran (after `retry_once` over `attempt`).
 pub fn stamp(env: &Env, server: &str, out: &mut Outcome) {
     out.server = server.into();
@@ -144,6 +178,9 @@ pub fn attempt(job: &Test, env: &Env, dir: &Path) -> (Outcome, bool) {
     (out.finish(start, verdict, why), true)
 }
 
+/// Largest file shipped to the guest (a test binary with debug info is tens of MiB).
+const MAX_SHIP_BYTES: u64 = 1 << 30;
+
 /// Copies every file of the job to its directory in the guest.
 fn ship(vm: &Vm, job: &Test, deadline: Instant) -> Result<(), String> {
     let mut dirs: Vec<String> = (job.files.iter())
@@ -159,7 +196,7 @@ fn ship(vm: &Vm, job: &Test, deadline: Instant) -> Result<(), String> {
         let data = match &f.content {
             Content::Bytes(b) => *b,
             Content::Host(p) => {
-                read = std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()))?;
+                read = crate::input::read_bytes(p, MAX_SHIP_BYTES)?;
                 &read[..]
             }
         };

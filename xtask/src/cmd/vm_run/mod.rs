@@ -1,5 +1,7 @@
 //! `cargo xtask vm-run -- CMD ARGS...`: one command in one fresh VM, under one hard limit.
 
+pub mod runner;
+
 use std::time::{Duration, Instant};
 
 use crate::vm::accel::{self, Choice};
@@ -63,6 +65,8 @@ pub struct Args {
     /// Attach the guest tools layer and check it offers these programs (e.g. fio,bash)
     #[arg(long, value_name = "PROGRAM[,...]", value_delimiter = ',')]
     pub tools: Vec<String>,
+    #[command(flatten)]
+    pub packages: crate::image::extra::Request,
     /// A kernel-log substring that is known and not a splat (e.g. a warning your kernel is
     /// known for); repeatable
     #[arg(long, value_name = "TEXT")]
@@ -106,11 +110,12 @@ pub fn run(args: Args) -> Result<i32> {
             "the guest command must be non-empty and contain no NUL bytes".into(),
         ));
     }
+    image::extra::check_names(&args.packages.packages)?;
     let image = image::build(&Source::parse(&args.kernel))?;
     let server = args.server.as_deref().map(prepared_server).transpose()?;
-    let tools = match args.tools.is_empty() {
+    let tools = match args.tools.is_empty() && args.packages.is_empty() {
         true => None,
-        false => Some(image::tools::layer(&args.tools)?),
+        false => Some(image::extra::layer(&args.tools, &args.packages)?),
     };
     let (accel, accel_reason) = accel::choose(args.accel, &image)?;
     let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
@@ -543,8 +548,10 @@ fn copy_files_in(vm: &Vm, copies: &[CopyIn], deadline: Instant) -> Result<()> {
             }
         }
         for (host, guest, mode) in &c.files {
-            let data = std::fs::read(host)
-                .map_err(|e| format!("--copy-in: read {}: {e}", host.display()))?;
+            // Bounded and regular-only: a file that turned into a FIFO since the walk must not
+            // block the run.
+            let data = crate::input::read_bytes(host, MAX_COPY_IN_BYTES)
+                .map_err(|e| format!("--copy-in: {e}"))?;
             vm.agent
                 .put_file(guest, *mode, &data, deadline)
                 .map_err(|e| cannot(format!("{guest}: {e}")))?;
