@@ -577,6 +577,18 @@ fn the_action_scripts_refuse_hostile_inputs() {
             "--list",
             "no scenario or group named \"--list\"",
         ),
+        ("UBLK_VM_SUITE", "blktests; id", "suite must be"),
+        (
+            "UBLK_VM_SUITE",
+            "cargo",
+            "suite cargo needs tests (UBLK_VM_TESTS)",
+        ),
+        ("UBLK_VM_PACKAGES", "qemu-utils;id", "packages must be"),
+        (
+            "UBLK_VM_EXPECT_SPLAT",
+            "x\n::error::y",
+            "expect-splat must be",
+        ),
     ] {
         let out = t.0.join(format!("shard-{}", k.to_lowercase()));
         let o = script(

@@ -274,3 +274,71 @@ fn plain_cargo_test_runs_in_vms_through_the_runner() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The action with `suite: exec`: run.sh runs the project's test files (paths relative to the
+/// job's directory) as two shards through vm-test, merge.sh joins them; the verdict is the
+/// failing test's, the step summary names it.
+#[test]
+fn the_action_runs_a_projects_own_tests_as_shards() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("vm-test-action-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("t")).unwrap();
+    for f in ["passes.sh", "fails.sh", "skips.sh"] {
+        std::fs::copy(fixture(f), dir.join("t").join(f)).unwrap();
+    }
+    let scripts = root().join(".github/actions/ublk-vm/scripts");
+    let script = |name: &str, args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new("bash");
+        c.arg(scripts.join(name)).args(args).current_dir(&dir);
+        c.env_remove("GITHUB_ACTIONS")
+            .env("UBLK_VM_XTASK", env!("CARGO_BIN_EXE_xtask"))
+            .env("RUNNER_TEMP", &dir);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        finish(c.spawn().unwrap(), LIMIT)
+    };
+    let mut codes = Vec::new();
+    for k in 1..=2 {
+        let (shard, out) = (format!("{k}/2"), format!("shard-{k}"));
+        let o = script(
+            "run.sh",
+            &[],
+            &[
+                ("UBLK_VM_SUITE", "exec"),
+                ("UBLK_VM_TESTS", "t/passes.sh t/fails.sh t/skips.sh"),
+                ("UBLK_VM_SHARD", &shard),
+                ("UBLK_VM_SEED", "7"),
+                ("UBLK_VM_ACCEL", "tcg"),
+                ("UBLK_VM_OUT", &out),
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let code = std::fs::read_to_string(dir.join(&out).join("exit-code")).unwrap();
+        codes.push(code.trim().to_string());
+    }
+    codes.sort();
+    assert_eq!(codes, ["0", "1"], "one shard holds the failing test");
+    let step_summary = dir.join("step-summary.md");
+    let summary_s = step_summary.to_str().unwrap();
+    let o = script(
+        "merge.sh",
+        &["merged", "shard-1", "shard-2"],
+        &[("GITHUB_STEP_SUMMARY", summary_s)],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.join("merged/summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["tool"], "vm-test", "{v}");
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(run_of(&v, "passes.sh")["verdict"], "pass");
+    assert_eq!(run_of(&v, "skips.sh")["verdict"], "skip");
+    assert_eq!(run_of(&v, "fails.sh")["verdict"], "fail");
+    let md = std::fs::read_to_string(&step_summary).unwrap();
+    assert!(md.starts_with("### vm-test FAIL: 1/3 passed"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,12 @@
 #   UBLK_VM_TIMEOUT_SCALE  every limit x this (default 1)
 #   UBLK_VM_DURATIONS   optional summary.json (file or directory) that balances the shards
 #   UBLK_VM_OUT         where the report and the evidence go (required)
+#   UBLK_VM_SUITE       scenarios (default: vm-e2e) | cargo | exec (vm-test: your own tests)
+#   UBLK_VM_TESTS       cargo: the package directory; exec: test files, space-separated
+#                       (relative to the directory the script is started in)
+#   UBLK_VM_PACKAGES    Debian packages the guest needs besides the tools layer, comma-separated
+#   UBLK_VM_PACKAGE_LOCK  the project's lock of those packages (relative as UBLK_VM_TESTS)
+#   UBLK_VM_EXPECT_SPLAT  a kernel-log substring that is known and not a failure
 # Exit: 0 once the report is written, whatever the verdict (the merge decides; the verdict is
 # in $UBLK_VM_OUT/exit-code); 2 on bad input (one line naming it, also when vm-e2e refuses
 # an input); 125 if the suite could not start or no report was written.
@@ -36,19 +42,59 @@ check_input kernels "${UBLK_VM_KERNELS:-}" '^[A-Za-z0-9._/+,-]{0,512}$' "comma-s
 check_input server "${UBLK_VM_SERVER:-ublk-mem}" '^[^[:cntrl:]]{1,1024}$' "a profile name or path"
 check_input scenarios "${UBLK_VM_SCENARIOS:-}" '^[^[:cntrl:]]{0,4096}$' "scenario names or paths, space-separated"
 
-args=(vm-e2e --seed "$UBLK_VM_SEED" --shard "$shard" -j "${UBLK_VM_JOBS:-2}"
-    --repeat "${UBLK_VM_REPEAT:-1}" --accel "${UBLK_VM_ACCEL:-auto}"
-    --timeout-scale "${UBLK_VM_TIMEOUT_SCALE:-1}" --server "${UBLK_VM_SERVER:-ublk-mem}")
+suite="${UBLK_VM_SUITE:-scenarios}"
+check_input suite "$suite" '^(scenarios|cargo|exec)$' "scenarios, cargo or exec"
+check_input tests "${UBLK_VM_TESTS:-}" '^[^[:cntrl:]]{0,4096}$' "paths, space-separated"
+check_input packages "${UBLK_VM_PACKAGES:-}" '^[a-z0-9+.,-]{0,2048}$' "Debian package names, comma-separated"
+check_input package-lock "${UBLK_VM_PACKAGE_LOCK:-}" '^[^[:cntrl:]]{0,1024}$' "a path"
+check_input expect-splat "${UBLK_VM_EXPECT_SPLAT:-}" '^[^[:cntrl:]]{0,512}$' "one line of text"
+# Paths the caller gave, made absolute before the script moves to the platform's checkout.
+absolute() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+read -r -a tests <<<"${UBLK_VM_TESTS:-}"
+for i in "${!tests[@]}"; do tests[i]="$(absolute "${tests[i]}")"; done
+
+common=(--shard "$shard" -j "${UBLK_VM_JOBS:-2}" --repeat "${UBLK_VM_REPEAT:-1}"
+    --accel "${UBLK_VM_ACCEL:-auto}" --timeout-scale "${UBLK_VM_TIMEOUT_SCALE:-1}")
 if [ -n "${UBLK_VM_KERNELS:-}" ]; then
-    args+=(--kernel "$UBLK_VM_KERNELS")
+    common+=(--kernel "$UBLK_VM_KERNELS")
 fi
 if [ -n "${UBLK_VM_DURATIONS:-}" ]; then
-    args+=(--durations "$UBLK_VM_DURATIONS")
+    common+=(--durations "$UBLK_VM_DURATIONS")
 fi
-# Scenario names are words; paths may not contain spaces here. After `--`: a word that
-# looks like a flag (`--list`) is a scenario name, never an option.
-read -r -a scenarios <<<"${UBLK_VM_SCENARIOS:-}"
-args+=(-- "${scenarios[@]}")
+if [ -n "${UBLK_VM_EXPECT_SPLAT:-}" ]; then
+    common+=(--expect-splat "$UBLK_VM_EXPECT_SPLAT")
+fi
+case "$suite" in
+scenarios)
+    args=(vm-e2e --seed "$UBLK_VM_SEED" "${common[@]}" --server "${UBLK_VM_SERVER:-ublk-mem}")
+    # Scenario names are words; paths may not contain spaces here. After `--`: a word that
+    # looks like a flag (`--list`) is a scenario name, never an option.
+    read -r -a scenarios <<<"${UBLK_VM_SCENARIOS:-}"
+    args+=(-- "${scenarios[@]}")
+    ;;
+cargo | exec)
+    [ "${#tests[@]}" -gt 0 ] || {
+        echo "run.sh: suite $suite needs tests (UBLK_VM_TESTS): $([ "$suite" = cargo ] && echo "the package directory" || echo "the test files")" >&2
+        exit 2
+    }
+    args=(vm-test "${common[@]}")
+    if [ -n "${UBLK_VM_PACKAGES:-}" ]; then
+        args+=(--package "$UBLK_VM_PACKAGES")
+    fi
+    if [ -n "${UBLK_VM_PACKAGE_LOCK:-}" ]; then
+        args+=(--package-lock "$(absolute "$UBLK_VM_PACKAGE_LOCK")")
+    fi
+    if [ "$suite" = cargo ]; then
+        [ "${#tests[@]}" -eq 1 ] || {
+            echo "run.sh: suite cargo takes one package directory in tests, not ${#tests[@]} paths" >&2
+            exit 2
+        }
+        args+=(--cargo "${tests[0]}")
+    else
+        args+=(--exec "${tests[@]}")
+    fi
+    ;;
+esac
 
 if [ -e "$UBLK_VM_OUT" ] && [ -n "$(ls -A "$UBLK_VM_OUT")" ]; then
     echo "run.sh: $UBLK_VM_OUT exists and is not empty: give UBLK_VM_OUT a new directory" >&2
@@ -66,11 +112,11 @@ xtask "${args[@]}" || code=$?
 case "$code" in
 0 | 1 | 125) ;;
 2)
-    echo "run.sh: vm-e2e refused its input (exit 2, see above)" >&2
+    echo "run.sh: ${args[0]} refused its input (exit 2, see above)" >&2
     exit 2
     ;;
 *)
-    echo "run.sh: vm-e2e exited $code before a verdict (see above)" >&2
+    echo "run.sh: ${args[0]} exited $code before a verdict (see above)" >&2
     exit "$code"
     ;;
 esac
