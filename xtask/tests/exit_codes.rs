@@ -153,6 +153,20 @@ fn bad_input_exits_2_with_one_line_for_every_command() {
             "--skip-pattern (unclosed: not a regular expression: unclosed group",
         ),
         (
+            vec!["vm-test".into(), "--go".into(), "/tmp".into()],
+            "--go /tmp: no go.mod there",
+        ),
+        (
+            vec![
+                "vm-test".into(),
+                "--only".into(),
+                "x".into(),
+                "--exec".into(),
+                "/bin/true".into(),
+            ],
+            "--only names a test of --cargo or --go",
+        ),
+        (
             vec!["vm-perf".into(), "--from".into(), p("perf.json")],
             "is a FIFO",
         ),

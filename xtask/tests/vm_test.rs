@@ -342,3 +342,49 @@ fn the_action_runs_a_projects_own_tests_as_shards() {
     assert!(md.starts_with("### vm-test FAIL: 1/3 passed"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `vm-test --go`: a Go module built with the locked Debian toolchain, offline; each test in
+/// its own VM from its package directory (testdata shipped): pass, fail with its log line,
+/// timeout with a freeze-frame naming the test's goroutine wait, skip with its reason; the
+/// reproduce line reruns one test; a second build is cached.
+#[test]
+fn a_go_modules_tests_run_one_per_vm() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = fixture("go-fixture");
+    let o = run(&["vm-test", "--go", &dir, "--timeout", "10", "-j", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (_, v) = summary(&o);
+    let t = |name: &str| run_of(&v, &format!("example.com/gofixture.{name}")).clone();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 5, "{v}");
+    assert_eq!(t("TestPassesWithUblk")["verdict"], "pass", "{v}");
+    let fail = t("TestFails");
+    assert_eq!(fail["verdict"], "fail");
+    assert_eq!(
+        fail["reason"], "exit 1: fix_test.go:16: arithmetic is broken",
+        "{fail}"
+    );
+    let hang = t("TestHangs");
+    assert_eq!(hang["verdict"], "timeout", "{hang}");
+    assert!(hang["freeze_frame"].as_str().is_some(), "{hang}");
+    let skip = t("TestSkips");
+    assert_eq!(skip["verdict"], "skip");
+    assert_eq!(
+        skip["reason"],
+        "fix_test.go:24: kernel lacks UBLK_F_FIXTURE"
+    );
+    assert_eq!(
+        run_of(&v, "example.com/gofixture/queue.TestReadsItsTestdata")["verdict"],
+        "pass",
+        "{v}"
+    );
+    let line = fail["reproduce"].as_str().unwrap().to_string();
+    assert!(
+        line.contains(" --only example.com/gofixture.TestFails "),
+        "{line}"
+    );
+    let o = run_line(&line);
+    assert_eq!(o.status.code(), Some(1), "{line}: {}", stderr(&o));
+    assert!(stderr(&o).contains("built in"), "{}", stderr(&o));
+    let (_, again) = summary(&o);
+    assert_eq!(again["runs"].as_array().unwrap().len(), 1, "{again}");
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask locks [--upgrade] [--check]`: every lock of the image — each Debian kernel
-//! (with the selftests sources beside it) and the guest tools layer — against what its suite
+//! (with the selftests sources beside it), the guest tools layer and the Go toolchain of
+//! `vm-test --go` — against what its suite
 //! offers now. Debian replaces packages every week; a stale lock still runs (the fetch falls
 //! back to the newest build and says so), but only an upgraded one is exact again. The
 //! scheduled workflow (`.github/workflows/locks.yml`) runs `--upgrade`, the suite, and opens
@@ -26,7 +27,8 @@ pub fn run(args: Args) -> Result<i32> {
     let tools = tools_lock::check(tools_lock::Args {
         upgrade: args.upgrade,
     })?;
-    let stale = kernels + tools;
+    let go = crate::vmtest::go::check_lock(args.upgrade)?;
+    let stale = kernels + tools + go;
     match (stale, args.upgrade) {
         (0, _) => println!("every lock is up to date"),
         (n, false) => println!("{n} lock(s) stale; `cargo xtask locks --upgrade` rewrites them"),

@@ -16,6 +16,7 @@ use crate::session::shard::RunKey;
 use crate::session::{self, Context, Run, Unit};
 use crate::util::{bad_input, Result};
 use crate::vmtest::cargo::{self, Built};
+use crate::vmtest::go;
 use crate::vmtest::run::{self as vmrun, kselftest, last_line, Content, Env, Ship, Test};
 
 /// Where the tests live in the guest (each runs from there).
@@ -36,21 +37,27 @@ pub struct Args {
     /// Test programs or scripts, each one test in its own fresh VM (run as root from
     /// /root/tests, with the guest tools layer: bash, coreutils, util-linux, fio, ...);
     /// exit 0 pass, 4 skip (kselftest), anything else fail
-    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present = "cargo", conflicts_with = "cargo")]
+    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present_any = ["cargo", "go"], conflicts_with_all = ["cargo", "go"])]
     pub exec: Vec<PathBuf>,
     /// A Rust package (its directory): its tests built static on the host (`cargo test
     /// --no-run`, `+crt-static`), each test run alone in its own fresh VM (`--exact`), with the
     /// package's bins and examples at the paths cargo gave them
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "go")]
     pub cargo: Option<PathBuf>,
-    /// `--cargo`: run only this test (`TARGET::PATH`, as the reports name it); repeatable
-    #[arg(long, value_name = "NAME", requires = "cargo")]
+    /// A Go module (its directory): each package's tests built static on the host (`go test
+    /// -c`, CGO off, a locked Debian Go toolchain, offline), each test run alone in its own
+    /// fresh VM (`-test.run '^NAME$'`) from its package directory; after `--`: packages
+    #[arg(long, value_name = "PATH")]
+    pub go: Option<PathBuf>,
+    /// `--cargo`, `--go`: run only this test (as the reports name it); repeatable
+    #[arg(long, value_name = "NAME")]
     pub only: Vec<String>,
     /// `--cargo`: a line of a passing test's output matching this makes it a skip
     #[arg(long, value_name = "REGEX", default_value = "skipping:")]
     pub skip_pattern: String,
-    /// `--cargo`: arguments for `cargo test --no-run` (features, `-p NAME`, `--test NAME`)
-    #[arg(last = true, value_name = "CARGO ARGS")]
+    /// `--cargo`: arguments for `cargo test --no-run` (features, `-p NAME`, `--test NAME`);
+    /// `--go`: the packages to test (default `./...`)
+    #[arg(last = true, value_name = "CARGO ARGS | GO PACKAGES")]
     pub cargo_args: Vec<String>,
     /// Kernel(s), comma-separated: locked names (debian-6.12, debian-7.2), host or a PATH;
     /// every test runs on each [default: debian]
@@ -72,13 +79,27 @@ pub fn run(mut args: Args) -> Result<i32> {
         args.packages = cargo::asked_packages(dir)?;
     }
     let skip = skip_regex(&args.skip_pattern)?;
-    let (tests, built) = match &args.cargo {
-        Some(dir) => cargo_tests(dir, &args.cargo_args, &args.only)?,
-        None => (check_files(&args.exec)?, None),
+    if !args.only.is_empty() && args.cargo.is_none() && args.go.is_none() {
+        return Err(bad_input("--only names a test of --cargo or --go".into()));
+    }
+    let (mut go_built, mut built) = (None, None);
+    let tests = match (&args.cargo, &args.go) {
+        (Some(dir), _) => {
+            let (tests, b) = cargo_tests(dir, &args.cargo_args, &args.only)?;
+            built = Some(b);
+            tests
+        }
+        (None, Some(dir)) => {
+            let (tests, b) = go_tests(dir, &args.cargo_args, &args.only)?;
+            go_built = Some(b);
+            tests
+        }
+        (None, None) => check_files(&args.exec)?,
     };
     let mut suite = Programs {
         tests,
         built,
+        go_built,
         skip,
         tools: None,
         args,
@@ -114,6 +135,8 @@ enum Kind {
     Exec(PathBuf),
     /// `--cargo`: a test of the built package (`Built::tests`).
     Cargo(usize),
+    /// `--go`: a test of the built module (`go::Built::tests`).
+    Go(usize),
 }
 
 /// The package's tests, built; each one a test of the session.
@@ -121,7 +144,7 @@ fn cargo_tests(
     dir: &Path,
     cargo_args: &[String],
     only: &[String],
-) -> Result<(Vec<Program>, Option<Built>)> {
+) -> Result<(Vec<Program>, Built)> {
     let key = crate::util::key_of(&[("package", dir.display().to_string().as_bytes())]);
     let target_dir = crate::util::target_dir()
         .join("vm-test/cargo")
@@ -140,7 +163,30 @@ fn cargo_tests(
             dir.display()
         )));
     }
-    Ok((tests, Some(built)))
+    Ok((tests, built))
+}
+
+/// The module's tests, built; each one a test of the session.
+fn go_tests(dir: &Path, packages: &[String], only: &[String]) -> Result<(Vec<Program>, go::Built)> {
+    let key = crate::util::key_of(&[("module", dir.display().to_string().as_bytes())]);
+    let work = crate::util::target_dir()
+        .join("vm-test/go-build")
+        .join(&key[..16]);
+    let built = go::build(dir, packages, &work)?;
+    let tests: Vec<Program> = (built.tests.iter().enumerate())
+        .map(|(i, t)| Program {
+            name: t.id(&built),
+            kind: Kind::Go(i),
+        })
+        .filter(|p| only.is_empty() || only.contains(&p.name))
+        .collect();
+    if let Some(missing) = only.iter().find(|n| !tests.iter().any(|t| &t.name == *n)) {
+        return Err(bad_input(format!(
+            "--only {missing}: no such test in {} (names are IMPORT/PATH.TestName, as `--list` prints)",
+            dir.display()
+        )));
+    }
+    Ok((tests, built))
 }
 
 /// Every test file exists, is a regular file within its bound, and has its own name.
@@ -201,6 +247,8 @@ struct Programs {
     tests: Vec<Program>,
     /// `--cargo`: the package, built.
     built: Option<Built>,
+    /// `--go`: the module, built.
+    go_built: Option<go::Built>,
     /// `--skip-pattern`.
     skip: regex::Regex,
     tools: Option<tools::Layer>,
@@ -256,7 +304,11 @@ impl session::Suite for Programs {
 
     fn dir_label(&self, r: &Run<usize>) -> String {
         let name = &self.tests[*r.test].name;
-        format!("test-{name}-{}", crate::util::slug(&r.key.kernel))
+        format!(
+            "test-{}-{}",
+            crate::util::slug(name),
+            crate::util::slug(&r.key.kernel)
+        )
     }
 
     /// An `#[ignore]`d cargo test is a skip, without a VM.
@@ -282,6 +334,7 @@ impl session::Suite for Programs {
             Kind::Cargo(i) => {
                 cargo_test(self.built.as_ref().expect("built"), *i, &t.name, &self.skip)
             }
+            Kind::Go(i) => go_test(self.go_built.as_ref().expect("built"), *i, &t.name),
         };
         vmrun::attempt(&test, &self.env(r), dir)
     }
@@ -333,7 +386,8 @@ impl session::Suite for Programs {
         if let Some(l) = &self.args.packages.lock {
             v.extend(["--package-lock".into(), l.display().to_string()]);
         }
-        if self.args.cargo.is_some() && !self.args.cargo_args.is_empty() {
+        if (self.args.cargo.is_some() || self.args.go.is_some()) && !self.args.cargo_args.is_empty()
+        {
             v.push("--".into());
             v.extend(self.args.cargo_args.iter().cloned());
         }
@@ -351,6 +405,14 @@ impl session::Suite for Programs {
                     "package": built.package_dir.display().to_string(),
                 })
             }
+            Kind::Go(i) => {
+                let built = self.go_built.as_ref().expect("built");
+                let bin = &built.binaries[built.tests[*i].binary];
+                serde_json::json!({
+                    "binary": bin.path.display().to_string(),
+                    "package": bin.import_path,
+                })
+            }
         };
         ("test-result.json", extra)
     }
@@ -360,9 +422,14 @@ impl Programs {
     /// The words that select `tests` again: their files (`--exec`), or the package and, when
     /// not all of its tests, each by `--only`.
     fn selection(&self, tests: &[&Program]) -> Vec<String> {
-        match &self.args.cargo {
-            Some(dir) => {
-                let mut words = vec!["--cargo".to_string(), dir.display().to_string()];
+        let package = match (&self.args.cargo, &self.args.go) {
+            (Some(dir), _) => Some(("--cargo", dir)),
+            (None, Some(dir)) => Some(("--go", dir)),
+            (None, None) => None,
+        };
+        match package {
+            Some((flag, dir)) => {
+                let mut words = vec![flag.to_string(), dir.display().to_string()];
                 if tests.len() < self.tests.len() || !self.args.only.is_empty() {
                     for t in tests {
                         words.extend(["--only".to_string(), t.name.clone()]);
@@ -435,6 +502,27 @@ fn cargo_test<'a>(built: &'a Built, i: usize, name: &'a str, skip: &'a regex::Re
         servers: &[],
         recheck: Box::new(move || unchanged(bin)),
         verdict_of: Box::new(move |st, out| cargo::verdict_of(st, out, skip)),
+    }
+}
+
+/// One Go test: its package's binary at its host path, run alone from the package directory.
+fn go_test<'a>(built: &'a go::Built, i: usize, name: &'a str) -> Test<'a> {
+    let t = &built.tests[i];
+    let b = &built.binaries[t.binary];
+    Test {
+        name,
+        dir: "/",
+        files: (std::iter::once(&b.path).chain(&b.data))
+            .map(|p| Ship {
+                path: p.display().to_string().trim_start_matches('/').to_string(),
+                content: Content::Host(p.clone()),
+            })
+            .collect(),
+        command: go::command(b, &t.name),
+        step: &t.name,
+        servers: &[],
+        recheck: Box::new(move || unchanged(&b.path)),
+        verdict_of: Box::new(move |st, out| go::verdict_of(st, out, &t.name)),
     }
 }
 
