@@ -145,48 +145,60 @@ fn cargo_tests(
     cargo_args: &[String],
     only: &[String],
 ) -> Result<(Vec<Program>, Built)> {
-    let key = crate::util::key_of(&[("package", dir.display().to_string().as_bytes())]);
-    let target_dir = crate::util::target_dir()
-        .join("vm-test/cargo")
-        .join(&key[..16]);
-    let built = cargo::build(dir, cargo_args, &target_dir)?;
-    let tests: Vec<Program> = (built.tests.iter().enumerate())
-        .map(|(i, t)| Program {
-            name: t.id(&built),
-            kind: Kind::Cargo(i),
-        })
-        .filter(|p| only.is_empty() || only.contains(&p.name))
-        .collect();
-    if let Some(missing) = only.iter().find(|n| !tests.iter().any(|t| &t.name == *n)) {
-        return Err(bad_input(format!(
-            "--only {missing}: no such test in {} (names are TARGET::PATH, as `--list` prints)",
-            dir.display()
-        )));
-    }
+    let built = cargo::build(dir, cargo_args, &build_dir("cargo", dir))?;
+    let names = built.tests.iter().map(|t| t.id(&built));
+    let tests = selected(
+        names.map(|n| (n, Kind::Cargo as fn(usize) -> Kind)),
+        only,
+        dir,
+        "TARGET::PATH",
+    )?;
     Ok((tests, built))
 }
 
 /// The module's tests, built; each one a test of the session.
 fn go_tests(dir: &Path, packages: &[String], only: &[String]) -> Result<(Vec<Program>, go::Built)> {
-    let key = crate::util::key_of(&[("module", dir.display().to_string().as_bytes())]);
-    let work = crate::util::target_dir()
-        .join("vm-test/go-build")
-        .join(&key[..16]);
-    let built = go::build(dir, packages, &work)?;
-    let tests: Vec<Program> = (built.tests.iter().enumerate())
-        .map(|(i, t)| Program {
-            name: t.id(&built),
-            kind: Kind::Go(i),
+    let built = go::build(dir, packages, &build_dir("go-build", dir))?;
+    let names = built.tests.iter().map(|t| t.id(&built));
+    let tests = selected(
+        names.map(|n| (n, Kind::Go as fn(usize) -> Kind)),
+        only,
+        dir,
+        "IMPORT/PATH.TestName",
+    )?;
+    Ok((tests, built))
+}
+
+/// A package's own build directory under target/vm-test/ (by its path).
+fn build_dir(what: &str, dir: &Path) -> PathBuf {
+    let key = crate::util::key_of(&[("package", dir.display().to_string().as_bytes())]);
+    crate::util::target_dir()
+        .join("vm-test")
+        .join(what)
+        .join(&key[..16])
+}
+
+/// The built tests as programs, narrowed to `--only` (every name given must be one of them).
+fn selected(
+    tests: impl Iterator<Item = (String, fn(usize) -> Kind)>,
+    only: &[String],
+    dir: &Path,
+    names_are: &str,
+) -> Result<Vec<Program>> {
+    let tests: Vec<Program> = (tests.enumerate())
+        .map(|(i, (name, kind))| Program {
+            name,
+            kind: kind(i),
         })
         .filter(|p| only.is_empty() || only.contains(&p.name))
         .collect();
     if let Some(missing) = only.iter().find(|n| !tests.iter().any(|t| &t.name == *n)) {
         return Err(bad_input(format!(
-            "--only {missing}: no such test in {} (names are IMPORT/PATH.TestName, as `--list` prints)",
+            "--only {missing}: no such test in {} (names are {names_are}, as `--list` prints)",
             dir.display()
         )));
     }
-    Ok((tests, built))
+    Ok(tests)
 }
 
 /// Every test file exists, is a regular file within its bound, and has its own name.
