@@ -53,6 +53,10 @@ fn bad_input_exits_2_with_one_line_for_every_command() {
         "name: fifo-server\ndescription: its binary is a FIFO\nbinary: {path: ./server-bin}\nadd:\n  argv: [server-bin, '{dev_id}']\n  mode: foreground\n  ready: kernel\nstop: {signal: TERM}\nstorage: none\n",
     )
     .unwrap();
+    let blktests = root()
+        .join("xtask/tests/vmtest/blktests-fixture")
+        .display()
+        .to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["vm-e2e".into(), "nosuch".into()],
@@ -164,7 +168,41 @@ fn bad_input_exits_2_with_one_line_for_every_command() {
                 "--exec".into(),
                 "/bin/true".into(),
             ],
-            "--only names a test of --cargo or --go",
+            "--only names a test of --cargo, --go or --blktests",
+        ),
+        (
+            vec!["vm-test".into(), "--blktests".into(), "/tmp".into()],
+            "--blktests /tmp: not a blktests checkout",
+        ),
+        (
+            vec![
+                "vm-test".into(),
+                "--blktests".into(),
+                blktests.clone(),
+                "--".into(),
+                "ublk/9x9".into(),
+            ],
+            "blktests: no group or test ublk/9x9",
+        ),
+        (
+            vec![
+                "vm-test".into(),
+                "--server".into(),
+                "ublk-mem".into(),
+                "--blktests".into(),
+                blktests.clone(),
+            ],
+            "--server ublk-mem: blktests drives its own miniublk or a `rublk` on PATH",
+        ),
+        (
+            vec![
+                "vm-test".into(),
+                "--server".into(),
+                "rublk".into(),
+                "--exec".into(),
+                "/bin/true".into(),
+            ],
+            "--server names the server of --blktests",
         ),
         (
             vec!["vm-perf".into(), "--from".into(), p("perf.json")],

@@ -548,6 +548,16 @@ fn the_action_scripts_refuse_hostile_inputs() {
     let said = gh_outputs(&std::fs::read_to_string(t.0.join("out.txt")).unwrap());
     assert_eq!(said["artifact"], "ci-shard--x-default-1-of-1", "{said:?}");
     assert_eq!(said.len(), 4, "{said:?}");
+    let o = script(
+        "where.sh",
+        &[("PREFIX", "ci"), ("MODE", "run"), ("SUITE", "blktests")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = gh_outputs(&std::fs::read_to_string(t.0.join("out.txt")).unwrap());
+    assert_eq!(
+        said["artifact"], "ci-shard-blktests-default-1-of-1",
+        "{said:?}"
+    );
     let text = std::fs::read_to_string(t.0.join("out.txt")).unwrap();
     assert!(
         text.lines().all(|l| !l.starts_with("artifact=")),

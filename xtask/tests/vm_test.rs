@@ -388,3 +388,94 @@ fn a_go_modules_tests_run_one_per_vm() {
     let (_, again) = summary(&o);
     assert_eq!(again["runs"].as_array().unwrap().len(), 1, "{again}");
 }
+
+/// `vm-test --blktests`: a blktests-shaped checkout, each test through its `./check` in its
+/// own VM with its `src/miniublk.c` built static: `[passed]` pass, an output diff a fail naming
+/// the changed lines, `[not run]` a skip with blktests' reason, a hang a timeout with a
+/// freeze-frame, blktests' dmesg failure a pass when `--expect-splat` covers it; a group not
+/// named does not run; the reproduce line reruns one test.
+#[test]
+fn a_blktests_checkout_runs_one_test_per_vm() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = fixture("blktests-fixture");
+    let splat = "blktests-fixture planted";
+    let args = [
+        "vm-test",
+        "--blktests",
+        &dir,
+        "--timeout",
+        "10",
+        "--expect-splat",
+        splat,
+    ];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (_, v) = summary(&o);
+    assert_eq!(
+        v["runs"].as_array().unwrap().len(),
+        5,
+        "only the ublk group: {v}"
+    );
+    assert_eq!(run_of(&v, "ublk/001")["verdict"], "pass", "{v}");
+    let fail = run_of(&v, "ublk/002").clone();
+    assert_eq!(fail["verdict"], "fail");
+    assert_eq!(
+        fail["reason"],
+        "blktests: failed: output differs from 002.out: -Test complete; +device came up with 0 sectors",
+        "{fail}"
+    );
+    let skip = run_of(&v, "ublk/003");
+    assert_eq!(skip["verdict"], "skip");
+    assert_eq!(
+        skip["reason"],
+        "blktests: not run: fixture-tool-nobody-has is not available"
+    );
+    let hang = run_of(&v, "ublk/004");
+    assert_eq!(hang["verdict"], "timeout", "{hang}");
+    assert!(hang["freeze_frame"].as_str().is_some(), "{hang}");
+    assert!(
+        hang["reason"].as_str().unwrap().contains(" sleep (S)"),
+        "the hung test's process is named: {hang}"
+    );
+    assert_eq!(run_of(&v, "ublk/005")["verdict"], "pass", "{v}");
+    let line = fail["reproduce"].as_str().unwrap().to_string();
+    assert!(line.contains(" --only ublk/002 "), "{line}");
+    let o = run_line(&line);
+    assert_eq!(o.status.code(), Some(1), "{line}: {}", stderr(&o));
+    let (_, again) = summary(&o);
+    assert_eq!(again["runs"].as_array().unwrap().len(), 1, "{again}");
+}
+
+/// The action's `suite: blktests`: the checkout and the tests it names, through run.sh.
+#[test]
+fn the_action_runs_a_blktests_checkout() {
+    let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("vm-test-action-bt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tests = format!("{} ublk/001 other/001", fixture("blktests-fixture"));
+    let o = std::process::Command::new("bash")
+        .arg(root().join(".github/actions/ublk-vm/scripts/run.sh"))
+        .current_dir(&dir)
+        .env_remove("GITHUB_ACTIONS")
+        .env("UBLK_VM_XTASK", env!("CARGO_BIN_EXE_xtask"))
+        .env("RUNNER_TEMP", &dir)
+        .envs([
+            ("UBLK_VM_SUITE", "blktests"),
+            ("UBLK_VM_TESTS", tests.as_str()),
+            ("UBLK_VM_SEED", "7"),
+            ("UBLK_VM_ACCEL", "tcg"),
+            ("UBLK_VM_OUT", "out"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let code = std::fs::read_to_string(dir.join("out/exit-code")).unwrap();
+    assert_eq!(code.trim(), "0", "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.join("out/summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(run_of(&v, "other/001")["verdict"], "pass", "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

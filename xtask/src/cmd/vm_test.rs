@@ -1,9 +1,10 @@
-//! `cargo xtask vm-test --exec FILE... | --cargo PATH [-- CARGO ARGS]`: a project's own tests,
-//! each in a fresh VM with ublk_drv, under a hard limit: programs and scripts with kselftest
-//! exit codes (0 pass, 4 skip, else fail), or a Rust package's tests one by one (libtest's
-//! result; `#[ignore]` and a "skipping:" line are skips); freeze-frames on a hang, splat
-//! scans, repeats, shards and the reports of every suite (`session::run`). Exit codes as
-//! vm-e2e's.
+//! `cargo xtask vm-test --exec FILE... | --cargo PATH | --go PATH | --blktests PATH [-- ARGS]`:
+//! a project's own tests, each in a fresh VM with ublk_drv, under a hard limit: programs and
+//! scripts with kselftest exit codes (0 pass, 4 skip, else fail), a Rust package's tests one
+//! by one (libtest's result; `#[ignore]` and a "skipping:" line are skips), a Go module's, or a
+//! blktests checkout's (`./check`'s `[passed]`/`[not run]`/`[failed]`); freeze-frames on a
+//! hang, splat scans, repeats, shards and the reports of every suite (`session::run`). Exit
+//! codes as vm-e2e's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::session::outcome::Outcome;
 use crate::session::shard::RunKey;
 use crate::session::{self, Context, Run, Unit};
 use crate::util::{bad_input, Result};
+use crate::vmtest::blktests::{self, Checkout};
 use crate::vmtest::cargo::{self, Built};
 use crate::vmtest::go;
 use crate::vmtest::run::{self as vmrun, kselftest, last_line, Content, Env, Ship, Test};
@@ -37,27 +39,37 @@ pub struct Args {
     /// Test programs or scripts, each one test in its own fresh VM (run as root from
     /// /root/tests, with the guest tools layer: bash, coreutils, util-linux, fio, ...);
     /// exit 0 pass, 4 skip (kselftest), anything else fail
-    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present_any = ["cargo", "go"], conflicts_with_all = ["cargo", "go"])]
+    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present_any = ["cargo", "go", "blktests"], conflicts_with_all = ["cargo", "go", "blktests"])]
     pub exec: Vec<PathBuf>,
     /// A Rust package (its directory): its tests built static on the host (`cargo test
     /// --no-run`, `+crt-static`), each test run alone in its own fresh VM (`--exact`), with the
     /// package's bins and examples at the paths cargo gave them
-    #[arg(long, value_name = "PATH", conflicts_with = "go")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["go", "blktests"])]
     pub cargo: Option<PathBuf>,
     /// A Go module (its directory): each package's tests built static on the host (`go test
     /// -c`, CGO off, a locked Debian Go toolchain, offline), each test run alone in its own
     /// fresh VM (`-test.run '^NAME$'`) from its package directory; after `--`: packages
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "blktests")]
     pub go: Option<PathBuf>,
-    /// `--cargo`, `--go`: run only this test (as the reports name it); repeatable
+    /// A blktests checkout (its directory): each test alone in its own fresh VM through its
+    /// `./check`, with `src/miniublk` built static (or `--server rublk`); after `--`: groups
+    /// or tests as `./check` takes them (default `ublk`)
+    #[arg(long, value_name = "PATH")]
+    pub blktests: Option<PathBuf>,
+    /// `--blktests`: the server blktests drives instead of its miniublk, from a profile whose
+    /// binary is named `rublk` (blktests runs rublk when one is on PATH)
+    #[arg(long, value_name = "NAME|PATH", requires = "blktests")]
+    pub server: Option<String>,
+    /// `--cargo`, `--go`, `--blktests`: run only this test (as the reports name it); repeatable
     #[arg(long, value_name = "NAME")]
     pub only: Vec<String>,
     /// `--cargo`: a line of a passing test's output matching this makes it a skip
     #[arg(long, value_name = "REGEX", default_value = "skipping:")]
     pub skip_pattern: String,
     /// `--cargo`: arguments for `cargo test --no-run` (features, `-p NAME`, `--test NAME`);
-    /// `--go`: the packages to test (default `./...`)
-    #[arg(last = true, value_name = "CARGO ARGS | GO PACKAGES")]
+    /// `--go`: the packages to test (default `./...`); `--blktests`: groups or tests
+    /// (default `ublk`)
+    #[arg(last = true, value_name = "CARGO ARGS | GO PACKAGES | BLKTESTS TESTS")]
     pub cargo_args: Vec<String>,
     /// Kernel(s), comma-separated: locked names (debian-6.12, debian-7.2), host or a PATH;
     /// every test runs on each [default: debian]
@@ -79,27 +91,48 @@ pub fn run(mut args: Args) -> Result<i32> {
         args.packages = cargo::asked_packages(dir)?;
     }
     let skip = skip_regex(&args.skip_pattern)?;
-    if !args.only.is_empty() && args.cargo.is_none() && args.go.is_none() {
-        return Err(bad_input("--only names a test of --cargo or --go".into()));
+    if !args.only.is_empty() && !args.exec.is_empty() {
+        return Err(bad_input(
+            "--only names a test of --cargo, --go or --blktests".into(),
+        ));
     }
-    let (mut go_built, mut built) = (None, None);
-    let tests = match (&args.cargo, &args.go) {
-        (Some(dir), _) => {
+    if args.server.is_some() && args.blktests.is_none() {
+        // clap's `requires` is not enforced beside `--exec`'s conflicts: checked here.
+        return Err(bad_input(
+            "--server names the server of --blktests (the other suites start their own)".into(),
+        ));
+    }
+    let server = args.server.as_deref().map(blktests_server).transpose()?;
+    let (mut go_built, mut built, mut checkout) = (None, None, None);
+    let tests = match (&args.cargo, &args.go, &args.blktests) {
+        (Some(dir), _, _) => {
             let (tests, b) = cargo_tests(dir, &args.cargo_args, &args.only)?;
             built = Some(b);
             tests
         }
-        (None, Some(dir)) => {
+        (None, Some(dir), _) => {
             let (tests, b) = go_tests(dir, &args.cargo_args, &args.only)?;
             go_built = Some(b);
             tests
         }
-        (None, None) => check_files(&args.exec)?,
+        (None, None, Some(dir)) => {
+            let c = blktests::open(dir, &args.cargo_args)?;
+            let names = c
+                .tests
+                .iter()
+                .map(|t| (t.clone(), Kind::Blktests as fn(usize) -> Kind));
+            let tests = selected(names, &args.only, dir, "GROUP/NNN")?;
+            checkout = Some(c);
+            tests
+        }
+        (None, None, None) => check_files(&args.exec)?,
     };
     let mut suite = Programs {
         tests,
         built,
         go_built,
+        checkout,
+        server,
         skip,
         tools: None,
         args,
@@ -137,6 +170,25 @@ enum Kind {
     Cargo(usize),
     /// `--go`: a test of the built module (`go::Built::tests`).
     Go(usize),
+    /// `--blktests`: a test of the checkout (`Checkout::tests`).
+    Blktests(usize),
+}
+
+/// `--server`: a profile blktests can drive (its binary named `rublk`), built for the guest.
+fn blktests_server(name: &str) -> Result<crate::server::Profile> {
+    let mut p = crate::server::Profile::resolve(name)?;
+    p.prepare(&crate::image::recipe::Recipe::load()?)?;
+    let bin = (p.host_binary.as_ref())
+        .and_then(|b| b.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    if bin.as_deref() != Some("rublk") {
+        return Err(bad_input(format!(
+            "--server {}: blktests drives its own miniublk or a `rublk` on PATH; this profile's binary is {} (give a rublk profile, or no --server)",
+            crate::text::term(name),
+            bin.as_deref().unwrap_or("built into the image")
+        )));
+    }
+    Ok(p)
 }
 
 /// The package's tests, built; each one a test of the session.
@@ -261,6 +313,9 @@ struct Programs {
     built: Option<Built>,
     /// `--go`: the module, built.
     go_built: Option<go::Built>,
+    /// `--blktests`: the checkout, its programs built; `--server`: the rublk it drives.
+    checkout: Option<Checkout>,
+    server: Option<crate::server::Profile>,
     /// `--skip-pattern`.
     skip: regex::Regex,
     tools: Option<tools::Layer>,
@@ -307,10 +362,11 @@ impl session::Suite for Programs {
         _images: &BTreeMap<String, Arc<Image>>,
         _used: &[&Unit<usize>],
     ) -> Result<()> {
-        self.tools = Some(crate::image::extra::layer(
-            &["bash".into()],
-            &self.args.packages,
-        )?);
+        let packages = match self.checkout {
+            Some(_) => blktests::packages(&self.args.packages),
+            None => self.args.packages.clone(),
+        };
+        self.tools = Some(crate::image::extra::layer(&["bash".into()], &packages)?);
         Ok(())
     }
 
@@ -347,6 +403,7 @@ impl session::Suite for Programs {
                 cargo_test(self.built.as_ref().expect("built"), *i, &t.name, &self.skip)
             }
             Kind::Go(i) => go_test(self.go_built.as_ref().expect("built"), *i, &t.name),
+            Kind::Blktests(i) => self.blktests_test(*i, &t.name),
         };
         vmrun::attempt(&test, &self.env(r), dir)
     }
@@ -389,6 +446,9 @@ impl session::Suite for Programs {
         if let Some(t) = self.args.timeout {
             v.extend(["--timeout".into(), t.to_string()]);
         }
+        if let Some(s) = &self.args.server {
+            v.extend(["--server".into(), s.clone()]);
+        }
         for e in &self.args.expect_splat {
             v.extend(["--expect-splat".into(), e.clone()]);
         }
@@ -398,8 +458,7 @@ impl session::Suite for Programs {
         if let Some(l) = &self.args.packages.lock {
             v.extend(["--package-lock".into(), l.display().to_string()]);
         }
-        if (self.args.cargo.is_some() || self.args.go.is_some()) && !self.args.cargo_args.is_empty()
-        {
+        if self.args.exec.is_empty() && !self.args.cargo_args.is_empty() {
             v.push("--".into());
             v.extend(self.args.cargo_args.iter().cloned());
         }
@@ -425,19 +484,57 @@ impl session::Suite for Programs {
                     "package": bin.import_path,
                 })
             }
+            Kind::Blktests(_) => serde_json::json!({
+                "blktests": self.args.blktests.as_ref().map(|d| d.display().to_string()),
+                "server": self.server.as_ref().map_or("miniublk".into(), |p| p.name.clone()),
+            }),
         };
         ("test-result.json", extra)
     }
 }
 
 impl Programs {
+    /// One blktests test: the checkout's files and its built programs under GUEST_DIR, the
+    /// `--server`'s rublk on PATH, `./check` on the test.
+    fn blktests_test<'a>(&'a self, i: usize, name: &'a str) -> Test<'a> {
+        let c = self.checkout.as_ref().expect("opened");
+        let under = |rel: &str| format!("{}/{rel}", blktests::GUEST_DIR);
+        let mut files: Vec<Ship> = (c.files.iter())
+            .map(|rel| Ship {
+                path: under(rel),
+                content: Content::Host(c.root.join(rel)),
+            })
+            .collect();
+        files.extend(c.built.iter().map(|(rel, host)| Ship {
+            path: under(rel),
+            content: Content::Host(host.clone()),
+        }));
+        if let Some(p) = &self.server {
+            files.extend(server_files(p));
+        }
+        let test = &c.tests[i];
+        Test {
+            name,
+            dir: "/",
+            files,
+            command: blktests::command(test),
+            step: test,
+            servers: &["miniublk", "rublk"],
+            recheck: Box::new(|| Ok(())),
+            verdict_of: Box::new(move |st, out| {
+                blktests::verdict_of(st, out, test, &self.args.expect_splat)
+            }),
+        }
+    }
+
     /// The words that select `tests` again: their files (`--exec`), or the package and, when
     /// not all of its tests, each by `--only`.
     fn selection(&self, tests: &[&Program]) -> Vec<String> {
-        let package = match (&self.args.cargo, &self.args.go) {
-            (Some(dir), _) => Some(("--cargo", dir)),
-            (None, Some(dir)) => Some(("--go", dir)),
-            (None, None) => None,
+        let package = match (&self.args.cargo, &self.args.go, &self.args.blktests) {
+            (Some(dir), _, _) => Some(("--cargo", dir)),
+            (None, Some(dir), _) => Some(("--go", dir)),
+            (None, None, Some(dir)) => Some(("--blktests", dir)),
+            (None, None, None) => None,
         };
         match package {
             Some((flag, dir)) => {
@@ -536,6 +633,23 @@ fn go_test<'a>(built: &'a go::Built, i: usize, name: &'a str) -> Test<'a> {
         recheck: Box::new(move || unchanged(&b.path)),
         verdict_of: Box::new(move |st, out| go::verdict_of(st, out, &t.name)),
     }
+}
+
+/// A server profile's binary on the guest's PATH (`/bin`) and its shared libraries.
+fn server_files(p: &crate::server::Profile) -> Vec<Ship<'static>> {
+    let Some(bin) = &p.host_binary else {
+        return Vec::new();
+    };
+    let name = bin.file_name().unwrap_or_default().to_string_lossy();
+    let mut files = vec![Ship {
+        path: format!("bin/{name}"),
+        content: Content::Host(bin.clone()),
+    }];
+    files.extend(p.host_libs.iter().map(|l| Ship {
+        path: l.display().to_string().trim_start_matches('/').to_string(),
+        content: Content::Host(l.clone()),
+    }));
+    files
 }
 
 /// A test file is still a regular file within its bound when its VM boots.

@@ -144,34 +144,7 @@ fn build(origin: &Origin, tmp: &Path) -> Result<SuiteManifest> {
         let (spec, lock) = match origin {
             Origin::Locked(s, l) | Origin::Tree(_, s, l) => (*s, *l),
         };
-        let apt = Apt::new(spec.suite.as_deref());
-        let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
-        let lock_path = spec.lock_path();
-        let lock_ref = crate::image::fetch::LockRef {
-            part: format!("selftests {}", spec.name),
-            path: &lock_path,
-            upgrade: &upgrade,
-            snapshot: lock.snapshot.as_deref(),
-            moving: spec.moving,
-        };
-        let deb = |prefix: &str| {
-            let d = lock
-                .selftests
-                .iter()
-                .find(|d| d.package.starts_with(prefix))
-                .ok_or_else(|| {
-                    format!(
-                        "{}: selftests lack {prefix}*; run `{upgrade}`",
-                        spec.lock_path().display()
-                    )
-                })?;
-            let (paths, effective, inputs) =
-                crate::image::fetch::all(&apt, &lock_ref, std::slice::from_ref(d))?;
-            if !inputs.newer().is_empty() {
-                crate::image::fetch::record(&inputs);
-            }
-            Ok::<_, String>((paths[0].clone(), effective[0].version.clone()))
-        };
+        let deb = |prefix: &str| locked_deb(spec, lock, prefix);
         let sysroot = work.join("sysroot");
         crate::image::tools::unpack(&deb("liburing-dev")?.0, &sysroot)?;
         let (src, name, version) = match origin {
@@ -195,6 +168,91 @@ fn build(origin: &Origin, tmp: &Path) -> Result<SuiteManifest> {
     spinner.finish_and_clear();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// One of the kernel lock's `selftests:` .debs (by package prefix), fetched and verified:
+/// its path and the version used.
+fn locked_deb(spec: &KernelSpec, lock: &KernelLock, prefix: &str) -> Result<(PathBuf, String)> {
+    let apt = Apt::new(spec.suite.as_deref());
+    let upgrade = format!("cargo xtask kernel-lock --upgrade {}", spec.name);
+    let lock_path = spec.lock_path();
+    let lock_ref = crate::image::fetch::LockRef {
+        part: format!("selftests {}", spec.name),
+        path: &lock_path,
+        upgrade: &upgrade,
+        snapshot: lock.snapshot.as_deref(),
+        moving: spec.moving,
+    };
+    let d = (lock.selftests.iter())
+        .find(|d| d.package.starts_with(prefix))
+        .ok_or_else(|| {
+            format!(
+                "{}: selftests lack {prefix}*; run `{upgrade}`",
+                lock_path.display()
+            )
+        })?;
+    let (paths, effective, inputs) =
+        crate::image::fetch::all(&apt, &lock_ref, std::slice::from_ref(d))?;
+    if !inputs.newer().is_empty() {
+        crate::image::fetch::record(&inputs);
+    }
+    Ok((paths[0].clone(), effective[0].version.clone()))
+}
+
+/// The newest locked kernel whose lock carries the selftests' .debs (liburing, uapi headers).
+fn newest_with_selftests(recipe: &Recipe) -> Result<(&KernelSpec, KernelLock)> {
+    (recipe.kernels.iter().rev())
+        .find_map(|k| {
+            KernelLock::load(&k.lock_path())
+                .ok()
+                .filter(|l| !l.selftests.is_empty())
+                .map(|l| (k, l))
+        })
+        .ok_or_else(|| "no locked kernel carries the selftests' liburing; lock one >= 6.15 with `cargo xtask kernel-lock --upgrade`".into())
+}
+
+/// The .debs of a sysroot (package prefixes in a kernel lock's `selftests:`).
+const SYSROOT_DEBS: [&str; 2] = ["liburing-dev", "linux-libc-dev"];
+
+/// A sysroot for a static ublk program (`gcc -static -I DIR/usr/include -L DIR/usr/lib/...
+/// -luring`): liburing-dev and linux-libc-dev of the newest locked kernel that carries them,
+/// unpacked into `dir`. Returns what it used (`package version` lines), for a cache key.
+pub fn uring_sysroot(dir: &Path) -> Result<String> {
+    let recipe = Recipe::load()?;
+    let (spec, lock) = newest_with_selftests(&recipe)?;
+    crate::host::deps::ensure(crate::host::deps::SELFTESTS_BUILD.to_vec())?;
+    let mut used = String::new();
+    for prefix in SYSROOT_DEBS {
+        let (deb, version) = locked_deb(spec, &lock, prefix)?;
+        crate::image::tools::unpack(&deb, dir)?;
+        used.push_str(&format!("{prefix} {version} ({})\n", spec.name));
+    }
+    Ok(used)
+}
+
+/// What `uring_sysroot` would unpack (`package version sha256` lines), without fetching: a
+/// cache key for what is built against it.
+pub fn uring_debs() -> Result<String> {
+    let recipe = Recipe::load()?;
+    let (spec, lock) = newest_with_selftests(&recipe)?;
+    let mut out = String::new();
+    for prefix in SYSROOT_DEBS {
+        let d = (lock.selftests.iter())
+            .find(|d| d.package.starts_with(prefix))
+            .ok_or_else(|| format!("{}: selftests lack {prefix}*", spec.lock_path().display()))?;
+        out.push_str(&format!("{} {} {}\n", d.package, d.version, d.sha256));
+    }
+    Ok(out)
+}
+
+/// The include and library flags of a `uring_sysroot`.
+pub fn sysroot_flags(sysroot: &Path) -> Vec<String> {
+    let inc = sysroot.join("usr/include");
+    vec![
+        format!("-I{}", inc.display()),
+        format!("-I{}", inc.join("x86_64-linux-gnu").display()),
+        format!("-L{}", sysroot.join("usr/lib/x86_64-linux-gnu").display()),
+    ]
 }
 
 /// Copies the scripts, compiles the programs and reads the test list of a suite source dir.
@@ -285,12 +343,7 @@ pub fn for_tree(tree: &Path) -> Result<Suite> {
         ));
     }
     let recipe = Recipe::load()?;
-    let (spec, lock) = recipe
-        .kernels
-        .iter()
-        .rev()
-        .find_map(|k| KernelLock::load(&k.lock_path()).ok().filter(|l| !l.selftests.is_empty()).map(|l| (k, l)))
-        .ok_or("no locked kernel carries the selftests' liburing; lock one >= 6.15 with `cargo xtask kernel-lock --upgrade`")?;
+    let (spec, lock) = newest_with_selftests(&recipe)?;
     let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
     for rel in [
         "include/uapi/linux/ublk_cmd.h",
@@ -385,8 +438,6 @@ fn copy_suite(src: &Path, out: &Path) -> Result<()> {
 
 /// kublk and metadata_size, static, against the locked uapi headers and liburing.
 fn compile(src: &Path, sysroot: &Path, out: &Path) -> Result<()> {
-    let inc = sysroot.join("usr/include");
-    let lib = sysroot.join("usr/lib/x86_64-linux-gnu");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(src)
         .map_err(|e| format!("read {}: {e}", src.display()))?
         .flatten()
@@ -401,12 +452,10 @@ fn compile(src: &Path, sysroot: &Path, out: &Path) -> Result<()> {
         let mut cmd = Command::new("gcc");
         cmd.current_dir(src)
             .args(["-O2", "-static", "-D_GNU_SOURCE", "-Wall"])
-            .arg(format!("-I{}", inc.display()))
-            .arg(format!("-I{}", inc.join("x86_64-linux-gnu").display()))
+            .args(sysroot_flags(sysroot))
             .arg("-o")
             .arg(out.join(output))
             .args(files)
-            .arg(format!("-L{}", lib.display()))
             .args(libs);
         let o = procs::run(&mut cmd, LIMIT, &format!("gcc {output}"))?;
         if !o.status.success() {

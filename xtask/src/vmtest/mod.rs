@@ -3,6 +3,7 @@
 //! programs, a Rust package's tests (`cargo`: built static, listed, one test per VM) and a Go
 //! module's (`go`: the same with a locked Debian Go toolchain).
 
+pub mod blktests;
 pub mod cargo;
 pub mod go;
 pub mod run;

@@ -3,7 +3,8 @@
 # that did not pass, gathered into $UBLK_VM_OUT (what the action uploads).
 #
 # Environment (the action's inputs):
-#   UBLK_VM_SERVER      built-in profile name or a profile path (default ublk-mem)
+#   UBLK_VM_SERVER      built-in profile name or a profile path (default ublk-mem; suite
+#                       blktests: none, its miniublk; a rublk profile drives it instead)
 #   UBLK_VM_SCENARIOS   scenario names or paths, space-separated (default: all of scenarios/)
 #   UBLK_VM_KERNELS     kernels, comma-separated (default: each scenario's, else debian)
 #   UBLK_VM_REPEAT      runs of each scenario (default 1)
@@ -14,9 +15,11 @@
 #   UBLK_VM_TIMEOUT_SCALE  every limit x this (default 1)
 #   UBLK_VM_DURATIONS   optional summary.json (file or directory) that balances the shards
 #   UBLK_VM_OUT         where the report and the evidence go (required)
-#   UBLK_VM_SUITE       scenarios (default: vm-e2e) | cargo | exec (vm-test: your own tests)
-#   UBLK_VM_TESTS       cargo: the package directory; exec: test files, space-separated
-#                       (relative to the directory the script is started in)
+#   UBLK_VM_SUITE       scenarios (default: vm-e2e) | cargo | go | exec | blktests (vm-test:
+#                       your own tests)
+#   UBLK_VM_TESTS       cargo: the package directory; go: the module directory; exec: test
+#                       files; blktests: the checkout, then groups or tests (default ublk);
+#                       space-separated (relative to the directory the script is started in)
 #   UBLK_VM_PACKAGES    Debian packages the guest needs besides the tools layer, comma-separated
 #   UBLK_VM_PACKAGE_LOCK  the project's lock of those packages (relative as UBLK_VM_TESTS)
 #   UBLK_VM_EXPECT_SPLAT  a kernel-log substring that is known and not a failure
@@ -43,7 +46,7 @@ check_input server "${UBLK_VM_SERVER:-ublk-mem}" '^[^[:cntrl:]]{1,1024}$' "a pro
 check_input scenarios "${UBLK_VM_SCENARIOS:-}" '^[^[:cntrl:]]{0,4096}$' "scenario names or paths, space-separated"
 
 suite="${UBLK_VM_SUITE:-scenarios}"
-check_input suite "$suite" '^(scenarios|cargo|exec)$' "scenarios, cargo or exec"
+check_input suite "$suite" '^(scenarios|cargo|go|exec|blktests)$' "scenarios, cargo, go, exec or blktests"
 check_input tests "${UBLK_VM_TESTS:-}" '^[^[:cntrl:]]{0,4096}$' "paths, space-separated"
 check_input packages "${UBLK_VM_PACKAGES:-}" '^[a-z0-9+.,-]{0,2048}$' "Debian package names, comma-separated"
 check_input package-lock "${UBLK_VM_PACKAGE_LOCK:-}" '^[^[:cntrl:]]{0,1024}$' "a path"
@@ -51,6 +54,12 @@ check_input expect-splat "${UBLK_VM_EXPECT_SPLAT:-}" '^[^[:cntrl:]]{0,512}$' "on
 # Paths the caller gave, made absolute before the script moves to the platform's checkout.
 absolute() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
 read -r -a tests <<<"${UBLK_VM_TESTS:-}"
+# blktests: the checkout is a path, what follows are its groups and tests (words, as given).
+names=()
+if [ "$suite" = blktests ] && [ "${#tests[@]}" -gt 1 ]; then
+    names=("${tests[@]:1}")
+    tests=("${tests[0]}")
+fi
 for i in "${!tests[@]}"; do tests[i]="$(absolute "${tests[i]}")"; done
 
 common=(--shard "$shard" -j "${UBLK_VM_JOBS:-2}" --repeat "${UBLK_VM_REPEAT:-1}"
@@ -72,9 +81,15 @@ scenarios)
     read -r -a scenarios <<<"${UBLK_VM_SCENARIOS:-}"
     args+=(-- "${scenarios[@]}")
     ;;
-cargo | exec)
+cargo | go | exec | blktests)
     [ "${#tests[@]}" -gt 0 ] || {
-        echo "run.sh: suite $suite needs tests (UBLK_VM_TESTS): $([ "$suite" = cargo ] && echo "the package directory" || echo "the test files")" >&2
+        case "$suite" in
+        cargo) what="the package directory" ;;
+        go) what="the module directory" ;;
+        blktests) what="the blktests checkout" ;;
+        *) what="the test files" ;;
+        esac
+        echo "run.sh: suite $suite needs tests (UBLK_VM_TESTS): $what" >&2
         exit 2
     }
     args=(vm-test "${common[@]}")
@@ -84,15 +99,24 @@ cargo | exec)
     if [ -n "${UBLK_VM_PACKAGE_LOCK:-}" ]; then
         args+=(--package-lock "$(absolute "$UBLK_VM_PACKAGE_LOCK")")
     fi
-    if [ "$suite" = cargo ]; then
+    case "$suite" in
+    cargo | go)
         [ "${#tests[@]}" -eq 1 ] || {
-            echo "run.sh: suite cargo takes one package directory in tests, not ${#tests[@]} paths" >&2
+            echo "run.sh: suite $suite takes one directory in tests, not ${#tests[@]} paths" >&2
             exit 2
         }
-        args+=(--cargo "${tests[0]}")
-    else
-        args+=(--exec "${tests[@]}")
-    fi
+        args+=("--$suite" "${tests[0]}")
+        ;;
+    blktests)
+        args+=(--blktests "${tests[0]}")
+        if [ -n "${UBLK_VM_SERVER:-}" ]; then
+            args+=(--server "$UBLK_VM_SERVER")
+        fi
+        # Group and test names are words; after `--` none is taken for an option.
+        args+=(-- "${names[@]}")
+        ;;
+    *) args+=(--exec "${tests[@]}") ;;
+    esac
     ;;
 esac
 
