@@ -132,6 +132,13 @@ fn test_programs_get_verdicts_shards_repeats_and_merge() {
         "vm_test_fixture",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // ... and still named on the run that logged it.
+    let (_, known) = summary(&o);
+    let warns = run_of(&known, "warns.sh");
+    let accepted = warns["known_splats"][0].as_str().unwrap_or_default();
+    assert!(accepted.contains("vm_test_fixture"), "{warns}");
+    let why = warns["reason"].as_str().unwrap_or_default();
+    assert!(why.starts_with("accepted known splat: "), "{warns}");
     std::fs::remove_dir_all(&merged).unwrap();
 }
 

@@ -183,7 +183,12 @@ fn valid_run(o: &Outcome) -> std::result::Result<(), String> {
         o.splats.len() as u64,
         super::outcome::MAX_SPLATS as u64,
     )?;
-    for splat in &o.splats {
+    bounded(
+        "known splats",
+        o.known_splats.len() as u64,
+        super::outcome::MAX_SPLATS as u64,
+    )?;
+    for splat in o.splats.iter().chain(&o.known_splats) {
         word("splat", splat, super::outcome::MAX_SPLAT_BYTES)?;
     }
     word("scenario", &o.scenario, MAX_NAME_BYTES)?;

@@ -45,6 +45,10 @@ pub struct Outcome {
     /// `MAX_SPLATS`, each at most `MAX_SPLAT_BYTES`; the whole log is dmesg.txt).
     #[serde(default)]
     pub splats: Vec<String>,
+    /// Splats an `--expect-splat` accepted: not a failure, still named on the run that
+    /// logged them (bounded like `splats`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_splats: Vec<String>,
     /// The command that reproduces this run alone, as printed (shell-quoted).
     #[serde(default)]
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -86,6 +90,7 @@ impl Outcome {
             image_hash: image_hash.to_string(),
             first_attempt: None,
             splats: Vec::new(),
+            known_splats: Vec::new(),
             reproduce: String::new(),
         }
     }

@@ -410,6 +410,7 @@ mod tests {
             image_hash: "h".into(),
             first_attempt: None,
             splats: Vec::new(),
+            known_splats: Vec::new(),
             reproduce: String::new(),
         }
     }

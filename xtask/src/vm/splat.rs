@@ -32,6 +32,14 @@ pub fn scan<'a>(log: &'a str, expected: &[String]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Splat lines of `log` that `expected` substrings cover (accepted, still worth naming).
+pub fn known<'a>(log: &'a str, expected: &[String]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| SPLATS.iter().any(|s| l.contains(s)))
+        .filter(|l| expected.iter().any(|e| l.contains(e.as_str())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +56,11 @@ mod tests {
         assert!(found[0].contains("WARNING"));
         let found = scan(log, &["blocked for more than".to_string()]);
         assert_eq!(found.len(), 2);
+        let known = known(log, &["blocked for more than".to_string()]);
+        assert_eq!(
+            known,
+            ["[    3.0] INFO: task dd:123 blocked for more than 30 seconds."]
+        );
         assert!(scan("[ 1.0] all quiet\n[ 2.0] I/O error, dev ublkb0", &[]).is_empty());
     }
 }

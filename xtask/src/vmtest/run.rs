@@ -329,12 +329,19 @@ fn with_splats(
     };
     runs::save(&dir.join("dmesg.txt"), &log);
     let found = splat::scan(&log, expected);
-    out.splats = (found.iter())
-        .take(MAX_SPLATS)
-        .map(|s| bound(s.trim(), MAX_SPLAT_BYTES).into_owned())
-        .collect();
+    let kept = |lines: &[&str]| -> Vec<String> {
+        (lines.iter())
+            .take(MAX_SPLATS)
+            .map(|s| bound(s.trim(), MAX_SPLAT_BYTES).into_owned())
+            .collect()
+    };
+    out.splats = kept(&found);
+    out.known_splats = kept(&splat::known(&log, expected));
     let Some(first) = found.first() else {
-        return (verdict, why);
+        return match (&verdict, why, out.known_splats.first()) {
+            (Verdict::Pass, None, Some(k)) => (verdict, Some(format!("accepted known splat: {k}"))),
+            (_, why, _) => (verdict, why),
+        };
     };
     // Bisect's signatures read this shape (`bisect::signature::check_of`).
     let more = format!("and {} more; see dmesg.txt", found.len() - 1);
