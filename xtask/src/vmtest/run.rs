@@ -229,10 +229,15 @@ fn execute(
     let cmd = format!("cd {} && {}", job.dir, job.command);
     let argv = ["bash".to_string(), "-c".to_string(), cmd];
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
-    let mut err = log.try_clone().expect("a file handle clones");
-    let ended = vm.run(&argv, false, &mut log, &mut err, deadline);
+    let err = log.try_clone().expect("a file handle clones");
+    let (mut stdout, mut stderr) = (Kept::new(&mut log), Kept::new(err));
+    let ended = vm.run(&argv, false, &mut stdout, &mut stderr, deadline);
+    // The verdict reads stdout, then stderr: each stream in its order, the two never
+    // interleaved by arrival (a failure's last line is its last stderr line, every time);
+    // test.log keeps them as they came.
+    let text = format!("{}{}", stdout.text(), stderr.text());
+    drop(stdout);
     let _ = log.flush();
-    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     out.failed_step = Some(job.step.to_string());
     match ended {
         VmOutcome::Exited(st) => {
@@ -362,6 +367,41 @@ fn with_splats(
                 )),
             )
         }
+    }
+}
+
+/// A stream of the test's output: written to test.log and kept (its first
+/// `MAX_KEPT_BYTES`) for the verdict.
+struct Kept<W: Write> {
+    file: W,
+    kept: Vec<u8>,
+}
+
+const MAX_KEPT_BYTES: usize = 4 << 20;
+
+impl<W: Write> Kept<W> {
+    fn new(file: W) -> Self {
+        Kept {
+            file,
+            kept: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.kept).into_owned()
+    }
+}
+
+impl<W: Write> Write for Kept<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        let room = MAX_KEPT_BYTES.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&buf[..n.min(room)]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
