@@ -7,6 +7,7 @@ pub mod contract;
 pub mod core;
 pub mod ctrl;
 pub mod io;
+pub mod ktrace;
 pub mod mem;
 pub mod planted;
 pub mod recovery;

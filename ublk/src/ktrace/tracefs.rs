@@ -1,0 +1,330 @@
+//! The probe set and the reading of tracefs' text output into `Event`s.
+//!
+//! Every probe is an fprobe event with BTF-typed arguments (`f:` in `dynamic_events`), on
+//! functions both locked kernels (6.12 and 7.2) offer: the block layer's exported
+//! `blk_mq_start_request` / `blk_update_request` / `blk_mq_requeue_request` (filtered to
+//! `ublkb*` disks) and the driver's `ublk_ch_uring_cmd` / `ublk_ctrl_uring_cmd` file
+//! operations, whose 16/32-byte commands sit in the SQE's command area (offset 48). The
+//! driver's inner functions differ between kernels (`__ublk_ch_uring_cmd` is inlined on 7.2,
+//! 7.2 dispatches through `ublk_queue_rqs` as well as `ublk_queue_rq`); these do not.
+//!
+//! A tracefs line: `<comm>-<pid> [<cpu>] <flags> <secs>.<usecs>: <event>: (<where>) k=v ...`.
+
+use std::collections::HashMap;
+
+use super::{CtrlCmd, Event, IoCmd, Kind, Op};
+
+/// One tracefs event: its name, its `dynamic_events` definition, its filter.
+pub struct Probe {
+    pub name: &'static str,
+    pub definition: &'static str,
+    pub filter: Option<&'static str>,
+    /// What it records, for a refusal's message.
+    pub what: &'static str,
+}
+
+const UBLK_DISK: &str = "name ~ \"ublkb*\"";
+
+/// The probe set, in the order it is installed.
+pub const PROBES: &[Probe] = &[
+    Probe {
+        name: "ublk_disp",
+        definition: "f:ublk_disp blk_mq_start_request tag=rq->tag q=rq->mq_hctx->queue_num op=rq->cmd_flags sector=rq->__sector bytes=rq->__data_len name=rq->q->disk->disk_name:string",
+        filter: Some(UBLK_DISK),
+        what: "requests the driver takes",
+    },
+    Probe {
+        name: "ublk_cmd",
+        definition: "f:ublk_cmd ublk_ch_uring_cmd op=cmd->cmd_op fl=issue_flags q=+48(cmd->sqe):u16 tag=+50(cmd->sqe):u16 res=+52(cmd->sqe):s32 addr=+56(cmd->sqe):x64 rdev=cmd->file->f_inode->i_rdev",
+        filter: None,
+        what: "the server's io commands",
+    },
+    Probe {
+        name: "ublk_cmd_ret",
+        definition: "f:ublk_cmd_ret ublk_ch_uring_cmd%return ret=$retval",
+        filter: None,
+        what: "the driver's answers to io commands",
+    },
+    Probe {
+        name: "ublk_done",
+        definition: "f:ublk_done blk_update_request tag=req->tag q=req->mq_hctx->queue_num err=error bytes=nr_bytes name=req->q->disk->disk_name:string",
+        filter: Some(UBLK_DISK),
+        what: "completions to the block layer",
+    },
+    Probe {
+        name: "ublk_requeue",
+        definition: "f:ublk_requeue blk_mq_requeue_request tag=rq->tag q=rq->mq_hctx->queue_num name=rq->q->disk->disk_name:string",
+        filter: Some(UBLK_DISK),
+        what: "requeued requests",
+    },
+    Probe {
+        name: "ublk_ctrl",
+        definition: "f:ublk_ctrl ublk_ctrl_uring_cmd op=cmd->cmd_op dev=+48(cmd->sqe):u32 q=+52(cmd->sqe):u16",
+        filter: None,
+        what: "control commands",
+    },
+    Probe {
+        name: "ublk_ctrl_ret",
+        definition: "f:ublk_ctrl_ret ublk_ctrl_uring_cmd%return ret=$retval",
+        filter: None,
+        what: "the driver's answers to control commands",
+    },
+];
+
+/// `IO_URING_F_CANCEL`: io_uring calls the command's handler to cancel it.
+const IO_URING_F_CANCEL: u64 = 1 << 11;
+const EAGAIN: i32 = -11;
+
+/// What reading tracefs' text gave.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub events: Vec<Event>,
+    /// Lines that were neither comments nor one of our events (kept out, counted).
+    pub skipped: u64,
+}
+
+/// One tracefs line, split.
+struct Line<'a> {
+    pid: u32,
+    t_us: u64,
+    name: &'a str,
+    fields: Vec<(&'a str, &'a str)>,
+}
+
+fn split(line: &str) -> Option<Line<'_>> {
+    let toks: Vec<&str> = line.split_whitespace().collect();
+    // The timestamp is the first token "<digits>.<digits>:" followed by "<event>:".
+    let i = (1..toks.len().saturating_sub(1)).find(|&i| {
+        let t = toks[i];
+        t.ends_with(':')
+            && toks[i + 1].ends_with(':')
+            && t[..t.len() - 1].split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            })
+    })?;
+    let (secs, frac) = toks[i][..toks[i].len() - 1].split_once('.')?;
+    let frac_us = format!("{frac:0<6}");
+    let t_us =
+        secs.parse::<u64>().ok()?.checked_mul(1_000_000)? + frac_us[..6].parse::<u64>().ok()?;
+    // "<comm>-<pid>" is everything before the "[cpu]" token (comm may hold spaces or '-').
+    let cpu = toks[..i]
+        .iter()
+        .position(|t| t.starts_with('[') && t.ends_with(']'))?;
+    let comm_pid = toks[..cpu].join(" ");
+    let pid = comm_pid.rsplit_once('-')?.1.parse().ok()?;
+    let name = toks[i + 1].strip_suffix(':')?;
+    let fields = toks[i + 2..]
+        .iter()
+        .filter_map(|t| t.split_once('='))
+        .collect();
+    Some(Line {
+        pid,
+        t_us,
+        name,
+        fields,
+    })
+}
+
+impl Line<'_> {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| *v)
+    }
+
+    fn num(&self, k: &str) -> Option<u64> {
+        let v = self.get(k)?;
+        match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => v.parse().ok(),
+        }
+    }
+
+    fn int(&self, k: &str) -> Option<i64> {
+        self.get(k)?.parse().ok()
+    }
+
+    /// The device id of a `ublkb<N>` disk name.
+    fn disk(&self) -> Option<u32> {
+        self.get("name")?
+            .trim_matches('"')
+            .strip_prefix("ublkb")?
+            .parse()
+            .ok()
+    }
+}
+
+/// Reads tracefs' `trace` text: our events in time order, each command paired with the
+/// driver's answer (its return on the same task), a control command the driver bounced to
+/// io_uring's worker (-EAGAIN) kept only as the worker's retry.
+pub fn parse(text: &str, max_events: usize) -> Parsed {
+    let mut out = Parsed::default();
+    // The task's command waiting for its return: index into out.events.
+    let mut open: HashMap<u32, usize> = HashMap::new();
+    // Control commands the driver bounced (-EAGAIN): io_uring's worker sends them again.
+    let mut bounced: Vec<usize> = Vec::new();
+    for raw in text.lines() {
+        if raw.starts_with('#') || raw.trim().is_empty() {
+            continue;
+        }
+        if out.events.len() >= max_events {
+            out.skipped += 1;
+            continue;
+        }
+        let Some(l) = split(raw) else {
+            out.skipped += 1;
+            continue;
+        };
+        if !apply(&l, &mut out.events, &mut open, &mut bounced) {
+            out.skipped += 1;
+        }
+    }
+    bounced.sort_unstable();
+    for i in bounced.into_iter().rev() {
+        out.events.remove(i);
+    }
+    out
+}
+
+/// Adds the event of one line (or completes the one waiting for its return); false if the
+/// line is not one of ours or lacks a field.
+fn apply(
+    l: &Line,
+    events: &mut Vec<Event>,
+    open: &mut HashMap<u32, usize>,
+    bounced: &mut Vec<usize>,
+) -> bool {
+    let event = |dev, q, tag, kind| Event {
+        t_us: l.t_us,
+        pid: l.pid,
+        dev,
+        q,
+        tag,
+        kind,
+    };
+    let e = match l.name {
+        "ublk_cmd_ret" | "ublk_ctrl_ret" => {
+            let Some(i) = open.remove(&l.pid) else {
+                return true; // its entry was overwritten in the ring: nothing to pair
+            };
+            let ret = l.int("ret").map(|r| r as i32);
+            match &mut events[i].kind {
+                Kind::Command { ret: r, .. } => *r = ret,
+                Kind::Control { ret: r, .. } => {
+                    if ret == Some(EAGAIN) {
+                        bounced.push(i);
+                    }
+                    *r = ret;
+                }
+                _ => {}
+            }
+            return true;
+        }
+        "ublk_disp" => {
+            let Some((dev, q, tag)) = place(l) else {
+                return false;
+            };
+            let (Some(flags), Some(sector), Some(bytes)) =
+                (l.num("op"), l.num("sector"), l.num("bytes"))
+            else {
+                return false;
+            };
+            event(
+                dev,
+                q,
+                tag,
+                Kind::Dispatch {
+                    op: Op::from_req_op(flags as u8),
+                    flags: (flags >> 8) as u32,
+                    sector,
+                    sectors: (bytes / 512) as u32,
+                },
+            )
+        }
+        "ublk_done" => {
+            let Some((dev, q, tag)) = place(l) else {
+                return false;
+            };
+            let (Some(error), Some(bytes)) = (l.int("err"), l.num("bytes")) else {
+                return false;
+            };
+            event(
+                dev,
+                q,
+                tag,
+                Kind::Complete {
+                    error: error as i32,
+                    bytes: bytes as u32,
+                },
+            )
+        }
+        "ublk_requeue" => {
+            let Some((dev, q, tag)) = place(l) else {
+                return false;
+            };
+            event(dev, q, tag, Kind::Requeue)
+        }
+        "ublk_cmd" => match command(l) {
+            Some(e) => e,
+            None => return false,
+        },
+        "ublk_ctrl" => {
+            let (Some(op), Some(dev), Some(q)) = (l.num("op"), l.num("dev"), l.num("q")) else {
+                return false;
+            };
+            let kind = Kind::Control {
+                cmd: CtrlCmd(op as u8),
+                ret: None,
+            };
+            event(dev as u32, q as u16, 0, kind)
+        }
+        _ => return false,
+    };
+    // A task's next command ends any pairing left open (its return was lost); events of
+    // the block layer on the same task (a commit completes its request) do not.
+    match e.kind {
+        Kind::Command { .. } | Kind::Control { .. } => {
+            open.insert(l.pid, events.len());
+        }
+        Kind::Cancel => {
+            open.remove(&l.pid);
+        }
+        _ => {}
+    }
+    events.push(e);
+    true
+}
+
+fn place(l: &Line) -> Option<(u32, u16, u16)> {
+    Some((l.disk()?, l.num("q")? as u16, l.num("tag")? as u16))
+}
+
+fn command(l: &Line) -> Option<Event> {
+    let op = l.num("op")?;
+    let flags = l.num("fl")?;
+    // /dev/ublkcN: the character device's minor is the device id.
+    let dev = (l.num("rdev")? & 0xfffff) as u32;
+    let q = l.num("q")? as u16;
+    let tag = l.num("tag")? as u16;
+    let kind = if flags & IO_URING_F_CANCEL != 0 {
+        Kind::Cancel
+    } else {
+        Kind::Command {
+            cmd: IoCmd::from_nr(op as u8),
+            result: l.int("res")? as i32,
+            addr: l.num("addr")?,
+            ret: None,
+        }
+    };
+    Some(Event {
+        t_us: l.t_us,
+        pid: l.pid,
+        dev,
+        q,
+        tag,
+        kind,
+    })
+}
