@@ -314,7 +314,7 @@ fn tag_step(t: &mut Tag, e: &Event) -> Option<(Rule, String)> {
         }
         Kind::Command {
             cmd, result, ret, ..
-        } => command_step(t, e, cmd, result, ret),
+        } => command_step(t, cmd, result, ret),
         Kind::Cancel => {
             t.armed = false;
             None
@@ -344,13 +344,7 @@ fn tag_step(t: &mut Tag, e: &Event) -> Option<(Rule, String)> {
     }
 }
 
-fn command_step(
-    t: &mut Tag,
-    e: &Event,
-    cmd: IoCmd,
-    result: i32,
-    ret: Option<i32>,
-) -> Option<(Rule, String)> {
+fn command_step(t: &mut Tag, cmd: IoCmd, result: i32, ret: Option<i32>) -> Option<(Rule, String)> {
     let refused = matches!(ret, Some(r) if r < 0 && r != EIOCBQUEUED);
     let held = t.held;
     let serving = held.is_some_and(|h| !h.committed);
