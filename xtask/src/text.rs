@@ -95,6 +95,22 @@ fn longest_backtick_run(s: &str) -> usize {
 }
 
 /// `s` within `max_bytes`: its head, a marker naming what was cut, and its tail.
+/// Inert XML text or attribute value (SVG, JUnit): markup characters escaped, control
+/// characters but newline and tab blanked (XML 1.0 cannot carry them).
+pub fn xml(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".into(),
+            '<' => "&lt;".into(),
+            '>' => "&gt;".into(),
+            '"' => "&quot;".into(),
+            '\'' => "&apos;".into(),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => " ".into(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 pub fn bound(s: &str, max_bytes: usize) -> Cow<'_, str> {
     if s.len() <= max_bytes {
         return Cow::Borrowed(s);

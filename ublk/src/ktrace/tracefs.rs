@@ -10,7 +10,7 @@
 //!
 //! A tracefs line: `<comm>-<pid> [<cpu>] <flags> <secs>.<usecs>: <event>: (<where>) k=v ...`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{CtrlCmd, Event, IoCmd, Kind, Op};
 
@@ -47,7 +47,7 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         name: "ublk_done",
-        definition: "f:ublk_done blk_update_request tag=req->tag q=req->mq_hctx->queue_num err=error bytes=nr_bytes name=req->q->disk->disk_name:string",
+        definition: "f:ublk_done blk_update_request tag=req->tag q=req->mq_hctx->queue_num err=error bytes=nr_bytes major=req->q->disk->major minor=req->q->disk->first_minor name=req->q->disk->disk_name:string",
         filter: Some(UBLK_DISK),
         what: "completions to the block layer",
     },
@@ -81,6 +81,8 @@ pub struct Parsed {
     pub events: Vec<Event>,
     /// Lines that were neither comments nor one of our events (kept out, counted).
     pub skipped: u64,
+    /// Device id → (major, minor) of its disk, as the completions named it.
+    pub disks: BTreeMap<u32, (u32, u32)>,
 }
 
 /// One tracefs line, split.
@@ -180,6 +182,9 @@ pub fn parse(text: &str, max_events: usize) -> Parsed {
         };
         if !apply(&l, &mut out.events, &mut open, &mut bounced) {
             out.skipped += 1;
+        }
+        if let (Some(dev), Some(major), Some(minor)) = (l.disk(), l.num("major"), l.num("minor")) {
+            out.disks.insert(dev, (major as u32, minor as u32));
         }
     }
     bounced.sort_unstable();

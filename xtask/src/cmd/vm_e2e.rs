@@ -98,6 +98,7 @@ impl Scenarios {
             run: run.key.repeat,
             timeout_scale: run.ctx.limits.scale,
             overrides: self.overrides,
+            kernel_trace: !self.args.session.no_kernel_trace,
         }
     }
 }
@@ -241,7 +242,9 @@ impl Suite for Scenarios {
     }
 
     fn flags(&self) -> Vec<String> {
-        self.overrides.args()
+        let mut f = self.overrides.args();
+        f.extend(self.args.session.run_flags());
+        f
     }
 
     fn record(&self, _run: &Run<Test>) -> (&'static str, serde_json::Value) {

@@ -45,12 +45,12 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
         "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"13\">{}: IOPS relative to brd in the same round</text>\n\
          <text x=\"{LEFT}\" y=\"{:.1}\">bar: median, whisker: min to max of {} rounds; {}, {} vCPUs, clock {}</text>\n",
         y0 + 16.0,
-        esc(&format!("{} ({})", session.kernel, session.kernel_release)),
+        crate::text::xml(&format!("{} ({})", session.kernel, session.kernel_release)),
         y0 + 31.0,
         report.rounds,
-        esc(&report.accelerator),
+        crate::text::xml(&report.accelerator),
         report.vcpus,
-        esc(&report.clock)
+        crate::text::xml(&report.clock)
     ));
     let mut v = 0.0;
     while v <= top + 1e-9 {
@@ -83,8 +83,8 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
             let (bw, mid) = (BAR_W - 2.0, x + (BAR_W - 2.0) / 2.0);
             let tip = format!(
                 "{} {}: {:.3} x brd ({:.3}-{:.3}), {:.0} IOPS",
-                esc(t),
-                esc(w),
+                crate::text::xml(t),
+                crate::text::xml(w),
                 r.median,
                 r.min,
                 r.max,
@@ -101,7 +101,7 @@ fn panel(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_gr
         s.push_str(&format!(
             "<text transform=\"translate({lx:.1},{:.1}) rotate(35)\">{}</text>\n",
             y(0.0) + 12.0,
-            esc(w)
+            crate::text::xml(w)
         ));
     }
     legend(s, report, session, y0, per_group);
@@ -122,16 +122,9 @@ fn legend(s: &mut String, report: &PerfReport, session: &Session, y0: f64, per_g
             COLOURS[ti % COLOURS.len()],
             x + 14.0,
             y + 9.0,
-            esc(&label)
+            crate::text::xml(&label)
         ));
     }
-}
-
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@ use crate::image::tools::Layer;
 use crate::image::Image;
 use crate::runs::Verdict;
 use crate::server::Profile;
-use crate::session::outcome::{failure_verdict, Outcome, MAX_SPLATS, MAX_SPLAT_BYTES};
+use crate::session::outcome::{
+    failure_verdict, Outcome, MAX_SPLATS, MAX_SPLAT_BYTES, MAX_TRACE_BYTES,
+};
+use crate::vm::ktrace;
 use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::Vm;
 
@@ -38,6 +41,8 @@ pub struct Job<'a> {
     pub timeout_scale: f64,
     /// `--queues`/`--depth` for every device of the run.
     pub overrides: DeviceOverride,
+    /// Record and check the kernel's ublk trace (`vm::ktrace`).
+    pub kernel_trace: bool,
 }
 
 /// A limit of `s` seconds, multiplied by `--timeout-scale`.
@@ -167,6 +172,9 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     if let Err(why) = job.server.install(&vm, deadline) {
         return (out.finish(start, Verdict::Fail, Some(why)), false);
     }
+    if job.kernel_trace {
+        ktrace::start(&vm, deadline);
+    }
     let mut r = Runner::new(job.server, vm, dir, seed);
     r.device = sc.device.clone();
     r.expect_splats = &sc.expect_splats;
@@ -176,15 +184,47 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
         out.freeze_frame = r.freeze.as_ref().map(|f| f.dir.clone());
     }
     out.device_features = std::mem::take(&mut r.device_features);
-    // The kernel log is always checked, whatever happened, and both causes are kept.
+    // The kernel log and the kernel trace are always checked, whatever happened, and every
+    // cause is kept.
+    let trace = ktrace::collect(&r.vm);
     let splats = r.splats();
     r.save_artifacts();
+    let protocol = record_trace(&r.vm, trace.as_deref(), &mut out);
     r.vm.kill();
     out.splats = bounded_splats(&splats);
-    let (verdict, why, step) = judge(result, &splats);
+    let (verdict, why, step) = judge(result, protocol.as_deref(), &splats);
+    if let Some(t) = &trace {
+        ktrace::save(
+            t,
+            dir,
+            verdict != Verdict::Pass || !t.checker.stuck().is_empty(),
+        );
+    }
     out.failed_step = step;
     let out = out.finish(start, verdict, why);
     (out, true)
+}
+
+/// The kernel trace's record in the outcome; the verdict's words for its violations.
+pub fn record_trace(
+    vm: &Vm,
+    trace: Option<&ktrace::Collected>,
+    out: &mut Outcome,
+) -> Option<String> {
+    let Some(t) = trace else {
+        out.kernel_trace = vm.ktrace.lock().unwrap().note.clone();
+        return None;
+    };
+    let bound = |s: &str, n| crate::text::bound(s, n).into_owned();
+    out.kernel_trace = Some(bound(&t.status(), MAX_TRACE_BYTES));
+    out.protocol = t
+        .checker
+        .violations
+        .iter()
+        .take(MAX_SPLATS)
+        .map(|v| bound(&v.message, MAX_SPLAT_BYTES))
+        .collect();
+    t.violations_named()
 }
 
 /// The run's verdict from its steps' result and the kernel log's splats: a step's verdict
@@ -192,8 +232,16 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
 /// in the log fail at "kernel log". Returns (verdict, reason, failed step).
 pub fn judge(
     steps: Option<(Verdict, String, String)>,
+    protocol: Option<&str>,
     splats: &[String],
 ) -> (Verdict, Option<String>, Option<String>) {
+    // A protocol violation the kernel trace shows is named beside a step's verdict, or fails
+    // a run whose steps passed (at "kernel trace"), before any splat.
+    let steps = match (steps, protocol) {
+        (Some((v, why, step)), Some(p)) => Some((v, format!("{why}; and a {p}"), step)),
+        (None, Some(p)) => Some((Verdict::Fail, p.to_string(), "kernel trace".to_string())),
+        (steps, None) => steps,
+    };
     let splat_note = |first: &str| match splats.len() {
         1 => format!("kernel splat: {first} (see dmesg.txt)"),
         n => format!("kernel splat: {first} (and {} more; see dmesg.txt)", n - 1),
@@ -336,7 +384,7 @@ mod tests {
                 "steps[1] io".to_string(),
             ))
         };
-        let (v, why, step) = judge(failed(), std::slice::from_ref(&warn));
+        let (v, why, step) = judge(failed(), None, std::slice::from_ref(&warn));
         assert_eq!(v, Verdict::Fail);
         let why = why.unwrap();
         assert!(
@@ -350,14 +398,39 @@ mod tests {
             "hung; freeze-frame: x".to_string(),
             "s".to_string(),
         ));
-        let (v, why, _) = judge(hung, &[warn.clone(), warn.clone()]);
+        let (v, why, _) = judge(hung, None, &[warn.clone(), warn.clone()]);
         assert_eq!(v, Verdict::Timeout);
         assert!(why.unwrap().contains("freeze-frame: x; and a kernel splat: WARNING: CPU: 0 PID: 9 at drivers/block/ublk_drv.c:1 __ublk_complete_rq (and 1 more"));
         // Steps that passed: the splat fails the run at the kernel log.
-        let (v, why, step) = judge(None, &[warn]);
+        let (v, why, step) = judge(None, None, &[warn]);
         assert_eq!((v, step.as_deref()), (Verdict::Fail, Some("kernel log")));
         assert!(why.unwrap().contains("(see dmesg.txt)"));
-        assert_eq!(judge(None, &[]), (Verdict::Pass, None, None));
+        assert_eq!(judge(None, None, &[]), (Verdict::Pass, None, None));
+    }
+
+    #[test]
+    fn a_protocol_violation_fails_a_run_and_is_named_beside_every_other_cause() {
+        let p = "protocol violation (kernel trace): dev0 q1 tag 5: server COMMIT result 65536 at 1.300 s: rule result-exceeds-request (...)";
+        let (v, why, step) = judge(None, Some(p), &[]);
+        assert_eq!((v, step.as_deref()), (Verdict::Fail, Some("kernel trace")));
+        assert_eq!(why.as_deref(), Some(p));
+        let failed = Some((
+            Verdict::Fail,
+            "io failed: MISMATCH".to_string(),
+            "steps[1] io".to_string(),
+        ));
+        let warn = "WARNING: at drivers/block/ublk_drv.c:1 __ublk_complete_rq".to_string();
+        let (v, why, step) = judge(failed, Some(p), &[warn]);
+        assert_eq!((v, step.as_deref()), (Verdict::Fail, Some("steps[1] io")));
+        let why = why.unwrap();
+        assert!(
+            why.starts_with(
+                "io failed: MISMATCH; and a protocol violation (kernel trace): dev0 q1 tag 5"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("rule result-exceeds-request"), "{why}");
+        assert!(why.ends_with("; and a kernel splat: WARNING: at drivers/block/ublk_drv.c:1 __ublk_complete_rq (see dmesg.txt)"), "{why}");
     }
 
     #[test]

@@ -38,9 +38,23 @@ pub struct SessionArgs {
     /// [default: 1 under KVM, 2 under TCG]
     #[arg(long, value_name = "F", value_parser = crate::vm::limits::parse_scale)]
     pub timeout_scale: Option<f64>,
+    /// Do not record the kernel's ublk trace (trace/ in each run; its protocol checker fails
+    /// a run that breaks a rule): for a kernel whose tracing you distrust, or to measure
+    /// without it
+    #[arg(long)]
+    pub no_kernel_trace: bool,
 }
 
 impl SessionArgs {
+    /// The flags a reproduce line carries for what this struct changes from the defaults
+    /// beyond the pipeline's own (`--no-kernel-trace`).
+    pub fn run_flags(&self) -> Vec<String> {
+        match self.no_kernel_trace {
+            true => vec!["--no-kernel-trace".into()],
+            false => Vec::new(),
+        }
+    }
+
     /// The pipeline's options for `tool`, its reports under `<time>-<reports>`.
     pub fn options(&self, tool: &'static str, reports: &'static str, seed: Option<u64>) -> Options {
         crate::image::fetch::set_locked(self.locked);
@@ -69,6 +83,7 @@ impl SessionArgs {
             durations: None,
             list: false,
             timeout_scale: None,
+            no_kernel_trace: false,
         }
     }
 }

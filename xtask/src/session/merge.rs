@@ -191,6 +191,17 @@ fn valid_run(o: &Outcome) -> std::result::Result<(), String> {
     for splat in o.splats.iter().chain(&o.known_splats) {
         word("splat", splat, super::outcome::MAX_SPLAT_BYTES)?;
     }
+    bounded(
+        "protocol violations",
+        o.protocol.len() as u64,
+        super::outcome::MAX_SPLATS as u64,
+    )?;
+    for v in &o.protocol {
+        word("protocol violation", v, super::outcome::MAX_SPLAT_BYTES)?;
+    }
+    if let Some(t) = &o.kernel_trace {
+        word("kernel trace", t, super::outcome::MAX_TRACE_BYTES)?;
+    }
     word("scenario", &o.scenario, MAX_NAME_BYTES)?;
     word("server", &o.server, MAX_NAME_BYTES)?;
     word("kernel", &o.kernel, MAX_NAME_BYTES)?;

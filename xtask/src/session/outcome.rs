@@ -49,6 +49,14 @@ pub struct Outcome {
     /// logged them (bounded like `splats`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_splats: Vec<String>,
+    /// The kernel's ublk trace of the run (`trace/`): its one-line status ("N events, 0 lost;
+    /// dev0: ...") or why it is off. At most `MAX_TRACE_BYTES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_trace: Option<String>,
+    /// Protocol violations the kernel trace's checker found (the first `MAX_SPLATS`, each at
+    /// most `MAX_SPLAT_BYTES`; all are in trace/summary.txt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocol: Vec<String>,
     /// The command that reproduces this run alone, as printed (shell-quoted).
     #[serde(default)]
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -58,6 +66,8 @@ pub struct Outcome {
 /// Splat lines kept in an outcome (dmesg.txt has them all).
 pub const MAX_SPLATS: usize = 10;
 pub const MAX_SPLAT_BYTES: usize = 512;
+/// The kernel trace's status line in an outcome.
+pub const MAX_TRACE_BYTES: usize = 1024;
 
 /// A discarded attempt, kept as evidence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +101,8 @@ impl Outcome {
             first_attempt: None,
             splats: Vec::new(),
             known_splats: Vec::new(),
+            kernel_trace: None,
+            protocol: Vec::new(),
             reproduce: String::new(),
         }
     }

@@ -235,20 +235,6 @@ pub fn table(runs: &[Outcome]) -> String {
     s
 }
 
-fn xml_escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '&' => "&amp;".into(),
-            '<' => "&lt;".into(),
-            '>' => "&gt;".into(),
-            '"' => "&quot;".into(),
-            '\'' => "&apos;".into(),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => " ".into(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
 pub fn junit(session: &Session) -> String {
     let failures = session
         .runs
@@ -264,18 +250,18 @@ pub fn junit(session: &Session) -> String {
         "<testsuites><testsuite name=\"vm-e2e\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{:.3}\" timestamp=\"{}\">",
         session.runs.len(),
         session.wall_s,
-        xml_escape(&session.head.started_at)
+        crate::text::xml(&session.head.started_at)
     );
-    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.head.seed.map(|s| s.to_string()).unwrap_or_default(), xml_escape(&session.head.commit), session.head.image_hash);
+    let _ = writeln!(s, "  <properties><property name=\"seed\" value=\"{}\"/><property name=\"commit\" value=\"{}\"/><property name=\"image_hash\" value=\"{}\"/></properties>", session.head.seed.map(|s| s.to_string()).unwrap_or_default(), crate::text::xml(&session.head.commit), session.head.image_hash);
     for r in &session.runs {
         let _ = write!(
             s,
             "  <testcase classname=\"vm-e2e\" name=\"{}#{}\" time=\"{:.3}\">",
-            xml_escape(&r.label()),
+            crate::text::xml(&r.label()),
             r.run,
             r.duration_s
         );
-        let msg = xml_escape(r.reason.as_deref().unwrap_or(""));
+        let msg = crate::text::xml(r.reason.as_deref().unwrap_or(""));
         match r.verdict {
             Verdict::Pass => {}
             Verdict::Fail | Verdict::Timeout => {
@@ -283,7 +269,7 @@ pub fn junit(session: &Session) -> String {
                     s,
                     "<failure type=\"{}\" message=\"{msg}\">run dir: {}</failure>",
                     r.verdict.name(),
-                    xml_escape(&r.run_dir.display().to_string())
+                    crate::text::xml(&r.run_dir.display().to_string())
                 );
             }
             // An interrupt or a skip says nothing about the code under test.
@@ -295,7 +281,7 @@ pub fn junit(session: &Session) -> String {
                     s,
                     "<error type=\"{}\" message=\"{msg}\">run dir: {}</error>",
                     r.verdict.name(),
-                    xml_escape(&r.run_dir.display().to_string())
+                    crate::text::xml(&r.run_dir.display().to_string())
                 );
             }
         }
@@ -411,6 +397,8 @@ mod tests {
             first_attempt: None,
             splats: Vec::new(),
             known_splats: Vec::new(),
+            kernel_trace: None,
+            protocol: Vec::new(),
             reproduce: String::new(),
         }
     }

@@ -23,6 +23,8 @@ pub struct FreezeFrame {
     /// "pid 123 dd (D): io_schedule <- ..." — tasks in uninterruptible sleep.
     pub blocked_tasks: Vec<String>,
     pub notes: Vec<String>,
+    /// The kernel trace's last events of every tag holding a request (`vm::ktrace`).
+    pub traced: Vec<String>,
 }
 
 /// A live server the freeze-frame looks at: its threads (by pid) always; its own state dump
@@ -101,6 +103,10 @@ pub fn collect(vm: &Vm, daemons: &[DaemonRef], dir: &Path, why: &str) -> FreezeF
         "for f in $(grep -l '^State:[[:space:]]*D' /proc/[0-9]*/status 2>/dev/null); do p=${f%/status}; echo \"== pid ${p#/proc/} $(cat $p/comm) state D\"; cat $p/stack 2>&1; done",
     );
     ff.blocked_tasks = blocked_tasks(&blocked);
+    if let Some(c) = super::ktrace::snapshot(vm) {
+        ff.traced = super::ktrace::freeze_lines(&c);
+        super::ktrace::save_timeline(&c, &dir.join("timeline.svg"));
+    }
     for d in daemons {
         daemon_threads(vm, d, dir, &mut ff);
     }
@@ -359,6 +365,10 @@ fn write_summary(ff: &FreezeFrame, why: &str, dmesg_tail: &str) {
         }
     };
     s += &list(&ff.stuck_tags);
+    if !ff.traced.is_empty() {
+        s += "\nkernel trace: the last events of every tag holding a request (timeline.svg):\n";
+        s += &list(&ff.traced);
+    }
     s += "\nblocked tasks (D state):\n";
     s += &list(&ff.blocked_tasks);
     if !ff.notes.is_empty() {

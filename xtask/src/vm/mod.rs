@@ -5,9 +5,11 @@ pub mod accel;
 pub mod agent;
 pub mod freeze;
 pub mod job;
+pub mod ktrace;
 pub mod limits;
 pub mod qemu;
 pub mod splat;
+pub mod timeline;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -54,6 +56,8 @@ pub struct Vm {
     pub boot_s: f64,
     /// The agent's READY text (protocol, kernel release, guest uptime).
     pub ready: String,
+    /// The kernel's ublk trace in this VM (`ktrace::start`, `ktrace::collect`).
+    pub ktrace: std::sync::Mutex<ktrace::State>,
 }
 
 static SOCK_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -91,6 +95,7 @@ impl Vm {
             paths,
             boot_s: 0.0,
             ready: String::new(),
+            ktrace: Default::default(),
         };
         match vm.agent.hello(deadline) {
             Ok(text) => {
@@ -105,6 +110,15 @@ impl Vm {
             ))),
             Err(why) => Err(vm.diagnose(&why)),
         }
+    }
+
+    /// The guest kernel's release, as its agent said when it became ready.
+    pub fn ready_release(&self) -> String {
+        self.ready
+            .lines()
+            .find_map(|l| l.strip_prefix("release="))
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Runs `argv` in the guest, streaming its output to `out`/`err`, until it exits or `deadline`.

@@ -1,0 +1,380 @@
+//! The kernel's view of any server in one VM: `start` installs `ublk::ktrace::tracefs::PROBES`
+//! in the guest's tracefs (a refused probe: a note, the run goes on untraced), `collect` stops
+//! the ring, reads it once (bounded) and checks it; `save` writes the run's `trace/`
+//! directory (events.txt in `ublk/KTRACE.md`'s format, summary.txt, timeline.svg) and
+//! `freeze_lines` gives a freeze-frame the last events of every stuck tag.
+//!
+//! The ring keeps the newest events (`RING_KB_PER_CPU` per CPU, overwrite mode); what it
+//! overwrote is counted (`lost`) and the checker judges only tags whose past it saw. The
+//! block layer's own count of completed requests per disk (a hist trigger on
+//! `block:block_rq_complete`, no ring space) is the trace's cross-check.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ublk::ktrace::check::Checker;
+use ublk::ktrace::{self, tracefs, Event, Header};
+
+use super::Vm;
+
+/// Ring buffer per guest CPU (tracefs' buffer_size_kb), newest events kept.
+pub const RING_KB_PER_CPU: u64 = 4096;
+/// Most bytes of tracefs text read back (the ring's text is about 3x its binary size).
+const MAX_TEXT_BYTES: usize = 64 << 20;
+/// Budget of the setup and of the stop+dump commands.
+const SETUP: Duration = Duration::from_secs(10);
+const DUMP: Duration = Duration::from_secs(30);
+/// Budget of reading the text back (virtio-serial under TCG: several MB/s).
+const READ: Duration = Duration::from_secs(60);
+const TEXT_PATH: &str = "/tmp/ublk-ktrace.txt";
+/// Violations named in a verdict (all are in summary.txt).
+pub const MAX_NAMED: usize = 3;
+
+/// Whether tracing runs in this VM, and what was read once it stopped.
+#[derive(Default)]
+pub struct State {
+    pub on: bool,
+    /// Why tracing is off (a refused probe, a guest without tracefs), for the run's record.
+    pub note: Option<String>,
+    pub collected: Option<Arc<Collected>>,
+}
+
+/// One VM's trace, read and checked.
+pub struct Collected {
+    pub header: Header,
+    pub events: Vec<Event>,
+    pub checker: Checker,
+    /// Device id → (major, minor) of its disk, from the completions.
+    pub disks: BTreeMap<u32, (u32, u32)>,
+    /// (major, minor) → requests the block layer completed (block:block_rq_complete).
+    pub block_completed: BTreeMap<(u32, u32), u64>,
+    /// Guest uptime when the ring was read (µs): how long a stuck tag has been stuck.
+    pub end_us: u64,
+    /// Text lines that were not our events, and a read that hit its bound.
+    pub skipped: u64,
+    pub truncated: bool,
+}
+
+/// The guest script that installs the probes; prints `ok NAME` or `refused NAME: why`.
+fn setup_script() -> String {
+    let mut s = String::from(
+        "T=/sys/kernel/tracing\n\
+         [ -d $T/events ] || mount -t tracefs nodev $T 2>/dev/null || { echo 'refused tracefs: it cannot be mounted'; exit 0; }\n\
+         echo 0 > $T/tracing_on\n\
+         echo global > $T/trace_clock\n\
+         echo 1 > $T/options/overwrite\n",
+    );
+    s += &format!("echo {RING_KB_PER_CPU} > $T/buffer_size_kb\n: > $T/trace\n");
+    s += "add() {\n\
+          \x20 if ! echo \"$2\" >> $T/dynamic_events 2>/dev/null; then\n\
+          \x20   echo \"refused $1: $(grep -m1 'error:' $T/error_log | tail -n1)\"; return\n\
+          \x20 fi\n\
+          \x20 if [ -n \"$3\" ] && ! echo \"$3\" > $T/events/fprobes/$1/filter; then echo \"refused $1: its filter\"; return; fi\n\
+          \x20 echo 1 > $T/events/fprobes/$1/enable && echo \"ok $1\"\n\
+          }\n";
+    for p in tracefs::PROBES {
+        assert!(!p.definition.contains('\'') && !p.filter.unwrap_or("").contains('\''));
+        s += &format!(
+            "add {} '{}' '{}'\n",
+            p.name,
+            p.definition,
+            p.filter.unwrap_or("")
+        );
+    }
+    s += "echo 'hist:keys=dev' > $T/events/block/block_rq_complete/trigger && echo 'ok hist' || echo 'refused hist: block:block_rq_complete takes no hist trigger'\n";
+    s += "echo 1 > $T/tracing_on\n";
+    s
+}
+
+/// Installs the probes and starts the ring. Tracing is all or nothing: a refused probe turns
+/// it off, with a note naming the probe and the kernel's reason.
+pub fn start(vm: &Vm, deadline: Instant) {
+    let deadline = deadline.min(Instant::now() + SETUP);
+    let out = vm
+        .agent
+        .run_capture(&["sh", "-c", &setup_script()], deadline);
+    let mut state = vm.ktrace.lock().unwrap();
+    let text = match out {
+        Ok((_, out, err)) => {
+            String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err)
+        }
+        Err(e) => {
+            state.note = Some(format!("kernel trace off: its setup failed: {e}"));
+            return;
+        }
+    };
+    if let Some(refused) = text.lines().find(|l| l.starts_with("refused ")) {
+        let name = refused["refused ".len()..].split(':').next().unwrap_or("");
+        let what = tracefs::PROBES
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| format!(" ({})", p.what))
+            .unwrap_or_default();
+        state.note = Some(format!(
+            "kernel trace off on this kernel: {}{what}; the run goes on untraced",
+            crate::text::bound(refused.trim_start_matches("refused "), 300)
+        ));
+        drop(state);
+        let off = "T=/sys/kernel/tracing; echo 0 > $T/tracing_on; echo 0 > $T/events/fprobes/enable; echo > $T/dynamic_events";
+        let _ = vm
+            .agent
+            .run_capture(&["sh", "-c", off], Instant::now() + SETUP);
+        return;
+    }
+    state.on = true;
+}
+
+/// Stops the ring and reads it, once per VM (the run's end). None if tracing is off or the
+/// guest no longer answers.
+pub fn collect(vm: &Vm) -> Option<Arc<Collected>> {
+    let mut state = vm.ktrace.lock().unwrap();
+    if !state.on {
+        return None;
+    }
+    if let Some(c) = &state.collected {
+        return Some(c.clone());
+    }
+    let c = Arc::new(read(vm, true)?);
+    state.collected = Some(c.clone());
+    Some(c)
+}
+
+/// Reads the ring as it is now and leaves it running (a freeze-frame: the run may go on).
+pub fn snapshot(vm: &Vm) -> Option<Collected> {
+    if !vm.ktrace.lock().unwrap().on {
+        return None;
+    }
+    read(vm, false)
+}
+
+/// The ring's text, its overruns, the block layer's counts and the guest's uptime, read
+/// back (bounded) and checked.
+fn read(vm: &Vm, stop: bool) -> Option<Collected> {
+    let dump = format!(
+        "T=/sys/kernel/tracing; {} cat $T/trace > {TEXT_PATH}; cat /proc/uptime; \
+         cat $T/per_cpu/cpu*/stats | grep '^overrun:'; cat $T/events/block/block_rq_complete/hist",
+        if stop { "echo 0 > $T/tracing_on;" } else { "" }
+    );
+    let (_, out, _) = vm
+        .agent
+        .run_capture(&["sh", "-c", &dump], Instant::now() + DUMP)
+        .ok()?;
+    let stats = String::from_utf8_lossy(&out);
+    let text = vm
+        .agent
+        .get_file(TEXT_PATH, MAX_TEXT_BYTES + 1, Instant::now() + READ)
+        .ok()?;
+    let truncated = text.len() > MAX_TEXT_BYTES;
+    let text = String::from_utf8_lossy(&text[..text.len().min(MAX_TEXT_BYTES)]);
+    let parsed = tracefs::parse(&text, ktrace::MAX_EVENTS);
+    let header = Header {
+        kernel: vm.ready_release(),
+        lost: overruns(&stats),
+    };
+    let checker = Checker::run(&header, &parsed.events);
+    Some(Collected {
+        header,
+        events: parsed.events,
+        checker,
+        disks: parsed.disks,
+        block_completed: block_hist(&stats),
+        end_us: uptime_us(&stats),
+        skipped: parsed.skipped,
+        truncated,
+    })
+}
+
+/// `/proc/uptime`'s first number ("12.34 5.67") in µs; 0 if absent.
+fn uptime_us(stats: &str) -> u64 {
+    let first = stats
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next());
+    first
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| (v * 1e6) as u64)
+        .unwrap_or(0)
+}
+
+/// Sum of every CPU's `overrun:` (events the ring overwrote).
+fn overruns(stats: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("overrun:"))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// `{ dev:  271581184 } hitcount:  29` → (259, 0) → 29.
+fn block_hist(stats: &str) -> BTreeMap<(u32, u32), u64> {
+    let mut out = BTreeMap::new();
+    for l in stats.lines() {
+        let Some(rest) = l.trim().strip_prefix("{ dev:") else {
+            continue;
+        };
+        let Some((dev, count)) = rest.split_once('}') else {
+            continue;
+        };
+        let (Ok(dev), Some(Ok(n))) = (
+            dev.trim().parse::<u32>(),
+            count
+                .trim()
+                .strip_prefix("hitcount:")
+                .map(|c| c.trim().parse::<u64>()),
+        ) else {
+            continue;
+        };
+        out.insert((dev >> 20, dev & 0xfffff), n);
+    }
+    out
+}
+
+impl Collected {
+    /// One line per device: what the trace saw beside what the block layer counted.
+    pub fn device_lines(&self) -> Vec<String> {
+        self.checker
+            .counts
+            .iter()
+            .filter(|(dev, _)| **dev != u32::MAX)
+            .map(|(dev, c)| {
+                let block = self
+                    .disks
+                    .get(dev)
+                    .and_then(|d| self.block_completed.get(d).map(|n| (d, n)));
+                let block = match block {
+                    Some(((ma, mi), n)) => {
+                        format!("; the block layer completed {n} (block:block_rq_complete on {ma}:{mi})")
+                    }
+                    None => String::new(),
+                };
+                format!(
+                    "dev{dev}: {} requests dispatched, {} completed, {} server commands{block}",
+                    c.dispatched, c.completed, c.commands
+                )
+            })
+            .collect()
+    }
+
+    /// The run record's one line: "1234 events, 0 lost; dev0: ...".
+    pub fn status(&self) -> String {
+        let mut s = format!("{} events, {} lost", self.events.len(), self.header.lost);
+        if self.truncated {
+            s += &format!(", text cut at {} MiB", MAX_TEXT_BYTES >> 20);
+        }
+        for d in self.device_lines() {
+            s += "; ";
+            s += &d;
+        }
+        s
+    }
+
+    /// The verdict's words for the violations: the first few, and how many in all.
+    pub fn violations_named(&self) -> Option<String> {
+        let v = &self.checker.violations;
+        if v.is_empty() {
+            return None;
+        }
+        let mut s = v
+            .iter()
+            .take(MAX_NAMED)
+            .map(|v| v.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let total = self.checker.violations_total;
+        if total > MAX_NAMED as u64 {
+            s += &format!(
+                " (and {} more; see trace/summary.txt)",
+                total - MAX_NAMED as u64
+            );
+        }
+        Some(format!("protocol violation (kernel trace): {s}"))
+    }
+}
+
+/// Writes `dir/trace/`: events.txt, summary.txt and, when asked, timeline.svg.
+pub fn save(c: &Collected, dir: &Path, timeline: bool) {
+    let tdir = dir.join("trace");
+    crate::runs::record(&tdir, std::fs::create_dir_all(&tdir));
+    crate::runs::save(
+        &tdir.join("events.txt"),
+        ktrace::write(&c.header, &c.events),
+    );
+    let mut s = format!("kernel trace: {}\n", c.status());
+    if c.skipped > 0 {
+        s += &format!("{} tracefs lines were not ublk events\n", c.skipped);
+    }
+    s += &format!("\nprotocol violations: {}\n", c.checker.violations_total);
+    for v in &c.checker.violations {
+        s += &format!("  {}\n", v.message);
+    }
+    s += "\ntags holding a request when the trace ended:\n";
+    let stuck = c.checker.stuck();
+    if stuck.is_empty() {
+        s += "  (none)\n";
+    }
+    for t in &stuck {
+        s += &format!("  {}\n", t.summary);
+        for e in &t.last {
+            s += &format!("      {} {}\n", e.at(), e.describe());
+        }
+    }
+    crate::runs::save(&tdir.join("summary.txt"), s);
+    if timeline {
+        save_timeline(c, &tdir.join("timeline.svg"));
+    }
+}
+
+/// The per-tag timeline picture (`vm::timeline`).
+pub fn save_timeline(c: &Collected, path: &Path) {
+    let svg = super::timeline::render(&c.events, &c.checker.stuck(), c.end_us);
+    crate::runs::save(path, svg);
+}
+
+/// A freeze-frame's lines: the last events of every tag still holding a request.
+pub fn freeze_lines(c: &Collected) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in c.checker.stuck() {
+        out.push(t.summary.clone());
+        for e in t.last.iter().rev().take(4).rev() {
+            out.push(format!("    {} {}", e.at(), e.describe()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_answers_are_read() {
+        let stats = "12.50 3.00\noverrun: 0\noverrun: 17\n\
+            # event histogram\n{ dev:  271581184 } hitcount:         29\n\
+            { dev:  265289728 } hitcount:          3\n\nTotals:\n    Hits: 32\n";
+        assert_eq!(uptime_us(stats), 12_500_000);
+        assert_eq!(overruns(stats), 17);
+        let hist = block_hist(stats);
+        assert_eq!(hist.get(&(259, 0)), Some(&29));
+        assert_eq!(hist.get(&(253, 0)), Some(&3));
+        assert_eq!(uptime_us("garbage"), 0);
+        assert!(block_hist("{ dev: x } hitcount: y").is_empty());
+    }
+
+    #[test]
+    fn the_setup_script_installs_every_probe_and_reports_each() {
+        let s = setup_script();
+        for p in tracefs::PROBES {
+            assert!(
+                s.contains(&format!("add {} '{}'", p.name, p.definition)),
+                "{}",
+                p.name
+            );
+        }
+        assert!(s.contains(&format!("echo {RING_KB_PER_CPU} > $T/buffer_size_kb")));
+        assert!(s.contains("echo global > $T/trace_clock"));
+        assert!(s.ends_with("echo 1 > $T/tracing_on\n"));
+    }
+}
