@@ -57,9 +57,14 @@ enum Cmd {
         #[command(flatten)]
         shape: Shape,
     },
-    /// Replay ublk-mem traces (all queue files of one run: PREFIX.q0 PREFIX.q1 ...) or a hand-written tag-sequence file
+    /// Replay ublk-mem traces (all queue files of one run: PREFIX.q0 PREFIX.q1 ...), a
+    /// hand-written tag-sequence file, or a kernel-side trace of any server (a run's
+    /// trace/events.txt: its protocol rules checked, then its requests replayed)
     Replay {
         files: Vec<String>,
+        /// For a kernel trace: the device whose requests to replay (default: the first)
+        #[arg(long)]
+        dev: Option<u32>,
         /// Schedules to try
         #[arg(long, default_value_t = 100)]
         seeds: u64,
@@ -153,19 +158,69 @@ fn explore_cmd(seeds: u64, first: u64, shape: &Shape) -> Result<bool, String> {
     Ok(true)
 }
 
-fn replay_cmd(files: &[String], seeds: u64) -> Result<bool, String> {
+/// Largest trace file read.
+const MAX_TRACE_BYTES: u64 = 1 << 30;
+
+fn read_trace(f: &str) -> Result<(String, String), String> {
+    use std::io::Read;
+    let file = std::fs::File::open(f).map_err(|e| format!("{f}: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_TRACE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{f}: {e}"))?;
+    if text.len() as u64 > MAX_TRACE_BYTES {
+        return Err(format!("{f}: larger than {} MiB", MAX_TRACE_BYTES >> 20));
+    }
+    Ok((f.to_string(), text))
+}
+
+/// A kernel trace's rules, then its requests through the simulator.
+fn replay_ktrace(name: &str, text: &str, dev: Option<u32>, seeds: u64) -> Result<bool, String> {
+    let (header, events) = ublk::ktrace::parse(text).map_err(|e| format!("{name}:{e}"))?;
+    let checker = ublk::ktrace::check::Checker::run(&header, &events);
+    println!(
+        "replay: kernel trace {name}: {} event(s), {} lost, kernel {}",
+        events.len(),
+        header.lost,
+        header.kernel
+    );
+    for v in &checker.violations {
+        println!("FAIL kernel trace: {} check: {}", v.rule.name(), v.message);
+    }
+    if checker.violations_total > 0 {
+        println!(
+            "replay: {} protocol violation(s) in the trace itself",
+            checker.violations_total
+        );
+        return Ok(false);
+    }
+    println!("replay: the trace keeps every protocol rule");
+    let (r, note) = workload::from_ktrace(&events, dev)?;
+    println!("replay: {note}");
+    replay_requests(r, seeds)
+}
+
+fn replay_cmd(files: &[String], dev: Option<u32>, seeds: u64) -> Result<bool, String> {
     if files.is_empty() {
-        return Err("give the trace files (PREFIX.q0 PREFIX.q1 ...)".into());
+        return Err(
+            "give the trace files (PREFIX.q0 PREFIX.q1 ..., or a run's trace/events.txt)".into(),
+        );
     }
     let texts = files
         .iter()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .map(|t| (f.clone(), t))
-                .map_err(|e| format!("{f}: {e}"))
-        })
+        .map(|f| read_trace(f))
         .collect::<Result<Vec<_>, _>>()?;
+    if texts[0].1.starts_with(ublk::ktrace::MAGIC) {
+        if texts.len() > 1 {
+            return Err("a kernel trace is replayed alone (one events.txt)".into());
+        }
+        return replay_ktrace(&texts[0].0, &texts[0].1, dev, seeds);
+    }
     let r = workload::from_traces(&texts)?;
+    replay_requests(r, seeds)
+}
+
+fn replay_requests(r: workload::Replay, seeds: u64) -> Result<bool, String> {
     println!(
         "replay: {} request(s) on {} queue(s) of depth {}, {} sectors",
         r.requests.len(),
@@ -228,7 +283,7 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let r = match Cli::parse().cmd {
         Cmd::Explore { seeds, seed, shape } => explore_cmd(seeds, seed, &shape),
-        Cmd::Replay { files, seeds } => replay_cmd(&files, seeds),
+        Cmd::Replay { files, dev, seeds } => replay_cmd(&files, dev, seeds),
         Cmd::Bench { seconds } => bench_cmd(seconds),
     };
     match r {

@@ -184,6 +184,115 @@ pub fn from_traces(texts: &[(String, String)]) -> Result<Replay, String> {
     })
 }
 
+/// Most tags per queue and queues a kernel trace may ask the simulator for.
+const MAX_KTRACE_DEPTH: u16 = 1024;
+const MAX_KTRACE_QUEUES: u16 = 64;
+
+/// A kernel-side trace (`ublk/KTRACE.md`) as a workload: one device's requests in the order
+/// the kernel dispatched them (`dev`: which device; default the first with requests), each
+/// READ/WRITE expecting the result the traced server committed (an error it returned is not
+/// compared: ublk-mem would serve the request). Returns the replay and a note on what was
+/// left out.
+pub fn from_ktrace(
+    events: &[ublk::ktrace::Event],
+    dev: Option<u32>,
+) -> Result<(Replay, String), String> {
+    use ublk::ktrace::{IoCmd, Kind, Op as KOp};
+    let dev = dev
+        .or_else(|| {
+            events
+                .iter()
+                .find(|e| matches!(e.kind, Kind::Dispatch { .. }))
+                .map(|e| e.dev)
+        })
+        .ok_or("the kernel trace holds no request")?;
+    let mut pending: std::collections::BTreeMap<(u16, u16), usize> = Default::default();
+    let (mut requests, mut other_ops, mut errors) = (Vec::new(), 0u64, 0u64);
+    let (mut depth, mut queues, mut end, mut largest) = (1u16, 1u16, 0u64, 4096u64);
+    for e in events.iter().filter(|e| e.dev == dev) {
+        match e.kind {
+            Kind::Dispatch {
+                op,
+                sector,
+                sectors,
+                ..
+            } => {
+                let op = match op {
+                    KOp::Read => Op::Read,
+                    KOp::Write => Op::Write,
+                    KOp::Flush => Op::Flush,
+                    KOp::Discard => Op::Discard,
+                    KOp::WriteZeroes => Op::WriteZeroes,
+                    KOp::Other(_) => {
+                        other_ops += 1;
+                        continue;
+                    }
+                };
+                if e.tag >= MAX_KTRACE_DEPTH || e.q >= MAX_KTRACE_QUEUES {
+                    return Err(format!(
+                        "{}: beyond what the simulator models ({MAX_KTRACE_QUEUES} queues of {MAX_KTRACE_DEPTH} tags)",
+                        e.place()
+                    ));
+                }
+                depth = depth.max(e.tag + 1);
+                queues = queues.max(e.q + 1);
+                end = end.max(sector.saturating_add(sectors as u64));
+                largest = largest.max(sectors as u64 * 512);
+                pending.insert((e.q, e.tag), requests.len());
+                requests.push(Request {
+                    queue: e.q,
+                    op,
+                    sector,
+                    sectors,
+                    expect_result: None,
+                });
+            }
+            Kind::Command {
+                cmd: IoCmd::CommitAndFetch,
+                result,
+                ..
+            } => {
+                let Some(i) = pending.remove(&(e.q, e.tag)) else {
+                    continue;
+                };
+                let r: &mut Request = &mut requests[i];
+                match (r.op, result < 0) {
+                    (Op::Read | Op::Write, false) => r.expect_result = Some(result),
+                    (_, true) => errors += 1,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if requests.is_empty() {
+        return Err(format!(
+            "device {dev} has no request the simulator can replay"
+        ));
+    }
+    let note = format!(
+        "device {dev}: {} request(s){}{}",
+        requests.len(),
+        match other_ops {
+            0 => String::new(),
+            n => format!(", {n} of other operations left out"),
+        },
+        match errors {
+            0 => String::new(),
+            n => format!(", {n} the traced server failed (results not compared)"),
+        }
+    );
+    let replay = Replay {
+        depth,
+        // The device: at least what the requests touch, in whole MiB.
+        dev_sectors: end.div_ceil(2048).max(1) * 2048,
+        max_io_bytes: largest.next_power_of_two().min(1 << 30) as u32,
+        queues,
+        requests,
+    };
+    Ok((replay, note))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,7 +151,7 @@ impl Checker {
     }
 
     pub fn step(&mut self, e: &Event) {
-        if let Kind::Control { cmd, ret } = e.kind {
+        if let Kind::Control { cmd, ret, .. } = e.kind {
             return self.control(e, cmd, ret);
         }
         let lossy = self.lossy;

@@ -202,8 +202,14 @@ pub enum Kind {
     Complete { error: i32, bytes: u32 },
     /// The request went back to the block layer to be dispatched again.
     Requeue,
-    /// A control command for `dev` (queue in `q` for per-queue ones), and its answer.
-    Control { cmd: CtrlCmd, ret: Option<i32> },
+    /// A control command for `dev` (queue in `q` for per-queue ones) and its answer. The
+    /// event stands at its return (what it changed is true from then on), `took_us` after
+    /// its entry; a command that never returned stands at its entry (`ret`, `took_us` None).
+    Control {
+        cmd: CtrlCmd,
+        ret: Option<i32>,
+        took_us: Option<u64>,
+    },
 }
 
 /// One event. `dev` is the device id (u32::MAX: none yet, e.g. ADD_DEV asking for any id).
@@ -256,9 +262,9 @@ impl Event {
                 format!("completed with blk_status {error} ({bytes} bytes)")
             }
             Kind::Requeue => "requeued".into(),
-            Kind::Control { cmd, ret } => match ret {
+            Kind::Control { cmd, ret, .. } => match ret {
                 Some(r) => format!("{} -> {r}", cmd.name()),
-                None => cmd.name(),
+                None => format!("{} (no answer)", cmd.name()),
             },
         }
     }
@@ -302,9 +308,10 @@ pub fn write(header: &Header, events: &[Event]) -> String {
             let _ = write!(s, "{} {} {} {} {}", e.t_us, e.pid, e.dev, e.q, e.tag);
         };
         match e.kind {
-            Kind::Control { cmd, ret } => {
+            Kind::Control { cmd, ret, took_us } => {
                 let _ = write!(s, "{} {} {} {} -", e.t_us, e.pid, dev_name(e.dev), e.q);
-                let _ = writeln!(s, " X {} {}", cmd.name(), opt(ret));
+                let took = took_us.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+                let _ = writeln!(s, " X {} {} {took}", cmd.name(), opt(ret));
             }
             Kind::Dispatch {
                 op,
@@ -430,6 +437,10 @@ fn parse_line(line: &str) -> Result<Event, String> {
         "X" => Kind::Control {
             cmd: CtrlCmd::parse(get(6)?).ok_or("unknown control command")?,
             ret: ret(7)?,
+            took_us: match get(8)? {
+                "-" => None,
+                _ => Some(num(8)?),
+            },
         },
         k => return Err(format!("unknown event kind {k:?}")),
     };

@@ -36,7 +36,17 @@ fn tracefs_text_becomes_paired_events() {
         p.events
     );
     let add = &p.events[0];
-    assert_eq!((add.pid, add.dev, add.t_us), (166, u32::MAX, 3_628_948));
+    assert_eq!((add.pid, add.dev, add.t_us), (166, u32::MAX, 3_629_000));
+    assert!(
+        matches!(
+            add.kind,
+            Kind::Control {
+                took_us: Some(52),
+                ..
+            }
+        ),
+        "a control command stands at its return: {add:?}"
+    );
     let commit = &p.events[3];
     assert_eq!((commit.dev, commit.q, commit.tag), (0, 0, 3));
     assert!(
@@ -136,6 +146,7 @@ fn ctrl(t: u64, c: CtrlCmd) -> Event {
         Kind::Control {
             cmd: c,
             ret: Some(0),
+            took_us: Some(10),
         },
     )
 }
@@ -284,4 +295,42 @@ fn a_stuck_tag_is_summarised_with_its_last_events() {
         "dev0 q1 tag 5: dispatched READ 8+8 at 1.204 s; no command from the server since"
     );
     assert_eq!(stuck[0].last.len(), 2);
+}
+
+/// The stalled-tag scenario's end on 6.12: STOP_DEV enters while tag 0 is held, the server
+/// fails the held request, and only then does STOP_DEV return. The command stands at its
+/// return, so no request is outstanding when it takes effect.
+const STOP_WHILE_HELD: &str = r#"
+         ublk-q0-167     [000] ...1.     3.309616: ublk_cmd: (ublk_ch_uring_cmd+0x4/0x170 [ublk_drv]) op=3222304032 fl=2147483649 q=0 tag=0 res=0 addr=0x0 rdev=254803968
+              dd-193     [001] .....     3.314236: ublk_disp: (blk_mq_start_request+0x4/0x1a0) tag=0 q=0 op=0 sector=160 bytes=4096 name="ublkb0"
+        ublk-mem-166     [001] .....    19.667486: ublk_ctrl: (ublk_ctrl_uring_cmd+0x4/0x10c0 [ublk_drv]) op=3223352583 dev=0 q=65535
+         ublk-q0-167     [000] ...1.    19.725408: ublk_cmd: (ublk_ch_uring_cmd+0x4/0x170 [ublk_drv]) op=3222304033 fl=2147483649 q=0 tag=0 res=-5 addr=0x0 rdev=254803968
+         ublk-q0-167     [000] b....    19.725509: ublk_done: (blk_update_request+0x4/0x4a0) tag=0 q=0 err=10 bytes=4096 major=259 minor=0 name="ublkb0"
+        ublk-mem-166     [001] .....    19.780000: ublk_ctrl_ret: (io_uring_cmd+0x98/0x1d0 <- ublk_ctrl_uring_cmd) ret=0
+"#;
+
+#[test]
+fn a_control_command_takes_effect_at_its_return() {
+    let p = tracefs::parse(STOP_WHILE_HELD, 100);
+    assert_eq!(p.skipped, 0);
+    assert_eq!(p.disks.get(&0), Some(&(259, 0)));
+    let last = p.events.last().unwrap();
+    assert_eq!(last.describe(), "STOP_DEV -> 0");
+    assert_eq!(last.t_us, 19_780_000);
+    assert!(matches!(
+        last.kind,
+        Kind::Control {
+            took_us: Some(112_514),
+            ..
+        }
+    ));
+    let c = Checker::run(&Header::default(), &p.events);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    // Returned before the held request was failed: that is the rule.
+    let early = STOP_WHILE_HELD.replace("19.780000: ublk_ctrl_ret", "19.700000: ublk_ctrl_ret");
+    let c = Checker::run(&Header::default(), &tracefs::parse(&early, 100).events);
+    assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
+    assert!(c.violations[0]
+        .message
+        .contains("rule stop-with-outstanding"));
 }

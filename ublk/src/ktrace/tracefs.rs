@@ -191,6 +191,9 @@ pub fn parse(text: &str, max_events: usize) -> Parsed {
     for i in bounced.into_iter().rev() {
         out.events.remove(i);
     }
+    // Control commands moved to their returns: back into time order (stable: events of one
+    // moment keep the order tracefs gave them).
+    out.events.sort_by_key(|e| e.t_us);
     out
 }
 
@@ -216,13 +219,19 @@ fn apply(
                 return true; // its entry was overwritten in the ring: nothing to pair
             };
             let ret = l.int("ret").map(|r| r as i32);
+            let entry_us = events[i].t_us;
             match &mut events[i].kind {
                 Kind::Command { ret: r, .. } => *r = ret,
-                Kind::Control { ret: r, .. } => {
+                Kind::Control {
+                    ret: r, took_us, ..
+                } => {
                     if ret == Some(EAGAIN) {
                         bounced.push(i);
                     }
                     *r = ret;
+                    // The command's effect holds from its return: the event moves there.
+                    *took_us = Some(l.t_us.saturating_sub(entry_us));
+                    events[i].t_us = l.t_us;
                 }
                 _ => {}
             }
@@ -283,6 +292,7 @@ fn apply(
             let kind = Kind::Control {
                 cmd: CtrlCmd(op as u8),
                 ret: None,
+                took_us: None,
             };
             event(dev as u32, q as u16, 0, kind)
         }

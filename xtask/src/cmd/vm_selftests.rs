@@ -84,6 +84,7 @@ impl Selftests {
             (self.args.timeout).unwrap_or(run.ctx.limits.secs(suite.manifest.settings_timeout_s));
         let tools = self.tools.as_ref().expect("prepared");
         Env::of(run, tools, timeout_s, &self.args.expect_splat)
+            .traced(!self.args.session.no_kernel_trace)
     }
 }
 
@@ -184,6 +185,7 @@ impl session::Suite for Selftests {
         for p in &args.script {
             v.extend(["--script".into(), p.display().to_string()]);
         }
+        v.extend(args.session.run_flags());
         v
     }
 

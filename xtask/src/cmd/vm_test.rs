@@ -326,6 +326,7 @@ impl Programs {
         let timeout_s = (self.args.timeout).unwrap_or(run.ctx.limits.secs(DEFAULT_TIMEOUT_S));
         let tools = self.tools.as_ref().expect("prepared");
         Env::of(run, tools, timeout_s, &self.args.expect_splat)
+            .traced(!self.args.session.no_kernel_trace)
     }
 
     fn kernels(&self) -> Vec<String> {
@@ -458,6 +459,7 @@ impl session::Suite for Programs {
         if let Some(l) = &self.args.packages.lock {
             v.extend(["--package-lock".into(), l.display().to_string()]);
         }
+        v.extend(self.args.session.run_flags());
         if self.args.exec.is_empty() && !self.args.cargo_args.is_empty() {
             v.push("--".into());
             v.extend(self.args.cargo_args.iter().cloned());

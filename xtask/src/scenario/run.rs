@@ -18,9 +18,7 @@ use crate::image::tools::Layer;
 use crate::image::Image;
 use crate::runs::Verdict;
 use crate::server::Profile;
-use crate::session::outcome::{
-    failure_verdict, Outcome, MAX_SPLATS, MAX_SPLAT_BYTES, MAX_TRACE_BYTES,
-};
+use crate::session::outcome::{failure_verdict, Outcome, MAX_SPLATS, MAX_SPLAT_BYTES};
 use crate::vm::ktrace;
 use crate::vm::qemu::{Accel, VmConfig};
 use crate::vm::Vm;
@@ -189,7 +187,7 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     let trace = ktrace::collect(&r.vm);
     let splats = r.splats();
     r.save_artifacts();
-    let protocol = record_trace(&r.vm, trace.as_deref(), &mut out);
+    let protocol = out.record_trace(&r.vm, trace.as_deref());
     r.vm.kill();
     out.splats = bounded_splats(&splats);
     let (verdict, why, step) = judge(result, protocol.as_deref(), &splats);
@@ -203,28 +201,6 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     out.failed_step = step;
     let out = out.finish(start, verdict, why);
     (out, true)
-}
-
-/// The kernel trace's record in the outcome; the verdict's words for its violations.
-pub fn record_trace(
-    vm: &Vm,
-    trace: Option<&ktrace::Collected>,
-    out: &mut Outcome,
-) -> Option<String> {
-    let Some(t) = trace else {
-        out.kernel_trace = vm.ktrace.lock().unwrap().note.clone();
-        return None;
-    };
-    let bound = |s: &str, n| crate::text::bound(s, n).into_owned();
-    out.kernel_trace = Some(bound(&t.status(), MAX_TRACE_BYTES));
-    out.protocol = t
-        .checker
-        .violations
-        .iter()
-        .take(MAX_SPLATS)
-        .map(|v| bound(&v.message, MAX_SPLAT_BYTES))
-        .collect();
-    t.violations_named()
 }
 
 /// The run's verdict from its steps' result and the kernel log's splats: a step's verdict
@@ -410,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_protocol_violation_fails_a_run_and_is_named_beside_every_other_cause() {
-        let p = "protocol violation (kernel trace): dev0 q1 tag 5: server COMMIT result 65536 at 1.300 s: rule result-exceeds-request (...)";
+        let p = "protocol violation: dev0 q1 tag 5: server COMMIT result 65536 at 1.300 s: rule result-exceeds-request (...)";
         let (v, why, step) = judge(None, Some(p), &[]);
         assert_eq!((v, step.as_deref()), (Verdict::Fail, Some("kernel trace")));
         assert_eq!(why.as_deref(), Some(p));
@@ -424,9 +400,7 @@ mod tests {
         assert_eq!((v, step.as_deref()), (Verdict::Fail, Some("steps[1] io")));
         let why = why.unwrap();
         assert!(
-            why.starts_with(
-                "io failed: MISMATCH; and a protocol violation (kernel trace): dev0 q1 tag 5"
-            ),
+            why.starts_with("io failed: MISMATCH; and a protocol violation: dev0 q1 tag 5"),
             "{why}"
         );
         assert!(why.contains("rule result-exceeds-request"), "{why}");

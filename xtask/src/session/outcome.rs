@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::procs::{interrupted, signal_name};
 use crate::runs::Verdict;
-use crate::vm::Failure;
+use crate::vm::{ktrace, Failure, Vm};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
@@ -140,6 +140,22 @@ impl Outcome {
         let (verdict, why) = failure_verdict(f);
         self.failed_step = Some(step.into());
         self.finish(start, verdict, Some(why))
+    }
+
+    /// The kernel trace's record (status or why it is off, violations bounded); the verdict's
+    /// words for its violations, if any.
+    pub fn record_trace(&mut self, vm: &Vm, trace: Option<&ktrace::Collected>) -> Option<String> {
+        let Some(t) = trace else {
+            self.kernel_trace = vm.ktrace.lock().unwrap().note.clone();
+            return None;
+        };
+        let bound = |s: &str, n| crate::text::bound(s, n).into_owned();
+        self.kernel_trace = Some(bound(&t.status(), MAX_TRACE_BYTES));
+        self.protocol = (t.checker.violations.iter())
+            .take(MAX_SPLATS)
+            .map(|v| bound(&v.message, MAX_SPLAT_BYTES))
+            .collect();
+        t.violations_named()
     }
 
     pub fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {

@@ -290,7 +290,7 @@ impl Collected {
                 total - MAX_NAMED as u64
             );
         }
-        Some(format!("protocol violation (kernel trace): {s}"))
+        Some(format!("protocol violation: {s}"))
     }
 }
 

@@ -104,9 +104,10 @@ fn window(events: &[Event]) -> (u64, u64) {
         .filter(|e| matches!(e.kind, Kind::Dispatch { .. }))
         .map(|e| e.t_us)
         .collect();
+    let first = events.first().map(|e| e.t_us).unwrap_or(0);
     let t0 = match dispatches.len() {
-        0 => events.first().map(|e| e.t_us).unwrap_or(0),
-        n => dispatches[n.saturating_sub(MAX_BARS)],
+        n if n > MAX_BARS => dispatches[n - MAX_BARS],
+        _ => first,
     };
     (t0.min(t1), t1)
 }

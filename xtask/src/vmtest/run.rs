@@ -22,7 +22,7 @@ use crate::session::outcome::{failure_verdict, Outcome, MAX_SPLATS, MAX_SPLAT_BY
 use crate::text::bound;
 use crate::vm::freeze::{self, DaemonRef};
 use crate::vm::qemu::{Accel, VmConfig};
-use crate::vm::splat;
+use crate::vm::{ktrace, splat};
 use crate::vm::{Failure, Outcome as VmOutcome, Vm};
 
 /// kselftest's "skip" exit code.
@@ -102,6 +102,8 @@ pub struct Env<'a> {
     pub run: u32,
     /// Kernel-log substrings that are known and not failures (`--expect-splat`).
     pub expect_splats: &'a [String],
+    /// Record and check the kernel's ublk trace (`vm::ktrace`).
+    pub kernel_trace: bool,
 }
 
 /// Most test VMs at once (each has `MEMORY_MIB`).
@@ -134,7 +136,14 @@ impl<'a> Env<'a> {
             timeout_s,
             run: run.key.repeat,
             expect_splats,
+            kernel_trace: false,
         }
+    }
+
+    /// With the kernel's ublk trace (`--no-kernel-trace` turns it off).
+    pub fn traced(mut self, on: bool) -> Env<'a> {
+        self.kernel_trace = on;
+        self
     }
 }
 
@@ -172,8 +181,12 @@ pub fn attempt(job: &Test, env: &Env, dir: &Path) -> (Outcome, bool) {
         vm.kill();
         return (out.failed_at(start, "copying the test", &f), false);
     }
-    let (verdict, why) = execute(&mut vm, job, env.timeout_s, dir, &mut out);
-    let (verdict, why) = with_splats(&vm, dir, env.expect_splats, (verdict, why), &mut out);
+    if env.kernel_trace {
+        ktrace::start(&vm, setup_deadline);
+    }
+    let ended = execute(&mut vm, job, env.timeout_s, dir, &mut out);
+    let ended = with_protocol(&vm, dir, ended, &mut out);
+    let (verdict, why) = with_splats(&vm, dir, env.expect_splats, ended, &mut out);
     vm.kill();
     (out.finish(start, verdict, why), true)
 }
@@ -318,6 +331,34 @@ fn server_refs(vm: &Vm, names: &[&str]) -> Vec<(String, i32)> {
 }
 
 /// A kernel splat fails a test that passed or skipped; every verdict keeps the log.
+/// The kernel trace read and checked: a protocol violation fails a test that passed (at
+/// "kernel trace") and is named beside any other verdict; trace/ is written.
+fn with_protocol(
+    vm: &Vm,
+    dir: &Path,
+    (verdict, why): (Verdict, Option<String>),
+    out: &mut Outcome,
+) -> (Verdict, Option<String>) {
+    let trace = ktrace::collect(vm);
+    let protocol = out.record_trace(vm, trace.as_deref());
+    let ended = match (protocol, verdict) {
+        (None, v) => (v, why),
+        (Some(p), Verdict::Pass | Verdict::Skip) => {
+            out.failed_step = Some("kernel trace".into());
+            (Verdict::Fail, Some(p))
+        }
+        (Some(p), v) => (v, Some(format!("{}; and a {p}", why.unwrap_or_default()))),
+    };
+    if let Some(t) = &trace {
+        ktrace::save(
+            t,
+            dir,
+            ended.0 != Verdict::Pass || !t.checker.stuck().is_empty(),
+        );
+    }
+    ended
+}
+
 fn with_splats(
     vm: &Vm,
     dir: &Path,
