@@ -6,6 +6,7 @@ pub mod agent;
 pub mod freeze;
 pub mod job;
 pub mod ktrace;
+pub mod ktrace_data;
 pub mod limits;
 pub mod qemu;
 pub mod splat;
@@ -56,8 +57,8 @@ pub struct Vm {
     pub boot_s: f64,
     /// The agent's READY text (protocol, kernel release, guest uptime).
     pub ready: String,
-    /// The kernel's ublk trace in this VM (`ktrace::start`, `ktrace::collect`).
-    pub ktrace: std::sync::Mutex<ktrace::State>,
+    /// The kernel's ublk trace in this VM (started and read by the ktrace module).
+    pub ktrace: std::sync::Mutex<ktrace_data::State>,
 }
 
 static SOCK_SEQ: AtomicU32 = AtomicU32::new(0);
