@@ -1109,7 +1109,8 @@ fn two_kernels_side_by_side_with_their_features() {
 
 /// A server that corrupts data and makes the kernel warn (planted: a READ committed with a
 /// result 4 KiB larger than the request, with buffer copy, so `ublk_unmap_io` WARNs): on both
-/// kernels the verdict names the data failure *and* the kernel splat, in the table,
+/// kernels the verdict names the data failure, the protocol violation the kernel trace shows
+/// (the tag, the commit, rule result-exceeds-request) *and* the kernel splat, in the table,
 /// summary.md and scenario-result.json; each run's reproduce line, run as printed, gives the
 /// same verdict with the same server and kernel.
 #[test]
@@ -1152,12 +1153,40 @@ fn a_corrupting_server_that_makes_the_kernel_warn_keeps_both_causes() {
             why.contains("kernel splat: ") && why.contains("WARNING"),
             "the kernel's warning beside it on {kernel}: {why}"
         );
+        let protocol = why
+            .split("; and a protocol violation: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("the kernel trace's violation on {kernel}: {why}"));
+        assert!(
+            protocol.starts_with("dev0 q") && protocol.contains(" tag "),
+            "the tag on {kernel}: {protocol}"
+        );
+        assert!(
+            protocol.contains(": server COMMIT result ")
+                && protocol.contains("-byte READ ")
+                && protocol.contains("rule result-exceeds-request"),
+            "the event and the rule on {kernel}: {protocol}"
+        );
+        assert!(
+            why.find("protocol violation") < why.find("kernel splat"),
+            "the protocol before the splat: {why}"
+        );
+        assert!(
+            r["protocol"].as_array().is_some_and(|v| !v.is_empty()),
+            "{r}"
+        );
+        let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
+        let trace = std::fs::read_to_string(run_dir.join("trace/summary.txt")).unwrap();
+        assert!(trace.contains("rule result-exceeds-request"), "{trace}");
+        assert!(
+            run_dir.join("trace/timeline.svg").is_file(),
+            "a failed run's picture"
+        );
         assert_ne!(
             r["failed_step"], "kernel log",
             "the step failure stands: {r}"
         );
         assert!(!r["splats"].as_array().unwrap().is_empty(), "{r}");
-        let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
         let result: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(run_dir.join("scenario-result.json")).unwrap(),
         )

@@ -15,7 +15,9 @@ use crate::image::kernel::Source;
 use crate::image::{self, tools, Image};
 use crate::perf::report::{self, Machine, PerfReport, Session};
 use crate::perf::session::{self as perf_session, Ended, Plan, Progress};
-use crate::perf::workload::{self, Target, Workload, KERNEL_TARGETS, REFERENCE, WORKLOADS};
+use crate::perf::workload::{
+    self, Target, Workload, KERNEL_TARGETS, REFERENCE, TRACED_SUFFIX, WORKLOADS,
+};
 use crate::perf::{baseline, chart};
 use crate::runs::RunDir;
 use crate::server::fleet::Fleet;
@@ -93,6 +95,11 @@ pub struct Args {
     pub from: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Choice::Auto)]
     pub accel: Choice,
+    /// Measure every server twice per round: as is, and with the kernel's ublk trace
+    /// recording (`NAME+ktrace`; its probes are on only during those cells): the trace's cost
+    /// in one session. The trace is checked when the VM ends (a protocol violation: exit 1)
+    #[arg(long)]
+    pub kernel_trace: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,7 +332,18 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
             )));
         }
     }
-    Ok(names.iter().map(|n| Target::parse(n)).collect())
+    let mut targets: Vec<Target> = names.iter().map(|n| Target::parse(n)).collect();
+    if args.kernel_trace {
+        // Each server beside its traced twin: the same rounds, the same rotation.
+        targets = targets
+            .into_iter()
+            .flat_map(|t| match &t {
+                Target::Server(k) => vec![t.clone(), Target::Traced(k.clone())],
+                _ => vec![t],
+            })
+            .collect();
+    }
+    Ok(targets)
 }
 
 fn workloads(names: &[String]) -> Result<Vec<Workload>> {
@@ -339,12 +357,10 @@ fn workloads(names: &[String]) -> Result<Vec<Workload>> {
 fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
     let recipe = image::recipe::Recipe::load()?;
     let mut out = BTreeMap::new();
-    let servers = targets.iter().filter_map(|t| match t {
-        Target::Server(n) => Some(n),
-        _ => None,
-    });
+    let servers = targets.iter().filter_map(|t| t.server_key().map(str::to_string));
     // The default profile too: the fleet needs one before any server cell.
-    for name in servers.chain([&crate::server::DEFAULT.to_string()]) {
+    for name in servers.chain([crate::server::DEFAULT.to_string()]) {
+        let name = &name;
         if out.contains_key(name) {
             continue;
         }
@@ -400,6 +416,7 @@ fn plan(
         .iter()
         .map(|t| match t {
             Target::Server(key) => profiles[key].name.clone(),
+            Target::Traced(key) => format!("{}{TRACED_SUFFIX}", profiles[key].name),
             other => other.name().to_string(),
         })
         .collect();
@@ -471,7 +488,11 @@ fn reproduce(args: &Args, setup: &Setup) -> String {
     let list = |v: Vec<String>| v.join(",");
     let mut argv: Vec<String> = ["cargo", "xtask", "vm-perf"].map(String::from).into();
     let kernels = setup.kernels.iter().map(|(k, _)| k.clone()).collect();
-    let targets = plan.targets.iter().map(|t| t.name().to_string()).collect();
+    // A traced twin comes from --kernel-trace, not from --targets.
+    let targets = (plan.targets.iter())
+        .filter(|t| !matches!(t, Target::Traced(_)))
+        .map(|t| t.name().to_string())
+        .collect();
     let workloads = plan.workloads.iter().map(|w| w.name.to_string()).collect();
     let pairs = [
         ("--kernel", list(kernels)),
@@ -494,6 +515,9 @@ fn reproduce(args: &Args, setup: &Setup) -> String {
     }
     if args.locked {
         argv.push("--locked".into());
+    }
+    if args.kernel_trace {
+        argv.push("--kernel-trace".into());
     }
     crate::util::shell_line(&argv)
 }
@@ -600,6 +624,11 @@ fn one_vm(
     for p in profiles.values() {
         p.install(&vm, setup_deadline)?;
     }
+    let traced = plan.targets.iter().any(|t| matches!(t, Target::Traced(_)));
+    if traced {
+        crate::vm::ktrace::start(&vm, setup_deadline);
+        crate::vm::ktrace::probes(&vm, false)?;
+    }
     let default = &profiles[crate::server::DEFAULT];
     let mut r = Fleet::new(default, vm, dir);
     let ended = perf_session::run(&mut r, plan, profiles, state, |s, i, n| {
@@ -627,7 +656,12 @@ fn one_vm(
             f.describe()
         );
     }
-    let splats = r.splats(&[]);
+    let mut splats = r.splats(&[]);
+    if let Some(t) = traced.then(|| crate::vm::ktrace::collect(&r.vm)).flatten() {
+        crate::vm::ktrace::save(&t, dir, !t.checker.violations.is_empty());
+        eprintln!("  kernel trace of the +ktrace cells: {}", crate::text::term(&t.status()));
+        splats.extend(t.violations_named());
+    }
     r.save_artifacts();
     r.vm.kill();
     Ok(VmRun {
@@ -663,8 +697,12 @@ fn verdict(
     splats: &[String],
 ) -> i32 {
     for s in splats {
+        let what = match s.contains(": protocol violation: ") {
+            true => "the kernel trace",
+            false => "kernel splat",
+        };
         eprintln!(
-            "vm-perf: kernel splat during the measurement: {}",
+            "vm-perf: {what} during the measurement: {}",
             crate::text::term(s)
         );
     }

@@ -175,6 +175,10 @@ pub fn run<'a>(
                 r.server = profiles.get(key).expect("every server target is loaded");
                 server_cell(r, plan, w, &label)
             }
+            Target::Traced(key) => {
+                r.server = profiles.get(key).expect("every server target is loaded");
+                traced_cell(r, plan, w, &label)
+            }
             _ => kernel_cell(r, plan, t, w, &label),
         };
         match measured {
@@ -223,7 +227,7 @@ fn failed(
         target: plan.names[c.target].clone(),
         workload: plan.workloads[c.workload].name.to_string(),
         round: c.round,
-        server_fault: matches!(plan.targets[c.target], Target::Server(_)),
+        server_fault: plan.targets[c.target].server_key().is_some(),
         cause: e.cause,
         evidence,
     });
@@ -317,6 +321,16 @@ fn server_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellRes
     .map_err(|e| lifecycle("stopping the server", e))?;
     let cpu = cpu.ok_or_else(|| CellError::new("the script printed no server CPU time".into()))?;
     Ok((out, Some(cpu)))
+}
+
+/// A server cell with the kernel trace's probes on for its duration only (`vm::ktrace::probes`).
+fn traced_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellResult {
+    crate::vm::ktrace::probes(&r.vm, true).map_err(CellError::new)?;
+    let measured = server_cell(r, plan, w, label);
+    let off = crate::vm::ktrace::probes(&r.vm, false);
+    let measured = measured?;
+    off.map_err(CellError::new)?;
+    Ok(measured)
 }
 
 fn step_error(e: JobError) -> String {

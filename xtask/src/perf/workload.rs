@@ -63,7 +63,13 @@ pub enum Target {
     Loop,
     /// A ublk server, by profile name or path.
     Server(String),
+    /// The same server measured with the kernel's ublk trace recording (`--kernel-trace`):
+    /// what the trace costs, in the same session.
+    Traced(String),
 }
+
+/// What a traced server target's name ends with.
+pub const TRACED_SUFFIX: &str = "+ktrace";
 
 /// The kernel's own block devices `--targets` accepts; anything else names a server profile.
 /// README.md lists these (tidy_tests.rs).
@@ -87,7 +93,15 @@ impl Target {
             Target::Brd => "brd",
             Target::NullBlk => "null_blk",
             Target::Loop => "loop",
-            Target::Server(s) => s,
+            Target::Server(s) | Target::Traced(s) => s,
+        }
+    }
+
+    /// The server profile a server target runs (traced or not).
+    pub fn server_key(&self) -> Option<&str> {
+        match self {
+            Target::Server(k) | Target::Traced(k) => Some(k),
+            _ => None,
         }
     }
 
@@ -107,7 +121,7 @@ impl Target {
                 "modprobe loop && truncate -s {size_bytes} /run/perf-loop.img && \
                  DEV=$(losetup -f --show /run/perf-loop.img)"
             ),
-            Target::Server(_) => return None,
+            Target::Server(_) | Target::Traced(_) => return None,
         })
     }
 
@@ -117,7 +131,7 @@ impl Target {
             Target::Brd => "rmmod brd",
             Target::NullBlk => "rmmod null_blk",
             Target::Loop => "losetup -d \"$DEV\" && rm -f /run/perf-loop.img",
-            Target::Server(_) => "true",
+            Target::Server(_) | Target::Traced(_) => "true",
         }
     }
 }

@@ -98,6 +98,31 @@ pub fn start(vm: &Vm, deadline: Instant) {
     state.on = true;
 }
 
+/// Turns the installed probes (and the block layer's count) on or off, keeping the ring: what
+/// vm-perf does around each traced cell, so the untraced cells run without them. Bounded.
+pub fn probes(vm: &Vm, on: bool) -> Result<(), String> {
+    if !vm.ktrace.lock().unwrap().on {
+        return Err("the kernel trace is not installed in this VM".into());
+    }
+    let hist = match on {
+        true => "hist:keys=dev",
+        false => "!hist:keys=dev",
+    };
+    let script = format!(
+        "T=/sys/kernel/tracing; echo {} > $T/events/fprobes/enable && echo '{hist}' >> $T/events/block/block_rq_complete/trigger",
+        on as u8
+    );
+    match vm.agent.run_capture(&["sh", "-c", &script], Instant::now() + SETUP) {
+        Ok((0, _, _)) => Ok(()),
+        Ok((st, _, err)) => Err(format!(
+            "turning the kernel trace's probes {} failed (exit {st}): {}",
+            if on { "on" } else { "off" },
+            String::from_utf8_lossy(&err).trim()
+        )),
+        Err(e) => Err(format!("turning the kernel trace's probes on or off: {e}")),
+    }
+}
+
 /// Stops the ring and reads it, once per VM (the run's end). None if tracing is off or the
 /// guest no longer answers.
 pub fn collect(vm: &Vm) -> Option<Arc<Collected>> {
