@@ -154,6 +154,15 @@ impl Checker {
         if let Kind::Control { cmd, ret, .. } = e.kind {
             return self.control(e, cmd, ret);
         }
+        if e.kind == Kind::Gap {
+            // Unknown events in between: every tag is judged again from its next fetch or
+            // dispatch on, as after a lost ring.
+            self.lossy = true;
+            for t in self.tags.values_mut() {
+                *t = Tag::default();
+            }
+            return;
+        }
         let lossy = self.lossy;
         let counts = self.counts.entry(e.dev).or_default();
         match e.kind {
@@ -340,7 +349,7 @@ fn tag_step(t: &mut Tag, e: &Event) -> Option<(Rule, String)> {
             t.held = None;
             None
         }
-        Kind::Control { .. } => None,
+        Kind::Control { .. } | Kind::Gap => None,
     }
 }
 

@@ -202,6 +202,9 @@ pub enum Kind {
     Complete { error: i32, bytes: u32 },
     /// The request went back to the block layer to be dispatched again.
     Requeue,
+    /// The probes were off until now (vm-perf turns them on only for its traced cells): what
+    /// happened in between is unknown, and every tag starts over as after a lost ring.
+    Gap,
     /// A control command for `dev` (queue in `q` for per-queue ones) and its answer. The
     /// event stands at its return (what it changed is true from then on), `took_us` after
     /// its entry; a command that never returned stands at its entry (`ret`, `took_us` None).
@@ -262,6 +265,7 @@ impl Event {
                 format!("completed with blk_status {error} ({bytes} bytes)")
             }
             Kind::Requeue => "requeued".into(),
+            Kind::Gap => "the trace resumes after a gap".into(),
             Kind::Control { cmd, ret, .. } => match ret {
                 Some(r) => format!("{} -> {r}", cmd.name()),
                 None => format!("{} (no answer)", cmd.name()),
@@ -272,7 +276,7 @@ impl Event {
     /// "dev0 q1 tag 5".
     pub fn place(&self) -> String {
         match self.kind {
-            Kind::Control { .. } => format!("dev{}", dev_name(self.dev)),
+            Kind::Control { .. } | Kind::Gap => format!("dev{}", dev_name(self.dev)),
             _ => format!("dev{} q{} tag {}", self.dev, self.q, self.tag),
         }
     }
@@ -342,6 +346,9 @@ pub fn write(header: &Header, events: &[Event]) -> String {
             Kind::Requeue => {
                 tag(&mut s);
                 s.push_str(" Q\n");
+            }
+            Kind::Gap => {
+                let _ = writeln!(s, "{} {} ? 0 - G", e.t_us, e.pid);
             }
         }
     }
@@ -434,6 +441,7 @@ fn parse_line(line: &str) -> Result<Event, String> {
             bytes: small(7, u32::MAX as u64)? as u32,
         },
         "Q" => Kind::Requeue,
+        "G" => Kind::Gap,
         "X" => Kind::Control {
             cmd: CtrlCmd::parse(get(6)?).ok_or("unknown control command")?,
             ret: ret(7)?,

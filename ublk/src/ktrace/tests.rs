@@ -334,3 +334,47 @@ fn a_control_command_takes_effect_at_its_return() {
         .message
         .contains("rule stop-with-outstanding"));
 }
+
+#[test]
+fn a_gap_in_the_trace_starts_every_tag_over() {
+    // vm-perf's probes off between its traced cells: the device was deleted and added again
+    // unseen; its tags' old requests must not make the new ones look like double dispatches.
+    let marker =
+        "          <...>-201     [000] .....    50.000000: tracing_mark_write: ublk-ktrace-gap\n";
+    let p = tracefs::parse(marker, 10);
+    assert_eq!(p.events.len(), 1);
+    assert_eq!(p.events[0].kind, Kind::Gap);
+    let gap = p.events[0];
+    let before = [fetch(1, 5), read(2, 5, 0, 8)];
+    let after = [
+        read(60_000_000, 5, 8, 8),
+        done(60_000_100, 5, 4096),
+        done(60_000_200, 5, 4096),
+    ];
+    let with_gap: Vec<Event> = before
+        .iter()
+        .chain([&gap])
+        .chain(after.iter())
+        .copied()
+        .collect();
+    let got: Vec<Rule> = Checker::run(&Header::default(), &with_gap)
+        .violations
+        .iter()
+        .map(|v| v.rule)
+        .collect();
+    assert_eq!(
+        got,
+        [Rule::CompletedTwice],
+        "judged again from the dispatch after the gap"
+    );
+    let without: Vec<Event> = before.iter().chain(after.iter()).copied().collect();
+    let got: Vec<Rule> = Checker::run(&Header::default(), &without)
+        .violations
+        .iter()
+        .map(|v| v.rule)
+        .collect();
+    assert_eq!(got, [Rule::DispatchWhileBusy, Rule::CompletedTwice]);
+    let text = write(&Header::default(), &with_gap);
+    assert!(text.contains("\n50000000 201 ? 0 - G\n"), "{text}");
+    assert_eq!(parse(&text).unwrap().1, with_gap);
+}

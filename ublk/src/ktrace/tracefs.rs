@@ -75,6 +75,9 @@ pub const PROBES: &[Probe] = &[
 const IO_URING_F_CANCEL: u64 = 1 << 11;
 const EAGAIN: i32 = -11;
 
+/// What a tracer writes to `trace_marker` when it turns the probes back on after a pause.
+pub const GAP_MARKER: &str = "ublk-ktrace-gap";
+
 /// What reading tracefs' text gave.
 #[derive(Debug, Default)]
 pub struct Parsed {
@@ -91,6 +94,8 @@ struct Line<'a> {
     t_us: u64,
     name: &'a str,
     fields: Vec<(&'a str, &'a str)>,
+    /// Everything after the event's name.
+    rest: String,
 }
 
 fn split(line: &str) -> Option<Line<'_>> {
@@ -126,6 +131,7 @@ fn split(line: &str) -> Option<Line<'_>> {
         t_us,
         name,
         fields,
+        rest: toks[i + 2..].join(" "),
     })
 }
 
@@ -280,6 +286,12 @@ fn apply(
                 return false;
             };
             event(dev, q, tag, Kind::Requeue)
+        }
+        "tracing_mark_write" => {
+            if !l.rest.contains(GAP_MARKER) {
+                return false;
+            }
+            event(u32::MAX, 0, 0, Kind::Gap)
         }
         "ublk_cmd" => match command(l) {
             Some(e) => e,

@@ -3,7 +3,8 @@
 //!
 //! - `--scenario`: `<verdict> @ <step>: <check>` from the candidate's summary.json, e.g.
 //!   `fail @ steps[1] io: data mismatch`, `fail @ kernel log: splat UBSAN: array-index-out-of-bounds`,
-//!   `timeout @ steps[3] stop: sh -c sleep # did not finish within its timeout`.
+//!   `timeout @ steps[3] stop: sh -c sleep # did not finish within its timeout`,
+//!   `fail @ kernel trace: protocol result-exceeds-request` (the kernel trace's checker).
 //! - `--sim`: `<check> check` from the simulator's FAIL line, e.g. `protocol check`.
 //! - `--cmd`: `exit <code>`, or `timeout`; with `--match REGEX`, a failure whose output does
 //!   not match gets ` (no match)` appended, so only matching failures can be the one looked for.
@@ -145,6 +146,16 @@ pub fn normalize(text: &str) -> String {
 fn check_of(reason: &str) -> String {
     if reason.contains("MISMATCH") {
         return "data mismatch".into();
+    }
+    // The kernel trace's checker: the rule is the signature (the tag, sector and times vary
+    // from run to run of the same bug).
+    if let Some(v) = reason.strip_prefix("protocol violation: ") {
+        if let Some((_, rest)) = v.split_once(": rule ") {
+            let rule: String = (rest.chars())
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            return format!("protocol {rule}");
+        }
     }
     if let Some(splat) = reason.strip_prefix("kernel splat: ") {
         let s = normalize(splat);

@@ -304,6 +304,11 @@ fn signatures_drop_what_varies_between_runs_of_one_bug() {
         t1,
         "timeout @ test_hang_01.sh: test_hang_#.sh still running after # s: ublkb#/hctx#: tag # in flight (READ)"
     );
+    // The kernel trace's checker: the rule, whatever the tag, request and times.
+    let p1 = of_summary(&view("fail", "kernel trace", "protocol violation: dev0 q1 tag 5: server COMMIT result 65536 at 1.300 s, for a 4096-byte READ 8+8 dispatched at 1.204 s: rule result-exceeds-request (a commit's result is at most its request's length)")).unwrap();
+    let p2 = of_summary(&view("fail", "kernel trace", "protocol violation: dev0 q0 tag 31: server COMMIT result 8192 at 9.001 s, for a 4096-byte WRITE 80+8 dispatched at 8.990 s: rule result-exceeds-request (a commit's result is at most its request's length) (and 3 more; see trace/summary.txt)")).unwrap();
+    assert_eq!(p1, "fail @ kernel trace: protocol result-exceeds-request");
+    assert_eq!(p1, p2);
     assert_eq!(normalize("a 12 b; c"), "a # b");
     let sim =
         "FAIL seed 3 after 4 schedule(s): protocol check: Fetch submitted twice\nreproduce: x";

@@ -357,7 +357,9 @@ fn workloads(names: &[String]) -> Result<Vec<Workload>> {
 fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
     let recipe = image::recipe::Recipe::load()?;
     let mut out = BTreeMap::new();
-    let servers = targets.iter().filter_map(|t| t.server_key().map(str::to_string));
+    let servers = targets
+        .iter()
+        .filter_map(|t| t.server_key().map(str::to_string));
     // The default profile too: the fleet needs one before any server cell.
     for name in servers.chain([crate::server::DEFAULT.to_string()]) {
         let name = &name;
@@ -659,7 +661,10 @@ fn one_vm(
     let mut splats = r.splats(&[]);
     if let Some(t) = traced.then(|| crate::vm::ktrace::collect(&r.vm)).flatten() {
         crate::vm::ktrace::save(&t, dir, !t.checker.violations.is_empty());
-        eprintln!("  kernel trace of the +ktrace cells: {}", crate::text::term(&t.status()));
+        eprintln!(
+            "  kernel trace of the +ktrace cells: {}",
+            crate::text::term(&t.status())
+        );
         splats.extend(t.violations_named());
     }
     r.save_artifacts();
@@ -808,5 +813,31 @@ mod tests {
         assert_eq!((a.queues, a.depth), (Some(1), 8));
         assert!(Cli::try_parse_from(["x", "--queues", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--depth", "5000"]).is_err());
+    }
+
+    #[test]
+    fn kernel_trace_measures_each_server_beside_its_traced_twin() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        let a = Cli::try_parse_from(["x", "--targets", "ublk-mem,null_blk", "--kernel-trace"])
+            .unwrap()
+            .a;
+        assert_eq!(
+            targets(&a).unwrap(),
+            [
+                Target::Brd,
+                Target::Server("ublk-mem".into()),
+                Target::Traced("ublk-mem".into()),
+                Target::NullBlk
+            ]
+        );
+        let a = Cli::try_parse_from(["x", "--targets", "ublk-mem"])
+            .unwrap()
+            .a;
+        assert_eq!(targets(&a).unwrap().len(), 2, "off by default");
     }
 }

@@ -17,7 +17,7 @@ use ublk::ktrace::check::Checker;
 use ublk::ktrace::{self, tracefs, Header};
 
 pub use super::ktrace_data::Collected;
-use super::ktrace_data::{block_hist, overruns, uptime_us, MAX_TEXT_BYTES};
+use super::ktrace_data::{block_hist, complete_from_us, overruns, uptime_us, MAX_TEXT_BYTES};
 use super::Vm;
 
 /// Ring buffer per guest CPU (tracefs' buffer_size_kb), newest events kept.
@@ -108,11 +108,19 @@ pub fn probes(vm: &Vm, on: bool) -> Result<(), String> {
         true => "hist:keys=dev",
         false => "!hist:keys=dev",
     };
+    // Back on after a pause: the trace says so, and its checker starts every tag over.
+    let gap = match on {
+        true => format!(" && echo {} > $T/trace_marker", tracefs::GAP_MARKER),
+        false => String::new(),
+    };
     let script = format!(
-        "T=/sys/kernel/tracing; echo {} > $T/events/fprobes/enable && echo '{hist}' >> $T/events/block/block_rq_complete/trigger",
+        "T=/sys/kernel/tracing; echo {} > $T/events/fprobes/enable && echo '{hist}' >> $T/events/block/block_rq_complete/trigger{gap}",
         on as u8
     );
-    match vm.agent.run_capture(&["sh", "-c", &script], Instant::now() + SETUP) {
+    match vm
+        .agent
+        .run_capture(&["sh", "-c", &script], Instant::now() + SETUP)
+    {
         Ok((0, _, _)) => Ok(()),
         Ok((st, _, err)) => Err(format!(
             "turning the kernel trace's probes {} failed (exit {st}): {}",
@@ -151,7 +159,7 @@ pub fn snapshot(vm: &Vm) -> Option<Collected> {
 fn read(vm: &Vm, stop: bool) -> Option<Collected> {
     let dump = format!(
         "T=/sys/kernel/tracing; {} cat $T/trace > {TEXT_PATH}; cat /proc/uptime; \
-         cat $T/per_cpu/cpu*/stats | grep '^overrun:'; cat $T/events/block/block_rq_complete/hist",
+         cat $T/per_cpu/cpu*/stats | grep -E '^(overrun|oldest event ts):'; cat $T/events/block/block_rq_complete/hist",
         if stop { "echo 0 > $T/tracing_on;" } else { "" }
     );
     let (_, out, _) = vm
@@ -165,10 +173,17 @@ fn read(vm: &Vm, stop: bool) -> Option<Collected> {
         .ok()?;
     let truncated = text.len() > MAX_TEXT_BYTES;
     let text = String::from_utf8_lossy(&text[..text.len().min(MAX_TEXT_BYTES)]);
-    let parsed = tracefs::parse(&text, ktrace::MAX_EVENTS);
+    let mut parsed = tracefs::parse(&text, ktrace::MAX_EVENTS);
+    // Before every CPU's ring holds its events, the merged trace has holes: left out, counted.
+    let mut lost = overruns(&stats);
+    if let Some(from) = complete_from_us(&stats) {
+        let before = parsed.events.len();
+        parsed.events.retain(|e| e.t_us >= from);
+        lost += (before - parsed.events.len()) as u64;
+    }
     let header = Header {
         kernel: vm.ready_release(),
-        lost: overruns(&stats),
+        lost,
     };
     let checker = Checker::run(&header, &parsed.events);
     Some(Collected {
@@ -244,6 +259,10 @@ mod tests {
             # event histogram\n{ dev:  271581184 } hitcount:         29\n\
             { dev:  265289728 } hitcount:          3\n\nTotals:\n    Hits: 32\n";
         assert_eq!(uptime_us(stats), 12_500_000);
+        // CPU 1 overwrote its oldest events up to 7.25 s; CPU 0 did not (its 2.0 s is whole).
+        let cpus = "overrun: 0\noldest event ts:     2.000000\noverrun: 5\noldest event ts:     7.250000\n";
+        assert_eq!(complete_from_us(cpus), Some(7_250_000));
+        assert_eq!(complete_from_us("overrun: 0\noldest event ts: 1.5\n"), None);
         assert_eq!(overruns(stats), 17);
         let hist = block_hist(stats);
         assert_eq!(hist.get(&(259, 0)), Some(&29));

@@ -67,6 +67,9 @@ impl Collected {
     /// The run record's one line: "1234 events, 0 lost; dev0: ...".
     pub fn status(&self) -> String {
         let mut s = format!("{} events, {} lost", self.events.len(), self.header.lost);
+        if self.header.lost > 0 {
+            s += " (the ring kept the newest: the counts below are of what it kept)";
+        }
         if self.truncated {
             s += &format!(", text cut at {} MiB", MAX_TEXT_BYTES >> 20);
         }
@@ -107,6 +110,32 @@ pub fn overruns(stats: &str) -> u64 {
         .filter_map(|l| l.strip_prefix("overrun:"))
         .filter_map(|v| v.trim().parse::<u64>().ok())
         .sum()
+}
+
+/// From when the merged trace holds every CPU's events (µs): each CPU's ring keeps its own
+/// newest events, so once one overwrote, the trace is whole only from the latest "oldest
+/// event" of the CPUs that overwrote. None when no ring overwrote anything. Reads the
+/// `overrun:` / `oldest event ts:` lines of `per_cpu/cpu*/stats`, CPU by CPU.
+pub fn complete_from_us(stats: &str) -> Option<u64> {
+    let mut from: Option<u64> = None;
+    let mut overran = false;
+    for l in stats.lines() {
+        if let Some(v) = l.strip_prefix("overrun:") {
+            overran = v.trim().parse::<u64>().is_ok_and(|n| n > 0);
+        } else if let Some(v) = l.strip_prefix("oldest event ts:") {
+            let ts = v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t >= 0.0);
+            if let (true, Some(ts)) = (overran, ts) {
+                let us = (ts * 1e6) as u64;
+                from = Some(from.map_or(us, |f| f.max(us)));
+            }
+            overran = false;
+        }
+    }
+    from
 }
 
 /// `{ dev:  271581184 } hitcount:  29` → (259, 0) → 29.

@@ -76,7 +76,7 @@ pub fn render(events: &[Event], stuck: &[Stuck], end_us: u64) -> String {
 fn lanes(events: &[Event], stuck: &[Stuck]) -> Vec<Lane> {
     let mut last: BTreeMap<Lane, u64> = BTreeMap::new();
     for e in events {
-        if !matches!(e.kind, Kind::Control { .. }) {
+        if !matches!(e.kind, Kind::Control { .. } | Kind::Gap) {
             last.insert((e.dev, e.q, e.tag), e.t_us);
         }
     }
