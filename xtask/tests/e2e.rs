@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -91,7 +91,61 @@ fn the_shipped_scenarios_pass() {
         } else {
             assert!(s.contains("T (stopped)"), "{s}");
         }
+        kernel_trace_names_the_stuck_tag(&run_dir.join(step), &s);
     }
+    // Every run that booted kept the kernel's trace; the block layer agrees with its counts.
+    for r in v["runs"].as_array().unwrap() {
+        if r["verdict"] == "skip" {
+            continue;
+        }
+        let t = r["kernel_trace"].as_str().unwrap_or_else(|| panic!("{r}"));
+        assert!(t.contains(" events, "), "{t}");
+        assert!(r.get("protocol").is_none(), "{r}");
+        let run_dir = PathBuf::from(r["run_dir"].as_str().unwrap());
+        assert!(run_dir.join("trace/events.txt").is_file(), "{r}");
+    }
+    let simple = run_of(&v, "simple-e2e")["kernel_trace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    trace_counts_agree(&simple);
+}
+
+/// A freeze-frame's kernel-trace section names a tag holding a request, with its dispatch
+/// and what followed, and its timeline marks that tag.
+fn kernel_trace_names_the_stuck_tag(ff: &Path, summary: &str) {
+    let section = summary
+        .split("kernel trace: the last events of every tag holding a request")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no kernel-trace section: {summary}"));
+    assert!(
+        section.contains(": dispatched READ ") && section.contains(" q0 tag "),
+        "{section}"
+    );
+    let svg = std::fs::read_to_string(ff.join("timeline.svg")).unwrap();
+    assert!(svg.contains(" STUCK</text>"), "{svg}");
+}
+
+/// "dev0: N requests dispatched, N completed, M server commands; the block layer completed N
+/// (block:block_rq_complete on 259:0)": the three counts agree (nothing was lost).
+fn trace_counts_agree(status: &str) {
+    assert!(status.contains(" 0 lost; "), "{status}");
+    let n = |after: &str| -> u64 {
+        let rest = status
+            .split(after)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{after}: {status}"));
+        rest.trim_start()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let dispatched = n("dev0:");
+    assert!(dispatched > 100, "{status}");
+    assert_eq!(n("dispatched,"), dispatched, "{status}");
+    assert_eq!(n("the block layer completed"), dispatched, "{status}");
 }
 
 #[test]
@@ -851,6 +905,11 @@ fn rublk_runs_the_suite() {
         s.contains("ublkb0/hctx0: tag") && s.contains("dd (D)"),
         "{s}"
     );
+    // The kernel's view of a server that is not ours: the stuck tag's last events.
+    kernel_trace_names_the_stuck_tag(&ff, &s);
+    assert!(s.contains("no command from the server since"), "{s}");
+    let simple = run_of(&v, "simple-e2e");
+    trace_counts_agree(simple["kernel_trace"].as_str().unwrap());
     // Listing the servers prepares each: rublk is cached (no rebuild); the first listing in a
     // fresh clone may build kublk's selftests suite, the second finds everything cached.
     let o = run(&["servers"]);

@@ -65,7 +65,9 @@ impl Rule {
             Rule::FetchWhileBusy => {
                 "a fetch is for a tag with no command pending and no request being served"
             }
-            Rule::CompletedTwice => "a request is completed to the block layer once",
+            Rule::CompletedTwice => {
+                "a request is completed to the block layer once (successfully: the driver may end a request it refused without starting it)"
+            }
             Rule::DispatchWhileBusy => "a tag receives a request only once its last one completed",
             Rule::CommandRefused => "the driver accepts every command the server sends",
             Rule::StopWithOutstanding => "STOP_DEV/DEL_DEV return with no request outstanding",
@@ -328,8 +330,11 @@ fn tag_step(t: &mut Tag, e: &Event) -> Option<(Rule, String)> {
             t.armed = false;
             None
         }
-        Kind::Complete { .. } => {
-            let twice = t.known && t.held.is_none();
+        Kind::Complete { error, .. } => {
+            // A request the driver refused in queue_rq (e.g. FAIL_IO while no server runs:
+            // BLK_STS_TARGET) is ended with that error without ever being started: an error
+            // completion of a tag holding nothing is that, not a second completion.
+            let twice = t.known && t.held.is_none() && error == 0;
             t.held = None;
             twice.then(|| {
                 let prev = t

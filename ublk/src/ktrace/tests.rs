@@ -255,6 +255,34 @@ fn each_rule_fires_with_the_tag_the_event_and_the_rule() {
 }
 
 #[test]
+fn a_request_refused_at_dispatch_is_not_a_second_completion() {
+    // 7.2 with FAIL_IO and no server: queue_rq returns BLK_STS_TARGET; the block layer ends
+    // the request with it, never started (no dispatch event).
+    let refused = ev(
+        4,
+        5,
+        Kind::Complete {
+            error: 5,
+            bytes: 98304,
+        },
+    );
+    let events = [
+        fetch(1, 5),
+        read(2, 5, 0, 8),
+        ev(
+            3,
+            5,
+            Kind::Complete {
+                error: 10,
+                bytes: 4096,
+            },
+        ),
+        refused,
+    ];
+    assert_eq!(rules(&events), []);
+}
+
+#[test]
 fn a_lossy_trace_checks_a_tag_only_once_its_past_is_seen() {
     // The ring lost the dispatch of tag 5: its commit cannot be judged; tag 6's can.
     let events = [
