@@ -65,9 +65,7 @@ impl Rule {
             Rule::FetchWhileBusy => {
                 "a fetch is for a tag with no command pending and no request being served"
             }
-            Rule::CompletedTwice => {
-                "a request is completed to the block layer once (successfully: the driver may end a request it refused without starting it)"
-            }
+            Rule::CompletedTwice => "a request's data is completed to the block layer once",
             Rule::DispatchWhileBusy => "a tag receives a request only once its last one completed",
             Rule::CommandRefused => "the driver accepts every command the server sends",
             Rule::StopWithOutstanding => "STOP_DEV/DEL_DEV return with no request outstanding",
@@ -330,11 +328,13 @@ fn tag_step(t: &mut Tag, e: &Event) -> Option<(Rule, String)> {
             t.armed = false;
             None
         }
-        Kind::Complete { error, .. } => {
-            // A request the driver refused in queue_rq (e.g. FAIL_IO while no server runs:
-            // BLK_STS_TARGET) is ended with that error without ever being started: an error
-            // completion of a tag holding nothing is that, not a second completion.
-            let twice = t.known && t.held.is_none() && error == 0;
+        Kind::Complete { error, bytes } => {
+            // Completions of a tag holding nothing that are not second completions: a request
+            // the driver refused in queue_rq (FAIL_IO with no server: BLK_STS_TARGET), ended
+            // unstarted with that error; and the block layer's flush machinery, whose flush
+            // request borrows a waiting request's tag and, once done, ends the waiting
+            // request itself (0 bytes left: a pure flush, or data already completed).
+            let twice = t.known && t.held.is_none() && error == 0 && bytes > 0;
             t.held = None;
             twice.then(|| {
                 let prev = t

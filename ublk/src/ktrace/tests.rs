@@ -280,6 +280,26 @@ fn a_request_refused_at_dispatch_is_not_a_second_completion() {
         refused,
     ];
     assert_eq!(rules(&events), []);
+    // A flush request borrows a waiting request's tag; when it completes, the waiting
+    // request (a pure flush) is ended too, on the same tag: 0 bytes, not a second completion.
+    let flush = ev(
+        5,
+        6,
+        Kind::Dispatch {
+            op: Op::Flush,
+            flags: 0,
+            sector: 0,
+            sectors: 0,
+        },
+    );
+    let events = [
+        fetch(1, 6),
+        flush,
+        cmd(6, 6, IoCmd::CommitAndFetch, 0),
+        done(7, 6, 0),
+        done(8, 6, 0),
+    ];
+    assert_eq!(rules(&events), []);
 }
 
 #[test]

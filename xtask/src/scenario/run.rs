@@ -192,11 +192,7 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
     out.splats = bounded_splats(&splats);
     let (verdict, why, step) = judge(result, protocol.as_deref(), &splats);
     if let Some(t) = &trace {
-        ktrace::save(
-            t,
-            dir,
-            verdict != Verdict::Pass || !t.checker.stuck().is_empty(),
-        );
+        out.save_trace(t, verdict);
     }
     out.failed_step = step;
     let out = out.finish(start, verdict, why);

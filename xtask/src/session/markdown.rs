@@ -215,11 +215,15 @@ fn failing_runs(runs: &[Outcome], evidence_url: Option<&str>) -> String {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let evidence = match (evidence_url, dir.is_empty()) {
+        let mut evidence = match (evidence_url, dir.is_empty()) {
             (_, true) => "-".to_string(),
             (Some(url), false) => format!("[{}]({url})", md_code(&dir)),
             (None, false) => md_code(&dir),
         };
+        // The per-tag picture a person reading a hang or a failure opens first.
+        if let (Some(t), false) = (&o.timeline, dir.is_empty()) {
+            evidence += &format!(" (picture: {})", md_code(&format!("{dir}/{t}")));
+        }
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} |",
@@ -379,6 +383,14 @@ mod tests {
         );
         assert!(md.contains("cargo xtask vm-e2e a --seed 7"), "{md}");
         assert!(md.contains("- kernel `debian-7.2`: `7.2.13`"), "{md}");
+        // A run with a timeline picture links it beside its evidence directory.
+        let mut hung = run("c", 1, Verdict::Timeout, Some("hung"));
+        hung.timeline = Some("freeze-frame/timeline.svg".into());
+        let pictured = render(&session(vec![hung]), None);
+        assert!(
+            pictured.contains("| `20261122-000000-c-r1` (picture: `20261122-000000-c-r1/freeze-frame/timeline.svg`) | - |"),
+            "{pictured}"
+        );
         assert!(
             md.contains("#### Skipped\n\n- `b on debian-7.2`: `lacks recovery`\n"),
             "{md}"

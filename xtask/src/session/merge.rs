@@ -202,6 +202,9 @@ fn valid_run(o: &Outcome) -> std::result::Result<(), String> {
     if let Some(t) = &o.kernel_trace {
         word("kernel trace", t, super::outcome::MAX_TRACE_BYTES)?;
     }
+    if let Some(t) = &o.timeline {
+        word("timeline", t, MAX_NAME_BYTES)?;
+    }
     word("scenario", &o.scenario, MAX_NAME_BYTES)?;
     word("server", &o.server, MAX_NAME_BYTES)?;
     word("kernel", &o.kernel, MAX_NAME_BYTES)?;

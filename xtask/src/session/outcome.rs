@@ -57,6 +57,10 @@ pub struct Outcome {
     /// most `MAX_SPLAT_BYTES`; all are in trace/summary.txt).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocol: Vec<String>,
+    /// The per-tag timeline picture to look at first, relative to `run_dir`
+    /// (`freeze-frame/timeline.svg` for a hang, else `trace/timeline.svg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<String>,
     /// The command that reproduces this run alone, as printed (shell-quoted).
     #[serde(default)]
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -103,6 +107,7 @@ impl Outcome {
             known_splats: Vec::new(),
             kernel_trace: None,
             protocol: Vec::new(),
+            timeline: None,
             reproduce: String::new(),
         }
     }
@@ -156,6 +161,23 @@ impl Outcome {
             .map(|v| bound(&v.message, MAX_SPLAT_BYTES))
             .collect();
         t.violations_named()
+    }
+
+    /// Writes the run's `trace/` and names the picture a reader should open first: the
+    /// freeze-frame's when the run hung, else the trace's, drawn for a run that did not pass
+    /// or left a tag holding a request.
+    pub fn save_trace(&mut self, trace: &ktrace::Collected, verdict: Verdict) {
+        let draw = verdict != Verdict::Pass || !trace.checker.stuck().is_empty();
+        ktrace::save(trace, &self.run_dir, draw);
+        let frozen = (self.freeze_frame.as_ref())
+            .and_then(|f| f.strip_prefix(&self.run_dir).ok())
+            .map(|f| f.join("timeline.svg"))
+            .filter(|f| self.run_dir.join(f).is_file());
+        self.timeline = match (frozen, draw) {
+            (Some(f), _) => Some(f.display().to_string()),
+            (None, true) => Some("trace/timeline.svg".into()),
+            (None, false) => None,
+        };
     }
 
     pub fn finish(mut self, start: Instant, verdict: Verdict, reason: Option<String>) -> Outcome {

@@ -399,6 +399,7 @@ mod tests {
             known_splats: Vec::new(),
             kernel_trace: None,
             protocol: Vec::new(),
+            timeline: None,
             reproduce: String::new(),
         }
     }

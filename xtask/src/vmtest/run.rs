@@ -185,7 +185,7 @@ pub fn attempt(job: &Test, env: &Env, dir: &Path) -> (Outcome, bool) {
         ktrace::start(&vm, setup_deadline);
     }
     let ended = execute(&mut vm, job, env.timeout_s, dir, &mut out);
-    let ended = with_protocol(&vm, dir, ended, &mut out);
+    let ended = with_protocol(&vm, ended, &mut out);
     let (verdict, why) = with_splats(&vm, dir, env.expect_splats, ended, &mut out);
     vm.kill();
     (out.finish(start, verdict, why), true)
@@ -335,7 +335,6 @@ fn server_refs(vm: &Vm, names: &[&str]) -> Vec<(String, i32)> {
 /// "kernel trace") and is named beside any other verdict; trace/ is written.
 fn with_protocol(
     vm: &Vm,
-    dir: &Path,
     (verdict, why): (Verdict, Option<String>),
     out: &mut Outcome,
 ) -> (Verdict, Option<String>) {
@@ -350,11 +349,7 @@ fn with_protocol(
         (Some(p), v) => (v, Some(format!("{}; and a {p}", why.unwrap_or_default()))),
     };
     if let Some(t) = &trace {
-        ktrace::save(
-            t,
-            dir,
-            ended.0 != Verdict::Pass || !t.checker.stuck().is_empty(),
-        );
+        out.save_trace(t, ended.0);
     }
     ended
 }
