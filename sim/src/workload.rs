@@ -187,6 +187,8 @@ pub fn from_traces(texts: &[(String, String)]) -> Result<Replay, String> {
 /// Most tags per queue and queues a kernel trace may ask the simulator for.
 const MAX_KTRACE_DEPTH: u16 = 1024;
 const MAX_KTRACE_QUEUES: u16 = 64;
+/// Largest device a kernel trace may ask the simulator for: 4 GiB in 512-byte sectors.
+const MAX_KTRACE_SECTORS: u64 = 8 << 20;
 
 /// A kernel-side trace (`ublk/KTRACE.md`) as a workload: one device's requests in the order
 /// the kernel dispatched them (`dev`: which device; default the first with requests), each
@@ -228,6 +230,19 @@ pub fn from_ktrace(
                         continue;
                     }
                 };
+                // A flush carries no range (the block layer leaves its sector at -1).
+                let (sector, sectors) = match op {
+                    Op::Flush => (0, 0),
+                    _ => (sector, sectors),
+                };
+                if sector.saturating_add(sectors as u64) > MAX_KTRACE_SECTORS {
+                    return Err(format!(
+                        "{}: {} reaches past the {} GiB the simulator models",
+                        e.place(),
+                        e.describe(),
+                        MAX_KTRACE_SECTORS >> 21
+                    ));
+                }
                 if e.tag >= MAX_KTRACE_DEPTH || e.q >= MAX_KTRACE_QUEUES {
                     return Err(format!(
                         "{}: beyond what the simulator models ({MAX_KTRACE_QUEUES} queues of {MAX_KTRACE_DEPTH} tags)",
@@ -296,6 +311,33 @@ pub fn from_ktrace(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_trace_flush_has_no_range_and_a_huge_device_is_refused() {
+        use ublk::ktrace::{Event, Kind, Op as KOp};
+        let d = |op, sector, sectors| Event {
+            t_us: 1,
+            pid: 1,
+            dev: 0,
+            q: 0,
+            tag: 0,
+            kind: Kind::Dispatch {
+                op,
+                flags: 0,
+                sector,
+                sectors,
+            },
+        };
+        // The block layer leaves a flush's sector at -1.
+        let (r, _) = from_ktrace(&[d(KOp::Flush, u64::MAX, 0), d(KOp::Read, 8, 8)], None).unwrap();
+        assert_eq!((r.requests[0].sector, r.requests[0].sectors), (0, 0));
+        assert_eq!(r.dev_sectors, 2048);
+        let e = from_ktrace(&[d(KOp::Write, 1 << 40, 8)], None).unwrap_err();
+        assert!(
+            e.contains("reaches past the 4 GiB the simulator models"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn generated_requests_fit_the_device() {
