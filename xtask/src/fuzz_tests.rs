@@ -130,3 +130,48 @@ fn recipe_and_lock_survive_mutation() {
         });
     }
 }
+
+/// The kernel trace's two readers — tracefs' text from a guest that runs the server under
+/// test, and an events file given to `sim replay` — and the checker behind them: no panic on
+/// any mutant, an events-file error names its line and is one line, well under a second.
+#[test]
+fn kernel_traces_survive_mutation() {
+    use ublk::ktrace::{self, check::Checker, tracefs};
+    let events = std::fs::read_to_string(root().join("sim/fixtures/rublk-loop.ktrace.txt"))
+        .unwrap()
+        .lines()
+        .take(400)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let raw = ktrace::write(&Default::default(), &ktrace::parse(&events).unwrap().1);
+    let mut rejected = 0;
+    for seed in 1..=MUTANTS {
+        let m = mutate(seed, &raw);
+        let t = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(|| match ktrace::parse(&m) {
+            Ok((h, ev)) => Checker::run(&h, &ev).violations.len() as i64,
+            Err(e) => {
+                let line = e.split(':').next().unwrap_or_default();
+                assert!(line.parse::<u32>().is_ok_and(|l| l > 0), "{e}");
+                assert!(!e.contains('\n'), "{e}");
+                -1
+            }
+        }))
+        .unwrap_or_else(|_| panic!("events seed {seed}: panicked on:\n{m}"));
+        rejected += i64::from(r < 0);
+        assert!(t.elapsed() < Duration::from_secs(1), "events seed {seed}");
+    }
+    assert!(rejected > MUTANTS as i64 / 4, "only {rejected} rejected");
+    // tracefs text: whatever the guest printed, the reader and checker take it without panic.
+    let text = "        ublk-q0-167     [000] ...1.     3.664340: ublk_cmd: (ublk_ch_uring_cmd+0x4/0x170 [ublk_drv]) op=3222304032 fl=2147483649 q=0 tag=3 res=0 addr=0x0 rdev=254803968\n         ublk-q0-167     [000] ...1.     3.665008: ublk_cmd_ret: (io_uring_cmd+0x98/0x1d0 <- ublk_ch_uring_cmd) ret=-529\n     iou-wrk-163-166     [000] .N...     3.709546: ublk_disp: (blk_mq_start_request+0x4/0x1a0) tag=3 q=0 op=8388608 sector=16 bytes=4096 name=\"ublkb0\"\n         ublk-q0-167     [000] b....     3.722494: ublk_done: (blk_update_request+0x4/0x4a0) tag=3 q=0 err=0 bytes=4096 major=259 minor=0 name=\"ublkb0\"\n        ublk-mem-163     [001] .....     3.626740: ublk_ctrl_ret: (io_uring_cmd+0x98/0x1d0 <- ublk_ctrl_uring_cmd) ret=0\n";
+    for seed in 1..=MUTANTS {
+        let m = mutate(seed, &text.repeat(3));
+        catch_unwind(AssertUnwindSafe(|| {
+            let p = tracefs::parse(&m, 1000);
+            Checker::run(&Default::default(), &p.events)
+                .violations
+                .len()
+        }))
+        .unwrap_or_else(|_| panic!("tracefs seed {seed}: panicked on:\n{m}"));
+    }
+}

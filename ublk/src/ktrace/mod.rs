@@ -371,7 +371,11 @@ pub fn parse(text: &str) -> Result<(Header, Vec<Event>), String> {
             .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
     };
     let header = Header {
-        kernel: field("kernel").unwrap_or_default().to_string(),
+        // A file from elsewhere: only printable characters, bounded, reach a terminal.
+        kernel: (field("kernel").unwrap_or_default().chars())
+            .filter(|c| c.is_ascii_graphic())
+            .take(128)
+            .collect(),
         lost: field("lost").and_then(|v| v.parse().ok()).unwrap_or(0),
     };
     let mut events = Vec::new();

@@ -426,3 +426,10 @@ fn a_gap_in_the_trace_starts_every_tag_over() {
     assert!(text.contains("\n50000000 201 ? 0 - G\n"), "{text}");
     assert_eq!(parse(&text).unwrap().1, with_gap);
 }
+
+#[test]
+fn a_timestamp_past_u64_is_not_an_event() {
+    let line = "  x-1 [000] ..... 18446744073709.999999: ublk_ctrl: (f) op=1 dev=0 q=0\n";
+    let p = tracefs::parse(line, 10);
+    assert_eq!((p.events.len(), p.skipped), (0, 1));
+}

@@ -113,8 +113,8 @@ fn split(line: &str) -> Option<Line<'_>> {
     })?;
     let (secs, frac) = toks[i][..toks[i].len() - 1].split_once('.')?;
     let frac_us = format!("{frac:0<6}");
-    let t_us =
-        secs.parse::<u64>().ok()?.checked_mul(1_000_000)? + frac_us[..6].parse::<u64>().ok()?;
+    let t_us = (secs.parse::<u64>().ok()?.checked_mul(1_000_000)?)
+        .checked_add(frac_us[..6].parse::<u64>().ok()?)?;
     // "<comm>-<pid>" is everything before the "[cpu]" token (comm may hold spaces or '-').
     let cpu = toks[..i]
         .iter()

@@ -119,7 +119,7 @@ fn axis(s: &mut String, t0: u64, t1: u64, x: &dyn Fn(u64) -> f64, y: f64) {
         .find(|st| span_s / st <= 12.0)
         .unwrap_or(600.0);
     let step_us = (step_s * 1e6) as u64;
-    let mut t = t0.div_ceil(step_us) * step_us;
+    let mut t = t0.div_ceil(step_us).saturating_mul(step_us);
     for _ in 0..20 {
         if t > t1 {
             break;
@@ -131,7 +131,7 @@ fn axis(s: &mut String, t0: u64, t1: u64, x: &dyn Fn(u64) -> f64, y: f64) {
             y + 14.0,
             t as f64 / 1e6
         );
-        t += step_us;
+        t = t.saturating_add(step_us);
     }
 }
 
