@@ -433,3 +433,22 @@ fn a_timestamp_past_u64_is_not_an_event() {
     let p = tracefs::parse(line, 10);
     assert_eq!((p.events.len(), p.skipped), (0, 1));
 }
+
+#[test]
+fn the_install_script_creates_every_probe_and_enables_none() {
+    let s = tracefs::install_script();
+    for p in tracefs::PROBES {
+        assert!(
+            s.contains(&format!("add {} '{}'", p.name, p.definition)),
+            "{}",
+            p.name
+        );
+    }
+    assert!(s.contains(&format!(
+        "echo {} > $T/buffer_size_kb",
+        tracefs::RING_KB_PER_CPU
+    )));
+    assert!(s.contains("echo global > $T/trace_clock"));
+    assert!(!s.contains("enable"), "{s}");
+    assert!(!s.contains("tracing_on\necho 1"), "{s}");
+}

@@ -71,6 +71,44 @@ pub const PROBES: &[Probe] = &[
     },
 ];
 
+/// Ring buffer per guest CPU (tracefs' buffer_size_kb), newest events kept.
+pub const RING_KB_PER_CPU: u64 = 4096;
+/// Where the image puts `install_script` (its init runs it in the background at boot).
+pub const INSTALL_PATH: &str = "etc/ublk-ktrace.sh";
+/// What init writes once the script ended: its `ok NAME` / `refused NAME: why` lines.
+pub const STATUS_PATH: &str = "/run/ublk-ktrace.out";
+
+/// The guest script that creates every probe, its filter, the ring and its clock, but
+/// enables nothing (a probe costs only once enabled): one `ok NAME` or `refused NAME: why`
+/// line per probe. Generated from `PROBES` into every image.
+pub fn install_script() -> String {
+    let mut s = String::from(
+        "T=/sys/kernel/tracing\n\
+         [ -d $T/events ] || mount -t tracefs nodev $T 2>/dev/null || { echo 'refused tracefs: it cannot be mounted'; exit 0; }\n\
+         echo 0 > $T/tracing_on\n\
+         echo global > $T/trace_clock\n\
+         echo 1 > $T/options/overwrite\n",
+    );
+    s += &format!("echo {RING_KB_PER_CPU} > $T/buffer_size_kb\n");
+    s += "add() {\n\
+          \x20 if ! echo \"$2\" >> $T/dynamic_events 2>/dev/null; then\n\
+          \x20   echo \"refused $1: $(grep -m1 'error:' $T/error_log | tail -n1)\"; return\n\
+          \x20 fi\n\
+          \x20 if [ -n \"$3\" ] && ! echo \"$3\" > $T/events/fprobes/$1/filter; then echo \"refused $1: its filter\"; return; fi\n\
+          \x20 echo \"ok $1\"\n\
+          }\n";
+    for p in PROBES {
+        assert!(!p.definition.contains('\'') && !p.filter.unwrap_or("").contains('\''));
+        s += &format!(
+            "add {} '{}' '{}'\n",
+            p.name,
+            p.definition,
+            p.filter.unwrap_or("")
+        );
+    }
+    s
+}
+
 /// `IO_URING_F_CANCEL`: io_uring calls the command's handler to cancel it.
 const IO_URING_F_CANCEL: u64 = 1 << 11;
 const EAGAIN: i32 = -11;

@@ -177,7 +177,13 @@ pub fn build(source: &Source) -> Result<Image> {
         .map(|(n, d)| (n.clone(), sha256_bytes(d)))
         .collect();
     let guest_list = serde_json::to_vec(&guest_sums).expect("a map serialises");
-    let key = key_of(&[("base", base_key.as_bytes()), ("guest", &guest_list)]);
+    // The kernel trace's probes, generated from their one definition (`ublk::ktrace`).
+    let ktrace = ublk::ktrace::tracefs::install_script();
+    let key = key_of(&[
+        ("base", base_key.as_bytes()),
+        ("guest", &guest_list),
+        ("ktrace", ktrace.as_bytes()),
+    ]);
     let check = |m: &ImageManifest| consistent(m, &kernel_sum, &recipe.cmdline);
     let (dir, manifest, verified) =
         store::cached_dir(&store::dir().join("images"), &key, "image", check, |tmp| {
@@ -188,6 +194,12 @@ pub fn build(source: &Source) -> Result<Image> {
                 w.file(&format!("bin/{name}"), 0o755, data)
                     .map_err(|e| e.to_string())?;
             }
+            w.file(
+                ublk::ktrace::tracefs::INSTALL_PATH,
+                0o644,
+                ktrace.as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
             initrd.extend(w.finish().map_err(|e| e.to_string())?);
             std::fs::write(tmp.join("initrd.cpio"), &initrd)
                 .map_err(|e| format!("write initrd: {e}"))?;

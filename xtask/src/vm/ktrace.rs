@@ -1,10 +1,11 @@
-//! The kernel's view of any server in one VM: `start` installs `ublk::ktrace::tracefs::PROBES`
-//! in the guest's tracefs (a refused probe: a note, the run goes on untraced), `collect` stops
+//! The kernel's view of any server in one VM: every image carries the install script of
+//! `ublk::ktrace::tracefs::PROBES` and its init creates them at boot; `start` turns them on
+//! (a refused probe: a note, the run goes on untraced), `collect` stops
 //! the ring, reads it once (bounded) and checks it; `save` writes the run's `trace/`
 //! directory (events.txt in `ublk/KTRACE.md`'s format, summary.txt, timeline.svg) and
 //! `freeze_lines` gives a freeze-frame the last events of every stuck tag.
 //!
-//! The ring keeps the newest events (`RING_KB_PER_CPU` per CPU, overwrite mode); what it
+//! The ring keeps the newest events (`tracefs::RING_KB_PER_CPU` per CPU, overwrite mode); what it
 //! overwrote is counted (`lost`) and the checker judges only tags whose past it saw. The
 //! block layer's own count of completed requests per disk (a hist trigger on
 //! `block:block_rq_complete`, no ring space) is the trace's cross-check.
@@ -20,8 +21,8 @@ pub use super::ktrace_data::Collected;
 use super::ktrace_data::{block_hist, complete_from_us, overruns, uptime_us, MAX_TEXT_BYTES};
 use super::Vm;
 
-/// Ring buffer per guest CPU (tracefs' buffer_size_kb), newest events kept.
-pub const RING_KB_PER_CPU: u64 = 4096;
+/// How long init may take to install the probes after boot.
+const INSTALL_WAIT_S: u64 = 20;
 /// Budget of the setup and of the stop+dump commands.
 const SETUP: Duration = Duration::from_secs(10);
 const DUMP: Duration = Duration::from_secs(30);
@@ -29,44 +30,15 @@ const DUMP: Duration = Duration::from_secs(30);
 const READ: Duration = Duration::from_secs(60);
 const TEXT_PATH: &str = "/tmp/ublk-ktrace.txt";
 
-/// The guest script that installs the probes; prints `ok NAME` or `refused NAME: why`.
-fn setup_script() -> String {
-    let mut s = String::from(
-        "T=/sys/kernel/tracing\n\
-         [ -d $T/events ] || mount -t tracefs nodev $T 2>/dev/null || { echo 'refused tracefs: it cannot be mounted'; exit 0; }\n\
-         echo 0 > $T/tracing_on\n\
-         echo global > $T/trace_clock\n\
-         echo 1 > $T/options/overwrite\n",
-    );
-    s += &format!("echo {RING_KB_PER_CPU} > $T/buffer_size_kb\n: > $T/trace\n");
-    s += "add() {\n\
-          \x20 if ! echo \"$2\" >> $T/dynamic_events 2>/dev/null; then\n\
-          \x20   echo \"refused $1: $(grep -m1 'error:' $T/error_log | tail -n1)\"; return\n\
-          \x20 fi\n\
-          \x20 if [ -n \"$3\" ] && ! echo \"$3\" > $T/events/fprobes/$1/filter; then echo \"refused $1: its filter\"; return; fi\n\
-          \x20 echo 1 > $T/events/fprobes/$1/enable && echo \"ok $1\"\n\
-          }\n";
-    for p in tracefs::PROBES {
-        assert!(!p.definition.contains('\'') && !p.filter.unwrap_or("").contains('\''));
-        s += &format!(
-            "add {} '{}' '{}'\n",
-            p.name,
-            p.definition,
-            p.filter.unwrap_or("")
-        );
-    }
-    s += "echo 'hist:keys=dev' > $T/events/block/block_rq_complete/trigger && echo 'ok hist' || echo 'refused hist: block:block_rq_complete takes no hist trigger'\n";
-    s += "echo 1 > $T/tracing_on\n";
-    s
-}
-
-/// Installs the probes and starts the ring. Tracing is all or nothing: a refused probe turns
-/// it off, with a note naming the probe and the kernel's reason.
+/// Starts the ring once the guest's init has installed the probes (`tracefs::install_script`,
+/// run in the background at boot: creating them takes ~0.6 s under TCG, the host's
+/// post-boot work hides it). Tracing is all or nothing: a refused probe turns it off, with a
+/// note naming the probe and the kernel's reason.
 pub fn start(vm: &Vm, deadline: Instant) {
     let deadline = deadline.min(Instant::now() + SETUP);
     let out = vm
         .agent
-        .run_capture(&["sh", "-c", &setup_script()], deadline);
+        .run_capture(&["sh", "-c", &enable_script()], deadline);
     let mut state = vm.ktrace.lock().unwrap();
     let text = match out {
         Ok((_, out, err)) => {
@@ -86,7 +58,10 @@ pub fn start(vm: &Vm, deadline: Instant) {
             .unwrap_or_default();
         state.note = Some(format!(
             "kernel trace off on this kernel: {}{what}; the run goes on untraced",
-            crate::text::bound(refused.trim_start_matches("refused "), 300)
+            crate::text::term(&crate::text::bound(
+                refused.trim_start_matches("refused "),
+                300
+            ))
         ));
         drop(state);
         let off = "T=/sys/kernel/tracing; echo 0 > $T/tracing_on; echo 0 > $T/events/fprobes/enable; echo > $T/dynamic_events";
@@ -95,7 +70,33 @@ pub fn start(vm: &Vm, deadline: Instant) {
             .run_capture(&["sh", "-c", off], Instant::now() + SETUP);
         return;
     }
+    if !text.lines().any(|l| l == "ok on") {
+        state.note = Some(format!(
+            "kernel trace off: the guest did not confirm it ({})",
+            crate::text::term(&crate::text::bound(text.trim(), 300))
+        ));
+        return;
+    }
     state.on = true;
+}
+
+/// Waits (bounded) for init's install, passes on its lines, and turns the probes and the
+/// block layer's count on; prints `ok on`, or a `refused ...` line.
+fn enable_script() -> String {
+    format!(
+        "T=/sys/kernel/tracing; S={status}
+         for i in $(seq {polls}); do [ -e $S ] && break; sleep 0.05; done
+         [ -e $S ] || {{ echo 'refused install: init did not install the probes within {wait_s} s'; exit 0; }}
+         cat $S
+         grep -q '^refused ' $S && exit 0
+         echo 1 > $T/events/fprobes/enable || {{ echo 'refused enable: the probes could not be enabled'; exit 0; }}
+         echo 'hist:keys=dev' > $T/events/block/block_rq_complete/trigger || {{ echo 'refused hist: block:block_rq_complete takes no hist trigger'; exit 0; }}
+         : > $T/trace; echo 1 > $T/tracing_on && echo 'ok on'
+",
+        status = tracefs::STATUS_PATH,
+        polls = INSTALL_WAIT_S * 20,
+        wait_s = INSTALL_WAIT_S,
+    )
 }
 
 /// Turns the installed probes (and the block layer's count) on or off, keeping the ring: what
@@ -272,17 +273,12 @@ mod tests {
     }
 
     #[test]
-    fn the_setup_script_installs_every_probe_and_reports_each() {
-        let s = setup_script();
-        for p in tracefs::PROBES {
-            assert!(
-                s.contains(&format!("add {} '{}'", p.name, p.definition)),
-                "{}",
-                p.name
-            );
-        }
-        assert!(s.contains(&format!("echo {RING_KB_PER_CPU} > $T/buffer_size_kb")));
-        assert!(s.contains("echo global > $T/trace_clock"));
-        assert!(s.ends_with("echo 1 > $T/tracing_on\n"));
+    fn the_start_waits_for_inits_install_then_enables_everything() {
+        let s = enable_script();
+        assert!(s.contains(&format!("S={}", tracefs::STATUS_PATH)));
+        assert!(s.contains("for i in $(seq 400)"), "{s}");
+        assert!(s.contains("grep -q '^refused ' $S && exit 0"));
+        assert!(s.contains("echo 1 > $T/events/fprobes/enable"));
+        assert!(s.ends_with("echo 1 > $T/tracing_on && echo 'ok on'\n"));
     }
 }
