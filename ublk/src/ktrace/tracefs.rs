@@ -73,9 +73,9 @@ pub const PROBES: &[Probe] = &[
 
 /// Ring buffer per guest CPU (tracefs' buffer_size_kb), newest events kept.
 pub const RING_KB_PER_CPU: u64 = 4096;
-/// Where the image puts `install_script` (its init runs it in the background at boot).
+/// Where the image puts `install_script` (xtask runs it after boot for a traced run).
 pub const INSTALL_PATH: &str = "etc/ublk-ktrace.sh";
-/// What init writes once the script ended: its `ok NAME` / `refused NAME: why` lines.
+/// Where that run leaves the script's `ok NAME` / `refused NAME: why` lines once it ended.
 pub const STATUS_PATH: &str = "/run/ublk-ktrace.out";
 
 /// The guest script that creates every probe, its filter, the ring and its clock, but

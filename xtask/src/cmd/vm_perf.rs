@@ -628,6 +628,7 @@ fn one_vm(
     }
     let traced = plan.targets.iter().any(|t| matches!(t, Target::Traced(_)));
     if traced {
+        crate::vm::ktrace::install(&vm);
         crate::vm::ktrace::start(&vm, setup_deadline);
         crate::vm::ktrace::probes(&vm, false)?;
     }

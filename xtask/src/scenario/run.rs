@@ -164,6 +164,9 @@ pub fn attempt(job: &Job, dir: &Path) -> (Outcome, bool) {
         Err(f) => return (out.failed_at(start, "boot", &f), false),
     };
     out.boot_s = Some(vm.boot_s);
+    if job.kernel_trace {
+        ktrace::install(&vm);
+    }
     if let Some((verdict, why)) = kernel_gate(&vm, sc, image, deadline, &mut out) {
         return (out.finish(start, verdict, Some(why)), false);
     }

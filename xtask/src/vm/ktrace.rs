@@ -1,5 +1,6 @@
 //! The kernel's view of any server in one VM: every image carries the install script of
-//! `ublk::ktrace::tracefs::PROBES` and its init creates them at boot; `start` turns them on
+//! `ublk::ktrace::tracefs::PROBES`; `install` runs it in the background after boot (traced
+//! runs only: a created probe costs even while disabled), `start` turns them on
 //! (a refused probe: a note, the run goes on untraced), `collect` stops
 //! the ring, reads it once (bounded) and checks it; `save` writes the run's `trace/`
 //! directory (events.txt in `ublk/KTRACE.md`'s format, summary.txt, timeline.svg) and
@@ -21,7 +22,7 @@ pub use super::ktrace_data::Collected;
 use super::ktrace_data::{block_hist, complete_from_us, overruns, uptime_us, MAX_TEXT_BYTES};
 use super::Vm;
 
-/// How long init may take to install the probes after boot.
+/// How long `install` may take to create the probes.
 const INSTALL_WAIT_S: u64 = 20;
 /// Budget of the setup and of the stop+dump commands.
 const SETUP: Duration = Duration::from_secs(10);
@@ -30,10 +31,23 @@ const DUMP: Duration = Duration::from_secs(30);
 const READ: Duration = Duration::from_secs(60);
 const TEXT_PATH: &str = "/tmp/ublk-ktrace.txt";
 
-/// Starts the ring once the guest's init has installed the probes (`tracefs::install_script`,
-/// run in the background at boot: creating them takes ~0.6 s under TCG, the host's
-/// post-boot work hides it). Tracing is all or nothing: a refused probe turns it off, with a
-/// note naming the probe and the kernel's reason.
+/// Creates the probes in the background (the image's `tracefs::install_script`: about 0.6 s
+/// of guest time under TCG), so that the host's post-boot work (features, server install)
+/// hides it; `start` waits for it. Only a traced run calls this: a created probe costs every
+/// call of its function something even while disabled (ftrace's call site is patched).
+pub fn install(vm: &Vm) {
+    let script = format!(
+        "rm -f {status}; (sh /{script} > /run/ublk-ktrace.part 2>&1; mv /run/ublk-ktrace.part {status}) < /dev/null > /dev/null 2>&1 &",
+        status = tracefs::STATUS_PATH,
+        script = tracefs::INSTALL_PATH,
+    );
+    let _ = vm
+        .agent
+        .run_capture(&["sh", "-c", &script], Instant::now() + SETUP);
+}
+
+/// Starts the ring once `install` created the probes. Tracing is all or nothing: a refused
+/// probe turns it off, with a note naming the probe and the kernel's reason.
 pub fn start(vm: &Vm, deadline: Instant) {
     let deadline = deadline.min(Instant::now() + SETUP);
     let out = vm
@@ -80,13 +94,13 @@ pub fn start(vm: &Vm, deadline: Instant) {
     state.on = true;
 }
 
-/// Waits (bounded) for init's install, passes on its lines, and turns the probes and the
+/// Waits (bounded) for `install`, passes on its lines, and turns the probes and the
 /// block layer's count on; prints `ok on`, or a `refused ...` line.
 fn enable_script() -> String {
     format!(
         "T=/sys/kernel/tracing; S={status}
          for i in $(seq {polls}); do [ -e $S ] && break; sleep 0.05; done
-         [ -e $S ] || {{ echo 'refused install: init did not install the probes within {wait_s} s'; exit 0; }}
+         [ -e $S ] || {{ echo 'refused install: the probes were not created within {wait_s} s'; exit 0; }}
          cat $S
          grep -q '^refused ' $S && exit 0
          echo 1 > $T/events/fprobes/enable || {{ echo 'refused enable: the probes could not be enabled'; exit 0; }}
@@ -273,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn the_start_waits_for_inits_install_then_enables_everything() {
+    fn the_start_waits_for_the_install_then_enables_everything() {
         let s = enable_script();
         assert!(s.contains(&format!("S={}", tracefs::STATUS_PATH)));
         assert!(s.contains("for i in $(seq 400)"), "{s}");

@@ -175,6 +175,9 @@ pub fn attempt(job: &Test, env: &Env, dir: &Path) -> (Outcome, bool) {
         Err(f) => return (out.failed_at(start, "boot", &f), false),
     };
     out.boot_s = Some(vm.boot_s);
+    if env.kernel_trace {
+        ktrace::install(&vm);
+    }
     out.kernel_features = vm.ublk_features(setup_deadline).unwrap_or_default();
     if let Err(why) = ship(&vm, job, setup_deadline) {
         let f = vm.gone().unwrap_or(Failure::Infra(why));
