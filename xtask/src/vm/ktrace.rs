@@ -248,7 +248,12 @@ pub fn save(c: &Collected, dir: &Path, timeline: bool) {
 
 /// The per-tag timeline picture (`vm::timeline`).
 pub fn save_timeline(c: &Collected, path: &Path) {
-    let svg = super::timeline::render(&c.events, &c.checker.stuck(), c.end_us);
+    let svg = super::timeline::render(
+        &c.events,
+        &c.checker.stuck(),
+        &c.checker.violations,
+        c.end_us,
+    );
     crate::runs::save(path, svg);
 }
 

@@ -2,11 +2,13 @@
 //! a bar from its dispatch to its completion (colour by operation); the server's commands are
 //! ticks on the lane (commit: dark, fetch: grey, refused: orange); a tag still holding a
 //! request when the trace ended is red to the end, its lane label red and marked STUCK, its
-//! summary written beside it. Every mark has a tooltip. Plain SVG, no dependencies.
+//! summary written under the plot; a broken protocol rule is a red dot on the event that broke
+//! it, its lane marked RULE and its message under the plot. Every mark has a tooltip. Plain
+//! SVG, no dependencies.
 
 use std::collections::BTreeMap;
 
-use ublk::ktrace::check::Stuck;
+use ublk::ktrace::check::{Stuck, Violation};
 use ublk::ktrace::{Event, IoCmd, Kind, Op, EIOCBQUEUED};
 
 use crate::text::xml;
@@ -23,14 +25,16 @@ const TOP: f64 = 56.0;
 type Lane = (u32, u16, u16);
 
 /// `end_us`: when the ring was read (guest uptime): a stuck request's bar reaches it.
-pub fn render(events: &[Event], stuck: &[Stuck], end_us: u64) -> String {
-    let lanes = lanes(events, stuck);
+pub fn render(events: &[Event], stuck: &[Stuck], violations: &[Violation], end_us: u64) -> String {
+    let broken: Vec<Lane> = violations.iter().map(|v| lane_of(&v.event)).collect();
+    let lanes = lanes(events, stuck, &broken);
     let (t0, t1) = window(events);
     let t1 = t1.max(end_us);
     let span = (t1.saturating_sub(t0)).max(1) as f64;
     let x = |t: u64| LEFT + PLOT_W * (t.saturating_sub(t0) as f64 / span);
     let plot_bottom = TOP + LANE_H * lanes.len().max(1) as f64;
-    let height = plot_bottom + 60.0 + 14.0 * stuck.len().min(MAX_LANES) as f64;
+    let notes = notes(stuck, violations);
+    let height = plot_bottom + 60.0 + 14.0 * notes.len() as f64;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"{height:.0}\" \
          font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
@@ -39,49 +43,91 @@ pub fn render(events: &[Event], stuck: &[Stuck], end_us: u64) -> String {
     s += &format!(
         "<text x=\"8\" y=\"16\" font-size=\"13\">ublk tags as the kernel saw them, {:.3} s to {:.3} s</text>\n\
          <text x=\"8\" y=\"32\">bar: dispatch to completion (blue READ, green WRITE, grey other); tick: server command \
-         (black COMMIT, grey FETCH, orange refused); red: still held when the trace ended</text>\n",
+         (black COMMIT, grey FETCH, orange refused); red: still held when the trace ended; red dot: a broken rule</text>\n",
         t0 as f64 / 1e6,
         t1 as f64 / 1e6
     );
     axis(&mut s, t0, t1, &x, plot_bottom + 4.0);
     let row: BTreeMap<Lane, usize> = lanes.iter().enumerate().map(|(i, l)| (*l, i)).collect();
-    let stuck_of: BTreeMap<Lane, &Stuck> = stuck.iter().map(|t| ((t.dev, t.q, t.tag), t)).collect();
+    let stuck_at: Vec<Lane> = stuck.iter().map(|t| (t.dev, t.q, t.tag)).collect();
     for (i, lane) in lanes.iter().enumerate() {
-        let y = TOP + LANE_H * i as f64;
-        let stuck = stuck_of.get(lane);
-        let colour = if stuck.is_some() { "#c00" } else { "#333" };
+        let flag = match (stuck_at.contains(lane), broken.contains(lane)) {
+            (true, true) => " STUCK RULE",
+            (true, false) => " STUCK",
+            (false, true) => " RULE",
+            (false, false) => "",
+        };
+        let colour = if flag.is_empty() { "#333" } else { "#c00" };
         s += &format!(
-            "<text x=\"8\" y=\"{:.1}\" fill=\"{colour}\">dev{} q{} tag {}{}</text>\n",
-            y + 10.0,
+            "<text x=\"8\" y=\"{:.1}\" fill=\"{colour}\">dev{} q{} tag {}{flag}</text>\n",
+            TOP + LANE_H * i as f64 + 10.0,
             lane.0,
             lane.1,
             lane.2,
-            if stuck.is_some() { " STUCK" } else { "" }
         );
     }
-    for (i, t) in stuck.iter().take(MAX_LANES).enumerate() {
+    for (i, n) in notes.iter().enumerate() {
+        let y = plot_bottom + 44.0 + 14.0 * i as f64;
         s += &format!(
-            "<text x=\"8\" y=\"{:.1}\" fill=\"#c00\">STUCK {}</text>\n",
-            plot_bottom + 44.0 + 14.0 * i as f64,
-            xml(&t.summary)
+            "<text x=\"8\" y=\"{y:.1}\" fill=\"#c00\">{}</text>\n",
+            xml(n)
         );
     }
     marks(&mut s, events, &row, t0, t1, &x);
+    for v in violations {
+        if let (Some(i), true) = (row.get(&lane_of(&v.event)), v.event.t_us >= t0) {
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#e00\"><title>{}</title></circle>\n",
+                x(v.event.t_us),
+                TOP + LANE_H * *i as f64 + LANE_H / 2.0,
+                xml(&v.message)
+            );
+        }
+    }
     s.push_str("</svg>\n");
     s
 }
 
-/// Stuck tags first, then tags by their last activity, newest first; at most MAX_LANES,
-/// drawn in (dev, queue, tag) order.
-fn lanes(events: &[Event], stuck: &[Stuck]) -> Vec<Lane> {
+fn lane_of(e: &Event) -> Lane {
+    (e.dev, e.q, e.tag)
+}
+
+/// Lines under the plot: stuck tags, then broken rules.
+const MAX_NOTES: usize = 16;
+
+/// The lines under the plot: stuck tags, then broken rules, at most MAX_NOTES and a count of
+/// the rest (summary.txt has them all).
+fn notes(stuck: &[Stuck], violations: &[Violation]) -> Vec<String> {
+    let stuck = stuck.iter().map(|t| format!("STUCK {}", t.summary));
+    let rules = violations.iter().map(|v| format!("RULE {}", v.message));
+    let mut all: Vec<String> = stuck.chain(rules).collect();
+    if all.len() > MAX_NOTES {
+        let more = all.len() - MAX_NOTES;
+        all.truncate(MAX_NOTES);
+        all.push(format!("... and {more} more (trace/summary.txt)"));
+    }
+    all
+}
+
+/// Stuck tags first, then tags that broke a rule, then tags by their last activity, newest
+/// first; at most MAX_LANES, drawn in (dev, queue, tag) order.
+fn lanes(events: &[Event], stuck: &[Stuck], broken: &[Lane]) -> Vec<Lane> {
     let mut last: BTreeMap<Lane, u64> = BTreeMap::new();
     for e in events {
         if !matches!(e.kind, Kind::Control { .. } | Kind::Gap) {
-            last.insert((e.dev, e.q, e.tag), e.t_us);
+            last.insert(lane_of(e), e.t_us);
         }
     }
-    let mut chosen: Vec<Lane> = stuck.iter().map(|t| (t.dev, t.q, t.tag)).collect();
-    chosen.truncate(MAX_LANES);
+    let mut chosen: Vec<Lane> = Vec::new();
+    for l in stuck
+        .iter()
+        .map(|t| (t.dev, t.q, t.tag))
+        .chain(broken.iter().copied())
+    {
+        if !chosen.contains(&l) && chosen.len() < MAX_LANES {
+            chosen.push(l);
+        }
+    }
     let mut rest: Vec<(Lane, u64)> = last
         .into_iter()
         .filter(|(l, _)| !chosen.contains(l))
@@ -274,7 +320,7 @@ mod tests {
             ),
         ];
         let c = Checker::run(&Header::default(), &events);
-        let svg = render(&events, &c.stuck(), 9_000_000);
+        let svg = render(&events, &c.stuck(), &c.violations, 9_000_000);
         assert!(svg.contains(">dev0 q1 tag 5 STUCK</text>"), "{svg}");
         assert!(
             svg.contains(
@@ -299,6 +345,16 @@ mod tests {
             "the refused fetch is orange"
         );
         assert!(!svg.contains(">dev0 q1 tag 4 STUCK"));
+        // The refused fetch broke a rule: a red dot on it, its lane and message marked.
+        assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
+        assert!(svg.contains(">dev0 q1 tag 3 RULE</text>"), "{svg}");
+        assert!(svg.contains("<circle cx="), "{svg}");
+        assert!(
+            svg.contains(
+                ">RULE dev0 q1 tag 3: server FETCH, refused -22 at 2.000 s: rule command-refused"
+            ),
+            "{svg}"
+        );
     }
 
     #[test]
@@ -325,7 +381,7 @@ mod tests {
                 },
             ));
         }
-        let svg = render(&events, &[], 0);
+        let svg = render(&events, &[], &[], 0);
         assert_eq!(svg.matches("STUCK").count(), 0);
         assert!(
             svg.matches("<rect").count() <= MAX_BARS + 2,
