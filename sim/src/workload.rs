@@ -190,6 +190,55 @@ const MAX_KTRACE_QUEUES: u16 = 64;
 /// Largest device a kernel trace may ask the simulator for: 4 GiB in 512-byte sectors.
 const MAX_KTRACE_SECTORS: u64 = 8 << 20;
 
+/// The simulator's request for a kernel trace's dispatch; None for an operation it does not
+/// model; an error for one beyond its limits.
+fn request_of(e: &ublk::ktrace::Event) -> Result<Option<Request>, String> {
+    use ublk::ktrace::{Kind, Op as KOp};
+    let Kind::Dispatch {
+        op,
+        sector,
+        sectors,
+        ..
+    } = e.kind
+    else {
+        return Ok(None);
+    };
+    let op = match op {
+        KOp::Read => Op::Read,
+        KOp::Write => Op::Write,
+        KOp::Flush => Op::Flush,
+        KOp::Discard => Op::Discard,
+        KOp::WriteZeroes => Op::WriteZeroes,
+        KOp::Other(_) => return Ok(None),
+    };
+    // A flush carries no range (the block layer leaves its sector at -1).
+    let (sector, sectors) = match op {
+        Op::Flush => (0, 0),
+        _ => (sector, sectors),
+    };
+    if sector.saturating_add(sectors as u64) > MAX_KTRACE_SECTORS {
+        return Err(format!(
+            "{}: {} reaches past the {} GiB the simulator models",
+            e.place(),
+            e.describe(),
+            MAX_KTRACE_SECTORS >> 21
+        ));
+    }
+    if e.tag >= MAX_KTRACE_DEPTH || e.q >= MAX_KTRACE_QUEUES {
+        return Err(format!(
+            "{}: beyond what the simulator models ({MAX_KTRACE_QUEUES} queues of {MAX_KTRACE_DEPTH} tags)",
+            e.place()
+        ));
+    }
+    Ok(Some(Request {
+        queue: e.q,
+        op,
+        sector,
+        sectors,
+        expect_result: None,
+    }))
+}
+
 /// A kernel-side trace (`ublk/KTRACE.md`) as a workload: one device's requests in the order
 /// the kernel dispatched them (`dev`: which device; default the first with requests), each
 /// READ/WRITE expecting the result the traced server committed (an error it returned is not
@@ -199,7 +248,7 @@ pub fn from_ktrace(
     events: &[ublk::ktrace::Event],
     dev: Option<u32>,
 ) -> Result<(Replay, String), String> {
-    use ublk::ktrace::{IoCmd, Kind, Op as KOp};
+    use ublk::ktrace::{IoCmd, Kind};
     let dev = dev
         .or_else(|| {
             events
@@ -213,54 +262,17 @@ pub fn from_ktrace(
     let (mut depth, mut queues, mut end, mut largest) = (1u16, 1u16, 0u64, 4096u64);
     for e in events.iter().filter(|e| e.dev == dev) {
         match e.kind {
-            Kind::Dispatch {
-                op,
-                sector,
-                sectors,
-                ..
-            } => {
-                let op = match op {
-                    KOp::Read => Op::Read,
-                    KOp::Write => Op::Write,
-                    KOp::Flush => Op::Flush,
-                    KOp::Discard => Op::Discard,
-                    KOp::WriteZeroes => Op::WriteZeroes,
-                    KOp::Other(_) => {
-                        other_ops += 1;
-                        continue;
-                    }
+            Kind::Dispatch { .. } => {
+                let Some(r) = request_of(e)? else {
+                    other_ops += 1;
+                    continue;
                 };
-                // A flush carries no range (the block layer leaves its sector at -1).
-                let (sector, sectors) = match op {
-                    Op::Flush => (0, 0),
-                    _ => (sector, sectors),
-                };
-                if sector.saturating_add(sectors as u64) > MAX_KTRACE_SECTORS {
-                    return Err(format!(
-                        "{}: {} reaches past the {} GiB the simulator models",
-                        e.place(),
-                        e.describe(),
-                        MAX_KTRACE_SECTORS >> 21
-                    ));
-                }
-                if e.tag >= MAX_KTRACE_DEPTH || e.q >= MAX_KTRACE_QUEUES {
-                    return Err(format!(
-                        "{}: beyond what the simulator models ({MAX_KTRACE_QUEUES} queues of {MAX_KTRACE_DEPTH} tags)",
-                        e.place()
-                    ));
-                }
                 depth = depth.max(e.tag + 1);
                 queues = queues.max(e.q + 1);
-                end = end.max(sector.saturating_add(sectors as u64));
-                largest = largest.max(sectors as u64 * 512);
+                end = end.max(r.sector.saturating_add(r.sectors as u64));
+                largest = largest.max(r.sectors as u64 * 512);
                 pending.insert((e.q, e.tag), requests.len());
-                requests.push(Request {
-                    queue: e.q,
-                    op,
-                    sector,
-                    sectors,
-                    expect_result: None,
-                });
+                requests.push(r);
             }
             Kind::Command {
                 cmd: IoCmd::CommitAndFetch,

@@ -249,104 +249,15 @@ fn apply(
     open: &mut HashMap<u32, usize>,
     bounced: &mut Vec<usize>,
 ) -> bool {
-    let event = |dev, q, tag, kind| Event {
-        t_us: l.t_us,
-        pid: l.pid,
-        dev,
-        q,
-        tag,
-        kind,
-    };
-    let e = match l.name {
-        "ublk_cmd_ret" | "ublk_ctrl_ret" => {
-            let Some(i) = open.remove(&l.pid) else {
-                return true; // its entry was overwritten in the ring: nothing to pair
-            };
-            let ret = l.int("ret").map(|r| r as i32);
-            let entry_us = events[i].t_us;
-            match &mut events[i].kind {
-                Kind::Command { ret: r, .. } => *r = ret,
-                Kind::Control {
-                    ret: r, took_us, ..
-                } => {
-                    if ret == Some(EAGAIN) {
-                        bounced.push(i);
-                    }
-                    *r = ret;
-                    // The command's effect holds from its return: the event moves there.
-                    *took_us = Some(l.t_us.saturating_sub(entry_us));
-                    events[i].t_us = l.t_us;
-                }
-                _ => {}
-            }
-            return true;
+    if matches!(l.name, "ublk_cmd_ret" | "ublk_ctrl_ret") {
+        // An entry overwritten in the ring has nothing to pair with.
+        if let Some(i) = open.remove(&l.pid) {
+            pair_return(l, &mut events[i], i, bounced);
         }
-        "ublk_disp" => {
-            let Some((dev, q, tag)) = place(l) else {
-                return false;
-            };
-            let (Some(flags), Some(sector), Some(bytes)) =
-                (l.num("op"), l.num("sector"), l.num("bytes"))
-            else {
-                return false;
-            };
-            event(
-                dev,
-                q,
-                tag,
-                Kind::Dispatch {
-                    op: Op::from_req_op(flags as u8),
-                    flags: (flags >> 8) as u32,
-                    sector,
-                    sectors: (bytes / 512) as u32,
-                },
-            )
-        }
-        "ublk_done" => {
-            let Some((dev, q, tag)) = place(l) else {
-                return false;
-            };
-            let (Some(error), Some(bytes)) = (l.int("err"), l.num("bytes")) else {
-                return false;
-            };
-            event(
-                dev,
-                q,
-                tag,
-                Kind::Complete {
-                    error: error as i32,
-                    bytes: bytes as u32,
-                },
-            )
-        }
-        "ublk_requeue" => {
-            let Some((dev, q, tag)) = place(l) else {
-                return false;
-            };
-            event(dev, q, tag, Kind::Requeue)
-        }
-        "tracing_mark_write" => {
-            if !l.rest.contains(GAP_MARKER) {
-                return false;
-            }
-            event(u32::MAX, 0, 0, Kind::Gap)
-        }
-        "ublk_cmd" => match command(l) {
-            Some(e) => e,
-            None => return false,
-        },
-        "ublk_ctrl" => {
-            let (Some(op), Some(dev), Some(q)) = (l.num("op"), l.num("dev"), l.num("q")) else {
-                return false;
-            };
-            let kind = Kind::Control {
-                cmd: CtrlCmd(op as u8),
-                ret: None,
-                took_us: None,
-            };
-            event(dev as u32, q as u16, 0, kind)
-        }
-        _ => return false,
+        return true;
+    }
+    let Some(e) = event_of(l) else {
+        return false;
     };
     // A task's next command ends any pairing left open (its return was lost); events of
     // the block layer on the same task (a commit completes its request) do not.
@@ -361,6 +272,70 @@ fn apply(
     }
     events.push(e);
     true
+}
+
+/// A command's return: the driver's answer on its entry event. A control command moves to
+/// its return (its effect holds from then on); one bounced to io_uring's worker is dropped.
+fn pair_return(l: &Line, entry: &mut Event, i: usize, bounced: &mut Vec<usize>) {
+    let ret = l.int("ret").map(|r| r as i32);
+    let entry_us = entry.t_us;
+    match &mut entry.kind {
+        Kind::Command { ret: r, .. } => *r = ret,
+        Kind::Control {
+            ret: r, took_us, ..
+        } => {
+            if ret == Some(EAGAIN) {
+                bounced.push(i);
+            }
+            *r = ret;
+            *took_us = Some(l.t_us.saturating_sub(entry_us));
+            entry.t_us = l.t_us;
+        }
+        _ => {}
+    }
+}
+
+/// The event one entry line records; None if it is not ours or lacks a field.
+fn event_of(l: &Line) -> Option<Event> {
+    let event = |(dev, q, tag): (u32, u16, u16), kind| Event {
+        t_us: l.t_us,
+        pid: l.pid,
+        dev,
+        q,
+        tag,
+        kind,
+    };
+    Some(match l.name {
+        "ublk_disp" => {
+            let flags = l.num("op")?;
+            let kind = Kind::Dispatch {
+                op: Op::from_req_op(flags as u8),
+                flags: (flags >> 8) as u32,
+                sector: l.num("sector")?,
+                sectors: (l.num("bytes")? / 512) as u32,
+            };
+            event(place(l)?, kind)
+        }
+        "ublk_done" => {
+            let kind = Kind::Complete {
+                error: l.int("err")? as i32,
+                bytes: l.num("bytes")? as u32,
+            };
+            event(place(l)?, kind)
+        }
+        "ublk_requeue" => event(place(l)?, Kind::Requeue),
+        "tracing_mark_write" if l.rest.contains(GAP_MARKER) => event((u32::MAX, 0, 0), Kind::Gap),
+        "ublk_cmd" => command(l)?,
+        "ublk_ctrl" => {
+            let kind = Kind::Control {
+                cmd: CtrlCmd(l.num("op")? as u8),
+                ret: None,
+                took_us: None,
+            };
+            event((l.num("dev")? as u32, l.num("q")? as u16, 0), kind)
+        }
+        _ => return None,
+    })
 }
 
 fn place(l: &Line) -> Option<(u32, u16, u16)> {
