@@ -49,7 +49,8 @@ pub fn install(vm: &Vm) {
 /// Starts the ring once `install` created the probes. Tracing is all or nothing: a refused
 /// probe turns it off, with a note naming the probe and the kernel's reason.
 pub fn start(vm: &Vm, deadline: Instant) {
-    let deadline = deadline.min(Instant::now() + SETUP);
+    // The guest script waits up to INSTALL_WAIT_S for the install: the agent call outlasts it.
+    let deadline = deadline.min(Instant::now() + Duration::from_secs(INSTALL_WAIT_S + 5));
     let out = vm
         .agent
         .run_capture(&["sh", "-c", &enable_script()], deadline);
