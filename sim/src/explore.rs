@@ -3,6 +3,7 @@
 use crate::sched::{Kind, Scheduler};
 use crate::workload::{self, Mix, Request};
 use crate::world::{Config, Event, Violation, World};
+use ublk::core::IoMode;
 
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -17,6 +18,7 @@ pub struct Spec {
     pub crashes: u32,
     /// Name of the planted bug (for the repro command only).
     pub plant: Option<String>,
+    pub mode: IoMode,
 }
 
 impl Default for Spec {
@@ -31,6 +33,7 @@ impl Default for Spec {
             scheduler: Kind::Random,
             crashes: 0,
             plant: None,
+            mode: IoMode::PerTag,
         }
     }
 }
@@ -50,7 +53,7 @@ pub fn run(
     seed: u64,
 ) -> Result<(u64, u64), Violation> {
     let depth = cfg.depth;
-    let actors = 1 + 64 + cfg.queues as usize * cfg.depth as usize * 2;
+    let actors = 1 + 64 + cfg.queues as usize * (cfg.depth as usize * 2).max(4);
     let bound = requests.len() as u64 * 16 + cfg.queues as u64 * cfg.depth as u64 * 16 + 64;
     let mut w = World::new(cfg, requests);
     let mut sched = Scheduler::new(kind, seed, depth, actors, bound / 4);
@@ -82,6 +85,7 @@ pub fn config(spec: &Spec, seed: u64) -> Config {
         max_io_bytes: spec.max_io_bytes,
         seed,
         crashes: spec.crashes,
+        mode: spec.mode,
     }
 }
 
@@ -156,6 +160,9 @@ pub fn repro(spec: &Spec, f: &Failure) -> String {
     );
     if spec.crashes > 0 {
         s += &format!(" --crashes {}", spec.crashes);
+    }
+    if spec.mode != IoMode::PerTag {
+        s += &format!(" --io-mode {}", spec.mode.name());
     }
     if let Some(p) = &spec.plant {
         s += &format!(" --plant {p}");

@@ -9,6 +9,7 @@ use sim::explore::{self, Spec};
 use sim::sched::Kind;
 use sim::workload::{self, Mix};
 use sim::world::Config;
+use ublk::core::IoMode;
 use ublk::planted::{self, Bug};
 
 #[derive(Parser)]
@@ -43,6 +44,10 @@ struct Shape {
     /// requests); the kernel requeues what it held and a new server takes over
     #[arg(long, default_value_t = 0)]
     crashes: u32,
+    /// The protocol: per-tag FETCH/COMMIT_AND_FETCH, or batch (PREP/COMMIT_IO_CMDS and a
+    /// multishot FETCH_IO_CMDS, UBLK_F_BATCH_IO)
+    #[arg(long, default_value = "per-tag", value_parser = ["per-tag", "batch"])]
+    io_mode: String,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +112,10 @@ fn spec(shape: &Shape) -> Result<Spec, String> {
         scheduler: Kind::parse(&shape.scheduler)?,
         plant: shape.plant.clone(),
         crashes: shape.crashes,
+        mode: match shape.io_mode.as_str() {
+            "batch" => IoMode::Batch,
+            _ => IoMode::PerTag,
+        },
         ..Spec::default()
     })
 }
@@ -236,6 +245,7 @@ fn replay_requests(r: workload::Replay, seeds: u64) -> Result<bool, String> {
             max_io_bytes: r.max_io_bytes,
             seed,
             crashes: 0,
+            mode: IoMode::PerTag,
         };
         if let Err(v) = explore::run(cfg, r.requests.clone(), Kind::Random, seed) {
             println!(

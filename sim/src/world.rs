@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blkio::block;
-use ublk::core::{self, Bringup, Command, NoObserver, QueueConfig, QueueCore, VecBacking};
+use ublk::core::{self, Bringup, Command, IoMode, NoObserver, QueueConfig, QueueCore, VecBacking};
 use ublk::sys::{self, ublksrv_io_desc};
 
 use crate::workload::{Op, Request};
@@ -28,6 +28,8 @@ pub struct Config {
     /// User recovery (REISSUE): the server may die this many times; each time the kernel
     /// requeues what the dead server held and a new server takes the device over.
     pub crashes: u32,
+    /// Per-tag commands, or the batched protocol (UBLK_F_BATCH_IO).
+    pub mode: IoMode,
 }
 
 /// Something that can happen next.
@@ -49,6 +51,15 @@ pub enum Event {
     Crash,
     /// A new server process takes the quiesced device over (START_USER_RECOVERY).
     Recover,
+    /// Batch mode: the kernel takes queue `q`'s oldest PREP/COMMIT_IO_CMDS.
+    BatchKernel(u16),
+    /// Batch mode: the kernel posts a fetch completion for `q` (the dispatched tags, or the
+    /// abort once the device stopped).
+    Post(u16),
+    /// Batch mode: `q`'s server handles its oldest fetch completion.
+    Fetched(u16),
+    /// Batch mode: `q`'s server handles its oldest COMMIT_IO_CMDS completion.
+    Committed(u16),
 }
 
 impl Event {
@@ -62,6 +73,11 @@ impl Event {
                     + (q as usize * depth as usize + t as usize) * 2
                     + matches!(self, Event::Deliver(..)) as usize
             }
+            // Batch mode has no per-tag actors: these follow the per-queue dispatchers.
+            Event::BatchKernel(q) => 1 + 64 + q as usize * 4,
+            Event::Post(q) => 1 + 64 + q as usize * 4 + 1,
+            Event::Fetched(q) => 1 + 64 + q as usize * 4 + 2,
+            Event::Committed(q) => 1 + 64 + q as usize * 4 + 3,
         }
     }
 }
@@ -106,6 +122,9 @@ impl Violation {
     }
 }
 
+#[path = "world_batch.rs"]
+mod batch;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cmd {
     Fetch,
@@ -121,6 +140,9 @@ struct KTag {
     armed: bool,
     /// Request handed to the server, waiting for its commit.
     req: Option<usize>,
+    /// Batch mode: the request's tag was posted in a fetch completion (the kernel counts the
+    /// tag as the server's from then on; before, it waits in the queue's FIFO).
+    posted: bool,
     /// Completion posted to the server, not yet handled: Some(result).
     cqe: Option<i32>,
     aborted: bool,
@@ -186,6 +208,8 @@ pub struct World {
     quiesced: bool,
     /// Requests the dead server held, to be issued again (REISSUE), in order.
     requeued: Vec<usize>,
+    /// Batch mode: the kernel side of each queue's batched commands.
+    bq: Vec<batch::BQueue>,
     /// Crashes so far (each followed by a recovery).
     pub recoveries: u32,
     pub steps: u64,
@@ -237,6 +261,7 @@ impl World {
             cmds: Vec::with_capacity(cfg.depth as usize * 2),
             quiesced: false,
             requeued: Vec::new(),
+            bq: (0..cfg.queues).map(|_| batch::BQueue::default()).collect(),
             recoveries: 0,
             steps: 0,
             completed: 0,
@@ -272,6 +297,9 @@ impl World {
                     out.push(Event::Deliver(q, t as u16));
                 }
             }
+        }
+        if self.cfg.mode == IoMode::Batch {
+            self.enabled_batch(out);
         }
         let all_issued = self.next_req == self.requests.len() && self.requeued.is_empty();
         if self.started && !self.stopping && all_issued {
@@ -325,11 +353,14 @@ impl World {
                                 fault: None,
                                 inflight: self.inflight.clone(),
                                 recovered: self.recoveries > 0,
+                                mode: self.cfg.mode,
                             };
                             self.cmds.clear();
                             let core = QueueCore::new(cfg, &mut self.cmds, &mut NoObserver);
                             self.cores[q as usize] = Some(core);
                             self.submit(q)?;
+                            // The server arms its multishot fetch with the PREP_IO_CMDS.
+                            self.bq[q as usize].fetch_armed = self.cfg.mode == IoMode::Batch;
                         }
                     }
                     Bringup::StartDev => self.starting = true,
@@ -344,6 +375,13 @@ impl World {
             Event::Dispatch(q) => self.dispatch(q),
             Event::Kernel(q, t) => self.kernel_take(q, t),
             Event::Deliver(q, t) => self.deliver(q, t),
+            Event::BatchKernel(q) => self.batch_kernel(q),
+            Event::Post(q) => {
+                self.post(q);
+                Ok(())
+            }
+            Event::Fetched(q) => self.fetched(q),
+            Event::Committed(q) => self.committed(q),
             Event::Crash => {
                 self.crash();
                 Ok(())
@@ -362,8 +400,12 @@ impl World {
                     if let Some(core) = self.cores[q as usize].as_mut() {
                         self.cmds.clear();
                         core.begin_shutdown(&mut self.cmds, &mut NoObserver);
+                        core.flush(&mut self.cmds);
                         self.submit(q)?;
                     }
+                }
+                if self.cfg.mode == IoMode::Batch {
+                    return Ok(()); // the fetch ends once no request is left (see `post`)
                 }
                 // Tags that hold a bare fetch are aborted at once; busy ones when they commit.
                 for tags in self.ktags.iter_mut() {
@@ -381,10 +423,19 @@ impl World {
 
     /// Moves the core's pending commands into the kernel's per-tag inboxes, checking the protocol.
     fn submit(&mut self, q: u16) -> Result<(), Violation> {
+        if self.cfg.mode == IoMode::Batch {
+            self.submit_batch(q);
+            return Ok(());
+        }
         for c in self.cmds.drain(..) {
             let (tag, cmd) = match c {
                 Command::Fetch { tag } => (tag, Cmd::Fetch),
                 Command::CommitAndFetch { tag, result } => (tag, Cmd::Commit(result)),
+                Command::Prep { .. } | Command::Commit { .. } => {
+                    return Err(Violation::Core(format!(
+                        "queue {q}: a per-tag core emitted {c:?}"
+                    )))
+                }
             };
             let k = &mut self.ktags[q as usize][tag as usize];
             if k.aborted {
@@ -494,7 +545,10 @@ impl World {
         let k = &mut self.ktags[q as usize][t as usize];
         k.armed = false;
         k.req = Some(ri);
-        k.cqe = Some(sys::UBLK_IO_RES_OK);
+        match self.cfg.mode {
+            IoMode::PerTag => k.cqe = Some(sys::UBLK_IO_RES_OK),
+            IoMode::Batch => self.bq[q as usize].fifo.push_back(t),
+        }
         Ok(())
     }
 
@@ -564,6 +618,11 @@ impl World {
         )
         .map_err(|e| Violation::Core(e.to_string()))?;
         self.submit(q)?;
+        self.finish_if_all_aborted()
+    }
+
+    /// After the device stopped, once every tag was aborted: the end, and the final checks.
+    fn finish_if_all_aborted(&mut self) -> Result<(), Violation> {
         if self.stopping && self.ktags.iter().all(|tags| tags.iter().all(|k| k.aborted)) {
             // Each core's last event was an abort, which made any deferred counter store visible.
             self.stop_done = true;
@@ -585,6 +644,9 @@ impl World {
                 *k = KTag::default();
             }
         }
+        self.bq
+            .iter_mut()
+            .for_each(|b| *b = batch::BQueue::default());
         // The dead server's in-flight counter died with it.
         self.inflight.store(0, Ordering::SeqCst);
         self.started = false;

@@ -3,6 +3,7 @@
 
 use sim::explore::{self, Spec};
 use sim::sched::Kind;
+use ublk::core::IoMode;
 use ublk::planted::{self, Bug};
 
 /// (schedules needed, check that fired) for `bug` under `scheduler`.
@@ -12,12 +13,21 @@ fn hunt(bug: Bug, scheduler: Kind) -> (u64, String) {
 
 /// The same, with the server crashing (and recovered) up to `crashes` times per schedule.
 fn hunt_in(bug: Bug, scheduler: Kind, crashes: u32) -> (u64, String) {
+    hunt_spec(
+        bug,
+        Spec {
+            scheduler,
+            crashes,
+            ..Spec::default()
+        },
+    )
+}
+
+fn hunt_spec(bug: Bug, spec: Spec) -> (u64, String) {
     planted::plant(bug);
     let spec = Spec {
-        scheduler,
-        crashes,
         plant: Some(bug.name().into()),
-        ..Spec::default()
+        ..spec
     };
     for seed in 1..=10_000u64 {
         if let Err(f) = explore::run_seed(&spec, seed) {
@@ -86,23 +96,64 @@ fn ending_recovery_before_the_fetches_is_a_start_order_failure() {
     );
 }
 
+/// The batch bug: a commit list sent again while it is in flight commits tags that are not
+/// the server's (or completes a new request with an old result).
+#[test]
+fn a_stale_batch_commit_is_caught() {
+    let spec = Spec {
+        mode: IoMode::Batch,
+        ..Spec::default()
+    };
+    let (seeds, check) = hunt_spec(Bug::StaleCommit, spec);
+    assert!(check == "protocol" || check == "data", "{check}");
+    assert!(seeds <= 10_000);
+}
+
+/// Per-tag bugs that live in the queue core are caught in batch mode too.
+#[test]
+fn batch_mode_catches_the_core_bugs() {
+    let batch = |scheduler| Spec {
+        mode: IoMode::Batch,
+        scheduler,
+        ..Spec::default()
+    };
+    assert_eq!(hunt_spec(Bug::SegmentOffset, batch(Kind::Random)).1, "data");
+    assert_eq!(
+        hunt_spec(Bug::LostCompletion, batch(Kind::Random)).1,
+        "liveness"
+    );
+    assert_eq!(
+        hunt_spec(Bug::RacyInflight, batch(Kind::Pct(3))).1,
+        "counter"
+    );
+    assert_eq!(
+        hunt_spec(Bug::StartBeforeFetch, batch(Kind::Random)).1,
+        "start-order"
+    );
+}
+
 #[test]
 fn without_planted_bugs_schedules_are_clean() {
-    for (scheduler, crashes) in [
-        (Kind::Random, 0),
-        (Kind::Pct(3), 0),
-        (Kind::Random, 2),
-        (Kind::Pct(3), 2),
+    for (scheduler, crashes, mode) in [
+        (Kind::Random, 0, IoMode::PerTag),
+        (Kind::Pct(3), 0, IoMode::PerTag),
+        (Kind::Random, 2, IoMode::PerTag),
+        (Kind::Pct(3), 2, IoMode::PerTag),
+        (Kind::Random, 0, IoMode::Batch),
+        (Kind::Pct(3), 0, IoMode::Batch),
+        (Kind::Random, 2, IoMode::Batch),
+        (Kind::Pct(3), 2, IoMode::Batch),
     ] {
         let spec = Spec {
             scheduler,
             crashes,
+            mode,
             ..Spec::default()
         };
         for seed in 1..=150u64 {
             if let Err(f) = explore::run_seed(&spec, seed) {
                 panic!(
-                    "{scheduler:?} seed {seed}: {} check: {}",
+                    "{scheduler:?} {mode:?} seed {seed}: {} check: {}",
                     f.violation.kind(),
                     f.violation.message()
                 );
@@ -140,6 +191,7 @@ fn recorded_trace_fixture_replays_clean() {
             max_io_bytes: r.max_io_bytes,
             seed,
             crashes: 0,
+            mode: ublk::core::IoMode::PerTag,
         };
         explore::run(cfg, r.requests.clone(), Kind::Random, seed)
             .unwrap_or_else(|v| panic!("schedule {seed}: {}: {}", v.kind(), v.message()));

@@ -18,6 +18,23 @@
 //! Construction emits the FETCH_REQ of every tag, so no tag can be served, and START_DEV
 //! cannot be meaningful, before all fetches exist. A completion for a tag that is not
 //! `InKernel` is a protocol violation and an error, never a silent recovery.
+//!
+//! Batched I/O ([`IoMode::Batch`], UBLK_F_BATCH_IO on 7.x) keeps the same three tag states
+//! with other commands: construction emits a `Prep` per tag (one PREP_IO_CMDS), requests
+//! arrive through one multishot FETCH_IO_CMDS per queue (each of its tags is handed to
+//! [`QueueCore::on_completion`] with result 0), and a commit makes the tag `InKernel` at once
+//! but is only collected; [`QueueCore::flush`] emits the collected commits as one numbered
+//! COMMIT_IO_CMDS, whose completion ([`QueueCore::on_commit_done`]) must report every element
+//! taken. The end of the fetch with -ENODEV ([`QueueCore::on_fetch_end`]) aborts the queue.
+//!
+//! ```text
+//!             new(): Prep (PREP_IO_CMDS)
+//!   ┌──────────────► InKernel ──── on_fetch_end(-ENODEV) ──► Aborted (final)
+//!   │                   │
+//!   │ commit: collected │ a FETCH_IO_CMDS completion names the tag
+//!   │   then flush()    ▼
+//!   └────────────── Serving
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,11 +98,50 @@ impl TagState {
     }
 }
 
+/// How a queue exchanges requests with the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// One FETCH_REQ / COMMIT_AND_FETCH_REQ per tag and request (every kernel).
+    #[default]
+    PerTag,
+    /// UBLK_F_BATCH_IO: PREP_IO_CMDS once, a multishot FETCH_IO_CMDS, COMMIT_IO_CMDS per batch.
+    Batch,
+}
+
+impl IoMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoMode::PerTag => "per-tag",
+            IoMode::Batch => "batch",
+        }
+    }
+}
+
+/// The largest commit batch: one element per tag (a tag is committed at most once per batch).
+pub const MAX_BATCH: usize = sys::UBLK_MAX_QUEUE_DEPTH as usize;
+
 /// What the executor must submit for a tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
-    Fetch { tag: u16 },
-    CommitAndFetch { tag: u16, result: i32 },
+    Fetch {
+        tag: u16,
+    },
+    CommitAndFetch {
+        tag: u16,
+        result: i32,
+    },
+    /// Batch mode: one element of the queue's PREP_IO_CMDS (every Prep of one output goes in
+    /// one command).
+    Prep {
+        tag: u16,
+    },
+    /// Batch mode: one element of COMMIT_IO_CMDS number `batch` (consecutive in the output;
+    /// the executor reports that command's completion to [`QueueCore::on_commit_done`]).
+    Commit {
+        batch: u32,
+        tag: u16,
+        result: i32,
+    },
 }
 
 /// Everything the core does, reported to an [`Observer`] (tracing, state publication, checks).
@@ -212,6 +268,7 @@ pub struct QueueConfig {
     /// The queue belongs to a server that took the device over (user recovery): requests the
     /// dead server held may arrive again, and must be served like any other.
     pub recovered: bool,
+    pub mode: IoMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +282,14 @@ pub enum CoreError {
     },
     /// The kernel rejected a command (negative result other than abort): a server bug.
     Rejected { q_id: u16, tag: u16, result: i32 },
+    /// The kernel refused (part of) a batch command: `what` names it, `tag` the first element
+    /// it did not take (when known), `result` its answer.
+    BatchRejected {
+        q_id: u16,
+        what: &'static str,
+        tag: Option<u16>,
+        result: i32,
+    },
 }
 
 impl std::fmt::Display for CoreError {
@@ -244,6 +309,19 @@ impl std::fmt::Display for CoreError {
                     "queue {q_id} tag {tag}: the kernel rejected our command with {result} ({})",
                     errno_name(-result)
                 )
+            }
+            CoreError::BatchRejected {
+                q_id,
+                what,
+                tag,
+                result,
+            } => {
+                let at = tag.map_or(String::new(), |t| format!(" at tag {t}"));
+                let why = match *result {
+                    r if r < 0 => format!("{r} ({})", errno_name(-r)),
+                    r => format!("only {r} bytes of its elements taken"),
+                };
+                write!(f, "queue {q_id}: the kernel refused our {what}{at}: {why}")
             }
         }
     }
@@ -274,6 +352,11 @@ pub struct QueueCore {
     stopping: bool,
     /// Planted RacyInflight: a counter value loaded at one event, stored at the next.
     deferred_store: Option<u64>,
+    /// Batch mode: commits collected since the last flush.
+    pending: Vec<(u16, i32)>,
+    /// Batch mode: COMMIT_IO_CMDS submitted and not completed, by number, with their elements.
+    in_flight: Vec<(u32, Vec<(u16, i32)>)>,
+    next_batch: u32,
 }
 
 impl QueueCore {
@@ -295,7 +378,10 @@ impl QueueCore {
             cfg.max_io_bytes
         );
         for tag in 0..cfg.depth {
-            out.push(Command::Fetch { tag });
+            out.push(match cfg.mode {
+                IoMode::PerTag => Command::Fetch { tag },
+                IoMode::Batch => Command::Prep { tag },
+            });
             obs.event(cfg.q_id, &Event::Fetch { tag });
         }
         let depth = cfg.depth as usize;
@@ -306,8 +392,115 @@ impl QueueCore {
             stats: Stats::default(),
             stopping: false,
             deferred_store: None,
+            pending: Vec::with_capacity(depth),
+            in_flight: Vec::new(),
+            next_batch: 0,
             cfg,
         }
+    }
+
+    pub fn mode(&self) -> IoMode {
+        self.cfg.mode
+    }
+
+    /// Batch mode: emits the commits collected since the last flush as one COMMIT_IO_CMDS
+    /// (numbered; consecutive `Command::Commit`s). Returns how many elements it holds (0: none
+    /// emitted). Per-tag mode commits at once and never has anything to flush.
+    pub fn flush(&mut self, out: &mut Vec<Command>) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        debug_assert_eq!(self.cfg.mode, IoMode::Batch);
+        let batch = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        let mut elems = std::mem::take(&mut self.pending);
+        if planted::active(Bug::StaleCommit) {
+            // "The list is reset when its COMMIT completes": one still in flight is sent again.
+            if let Some((_, old)) = self.in_flight.last() {
+                let mut stale = old.clone();
+                stale.append(&mut elems);
+                elems = stale;
+            }
+        }
+        assert!(
+            elems.len() <= MAX_BATCH,
+            "a commit batch holds at most one element per tag"
+        );
+        out.extend(
+            elems
+                .iter()
+                .map(|&(tag, result)| Command::Commit { batch, tag, result }),
+        );
+        let n = elems.len();
+        self.in_flight.push((batch, elems));
+        self.pending = Vec::with_capacity(self.cfg.depth as usize);
+        n
+    }
+
+    /// Batch mode: COMMIT_IO_CMDS number `batch` completed with `result`: the bytes of its
+    /// elements the kernel took (`elem_bytes` each), or -errno. Anything short is an error:
+    /// the requests of the elements not taken would never complete.
+    pub fn on_commit_done(
+        &mut self,
+        batch: u32,
+        result: i32,
+        elem_bytes: usize,
+    ) -> Result<(), CoreError> {
+        let q_id = self.cfg.q_id;
+        let at = self.in_flight.iter().position(|(b, _)| *b == batch);
+        let Some(at) = at else {
+            return Err(CoreError::BatchRejected {
+                q_id,
+                what: "COMMIT_IO_CMDS (a completion for no batch in flight)",
+                tag: None,
+                result,
+            });
+        };
+        let (_, elems) = self.in_flight.remove(at);
+        let taken = usize::try_from(result).map_or(0, |r| r / elem_bytes);
+        if result < 0 || taken < elems.len() {
+            return Err(CoreError::BatchRejected {
+                q_id,
+                what: "COMMIT_IO_CMDS",
+                tag: elems.get(taken).map(|e| e.0),
+                result,
+            });
+        }
+        Ok(())
+    }
+
+    /// Batch mode: the PREP_IO_CMDS completed with `result` (0, or -errno: nothing was taken).
+    pub fn on_prep_done(&mut self, result: i32) -> Result<(), CoreError> {
+        match result {
+            0 => Ok(()),
+            r => Err(CoreError::BatchRejected {
+                q_id: self.cfg.q_id,
+                what: "PREP_IO_CMDS",
+                tag: None,
+                result: r,
+            }),
+        }
+    }
+
+    /// Batch mode: the multishot FETCH_IO_CMDS ended with `result`. -ENODEV (the device is
+    /// going away) aborts every tag the server does not hold, like per-tag aborts; any other
+    /// end is the executor's to handle (re-arm on -ENOBUFS or a plain end).
+    pub fn on_fetch_end(&mut self, result: i32, obs: &mut impl Observer) {
+        if result != sys::UBLK_IO_RES_ABORT {
+            return;
+        }
+        for tag in 0..self.cfg.depth {
+            if self.states[tag as usize] == TagState::InKernel {
+                self.states[tag as usize] = TagState::Aborted;
+                self.live -= 1;
+                obs.event(self.cfg.q_id, &Event::Abort { tag });
+            }
+        }
+    }
+
+    /// Batch mode: COMMIT_IO_CMDS submitted and not yet completed.
+    pub fn commits_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     pub fn q_id(&self) -> u16 {
@@ -413,7 +606,10 @@ impl QueueCore {
                     return Ok(());
                 }
                 self.commit(tag, res, out, obs);
-                if planted::active(Bug::TagReuse) && self.served[t] == 3 {
+                if planted::active(Bug::TagReuse)
+                    && self.cfg.mode == IoMode::PerTag
+                    && self.served[t] == 3
+                {
                     out.push(Command::Fetch { tag }); // re-fetch while the commit is outstanding
                 }
                 Ok(())
@@ -457,7 +653,10 @@ impl QueueCore {
         debug_assert_eq!(self.states[tag as usize], TagState::Serving);
         self.states[tag as usize] = TagState::InKernel;
         self.inflight_add(-1);
-        out.push(Command::CommitAndFetch { tag, result });
+        match self.cfg.mode {
+            IoMode::PerTag => out.push(Command::CommitAndFetch { tag, result }),
+            IoMode::Batch => self.pending.push((tag, result)),
+        }
         obs.event(self.cfg.q_id, &Event::Commit { tag, result });
     }
 

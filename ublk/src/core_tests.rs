@@ -15,6 +15,13 @@ impl Observer for Recorder {
 }
 
 fn setup(fault: Option<Fault>) -> (QueueCore, VecBacking, Vec<Command>, Recorder) {
+    setup_mode(fault, IoMode::PerTag)
+}
+
+fn setup_mode(
+    fault: Option<Fault>,
+    mode: IoMode,
+) -> (QueueCore, VecBacking, Vec<Command>, Recorder) {
     let mut out = Vec::new();
     let mut rec = Recorder::default();
     let core = QueueCore::new(
@@ -26,6 +33,7 @@ fn setup(fault: Option<Fault>) -> (QueueCore, VecBacking, Vec<Command>, Recorder
             fault,
             inflight: Default::default(),
             recovered: false,
+            mode,
         },
         &mut out,
         &mut rec,
@@ -695,4 +703,161 @@ fn errno_names_for_messages() {
     for (e, name) in named {
         assert_eq!(errno_name(e), name, "{e}");
     }
+}
+
+// ---- batch mode ----
+
+/// Serves `tag` a 4 KiB write at `sector` (buffer data) in batch mode; returns the commands.
+fn batch_write(
+    core: &mut QueueCore,
+    store: &mut VecBacking,
+    tag: u16,
+    sector: u64,
+) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut buf = vec![tag as u8; 4096];
+    core.on_completion(
+        tag,
+        0,
+        &desc(sys::UBLK_IO_OP_WRITE, 0, sector, 8),
+        &mut buf[..],
+        store,
+        &mut out,
+        &mut NoObserver,
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn batch_mode_preps_every_tag_and_commits_only_on_flush() {
+    let (mut core, mut store, out, _) = setup_mode(None, IoMode::Batch);
+    assert_eq!(
+        out,
+        (0..DEPTH)
+            .map(|tag| Command::Prep { tag })
+            .collect::<Vec<_>>()
+    );
+    core.on_prep_done(0).unwrap();
+    assert!(
+        batch_write(&mut core, &mut store, 2, 0).is_empty(),
+        "a commit waits for the flush"
+    );
+    assert!(batch_write(&mut core, &mut store, 5, 8).is_empty());
+    assert_eq!(
+        core.state(2),
+        TagState::InKernel,
+        "committed, as far as the server is concerned"
+    );
+    let mut out = Vec::new();
+    assert_eq!(core.flush(&mut out), 2);
+    assert_eq!(
+        out,
+        [
+            Command::Commit {
+                batch: 0,
+                tag: 2,
+                result: 4096
+            },
+            Command::Commit {
+                batch: 0,
+                tag: 5,
+                result: 4096
+            }
+        ]
+    );
+    assert_eq!(core.flush(&mut out), 0, "nothing new: no empty command");
+    assert_eq!(core.commits_in_flight(), 1);
+    core.on_commit_done(0, 16, 8).unwrap();
+    assert_eq!(core.commits_in_flight(), 0);
+    assert_eq!(&store.0[4096..4097], &[5]);
+}
+
+/// A COMMIT_IO_CMDS the kernel took only partly leaves requests that never complete: the
+/// core names the first element not taken.
+#[test]
+fn batch_mode_refuses_a_partly_taken_commit() {
+    let (mut core, mut store, _, _) = setup_mode(None, IoMode::Batch);
+    batch_write(&mut core, &mut store, 1, 0);
+    batch_write(&mut core, &mut store, 3, 8);
+    let mut out = Vec::new();
+    core.flush(&mut out);
+    let e = core.on_commit_done(0, 8, 8).unwrap_err();
+    assert_eq!(
+        e,
+        CoreError::BatchRejected {
+            q_id: 3,
+            what: "COMMIT_IO_CMDS",
+            tag: Some(3),
+            result: 8
+        }
+    );
+    assert!(e.to_string().contains("at tag 3: only 8 bytes"), "{e}");
+    batch_write(&mut core, &mut store, 1, 0);
+    core.flush(&mut out);
+    let e = core
+        .on_commit_done(1, -libc::EBUSY, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at tag 1: -16 (EBUSY)"), "{e}");
+    assert!(core.on_commit_done(9, 8, 8).is_err(), "no such batch");
+    assert!(core
+        .on_prep_done(-libc::EINVAL)
+        .unwrap_err()
+        .to_string()
+        .contains("PREP_IO_CMDS"));
+}
+
+/// The fetch's end with -ENODEV aborts every tag not held; other ends abort nothing.
+#[test]
+fn batch_mode_aborts_on_the_fetch_end() {
+    let (mut core, mut store, _, _) =
+        setup_mode(Some(Fault::StallTag { tag: 4, after: 0 }), IoMode::Batch);
+    batch_write(&mut core, &mut store, 4, 0);
+    assert_eq!(core.state(4), TagState::Serving);
+    core.on_fetch_end(-libc::ENOBUFS, &mut NoObserver);
+    assert!(!core.aborted_any());
+    core.on_fetch_end(sys::UBLK_IO_RES_ABORT, &mut NoObserver);
+    assert!(core.aborted_any() && !core.all_aborted());
+    assert_eq!(
+        core.state(4),
+        TagState::Serving,
+        "a held request is still the server's"
+    );
+    let mut out = Vec::new();
+    assert_eq!(core.begin_shutdown(&mut out, &mut NoObserver), 1);
+    assert!(out.is_empty());
+    core.flush(&mut out);
+    assert_eq!(
+        out,
+        [Command::Commit {
+            batch: 0,
+            tag: 4,
+            result: -libc::EIO
+        }]
+    );
+}
+
+/// The planted batch bug: a batch flushed while the previous one is in flight carries its
+/// elements again.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_stale_commit_resends_the_batch_in_flight() {
+    let (mut core, mut store, _, _) = setup_mode(None, IoMode::Batch);
+    crate::planted::plant(Bug::StaleCommit);
+    batch_write(&mut core, &mut store, 1, 0);
+    let mut out = Vec::new();
+    core.flush(&mut out);
+    batch_write(&mut core, &mut store, 2, 8);
+    out.clear();
+    core.flush(&mut out);
+    crate::planted::plant(Bug::None);
+    let tags: Vec<u16> = out
+        .iter()
+        .map(|c| match c {
+            Command::Commit { tag, .. } => *tag,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(tags, [1, 2]);
 }

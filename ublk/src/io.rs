@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
+use crate::batch::{self, BatchIo, Completion};
 use crate::core::{
-    Command, Event, Fault, Observer, QueueConfig, QueueCore, RequestData, Stats, TagState,
+    Command, Event, Fault, IoMode, Observer, QueueConfig, QueueCore, RequestData, Stats, TagState,
 };
 use crate::mem::MemView;
 use crate::sys::{self, ublksrv_io_cmd, ublksrv_io_desc};
@@ -49,6 +50,8 @@ pub struct QueueSpec {
     pub aborting: Arc<std::sync::atomic::AtomicBool>,
     /// How requests' data reaches the store (USER_COPY granted by ADD_DEV, or not).
     pub copy: CopyMode,
+    /// Per-tag commands, or batched ones (BATCH_IO granted by ADD_DEV; needs USER_COPY).
+    pub mode: IoMode,
     pub cpus: Vec<usize>,
     pub fault: Option<Fault>,
     /// Trace file for this queue (see TRACE.md).
@@ -398,9 +401,13 @@ struct Queue<'a> {
     fd: types::Fixed,
     descs: Descriptors,
     data: DataPath,
+    /// Dropped before `batch`: the kernel lets go of the fetch buffers with the ring.
     ring: IoUring,
+    batch: Option<BatchIo>,
     /// FETCH_REQ and COMMIT_AND_FETCH_REQ in the encoding the device was granted.
     ops: (u32, u32),
+    /// Batch mode: SQEs built for the next submission (reused: no allocation per I/O).
+    sqes: Vec<io_uring::squeue::Entry>,
 }
 
 impl Queue<'_> {
@@ -417,6 +424,13 @@ impl Queue<'_> {
         let descs = Descriptors::map(cdev, spec.q_id, spec.depth)?;
         let data = DataPath::new(cdev, spec)?;
         let ring = queue_ring(cdev, spec)?;
+        if spec.mode == IoMode::Batch && spec.copy != CopyMode::User {
+            return Err(format!("queue {}: batched I/O needs USER_COPY", spec.q_id));
+        }
+        let batch = match spec.mode {
+            IoMode::Batch => Some(BatchIo::new(&ring, spec.q_id, spec.depth)?),
+            IoMode::PerTag => None,
+        };
         let trace = match &spec.trace {
             Some(p) => {
                 let f =
@@ -442,7 +456,9 @@ impl Queue<'_> {
                 descs,
                 data,
                 ring,
+                batch,
                 ops,
+                sqes: Vec::with_capacity(4),
             },
             trace,
         ))
@@ -450,10 +466,23 @@ impl Queue<'_> {
 
     /// Turns the core's commands into SQEs (submitted by the next io_uring_enter).
     fn push(&mut self, cmds: &mut Vec<Command>) -> Result<(), String> {
+        if let Some(b) = &mut self.batch {
+            b.sqes(self.fd, cmds, &mut self.sqes);
+            for sqe in self.sqes.drain(..) {
+                // SAFETY: the SQE references our element lists, kept by BatchIo until the
+                // command completes.
+                unsafe { self.ring.submission().push(&sqe) }
+                    .map_err(|_| format!("queue {}: submission queue full", self.spec.q_id))?;
+            }
+            return Ok(());
+        }
         for c in cmds.drain(..) {
             let (op, tag, result) = match c {
                 Command::Fetch { tag } => (self.ops.0, tag, 0),
                 Command::CommitAndFetch { tag, result } => (self.ops.1, tag, result),
+                Command::Prep { .. } | Command::Commit { .. } => {
+                    unreachable!("a per-tag core emits no batch command")
+                }
             };
             let io = ublksrv_io_cmd {
                 q_id: self.spec.q_id,
@@ -503,6 +532,111 @@ impl Queue<'_> {
         r.map_err(|e| e.to_string())
     }
 }
+
+impl Queue<'_> {
+    /// Submits the commands that make the tags ready. Batch mode waits (bounded) for the
+    /// PREP_IO_CMDS to be taken, then arms the multishot fetch: a refusal is reported before
+    /// START_DEV rather than as a device that never starts.
+    fn bring_up(&mut self, core: &mut QueueCore) -> Result<(), String> {
+        let q_id = self.spec.q_id;
+        let Some(b) = &self.batch else {
+            return self
+                .ring
+                .submit()
+                .map(drop)
+                .map_err(|e| format!("queue {q_id}: submitting FETCH_REQs: {e}"));
+        };
+        let fetch = b.fetch_sqe(self.fd);
+        crate::uring::enter_for(&self.ring.submitter(), 1, PREP_LIMIT)
+            .map_err(|e| format!("queue {q_id}: submitting PREP_IO_CMDS: {e}"))?;
+        let Some(c) = self.ring.completion().next() else {
+            let s = PREP_LIMIT.as_secs();
+            return Err(format!(
+                "queue {q_id}: PREP_IO_CMDS not answered within {s} s"
+            ));
+        };
+        debug_assert_eq!(Completion::of(c.user_data()), Some(Completion::Prep));
+        self.batch
+            .as_mut()
+            .expect("batch")
+            .list_done(Completion::Prep);
+        core.on_prep_done(c.result()).map_err(|e| e.to_string())?;
+        // SAFETY: the fetch SQE points at nothing of ours (the kernel picks a provided buffer).
+        unsafe { self.ring.submission().push(&fetch) }
+            .map_err(|_| format!("queue {q_id}: submission queue full"))?;
+        self.ring
+            .submit()
+            .map(drop)
+            .map_err(|e| format!("queue {q_id}: submitting FETCH_IO_CMDS: {e}"))
+    }
+
+    /// Batch mode: one completion of the queue's ring. Fetched tags go to the core like
+    /// per-tag completions; list commands report back to it; a fetch that ended is re-armed
+    /// unless the kernel aborted it.
+    fn complete_batch(
+        &mut self,
+        core: &mut QueueCore,
+        (user_data, result, flags): (u64, i32, u32),
+        ctx: &mut (
+            &mut MemView,
+            &mut Vec<Command>,
+            &mut DaemonObserver,
+            &mut Vec<u16>,
+        ),
+    ) -> Result<(), String> {
+        let (mem, cmds, obs, tags) = ctx;
+        let b = self.batch.as_mut().expect("batch mode");
+        match Completion::of(user_data) {
+            Some(Completion::Fetch) => {
+                b.take_fetched(result, flags, tags)?;
+                for &tag in tags.iter() {
+                    if tag >= self.spec.depth {
+                        let d = self.spec.depth;
+                        return Err(format!(
+                            "queue {}: fetched tag {tag} beyond depth {d}",
+                            self.spec.q_id
+                        ));
+                    }
+                    self.complete(core, (tag, 0), mem, cmds, obs)?;
+                }
+                if io_uring::cqueue::more(flags) {
+                    return Ok(());
+                }
+                match result {
+                    sys::UBLK_IO_RES_ABORT => core.on_fetch_end(result, *obs),
+                    r if r >= 0 || r == -libc::ENOBUFS => self.rearm_fetch()?,
+                    r => {
+                        return Err(format!(
+                            "queue {}: FETCH_IO_CMDS failed: {r} ({})",
+                            self.spec.q_id,
+                            crate::core::errno_name(-r)
+                        ))
+                    }
+                }
+                Ok(())
+            }
+            Some(kind @ Completion::Commit { batch }) => {
+                b.list_done(kind);
+                core.on_commit_done(batch, result, batch::ELEM_BYTES)
+                    .map_err(|e| e.to_string())
+            }
+            Some(Completion::Prep) | None => Err(format!(
+                "queue {}: unexpected completion {user_data:#x} (result {result})",
+                self.spec.q_id
+            )),
+        }
+    }
+
+    fn rearm_fetch(&mut self) -> Result<(), String> {
+        let sqe = self.batch.as_ref().expect("batch mode").fetch_sqe(self.fd);
+        // SAFETY: as in bring_up.
+        unsafe { self.ring.submission().push(&sqe) }
+            .map_err(|_| format!("queue {}: submission queue full", self.spec.q_id))
+    }
+}
+
+/// Longest the kernel may take to answer PREP_IO_CMDS (it answers inline: this is a backstop).
+const PREP_LIMIT: Duration = Duration::from_secs(5);
 
 /// The queue's ring, made by the queue thread that alone submits to it: task work (the
 /// kernel handing us requests) runs only when the thread waits for completions, batched
@@ -562,12 +696,11 @@ pub fn run_queue(
         fault: spec.fault,
         inflight: spec.inflight.clone(),
         recovered: spec.recovered,
+        mode: spec.mode,
     };
     let mut cmds: Vec<Command> = Vec::with_capacity(spec.depth as usize);
     let mut core = QueueCore::new(cfg, &mut cmds, &mut obs);
-    q.push(&mut cmds)?;
-    if let Err(e) = q.ring.submit() {
-        let msg = format!("queue {}: submitting FETCH_REQs: {e}", spec.q_id);
+    if let Err(msg) = q.push(&mut cmds).and_then(|()| q.bring_up(&mut core)) {
         ready(Err(msg.clone()));
         return Err(msg);
     }
@@ -613,7 +746,8 @@ fn serve(
     epoch: Instant,
     counts: &mut (u64, u64),
 ) -> Result<Option<String>, String> {
-    let mut completions: Vec<(u16, i32)> = Vec::with_capacity(q.spec.depth as usize);
+    let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(q.spec.depth as usize);
+    let mut tags: Vec<u16> = Vec::with_capacity(q.spec.depth as usize);
     let mut stopping = false;
     let mut want = 1usize;
     loop {
@@ -625,19 +759,35 @@ fn serve(
         completions.extend(
             q.ring
                 .completion()
-                .map(|c| (c.user_data() as u16, c.result())),
+                .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         counts.0 += 1;
         counts.1 += completions.len() as u64;
-        want = (completions.len() / 2).clamp(1, (q.spec.depth as usize / 2).max(1));
-        for &c in &completions {
-            q.complete(core, c, mem, cmds, obs)?;
+        match q.batch.is_some() {
+            // One fetch completion already carries every tag the kernel had: no gathering.
+            true => {
+                let mut ctx = (&mut *mem, &mut *cmds, &mut *obs, &mut tags);
+                for &c in &completions {
+                    q.complete_batch(core, c, &mut ctx)?;
+                }
+                core.flush(cmds);
+            }
+            false => {
+                want = (completions.len() / 2).clamp(1, (q.spec.depth as usize / 2).max(1));
+                for &(user_data, result, _) in &completions {
+                    q.complete(core, (user_data as u16, result), mem, cmds, obs)?;
+                }
+            }
         }
         obs.shared
             .completions
             .fetch_add(completions.len() as u64, Ordering::Relaxed);
         q.push(cmds)?;
         if core.all_aborted() {
+            // Batch mode: commits flushed with the abort still go out (per-tag has none left).
+            q.ring
+                .submit()
+                .map_err(|e| format!("queue {}: submitting the last commits: {e}", q.spec.q_id))?;
             return Ok(None);
         }
         if q.spec.recoverable && core.aborted_any() {
@@ -654,6 +804,7 @@ fn serve(
             // Shutting down: a request held by fault injection must not keep STOP_DEV waiting.
             stopping = true;
             if core.begin_shutdown(cmds, obs) > 0 {
+                core.flush(cmds);
                 q.push(cmds)?;
             }
         }

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md at the workspace root.
 
 pub mod admin;
+pub mod batch;
 pub mod contract;
 pub mod core;
 pub mod ctrl;

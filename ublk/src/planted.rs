@@ -31,10 +31,14 @@ pub enum Bug {
     /// larger than the request (a server that mapped the wrong descriptor: with buffer copy the
     /// kernel warns in `ublk_unmap_io`, and the data read back is wrong).
     OversizeCommit = 10,
+    /// Batch mode: the commit list is reset when its COMMIT_IO_CMDS completes instead of when
+    /// it is submitted, so a batch flushed before that completion carries the previous one's
+    /// elements again (tags the server no longer holds, or already holds for a new request).
+    StaleCommit = 11,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::StartBeforeFetch,
         Bug::SegmentOffset,
         Bug::TagReuse,
@@ -45,6 +49,7 @@ impl Bug {
         Bug::ReplayAck,
         Bug::EarlyEndRecovery,
         Bug::OversizeCommit,
+        Bug::StaleCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +65,7 @@ impl Bug {
             Bug::ReplayAck => "replay-ack",
             Bug::EarlyEndRecovery => "early-end-recovery",
             Bug::OversizeCommit => "oversize-commit",
+            Bug::StaleCommit => "stale-commit",
         }
     }
 

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::ctrl::{self, Control};
-use crate::server::{CopyChoice, Options};
+use crate::server::{CopyChoice, IoChoice, Options};
 use crate::sys;
 
 /// Where recoverable devices keep their stores (tmpfs: memory, like the memfd of a plain add).
@@ -150,6 +150,11 @@ pub fn device_options(
         copy_mode: match info.flags & sys::UBLK_F_USER_COPY {
             0 => CopyChoice::Buffer,
             _ => CopyChoice::User,
+        },
+        // The device's own mode: a taken-over device keeps the commands it was added with.
+        io_mode: match info.flags & sys::UBLK_F_BATCH_IO {
+            0 => IoChoice::PerTag,
+            _ => IoChoice::Batch,
         },
         recovery: Some(mode),
     };

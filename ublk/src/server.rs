@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::contract;
-use crate::core::{Bringup, Fault, TagState};
+use crate::core::{Bringup, Fault, IoMode, TagState};
 use crate::ctrl::{self, Control};
 use crate::io::{run_queue, CopyMode, QueueExit, QueueShared, QueueSpec};
 use crate::mem::SharedMem;
@@ -69,19 +69,54 @@ pub fn parse_copy_mode(s: &str) -> Result<CopyChoice, String> {
     }
 }
 
+/// `--io-mode`: per-tag commands, or batched ones (UBLK_F_BATCH_IO).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoChoice {
+    /// BATCH_IO when the kernel offers it and USER_COPY is used, else per tag.
+    #[default]
+    Auto,
+    PerTag,
+    Batch,
+}
+
+pub fn parse_io_mode(s: &str) -> Result<IoChoice, String> {
+    match s {
+        "auto" => Ok(IoChoice::Auto),
+        "per-tag" => Ok(IoChoice::PerTag),
+        "batch" => Ok(IoChoice::Batch),
+        _ => Err(format!("{s:?}: expected auto, per-tag or batch")),
+    }
+}
+
 /// The ADD_DEV flags ublk-mem asks for, given the driver's features: the ioctl command
-/// encoding when offered, USER_COPY as `--copy-mode` says.
-pub fn wanted_flags(choice: CopyChoice, features: u64) -> Result<u64, String> {
+/// encoding when offered, USER_COPY as `--copy-mode` says, BATCH_IO as `--io-mode` says
+/// (batched commands carry no buffer address here, so they need USER_COPY).
+pub fn wanted_flags(copy: CopyChoice, io: IoChoice, features: u64) -> Result<u64, String> {
     let encode = sys::UBLK_F_CMD_IOCTL_ENCODE & features;
     let user_copy = features & sys::UBLK_F_USER_COPY;
-    match choice {
-        CopyChoice::Buffer => Ok(encode),
-        CopyChoice::Auto => Ok(encode | user_copy),
-        CopyChoice::User if user_copy != 0 => Ok(encode | user_copy),
-        CopyChoice::User => Err(format!(
+    let offered = || sys::feature_names(features).join(" ");
+    let flags = match copy {
+        CopyChoice::Buffer => encode,
+        CopyChoice::Auto => encode | user_copy,
+        CopyChoice::User if user_copy != 0 => encode | user_copy,
+        CopyChoice::User => return Err(format!(
             "--copy-mode user: this kernel's ublk driver does not offer USER_COPY (it offers: {}); use --copy-mode buffer or auto",
-            sys::feature_names(features).join(" ")
+            offered()
         )),
+    };
+    let batch = features & sys::UBLK_F_BATCH_IO;
+    match io {
+        IoChoice::PerTag => Ok(flags),
+        IoChoice::Auto if flags & sys::UBLK_F_USER_COPY != 0 => Ok(flags | batch),
+        IoChoice::Auto => Ok(flags),
+        IoChoice::Batch if batch == 0 => Err(format!(
+            "--io-mode batch: this kernel's ublk driver does not offer BATCH_IO (Linux 7.0 and later do; it offers: {}); use --io-mode per-tag or auto",
+            offered()
+        )),
+        IoChoice::Batch if flags & sys::UBLK_F_USER_COPY == 0 => Err(
+            "--io-mode batch needs USER_COPY: use --copy-mode auto or user with it".to_string(),
+        ),
+        IoChoice::Batch => Ok(flags | batch),
     }
 }
 
@@ -99,6 +134,7 @@ pub struct Options {
     /// (queue, fault)
     pub fault: Option<(u16, Fault)>,
     pub copy_mode: CopyChoice,
+    pub io_mode: IoChoice,
     /// User recovery (`--recoverable MODE`): the device outlives this process.
     pub recovery: Option<recovery::Mode>,
 }
@@ -150,7 +186,7 @@ pub fn serve(opts: &Options) -> Result<(), String> {
     opts.validate()?;
     let signals = block_signals();
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    let mut want = wanted_flags(opts.copy_mode, ctl.features)?;
+    let mut want = wanted_flags(opts.copy_mode, opts.io_mode, ctl.features)?;
     if let Some(mode) = opts.recovery {
         want |= mode.flags(ctl.features)?;
     }
@@ -397,6 +433,10 @@ fn start_queues(
             copy: match info.flags & sys::UBLK_F_USER_COPY {
                 0 => CopyMode::Buffer,
                 _ => CopyMode::User,
+            },
+            mode: match info.flags & sys::UBLK_F_BATCH_IO {
+                0 => IoMode::PerTag,
+                _ => IoMode::Batch,
             },
             cpus: ctl.get_queue_affinity(dev.dev_id, q).unwrap_or_default(),
             fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
@@ -685,6 +725,7 @@ mod tests {
             json: false,
             fault: None,
             copy_mode: CopyChoice::Auto,
+            io_mode: IoChoice::Auto,
             recovery: None,
         }
     }
@@ -693,17 +734,18 @@ mod tests {
     fn copy_mode_asks_for_user_copy_only_when_offered_or_told() {
         let both = sys::UBLK_F_CMD_IOCTL_ENCODE | sys::UBLK_F_USER_COPY | sys::UBLK_F_USER_RECOVERY;
         let encode = sys::UBLK_F_CMD_IOCTL_ENCODE;
+        let auto = IoChoice::Auto;
         assert_eq!(
-            wanted_flags(CopyChoice::Auto, both),
+            wanted_flags(CopyChoice::Auto, auto, both),
             Ok(encode | sys::UBLK_F_USER_COPY)
         );
-        assert_eq!(wanted_flags(CopyChoice::Auto, encode), Ok(encode));
-        assert_eq!(wanted_flags(CopyChoice::Buffer, both), Ok(encode));
+        assert_eq!(wanted_flags(CopyChoice::Auto, auto, encode), Ok(encode));
+        assert_eq!(wanted_flags(CopyChoice::Buffer, auto, both), Ok(encode));
         assert_eq!(
-            wanted_flags(CopyChoice::User, both),
+            wanted_flags(CopyChoice::User, auto, both),
             Ok(encode | sys::UBLK_F_USER_COPY)
         );
-        let e = wanted_flags(CopyChoice::User, encode).unwrap_err();
+        let e = wanted_flags(CopyChoice::User, auto, encode).unwrap_err();
         assert!(
             e.contains("does not offer USER_COPY") && e.contains("CMD_IOCTL_ENCODE"),
             "{e}"
@@ -712,6 +754,35 @@ mod tests {
         assert!(parse_copy_mode("zero")
             .unwrap_err()
             .contains("auto, buffer or user"));
+    }
+
+    /// BATCH_IO is asked for only when offered, only with USER_COPY, and never when told
+    /// per-tag; asking for it where it cannot be had says why and what to do.
+    #[test]
+    fn io_mode_asks_for_batch_io_only_when_offered_with_user_copy() {
+        let encode = sys::UBLK_F_CMD_IOCTL_ENCODE;
+        let uc = sys::UBLK_F_USER_COPY;
+        let batch = sys::UBLK_F_BATCH_IO;
+        let v7 = encode | uc | batch;
+        let v6 = encode | uc;
+        use CopyChoice as C;
+        use IoChoice as I;
+        assert_eq!(wanted_flags(C::Auto, I::Auto, v7), Ok(v7));
+        assert_eq!(wanted_flags(C::Auto, I::Auto, v6), Ok(v6));
+        assert_eq!(wanted_flags(C::Auto, I::PerTag, v7), Ok(v6));
+        assert_eq!(wanted_flags(C::Buffer, I::Auto, v7), Ok(encode));
+        assert_eq!(wanted_flags(C::User, I::Batch, v7), Ok(v7));
+        let e = wanted_flags(C::Auto, I::Batch, v6).unwrap_err();
+        assert!(
+            e.contains("does not offer BATCH_IO") && e.contains("--io-mode per-tag"),
+            "{e}"
+        );
+        let e = wanted_flags(C::Buffer, I::Batch, v7).unwrap_err();
+        assert!(e.contains("needs USER_COPY"), "{e}");
+        assert_eq!(parse_io_mode("per-tag"), Ok(I::PerTag));
+        assert!(parse_io_mode("batched")
+            .unwrap_err()
+            .contains("auto, per-tag or batch"));
     }
 
     #[test]

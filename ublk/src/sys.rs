@@ -261,6 +261,44 @@ pub const UBLK_U_IO_FETCH_REQ: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_IO_FETCH_REQ
 pub const UBLK_U_IO_COMMIT_AND_FETCH_REQ: u32 =
     ioc(IOC_READ | IOC_WRITE, UBLK_IO_COMMIT_AND_FETCH_REQ, IO);
 
+// ---- batched I/O (UBLK_F_BATCH_IO, Linux 7.x; checked against 7.2's header) ----
+/// The legacy-style numbers of the batch commands (they only exist ioctl-encoded).
+pub const UBLK_IO_PREP_IO_CMDS: u32 = 0x25;
+pub const UBLK_IO_COMMIT_IO_CMDS: u32 = 0x26;
+pub const UBLK_IO_FETCH_IO_CMDS: u32 = 0x27;
+const BATCH: usize = std::mem::size_of::<ublk_batch_io>();
+/// Hands the kernel a list of tags the server is ready to serve (the batch FETCH_REQ).
+pub const UBLK_U_IO_PREP_IO_CMDS: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_IO_PREP_IO_CMDS, BATCH);
+/// Commits a list of (tag, result); the tags are ready again at once (no re-fetch).
+pub const UBLK_U_IO_COMMIT_IO_CMDS: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_IO_COMMIT_IO_CMDS, BATCH);
+/// Multishot: each completion fills a provided buffer with the tags that got a request.
+pub const UBLK_U_IO_FETCH_IO_CMDS: u32 = ioc(IOC_READ | IOC_WRITE, UBLK_IO_FETCH_IO_CMDS, BATCH);
+/// `sqe->uring_cmd_flags` bit that makes a URING_CMD multishot (include/uapi/linux/io_uring.h).
+pub const IORING_URING_CMD_MULTISHOT: u32 = 1 << 1;
+
+/// The SQE command area of PREP/COMMIT/FETCH_IO_CMDS; the element list is at `sqe->addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ublk_batch_io {
+    pub q_id: u16,
+    pub flags: u16,
+    pub nr_elem: u16,
+    /// 8 (this header alone: USER_COPY, zero copy) or more with the optional fields; 2 for FETCH.
+    pub elem_bytes: u8,
+    pub reserved: u8,
+    pub reserved2: u64,
+}
+
+/// One element of a PREP/COMMIT_IO_CMDS list (without the optional buffer address / LBA).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ublk_elem_header {
+    pub tag: u16,
+    pub buf_index: u16,
+    /// The request's result (bytes or -errno); COMMIT only.
+    pub result: i32,
+}
+
 /// Byte offset in /dev/ublkcN of queue `q_id`'s descriptor area. The driver sizes every
 /// queue's slot for the maximum depth, rounded to pages (ublk_ch_mmap / ublk_max_cmd_buf_size).
 pub fn desc_offset(q_id: u16, page_size: usize) -> u64 {
@@ -540,6 +578,51 @@ mod tests {
         assert_eq!(UBLK_U_CMD_GET_FEATURES, 0x8020_7513);
         assert_eq!(UBLK_U_IO_FETCH_REQ, 0xc010_7520);
         assert_eq!(UBLK_U_IO_COMMIT_AND_FETCH_REQ, 0xc010_7521);
+        assert_eq!(UBLK_U_IO_PREP_IO_CMDS, 0xc010_7525);
+        assert_eq!(UBLK_U_IO_COMMIT_IO_CMDS, 0xc010_7526);
+        assert_eq!(UBLK_U_IO_FETCH_IO_CMDS, 0xc010_7527);
+    }
+
+    /// The batch ABI is 7.2's: command numbers, struct sizes and field order as in its header.
+    #[test]
+    fn batch_abi_matches_the_7_2_header() {
+        let text = include_str!("../abi/ublk_cmd-7.2.h");
+        for (name, nr) in [
+            ("UBLK_U_IO_PREP_IO_CMDS", UBLK_IO_PREP_IO_CMDS),
+            ("UBLK_U_IO_COMMIT_IO_CMDS", UBLK_IO_COMMIT_IO_CMDS),
+            ("UBLK_U_IO_FETCH_IO_CMDS", UBLK_IO_FETCH_IO_CMDS),
+        ] {
+            let at = text.find(&format!("#define\t{name}")).expect(name);
+            let def = &text[at..at + 90];
+            assert!(
+                def.contains(&format!("_IOWR('u', {nr:#x}, struct ublk_batch_io)")),
+                "{def}"
+            );
+        }
+        let batch = &text[text.find("struct ublk_batch_io {").unwrap()..];
+        let batch = &batch[..batch.find("};").unwrap()];
+        let fields: Vec<&str> = batch
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.trim().strip_suffix(';'))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "q_id",
+                "flags",
+                "nr_elem",
+                "elem_bytes",
+                "reserved",
+                "reserved2"
+            ]
+        );
+        assert_eq!(size_of::<ublk_batch_io>(), 16);
+        assert_eq!(offset_of!(ublk_batch_io, elem_bytes), 6);
+        assert_eq!(size_of::<ublk_elem_header>(), 8);
+        assert_eq!(offset_of!(ublk_elem_header, result), 4);
+        assert!(text.contains("#define UBLK_F_BATCH_IO\t\t(1ULL << 15)"));
     }
 
     #[test]

@@ -213,6 +213,7 @@ mod tests {
             recovered: false,
             aborting: Default::default(),
             copy: crate::io::CopyMode::Buffer,
+            mode: Default::default(),
             cpus: vec![],
             fault: None,
             trace: None,

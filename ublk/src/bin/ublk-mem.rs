@@ -54,6 +54,10 @@ enum Cmd {
         /// copy), buffer (per-tag buffers: the kernel's copy and ours), user (USER_COPY or fail)
         #[arg(long, value_name = "auto|buffer|user", default_value = "auto", value_parser = server::parse_copy_mode)]
         copy_mode: server::CopyChoice,
+        /// How requests travel: auto (batched when the kernel offers BATCH_IO, Linux 7.0 and
+        /// later, with USER_COPY), per-tag (one FETCH/COMMIT per tag and request), batch (or fail)
+        #[arg(long, value_name = "auto|per-tag|batch", default_value = "auto", value_parser = server::parse_io_mode)]
+        io_mode: server::IoChoice,
         /// User recovery: the device outlives this process; its store is a file under
         /// /dev/shm/ublk-mem that `recover` re-attaches. reissue: requests the dead server held
         /// are issued again; requeue: they fail, new ones wait; fail-io: all fail until recovered
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
             json,
             fault,
             copy_mode,
+            io_mode,
             recoverable,
         } => {
             let max_io_bytes =
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
                     json,
                     fault,
                     copy_mode,
+                    io_mode,
                     recovery: recoverable,
                 })
             })

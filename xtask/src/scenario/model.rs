@@ -1038,6 +1038,7 @@ fn server_options(
         json: false,
         fault: fault.map(FaultSpec::parsed),
         copy_mode: Default::default(),
+        io_mode: Default::default(),
         recovery: None,
     }
     .validate();
