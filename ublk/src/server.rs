@@ -88,10 +88,44 @@ pub fn parse_io_mode(s: &str) -> Result<IoChoice, String> {
     }
 }
 
+/// Where batched I/O is wrong for a device even on a kernel that offers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchLimit {
+    /// Queue depth 1: 7.2's ADD_DEV refuses BATCH_IO (its per-queue event FIFO needs 2 slots).
+    DepthOne,
+    /// A recoverable device: on 7.2 a BATCH_IO device fails every request sent while no server
+    /// runs (cancelling the batch fetch sets the queue's force_abort), where per-tag devices
+    /// keep them for the next server. See README "Performance".
+    Recoverable,
+}
+
+impl BatchLimit {
+    pub fn of(depth: u16, recoverable: bool) -> Option<BatchLimit> {
+        match (depth, recoverable) {
+            (0..=1, _) => Some(BatchLimit::DepthOne),
+            (_, true) => Some(BatchLimit::Recoverable),
+            _ => None,
+        }
+    }
+
+    pub fn why(self) -> &'static str {
+        match self {
+            BatchLimit::DepthOne => "queue depth 1 (Linux 7.2 refuses BATCH_IO below depth 2)",
+            BatchLimit::Recoverable => "a recoverable device (Linux 7.2 fails the requests of a BATCH_IO device while no server runs, instead of keeping them for the next one)",
+        }
+    }
+}
+
 /// The ADD_DEV flags ublk-mem asks for, given the driver's features: the ioctl command
 /// encoding when offered, USER_COPY as `--copy-mode` says, BATCH_IO as `--io-mode` says
-/// (batched commands carry no buffer address here, so they need USER_COPY).
-pub fn wanted_flags(copy: CopyChoice, io: IoChoice, features: u64) -> Result<u64, String> {
+/// (batched commands carry no buffer address here, so they need USER_COPY; `auto` leaves it
+/// out where `limit` says it is wrong, `batch` insists unless the kernel would refuse it).
+pub fn wanted_flags(
+    copy: CopyChoice,
+    io: IoChoice,
+    features: u64,
+    limit: Option<BatchLimit>,
+) -> Result<u64, String> {
     let encode = sys::UBLK_F_CMD_IOCTL_ENCODE & features;
     let user_copy = features & sys::UBLK_F_USER_COPY;
     let offered = || sys::feature_names(features).join(" ");
@@ -105,17 +139,22 @@ pub fn wanted_flags(copy: CopyChoice, io: IoChoice, features: u64) -> Result<u64
         )),
     };
     let batch = features & sys::UBLK_F_BATCH_IO;
+    let with_user_copy = flags & sys::UBLK_F_USER_COPY != 0;
     match io {
         IoChoice::PerTag => Ok(flags),
-        IoChoice::Auto if flags & sys::UBLK_F_USER_COPY != 0 => Ok(flags | batch),
+        IoChoice::Auto if with_user_copy && limit.is_none() => Ok(flags | batch),
         IoChoice::Auto => Ok(flags),
         IoChoice::Batch if batch == 0 => Err(format!(
             "--io-mode batch: this kernel's ublk driver does not offer BATCH_IO (Linux 7.0 and later do; it offers: {}); use --io-mode per-tag or auto",
             offered()
         )),
-        IoChoice::Batch if flags & sys::UBLK_F_USER_COPY == 0 => Err(
+        IoChoice::Batch if !with_user_copy => Err(
             "--io-mode batch needs USER_COPY: use --copy-mode auto or user with it".to_string(),
         ),
+        IoChoice::Batch if limit == Some(BatchLimit::DepthOne) => Err(format!(
+            "--io-mode batch: {}; use --depth 2 or more, or --io-mode per-tag",
+            BatchLimit::DepthOne.why()
+        )),
         IoChoice::Batch => Ok(flags | batch),
     }
 }
@@ -186,7 +225,20 @@ pub fn serve(opts: &Options) -> Result<(), String> {
     opts.validate()?;
     let signals = block_signals();
     let mut ctl = Control::open(ctrl::DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
-    let mut want = wanted_flags(opts.copy_mode, opts.io_mode, ctl.features)?;
+    let limit = BatchLimit::of(opts.depth, opts.recovery.is_some());
+    let mut want = wanted_flags(opts.copy_mode, opts.io_mode, ctl.features, limit)?;
+    if let Some(l) = limit.filter(|_| ctl.features & sys::UBLK_F_BATCH_IO != 0) {
+        match opts.io_mode {
+            IoChoice::Auto => eprintln!(
+                "ublk-mem: per-tag I/O although the kernel offers BATCH_IO: {}",
+                l.why()
+            ),
+            _ if want & sys::UBLK_F_BATCH_IO != 0 => {
+                eprintln!("ublk-mem: warning: batched I/O as told, for {}", l.why())
+            }
+            _ => {}
+        }
+    }
     if let Some(mode) = opts.recovery {
         want |= mode.flags(ctl.features)?;
     }
@@ -736,16 +788,22 @@ mod tests {
         let encode = sys::UBLK_F_CMD_IOCTL_ENCODE;
         let auto = IoChoice::Auto;
         assert_eq!(
-            wanted_flags(CopyChoice::Auto, auto, both),
+            wanted_flags(CopyChoice::Auto, auto, both, None),
             Ok(encode | sys::UBLK_F_USER_COPY)
         );
-        assert_eq!(wanted_flags(CopyChoice::Auto, auto, encode), Ok(encode));
-        assert_eq!(wanted_flags(CopyChoice::Buffer, auto, both), Ok(encode));
         assert_eq!(
-            wanted_flags(CopyChoice::User, auto, both),
+            wanted_flags(CopyChoice::Auto, auto, encode, None),
+            Ok(encode)
+        );
+        assert_eq!(
+            wanted_flags(CopyChoice::Buffer, auto, both, None),
+            Ok(encode)
+        );
+        assert_eq!(
+            wanted_flags(CopyChoice::User, auto, both, None),
             Ok(encode | sys::UBLK_F_USER_COPY)
         );
-        let e = wanted_flags(CopyChoice::User, auto, encode).unwrap_err();
+        let e = wanted_flags(CopyChoice::User, auto, encode, None).unwrap_err();
         assert!(
             e.contains("does not offer USER_COPY") && e.contains("CMD_IOCTL_ENCODE"),
             "{e}"
@@ -767,18 +825,32 @@ mod tests {
         let v6 = encode | uc;
         use CopyChoice as C;
         use IoChoice as I;
-        assert_eq!(wanted_flags(C::Auto, I::Auto, v7), Ok(v7));
-        assert_eq!(wanted_flags(C::Auto, I::Auto, v6), Ok(v6));
-        assert_eq!(wanted_flags(C::Auto, I::PerTag, v7), Ok(v6));
-        assert_eq!(wanted_flags(C::Buffer, I::Auto, v7), Ok(encode));
-        assert_eq!(wanted_flags(C::User, I::Batch, v7), Ok(v7));
-        let e = wanted_flags(C::Auto, I::Batch, v6).unwrap_err();
+        assert_eq!(wanted_flags(C::Auto, I::Auto, v7, None), Ok(v7));
+        assert_eq!(wanted_flags(C::Auto, I::Auto, v6, None), Ok(v6));
+        assert_eq!(wanted_flags(C::Auto, I::PerTag, v7, None), Ok(v6));
+        assert_eq!(wanted_flags(C::Buffer, I::Auto, v7, None), Ok(encode));
+        assert_eq!(wanted_flags(C::User, I::Batch, v7, None), Ok(v7));
+        let e = wanted_flags(C::Auto, I::Batch, v6, None).unwrap_err();
         assert!(
             e.contains("does not offer BATCH_IO") && e.contains("--io-mode per-tag"),
             "{e}"
         );
-        let e = wanted_flags(C::Buffer, I::Batch, v7).unwrap_err();
+        let e = wanted_flags(C::Buffer, I::Batch, v7, None).unwrap_err();
         assert!(e.contains("needs USER_COPY"), "{e}");
+        // Where 7.2 gets batched I/O wrong, auto stays per-tag; batch insists where it can.
+        assert_eq!(BatchLimit::of(1, false), Some(BatchLimit::DepthOne));
+        assert_eq!(BatchLimit::of(32, true), Some(BatchLimit::Recoverable));
+        assert_eq!(BatchLimit::of(2, false), None);
+        let rec = BatchLimit::of(32, true);
+        assert_eq!(wanted_flags(C::Auto, I::Auto, v7, rec), Ok(v6));
+        assert_eq!(wanted_flags(C::Auto, I::Batch, v7, rec), Ok(v7));
+        let one = BatchLimit::of(1, false);
+        assert_eq!(wanted_flags(C::Auto, I::Auto, v7, one), Ok(v6));
+        let e = wanted_flags(C::Auto, I::Batch, v7, one).unwrap_err();
+        assert!(
+            e.contains("below depth 2") && e.contains("--depth 2"),
+            "{e}"
+        );
         assert_eq!(parse_io_mode("per-tag"), Ok(I::PerTag));
         assert!(parse_io_mode("batched")
             .unwrap_err()
