@@ -363,7 +363,7 @@ fn command_step(t: &mut Tag, cmd: IoCmd, result: i32, ret: Option<i32>) -> Optio
     let held = t.held;
     let serving = held.is_some_and(|h| !h.committed);
     let broken = match cmd {
-        IoCmd::Fetch if t.known && (t.armed || serving) => {
+        c if c.fetches() && t.known && (t.armed || serving) => {
             let why = if t.armed {
                 ", while its earlier fetch is pending".to_string()
             } else {
@@ -372,14 +372,14 @@ fn command_step(t: &mut Tag, cmd: IoCmd, result: i32, ret: Option<i32>) -> Optio
             };
             Some((Rule::FetchWhileBusy, why))
         }
-        IoCmd::CommitAndFetch if t.known && !serving => {
+        c if c.commits() && t.known && !serving => {
             let why = match held {
                 Some(h) => format!(", already committed for {}", h.dispatch.describe()),
                 None => ", holding no request".to_string(),
             };
             Some((Rule::CommitWithoutRequest, why))
         }
-        IoCmd::CommitAndFetch => match held {
+        c if c.commits() => match held {
             Some(h) if h.op.moves_data() && result as i64 > h.bytes as i64 => Some((
                 Rule::ResultExceedsRequest,
                 format!(
@@ -398,13 +398,13 @@ fn command_step(t: &mut Tag, cmd: IoCmd, result: i32, ret: Option<i32>) -> Optio
         return broken;
     }
     match cmd {
-        IoCmd::Fetch => {
+        c if c.fetches() => {
             t.armed = true;
             t.known = true;
             t.ever_fetched = true;
             t.refetched = true;
         }
-        IoCmd::CommitAndFetch => {
+        c if c.commits() => {
             t.armed = true;
             if let Some(h) = &mut t.held {
                 h.committed = true;

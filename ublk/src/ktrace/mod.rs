@@ -88,10 +88,26 @@ pub enum IoCmd {
     NeedGetData,
     RegisterBuf,
     UnregisterBuf,
+    /// BATCH_IO: one element of a PREP_IO_CMDS (the tag is the server's to receive requests,
+    /// like a FETCH).
+    PrepIo,
+    /// BATCH_IO: one element of a COMMIT_IO_CMDS (the tag's result; the tag is ready again at
+    /// once, like a COMMIT_AND_FETCH).
+    CommitIo,
     Other(u8),
 }
 
 impl IoCmd {
+    /// Takes a tag for requests: FETCH, or a PREP_IO_CMDS element.
+    pub fn fetches(self) -> bool {
+        matches!(self, IoCmd::Fetch | IoCmd::PrepIo)
+    }
+
+    /// Commits a tag's request (and keeps the tag): COMMIT_AND_FETCH, or a COMMIT_IO_CMDS element.
+    pub fn commits(self) -> bool {
+        matches!(self, IoCmd::CommitAndFetch | IoCmd::CommitIo)
+    }
+
     pub fn from_nr(nr: u8) -> IoCmd {
         match nr {
             0x20 => IoCmd::Fetch,
@@ -110,6 +126,8 @@ impl IoCmd {
             IoCmd::NeedGetData => "GET_DATA".into(),
             IoCmd::RegisterBuf => "REG_BUF".into(),
             IoCmd::UnregisterBuf => "UNREG_BUF".into(),
+            IoCmd::PrepIo => "PREP_IO".into(),
+            IoCmd::CommitIo => "COMMIT_IO".into(),
             IoCmd::Other(n) => format!("IO_0x{n:02x}"),
         }
     }
@@ -121,6 +139,8 @@ impl IoCmd {
             "GET_DATA" => IoCmd::NeedGetData,
             "REG_BUF" => IoCmd::RegisterBuf,
             "UNREG_BUF" => IoCmd::UnregisterBuf,
+            "PREP_IO" => IoCmd::PrepIo,
+            "COMMIT_IO" => IoCmd::CommitIo,
             _ => IoCmd::Other(u8::from_str_radix(s.strip_prefix("IO_0x")?, 16).ok()?),
         })
     }
@@ -256,6 +276,7 @@ impl Event {
                 };
                 match cmd {
                     IoCmd::CommitAndFetch => format!("server COMMIT result {result}{answer}"),
+                    IoCmd::CommitIo => format!("server COMMIT_IO result {result}{answer}"),
                     c => format!("server {}{answer}", c.name()),
                 }
             }

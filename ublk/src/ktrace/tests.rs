@@ -452,3 +452,59 @@ fn the_install_script_creates_every_probe_and_enables_none() {
     assert!(!s.contains("enable"), "{s}");
     assert!(!s.contains("tracing_on\necho 1"), "{s}");
 }
+
+/// A BATCH_IO server's commands as 7.2's per-element handlers show them: PREP elements, a
+/// dispatch, COMMIT_IO elements (each with its return), the completion.
+const TRACEFS_BATCH: &str = r#"# tracer: nop
+         ublk-q0-170     [000] ...1.     3.100000: ublk_bprep: (ublk_batch_prep_io+0x4/0x1a0 [ublk_drv]) q=0 tag=0 rdev=254803968
+         ublk-q0-170     [000] ...1.     3.100010: ublk_bprep_ret: (ublk_walk_cmd_buf+0x9e/0x150 [ublk_drv] <- ublk_batch_prep_io) ret=0
+         ublk-q0-170     [000] ...1.     3.100020: ublk_bprep: (ublk_batch_prep_io+0x4/0x1a0 [ublk_drv]) q=0 tag=1 rdev=254803968
+         ublk-q0-170     [000] ...1.     3.100030: ublk_bprep_ret: (ublk_walk_cmd_buf+0x9e/0x150 [ublk_drv] <- ublk_batch_prep_io) ret=0
+              dd-193     [001] .....     3.200000: ublk_disp: (blk_mq_start_request+0x4/0x1a0) tag=1 q=0 op=0 sector=16 bytes=4096 name="ublkb0"
+         ublk-q0-170     [000] ...1.     3.210000: ublk_bcommit: (ublk_batch_commit_io+0x4/0x220 [ublk_drv]) q=0 tag=1 res=4096 rdev=254803968
+         ublk-q0-170     [000] b....     3.210010: ublk_done: (blk_update_request+0x4/0x4a0) tag=1 q=0 err=0 bytes=4096 name="ublkb0"
+         ublk-q0-170     [000] ...1.     3.210020: ublk_bcommit_ret: (ublk_walk_cmd_buf+0x9e/0x150 [ublk_drv] <- ublk_batch_commit_io) ret=0
+"#;
+
+#[test]
+fn batched_commands_are_per_tag_commands() {
+    let p = tracefs::parse(TRACEFS_BATCH, 100);
+    let kinds: Vec<String> = p.events.iter().map(|e| e.describe()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "server PREP_IO, done",
+            "server PREP_IO, done",
+            "dispatched READ 16+8",
+            "server COMMIT_IO result 4096, done",
+            "completed 4096 bytes"
+        ]
+    );
+    assert!(p.events.iter().all(|e| e.dev == 0 && e.q == 0));
+    let c = Checker::run(&Header::default(), &p.events);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    // The events file keeps them (round trip), and the rules apply to them as to per-tag ones.
+    let text = write(&Header::default(), &p.events);
+    assert_eq!(parse(&text).unwrap().1, p.events);
+    let bad = vec![
+        cmd(1, 0, IoCmd::PrepIo, 0),
+        cmd(2, 1, IoCmd::PrepIo, 0),
+        read(3, 1, 0, 8),
+        cmd(4, 1, IoCmd::CommitIo, 8192),
+        cmd(5, 0, IoCmd::CommitIo, 4096),
+        cmd(6, 1, IoCmd::PrepIo, 0),
+    ];
+    let rules: Vec<Rule> = Checker::run(&Header::default(), &bad)
+        .violations
+        .iter()
+        .map(|v| v.rule)
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            Rule::ResultExceedsRequest,
+            Rule::CommitWithoutRequest,
+            Rule::FetchWhileBusy
+        ]
+    );
+}

@@ -8,6 +8,12 @@
 //! driver's inner functions differ between kernels (`__ublk_ch_uring_cmd` is inlined on 7.2,
 //! 7.2 dispatches through `ublk_queue_rqs` as well as `ublk_queue_rq`); these do not.
 //!
+//! Kernels with BATCH_IO (7.x) also get the probes marked `optional`, on the driver's
+//! per-element handlers of PREP_IO_CMDS and COMMIT_IO_CMDS (`ublk_batch_prep_io`,
+//! `ublk_batch_commit_io`: callbacks, so never inlined): a batched server's tags get their
+//! commands in the trace like a per-tag server's. A kernel without those functions says
+//! `absent NAME` and is traced without them.
+//!
 //! A tracefs line: `<comm>-<pid> [<cpu>] <flags> <secs>.<usecs>: <event>: (<where>) k=v ...`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +27,8 @@ pub struct Probe {
     pub filter: Option<&'static str>,
     /// What it records, for a refusal's message.
     pub what: &'static str,
+    /// Only where the kernel has the function (BATCH_IO's handlers): skipped, not refused.
+    pub optional: bool,
 }
 
 const UBLK_DISK: &str = "name ~ \"ublkb*\"";
@@ -32,42 +40,77 @@ pub const PROBES: &[Probe] = &[
         definition: "f:ublk_disp blk_mq_start_request tag=rq->tag q=rq->mq_hctx->queue_num op=rq->cmd_flags sector=rq->__sector bytes=rq->__data_len name=rq->q->disk->disk_name:string",
         filter: Some(UBLK_DISK),
         what: "requests the driver takes",
+        optional: false,
     },
     Probe {
         name: "ublk_cmd",
         definition: "f:ublk_cmd ublk_ch_uring_cmd op=cmd->cmd_op fl=issue_flags q=+48(cmd->sqe):u16 tag=+50(cmd->sqe):u16 res=+52(cmd->sqe):s32 addr=+56(cmd->sqe):x64 rdev=cmd->file->f_inode->i_rdev",
         filter: None,
         what: "the server's io commands",
+        optional: false,
     },
     Probe {
         name: "ublk_cmd_ret",
         definition: "f:ublk_cmd_ret ublk_ch_uring_cmd%return ret=$retval",
         filter: None,
         what: "the driver's answers to io commands",
+        optional: false,
     },
     Probe {
         name: "ublk_done",
         definition: "f:ublk_done blk_update_request tag=req->tag q=req->mq_hctx->queue_num err=error bytes=nr_bytes major=req->q->disk->major minor=req->q->disk->first_minor name=req->q->disk->disk_name:string",
         filter: Some(UBLK_DISK),
         what: "completions to the block layer",
+        optional: false,
     },
     Probe {
         name: "ublk_requeue",
         definition: "f:ublk_requeue blk_mq_requeue_request tag=rq->tag q=rq->mq_hctx->queue_num name=rq->q->disk->disk_name:string",
         filter: Some(UBLK_DISK),
         what: "requeued requests",
+        optional: false,
     },
     Probe {
         name: "ublk_ctrl",
         definition: "f:ublk_ctrl ublk_ctrl_uring_cmd op=cmd->cmd_op dev=+48(cmd->sqe):u32 q=+52(cmd->sqe):u16",
         filter: None,
         what: "control commands",
+        optional: false,
     },
     Probe {
         name: "ublk_ctrl_ret",
         definition: "f:ublk_ctrl_ret ublk_ctrl_uring_cmd%return ret=$retval",
         filter: None,
         what: "the driver's answers to control commands",
+        optional: false,
+    },
+    Probe {
+        name: "ublk_bprep",
+        definition: "f:ublk_bprep ublk_batch_prep_io q=ubq->q_id tag=elem->tag rdev=data->cmd->file->f_inode->i_rdev",
+        filter: None,
+        what: "the elements of batched PREP_IO_CMDS",
+        optional: true,
+    },
+    Probe {
+        name: "ublk_bprep_ret",
+        definition: "f:ublk_bprep_ret ublk_batch_prep_io%return ret=$retval",
+        filter: None,
+        what: "the driver's answers to PREP_IO_CMDS elements",
+        optional: true,
+    },
+    Probe {
+        name: "ublk_bcommit",
+        definition: "f:ublk_bcommit ublk_batch_commit_io q=ubq->q_id tag=elem->tag res=elem->result rdev=data->cmd->file->f_inode->i_rdev",
+        filter: None,
+        what: "the elements of batched COMMIT_IO_CMDS",
+        optional: true,
+    },
+    Probe {
+        name: "ublk_bcommit_ret",
+        definition: "f:ublk_bcommit_ret ublk_batch_commit_io%return ret=$retval",
+        filter: None,
+        what: "the driver's answers to COMMIT_IO_CMDS elements",
+        optional: true,
     },
 ];
 
@@ -99,12 +142,25 @@ pub fn install_script() -> String {
           }\n";
     for p in PROBES {
         assert!(!p.definition.contains('\'') && !p.filter.unwrap_or("").contains('\''));
+        if p.optional {
+            let function = p
+                .definition
+                .split_whitespace()
+                .nth(1)
+                .expect("f:NAME FUNCTION");
+            let function = function.trim_end_matches("%return");
+            s += &format!(
+                "if ! grep -qw '^{function}' $T/available_filter_functions; then echo 'absent {}'; else ",
+                p.name
+            );
+        }
         s += &format!(
-            "add {} '{}' '{}'\n",
+            "add {} '{}' '{}'",
             p.name,
             p.definition,
             p.filter.unwrap_or("")
         );
+        s += if p.optional { "; fi\n" } else { "\n" };
     }
     s
 }
@@ -249,7 +305,10 @@ fn apply(
     open: &mut HashMap<u32, usize>,
     bounced: &mut Vec<usize>,
 ) -> bool {
-    if matches!(l.name, "ublk_cmd_ret" | "ublk_ctrl_ret") {
+    if matches!(
+        l.name,
+        "ublk_cmd_ret" | "ublk_ctrl_ret" | "ublk_bprep_ret" | "ublk_bcommit_ret"
+    ) {
         // An entry overwritten in the ring has nothing to pair with.
         if let Some(i) = open.remove(&l.pid) {
             pair_return(l, &mut events[i], i, bounced);
@@ -326,6 +385,7 @@ fn event_of(l: &Line) -> Option<Event> {
         "ublk_requeue" => event(place(l)?, Kind::Requeue),
         "tracing_mark_write" if l.rest.contains(GAP_MARKER) => event((u32::MAX, 0, 0), Kind::Gap),
         "ublk_cmd" => command(l)?,
+        "ublk_bprep" | "ublk_bcommit" => batch_element(l)?,
         "ublk_ctrl" => {
             let kind = Kind::Control {
                 cmd: CtrlCmd(l.num("op")? as u8),
@@ -340,6 +400,27 @@ fn event_of(l: &Line) -> Option<Event> {
 
 fn place(l: &Line) -> Option<(u32, u16, u16)> {
     Some((l.disk()?, l.num("q")? as u16, l.num("tag")? as u16))
+}
+
+/// One element of a PREP_IO_CMDS or COMMIT_IO_CMDS, as the driver's per-element handler saw it.
+fn batch_element(l: &Line) -> Option<Event> {
+    let (cmd, result) = match l.name {
+        "ublk_bprep" => (IoCmd::PrepIo, 0),
+        _ => (IoCmd::CommitIo, l.int("res")? as i32),
+    };
+    Some(Event {
+        t_us: l.t_us,
+        pid: l.pid,
+        dev: (l.num("rdev")? & 0xfffff) as u32,
+        q: l.num("q")? as u16,
+        tag: l.num("tag")? as u16,
+        kind: Kind::Command {
+            cmd,
+            result,
+            addr: 0,
+            ret: None,
+        },
+    })
 }
 
 fn command(l: &Line) -> Option<Event> {

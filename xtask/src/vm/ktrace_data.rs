@@ -38,6 +38,16 @@ pub struct Collected {
     pub truncated: bool,
 }
 
+/// A BATCH_IO device (no per-tag command traced) whose block-layer count is exactly twice its
+/// completions: Linux 7.2 fires block:block_rq_complete twice for every request a
+/// COMMIT_IO_CMDS completes (in blk_update_request, then in blk_mq_end_request_batch).
+fn batch_note(commands: u64, completed: u64, block: u64) -> &'static str {
+    match commands == 0 && completed > 0 && block == 2 * completed {
+        true => "; twice per request: a batched completion fires the tracepoint in blk_update_request and again in blk_mq_end_request_batch",
+        false => "",
+    }
+}
+
 impl Collected {
     /// One line per device: what the trace saw beside what the block layer counted.
     pub fn device_lines(&self) -> Vec<String> {
@@ -51,9 +61,10 @@ impl Collected {
                     .get(dev)
                     .and_then(|d| self.block_completed.get(d).map(|n| (d, n)));
                 let block = match block {
-                    Some(((ma, mi), n)) => {
-                        format!("; the block layer completed {n} (block:block_rq_complete on {ma}:{mi})")
-                    }
+                    Some(((ma, mi), n)) => format!(
+                        "; the block layer completed {n} (block:block_rq_complete on {ma}:{mi}{})",
+                        batch_note(c.commands, c.completed, *n)
+                    ),
                     None => String::new(),
                 };
                 format!(
@@ -173,4 +184,22 @@ pub fn uptime_us(stats: &str) -> u64 {
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map(|v| (v * 1e6) as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_note;
+
+    /// Only the exact doubling on a device without traced commands is explained as batching.
+    #[test]
+    fn the_batch_doubling_is_named_only_when_it_is_exact() {
+        assert!(batch_note(0, 3702, 7404).contains("twice per request"));
+        assert_eq!(batch_note(0, 3702, 7403), "");
+        assert_eq!(
+            batch_note(7404, 3702, 7404),
+            "",
+            "a per-tag device's double count is not this"
+        );
+        assert_eq!(batch_note(0, 0, 0), "");
+    }
 }
