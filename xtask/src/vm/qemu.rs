@@ -77,16 +77,38 @@ pub fn tcg_thread() -> &'static str {
 /// 52 us on 6.12 — a TCG artifact, not the kernel's (measured with function_graph, median per
 /// `ublk_ch_write_iter`; 53.5 us on 7.2 without ERMS; README "Performance"). Real CPUs with
 /// ERMS copy fast either way; KVM guests get the host's CPU.
+/// `UBLK_VM_TCG_CPU=max` brings ERMS back (to reproduce the measurement); any QEMU `-cpu`
+/// value of letters, digits and `,+-_=.` is taken, anything else ignored with a warning.
 pub const TCG_CPU: &str = "max,-erms";
+
+pub fn tcg_cpu() -> String {
+    tcg_cpu_of(std::env::var("UBLK_VM_TCG_CPU").ok())
+}
+
+fn tcg_cpu_of(setting: Option<String>) -> String {
+    let Some(v) = setting else {
+        return TCG_CPU.into();
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || ",+-_=.".contains(c);
+    if !v.is_empty() && v.len() <= 200 && v.chars().all(ok) {
+        return v;
+    }
+    eprintln!(
+        "warning: UBLK_VM_TCG_CPU={} is not a QEMU CPU model (letters, digits, ,+-_=.); using {TCG_CPU}",
+        crate::text::term(&crate::text::bound(&v, 200))
+    );
+    TCG_CPU.into()
+}
 
 /// Every QEMU option, one place. The serial console is a socket (so the host can later send
 /// SysRq over it) whose output QEMU also logs to serial.log; the agent port waits for the host
 /// to connect before the guest starts, so no agent output can be lost.
 pub fn command_line(qemu: &Path, image: &Image, cfg: &VmConfig, paths: &Paths) -> Vec<String> {
     let tcg = format!("tcg,thread={}", tcg_thread());
+    let tcg_cpu = tcg_cpu();
     let (accel, cpu) = match cfg.accel {
         Accel::Kvm => ("kvm", "host"),
-        Accel::Tcg => (tcg.as_str(), TCG_CPU),
+        Accel::Tcg => (tcg.as_str(), tcg_cpu.as_str()),
     };
     let mut v: Vec<String> = vec![qemu.display().to_string()];
     let mut push = |args: &[&str]| v.extend(args.iter().map(|s| s.to_string()));
@@ -233,6 +255,21 @@ mod tests {
             serde_json::from_str(r#"{"pid":1,"start_ticks":2,"run_dir":"/r","sock_dir":"/s"}"#)
                 .unwrap();
         assert!(old.orphaned());
+    }
+
+    /// A CPU model from the environment is taken only when it is one: nothing reaches QEMU's
+    /// command line that could be another option.
+    #[test]
+    fn the_tcg_cpu_model_is_max_without_erms_unless_told() {
+        assert_eq!(tcg_cpu_of(None), "max,-erms");
+        assert_eq!(tcg_cpu_of(Some("max".into())), "max");
+        assert_eq!(
+            tcg_cpu_of(Some("Skylake-Client,+fsrm".into())),
+            "Skylake-Client,+fsrm"
+        );
+        for bad in ["", "max -smp 64", "max\n", &"x".repeat(201)] {
+            assert_eq!(tcg_cpu_of(Some(bad.into())), TCG_CPU, "{bad:?}");
+        }
     }
 
     #[test]
