@@ -111,6 +111,8 @@ pub struct DevCounts {
     pub dispatched: u64,
     pub completed: u64,
     pub commands: u64,
+    /// Of the commands, elements of BATCH_IO lists (PREP_IO, COMMIT_IO): a batched device.
+    pub batched: u64,
 }
 
 /// A tag still holding a request when the trace ended, with its last events.
@@ -168,7 +170,10 @@ impl Checker {
         match e.kind {
             Kind::Dispatch { .. } => counts.dispatched += 1,
             Kind::Complete { .. } => counts.completed += 1,
-            Kind::Command { .. } => counts.commands += 1,
+            Kind::Command { cmd, .. } => {
+                counts.commands += 1;
+                counts.batched += u64::from(matches!(cmd, IoCmd::PrepIo | IoCmd::CommitIo));
+            }
             _ => {}
         }
         let tag = self.tags.entry((e.dev, e.q, e.tag)).or_insert_with(|| Tag {

@@ -38,11 +38,11 @@ pub struct Collected {
     pub truncated: bool,
 }
 
-/// A BATCH_IO device (no per-tag command traced) whose block-layer count is exactly twice its
-/// completions: Linux 7.2 fires block:block_rq_complete twice for every request a
+/// A BATCH_IO device (its commands were batch elements) whose block-layer count is exactly twice
+/// its completions: Linux 7.2 fires block:block_rq_complete twice for every request a
 /// COMMIT_IO_CMDS completes (in blk_update_request, then in blk_mq_end_request_batch).
-fn batch_note(commands: u64, completed: u64, block: u64) -> &'static str {
-    match commands == 0 && completed > 0 && block == 2 * completed {
+fn batch_note(batched: u64, completed: u64, block: u64) -> &'static str {
+    match batched > 0 && completed > 0 && block == 2 * completed {
         true => "; twice per request: a batched completion fires the tracepoint in blk_update_request and again in blk_mq_end_request_batch",
         false => "",
     }
@@ -63,7 +63,7 @@ impl Collected {
                 let block = match block {
                     Some(((ma, mi), n)) => format!(
                         "; the block layer completed {n} (block:block_rq_complete on {ma}:{mi}{})",
-                        batch_note(c.commands, c.completed, *n)
+                        batch_note(c.batched, c.completed, *n)
                     ),
                     None => String::new(),
                 };
@@ -190,16 +190,12 @@ pub fn uptime_us(stats: &str) -> u64 {
 mod tests {
     use super::batch_note;
 
-    /// Only the exact doubling on a device without traced commands is explained as batching.
+    /// Only the exact doubling on a device with batched commands is explained as batching.
     #[test]
     fn the_batch_doubling_is_named_only_when_it_is_exact() {
-        assert!(batch_note(0, 3702, 7404).contains("twice per request"));
-        assert_eq!(batch_note(0, 3702, 7403), "");
-        assert_eq!(
-            batch_note(7404, 3702, 7404),
-            "",
-            "a per-tag device's double count is not this"
-        );
-        assert_eq!(batch_note(0, 0, 0), "");
+        assert!(batch_note(3834, 3706, 7412).contains("twice per request"));
+        assert_eq!(batch_note(3834, 3706, 7411), "");
+        assert_eq!(batch_note(0, 1, 2), "", "not a batched device");
+        assert_eq!(batch_note(5, 0, 0), "");
     }
 }
