@@ -91,6 +91,14 @@ fn a_short_run_passes_the_committed_baseline_and_the_gate_can_fail() {
         ublk["cpu_us_per_io"]["median"].as_f64().unwrap() > 0.0,
         "{ublk}"
     );
+    // The whole guest's CPU per I/O, for every target: more than the server's own share.
+    for c in cells {
+        let guest = c["guest_us_per_io"]["median"].as_f64().unwrap_or(0.0);
+        assert!(guest > 0.0, "{c}");
+        if let Some(server) = c["cpu_us_per_io"]["median"].as_f64() {
+            assert!(guest > server, "{c}");
+        }
+    }
     let features = session["device_features"]["ublk-mem"].as_array().unwrap();
     assert!(
         features.iter().any(|f| f == "USER_COPY"),

@@ -113,6 +113,7 @@ mod tests {
             lat_mean_us: s,
             lat_p99_us: s,
             cpu_us_per_io: None,
+            guest_us_per_io: None,
             ratio: Some(s),
         }
     }

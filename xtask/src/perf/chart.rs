@@ -148,6 +148,7 @@ mod tests {
             lat_mean_us: s(1.0, 1.0, 1.0),
             lat_p99_us: s(1.0, 1.0, 1.0),
             cpu_us_per_io: None,
+            guest_us_per_io: None,
             ratio: Some(r),
         };
         let report = crate::perf::report::test_report(

@@ -21,6 +21,10 @@ pub struct Sample {
     pub lat_p99_us: f64,
     /// On-CPU time of the server's threads during the run (ublk servers only).
     pub server_cpu_ns: Option<u64>,
+    /// Busy time of every guest CPU during the run (every target; 10 ms resolution). Absent in
+    /// perf.json files written before it was measured.
+    #[serde(default)]
+    pub guest_cpu_ns: Option<u64>,
 }
 
 /// Median and range over rounds.
@@ -70,6 +74,9 @@ pub struct Cell {
     pub lat_mean_us: Spread,
     pub lat_p99_us: Spread,
     pub cpu_us_per_io: Option<Spread>,
+    /// The whole guest's busy time per I/O: fio, the block layer, the driver and the server.
+    #[serde(default)]
+    pub guest_us_per_io: Option<Spread>,
     /// IOPS over brd's in the same round.
     pub ratio: Option<Spread>,
 }
@@ -213,6 +220,10 @@ fn cell(all: &[Sample], mine: &[&Sample]) -> Option<Cell> {
         .iter()
         .map(|s| s.server_cpu_ns.map(|ns| ns as f64 / 1000.0 / s.ios as f64))
         .collect();
+    let guest: Option<Vec<f64>> = mine
+        .iter()
+        .map(|s| s.guest_cpu_ns.map(|ns| ns as f64 / 1000.0 / s.ios as f64))
+        .collect();
     let ratios: Option<Vec<f64>> = mine
         .iter()
         .map(|s| {
@@ -231,6 +242,7 @@ fn cell(all: &[Sample], mine: &[&Sample]) -> Option<Cell> {
         lat_mean_us: get(|s| s.lat_mean_us)?,
         lat_p99_us: get(|s| s.lat_p99_us)?,
         cpu_us_per_io: cpu.and_then(|v| Spread::of(&v)),
+        guest_us_per_io: guest.and_then(|v| Spread::of(&v)),
         ratio: ratios.and_then(|v| Spread::of(&v)),
     })
 }
@@ -246,7 +258,7 @@ pub fn table(s: &Session) -> String {
         .unwrap_or(0)
         .max(6);
     let mut t = format!(
-        "{:<18} {:<tw$} {:>16} {:>8} {:>9} {:>9} {:>9} {:>20}\n",
+        "{:<18} {:<tw$} {:>16} {:>8} {:>9} {:>9} {:>9} {:>11} {:>20}\n",
         "workload",
         "target",
         "IOPS (range)",
@@ -254,6 +266,7 @@ pub fn table(s: &Session) -> String {
         "mean us",
         "p99 us",
         "cpu us/IO",
+        "guest us/IO",
         "x brd [min-max]"
     );
     for c in &s.cells {
@@ -261,11 +274,14 @@ pub fn table(s: &Session) -> String {
         let cpu = c
             .cpu_us_per_io
             .map_or("-".to_string(), |v| format!("{:.1}", v.median));
+        let guest = c
+            .guest_us_per_io
+            .map_or("-".to_string(), |v| format!("{:.1}", v.median));
         let ratio = c.ratio.map_or("-".to_string(), |r| {
             format!("{:.2} [{:.2}-{:.2}]", r.median, r.min, r.max)
         });
         t.push_str(&format!(
-            "{:<18} {:<tw$} {:>16} {:>8.1} {:>9.1} {:>9.1} {:>9} {:>20}\n",
+            "{:<18} {:<tw$} {:>16} {:>8.1} {:>9.1} {:>9.1} {:>9} {:>11} {:>20}\n",
             c.workload,
             c.target,
             format!("{:.0} {}", c.iops.median, range(&c.iops)),
@@ -273,6 +289,7 @@ pub fn table(s: &Session) -> String {
             c.lat_mean_us.median,
             c.lat_p99_us.median,
             cpu,
+            guest,
             ratio
         ));
     }
@@ -298,6 +315,7 @@ mod tests {
             lat_mean_us: 1e6 / iops,
             lat_p99_us: 2e6 / iops,
             server_cpu_ns: (target != "brd").then_some(3_000_000_000),
+            guest_cpu_ns: Some(6_000_000_000),
         }
     }
 

@@ -234,7 +234,7 @@ fn failed(
     Ended::TargetFailed
 }
 
-fn sample(c: CellRef, target: &str, w: &Workload, m: fio::Measured, cpu: Option<u64>) -> Sample {
+fn sample(c: CellRef, target: &str, w: &Workload, m: fio::Measured, cpu: Cpu) -> Sample {
     Sample {
         round: c.round,
         slot: c.slot as u32,
@@ -245,7 +245,8 @@ fn sample(c: CellRef, target: &str, w: &Workload, m: fio::Measured, cpu: Option<
         bw_bytes_s: m.bw_bytes_s,
         lat_mean_us: m.lat_mean_us,
         lat_p99_us: m.lat_p99_us,
-        server_cpu_ns: cpu,
+        server_cpu_ns: cpu.server_ns,
+        guest_cpu_ns: cpu.guest_ns,
     }
 }
 
@@ -265,7 +266,14 @@ impl CellError {
     }
 }
 
-type CellResult = Result<(fio::Measured, Option<u64>), CellError>;
+/// CPU time a cell's measurement took: the server's threads (ublk servers), the whole guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Cpu {
+    server_ns: Option<u64>,
+    guest_ns: Option<u64>,
+}
+
+type CellResult = Result<(fio::Measured, Cpu), CellError>;
 
 /// brd, null_blk, loop: the whole cell is one guest script.
 fn kernel_cell(r: &mut Fleet, plan: &Plan, t: &Target, w: &Workload, label: &str) -> CellResult {
@@ -280,8 +288,8 @@ fn kernel_cell(r: &mut Fleet, plan: &Plan, t: &Target, w: &Workload, label: &str
         t.teardown()
     );
     let (out, cpu) = guest_script(r, plan, &script, label)?;
-    assert!(cpu.is_none(), "no server, no server CPU time");
-    Ok((out, None))
+    assert!(cpu.server_ns.is_none(), "no server, no server CPU time");
+    Ok((out, cpu))
 }
 
 /// A ublk server: its profile adds the device, the script measures it, the profile stops it.
@@ -319,8 +327,12 @@ fn server_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellRes
         &format!("{label}.stop"),
     )
     .map_err(|e| lifecycle("stopping the server", e))?;
-    let cpu = cpu.ok_or_else(|| CellError::new("the script printed no server CPU time".into()))?;
-    Ok((out, Some(cpu)))
+    if cpu.server_ns.is_none() {
+        return Err(CellError::new(
+            "the script printed no server CPU time".into(),
+        ));
+    }
+    Ok((out, cpu))
 }
 
 /// A server cell with the kernel trace's probes on for its duration only (`vm::ktrace::probes`).
@@ -340,21 +352,31 @@ fn step_error(e: JobError) -> String {
     }
 }
 
-/// Fill, CPU snapshot, fio, CPU snapshot; with `pid`, the CPU time of that process's threads
-/// (schedstat, ns) goes to stderr as `perf-cpu-ns BEFORE AFTER`. Every device is filled first
+/// Fill, CPU snapshot, fio, CPU snapshot: the guest's busy time (/proc/stat's `cpu` line:
+/// user, nice, system, irq, softirq, steal; in USER_HZ ticks, 100 per second on x86) goes to
+/// stderr as `perf-guest-ticks BEFORE AFTER`; with `pid`, the CPU time of that process's
+/// threads (schedstat, ns) as `perf-cpu-ns BEFORE AFTER`. Every device is filled first
 /// so every target is measured in its steady state: what a first write to a page costs
 /// differs between targets (brd allocates without zeroing, a server's memory comes zeroed)
 /// and is not what the ratios compare.
 fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
     let fill = fio::fill_command(plan.size_bytes);
-    let cpu = match pid {
+    let guest = "gcpu() { awk '/^cpu / {printf \"%.0f\", $2+$3+$4+$7+$8+$9}' /proc/stat; }\n";
+    let server = match pid {
         Some(p) => format!(
-            "cpu() {{ cat /proc/{p}/task/*/schedstat | awk '{{s+=$1}} END {{printf \"%.0f\", s}}'; }}\n\
-             A=$(cpu)\n{}\nB=$(cpu)\necho \"perf-cpu-ns $A $B\" >&2",
-            fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s)
+            "cpu() {{ cat /proc/{p}/task/*/schedstat | awk '{{s+=$1}} END {{printf \"%.0f\", s}}'; }}\n"
         ),
-        None => fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s),
+        None => "cpu() { echo 0; }\n".to_string(),
     };
+    let report = match pid {
+        Some(_) => "echo \"perf-cpu-ns $A $B\" >&2\n",
+        None => "",
+    };
+    let cpu = format!(
+        "{guest}{server}A=$(cpu)\nGA=$(gcpu)\n{}\nGB=$(gcpu)\nB=$(cpu)\n\
+         echo \"perf-guest-ticks $GA $GB\" >&2\n{report}",
+        fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s)
+    );
     format!(
         "{}{fill}\n{}{cpu}",
         phase("the fill (fio --name=fill)"),
@@ -417,12 +439,21 @@ fn guest_script(r: &mut Fleet, plan: &Plan, script: &str, label: &str) -> CellRe
         evidence: Some(log.clone()),
     };
     let measured = fio::parse(&String::from_utf8_lossy(&out)).map_err(bad)?;
-    Ok((measured, cpu_ns(&err).map_err(bad)?))
+    let cpu = Cpu {
+        server_ns: delta(&err, "perf-cpu-ns ").map_err(bad)?,
+        guest_ns: delta(&err, "perf-guest-ticks ")
+            .map_err(bad)?
+            .map(|ticks| ticks.saturating_mul(NS_PER_TICK)),
+    };
+    Ok((measured, cpu))
 }
 
-/// `perf-cpu-ns A B` → B - A.
-fn cpu_ns(stderr: &str) -> Result<Option<u64>, String> {
-    let Some(line) = stderr.lines().find(|l| l.starts_with("perf-cpu-ns ")) else {
+/// /proc/stat's unit (USER_HZ, 100 on x86) in ns.
+const NS_PER_TICK: u64 = 10_000_000;
+
+/// `<prefix>A B` → B - A (None: no such line).
+fn delta(stderr: &str, prefix: &str) -> Result<Option<u64>, String> {
+    let Some(line) = stderr.lines().find(|l| l.starts_with(prefix)) else {
         return Ok(None);
     };
     let v: Vec<u64> = line
@@ -504,9 +535,17 @@ mod tests {
 
     #[test]
     fn cpu_snapshot_is_a_difference_and_garbage_is_an_error() {
-        assert_eq!(cpu_ns("x\nperf-cpu-ns 100 350\n").unwrap(), Some(250));
-        assert_eq!(cpu_ns("nothing").unwrap(), None);
-        assert!(cpu_ns("perf-cpu-ns 5 3").is_err());
-        assert!(cpu_ns("perf-cpu-ns a b").is_err());
+        assert_eq!(
+            delta("x\nperf-cpu-ns 100 350\n", "perf-cpu-ns ").unwrap(),
+            Some(250)
+        );
+        assert_eq!(delta("nothing", "perf-cpu-ns ").unwrap(), None);
+        assert!(delta("perf-cpu-ns 5 3", "perf-cpu-ns ").is_err());
+        assert!(delta("perf-cpu-ns a b", "perf-cpu-ns ").is_err());
+        assert_eq!(
+            delta("perf-guest-ticks 10 410\n", "perf-guest-ticks ").unwrap(),
+            Some(400)
+        );
+        assert!(delta("perf-guest-ticks 9", "perf-guest-ticks ").is_err());
     }
 }
