@@ -16,7 +16,7 @@ use crate::image::{self, tools, Image};
 use crate::perf::report::{self, Machine, PerfReport, Session};
 use crate::perf::session::{self as perf_session, Ended, Plan, Progress};
 use crate::perf::workload::{
-    self, Target, Workload, KERNEL_TARGETS, REFERENCE, TRACED_SUFFIX, WORKLOADS,
+    self, Shape, Target, Workload, KERNEL_TARGETS, REFERENCE, TRACED_SUFFIX, WORKLOADS,
 };
 use crate::perf::{baseline, chart};
 use crate::runs::RunDir;
@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME|PATH[,...]", value_delimiter = ',')]
     pub kernel: Vec<String>,
     /// Everything measured: brd, null_blk, loop and server names [default: brd,null_blk,loop
-    /// and the --server list]; brd, the reference, is always included
+    /// and the --server list]; brd, the reference, is always included; NAME@QxD gives a
+    /// multi-queue target its own queues and depth (ublk-mem@1x128)
     #[arg(long, value_name = "NAME[,...]", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Workloads (see README) [default: all]
@@ -197,7 +198,8 @@ impl Setup {
                 "--runtime: at least 0.5 s, or fio measures too few I/Os".into(),
             ));
         }
-        let targets = targets(args)?;
+        let (targets, shapes): (Vec<Target>, Vec<Option<Shape>>) =
+            targets(args)?.into_iter().unzip();
         let workloads = workloads(&args.workloads)?;
         let profiles = load_profiles(&targets)?;
         let tools = tools::layer(&["fio".into(), "losetup".into(), "truncate".into()])?;
@@ -213,7 +215,7 @@ impl Setup {
             (Clock::Auto, Accel::Tcg) => Clock::Icount(DEFAULT_SHIFT),
             (c, _) => c,
         };
-        let plan = plan(args, targets, &profiles, workloads, accel)?;
+        let plan = plan(args, (targets, shapes), &profiles, workloads, accel)?;
         let run = RunDir::create("perf")?;
         eprintln!(
             "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell (limit {} s more), {} queue(s) x depth {} | accel {} ({why}), {}, clock {} | {}",
@@ -307,8 +309,9 @@ fn unmeasured(kernel: &str, image: &Image, plan: &Plan, cause: &str) -> Session 
     }
 }
 
-/// Targets in measurement order, brd first and always present.
-fn targets(args: &Args) -> Result<Vec<Target>> {
+/// Targets in measurement order, brd first and always present, each with its own shape if
+/// it has one (`NAME@QxD`).
+fn targets(args: &Args) -> Result<Vec<(Target, Option<Shape>)>> {
     let servers = match args.server.is_empty() {
         true => vec![crate::server::DEFAULT.to_string()],
         false => args.server.clone(),
@@ -332,14 +335,18 @@ fn targets(args: &Args) -> Result<Vec<Target>> {
             )));
         }
     }
-    let mut targets: Vec<Target> = names.iter().map(|n| Target::parse(n)).collect();
+    let mut targets = Vec::with_capacity(names.len());
+    for n in &names {
+        let (base, shape) = Shape::split(n).map_err(crate::util::bad_input)?;
+        targets.push((Target::parse(base), shape));
+    }
     if args.kernel_trace {
         // Each server beside its traced twin: the same rounds, the same rotation.
         targets = targets
             .into_iter()
-            .flat_map(|t| match &t {
-                Target::Server(k) => vec![t.clone(), Target::Traced(k.clone())],
-                _ => vec![t],
+            .flat_map(|(t, shape)| match &t {
+                Target::Server(k) => vec![(t.clone(), shape), (Target::Traced(k.clone()), shape)],
+                _ => vec![(t, shape)],
             })
             .collect();
     }
@@ -408,18 +415,20 @@ fn kernels(cli: &[String]) -> Result<Vec<(String, Image)>> {
 
 fn plan(
     args: &Args,
-    targets: Vec<Target>,
+    (targets, shapes): (Vec<Target>, Vec<Option<Shape>>),
     profiles: &BTreeMap<String, Profile>,
     workloads: Vec<Workload>,
     accel: Accel,
 ) -> Result<Plan> {
     let limits = crate::vm::limits::Limits::new(accel, args.timeout_scale);
-    let names: Vec<String> = targets
-        .iter()
-        .map(|t| match t {
-            Target::Server(key) => profiles[key].name.clone(),
-            Target::Traced(key) => format!("{}{TRACED_SUFFIX}", profiles[key].name),
-            other => other.name().to_string(),
+    let names: Vec<String> = (targets.iter().zip(&shapes))
+        .map(|(t, shape)| {
+            let name = match t {
+                Target::Server(key) => profiles[key].name.clone(),
+                Target::Traced(key) => format!("{}{TRACED_SUFFIX}", profiles[key].name),
+                other => other.name().to_string(),
+            };
+            name + &Shape::suffix(*shape)
         })
         .collect();
     for (i, n) in names.iter().enumerate() {
@@ -431,6 +440,7 @@ fn plan(
     }
     Ok(Plan {
         targets,
+        shapes,
         names,
         workloads,
         rounds: args.rounds,
@@ -491,9 +501,9 @@ fn reproduce(args: &Args, setup: &Setup) -> String {
     let mut argv: Vec<String> = ["cargo", "xtask", "vm-perf"].map(String::from).into();
     let kernels = setup.kernels.iter().map(|(k, _)| k.clone()).collect();
     // A traced twin comes from --kernel-trace, not from --targets.
-    let targets = (plan.targets.iter())
-        .filter(|t| !matches!(t, Target::Traced(_)))
-        .map(|t| t.name().to_string())
+    let targets = (plan.targets.iter().zip(&plan.shapes))
+        .filter(|(t, _)| !matches!(t, Target::Traced(_)))
+        .map(|(t, shape)| format!("{}{}", t.name(), Shape::suffix(*shape)))
         .collect();
     let workloads = plan.workloads.iter().map(|w| w.name.to_string()).collect();
     let pairs = [
@@ -830,12 +840,40 @@ mod tests {
         assert_eq!(
             targets(&a).unwrap(),
             [
-                Target::Brd,
-                Target::Server("ublk-mem".into()),
-                Target::Traced("ublk-mem".into()),
-                Target::NullBlk
+                (Target::Brd, None),
+                (Target::Server("ublk-mem".into()), None),
+                (Target::Traced("ublk-mem".into()), None),
+                (Target::NullBlk, None)
             ]
         );
+        // A shaped target keeps its shape, its traced twin too; a shape where there are no
+        // queues is bad input.
+        let a = Cli::try_parse_from([
+            "x",
+            "--targets",
+            "ublk-mem,ublk-mem@1x128",
+            "--kernel-trace",
+        ])
+        .unwrap()
+        .a;
+        let one = Some(Shape {
+            queues: 1,
+            depth: 128,
+        });
+        assert_eq!(
+            targets(&a).unwrap()[3..],
+            [
+                (Target::Server("ublk-mem".into()), one),
+                (Target::Traced("ublk-mem".into()), one)
+            ]
+        );
+        let a = Cli::try_parse_from(["x", "--targets", "loop@1x8"])
+            .unwrap()
+            .a;
+        assert!(targets(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("has no queues"));
         let a = Cli::try_parse_from(["x", "--targets", "ublk-mem"])
             .unwrap()
             .a;

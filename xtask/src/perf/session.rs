@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::fio;
 use super::report::{Failure, Sample};
-use super::workload::{Target, Workload};
+use super::workload::{Shape, Target, Workload};
 use crate::server::device::DeviceParams;
 use crate::server::fleet::{Fleet, Start};
 use crate::vm::job::JobError;
@@ -26,6 +26,8 @@ use crate::vm::Failure as VmFailure;
 
 pub struct Plan {
     pub targets: Vec<Target>,
+    /// Per target: its own queues x depth (`@QxD`), else `queues` and `depth`.
+    pub shapes: Vec<Option<Shape>>,
     /// What reports call each target (a server's profile name, not the path it came from).
     pub names: Vec<String>,
     pub workloads: Vec<Workload>,
@@ -39,6 +41,16 @@ pub struct Plan {
     pub cell_budget: Duration,
     /// The command's limits policy (boot and setup, the cell default).
     pub limits: crate::vm::limits::Limits,
+}
+
+impl Plan {
+    /// Target `t`'s queues and depth.
+    pub fn shape(&self, t: usize) -> Shape {
+        self.shapes[t].unwrap_or(Shape {
+            queues: self.queues,
+            depth: self.depth,
+        })
+    }
 }
 
 /// The targets in the order round `round` measures workload `w` (a rotation).
@@ -170,16 +182,17 @@ pub fn run<'a>(
             continue;
         }
         let label = format!("r{}-{}-{}", c.round, w.name, crate::util::slug(name));
+        let shape = plan.shape(c.target);
         let measured = match t {
             Target::Server(key) => {
                 r.server = profiles.get(key).expect("every server target is loaded");
-                server_cell(r, plan, w, &label)
+                server_cell(r, plan, shape, w, &label)
             }
             Target::Traced(key) => {
                 r.server = profiles.get(key).expect("every server target is loaded");
-                traced_cell(r, plan, w, &label)
+                traced_cell(r, plan, shape, w, &label)
             }
-            _ => kernel_cell(r, plan, t, w, &label),
+            _ => kernel_cell(r, plan, (t, shape), w, &label),
         };
         match measured {
             Ok((m, cpu)) => {
@@ -276,9 +289,15 @@ struct Cpu {
 type CellResult = Result<(fio::Measured, Cpu), CellError>;
 
 /// brd, null_blk, loop: the whole cell is one guest script.
-fn kernel_cell(r: &mut Fleet, plan: &Plan, t: &Target, w: &Workload, label: &str) -> CellResult {
+fn kernel_cell(
+    r: &mut Fleet,
+    plan: &Plan,
+    (t, shape): (&Target, Shape),
+    w: &Workload,
+    label: &str,
+) -> CellResult {
     let setup = t
-        .setup(plan.size_bytes, plan.queues, plan.depth)
+        .setup(plan.size_bytes, shape.queues, shape.depth)
         .expect("a kernel target");
     let script = format!(
         "set -e\n{}{setup}\n{}\n{}{}",
@@ -295,7 +314,7 @@ fn kernel_cell(r: &mut Fleet, plan: &Plan, t: &Target, w: &Workload, label: &str
 /// A ublk server: its profile adds the device, the script measures it, the profile stops it.
 /// A failed measurement ends the cell at once: stopping a server whose I/O hung would only
 /// put a second error over the first, and the caller replaces the VM anyway.
-fn server_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellResult {
+fn server_cell(r: &mut Fleet, plan: &Plan, shape: Shape, w: &Workload, label: &str) -> CellResult {
     let deadline = Instant::now() + plan.cell_budget;
     let server_log = r.dir.join("steps").join(format!("{label}.add"));
     let lifecycle = |what: &str, e: JobError| CellError {
@@ -304,8 +323,8 @@ fn server_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellRes
     };
     let params = DeviceParams {
         size_bytes: plan.size_bytes,
-        queues: plan.queues,
-        depth: plan.depth,
+        queues: shape.queues,
+        depth: shape.depth,
         block_size: 4096,
     };
     r.start(
@@ -336,9 +355,9 @@ fn server_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellRes
 }
 
 /// A server cell with the kernel trace's probes on for its duration only (`vm::ktrace::probes`).
-fn traced_cell(r: &mut Fleet, plan: &Plan, w: &Workload, label: &str) -> CellResult {
+fn traced_cell(r: &mut Fleet, plan: &Plan, shape: Shape, w: &Workload, label: &str) -> CellResult {
     crate::vm::ktrace::probes(&r.vm, true).map_err(CellError::new)?;
-    let measured = server_cell(r, plan, w, label);
+    let measured = server_cell(r, plan, shape, w, label);
     let off = crate::vm::ktrace::probes(&r.vm, false);
     let measured = measured?;
     off.map_err(CellError::new)?;

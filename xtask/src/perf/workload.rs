@@ -68,6 +68,48 @@ pub enum Target {
     Traced(String),
 }
 
+/// A target's own queues x depth (`--targets ublk-mem@1x128`), instead of --queues/--depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub queues: u16,
+    pub depth: u16,
+}
+
+impl Shape {
+    /// What a shaped target's name ends with: `@1x128`.
+    pub fn suffix(shape: Option<Shape>) -> String {
+        shape.map_or(String::new(), |s| format!("@{}x{}", s.queues, s.depth))
+    }
+
+    /// `NAME@QxD` → (NAME, the shape); a name without `@` has none. Only multi-queue targets
+    /// (null_blk, servers) take one; queues 1..=64, depth 1..=4096 like the flags.
+    pub fn split(spec: &str) -> Result<(&str, Option<Shape>), String> {
+        let Some((name, shape)) = spec.rsplit_once('@') else {
+            return Ok((spec, None));
+        };
+        let bad = || {
+            format!("--targets {spec}: a shape is @QUEUESxDEPTH, e.g. ublk-mem@1x128 (queues 1-64, depth 1-4096)")
+        };
+        let (q, d) = shape.split_once('x').ok_or_else(bad)?;
+        let queues: u16 = q
+            .parse()
+            .ok()
+            .filter(|q| (1..=64).contains(q))
+            .ok_or_else(bad)?;
+        let depth: u16 = d
+            .parse()
+            .ok()
+            .filter(|d| (1..=4096).contains(d))
+            .ok_or_else(bad)?;
+        if name == "brd" || name == "loop" || name.is_empty() {
+            return Err(format!(
+                "--targets {spec}: {name:?} has no queues to shape (null_blk and servers do)"
+            ));
+        }
+        Ok((name, Some(Shape { queues, depth })))
+    }
+}
+
 /// What a traced server target's name ends with.
 pub const TRACED_SUFFIX: &str = "+ktrace";
 
@@ -165,6 +207,37 @@ mod tests {
         }
         assert!(Target::parse("ublk-mem").setup(1 << 30, 2, 64).is_none());
         let nb = Target::NullBlk.setup(3 << 29, 2, 64).unwrap();
+        assert_eq!(
+            Shape::split("ublk-mem@1x128"),
+            Ok((
+                "ublk-mem",
+                Some(Shape {
+                    queues: 1,
+                    depth: 128
+                })
+            ))
+        );
+        assert_eq!(
+            Shape::split("./my server.yaml"),
+            Ok(("./my server.yaml", None))
+        );
+        assert_eq!(
+            Shape::suffix(Some(Shape {
+                queues: 2,
+                depth: 8
+            })),
+            "@2x8"
+        );
+        for bad in [
+            "ublk-mem@",
+            "ublk-mem@0x8",
+            "ublk-mem@2x5000",
+            "ublk-mem@2",
+            "brd@1x1",
+            "@1x2",
+        ] {
+            assert!(Shape::split(bad).is_err(), "{bad}");
+        }
         assert!(
             nb.contains("gb=2") && nb.contains("memory_backed=1"),
             "{nb}"
