@@ -764,13 +764,16 @@ fn serve(
         counts.0 += 1;
         counts.1 += completions.len() as u64;
         match q.batch.is_some() {
-            // One fetch completion already carries every tag the kernel had: no gathering.
+            // One fetch completion already carries every tag the kernel had: no gathering. The
+            // next wait is for the commits just flushed (the kernel answers them while taking
+            // them) and one more: the next fetch completion, in one io_uring_enter.
             true => {
                 let mut ctx = (&mut *mem, &mut *cmds, &mut *obs, &mut tags);
                 for &c in &completions {
                     q.complete_batch(core, c, &mut ctx)?;
                 }
                 core.flush(cmds);
+                want = core.commits_in_flight() + 1;
             }
             false => {
                 want = (completions.len() / 2).clamp(1, (q.spec.depth as usize / 2).max(1));

@@ -21,8 +21,9 @@ pub struct Sample {
     pub lat_p99_us: f64,
     /// On-CPU time of the server's threads during the run (ublk servers only).
     pub server_cpu_ns: Option<u64>,
-    /// Busy time of every guest CPU during the run (every target; 10 ms resolution). Absent in
-    /// perf.json files written before it was measured.
+    /// Busy time of the guest's CPUs over the measured run (every target): the average number
+    /// of busy CPUs while fio ran (/proc/stat against /proc/uptime, 10 ms resolution) times the
+    /// run time. Absent in perf.json files written before it was measured.
     #[serde(default)]
     pub guest_cpu_ns: Option<u64>,
 }

@@ -380,7 +380,8 @@ fn step_error(e: JobError) -> String {
 /// and is not what the ratios compare.
 fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
     let fill = fio::fill_command(plan.size_bytes);
-    let guest = "gcpu() { awk '/^cpu / {printf \"%.0f\", $2+$3+$4+$7+$8+$9}' /proc/stat; }\n";
+    let guest = "gcpu() { awk '/^cpu / {printf \"%.0f\", $2+$3+$4+$7+$8+$9}' /proc/stat; }\n\
+                 up() { awk '{printf \"%.0f\", $1 * 100}' /proc/uptime; }\n";
     let server = match pid {
         Some(p) => format!(
             "cpu() {{ cat /proc/{p}/task/*/schedstat | awk '{{s+=$1}} END {{printf \"%.0f\", s}}'; }}\n"
@@ -392,8 +393,8 @@ fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
         None => "",
     };
     let cpu = format!(
-        "{guest}{server}A=$(cpu)\nGA=$(gcpu)\n{}\nGB=$(gcpu)\nB=$(cpu)\n\
-         echo \"perf-guest-ticks $GA $GB\" >&2\n{report}",
+        "{guest}{server}A=$(cpu)\nUA=$(up)\nGA=$(gcpu)\n{}\nGB=$(gcpu)\nUB=$(up)\nB=$(cpu)\n\
+         echo \"perf-guest-ticks $GA $GB\" >&2\necho \"perf-uptime-ticks $UA $UB\" >&2\n{report}",
         fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s)
     );
     format!(
@@ -458,17 +459,30 @@ fn guest_script(r: &mut Fleet, plan: &Plan, script: &str, label: &str) -> CellRe
         evidence: Some(log.clone()),
     };
     let measured = fio::parse(&String::from_utf8_lossy(&out)).map_err(bad)?;
+    let busy = delta(&err, "perf-guest-ticks ").map_err(bad)?;
+    let elapsed = delta(&err, "perf-uptime-ticks ").map_err(bad)?;
     let cpu = Cpu {
         server_ns: delta(&err, "perf-cpu-ns ").map_err(bad)?,
-        guest_ns: delta(&err, "perf-guest-ticks ")
-            .map_err(bad)?
-            .map(|ticks| ticks.saturating_mul(NS_PER_TICK)),
+        guest_ns: guest_busy_ns(busy, elapsed, plan.runtime_s),
     };
     Ok((measured, cpu))
 }
 
-/// /proc/stat's unit (USER_HZ, 100 on x86) in ns.
-const NS_PER_TICK: u64 = 10_000_000;
+/// The guest's busy CPU time over fio's measured `runtime_s`: the snapshots span fio's start,
+/// warm-up and exit too, so what they give is the average number of busy CPUs, applied to
+/// the measured run (whose I/Os are the ones counted).
+fn guest_busy_ns(
+    busy_ticks: Option<u64>,
+    elapsed_ticks: Option<u64>,
+    runtime_s: f64,
+) -> Option<u64> {
+    let (busy, elapsed) = (busy_ticks?, elapsed_ticks?);
+    if elapsed == 0 {
+        return None;
+    }
+    let busy_cpus = busy as f64 / elapsed as f64;
+    Some((busy_cpus * runtime_s * 1e9) as u64)
+}
 
 /// `<prefix>A B` → B - A (None: no such line).
 fn delta(stderr: &str, prefix: &str) -> Result<Option<u64>, String> {
@@ -566,5 +580,13 @@ mod tests {
             Some(400)
         );
         assert!(delta("perf-guest-ticks 9", "perf-guest-ticks ").is_err());
+        // 2 CPUs busy for the whole span: 2 s of CPU per second of the measured run.
+        assert_eq!(
+            guest_busy_ns(Some(600), Some(300), 2.0),
+            Some(4_000_000_000)
+        );
+        assert_eq!(guest_busy_ns(Some(150), Some(300), 1.0), Some(500_000_000));
+        assert_eq!(guest_busy_ns(Some(1), Some(0), 1.0), None);
+        assert_eq!(guest_busy_ns(None, Some(3), 1.0), None);
     }
 }
