@@ -606,11 +606,11 @@ impl QueueCore {
                     return Ok(());
                 }
                 self.commit(tag, res, out, obs);
-                if planted::active(Bug::TagReuse)
-                    && self.cfg.mode == IoMode::PerTag
-                    && self.served[t] == 3
-                {
-                    out.push(Command::Fetch { tag }); // re-fetch while the commit is outstanding
+                if planted::active(Bug::TagReuse) && self.served[t] == 3 {
+                    // Re-fetch while the commit is outstanding (batch mode has no fetch).
+                    if self.cfg.mode == IoMode::PerTag {
+                        out.push(Command::Fetch { tag });
+                    }
                 }
                 Ok(())
             }
