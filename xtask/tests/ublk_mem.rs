@@ -8,12 +8,19 @@ use common::*;
 
 /// Runs ublk/tests/vm/NAME.sh in a fresh VM; returns its stdout after checking it passed.
 fn guest_script(name: &str) -> String {
+    guest_script_on(name, "debian")
+}
+
+/// The same on one kernel (`--kernel`).
+fn guest_script_on(name: &str, kernel: &str) -> String {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = root().join("ublk/tests/vm");
     let lib = format!("{}:/tmp/lib.sh", dir.join("lib.sh").display());
     let script = format!("{}:/tmp/test.sh", dir.join(format!("{name}.sh")).display());
     let o = run(&[
         "vm-run",
+        "--kernel",
+        kernel,
         "--name",
         &format!("ublk-{name}"),
         "--timeout",
@@ -58,6 +65,22 @@ fn scattered_writes_verify_byte_exact_and_sigterm_is_clean() {
     assert!(sums.len() == 2 && sums[0] == sums[1], "{md5}");
 }
 
+/// On 7.2 the same data travels batched (BATCH_IO, chosen by `--io-mode auto`): byte-exact,
+/// both queues served, a clean SIGTERM.
+#[test]
+fn batched_io_on_7_2_verifies_byte_exact() {
+    let out = guest_script_on("scattered", "debian-7.2");
+    let features = out
+        .lines()
+        .find(|l| l.contains("uses ublk features:"))
+        .unwrap_or_else(|| panic!("no features line: {out}"));
+    assert!(features.contains(" BATCH_IO"), "{features}");
+    assert!(
+        out.contains("verify: all 16384 written blocks match, every other block is zero"),
+        "{out}"
+    );
+}
+
 #[test]
 fn sigkill_fails_pending_io_and_the_dead_device_is_deleted() {
     let out = guest_script("sigkill");
@@ -87,6 +110,11 @@ fn usual_mistakes_get_clear_errors() {
         out.contains(
             "ok: ublk-mem add --size 16MiB -> ublk-mem: error: /dev/ublk-control does not exist"
         ),
+        "{out}"
+    );
+    // 6.12 has no batched I/O: asking for it says so and what to do.
+    assert!(
+        out.contains("--io-mode batch -> ublk-mem: error: --io-mode batch: this kernel's ublk driver does not offer BATCH_IO"),
         "{out}"
     );
 }

@@ -8,6 +8,8 @@ expect_err() { # expect_err TEXT CMD...: CMD must fail and say TEXT
 }
 expect_err "multiple of the block size" ublk-mem add --size 1000
 expect_err "no ublk device with id 7" ublk-mem del --id 7
+expect_err "does not offer BATCH_IO" ublk-mem add --size 16MiB --io-mode batch
+expect_err "expected auto, per-tag or batch" ublk-mem add --size 16MiB --io-mode batched
 start_daemon --size 16MiB --id 3
 expect_err "already in use" ublk-mem add --size 16MiB --id 3
 stop_daemon
