@@ -335,9 +335,12 @@ fn targets(args: &Args) -> Result<Vec<(Target, Option<Shape>)>> {
             )));
         }
     }
+    let by_name = server_files_by_name(&args.server)?;
     let mut targets = Vec::with_capacity(names.len());
     for n in &names {
         let (base, shape) = Shape::split(n).map_err(crate::util::bad_input)?;
+        // A profile file given with --server answers to its `name:` in --targets too.
+        let base = by_name.get(base).map_or(base, String::as_str);
         targets.push((Target::parse(base), shape));
     }
     if args.kernel_trace {
@@ -351,6 +354,18 @@ fn targets(args: &Args) -> Result<Vec<(Target, Option<Shape>)>> {
             .collect();
     }
     Ok(targets)
+}
+
+/// The profile files among `--server` (paths), by their profiles' names.
+fn server_files_by_name(servers: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for s in servers
+        .iter()
+        .filter(|s| s.ends_with(".yaml") || s.contains('/'))
+    {
+        out.insert(Profile::resolve(s)?.name, s.clone());
+    }
+    Ok(out)
 }
 
 fn workloads(names: &[String]) -> Result<Vec<Workload>> {
@@ -867,6 +882,27 @@ mod tests {
                 (Target::Traced("ublk-mem".into()), one)
             ]
         );
+        // A profile file from --server is named in --targets by its `name:`, shaped or not.
+        let dir = std::env::temp_dir().join(format!("vm-perf-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pt.yaml");
+        let builtin = crate::util::root().join("vm-images/servers/ublk-mem.yaml");
+        let text = std::fs::read_to_string(builtin)
+            .unwrap()
+            .replace("name: ublk-mem\n", "name: mem-pt\n");
+        std::fs::write(&file, text).unwrap();
+        let path = file.display().to_string();
+        let a = Cli::try_parse_from(["x", "--server", &path, "--targets", "brd,mem-pt,mem-pt@1x8"])
+            .unwrap()
+            .a;
+        let got = targets(&a).unwrap();
+        assert_eq!(got[1], (Target::Server(path.clone()), None));
+        let one_by_8 = Some(Shape {
+            queues: 1,
+            depth: 8,
+        });
+        assert_eq!(got[2], (Target::Server(path), one_by_8));
+        std::fs::remove_dir_all(&dir).unwrap();
         let a = Cli::try_parse_from(["x", "--targets", "loop@1x8"])
             .unwrap()
             .a;
