@@ -19,7 +19,9 @@ pub struct Sample {
     pub bw_bytes_s: f64,
     pub lat_mean_us: f64,
     pub lat_p99_us: f64,
-    /// On-CPU time of the server's threads during the run (ublk servers only).
+    /// On-CPU time of the server's threads over the measured run (ublk servers only): their
+    /// time over fio's whole run, warm-up included, scaled like `guest_cpu_ns`. (perf.json files
+    /// written before the scaling have the unscaled time: ~25 % more at the default run time.)
     pub server_cpu_ns: Option<u64>,
     /// Busy time of the guest's CPUs over the measured run (every target): the average number
     /// of busy CPUs while fio ran (/proc/stat against /proc/uptime, 10 ms resolution) times the

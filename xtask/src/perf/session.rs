@@ -461,27 +461,24 @@ fn guest_script(r: &mut Fleet, plan: &Plan, script: &str, label: &str) -> CellRe
     let measured = fio::parse(&String::from_utf8_lossy(&out)).map_err(bad)?;
     let busy = delta(&err, "perf-guest-ticks ").map_err(bad)?;
     let elapsed = delta(&err, "perf-uptime-ticks ").map_err(bad)?;
+    let server = delta(&err, "perf-cpu-ns ").map_err(bad)?;
     let cpu = Cpu {
-        server_ns: delta(&err, "perf-cpu-ns ").map_err(bad)?,
-        guest_ns: guest_busy_ns(busy, elapsed, plan.runtime_s),
+        server_ns: in_run(server.map(|ns| ns as f64 / 1e7), elapsed, plan.runtime_s),
+        guest_ns: in_run(busy.map(|t| t as f64), elapsed, plan.runtime_s),
     };
     Ok((measured, cpu))
 }
 
-/// The guest's busy CPU time over fio's measured `runtime_s`: the snapshots span fio's start,
-/// warm-up and exit too, so what they give is the average number of busy CPUs, applied to
-/// the measured run (whose I/Os are the ones counted).
-fn guest_busy_ns(
-    busy_ticks: Option<u64>,
-    elapsed_ticks: Option<u64>,
-    runtime_s: f64,
-) -> Option<u64> {
-    let (busy, elapsed) = (busy_ticks?, elapsed_ticks?);
+/// CPU time over fio's measured `runtime_s`, from `busy` (in 10 ms ticks) over a snapshot
+/// window of `elapsed_ticks`: the window spans fio's start, warm-up and exit too, whose I/Os
+/// fio does not count, so what it gives is the average number of busy CPUs, applied to the
+/// measured run. None without a window.
+fn in_run(busy: Option<f64>, elapsed_ticks: Option<u64>, runtime_s: f64) -> Option<u64> {
+    let (busy, elapsed) = (busy?, elapsed_ticks?);
     if elapsed == 0 {
         return None;
     }
-    let busy_cpus = busy as f64 / elapsed as f64;
-    Some((busy_cpus * runtime_s * 1e9) as u64)
+    Some((busy / elapsed as f64 * runtime_s * 1e9) as u64)
 }
 
 /// `<prefix>A B` → B - A (None: no such line).
@@ -581,12 +578,9 @@ mod tests {
         );
         assert!(delta("perf-guest-ticks 9", "perf-guest-ticks ").is_err());
         // 2 CPUs busy for the whole span: 2 s of CPU per second of the measured run.
-        assert_eq!(
-            guest_busy_ns(Some(600), Some(300), 2.0),
-            Some(4_000_000_000)
-        );
-        assert_eq!(guest_busy_ns(Some(150), Some(300), 1.0), Some(500_000_000));
-        assert_eq!(guest_busy_ns(Some(1), Some(0), 1.0), None);
-        assert_eq!(guest_busy_ns(None, Some(3), 1.0), None);
+        assert_eq!(in_run(Some(600.0), Some(300), 2.0), Some(4_000_000_000));
+        assert_eq!(in_run(Some(150.0), Some(300), 1.0), Some(500_000_000));
+        assert_eq!(in_run(Some(1.0), Some(0), 1.0), None);
+        assert_eq!(in_run(None, Some(3), 1.0), None);
     }
 }
