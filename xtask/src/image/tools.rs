@@ -399,7 +399,9 @@ fn move_into(from: &Path, to: &Path) -> Result<()> {
 /// Every regular ELF file under `root`, with the sonames it needs that its own search path
 /// does not find inside `root`: its DT_RUNPATH (`$ORIGIN` expanded) and its own directory
 /// (dlopen'd plugins such as glibc's gconv modules find their siblings there). The default
-/// library directories are the caller's business.
+/// library directories are the caller's business. An ELF file of another class or byte order
+/// (linux-perf ships a 32-bit `perf-read-vdso32`) is no concern of the guest's 64-bit loader:
+/// it is left out of the closure, not an error.
 pub fn elf_needs(root: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
     let mut out = Vec::new();
     for path in walk(root)? {
@@ -408,7 +410,7 @@ pub fn elf_needs(root: &Path) -> Result<Vec<(PathBuf, Vec<String>)>> {
             continue;
         }
         let bytes = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        if !bytes.starts_with(b"\x7fELF") {
+        if !bytes.starts_with(b"\x7fELF") || bytes[4..6] != [2, 1] {
             continue;
         }
         let d = elf::dynamic(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -657,6 +659,10 @@ mod tests {
         let t = tempfile_dir("closure");
         std::fs::create_dir_all(t.join("usr/bin")).unwrap();
         std::fs::copy(std::env::current_exe().unwrap(), t.join("usr/bin/prog")).unwrap();
+        // A 32-bit helper (ELFCLASS32) beside it is not the 64-bit closure's concern.
+        let mut elf32 = b"\x7fELF\x01\x01\x01".to_vec();
+        elf32.resize(128, 0);
+        std::fs::write(t.join("usr/bin/helper32"), elf32).unwrap();
         let missing = unresolved(&t).unwrap();
         assert_eq!(
             missing.get("libc.so.6").map(String::as_str),
