@@ -101,6 +101,11 @@ pub struct Args {
     /// in one session. The trace is checked when the VM ends (a protocol violation: exit 1)
     #[arg(long)]
     pub kernel_trace: bool,
+    /// Run every cell's fio under `perf record -a -g` (Debian's linux-perf on top of the tools
+    /// layer) and keep the profile as steps/<cell>.profile.txt; the figures of a profiled
+    /// session are perturbed by the sampling and are not for comparison with unprofiled ones
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,11 +203,17 @@ impl Setup {
                 "--runtime: at least 0.5 s, or fio measures too few I/Os".into(),
             ));
         }
+        if args.profile && (args.baseline.is_some() || args.save_baseline.is_some()) {
+            return Err(crate::util::bad_input(
+                "--profile perturbs every figure: gate or save a baseline from a run without it"
+                    .into(),
+            ));
+        }
         let (targets, shapes): (Vec<Target>, Vec<Option<Shape>>) =
             targets(args)?.into_iter().unzip();
         let workloads = workloads(&args.workloads)?;
         let profiles = load_profiles(&targets)?;
-        let tools = tools::layer(&["fio".into(), "losetup".into(), "truncate".into()])?;
+        let tools = tools_layer(args.profile)?;
         let kernels = kernels(&args.kernel)?;
         let (accel, why) = accel::choose(args.accel, &kernels[0].1)?;
         let clock = match (args.clock, accel) {
@@ -218,7 +229,7 @@ impl Setup {
         let plan = plan(args, (targets, shapes), &profiles, workloads, accel)?;
         let run = RunDir::create("perf")?;
         eprintln!(
-            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell (limit {} s more), {} queue(s) x depth {} | accel {} ({why}), {}, clock {} | {}",
+            "vm-perf: {} target(s) x {} workload(s) x {} round(s) x {} kernel(s), {} s + {} s warm-up per cell (limit {} s more), {} queue(s) x depth {}{} | accel {} ({why}), {}, clock {} | {}",
             plan.targets.len(),
             plan.workloads.len(),
             plan.rounds,
@@ -228,6 +239,10 @@ impl Setup {
             plan.cell_budget.as_secs(),
             plan.queues,
             plan.depth,
+            match plan.profile {
+                true => ", profiled (perf record -a -g: figures perturbed)",
+                false => "",
+            },
             accel.name(),
             plan.limits.describe(),
             clock.name(),
@@ -375,6 +390,21 @@ fn workloads(names: &[String]) -> Result<Vec<Workload>> {
     names.iter().map(|n| workload::workload(n)).collect()
 }
 
+/// The guest programs the cells run; `--profile` adds Debian's linux-perf (its own lock lives
+/// in the shared cache, like `vm-run --package`).
+fn tools_layer(profile: bool) -> Result<tools::Layer> {
+    let mut names: Vec<String> = ["fio", "losetup", "truncate"].map(String::from).into();
+    if !profile {
+        return tools::layer(&names);
+    }
+    names.push("perf".into());
+    let perf = image::extra::Request {
+        packages: vec!["linux-perf".into()],
+        lock: None,
+    };
+    image::extra::layer(&names, &perf)
+}
+
 /// Every server target's profile, resolved and its binary prepared before any VM boots.
 fn load_profiles(targets: &[Target]) -> Result<BTreeMap<String, Profile>> {
     let recipe = image::recipe::Recipe::load()?;
@@ -466,6 +496,7 @@ fn plan(
         depth: args.depth,
         cell_budget: Duration::from_secs(args.cell_limit.unwrap_or(limits.secs(20))),
         limits,
+        profile: args.profile,
     })
 }
 
@@ -545,6 +576,9 @@ fn reproduce(args: &Args, setup: &Setup) -> String {
     }
     if args.kernel_trace {
         argv.push("--kernel-trace".into());
+    }
+    if args.profile {
+        argv.push("--profile".into());
     }
     crate::util::shell_line(&argv)
 }

@@ -41,6 +41,8 @@ pub struct Plan {
     pub cell_budget: Duration,
     /// The command's limits policy (boot and setup, the cell default).
     pub limits: crate::vm::limits::Limits,
+    /// `--profile`: fio runs under `perf record -a -g`; each cell's report is kept.
+    pub profile: bool,
 }
 
 impl Plan {
@@ -392,16 +394,41 @@ fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
         Some(_) => "echo \"perf-cpu-ns $A $B\" >&2\n",
         None => "",
     };
+    let fio = fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s);
+    let (fio, profile) = match plan.profile {
+        true => (
+            format!("perf record -q -a -g -F {PROFILE_HZ} -o {PROFILE_DATA} -- {fio}"),
+            format!(
+                "echo '{PROFILE_MARK}' >&2\n\
+                 perf report -i {PROFILE_DATA} --stdio --no-children --sort dso,sym -g none \
+                 --percent-limit 0.5 2>/dev/null | head -n {PROFILE_LINES} >&2\n"
+            ),
+        ),
+        false => (fio, String::new()),
+    };
     let cpu = format!(
-        "{guest}{server}A=$(cpu)\nUA=$(up)\nGA=$(gcpu)\n{}\nGB=$(gcpu)\nUB=$(up)\nB=$(cpu)\n\
-         echo \"perf-guest-ticks $GA $GB\" >&2\necho \"perf-uptime-ticks $UA $UB\" >&2\n{report}",
-        fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s)
+        "{guest}{server}A=$(cpu)\nUA=$(up)\nGA=$(gcpu)\n{fio}\nGB=$(gcpu)\nUB=$(up)\nB=$(cpu)\n\
+         echo \"perf-guest-ticks $GA $GB\" >&2\necho \"perf-uptime-ticks $UA $UB\" >&2\n{report}{profile}"
     );
     format!(
         "{}{fill}\n{}{cpu}",
         phase("the fill (fio --name=fill)"),
         phase(&format!("the measurement (fio --name={})", w.name))
     )
+}
+
+/// `--profile`: samples per second per CPU, where the data goes, the report's first line and
+/// its length (symbols above 0.5 %).
+const PROFILE_HZ: u32 = 499;
+const PROFILE_DATA: &str = "/run/perf.data";
+pub const PROFILE_MARK: &str = "--- perf report";
+const PROFILE_LINES: usize = 200;
+
+/// The profile a cell script printed after `PROFILE_MARK` on stderr, if any.
+fn profile_text(stderr: &str) -> Option<&str> {
+    stderr
+        .split_once(&format!("{PROFILE_MARK}\n"))
+        .map(|(_, report)| report)
 }
 
 /// Where a cell script says what it is doing, so a hang names the phase that hung.
@@ -445,6 +472,10 @@ fn guest_script(r: &mut Fleet, plan: &Plan, script: &str, label: &str) -> CellRe
     crate::runs::save(&log, [&out[..], b"\n--- stderr\n", &err[..]].concat());
     let status = vm_agent::exit_code(status);
     let err = String::from_utf8_lossy(&err);
+    if let Some(report) = profile_text(&err) {
+        let file = r.dir.join("steps").join(format!("{label}.profile.txt"));
+        crate::runs::save(&file, report.as_bytes());
+    }
     if status != 0 {
         return Err(CellError {
             cause: format!(
@@ -582,5 +613,11 @@ mod tests {
         assert_eq!(in_run(Some(150.0), Some(300), 1.0), Some(500_000_000));
         assert_eq!(in_run(Some(1.0), Some(0), 1.0), None);
         assert_eq!(in_run(None, Some(3), 1.0), None);
+        let err = "perf-cpu-ns 1 2\n--- perf report\n  40.00%  [kernel.kallsyms]  [k] memcpy\n";
+        assert_eq!(
+            profile_text(err),
+            Some("  40.00%  [kernel.kallsyms]  [k] memcpy\n")
+        );
+        assert_eq!(profile_text("perf-cpu-ns 1 2\n"), None);
     }
 }
