@@ -407,4 +407,33 @@ mod tests {
         b.list_done(Completion::Commit { batch: 4 });
         assert_eq!((b.lists.len(), b.spare.len()), (2, 1));
     }
+
+    /// A fetch completion's tags come out of the buffer its flags name, and the buffer goes
+    /// back to the kernel; a completion without a buffer has none; a buffer id beyond the ring
+    /// is an error, not an index.
+    #[test]
+    fn fetched_tags_come_from_the_named_buffer() {
+        let ring = IoUring::new(8).unwrap();
+        let Ok(mut b) = BatchIo::new(&ring, 0, 4) else {
+            return; // a host kernel without buffer rings (< 5.19): nothing to check here
+        };
+        let tail = b.fetch.tail;
+        b.fetch.bufs[3 * 4..3 * 4 + 3].copy_from_slice(&[2, 0, 3]);
+        let with_buffer = |bid: u32| 1 | bid << 16; // IORING_CQE_F_BUFFER, the id above it
+        let mut tags = Vec::new();
+        b.take_fetched(6, with_buffer(3), &mut tags).unwrap();
+        assert_eq!(tags, [2, 0, 3]);
+        assert_eq!(
+            b.fetch.tail,
+            tail.wrapping_add(1),
+            "the buffer was given back"
+        );
+        b.take_fetched(-105, 0, &mut tags).unwrap();
+        assert!(tags.is_empty());
+        let e = b.take_fetched(2, with_buffer(9), &mut tags).unwrap_err();
+        assert!(e.contains("buffer 9 of 8"), "{e}");
+        // More bytes than a buffer holds are cut at its size.
+        b.take_fetched(4096, with_buffer(1), &mut tags).unwrap();
+        assert_eq!(tags.len(), 4);
+    }
 }
