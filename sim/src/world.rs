@@ -339,34 +339,7 @@ impl World {
     pub fn step(&mut self, e: Event) -> Result<(), Violation> {
         self.steps += 1;
         match e {
-            Event::Bringup => {
-                let step = self.plan[self.plan_pos];
-                self.plan_pos += 1;
-                match step {
-                    Bringup::FetchAll => {
-                        for q in 0..self.cfg.queues {
-                            let cfg = QueueConfig {
-                                q_id: q,
-                                depth: self.cfg.depth,
-                                max_io_bytes: self.cfg.max_io_bytes,
-                                dev_sectors: self.cfg.dev_sectors,
-                                fault: None,
-                                inflight: self.inflight.clone(),
-                                recovered: self.recoveries > 0,
-                                mode: self.cfg.mode,
-                            };
-                            self.cmds.clear();
-                            let core = QueueCore::new(cfg, &mut self.cmds, &mut NoObserver);
-                            self.cores[q as usize] = Some(core);
-                            self.submit(q)?;
-                            // The server arms its multishot fetch with the PREP_IO_CMDS.
-                            self.bq[q as usize].fetch_armed = self.cfg.mode == IoMode::Batch;
-                        }
-                    }
-                    Bringup::StartDev => self.starting = true,
-                }
-                Ok(())
-            }
+            Event::Bringup => self.bring_up(),
             Event::StartDone => {
                 self.starting = false;
                 self.started = true;
@@ -419,6 +392,36 @@ impl World {
                 Ok(())
             }
         }
+    }
+
+    /// The server's next bring-up step: every queue's core (its fetches, or its PREP_IO_CMDS
+    /// and multishot fetch), or START_DEV / END_USER_RECOVERY.
+    fn bring_up(&mut self) -> Result<(), Violation> {
+        let step = self.plan[self.plan_pos];
+        self.plan_pos += 1;
+        if step == Bringup::StartDev {
+            self.starting = true;
+            return Ok(());
+        }
+        for q in 0..self.cfg.queues {
+            let cfg = QueueConfig {
+                q_id: q,
+                depth: self.cfg.depth,
+                max_io_bytes: self.cfg.max_io_bytes,
+                dev_sectors: self.cfg.dev_sectors,
+                fault: None,
+                inflight: self.inflight.clone(),
+                recovered: self.recoveries > 0,
+                mode: self.cfg.mode,
+            };
+            self.cmds.clear();
+            let core = QueueCore::new(cfg, &mut self.cmds, &mut NoObserver);
+            self.cores[q as usize] = Some(core);
+            self.submit(q)?;
+            // The server arms its multishot fetch with the PREP_IO_CMDS.
+            self.bq[q as usize].fetch_armed = self.cfg.mode == IoMode::Batch;
+        }
+        Ok(())
     }
 
     /// Moves the core's pending commands into the kernel's per-tag inboxes, checking the protocol.
@@ -602,11 +605,19 @@ impl World {
         if result == sys::UBLK_IO_RES_ABORT {
             k.aborted = true;
         }
+        self.cmds.clear();
+        self.serve_tag(q, t, result)?;
+        self.submit(q)?;
+        self.finish_if_all_aborted()
+    }
+
+    /// The server's queue core handles `t`'s completion (`result`) with the tag's descriptor and
+    /// buffer; its commands collect in `self.cmds`.
+    fn serve_tag(&mut self, q: u16, t: u16, result: i32) -> Result<(), Violation> {
         let desc = self.desc_for[q as usize][t as usize];
         let core = self.cores[q as usize]
             .as_mut()
             .expect("completions only after the queue exists");
-        self.cmds.clear();
         core.on_completion(
             t,
             result,
@@ -616,9 +627,7 @@ impl World {
             &mut self.cmds,
             &mut NoObserver,
         )
-        .map_err(|e| Violation::Core(e.to_string()))?;
-        self.submit(q)?;
-        self.finish_if_all_aborted()
+        .map_err(|e| Violation::Core(e.to_string()))
     }
 
     /// After the device stopped, once every tag was aborted: the end, and the final checks.

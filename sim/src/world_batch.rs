@@ -138,12 +138,10 @@ impl World {
             .fetched
             .pop_front()
             .expect("enabled with one");
-        let core = self.cores[q as usize]
-            .as_mut()
-            .expect("fetches only after the queue exists");
         self.cmds.clear();
         match posted {
             None => {
+                let core = self.cores[q as usize].as_mut().expect("the queue exists");
                 core.on_fetch_end(sys::UBLK_IO_RES_ABORT, &mut NoObserver);
                 for k in self.ktags[q as usize].iter_mut() {
                     k.aborted = true;
@@ -152,20 +150,11 @@ impl World {
             }
             Some(tags) => {
                 for t in tags {
-                    let desc = self.desc_for[q as usize][t as usize];
-                    core.on_completion(
-                        t,
-                        sys::UBLK_IO_RES_OK,
-                        &desc,
-                        &mut self.bufs[q as usize][t as usize][..],
-                        &mut self.store,
-                        &mut self.cmds,
-                        &mut NoObserver,
-                    )
-                    .map_err(|e| Violation::Core(e.to_string()))?;
+                    self.serve_tag(q, t, sys::UBLK_IO_RES_OK)?;
                 }
             }
         }
+        let core = self.cores[q as usize].as_mut().expect("the queue exists");
         core.flush(&mut self.cmds);
         self.submit_batch(q);
         self.finish_if_all_aborted()
