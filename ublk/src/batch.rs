@@ -56,8 +56,8 @@ impl Completion {
 /// The ring of provided buffers (`io_uring_buf` entries, tail in entry 0's last 2 bytes) and
 /// the buffers themselves, `depth` tags each.
 struct FetchBuffers {
-    ring: *mut u8,
-    ring_len: usize,
+    /// Dropped after the ring that registered it (see BatchIo).
+    ring: crate::io::AnonMap,
     bufs: Vec<u16>,
     per_buf: usize,
     tail: u16,
@@ -67,27 +67,10 @@ impl FetchBuffers {
     fn new(depth: u16) -> Result<FetchBuffers, String> {
         let ring_len = crate::io::page_size();
         assert!(FETCH_BUFS.is_power_of_two() && FETCH_BUFS as usize * 16 <= ring_len);
-        // SAFETY: anonymous private mapping, result checked.
-        let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ring == libc::MAP_FAILED {
-            return Err(format!(
-                "allocating the fetch buffer ring: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        let ring = crate::io::AnonMap::new(ring_len, "the fetch buffer ring")?;
         let per_buf = depth as usize;
         Ok(FetchBuffers {
-            ring: ring as *mut u8,
-            ring_len,
+            ring,
             bufs: vec![0u16; per_buf * FETCH_BUFS as usize],
             per_buf,
             tail: 0,
@@ -103,27 +86,20 @@ impl FetchBuffers {
         // SAFETY: slot < FETCH_BUFS entries of 16 bytes inside our page; the kernel reads an
         // entry only after the tail (stored below, release) covers it.
         unsafe {
-            let e = self.ring.add(slot * 16);
+            let e = self.ring.ptr.add(slot * 16);
             std::ptr::write_unaligned(e as *mut u64, addr);
             std::ptr::write_unaligned(e.add(8) as *mut u32, len);
             std::ptr::write_unaligned(e.add(12) as *mut u16, bid);
         }
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail field (bytes 14..16 of the ring) is shared with the kernel.
-        let tail = unsafe { &*(self.ring.add(14) as *const std::sync::atomic::AtomicU16) };
+        let tail = unsafe { &*(self.ring.ptr.add(14) as *const std::sync::atomic::AtomicU16) };
         tail.store(self.tail, std::sync::atomic::Ordering::Release);
     }
 
     fn tags(&self, bid: u16, bytes: usize) -> &[u16] {
         let n = (bytes / 2).min(self.per_buf);
         &self.bufs[bid as usize * self.per_buf..][..n]
-    }
-}
-
-impl Drop for FetchBuffers {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping (the ring that registered it is dropped first: see BatchIo).
-        unsafe { libc::munmap(self.ring as *mut libc::c_void, self.ring_len) };
     }
 }
 
@@ -144,7 +120,7 @@ impl BatchIo {
         // SAFETY: the ring memory lives in `fetch`, which the queue keeps until the ring is gone.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                fetch.ring as u64,
+                fetch.ring.ptr as u64,
                 FETCH_BUFS,
                 FETCH_GROUP,
                 0,

@@ -258,14 +258,20 @@ impl DataPath {
 
 /// Per-tag I/O buffers: one anonymous mapping, page aligned, touched lazily.
 struct Buffers {
-    ptr: *mut u8,
-    len: usize,
+    map: AnonMap,
     per_tag: usize,
 }
 
-impl Buffers {
-    fn new(depth: u16, per_tag: u32) -> Result<Buffers, String> {
-        let len = depth as usize * per_tag as usize;
+/// An anonymous private read-write mapping, unmapped on drop: the tag buffers, the fetch
+/// buffer ring.
+pub(crate) struct AnonMap {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+impl AnonMap {
+    /// `len` bytes; `what` names them in the error.
+    pub fn new(len: usize, what: &str) -> Result<AnonMap, String> {
         // SAFETY: anonymous private mapping, result checked.
         let ptr = unsafe {
             libc::mmap(
@@ -278,34 +284,44 @@ impl Buffers {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "allocating {len} bytes of I/O buffers: {}",
-                std::io::Error::last_os_error()
-            ));
+            let e = std::io::Error::last_os_error();
+            return Err(format!("allocating {len} bytes of {what}: {e}"));
         }
-        Ok(Buffers {
+        Ok(AnonMap {
             ptr: ptr as *mut u8,
             len,
+        })
+    }
+}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+impl Buffers {
+    fn new(depth: u16, per_tag: u32) -> Result<Buffers, String> {
+        let map = AnonMap::new(depth as usize * per_tag as usize, "I/O buffers")?;
+        Ok(Buffers {
+            map,
             per_tag: per_tag as usize,
         })
     }
 
     fn addr(&self, tag: u16) -> u64 {
-        self.ptr as u64 + (tag as usize * self.per_tag) as u64
+        self.map.ptr as u64 + (tag as usize * self.per_tag) as u64
     }
 
     fn tag(&mut self, tag: u16) -> &mut [u8] {
         // SAFETY: tag < depth (checked by the core); slices of distinct tags never overlap.
         unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.add(tag as usize * self.per_tag), self.per_tag)
+            std::slice::from_raw_parts_mut(
+                self.map.ptr.add(tag as usize * self.per_tag),
+                self.per_tag,
+            )
         }
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
 }
 
@@ -732,6 +748,36 @@ pub fn run_queue(
     })
 }
 
+/// Hands one wait's completions to the core (and batch mode's collected commits to the
+/// ring); returns how many completions the next wait asks for.
+fn handle(
+    q: &mut Queue,
+    core: &mut QueueCore,
+    completions: &[(u64, i32, u32)],
+    (mem, cmds, obs, tags): (
+        &mut MemView,
+        &mut Vec<Command>,
+        &mut DaemonObserver,
+        &mut Vec<u16>,
+    ),
+) -> Result<usize, String> {
+    if q.batch.is_some() {
+        // One fetch completion already carries every tag the kernel had: no gathering. The
+        // next wait is for the commits just flushed (the kernel answers them while taking
+        // them) and one more: the next fetch completion, in one io_uring_enter.
+        let mut ctx = (mem, &mut *cmds, obs, tags);
+        for &c in completions {
+            q.complete_batch(core, c, &mut ctx)?;
+        }
+        core.flush(cmds);
+        return Ok(core.commits_in_flight() + 1);
+    }
+    for &(user_data, result, _) in completions {
+        q.complete(core, (user_data as u16, result), mem, cmds, obs)?;
+    }
+    Ok((completions.len() / 2).clamp(1, (q.spec.depth as usize / 2).max(1)))
+}
+
 /// The loop: one io_uring_enter submits the previous batch's commands and waits for
 /// completions; each goes to the core. Ends when every tag is aborted (None) or early (why).
 /// `counts` adds up (waits, completions).
@@ -763,25 +809,12 @@ fn serve(
         );
         counts.0 += 1;
         counts.1 += completions.len() as u64;
-        match q.batch.is_some() {
-            // One fetch completion already carries every tag the kernel had: no gathering. The
-            // next wait is for the commits just flushed (the kernel answers them while taking
-            // them) and one more: the next fetch completion, in one io_uring_enter.
-            true => {
-                let mut ctx = (&mut *mem, &mut *cmds, &mut *obs, &mut tags);
-                for &c in &completions {
-                    q.complete_batch(core, c, &mut ctx)?;
-                }
-                core.flush(cmds);
-                want = core.commits_in_flight() + 1;
-            }
-            false => {
-                want = (completions.len() / 2).clamp(1, (q.spec.depth as usize / 2).max(1));
-                for &(user_data, result, _) in &completions {
-                    q.complete(core, (user_data as u16, result), mem, cmds, obs)?;
-                }
-            }
-        }
+        want = handle(
+            q,
+            core,
+            &completions,
+            (&mut *mem, &mut *cmds, &mut *obs, &mut tags),
+        )?;
         obs.shared
             .completions
             .fetch_add(completions.len() as u64, Ordering::Relaxed);
