@@ -404,10 +404,17 @@ pub struct QueueExit {
     pub stats: Stats,
     /// None: every tag was aborted (clean). Some: why the loop stopped early.
     pub early: Option<String>,
-    /// io_uring_enter calls that waited, and the completions they returned: requests per
-    /// wakeup, the batching the queue achieved.
+    pub counts: WaitCounts,
+}
+
+/// The queue loop's io_uring_enter calls: requests per wakeup (the batching the queue
+/// achieved), and how often a wait ended by its time limit before it had what it asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WaitCounts {
     pub waits: u64,
     pub completions: u64,
+    /// Waits cut short by the limit (or a signal).
+    pub short: u64,
 }
 
 /// Everything a queue thread owns once set up.
@@ -564,6 +571,7 @@ impl Queue<'_> {
         };
         let fetch = b.fetch_sqe(self.fd);
         crate::uring::enter_for(&self.ring.submitter(), 1, PREP_LIMIT)
+            .map(drop)
             .map_err(|e| format!("queue {q_id}: submitting PREP_IO_CMDS: {e}"))?;
         let Some(c) = self.ring.completion().next() else {
             let s = PREP_LIMIT.as_secs();
@@ -721,7 +729,7 @@ pub fn run_queue(
         return Err(msg);
     }
     ready(Ok(()));
-    let mut counts = (0u64, 0u64);
+    let mut counts = WaitCounts::default();
     let early = serve(
         &mut q,
         &mut core,
@@ -743,8 +751,7 @@ pub fn run_queue(
         q_id: spec.q_id,
         stats: core.stats(),
         early,
-        waits: counts.0,
-        completions: counts.1,
+        counts,
     })
 }
 
@@ -780,7 +787,7 @@ fn handle(
 
 /// The loop: one io_uring_enter submits the previous batch's commands and waits for
 /// completions; each goes to the core. Ends when every tag is aborted (None) or early (why).
-/// `counts` adds up (waits, completions).
+/// `counts` adds up the waits.
 #[allow(clippy::too_many_arguments)]
 fn serve(
     q: &mut Queue,
@@ -790,7 +797,7 @@ fn serve(
     obs: &mut DaemonObserver,
     stop_at: &AtomicU64,
     epoch: Instant,
-    counts: &mut (u64, u64),
+    counts: &mut WaitCounts,
 ) -> Result<Option<String>, String> {
     let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(q.spec.depth as usize);
     let mut tags: Vec<u16> = Vec::with_capacity(q.spec.depth as usize);
@@ -798,8 +805,9 @@ fn serve(
     let mut want = 1usize;
     loop {
         let limit = if want > 1 { GATHER } else { POLL };
-        if let Err(e) = crate::uring::enter_for(&q.ring.submitter(), want, limit) {
-            return Ok(Some(format!("io_uring_enter: {e}")));
+        match crate::uring::enter_for(&q.ring.submitter(), want, limit) {
+            Ok(short) => counts.short += short as u64,
+            Err(e) => return Ok(Some(format!("io_uring_enter: {e}"))),
         }
         completions.clear();
         completions.extend(
@@ -807,8 +815,8 @@ fn serve(
                 .completion()
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
-        counts.0 += 1;
-        counts.1 += completions.len() as u64;
+        counts.waits += 1;
+        counts.completions += completions.len() as u64;
         want = handle(
             q,
             core,

@@ -591,8 +591,8 @@ fn shut_down(
                 }
                 let s = exit.stats;
                 eprintln!(
-                    "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors; {} completions in {} waits",
-                    exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors, exit.completions, exit.waits
+                    "ublk-mem: queue {}: {} reads, {} writes, {} flushes, {} discards, {} write-zeroes, {} errors; {} completions in {} waits ({} timed out)",
+                    exit.q_id, s.reads, s.writes, s.flushes, s.discards, s.write_zeroes, s.errors, exit.counts.completions, exit.counts.waits, exit.counts.short
                 );
             }
             Ok(Err(e)) => {

@@ -8,22 +8,22 @@ use io_uring::{types, Submitter};
 /// Submits and waits up to `limit` for a completion. Running out of time (ETIME) or a signal
 /// (EINTR) is not an error: the caller looks at the completion queue and its own deadline.
 pub fn enter_bounded(submitter: &Submitter<'_>, limit: Duration) -> std::io::Result<()> {
-    enter_for(submitter, 1, limit)
+    enter_for(submitter, 1, limit).map(drop)
 }
 
 /// Submits and waits up to `limit` until `want` completions are there (fewer when the limit
-/// runs out first).
-pub fn enter_for(submitter: &Submitter<'_>, want: usize, limit: Duration) -> std::io::Result<()> {
+/// runs out first: then `Ok(true)`, as for a signal).
+pub fn enter_for(submitter: &Submitter<'_>, want: usize, limit: Duration) -> std::io::Result<bool> {
     assert!(want >= 1);
     let ts = types::Timespec::new()
         .sec(limit.as_secs())
         .nsec(limit.subsec_nanos());
     match submitter.submit_with_args(want, &types::SubmitArgs::new().timespec(&ts)) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(false),
         Err(e)
             if e.raw_os_error() == Some(libc::ETIME) || e.raw_os_error() == Some(libc::EINTR) =>
         {
-            Ok(())
+            Ok(true)
         }
         Err(e) => Err(e),
     }

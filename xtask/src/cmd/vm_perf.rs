@@ -494,6 +494,7 @@ fn plan(
         size_bytes: args.size << 20,
         queues: args.queues.unwrap_or(args.cpus as u16),
         depth: args.depth,
+        cpus: args.cpus,
         cell_budget: Duration::from_secs(args.cell_limit.unwrap_or(limits.secs(20))),
         limits,
         profile: args.profile,

@@ -8,8 +8,12 @@ use serde::Deserialize;
 use super::workload::Workload;
 
 /// The fio command for one measured cell on `$DEV` (a shell variable the cell script sets),
-/// over the first `size_bytes` of the device.
-pub fn command(w: &Workload, size_bytes: u64, runtime_s: f64, ramp_s: f64) -> String {
+/// over the first `size_bytes` of the device. Several jobs are spread over the guest's `cpus`,
+/// one CPU each (fio's `split` policy), so every hardware queue carries load: left to the
+/// scheduler, a ublk server's completions pull the jobs it wakes onto its own CPU (measured:
+/// 99 % of 2 jobs' requests on one queue of two).
+pub fn command(w: &Workload, size_bytes: u64, runtime_s: f64, ramp_s: f64, cpus: u32) -> String {
+    assert!(cpus >= 1);
     let mut c = format!(
         "fio --name={} --filename=\"$DEV\" --direct=1 --ioengine=io_uring --rw={} --bs={} \
          --iodepth={} --numjobs={} --size={size_bytes} --time_based --runtime={}ms \
@@ -23,6 +27,12 @@ pub fn command(w: &Workload, size_bytes: u64, runtime_s: f64, ramp_s: f64) -> St
         (runtime_s * 1000.0) as u64,
         (ramp_s * 1000.0) as u64,
     );
+    if w.jobs > 1 {
+        c.push_str(&format!(
+            " --cpus_allowed=0-{} --cpus_allowed_policy=split",
+            cpus - 1
+        ));
+    }
     if let Some(p) = w.read_percent {
         c.push_str(&format!(" --rwmixread={p}"));
     }
@@ -164,10 +174,19 @@ mod tests {
 
     #[test]
     fn the_command_splits_depth_over_jobs() {
-        let c = command(&workload("randread-4k-qd32").unwrap(), 1 << 28, 3.0, 0.5);
+        let c = command(&workload("randread-4k-qd32").unwrap(), 1 << 28, 3.0, 0.5, 2);
         assert!(c.contains("--iodepth=16 --numjobs=2"), "{c}");
         assert!(c.contains("--runtime=3000ms --ramp_time=500ms"), "{c}");
-        let mix = command(&workload("randrw70-4k-qd32").unwrap(), 1 << 28, 1.0, 0.0);
+        assert!(
+            c.contains(" --cpus_allowed=0-1 --cpus_allowed_policy=split"),
+            "{c}"
+        );
+        let one = command(&workload("read-128k-qd8").unwrap(), 1 << 28, 3.0, 0.5, 2);
+        assert!(
+            !one.contains("cpus_allowed"),
+            "one job goes where the scheduler puts it: {one}"
+        );
+        let mix = command(&workload("randrw70-4k-qd32").unwrap(), 1 << 28, 1.0, 0.0, 4);
         assert!(mix.ends_with("--rwmixread=70"), "{mix}");
     }
 }

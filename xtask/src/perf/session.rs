@@ -37,6 +37,8 @@ pub struct Plan {
     pub size_bytes: u64,
     pub queues: u16,
     pub depth: u16,
+    /// The guest's vCPUs: a workload's fio jobs are spread over them, one CPU each.
+    pub cpus: u32,
     /// Per-cell limit beyond fio's own run time (device setup, fill, teardown).
     pub cell_budget: Duration,
     /// The command's limits policy (boot and setup, the cell default).
@@ -394,12 +396,14 @@ fn measure_script(plan: &Plan, w: &Workload, pid: Option<i32>) -> String {
         Some(_) => "echo \"perf-cpu-ns $A $B\" >&2\n",
         None => "",
     };
-    let fio = fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s);
+    let fio = fio::command(w, plan.size_bytes, plan.runtime_s, plan.ramp_s, plan.cpus);
     let (fio, profile) = match plan.profile {
         true => (
             format!("perf record -q -a -g -F {PROFILE_HZ} -o {PROFILE_DATA} -- {fio}"),
             format!(
                 "echo '{PROFILE_MARK}' >&2\n\
+                 perf report -i {PROFILE_DATA} --stdio --no-children --sort comm -g none \
+                 --percent-limit 0.5 2>/dev/null | grep -v '^#' | head -n {PROFILE_LINES} >&2\n\
                  perf report -i {PROFILE_DATA} --stdio --no-children --sort dso,sym -g none \
                  --percent-limit 0.5 2>/dev/null | head -n {PROFILE_LINES} >&2\n"
             ),
