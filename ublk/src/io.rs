@@ -53,6 +53,8 @@ pub struct QueueSpec {
     /// Per-tag commands, or batched ones (BATCH_IO granted by ADD_DEV; needs USER_COPY).
     pub mode: IoMode,
     pub cpus: Vec<usize>,
+    /// Run the queue thread under SCHED_BATCH (`--sched batch`).
+    pub sched_batch: bool,
     pub fault: Option<Fault>,
     /// Trace file for this queue (see TRACE.md).
     pub trace: Option<PathBuf>,
@@ -397,6 +399,19 @@ fn pin(cpus: &[usize]) -> Result<(), String> {
     Ok(())
 }
 
+/// SCHED_BATCH for this thread: when a request wakes it, it does not preempt the task on its
+/// CPU (the submitter, pinned or not) but runs when that task blocks or its slice ends, so a
+/// burst of submissions reaches it as one batch. Measured (README "Performance"): 4 KiB QD32
+/// requests per wakeup ~4 -> ~9, IOPS +4.5 % (6.12) and +7.8 % (7.2) under icount.
+fn sched_batch() -> Result<(), String> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's own policy; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok(())
+}
+
 /// How a queue thread ended.
 #[derive(Debug)]
 pub struct QueueExit {
@@ -443,6 +458,14 @@ impl Queue<'_> {
                 "ublk-mem: queue {}: could not pin to CPUs {:?}: {e}",
                 spec.q_id, spec.cpus
             );
+        }
+        if spec.sched_batch {
+            if let Err(e) = sched_batch() {
+                eprintln!(
+                    "ublk-mem: queue {}: could not set SCHED_BATCH: {e}",
+                    spec.q_id
+                );
+            }
         }
         let descs = Descriptors::map(cdev, spec.q_id, spec.depth)?;
         let data = DataPath::new(cdev, spec)?;

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::ctrl::{self, Control};
-use crate::server::{CopyChoice, IoChoice, Options};
+use crate::server::{CopyChoice, IoChoice, Options, SchedChoice};
 use crate::sys;
 
 /// Where recoverable devices keep their stores (tmpfs: memory, like the memfd of a plain add).
@@ -119,6 +119,7 @@ pub struct RecoverOptions {
     pub trace: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
     pub json: bool,
+    pub sched: SchedChoice,
 }
 
 /// The options of the device being recovered, as the kernel knows it (GET_DEV_INFO,
@@ -156,6 +157,7 @@ pub fn device_options(
             0 => IoChoice::PerTag,
             _ => IoChoice::Batch,
         },
+        sched: r.sched,
         recovery: Some(mode),
     };
     opts.validate()

@@ -88,6 +88,25 @@ pub fn parse_io_mode(s: &str) -> Result<IoChoice, String> {
     }
 }
 
+/// `--sched`: the queue threads' scheduling policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SchedChoice {
+    /// SCHED_BATCH: a woken queue thread does not preempt the task running on its CPU (the
+    /// queue's own CPU: usually the submitter, which then hands over its whole burst at once).
+    #[default]
+    Batch,
+    /// SCHED_OTHER: the kernel's default; a woken queue thread may preempt the submitter.
+    Normal,
+}
+
+pub fn parse_sched(s: &str) -> Result<SchedChoice, String> {
+    match s {
+        "batch" => Ok(SchedChoice::Batch),
+        "normal" => Ok(SchedChoice::Normal),
+        _ => Err(format!("{s:?}: expected batch or normal")),
+    }
+}
+
 /// Where batched I/O is wrong for a device even on a kernel that offers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchLimit {
@@ -174,6 +193,7 @@ pub struct Options {
     pub fault: Option<(u16, Fault)>,
     pub copy_mode: CopyChoice,
     pub io_mode: IoChoice,
+    pub sched: SchedChoice,
     /// User recovery (`--recoverable MODE`): the device outlives this process.
     pub recovery: Option<recovery::Mode>,
 }
@@ -491,6 +511,7 @@ fn start_queues(
                 _ => IoMode::Batch,
             },
             cpus: ctl.get_queue_affinity(dev.dev_id, q).unwrap_or_default(),
+            sched_batch: opts.sched == SchedChoice::Batch,
             fault: opts.fault.filter(|(fq, _)| *fq == q).map(|(_, f)| f),
             trace: opts
                 .trace
@@ -778,6 +799,7 @@ mod tests {
             fault: None,
             copy_mode: CopyChoice::Auto,
             io_mode: IoChoice::Auto,
+            sched: SchedChoice::Batch,
             recovery: None,
         }
     }
@@ -812,6 +834,15 @@ mod tests {
         assert!(parse_copy_mode("zero")
             .unwrap_err()
             .contains("auto, buffer or user"));
+    }
+
+    #[test]
+    fn sched_names_parse_and_batch_is_the_default() {
+        assert_eq!(parse_sched("batch"), Ok(SchedChoice::Batch));
+        assert_eq!(parse_sched("normal"), Ok(SchedChoice::Normal));
+        assert_eq!(SchedChoice::default(), SchedChoice::Batch);
+        let e = parse_sched("fifo").unwrap_err();
+        assert!(e.contains("batch or normal"), "{e}");
     }
 
     /// BATCH_IO is asked for only when offered, only with USER_COPY, and never when told

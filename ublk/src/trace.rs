@@ -215,6 +215,7 @@ mod tests {
             copy: crate::io::CopyMode::Buffer,
             mode: Default::default(),
             cpus: vec![],
+            sched_batch: false,
             fault: None,
             trace: None,
             inflight: Default::default(),

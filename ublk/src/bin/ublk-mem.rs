@@ -58,6 +58,10 @@ enum Cmd {
         /// later, with USER_COPY), per-tag (one FETCH/COMMIT per tag and request), batch (or fail)
         #[arg(long, value_name = "auto|per-tag|batch", default_value = "auto", value_parser = server::parse_io_mode)]
         io_mode: server::IoChoice,
+        /// Queue threads' scheduling: batch (SCHED_BATCH: a woken queue thread does not preempt
+        /// the submitter on its CPU, it gets the submitter's whole burst) or normal
+        #[arg(long, value_name = "batch|normal", default_value = "batch", value_parser = server::parse_sched)]
+        sched: server::SchedChoice,
         /// User recovery: the device outlives this process; its store is a file under
         /// /dev/shm/ublk-mem that `recover` re-attaches. reissue: requests the dead server held
         /// are issued again; requeue: they fail, new ones wait; fail-io: all fail until recovered
@@ -75,6 +79,10 @@ enum Cmd {
         /// Print the ready line as JSON
         #[arg(long)]
         json: bool,
+        /// Queue threads' scheduling: batch (SCHED_BATCH: a woken queue thread does not preempt
+        /// the submitter on its CPU, it gets the submitter's whole burst) or normal
+        #[arg(long, value_name = "batch|normal", default_value = "batch", value_parser = server::parse_sched)]
+        sched: server::SchedChoice,
     },
     /// Planned server replacement (kernels with QUIESCE): the device's server finishes what it
     /// holds and exits; requests wait for `recover`
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
             fault,
             copy_mode,
             io_mode,
+            sched,
             recoverable,
         } => {
             let max_io_bytes =
@@ -138,6 +147,7 @@ fn main() -> ExitCode {
                     fault,
                     copy_mode,
                     io_mode,
+                    sched,
                     recovery: recoverable,
                 })
             })
@@ -147,11 +157,13 @@ fn main() -> ExitCode {
             trace,
             state_file,
             json,
+            sched,
         } => server::recover(&recovery::RecoverOptions {
             id,
             trace,
             state_file,
             json,
+            sched,
         }),
         Cmd::Quiesce { id, wait_ms } => recovery::quiesce(
             id,

@@ -24,3 +24,11 @@ stop_daemon() {
     ls /dev/ublkb* 2>/dev/null && fail "a ublk block device is left after shutdown"
     true
 }
+# queue_policies: the scheduling policy (stat field 41: 0 normal, 3 batch) of every ublk-q*
+# thread of $P, as "ublk-q0=3 ublk-q1=3".
+queue_policies() {
+    for t in /proc/$P/task/*; do
+        c=$(cat $t/comm)
+        case $c in ublk-q*) echo "$c=$(cut -d' ' -f41 $t/stat)" ;; esac
+    done | sort | tr '\n' ' '
+}

@@ -1039,6 +1039,7 @@ fn server_options(
         fault: fault.map(FaultSpec::parsed),
         copy_mode: Default::default(),
         io_mode: Default::default(),
+        sched: Default::default(),
         recovery: None,
     }
     .validate();
