@@ -401,8 +401,9 @@ fn pin(cpus: &[usize]) -> Result<(), String> {
 
 /// SCHED_BATCH for this thread: when a request wakes it, it does not preempt the task on its
 /// CPU (the submitter, pinned or not) but runs when that task blocks or its slice ends, so a
-/// burst of submissions reaches it as one batch. Measured (README "Performance"): 4 KiB QD32
-/// requests per wakeup ~4 -> ~9, IOPS +4.5 % (6.12) and +7.8 % (7.2) under icount.
+/// burst of submissions reaches it as one batch. Measured (ublk/README.md "Scheduling"): on
+/// the busier queue ~4 -> ~9 requests per wakeup at 4 KiB QD32, IOPS +6 % (6.12) and +7 %
+/// (7.2) under icount.
 fn sched_batch() -> Result<(), String> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets this thread's own policy; `param` outlives the call.
