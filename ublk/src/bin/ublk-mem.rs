@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ublk::server::{self, Options};
 use ublk::util::parse_size;
 use ublk::{admin, recovery};
@@ -17,6 +17,24 @@ use ublk::{admin, recovery};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How a device is served, the same for `add` and `recover`.
+#[derive(Args)]
+struct Serving {
+    /// Record every queue's tag events to PREFIX.q<N> (format: ublk/TRACE.md)
+    #[arg(long, value_name = "PREFIX")]
+    trace: Option<PathBuf>,
+    /// Where SIGUSR1 writes the per-tag state dump (default: stderr)
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
+    /// Print the ready line as JSON
+    #[arg(long)]
+    json: bool,
+    /// Queue threads' scheduling: batch (SCHED_BATCH: a woken queue thread does not preempt
+    /// the submitter on its CPU, it gets the submitter's whole burst) or normal
+    #[arg(long, value_name = "batch|normal", default_value = "batch", value_parser = server::parse_sched)]
+    sched: server::SchedChoice,
 }
 
 #[derive(Subcommand)]
@@ -38,15 +56,8 @@ enum Cmd {
         /// Device id (default: the kernel picks one)
         #[arg(long)]
         id: Option<u32>,
-        /// Record every queue's tag events to PREFIX.q<N> (format: ublk/TRACE.md)
-        #[arg(long, value_name = "PREFIX")]
-        trace: Option<PathBuf>,
-        /// Where SIGUSR1 writes the per-tag state dump (default: stderr)
-        #[arg(long, value_name = "PATH")]
-        state_file: Option<PathBuf>,
-        /// Print the ready line as JSON
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        serving: Serving,
         /// Fault injection for tests: stall-tag=Q:T:after=N (tag T of queue Q never completes its (N+1)th request)
         #[arg(long, value_parser = server::parse_fault)]
         fault: Option<(u16, ublk::core::Fault)>,
@@ -58,10 +69,6 @@ enum Cmd {
         /// later, with USER_COPY), per-tag (one FETCH/COMMIT per tag and request), batch (or fail)
         #[arg(long, value_name = "auto|per-tag|batch", default_value = "auto", value_parser = server::parse_io_mode)]
         io_mode: server::IoChoice,
-        /// Queue threads' scheduling: batch (SCHED_BATCH: a woken queue thread does not preempt
-        /// the submitter on its CPU, it gets the submitter's whole burst) or normal
-        #[arg(long, value_name = "batch|normal", default_value = "batch", value_parser = server::parse_sched)]
-        sched: server::SchedChoice,
         /// User recovery: the device outlives this process; its store is a file under
         /// /dev/shm/ublk-mem that `recover` re-attaches. reissue: requests the dead server held
         /// are issued again; requeue: they fail, new ones wait; fail-io: all fail until recovered
@@ -72,17 +79,8 @@ enum Cmd {
     Recover {
         #[arg(long)]
         id: u32,
-        #[arg(long, value_name = "PREFIX")]
-        trace: Option<PathBuf>,
-        #[arg(long, value_name = "PATH")]
-        state_file: Option<PathBuf>,
-        /// Print the ready line as JSON
-        #[arg(long)]
-        json: bool,
-        /// Queue threads' scheduling: batch (SCHED_BATCH: a woken queue thread does not preempt
-        /// the submitter on its CPU, it gets the submitter's whole burst) or normal
-        #[arg(long, value_name = "batch|normal", default_value = "batch", value_parser = server::parse_sched)]
-        sched: server::SchedChoice,
+        #[command(flatten)]
+        serving: Serving,
     },
     /// Planned server replacement (kernels with QUIESCE): the device's server finishes what it
     /// holds and exits; requests wait for `recover`
@@ -122,13 +120,16 @@ fn main() -> ExitCode {
             block_size,
             max_io,
             id,
-            trace,
-            state_file,
-            json,
+            serving:
+                Serving {
+                    trace,
+                    state_file,
+                    json,
+                    sched,
+                },
             fault,
             copy_mode,
             io_mode,
-            sched,
             recoverable,
         } => {
             let max_io_bytes =
@@ -154,10 +155,13 @@ fn main() -> ExitCode {
         }
         Cmd::Recover {
             id,
-            trace,
-            state_file,
-            json,
-            sched,
+            serving:
+                Serving {
+                    trace,
+                    state_file,
+                    json,
+                    sched,
+                },
         } => server::recover(&recovery::RecoverOptions {
             id,
             trace,
