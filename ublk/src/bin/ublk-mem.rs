@@ -37,44 +37,77 @@ struct Serving {
     sched: server::SchedChoice,
 }
 
+/// `add`'s arguments.
+#[derive(Args)]
+struct AddArgs {
+    /// Device size, e.g. 256MiB, 1GiB, 4096 (bytes)
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    #[arg(long, default_value_t = 128)]
+    depth: u16,
+    #[arg(long, default_value_t = 4096)]
+    block_size: u32,
+    /// Largest single request in bytes
+    #[arg(long, default_value_t = server::DEFAULT_MAX_IO_BYTES.into(), value_parser = parse_size)]
+    max_io: u64,
+    /// Device id (default: the kernel picks one)
+    #[arg(long)]
+    id: Option<u32>,
+    #[command(flatten)]
+    serving: Serving,
+    /// Fault injection for tests: stall-tag=Q:T:after=N (tag T of queue Q never completes its (N+1)th request)
+    #[arg(long, value_parser = server::parse_fault)]
+    fault: Option<(u16, ublk::core::Fault)>,
+    /// How request data reaches the store: auto (USER_COPY when the kernel offers it: one
+    /// copy), buffer (per-tag buffers: the kernel's copy and ours), user (USER_COPY or fail)
+    #[arg(long, value_name = "auto|buffer|user", default_value = "auto", value_parser = server::parse_copy_mode)]
+    copy_mode: server::CopyChoice,
+    /// How requests travel: auto (batched when the kernel offers BATCH_IO, Linux 7.0 and
+    /// later, with USER_COPY), per-tag (one FETCH/COMMIT per tag and request), batch (or fail)
+    #[arg(long, value_name = "auto|per-tag|batch", default_value = "auto", value_parser = server::parse_io_mode)]
+    io_mode: server::IoChoice,
+    /// User recovery: the device outlives this process; its store is a file under
+    /// /dev/shm/ublk-mem that `recover` re-attaches. reissue: requests the dead server held
+    /// are issued again; requeue: they fail, new ones wait; fail-io: all fail until recovered
+    #[arg(long, value_name = "reissue|requeue|fail-io", value_parser = recovery::parse_mode)]
+    recoverable: Option<recovery::Mode>,
+}
+
+impl AddArgs {
+    fn options(self) -> Result<Options, String> {
+        let max_io_bytes =
+            u32::try_from(self.max_io).map_err(|_| "--max-io is too large".to_string())?;
+        let Serving {
+            trace,
+            state_file,
+            json,
+            sched,
+        } = self.serving;
+        Ok(Options {
+            size: self.size,
+            queues: self.queues,
+            depth: self.depth,
+            block_size: self.block_size,
+            max_io_bytes,
+            id: self.id,
+            trace,
+            state_file,
+            json,
+            fault: self.fault,
+            copy_mode: self.copy_mode,
+            io_mode: self.io_mode,
+            sched,
+            recovery: self.recoverable,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a device and serve it until SIGINT/SIGTERM; prints /dev/ublkbN once it is ready
-    Add {
-        /// Device size, e.g. 256MiB, 1GiB, 4096 (bytes)
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
-        #[arg(long, default_value_t = 1)]
-        queues: u16,
-        #[arg(long, default_value_t = 128)]
-        depth: u16,
-        #[arg(long, default_value_t = 4096)]
-        block_size: u32,
-        /// Largest single request in bytes
-        #[arg(long, default_value_t = server::DEFAULT_MAX_IO_BYTES.into(), value_parser = parse_size)]
-        max_io: u64,
-        /// Device id (default: the kernel picks one)
-        #[arg(long)]
-        id: Option<u32>,
-        #[command(flatten)]
-        serving: Serving,
-        /// Fault injection for tests: stall-tag=Q:T:after=N (tag T of queue Q never completes its (N+1)th request)
-        #[arg(long, value_parser = server::parse_fault)]
-        fault: Option<(u16, ublk::core::Fault)>,
-        /// How request data reaches the store: auto (USER_COPY when the kernel offers it: one
-        /// copy), buffer (per-tag buffers: the kernel's copy and ours), user (USER_COPY or fail)
-        #[arg(long, value_name = "auto|buffer|user", default_value = "auto", value_parser = server::parse_copy_mode)]
-        copy_mode: server::CopyChoice,
-        /// How requests travel: auto (batched when the kernel offers BATCH_IO, Linux 7.0 and
-        /// later, with USER_COPY), per-tag (one FETCH/COMMIT per tag and request), batch (or fail)
-        #[arg(long, value_name = "auto|per-tag|batch", default_value = "auto", value_parser = server::parse_io_mode)]
-        io_mode: server::IoChoice,
-        /// User recovery: the device outlives this process; its store is a file under
-        /// /dev/shm/ublk-mem that `recover` re-attaches. reissue: requests the dead server held
-        /// are issued again; requeue: they fail, new ones wait; fail-io: all fail until recovered
-        #[arg(long, value_name = "reissue|requeue|fail-io", value_parser = recovery::parse_mode)]
-        recoverable: Option<recovery::Mode>,
-    },
+    Add(AddArgs),
     /// Take over a recoverable device whose server died or was quiesced, and serve it like `add`
     Recover {
         #[arg(long)]
@@ -113,61 +146,13 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Add {
-            size,
-            queues,
-            depth,
-            block_size,
-            max_io,
+        Cmd::Add(args) => args.options().and_then(|o| server::serve(&o)),
+        Cmd::Recover { id, serving } => server::recover(&recovery::RecoverOptions {
             id,
-            serving:
-                Serving {
-                    trace,
-                    state_file,
-                    json,
-                    sched,
-                },
-            fault,
-            copy_mode,
-            io_mode,
-            recoverable,
-        } => {
-            let max_io_bytes =
-                u32::try_from(max_io).map_err(|_| "--max-io is too large".to_string());
-            max_io_bytes.and_then(|max_io_bytes| {
-                server::serve(&Options {
-                    size,
-                    queues,
-                    depth,
-                    block_size,
-                    max_io_bytes,
-                    id,
-                    trace,
-                    state_file,
-                    json,
-                    fault,
-                    copy_mode,
-                    io_mode,
-                    sched,
-                    recovery: recoverable,
-                })
-            })
-        }
-        Cmd::Recover {
-            id,
-            serving:
-                Serving {
-                    trace,
-                    state_file,
-                    json,
-                    sched,
-                },
-        } => server::recover(&recovery::RecoverOptions {
-            id,
-            trace,
-            state_file,
-            json,
-            sched,
+            trace: serving.trace,
+            state_file: serving.state_file,
+            json: serving.json,
+            sched: serving.sched,
         }),
         Cmd::Quiesce { id, wait_ms } => recovery::quiesce(
             id,
